@@ -1,0 +1,140 @@
+//! [`BridgeConfig`]: every setting of the bridge, the `[bridge]` section of the config file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::external::ExternalConfig;
+use crate::store::{RetentionPolicy, StoreOptions};
+use crate::writer::WriterConfig;
+
+/// Bridge settings. Every field has a default; unknown fields are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// Directory of the sled database (created if missing). Default `data`.
+    pub data_dir: PathBuf,
+    /// Writer input queue capacity, in readings. When full, ingest waits (backpressure onto
+    /// the MQTT link). Default 8192.
+    pub queue_capacity: usize,
+    /// Most readings committed in one batch. Default 1000.
+    pub batch_max: usize,
+    /// Group-commit window in milliseconds: after the first reading of a batch the writer keeps
+    /// collecting this long (or until `batch_max`), then commits and flushes. 0 commits at
+    /// once. Bounds how long a reading waits for its acknowledgement. Default 10.
+    pub flush_interval_ms: u64,
+    /// Capacity of the committed-batch broadcast used by live fan-out, in batches. A receiver
+    /// further behind is told how many batches it missed. Default 1024.
+    pub broadcast_capacity: usize,
+    /// Recent readings remembered for cheap duplicate detection (older duplicates are found
+    /// through the index). Default 65536.
+    pub dedupe_window: usize,
+    /// sled page cache in MiB. Default 64.
+    pub cache_mb: u64,
+    /// Keep readings and rollups this many days (by receive time); 0 keeps them forever.
+    /// Default 30.
+    pub retention_days: u32,
+    /// Remove the oldest readings while the database is larger than this many MiB; 0 means no
+    /// budget. sled reclaims space lazily, so the size on disk lags deletions. Default 0.
+    pub disk_budget_mb: u64,
+    /// Seconds between retention steps when there is nothing to remove. Default 10.
+    pub retention_interval_s: u64,
+    /// Most log entries (and rollup buckets) one retention step removes, so ingest is never
+    /// held up for long. Default 5000.
+    pub retention_step: usize,
+    /// Largest accepted payload in bytes; larger ones are rejected as `payload_too_large`.
+    /// Default 16384.
+    pub max_payload_bytes: usize,
+    /// How many recent rejects `GET /v1/rejects` keeps. Default 100.
+    pub rejects_kept: usize,
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub http_listen: String,
+    /// History queries served at once; more get `503` with `Retry-After`. Default 32.
+    pub http_max_queries: usize,
+    /// Largest `limit` of `GET /v1/readings` (larger is `413`). Default 10000.
+    pub http_max_page: usize,
+    /// Most points (series x buckets) a rollup query may return (more is `413`). Default 200000.
+    pub http_max_points: usize,
+    /// External broker to consume, `mqtt://host:port`; unset when the embedded broker feeds
+    /// the bridge. Default unset.
+    pub mqtt_url: Option<String>,
+    /// Client id on the external broker; the broker keeps our persistent session under it.
+    /// Default `edgewatch-bridge`.
+    pub mqtt_client_id: String,
+    /// Topic filter subscribed on the external broker. Default `sensors/#`.
+    pub mqtt_subscribe: String,
+    /// Unacknowledged publishes from the external broker we hold at most. Default 10000.
+    pub mqtt_ack_queue: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            queue_capacity: 8192,
+            batch_max: 1000,
+            flush_interval_ms: 10,
+            broadcast_capacity: 1024,
+            dedupe_window: 65_536,
+            cache_mb: 64,
+            retention_days: 30,
+            disk_budget_mb: 0,
+            retention_interval_s: 10,
+            retention_step: 5000,
+            max_payload_bytes: 16 * 1024,
+            rejects_kept: 100,
+            http_listen: "127.0.0.1:8080".to_owned(),
+            http_max_queries: 32,
+            http_max_page: 10_000,
+            http_max_points: 200_000,
+            mqtt_url: None,
+            mqtt_client_id: "edgewatch-bridge".to_owned(),
+            mqtt_subscribe: "sensors/#".to_owned(),
+            mqtt_ack_queue: 10_000,
+        }
+    }
+}
+
+impl BridgeConfig {
+    /// Store tuning from this config.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            dedupe_window: self.dedupe_window.max(2 * self.batch_max),
+            cache_bytes: self.cache_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// Retention policy, `None` when neither age nor budget is set.
+    pub fn retention(&self) -> Option<RetentionPolicy> {
+        let max_age_ms = (self.retention_days > 0).then(|| i64::from(self.retention_days) * 86_400_000);
+        let disk_budget_bytes = (self.disk_budget_mb > 0).then(|| self.disk_budget_mb.saturating_mul(1024 * 1024));
+        if max_age_ms.is_none() && disk_budget_bytes.is_none() {
+            return None;
+        }
+        Some(RetentionPolicy { max_age_ms, disk_budget_bytes, step: self.retention_step.max(1) })
+    }
+
+    /// Writer settings from this config.
+    pub fn writer(&self) -> WriterConfig {
+        WriterConfig {
+            queue_capacity: self.queue_capacity.max(1),
+            batch_max: self.batch_max.max(1),
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            broadcast_capacity: self.broadcast_capacity.max(1),
+            retention: self.retention(),
+            retention_interval: Duration::from_secs(self.retention_interval_s.max(1)),
+        }
+    }
+
+    /// External source settings, when `mqtt_url` is set.
+    pub fn external(&self) -> Option<ExternalConfig> {
+        let url = self.mqtt_url.clone()?;
+        let mut c = ExternalConfig::new(url);
+        c.client_id.clone_from(&self.mqtt_client_id);
+        c.subscribe.clone_from(&self.mqtt_subscribe);
+        c.ack_queue = self.mqtt_ack_queue.max(1);
+        c.max_packet_bytes = c.max_packet_bytes.max(self.max_payload_bytes + 1024);
+        Some(c)
+    }
+}

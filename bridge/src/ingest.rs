@@ -1,0 +1,290 @@
+//! Ingest: the one seam every inbound publish goes through, whatever its source.
+//!
+//! A source (the embedded broker's in-process link, or [`crate::external`]) yields
+//! [`Publish`]es (or [`Delivery`]s when it needs to know when an item is final). Ingest decodes
+//! each one with [`decode_publish`]: readings and presence changes go to the writer, rejects are
+//! counted per reason, logged without flooding (at most one warning per reason per
+//! [`REJECT_LOG_INTERVAL`], with the number suppressed since) and kept in a bounded ring for
+//! `GET /v1/rejects`. A bad payload never stops ingest.
+//!
+//! # Backpressure
+//! Handing an item to the writer awaits while the writer's queue is full, so a source that is
+//! read by [`run_ingest`] is read no faster than the writer commits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgewatch_protocol::payload::{decode_publish, Inbound};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::PresenceUpdate;
+use crate::writer::{Outcome, WriterClosed, WriterHandle};
+
+/// At most one warning per reject reason per this interval.
+pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reject reason for payloads over the configured size limit (the others come from
+/// [`edgewatch_protocol::DecodeError::reason`]).
+pub const REASON_TOO_LARGE: &str = "payload_too_large";
+
+/// Bytes of payload kept in a reject record.
+const PREVIEW_BYTES: usize = 64;
+
+/// One inbound MQTT publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Topic name.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// When the hub received it, epoch ms.
+    pub received_at_ms: i64,
+}
+
+/// A publish plus an optional acknowledgement channel, completed with the item's [`Outcome`]
+/// once it is final: durable, a duplicate of a durable reading, or rejected. If the writer
+/// fails, the sender is dropped without a value: the item must not be acknowledged upstream.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The publish.
+    pub publish: Publish,
+    /// Completion, if the source wants one.
+    pub ack: Option<oneshot::Sender<Outcome>>,
+}
+
+impl From<Publish> for Delivery {
+    fn from(publish: Publish) -> Self {
+        Delivery { publish, ack: None }
+    }
+}
+
+/// A kept reject.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectRecord {
+    /// When it was received, epoch ms.
+    pub received_at_ms: i64,
+    /// Its topic.
+    pub topic: String,
+    /// Stable reason label.
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Payload size in bytes.
+    pub payload_len: usize,
+    /// The first bytes of the payload, lossily as UTF-8.
+    pub payload_preview: String,
+}
+
+/// Reject counters and the most recent rejects.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectsSnapshot {
+    /// All rejects since start.
+    pub total: u64,
+    /// Per reason.
+    pub by_reason: BTreeMap<&'static str, u64>,
+    /// The most recent ones, oldest first.
+    pub recent: Vec<RejectRecord>,
+}
+
+#[derive(Debug)]
+struct RejectsInner {
+    by_reason: BTreeMap<&'static str, u64>,
+    total: u64,
+    ring: VecDeque<RejectRecord>,
+    /// Per reason: when we last warned, and how many were not logged since.
+    log_state: HashMap<&'static str, (Instant, u64)>,
+}
+
+/// Counts, logs and keeps rejects. The ring holds the last `capacity` records; older ones are
+/// dropped (counters keep counting).
+#[derive(Debug)]
+pub struct Rejects {
+    capacity: usize,
+    inner: Mutex<RejectsInner>,
+}
+
+impl Rejects {
+    /// A store keeping the last `capacity` rejects.
+    pub fn new(capacity: usize) -> Self {
+        Rejects {
+            capacity,
+            inner: Mutex::new(RejectsInner {
+                by_reason: BTreeMap::new(),
+                total: 0,
+                ring: VecDeque::new(),
+                log_state: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Records one reject (std mutex held for a few map operations, never across `.await`).
+    pub fn record(&self, publish: &Publish, reason: &'static str, message: String) {
+        let preview_len = publish.payload.len().min(PREVIEW_BYTES);
+        let record = RejectRecord {
+            received_at_ms: publish.received_at_ms,
+            topic: publish.topic.chars().take(256).collect(),
+            reason,
+            message,
+            payload_len: publish.payload.len(),
+            payload_preview: String::from_utf8_lossy(&publish.payload[..preview_len]).into_owned(),
+        };
+        let Ok(mut inner) = self.inner.lock() else { return };
+        inner.total += 1;
+        *inner.by_reason.entry(reason).or_default() += 1;
+        let now = Instant::now();
+        let log = match inner.log_state.get_mut(reason) {
+            Some((last, suppressed)) if now.duration_since(*last) < REJECT_LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                *last = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                inner.log_state.insert(reason, (now, 0));
+                Some(0)
+            }
+        };
+        if let Some(suppressed) = log {
+            warn!(topic = %record.topic, reason, suppressed, "rejected publish: {}", record.message);
+        }
+        if self.capacity > 0 {
+            if inner.ring.len() >= self.capacity {
+                inner.ring.pop_front();
+            }
+            inner.ring.push_back(record);
+        }
+    }
+
+    /// Counters and the kept records.
+    pub fn snapshot(&self) -> RejectsSnapshot {
+        match self.inner.lock() {
+            Ok(inner) => RejectsSnapshot {
+                total: inner.total,
+                by_reason: inner.by_reason.clone(),
+                recent: inner.ring.iter().cloned().collect(),
+            },
+            Err(_) => RejectsSnapshot { total: 0, by_reason: BTreeMap::new(), recent: Vec::new() },
+        }
+    }
+}
+
+/// Ingest counters.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Publishes seen.
+    pub received: AtomicU64,
+    /// Readings handed to the writer.
+    pub readings: AtomicU64,
+    /// Presence changes handed to the writer.
+    pub presence: AtomicU64,
+}
+
+/// Decodes publishes and feeds the writer. Cheap to clone; every source shares one.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    writer: WriterHandle,
+    rejects: Arc<Rejects>,
+    counters: Arc<IngestCounters>,
+    max_payload_bytes: usize,
+}
+
+impl Ingest {
+    /// Ingest into `writer`, keeping rejects in `rejects`. Payloads longer than
+    /// `max_payload_bytes` are rejected as [`REASON_TOO_LARGE`].
+    pub fn new(writer: WriterHandle, rejects: Arc<Rejects>, max_payload_bytes: usize) -> Self {
+        Ingest { writer, rejects, counters: Arc::default(), max_payload_bytes }
+    }
+
+    /// The reject store.
+    pub fn rejects(&self) -> &Arc<Rejects> {
+        &self.rejects
+    }
+
+    /// The writer this ingest feeds.
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &IngestCounters {
+        &self.counters
+    }
+
+    /// Handles one delivery: decode, then hand to the writer (awaiting queue space) or reject.
+    /// Only fails when the writer has stopped.
+    pub async fn handle(&self, delivery: Delivery) -> Result<(), WriterClosed> {
+        let Delivery { publish, ack } = delivery;
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if publish.payload.len() > self.max_payload_bytes {
+            let msg = format!(
+                "payload of {} bytes is over the limit of {} bytes",
+                publish.payload.len(),
+                self.max_payload_bytes
+            );
+            self.reject(&publish, REASON_TOO_LARGE, msg, ack);
+            return Ok(());
+        }
+        match decode_publish(&publish.topic, &publish.payload, publish.received_at_ms) {
+            Ok(Inbound::Reading(reading)) => {
+                self.counters.readings.fetch_add(1, Ordering::Relaxed);
+                self.writer.write(reading, ack).await
+            }
+            Ok(Inbound::Status { device_id, online }) => {
+                self.counters.presence.fetch_add(1, Ordering::Relaxed);
+                let update = PresenceUpdate { device_id, online, at_ms: publish.received_at_ms };
+                self.writer.set_presence(update, ack).await
+            }
+            Err(err) => {
+                self.reject(&publish, err.reason(), err.to_string(), ack);
+                Ok(())
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        publish: &Publish,
+        reason: &'static str,
+        message: String,
+        ack: Option<oneshot::Sender<Outcome>>,
+    ) {
+        self.rejects.record(publish, reason, message);
+        if let Some(ack) = ack {
+            let _ = ack.send(Outcome::Rejected(reason));
+        }
+    }
+}
+
+/// Feeds every item of `source` through `ingest` until the source ends, `shutdown` is
+/// cancelled or the writer stops. Items are handled one at a time, in order.
+pub async fn run_ingest<S, I>(source: S, ingest: Ingest, shutdown: CancellationToken)
+where
+    S: Stream<Item = I>,
+    I: Into<Delivery>,
+{
+    let mut source = std::pin::pin!(source);
+    loop {
+        let item = tokio::select! {
+            () = shutdown.cancelled() => break,
+            item = source.next() => item,
+        };
+        let Some(item) = item else {
+            info!("ingest source ended");
+            break;
+        };
+        if ingest.handle(item.into()).await.is_err() {
+            warn!("writer stopped; ingest source closed");
+            break;
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The edgewatch bridge: takes inbound MQTT publishes, stores every reading once, in order, in
+//! an append-only event log on sled with a global `seq`, and serves history over HTTP.
+//!
+//! # Layout
+//! * [`config`]: [`BridgeConfig`], every setting (the `[bridge]` section of the config file).
+//! * [`ingest`]: the one seam for inbound publishes: decode, reject (counted, rate-limited
+//!   logging, bounded ring), hand readings and presence to the writer.
+//! * [`external`]: the source that consumes an existing MQTT broker through rumqttc
+//!   (persistent session, QoS1, acks in order after commit, re-subscribe, backoff).
+//! * [`writer`]: the one task that writes: bounded queue, group commit, ack after durable,
+//!   broadcast of committed batches.
+//! * [`store`]: the only module that names sled: event log, per-series index, catalogue,
+//!   presence, 1-minute and 1-hour rollups, dedupe, retention.
+//! * [`http`]: the axum router: `/v1/series`, `/v1/devices`, `/v1/readings`, `/v1/rollups`,
+//!   `/v1/rejects`, `/healthz`, `/readyz`.
+//! * [`Hub`] (this file): starts and stops the parts together.
+
+pub mod config;
+pub mod external;
+pub mod http;
+pub mod ingest;
+pub mod store;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::BridgeConfig;
+pub use http::{router, AppState};
+pub use ingest::{run_ingest, Delivery, Ingest, Publish};
+pub use store::{Store, StoreError, StoredReading};
+pub use writer::{CommittedBatch, Outcome, WriterHandle};
+
+/// Errors starting or stopping the bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The external broker settings are invalid.
+    #[error(transparent)]
+    External(#[from] external::ExternalError),
+    /// The writer failed at shutdown.
+    #[error(transparent)]
+    Writer(#[from] writer::WriterError),
+    /// A task could not be joined.
+    #[error("bridge task failed: {0}")]
+    Task(String),
+}
+
+/// How long [`Hub::shutdown`] waits for sources to stop before it stops the writer anyway.
+pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A running bridge: store, writer, ingest and any sources.
+#[derive(Debug)]
+pub struct Hub {
+    cfg: BridgeConfig,
+    store: Store,
+    ingest: Ingest,
+    committed: broadcast::Sender<CommittedBatch>,
+    writer_task: JoinHandle<Result<(), writer::WriterError>>,
+    writer_stop: CancellationToken,
+    sources: TaskTracker,
+    sources_stop: CancellationToken,
+}
+
+/// Opens the store, starts the writer and, when `cfg.mqtt_url` is set, the external source.
+///
+/// Cancelling `shutdown` stops the sources; call [`Hub::shutdown`] to drain the writer and
+/// flush.
+pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub, BridgeError> {
+    let dir = cfg.data_dir.clone();
+    let opts = cfg.store_options();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, &opts))
+        .await
+        .map_err(|e| BridgeError::Task(e.to_string()))??;
+    info!(data_dir = %cfg.data_dir.display(), last_seq = store.last_seq()?, "store open");
+    let writer_stop = CancellationToken::new();
+    let w = writer::spawn_writer(store.clone(), cfg.writer(), writer_stop.clone());
+    let rejects = Arc::new(ingest::Rejects::new(cfg.rejects_kept));
+    let ingest = Ingest::new(w.handle, rejects, cfg.max_payload_bytes);
+    let hub = Hub {
+        store,
+        ingest,
+        committed: w.committed,
+        writer_task: w.task,
+        writer_stop,
+        sources: TaskTracker::new(),
+        sources_stop: shutdown.child_token(),
+        cfg,
+    };
+    if let Some(ext) = hub.cfg.external() {
+        external::parse_mqtt_url(&ext.url)?;
+        let (ingest, stop) = (hub.ingest.clone(), hub.sources_stop.clone());
+        hub.sources.spawn(async move {
+            if let Err(err) = external::run_external(ext, ingest, stop).await {
+                warn!(%err, "external source failed");
+            }
+        });
+    }
+    Ok(hub)
+}
+
+impl Hub {
+    /// The ingest seam: `ingest().handle(delivery).await` feeds one publish.
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
+    /// Consumes `source` (e.g. the embedded broker's in-process link) on a task of the hub
+    /// until it ends or the hub shuts down.
+    pub fn run_source<S, I>(&self, source: S)
+    where
+        S: Stream<Item = I> + Send + 'static,
+        I: Into<Delivery> + Send + 'static,
+    {
+        let (ingest, stop) = (self.ingest.clone(), self.sources_stop.clone());
+        self.sources.spawn(run_ingest(source, ingest, stop));
+    }
+
+    /// The store, for read access.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A receiver of committed batches (live fan-out). Bounded: see [`writer`].
+    pub fn live(&self) -> broadcast::Receiver<CommittedBatch> {
+        self.committed.subscribe()
+    }
+
+    /// The HTTP handlers' state.
+    pub fn app_state(&self) -> AppState {
+        AppState::new(
+            self.store.clone(),
+            self.ingest.rejects().clone(),
+            Some(self.ingest_writer().clone()),
+            &self.cfg,
+        )
+    }
+
+    fn ingest_writer(&self) -> &WriterHandle {
+        self.ingest.writer()
+    }
+
+    /// The API router.
+    pub fn router(&self) -> axum::Router {
+        router(self.app_state())
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes.
+    pub async fn serve_http(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        http::serve(listener, self.router(), shutdown).await
+    }
+
+    /// The config the hub runs with.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.cfg
+    }
+
+    /// Stops the sources, then drains the writer's queue, commits and flushes.
+    pub async fn shutdown(self) -> Result<(), BridgeError> {
+        self.sources_stop.cancel();
+        self.sources.close();
+        if tokio::time::timeout(SOURCE_STOP_GRACE, self.sources.wait()).await.is_err() {
+            warn!("ingest sources still running at shutdown");
+        }
+        self.writer_stop.cancel();
+        let res = self.writer_task.await.map_err(|e| BridgeError::Task(e.to_string()))?;
+        res?;
+        self.store.flush()?;
+        info!("bridge stopped");
+        Ok(())
+    }
+}

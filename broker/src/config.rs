@@ -1,0 +1,347 @@
+//! Our broker configuration (`[broker]` in `edgewatch.toml`) and its mapping to rumqttd.
+//!
+//! Defaults written here equal the values in `config/edgewatch.toml`; a test checks that.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The `[broker]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 over TCP.
+    pub mqtt: ListenerConfig,
+    /// MQTT 5 over TCP (rumqttd serves each protocol version on its own port).
+    pub mqtt5: ListenerConfig,
+    /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), for MQTT.js in browsers.
+    pub websocket: ListenerConfig,
+    /// MQTT 3.1.1 over TLS.
+    pub tls: TlsListenerConfig,
+    /// Accept clients without credentials on non-loopback addresses. Like Mosquitto 2, when no
+    /// user is configured and this is false, every listener binds to loopback only.
+    pub allow_anonymous: bool,
+    /// Device accounts. Passwords are argon2 hashes printed by `edgewatch passwd`.
+    pub users: Vec<UserConfig>,
+    /// Connection limits.
+    pub limits: LimitsConfig,
+    /// rumqttd router sizing.
+    pub router: RouterConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            mqtt: ListenerConfig::enabled("0.0.0.0:1883"),
+            mqtt5: ListenerConfig::enabled("0.0.0.0:1884"),
+            websocket: ListenerConfig::enabled("0.0.0.0:8083"),
+            tls: TlsListenerConfig::default(),
+            allow_anonymous: false,
+            users: Vec::new(),
+            limits: LimitsConfig::default(),
+            router: RouterConfig::default(),
+        }
+    }
+}
+
+/// One plain listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl ListenerConfig {
+    fn enabled(addr: &str) -> Self {
+        Self { enabled: true, listen: addr.parse().expect("valid default address") }
+    }
+}
+
+/// The TLS listener: MQTT 3.1.1 over TLS (rustls) with a PEM certificate chain and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListenerConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:8883".parse().expect("valid default address"),
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+        }
+    }
+}
+
+/// One device account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// MQTT username.
+    pub username: String,
+    /// argon2 PHC hash of the password (`edgewatch passwd` prints one).
+    pub password_hash: String,
+}
+
+/// Limits applied to every MQTT connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Maximum concurrent MQTT connections (all listeners and in-process links together).
+    pub max_connections: usize,
+    /// Maximum size of one incoming MQTT packet in bytes; a larger one closes the connection.
+    pub max_packet_size: usize,
+    /// Maximum unacknowledged QoS 1/2 publishes in flight per connection.
+    pub max_inflight: usize,
+    /// Time a new connection has to send CONNECT, in milliseconds (at most 65535).
+    pub connect_timeout_ms: u16,
+    /// A client asking for a shorter keep-alive (but not 0) gets this one, in seconds.
+    pub keep_alive_min_secs: u16,
+    /// A client asking for a longer keep-alive gets this one, in seconds (MQTT 5 clients are
+    /// told through the CONNACK's server keep-alive).
+    pub keep_alive_max_secs: u16,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_packet_size: 1_048_576,
+            max_inflight: 100,
+            connect_timeout_ms: 5_000,
+            keep_alive_min_secs: 5,
+            keep_alive_max_secs: 65_535,
+        }
+    }
+}
+
+/// Sizing of rumqttd's router. rumqttd's zero defaults drop every connection (0 connections
+/// allowed, 0 outgoing packets) or panic; these work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Packets the router queues per connection before it stops reading that link's
+    /// subscriptions until the connection catches up.
+    pub max_outgoing_packet_count: u64,
+    /// Size of one in-memory segment of the router's per-filter commit log, in bytes.
+    pub max_segment_size: usize,
+    /// In-memory segments kept per filter; older ones are dropped (a subscriber that far
+    /// behind misses them).
+    pub max_segment_count: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 4,
+        }
+    }
+}
+
+/// Which listeners run, after the secure default was applied, and on which address.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EffectiveListener {
+    pub(crate) kind: crate::ListenerKind,
+    pub(crate) addr: SocketAddr,
+}
+
+impl BrokerConfig {
+    /// Checks values that serde cannot: hashes parse, TLS files exist, limits are sane.
+    /// Errors name the dotted key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, u) in self.users.iter().enumerate() {
+            if u.username.is_empty() {
+                return Err(format!("broker.users[{i}].username: must not be empty"));
+            }
+            crate::auth::validate_hash(&u.password_hash)
+                .map_err(|e| format!("broker.users[{i}].password_hash: {e}"))?;
+        }
+        if self.tls.enabled {
+            for (key, path) in [("cert_path", &self.tls.cert_path), ("key_path", &self.tls.key_path)] {
+                if !path.is_file() {
+                    return Err(format!(
+                        "broker.tls.{key}: file {} does not exist",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err("broker.limits.max_connections: must be at least 1".into());
+        }
+        if l.max_packet_size < 64 {
+            return Err("broker.limits.max_packet_size: must be at least 64 bytes".into());
+        }
+        if l.max_inflight == 0 {
+            return Err("broker.limits.max_inflight: must be at least 1".into());
+        }
+        if l.keep_alive_min_secs > l.keep_alive_max_secs {
+            return Err("broker.limits.keep_alive_min_secs: larger than keep_alive_max_secs".into());
+        }
+        if l.keep_alive_max_secs == 0 {
+            return Err("broker.limits.keep_alive_max_secs: must be at least 1".into());
+        }
+        let r = &self.router;
+        if r.max_outgoing_packet_count == 0 {
+            return Err("broker.router.max_outgoing_packet_count: must be at least 1".into());
+        }
+        if r.max_segment_size < 1024 {
+            return Err("broker.router.max_segment_size: must be at least 1024".into());
+        }
+        if r.max_segment_count == 0 {
+            return Err("broker.router.max_segment_count: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// True when devices must log in.
+    pub fn requires_login(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// The listeners to start, with the secure default applied: without credentials and
+    /// without `allow_anonymous`, a non-loopback address is narrowed to loopback (same port).
+    pub(crate) fn effective_listeners(&self) -> Vec<EffectiveListener> {
+        use crate::ListenerKind as K;
+        let narrow = !self.requires_login() && !self.allow_anonymous;
+        let mut out = Vec::new();
+        let mut push = |kind, enabled: bool, addr: SocketAddr| {
+            if !enabled {
+                return;
+            }
+            let addr = if narrow && !addr.ip().is_loopback() {
+                let ip: std::net::IpAddr = if addr.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                };
+                SocketAddr::new(ip, addr.port())
+            } else {
+                addr
+            };
+            out.push(EffectiveListener { kind, addr });
+        };
+        push(K::Mqtt, self.mqtt.enabled, self.mqtt.listen);
+        push(K::Mqtt5, self.mqtt5.enabled, self.mqtt5.listen);
+        push(K::WebSocket, self.websocket.enabled, self.websocket.listen);
+        push(K::Tls, self.tls.enabled, self.tls.listen);
+        out
+    }
+
+    /// rumqttd's router configuration.
+    pub(crate) fn rumqttd_router(&self) -> rumqttd::RouterConfig {
+        rumqttd::RouterConfig {
+            // +8 leaves room for our in-process links (bridge, serial readers).
+            max_connections: self.limits.max_connections + 8,
+            max_outgoing_packet_count: self.router.max_outgoing_packet_count,
+            max_segment_size: self.router.max_segment_size,
+            max_segment_count: self.router.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        }
+    }
+
+    /// rumqttd's settings for one listener.
+    pub(crate) fn rumqttd_server(
+        &self,
+        listener: &EffectiveListener,
+        credentials: &crate::Credentials,
+    ) -> rumqttd::ServerSettings {
+        let mut connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: self.limits.connect_timeout_ms,
+            max_payload_size: self.limits.max_packet_size,
+            max_inflight_count: self.limits.max_inflight,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        if !credentials.is_empty() {
+            let creds = credentials.clone();
+            connections.set_auth_handler(move |_client_id, user, pass| {
+                let creds = creds.clone();
+                async move { creds.check(user, pass).await }
+            });
+        }
+        let tls = (listener.kind == crate::ListenerKind::Tls).then(|| rumqttd::TlsConfig::Rustls {
+            capath: None,
+            certpath: self.tls.cert_path.display().to_string(),
+            keypath: self.tls.key_path.display().to_string(),
+        });
+        rumqttd::ServerSettings {
+            name: listener.kind.name().to_owned(),
+            listen: listener.addr,
+            tls,
+            next_connection_delay_ms: 0,
+            connections,
+        }
+    }
+
+    /// The users as a credentials table.
+    pub fn credentials(&self) -> crate::Credentials {
+        crate::Credentials::new(
+            self.users.iter().map(|u| (u.username.clone(), u.password_hash.clone())),
+        )
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_default_narrows_to_loopback() {
+        let cfg = BrokerConfig::default();
+        let l = cfg.effective_listeners();
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|l| l.addr.ip().is_loopback()));
+        assert_eq!(l[0].addr.port(), 1883);
+    }
+
+    #[test]
+    fn credentials_keep_configured_address() {
+        let cfg = BrokerConfig {
+            users: vec![UserConfig {
+                username: "d1".into(),
+                password_hash: crate::hash_password("pw").unwrap(),
+            }],
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        assert!(cfg.effective_listeners().iter().all(|l| l.addr.ip().is_unspecified()));
+    }
+
+    #[test]
+    fn allow_anonymous_keeps_configured_address() {
+        let cfg = BrokerConfig { allow_anonymous: true, ..Default::default() };
+        assert!(cfg.effective_listeners().iter().all(|l| l.addr.ip().is_unspecified()));
+    }
+
+    #[test]
+    fn validate_names_keys() {
+        let mut cfg = BrokerConfig::default();
+        cfg.users.push(UserConfig { username: "u".into(), password_hash: "plain".into() });
+        assert!(cfg.validate().unwrap_err().starts_with("broker.users[0].password_hash"));
+        let mut cfg = BrokerConfig::default();
+        cfg.tls.enabled = true;
+        cfg.tls.cert_path = "/nonexistent.pem".into();
+        assert!(cfg.validate().unwrap_err().starts_with("broker.tls.cert_path"));
+    }
+}

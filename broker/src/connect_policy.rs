@@ -1,0 +1,139 @@
+//! Our CONNECT policy, applied by wrapping rumqttd's v4/v5 codecs.
+//!
+//! rumqttd's `Server` takes any [`Protocol`] and clones it for every connection, so a wrapper
+//! sees each connection's packets before rumqttd does. It applies the keep-alive policy:
+//!
+//! * keep-alive 0 ("never time me out", allowed by MQTT 3.1.1 and 5 and sent by common
+//!   clients) is refused by rumqttd. We rewrite it to `keep_alive_max_secs`: the broker then
+//!   closes the connection only after 1.5 × that much silence (at the default 65,535 s, about
+//!   27 hours), which is the longest rumqttd can express;
+//! * a keep-alive below `keep_alive_min_secs` is raised to it (more tolerant, never stricter);
+//! * a keep-alive above `keep_alive_max_secs` is lowered to it; MQTT 5 clients are told
+//!   through the CONNACK's server keep-alive property, as the specification asks.
+//!
+//! This wrapper is also where per-topic authorization will go.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::BytesMut;
+use rumqttd::protocol::{Error, Packet, Protocol};
+
+/// Keep-alive bounds applied to every CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlivePolicy {
+    /// Lower bound for a non-zero keep-alive, seconds.
+    pub min_secs: u16,
+    /// Upper bound, and the value that replaces 0, seconds.
+    pub max_secs: u16,
+}
+
+impl KeepAlivePolicy {
+    /// The keep-alive the broker will enforce for a client that asked for `requested`.
+    pub fn effective(&self, requested: u16) -> u16 {
+        if requested == 0 {
+            self.max_secs
+        } else {
+            requested.clamp(self.min_secs.max(1), self.max_secs)
+        }
+    }
+}
+
+/// A codec that applies [`KeepAlivePolicy`] on top of rumqttd's codec `P`.
+#[derive(Debug)]
+pub struct PolicyProtocol<P> {
+    inner: P,
+    policy: KeepAlivePolicy,
+    /// Set when this connection's keep-alive was changed and the client must be told (MQTT 5
+    /// CONNACK server keep-alive); 0 means nothing to announce, else seconds + 1. Per
+    /// connection: rumqttd clones the codec for each one.
+    announce_keep_alive: AtomicU32,
+    /// Whether this codec speaks MQTT 5 (only v5 CONNACKs carry properties).
+    v5: bool,
+}
+
+impl<P: Clone> Clone for PolicyProtocol<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            policy: self.policy,
+            announce_keep_alive: AtomicU32::new(0),
+            v5: self.v5,
+        }
+    }
+}
+
+impl PolicyProtocol<rumqttd::protocol::v4::V4> {
+    /// MQTT 3.1.1.
+    pub fn v4(policy: KeepAlivePolicy) -> Self {
+        Self {
+            inner: rumqttd::protocol::v4::V4,
+            policy,
+            announce_keep_alive: AtomicU32::new(0),
+            v5: false,
+        }
+    }
+}
+
+impl PolicyProtocol<rumqttd::protocol::v5::V5> {
+    /// MQTT 5.
+    pub fn v5(policy: KeepAlivePolicy) -> Self {
+        Self {
+            inner: rumqttd::protocol::v5::V5,
+            policy,
+            announce_keep_alive: AtomicU32::new(0),
+            v5: true,
+        }
+    }
+}
+
+impl<P: Protocol> Protocol for PolicyProtocol<P> {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
+        let mut packet = self.inner.read_mut(stream, max_size)?;
+        if let Packet::Connect(connect, ..) = &mut packet {
+            let requested = connect.keep_alive;
+            let effective = self.policy.effective(requested);
+            if effective != requested {
+                tracing::debug!(
+                    client_id = %connect.client_id,
+                    requested,
+                    effective,
+                    "keep-alive adjusted by policy"
+                );
+                connect.keep_alive = effective;
+                // A client that asked for 0 wants no timeout; telling it a server keep-alive
+                // would make it start pinging, which is fine for MQTT 5 clients.
+                self.announce_keep_alive.store(u32::from(effective) + 1, Ordering::Relaxed);
+            }
+        }
+        Ok(packet)
+    }
+
+    fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        if self.v5 {
+            if let Packet::ConnAck(_, props) = &mut packet {
+                let announce = self.announce_keep_alive.swap(0, Ordering::Relaxed);
+                if announce > 0 {
+                    let secs = u16::try_from(announce - 1).unwrap_or(u16::MAX);
+                    props.get_or_insert_with(Default::default).server_keep_alive = Some(secs);
+                }
+            }
+        }
+        self.inner.write(packet, write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_keep_alive() {
+        let p = KeepAlivePolicy { min_secs: 5, max_secs: 600 };
+        assert_eq!(p.effective(0), 600);
+        assert_eq!(p.effective(1), 5);
+        assert_eq!(p.effective(60), 60);
+        assert_eq!(p.effective(3600), 600);
+        let p = KeepAlivePolicy { min_secs: 0, max_secs: 10 };
+        assert_eq!(p.effective(1), 1);
+    }
+}

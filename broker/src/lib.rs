@@ -1,0 +1,29 @@
+//! The embedded MQTT broker of edgewatch, and the only crate that names `rumqttd`.
+//!
+//! Devices publish readings to this broker over MQTT 3.1.1, MQTT 5, MQTT over WebSocket or
+//! MQTT over TLS; the bridge receives every publish through an in-process link.
+//!
+//! # Layout
+//! * [`config`]: our own [`BrokerConfig`] (serde, unknown keys rejected) and its mapping to
+//!   rumqttd's configuration, with router settings that work.
+//! * [`auth`]: device credentials: argon2 password hashes checked through rumqttd's auth hook.
+//! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
+//!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
+//! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
+//!   runtime, waits for readiness and stops them.
+//! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
+//!   and a publisher handle.
+//!
+//! rumqttd's own `Broker::start()` blocks forever and cannot be stopped, so this crate composes
+//! rumqttd's public parts (`Router`, `Server`, `local::LinkBuilder`) itself.
+
+pub mod auth;
+pub mod config;
+pub mod connect_policy;
+pub mod link;
+pub mod server;
+
+pub use auth::{hash_password, verify_password, Credentials};
+pub use config::{BrokerConfig, ListenerConfig};
+pub use link::{InboundPublish, InboundStream, LinkPublisher};
+pub use server::{Broker, BrokerError, ListenerKind};

@@ -1,0 +1,164 @@
+//! The in-process link between the bridge and rumqttd's router.
+//!
+//! [`InboundStream`] is a `Stream` of every publish matching the link's filters, stamped with
+//! the time it left the router. [`LinkPublisher`] publishes into the broker from inside the
+//! process (the serial reader uses it).
+//!
+//! # Flow control
+//! A task pulls notifications from the router and pushes them into a bounded channel of
+//! `capacity` publishes. When the channel is full (the bridge is slower than the devices), the
+//! task waits; the router then queues up to `router.max_outgoing_packet_count` packets for the
+//! link and stops serving it (rumqttd's `Unschedule`) until the task asks again. Meanwhile
+//! publishes wait in the router's in-memory commit log, which keeps
+//! `router.max_segment_count` segments per filter: a bridge that falls further behind than
+//! that misses the oldest ones, and the router logs it.
+//!
+//! rumqttd sends `Unschedule` when it stops serving a link; without a `wake()` in reply the
+//! link receives nothing more (after about 200 messages). The pump task answers every one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One publish that reached the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundPublish {
+    /// Topic name it was published to.
+    pub topic: String,
+    /// Payload bytes as sent.
+    pub payload: Bytes,
+    /// When the link took it from the router, epoch milliseconds.
+    pub received_at_ms: i64,
+}
+
+/// A `Stream` of [`InboundPublish`]es from the in-process link. Ends when the router stops.
+#[derive(Debug)]
+pub struct InboundStream {
+    rx: mpsc::Receiver<InboundPublish>,
+    pump: JoinHandle<()>,
+}
+
+impl Drop for InboundStream {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl Stream for InboundStream {
+    type Item = InboundPublish;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl InboundStream {
+    /// Receives the next publish, or `None` when the link has ended.
+    pub async fn recv(&mut self) -> Option<InboundPublish> {
+        self.rx.recv().await
+    }
+
+    /// Moves up to `limit` publishes into `buf` (waits for at least one); 0 means ended.
+    pub async fn recv_many(&mut self, buf: &mut Vec<InboundPublish>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
+    }
+
+    pub(crate) fn spawn(link_rx: LinkRx, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let pump = tokio::spawn(pump(link_rx, tx));
+        Self { rx, pump }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
+    loop {
+        let notification = match link_rx.next().await {
+            Ok(Some(n)) => n,
+            // Woken with nothing buffered: wait again.
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::info!(%err, "in-process link closed");
+                return;
+            }
+        };
+        match notification {
+            Notification::Forward(forward) => {
+                let publish = forward.publish;
+                let topic = match String::from_utf8(publish.topic.to_vec()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
+                        tracing::warn!("dropping publish with a non-UTF-8 topic");
+                        continue;
+                    }
+                };
+                let item = InboundPublish {
+                    topic,
+                    payload: publish.payload,
+                    received_at_ms: now_ms(),
+                };
+                if tx.send(item).await.is_err() {
+                    return; // stream dropped
+                }
+            }
+            Notification::Unschedule => {
+                if let Err(err) = link_rx.wake().await {
+                    tracing::info!(%err, "in-process link closed");
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Publishes into the broker from inside the process (QoS 0, as rumqttd's local links do).
+#[derive(Debug)]
+pub struct LinkPublisher {
+    tx: std::sync::Arc<std::sync::Mutex<LinkTxCell>>,
+}
+
+struct LinkTxCell(LinkTx);
+
+impl std::fmt::Debug for LinkTxCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkTx")
+    }
+}
+
+impl Clone for LinkPublisher {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone() }
+    }
+}
+
+impl LinkPublisher {
+    pub(crate) fn new(tx: LinkTx) -> Self {
+        Self { tx: std::sync::Arc::new(std::sync::Mutex::new(LinkTxCell(tx))) }
+    }
+
+    /// Publishes `payload` to `topic`. The router's channel is bounded; this waits on a
+    /// blocking thread while it is full, so the async caller is never blocked.
+    pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = tx.lock().map_err(|_| "publisher lock poisoned".to_owned())?;
+            guard.0.publish(topic, payload).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}

@@ -1,0 +1,308 @@
+//! Starting and stopping the broker: rumqttd's router on its own thread, each listener as a
+//! task on the caller's tokio runtime.
+//!
+//! rumqttd's `Server::start` binds its address itself and reports nothing when that fails, so
+//! every address is bind-checked first (a port in use is a startup error naming the port;
+//! port 0 is resolved to a free port here) and a listener counts as ready once its port
+//! accepts a TCP connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{LinkType, Router, Server};
+use tokio::task::JoinHandle;
+
+use crate::config::{BrokerConfig, EffectiveListener};
+use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
+use crate::link::{InboundStream, LinkPublisher};
+
+/// How long a listener may take to accept its first connection after start.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kinds of listener the broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// MQTT 3.1.1 over TCP.
+    Mqtt,
+    /// MQTT 5 over TCP.
+    Mqtt5,
+    /// MQTT 3.1.1 over WebSocket.
+    WebSocket,
+    /// MQTT 3.1.1 over TLS.
+    Tls,
+}
+
+impl ListenerKind {
+    /// The config section name of this listener (`broker.<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Mqtt5 => "mqtt5",
+            Self::WebSocket => "websocket",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why the broker could not start or link.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The configuration is invalid; the message names the dotted key.
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
+    /// An address could not be bound (typically: the port is already in use).
+    #[error("cannot listen for {listener} on {addr} (port {port}): {source}", port = addr.port())]
+    Bind {
+        /// Which listener.
+        listener: ListenerKind,
+        /// The address it wanted.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A listener stopped or never accepted connections.
+    #[error("{listener} listener on {addr} did not become ready: {reason}")]
+    NotReady {
+        /// Which listener.
+        listener: ListenerKind,
+        /// Its address.
+        addr: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// The router refused an in-process link.
+    #[error("cannot open in-process link {client_id:?}: {reason}")]
+    Link {
+        /// The link's client id.
+        client_id: String,
+        /// What rumqttd said.
+        reason: String,
+    },
+}
+
+type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync;
+
+/// A running broker. Dropping it (or [`Broker::stop`]) stops accepting connections.
+pub struct Broker {
+    listeners: Vec<(ListenerKind, SocketAddr)>,
+    tasks: Vec<JoinHandle<()>>,
+    links: Arc<LinkFactory>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("listeners", &self.listeners).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Broker {
+    /// Validates `cfg`, bind-checks every listener, starts the router and the listeners on the
+    /// current tokio runtime and waits until each listener accepts connections.
+    pub async fn start(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
+        cfg.validate().map_err(BrokerError::Config)?;
+        let listeners = bind_check(cfg.effective_listeners())?;
+        announce_security(cfg, &listeners);
+
+        let router_tx = Router::new(0, cfg.rumqttd_router()).spawn();
+        let credentials = cfg.credentials();
+        let policy = KeepAlivePolicy {
+            min_secs: cfg.limits.keep_alive_min_secs,
+            max_secs: cfg.limits.keep_alive_max_secs,
+        };
+
+        let mut tasks = Vec::new();
+        for listener in &listeners {
+            let settings = cfg.rumqttd_server(listener, &credentials);
+            let router_tx = router_tx.clone();
+            let kind = listener.kind;
+            let addr = listener.addr;
+            let task = tokio::spawn(async move {
+                let result = match kind {
+                    ListenerKind::Mqtt | ListenerKind::Tls => {
+                        Server::new(settings, router_tx, PolicyProtocol::v4(policy))
+                            .start(LinkType::Remote)
+                            .await
+                    }
+                    ListenerKind::Mqtt5 => {
+                        Server::new(settings, router_tx, PolicyProtocol::v5(policy))
+                            .start(LinkType::Remote)
+                            .await
+                    }
+                    ListenerKind::WebSocket => {
+                        Server::new(settings, router_tx, PolicyProtocol::v4(policy))
+                            .start(LinkType::Websocket)
+                            .await
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::error!(listener = %kind, %addr, error = %err, "MQTT listener stopped");
+                }
+            });
+            tasks.push(task);
+        }
+
+        for (listener, task) in listeners.iter().zip(&tasks) {
+            wait_ready(listener, task).await?;
+            tracing::info!(listener = %listener.kind, addr = %listener.addr, "MQTT listener ready");
+        }
+
+        let links: Arc<LinkFactory> = Arc::new(move |client_id: &str| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(true)
+                .build()
+                .map(|(tx, rx, _ack)| (tx, rx))
+        });
+        Ok(Broker {
+            listeners: listeners.iter().map(|l| (l.kind, l.addr)).collect(),
+            tasks,
+            links,
+        })
+    }
+
+    /// The listeners that run, with the addresses they are bound to (port 0 resolved).
+    pub fn listeners(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The bound address of one kind of listener, if it runs.
+    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Opens an in-process link subscribed to `filters` and returns its publishes as a stream
+    /// buffered by at most `capacity` publishes (see [`crate::link`] for what happens when
+    /// it is full).
+    pub async fn subscribe(
+        &self,
+        client_id: &str,
+        filters: &[&str],
+        capacity: usize,
+    ) -> Result<InboundStream, BrokerError> {
+        let (mut tx, rx) = self.open_link(client_id).await?;
+        for filter in filters {
+            tx.subscribe(*filter).map_err(|e| BrokerError::Link {
+                client_id: client_id.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        // The subscription lives as long as the link's sender: keep it with the pump.
+        let stream = InboundStream::spawn(rx, capacity);
+        std::mem::forget(tx);
+        Ok(stream)
+    }
+
+    /// Opens an in-process link for publishing into the broker.
+    pub async fn publisher(&self, client_id: &str) -> Result<LinkPublisher, BrokerError> {
+        let (tx, _rx) = self.open_link(client_id).await?;
+        Ok(LinkPublisher::new(tx))
+    }
+
+    async fn open_link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
+        let links = self.links.clone();
+        let id = client_id.to_owned();
+        // Building a link waits for the router's CONNACK on a blocking channel.
+        tokio::task::spawn_blocking(move || links(&id))
+            .await
+            .map_err(|e| BrokerError::Link { client_id: client_id.to_owned(), reason: e.to_string() })?
+            .map_err(|e| BrokerError::Link { client_id: client_id.to_owned(), reason: e.to_string() })
+    }
+
+    /// Stops accepting MQTT connections. (rumqttd's router thread has no stop; it ends with
+    /// the process.)
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Binds every address once (holding them all, so two listeners on one port are caught too),
+/// resolves port 0, and releases them for rumqttd.
+fn bind_check(listeners: Vec<EffectiveListener>) -> Result<Vec<EffectiveListener>, BrokerError> {
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    for l in listeners {
+        let sock = std::net::TcpListener::bind(l.addr).map_err(|source| BrokerError::Bind {
+            listener: l.kind,
+            addr: l.addr,
+            source,
+        })?;
+        let addr = sock.local_addr().unwrap_or(l.addr);
+        held.push(sock);
+        out.push(EffectiveListener { kind: l.kind, addr });
+    }
+    drop(held);
+    Ok(out)
+}
+
+fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
+    if cfg.requires_login() {
+        tracing::info!(users = cfg.users.len(), "MQTT login required");
+        return;
+    }
+    if cfg.allow_anonymous {
+        tracing::warn!("MQTT accepts anonymous clients on every configured address (broker.allow_anonymous = true)");
+        return;
+    }
+    let narrowed = [
+        (cfg.mqtt.enabled, cfg.mqtt.listen),
+        (cfg.mqtt5.enabled, cfg.mqtt5.listen),
+        (cfg.websocket.enabled, cfg.websocket.listen),
+        (cfg.tls.enabled, cfg.tls.listen),
+    ]
+    .iter()
+    .any(|(on, a)| *on && !a.ip().is_loopback());
+    if narrowed && !listeners.is_empty() {
+        tracing::warn!(
+            "no MQTT users configured: listeners bind to loopback only. To accept devices from \
+             the network, add [[broker.users]] entries (hash passwords with `edgewatch passwd`) \
+             or set broker.allow_anonymous = true"
+        );
+    }
+}
+
+async fn wait_ready(listener: &EffectiveListener, task: &JoinHandle<()>) -> Result<(), BrokerError> {
+    let mut probe = listener.addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(if probe.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if task.is_finished() {
+            return Err(BrokerError::NotReady {
+                listener: listener.kind,
+                addr: listener.addr,
+                reason: "listener task ended (see the log for rumqttd's error)".into(),
+            });
+        }
+        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BrokerError::NotReady {
+                listener: listener.kind,
+                addr: listener.addr,
+                reason: format!("no connection accepted within {READY_TIMEOUT:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,32 @@
+//! Pure types and formats shared by every edgewatch crate. No I/O, no async runtime.
+//!
+//! # Layout
+//! * [`reading`]: the [`Reading`] a sensor reports, and the series it belongs to.
+//! * [`topic`]: MQTT topic names and topic filters: parsing and matching.
+//! * [`payload`]: decoding an MQTT publish (topic + payload bytes) into a [`Reading`] or a
+//!   device presence change.
+//! * [`timefmt`]: event times: RFC 3339 and epoch milliseconds.
+//! * [`frame`]: the serial formats: postcard + COBS frames and `metric=value` text lines.
+
+pub mod frame;
+pub mod payload;
+pub mod reading;
+pub mod timefmt;
+pub mod topic;
+
+pub use frame::{FrameDecoder, FrameError, LineDecoder, TextReading};
+pub use payload::{decode_publish, CompactReading, DecodeError, Inbound};
+pub use reading::{Reading, SeriesKey};
+pub use timefmt::TimeError;
+pub use topic::{FilterError, TopicFilter};
+
+/// How many characters of an offending input error messages quote.
+pub(crate) const QUOTE_LIMIT: usize = 64;
+
+/// The start of `s` for an error message: at most [`QUOTE_LIMIT`] characters, with `…` when cut.
+pub(crate) fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}

@@ -1,0 +1,165 @@
+//! The command line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AppConfig, Overrides};
+
+/// Exit status for configuration errors (like a usage error).
+const EXIT_CONFIG: u8 = 2;
+
+/// edgewatch: an edge box's MQTT broker, sensor history and live dashboard in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "edgewatch", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub: the embedded MQTT broker and everything configured with it.
+    Run(RunArgs),
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
+    Passwd {
+        /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
+        username: Option<String>,
+    },
+}
+
+/// Options of `edgewatch run`. Flags override environment variables, which override the file.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Configuration file (defaults in code equal `config/edgewatch.toml`).
+    #[arg(short, long, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory for stored data (the event log).
+    #[arg(long, env = "EDGEWATCH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the MQTT 3.1.1 listener, e.g. 0.0.0.0:1883 (port 0 picks a free port).
+    #[arg(long, env = "EDGEWATCH_MQTT_LISTEN", value_name = "ADDR")]
+    pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// Address of the HTTP server (API, live streams, dashboard).
+    #[arg(long, env = "EDGEWATCH_HTTP_LISTEN", value_name = "ADDR")]
+    pub(crate) http_listen: Option<SocketAddr>,
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Passwd { username } => passwd(username.as_deref()),
+    }
+}
+
+fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
+    let mut cfg = match &args.config {
+        Some(file) => AppConfig::load(file).map_err(|err| {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        })?,
+        None => AppConfig::default(),
+    };
+    cfg.apply(&Overrides { mqtt_listen: args.mqtt_listen });
+    Ok(cfg)
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("EDGEWATCH_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let cfg = match load(&args) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    init_logging(&cfg.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(crate::hub::run(cfg, args));
+    // Connection tasks of rumqttd may still be parked; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match AppConfig::load(file) {
+        Ok(cfg) => {
+            println!("{}: ok", file.display());
+            match toml::to_string_pretty(&cfg) {
+                Ok(text) => println!("\n# effective configuration\n{text}"),
+                Err(err) => eprintln!("warning: cannot print the configuration: {err}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn passwd(username: Option<&str>) -> ExitCode {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (shown as you type): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    if let Err(err) = stdin.lock().read_line(&mut line) {
+        eprintln!("error: cannot read the password: {err}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match edgewatch_broker::hash_password(password) {
+        Ok(hash) => {
+            match username {
+                Some(user) => println!(
+                    "[[broker.users]]\nusername = {}\npassword_hash = {}",
+                    toml_string(user),
+                    toml_string(&hash)
+                ),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}

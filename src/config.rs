@@ -1,0 +1,192 @@
+//! The whole configuration file, `edgewatch.toml`.
+//!
+//! Precedence: command-line flags override environment variables, which override the file,
+//! which overrides the defaults in code (equal to `config/edgewatch.toml`, checked by a test).
+//! Errors name the file and the dotted key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use edgewatch_broker::BrokerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything in `edgewatch.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AppConfig {
+    /// `[broker]`: the embedded MQTT broker.
+    pub(crate) broker: BrokerConfig,
+    /// `[log]`: logging.
+    pub(crate) log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// A tracing filter such as `info` or `info,edgewatch_bridge=debug`. The `EDGEWATCH_LOG`
+    /// environment variable overrides it.
+    pub(crate) level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned() }
+    }
+}
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_ref()
+            .map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        if self.key.is_empty() {
+            write!(f, "{file}: {}", self.message)
+        } else {
+            write!(f, "{file}: `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values that override the file (from flags or `EDGEWATCH_*` variables).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Overrides {
+    pub(crate) mqtt_listen: Option<SocketAddr>,
+}
+
+impl AppConfig {
+    /// Parses TOML text; `file` is only used in error messages.
+    pub(crate) fn parse(text: &str, file: Option<&Path>) -> Result<AppConfig, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: AppConfig = serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = inner.message().to_owned();
+            let key = dotted_key(&path, &message);
+            let location = inner
+                .span()
+                .map(|span| line_of(text, span.start))
+                .map(|line| format!(" (line {line})"))
+                .unwrap_or_default();
+            ConfigError { file: file.map(Path::to_path_buf), key, message: format!("{message}{location}") }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub(crate) fn load(file: &Path) -> Result<AppConfig, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|err| ConfigError {
+            file: Some(file.to_path_buf()),
+            key: String::new(),
+            message: format!("cannot read: {err}"),
+        })?;
+        Self::parse(&text, Some(file))
+    }
+
+    /// Checks what serde cannot.
+    pub(crate) fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
+        self.broker.validate().map_err(|msg| {
+            let (key, message) = split_key(&msg);
+            ConfigError { file: file.map(Path::to_path_buf), key, message }
+        })?;
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError {
+                file: file.map(Path::to_path_buf),
+                key: "log.level".into(),
+                message: format!("not a log filter: {err}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies flag / environment overrides.
+    pub(crate) fn apply(&mut self, o: &Overrides) {
+        if let Some(addr) = o.mqtt_listen {
+            self.broker.mqtt.listen = addr;
+        }
+    }
+}
+
+/// The dotted key of an error. serde_path_to_error already ends the path with an unknown
+/// key's name, except at the top level, where the path is `.` and the name is in the message.
+fn dotted_key(path: &str, message: &str) -> String {
+    if path != "." {
+        return path.to_owned();
+    }
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Splits "a.b.c: message" as produced by the validators.
+fn split_key(msg: &str) -> (String, String) {
+    match msg.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') => (k.to_owned(), m.to_owned()),
+        _ => (String::new(), msg.to_owned()),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/edgewatch.toml");
+
+    #[test]
+    fn shipped_file_equals_defaults() {
+        let parsed = AppConfig::parse(SHIPPED, Some(Path::new("config/edgewatch.toml"))).unwrap();
+        assert_eq!(parsed, AppConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = AppConfig::parse("[broker.mqtt]\nlistn = \"0.0.0.0:1\"\n", None).unwrap_err();
+        assert_eq!(err.key, "broker.mqtt.listn", "{err}");
+        let err = AppConfig::parse("[brokr]\n", None).unwrap_err();
+        assert_eq!(err.key, "brokr", "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = AppConfig::parse("[broker.limits]\nmax_connections = \"many\"\n", None).unwrap_err();
+        assert_eq!(err.key, "broker.limits.max_connections", "{err}");
+        let err = AppConfig::parse("[broker.mqtt]\nenabled = true\nlisten = \"nope\"\n", None)
+            .unwrap_err();
+        assert_eq!(err.key, "broker.mqtt.listen", "{err}");
+    }
+
+    #[test]
+    fn validation_errors_are_named() {
+        let err = AppConfig::parse("[log]\nlevel = \"[[[\"\n", None).unwrap_err();
+        assert_eq!(err.key, "log.level");
+        let err =
+            AppConfig::parse("[broker.limits]\nmax_connections = 0\n", None).unwrap_err();
+        assert_eq!(err.key, "broker.limits.max_connections");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut cfg = AppConfig::default();
+        cfg.apply(&Overrides { mqtt_listen: Some("127.0.0.1:9999".parse().unwrap()) });
+        assert_eq!(cfg.broker.mqtt.listen.port(), 9999);
+    }
+}
