@@ -70,7 +70,9 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
         })?,
         None => AppConfig::default(),
     };
-    cfg.apply(&Overrides { mqtt_listen: args.mqtt_listen });
+    cfg.apply(&Overrides {
+        mqtt_listen: args.mqtt_listen,
+    });
     Ok(cfg)
 }
 
@@ -80,7 +82,10 @@ fn init_logging(level: &str) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -89,7 +94,10 @@ fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&cfg.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -32,7 +32,9 @@ pub(crate) struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_owned() }
+        Self {
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -80,7 +82,11 @@ impl AppConfig {
                 .map(|span| line_of(text, span.start))
                 .map(|line| format!(" (line {line})"))
                 .unwrap_or_default();
-            ConfigError { file: file.map(Path::to_path_buf), key, message: format!("{message}{location}") }
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                key,
+                message: format!("{message}{location}"),
+            }
         })?;
         cfg.validate(file)?;
         Ok(cfg)
@@ -100,7 +106,11 @@ impl AppConfig {
     pub(crate) fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
         self.broker.validate().map_err(|msg| {
             let (key, message) = split_key(&msg);
-            ConfigError { file: file.map(Path::to_path_buf), key, message }
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                key,
+                message,
+            }
         })?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError {
@@ -142,7 +152,8 @@ fn split_key(msg: &str) -> (String, String) {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |t| t.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(0, |t| t.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -167,7 +178,8 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let err = AppConfig::parse("[broker.limits]\nmax_connections = \"many\"\n", None).unwrap_err();
+        let err =
+            AppConfig::parse("[broker.limits]\nmax_connections = \"many\"\n", None).unwrap_err();
         assert_eq!(err.key, "broker.limits.max_connections", "{err}");
         let err = AppConfig::parse("[broker.mqtt]\nenabled = true\nlisten = \"nope\"\n", None)
             .unwrap_err();
@@ -178,15 +190,16 @@ mod tests {
     fn validation_errors_are_named() {
         let err = AppConfig::parse("[log]\nlevel = \"[[[\"\n", None).unwrap_err();
         assert_eq!(err.key, "log.level");
-        let err =
-            AppConfig::parse("[broker.limits]\nmax_connections = 0\n", None).unwrap_err();
+        let err = AppConfig::parse("[broker.limits]\nmax_connections = 0\n", None).unwrap_err();
         assert_eq!(err.key, "broker.limits.max_connections");
     }
 
     #[test]
     fn overrides_win() {
         let mut cfg = AppConfig::default();
-        cfg.apply(&Overrides { mqtt_listen: Some("127.0.0.1:9999".parse().unwrap()) });
+        cfg.apply(&Overrides {
+            mqtt_listen: Some("127.0.0.1:9999".parse().unwrap()),
+        });
         assert_eq!(cfg.broker.mqtt.listen.port(), 9999);
     }
 }

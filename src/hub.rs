@@ -14,9 +14,14 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs until SIGINT / SIGTERM.
 pub(crate) async fn run(cfg: AppConfig, _args: RunArgs) -> anyhow::Result<()> {
-    let broker = Broker::start(&cfg.broker).await.context("starting the MQTT broker")?;
-    let listeners: Vec<String> =
-        broker.listeners().iter().map(|(kind, addr)| format!("{kind}={addr}")).collect();
+    let broker = Broker::start(&cfg.broker)
+        .await
+        .context("starting the MQTT broker")?;
+    let listeners: Vec<String> = broker
+        .listeners()
+        .iter()
+        .map(|(kind, addr)| format!("{kind}={addr}"))
+        .collect();
     // One machine-readable line on stdout: scripts and tests wait for it.
     println!("edgewatch ready {}", listeners.join(" "));
 

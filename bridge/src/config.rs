@@ -107,12 +107,18 @@ impl BridgeConfig {
 
     /// Retention policy, `None` when neither age nor budget is set.
     pub fn retention(&self) -> Option<RetentionPolicy> {
-        let max_age_ms = (self.retention_days > 0).then(|| i64::from(self.retention_days) * 86_400_000);
-        let disk_budget_bytes = (self.disk_budget_mb > 0).then(|| self.disk_budget_mb.saturating_mul(1024 * 1024));
+        let max_age_ms =
+            (self.retention_days > 0).then(|| i64::from(self.retention_days) * 86_400_000);
+        let disk_budget_bytes =
+            (self.disk_budget_mb > 0).then(|| self.disk_budget_mb.saturating_mul(1024 * 1024));
         if max_age_ms.is_none() && disk_budget_bytes.is_none() {
             return None;
         }
-        Some(RetentionPolicy { max_age_ms, disk_budget_bytes, step: self.retention_step.max(1) })
+        Some(RetentionPolicy {
+            max_age_ms,
+            disk_budget_bytes,
+            step: self.retention_step.max(1),
+        })
     }
 
     /// Writer settings from this config.

@@ -80,7 +80,9 @@ pub enum ExternalError {
 
 /// Parses `mqtt://host[:port]` (also `tcp://`) into host and port.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ExternalError> {
-    let bad = || ExternalError::InvalidUrl { url: url.to_owned() };
+    let bad = || ExternalError::InvalidUrl {
+        url: url.to_owned(),
+    };
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
@@ -118,7 +120,12 @@ struct PendingAck {
 /// A delay in `[d/2, d]`, so reconnecting clients spread out.
 fn jittered(d: Duration) -> Duration {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     let frac = (h.finish() % 1000) as u32;
     d / 2 + d / 2 * frac / 1000
 }
@@ -154,8 +161,14 @@ pub async fn run_external(
                 current_epoch += 1;
                 epoch.store(current_epoch, Ordering::SeqCst);
                 backoff = cfg.backoff_min;
-                info!(session_present = ack.session_present, "connected to external broker");
-                if let Err(err) = client.subscribe(cfg.subscribe.clone(), QoS::AtLeastOnce).await {
+                info!(
+                    session_present = ack.session_present,
+                    "connected to external broker"
+                );
+                if let Err(err) = client
+                    .subscribe(cfg.subscribe.clone(), QoS::AtLeastOnce)
+                    .await
+                {
                     warn!(%err, "could not queue subscribe");
                 }
             }
@@ -169,7 +182,11 @@ pub async fn run_external(
                     },
                     ack: Some(tx),
                 };
-                let pending = PendingAck { publish: p, epoch: current_epoch, done: rx };
+                let pending = PendingAck {
+                    publish: p,
+                    epoch: current_epoch,
+                    done: rx,
+                };
                 if ack_tx.send(pending).await.is_err() {
                     break;
                 }
@@ -220,11 +237,27 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884").ok(), Some(("127.0.0.1".to_owned(), 1884)));
-        assert_eq!(parse_mqtt_url("mqtt://broker").ok(), Some(("broker".to_owned(), 1883)));
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884").ok(),
+            Some(("127.0.0.1".to_owned(), 1884))
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").ok(),
+            Some(("broker".to_owned(), 1883))
+        );
         assert_eq!(parse_mqtt_url("tcp://h:1/").ok(), Some(("h".to_owned(), 1)));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").ok(), Some(("::1".to_owned(), 1884)));
-        for bad in ["http://h", "mqtt://", "mqtt://h:x", "mqtt://h:0", "mqtt://h/x", "h:1"] {
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1884").ok(),
+            Some(("::1".to_owned(), 1884))
+        );
+        for bad in [
+            "http://h",
+            "mqtt://",
+            "mqtt://h:x",
+            "mqtt://h:0",
+            "mqtt://h/x",
+            "h:1",
+        ] {
             assert!(parse_mqtt_url(bad).is_err(), "{bad}");
         }
     }

@@ -43,8 +43,25 @@ pub const DEFAULT_ROLLUP_SPAN_MS: i64 = 86_400_000;
 
 /// Steps `/v1/rollups` picks from when `step` is omitted.
 const NICE_STEPS_MS: &[i64] = &[
-    1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000,
-    3_600_000, 7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000, 604_800_000,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    604_800_000,
 ];
 
 /// Shared state of the HTTP handlers. Cheap to clone.
@@ -60,7 +77,12 @@ pub struct AppState {
 
 impl AppState {
     /// State over `store` and `rejects`. `writer`, when given, drives `/readyz`.
-    pub fn new(store: Store, rejects: Arc<Rejects>, writer: Option<WriterHandle>, cfg: &BridgeConfig) -> Self {
+    pub fn new(
+        store: Store,
+        rejects: Arc<Rejects>,
+        writer: Option<WriterHandle>,
+        cfg: &BridgeConfig,
+    ) -> Self {
         AppState {
             store,
             rejects,
@@ -92,7 +114,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// An API error: status, stable code and message.
@@ -106,11 +130,19 @@ pub struct ApiError {
 
 impl ApiError {
     fn bad(code: &'static str, message: String) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code, message }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message,
+        }
     }
 
     fn too_large(message: String) -> Self {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message,
+        }
     }
 
     fn overloaded() -> Self {
@@ -138,14 +170,19 @@ impl IntoResponse for ApiError {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
         let mut res = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }
 }
 
 async fn not_found() -> ApiError {
-    ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: "no such resource".to_owned() }
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such resource".to_owned(),
+    }
 }
 
 /// Runs a store query on the blocking pool under the query limit.
@@ -154,7 +191,11 @@ where
     T: Send + 'static,
     F: FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
 {
-    let permit = state.queries.clone().try_acquire_owned().map_err(|_| ApiError::overloaded())?;
+    let permit = state
+        .queries
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::overloaded())?;
     let store = state.store.clone();
     let res = tokio::task::spawn_blocking(move || {
         let r = f(store);
@@ -164,7 +205,11 @@ where
     .await
     .map_err(|err| {
         error!(%err, "history query panicked");
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: "query failed".to_owned() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "query failed".to_owned(),
+        }
     })?;
     Ok(res?)
 }
@@ -271,7 +316,10 @@ fn parse_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<Params, 
         if !allowed.contains(&k.as_str()) {
             return Err(ApiError::bad(
                 "unknown_parameter",
-                format!("unknown parameter {k:?}; this endpoint takes {}", allowed.join(", ")),
+                format!(
+                    "unknown parameter {k:?}; this endpoint takes {}",
+                    allowed.join(", ")
+                ),
             ));
         }
         match k.as_str() {
@@ -282,7 +330,10 @@ fn parse_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<Params, 
             }
             "from" | "to" => {
                 let t = parse_time(v).map_err(|e| {
-                    ApiError::bad("bad_time", format!("parameter {k}: {e} (expected RFC 3339 or epoch milliseconds)"))
+                    ApiError::bad(
+                        "bad_time",
+                        format!("parameter {k}: {e} (expected RFC 3339 or epoch milliseconds)"),
+                    )
                 })?;
                 if k == "from" {
                     p.from = Some(t);
@@ -292,13 +343,19 @@ fn parse_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<Params, 
             }
             "limit" => {
                 let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    ApiError::bad("bad_parameter", format!("parameter limit: {v:?} is not a positive integer"))
+                    ApiError::bad(
+                        "bad_parameter",
+                        format!("parameter limit: {v:?} is not a positive integer"),
+                    )
                 })?;
                 p.limit = Some(n);
             }
             "after" => {
                 let n = v.parse::<u64>().map_err(|_| {
-                    ApiError::bad("bad_parameter", format!("parameter after: {v:?} is not a seq number"))
+                    ApiError::bad(
+                        "bad_parameter",
+                        format!("parameter after: {v:?} is not a seq number"),
+                    )
                 })?;
                 p.after = Some(n);
             }
@@ -308,7 +365,10 @@ fn parse_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<Params, 
     }
     if let (Some(f), Some(t)) = (p.from, p.to) {
         if f >= t {
-            return Err(ApiError::bad("bad_range", "parameters from/to: from must be before to".to_owned()));
+            return Err(ApiError::bad(
+                "bad_range",
+                "parameters from/to: from must be before to".to_owned(),
+            ));
         }
     }
     Ok(p)
@@ -343,10 +403,14 @@ fn parse_step(v: &str) -> Result<i64, ApiError> {
 /// The smallest nice step giving at most about [`TARGET_POINTS`] buckets over `span_ms`.
 pub fn auto_step(span_ms: i64) -> i64 {
     let want = (span_ms + TARGET_POINTS - 1) / TARGET_POINTS;
-    NICE_STEPS_MS.iter().copied().find(|s| *s >= want).unwrap_or_else(|| {
-        let day = 86_400_000;
-        ((want + day - 1) / day) * day
-    })
+    NICE_STEPS_MS
+        .iter()
+        .copied()
+        .find(|s| *s >= want)
+        .unwrap_or_else(|| {
+            let day = 86_400_000;
+            ((want + day - 1) / day) * day
+        })
 }
 
 fn reading_json(r: &StoredReading) -> Value {
@@ -378,7 +442,10 @@ enum Format {
 }
 
 fn negotiate(headers: &HeaderMap) -> Format {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.contains("application/x-ndjson") {
         Format::Ndjson
     } else if accept.contains("text/csv") {
@@ -401,7 +468,13 @@ async fn readings(
             state.max_page
         )));
     }
-    let q = ReadingQuery { filters: p.filters, from_ms: p.from, to_ms: p.to, after: p.after.unwrap_or(0), limit };
+    let q = ReadingQuery {
+        filters: p.filters,
+        from_ms: p.from,
+        to_ms: p.to,
+        after: p.after.unwrap_or(0),
+        limit,
+    };
     let page = query(&state, move |s| s.readings(&q)).await?;
     let format = negotiate(&headers);
     let mut res = match format {
@@ -418,7 +491,8 @@ async fn readings(
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
         Format::Csv => {
-            let mut body = String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
+            let mut body =
+                String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
             for r in &page.readings {
                 let x = &r.reading;
                 body.push_str(&format!(
@@ -477,7 +551,10 @@ async fn rollups(
     let to = p.to.unwrap_or_else(now_ms);
     let from = p.from.unwrap_or(to.saturating_sub(DEFAULT_ROLLUP_SPAN_MS));
     if from >= to {
-        return Err(ApiError::bad("bad_range", "parameters from/to: from must be before to".to_owned()));
+        return Err(ApiError::bad(
+            "bad_range",
+            "parameters from/to: from must be before to".to_owned(),
+        ));
     }
     let span = to.saturating_sub(from);
     let step = p.step.unwrap_or_else(|| auto_step(span));
@@ -488,7 +565,12 @@ async fn rollups(
             state.max_points
         )));
     }
-    let q = RollupQuery { filters: p.filters, from_ms: from, to_ms: to, step_ms: step };
+    let q = RollupQuery {
+        filters: p.filters,
+        from_ms: from,
+        to_ms: to,
+        step_ms: step,
+    };
     let (source, list) = query(&state, move |s| s.rollups(&q)).await?;
     let total: usize = list.iter().map(|s| s.points.len()).sum();
     if total > state.max_points {

@@ -136,7 +136,9 @@ impl Rejects {
             payload_len: publish.payload.len(),
             payload_preview: String::from_utf8_lossy(&publish.payload[..preview_len]).into_owned(),
         };
-        let Ok(mut inner) = self.inner.lock() else { return };
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
         inner.total += 1;
         *inner.by_reason.entry(reason).or_default() += 1;
         let now = Instant::now();
@@ -173,7 +175,11 @@ impl Rejects {
                 by_reason: inner.by_reason.clone(),
                 recent: inner.ring.iter().cloned().collect(),
             },
-            Err(_) => RejectsSnapshot { total: 0, by_reason: BTreeMap::new(), recent: Vec::new() },
+            Err(_) => RejectsSnapshot {
+                total: 0,
+                by_reason: BTreeMap::new(),
+                recent: Vec::new(),
+            },
         }
     }
 }
@@ -202,7 +208,12 @@ impl Ingest {
     /// Ingest into `writer`, keeping rejects in `rejects`. Payloads longer than
     /// `max_payload_bytes` are rejected as [`REASON_TOO_LARGE`].
     pub fn new(writer: WriterHandle, rejects: Arc<Rejects>, max_payload_bytes: usize) -> Self {
-        Ingest { writer, rejects, counters: Arc::default(), max_payload_bytes }
+        Ingest {
+            writer,
+            rejects,
+            counters: Arc::default(),
+            max_payload_bytes,
+        }
     }
 
     /// The reject store.
@@ -241,7 +252,11 @@ impl Ingest {
             }
             Ok(Inbound::Status { device_id, online }) => {
                 self.counters.presence.fetch_add(1, Ordering::Relaxed);
-                let update = PresenceUpdate { device_id, online, at_ms: publish.received_at_ms };
+                let update = PresenceUpdate {
+                    device_id,
+                    online,
+                    at_ms: publish.received_at_ms,
+                };
                 self.writer.set_presence(update, ack).await
             }
             Err(err) => {

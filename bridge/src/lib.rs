@@ -173,11 +173,17 @@ impl Hub {
     pub async fn shutdown(self) -> Result<(), BridgeError> {
         self.sources_stop.cancel();
         self.sources.close();
-        if tokio::time::timeout(SOURCE_STOP_GRACE, self.sources.wait()).await.is_err() {
+        if tokio::time::timeout(SOURCE_STOP_GRACE, self.sources.wait())
+            .await
+            .is_err()
+        {
             warn!("ingest sources still running at shutdown");
         }
         self.writer_stop.cancel();
-        let res = self.writer_task.await.map_err(|e| BridgeError::Task(e.to_string()))?;
+        let res = self
+            .writer_task
+            .await
+            .map_err(|e| BridgeError::Task(e.to_string()))?;
         res?;
         self.store.flush()?;
         info!("bridge stopped");

@@ -91,7 +91,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { dedupe_window: 65_536, cache_bytes: 64 * 1024 * 1024 }
+        Self {
+            dedupe_window: 65_536,
+            cache_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -194,7 +197,15 @@ pub struct Aggregate {
 
 impl Aggregate {
     fn one(value: f64, ts: i64, seq: u64) -> Self {
-        Self { min: value, max: value, sum: value, count: 1, last: value, last_ts: ts, last_seq: seq }
+        Self {
+            min: value,
+            max: value,
+            sum: value,
+            count: 1,
+            last: value,
+            last_ts: ts,
+            last_seq: seq,
+        }
     }
 
     fn merge(&mut self, o: &Aggregate) {
@@ -569,7 +580,13 @@ fn decode_entry(b: &[u8]) -> Option<LogEntry> {
     } else {
         UnitCode::Base
     };
-    Some(LogEntry { sid, ts, received, value, unit })
+    Some(LogEntry {
+        sid,
+        ts,
+        received,
+        value,
+        unit,
+    })
 }
 
 fn to_reading(e: LogEntry, rec: &SeriesRecord) -> Reading {
@@ -607,7 +624,10 @@ fn matches_any(filters: &[TopicFilter], rec: &SeriesRecord) -> bool {
 
 fn series_info(rec: &SeriesRecord) -> SeriesInfo {
     SeriesInfo {
-        key: SeriesKey { device_id: rec.device_id.clone(), metric: rec.metric.clone() },
+        key: SeriesKey {
+            device_id: rec.device_id.clone(),
+            metric: rec.metric.clone(),
+        },
         unit: rec.unit.clone(),
         last_value: rec.last_value,
         last_timestamp_ms: rec.last_timestamp_ms,
@@ -620,7 +640,10 @@ fn series_info(rec: &SeriesRecord) -> SeriesInfo {
 impl Store {
     /// Opens (or creates) the store in `dir` and recovers the next seq and the catalogue.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: dir.to_path_buf(), source };
+        let open_err = |source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_bytes)
@@ -631,7 +654,11 @@ impl Store {
 
         let mut last_seq = match tree.get(META_SEQ)? {
             Some(v) if v.len() == 8 => u64_from(&v),
-            Some(_) => return Err(StoreError::Corrupt { what: "seq high-water mark" }),
+            Some(_) => {
+                return Err(StoreError::Corrupt {
+                    what: "seq high-water mark",
+                })
+            }
             None => 0,
         };
         if let Some(r) = tree.range(log_key(0)..=log_key(u64::MAX)).next_back() {
@@ -648,7 +675,9 @@ impl Store {
             }
             let sid = u32_from(&k[1..]);
             let rec: SeriesRecord = decode_rec(&v, "series")?;
-            sids.entry(rec.device_id.clone()).or_default().insert(rec.metric.clone(), sid);
+            sids.entry(rec.device_id.clone())
+                .or_default()
+                .insert(rec.metric.clone(), sid);
             series.insert(sid, rec);
             next_sid = next_sid.max(sid.saturating_add(1));
         }
@@ -658,9 +687,19 @@ impl Store {
             next_sid,
             sids,
             series,
-            recent: RecentKeys { set: HashSet::new(), order: VecDeque::new(), cap },
+            recent: RecentKeys {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+                cap,
+            },
         };
-        Ok(Store { inner: Arc::new(Inner { db, tree, state: Mutex::new(state) }) })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                state: Mutex::new(state),
+            }),
+        })
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
@@ -745,7 +784,8 @@ impl Store {
             let duplicate = batch_key_set.contains(&dkey)
                 || st.recent.set.contains(&dkey)
                 || (on_disk
-                    && r.timestamp_ms <= st.series.get(&sid).map_or(i64::MIN, |s| s.max_timestamp_ms)
+                    && r.timestamp_ms
+                        <= st.series.get(&sid).map_or(i64::MIN, |s| s.max_timestamp_ms)
                     && self.index_has(sid, r.timestamp_ms, r.value)?);
             if duplicate {
                 out.push(None);
@@ -809,7 +849,13 @@ impl Store {
                 None => false,
             };
             if !unchanged {
-                batch.insert(key, encode_rec(&PresenceRecord { online: p.online, since_ms: p.at_ms }));
+                batch.insert(
+                    key,
+                    encode_rec(&PresenceRecord {
+                        online: p.online,
+                        since_ms: p.at_ms,
+                    }),
+                );
             }
         }
         for (sid, rec) in &touched {
@@ -869,9 +915,18 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let (last_seq, readings, series) = {
             let st = self.state()?;
-            (st.next_seq - 1, st.series.values().map(|s| s.count).sum(), st.series.len() as u64)
+            (
+                st.next_seq - 1,
+                st.series.values().map(|s| s.count).sum(),
+                st.series.len() as u64,
+            )
         };
-        Ok(StoreStats { size_on_disk: self.inner.db.size_on_disk()?, readings, last_seq, series })
+        Ok(StoreStats {
+            size_on_disk: self.inner.db.size_on_disk()?,
+            readings,
+            last_seq,
+            series,
+        })
     }
 
     fn catalogue(&self) -> Result<BTreeMap<u32, SeriesRecord>, StoreError> {
@@ -911,9 +966,14 @@ impl Store {
             d.since_ms = Some(p.since_ms);
         }
         for rec in self.catalogue()?.values() {
-            let d = by_id.entry(rec.device_id.clone()).or_insert_with(|| blank(&rec.device_id));
+            let d = by_id
+                .entry(rec.device_id.clone())
+                .or_insert_with(|| blank(&rec.device_id));
             d.metrics.push(rec.metric.clone());
-            d.last_seen_ms = Some(d.last_seen_ms.map_or(rec.last_received_ms, |t| t.max(rec.last_received_ms)));
+            d.last_seen_ms = Some(
+                d.last_seen_ms
+                    .map_or(rec.last_received_ms, |t| t.max(rec.last_received_ms)),
+            );
         }
         let mut v: Vec<DeviceInfo> = by_id.into_values().collect();
         for d in &mut v {
@@ -924,17 +984,25 @@ impl Store {
 
     /// The log entry at `seq`, as a reading.
     pub fn get(&self, seq: u64) -> Result<Option<Reading>, StoreError> {
-        let Some(v) = self.inner.tree.get(log_key(seq))? else { return Ok(None) };
+        let Some(v) = self.inner.tree.get(log_key(seq))? else {
+            return Ok(None);
+        };
         let e = decode_entry(&v).ok_or(StoreError::Corrupt { what: "log" })?;
         let rec = self.state()?.series.get(&e.sid).cloned();
-        let rec = rec.ok_or(StoreError::Corrupt { what: "log (unknown series)" })?;
+        let rec = rec.ok_or(StoreError::Corrupt {
+            what: "log (unknown series)",
+        })?;
         Ok(Some(to_reading(e, &rec)))
     }
 
     /// Readings in seq order after `after` (up to `limit`), regardless of filter: the replay
     /// primitive for live resume and the uplink.
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
-        let q = ReadingQuery { after, limit, ..ReadingQuery::default() };
+        let q = ReadingQuery {
+            after,
+            limit,
+            ..ReadingQuery::default()
+        };
         Ok(self.readings(&q)?.readings)
     }
 
@@ -942,8 +1010,11 @@ impl Store {
     pub fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError> {
         let cat = self.catalogue()?;
         let limit = q.limit.max(1);
-        let matched: HashMap<u32, &SeriesRecord> =
-            cat.iter().filter(|(_, r)| matches_any(&q.filters, r)).map(|(s, r)| (*s, r)).collect();
+        let matched: HashMap<u32, &SeriesRecord> = cat
+            .iter()
+            .filter(|(_, r)| matches_any(&q.filters, r))
+            .map(|(s, r)| (*s, r))
+            .collect();
         if matched.is_empty() {
             return Ok(ReadingPage::default());
         }
@@ -961,11 +1032,16 @@ impl Store {
             for r in tree.range(log_key(start)..=log_key(u64::MAX)) {
                 let (k, v) = r?;
                 let e = decode_entry(&v).ok_or(StoreError::Corrupt { what: "log" })?;
-                let Some(rec) = matched.get(&e.sid) else { continue };
+                let Some(rec) = matched.get(&e.sid) else {
+                    continue;
+                };
                 if e.ts < from || e.ts >= to {
                     continue;
                 }
-                rows.push(StoredReading { seq: u64_from(&k[1..]), reading: to_reading(e, rec) });
+                rows.push(StoredReading {
+                    seq: u64_from(&k[1..]),
+                    reading: to_reading(e, rec),
+                });
                 if rows.len() > limit {
                     break;
                 }
@@ -995,10 +1071,17 @@ impl Store {
             }
             let seqs = heap.into_sorted_vec();
             for seq in seqs {
-                let Some(v) = tree.get(log_key(seq))? else { continue };
+                let Some(v) = tree.get(log_key(seq))? else {
+                    continue;
+                };
                 let e = decode_entry(&v).ok_or(StoreError::Corrupt { what: "log" })?;
-                let Some(rec) = matched.get(&e.sid) else { continue };
-                rows.push(StoredReading { seq, reading: to_reading(e, rec) });
+                let Some(rec) = matched.get(&e.sid) else {
+                    continue;
+                };
+                rows.push(StoredReading {
+                    seq,
+                    reading: to_reading(e, rec),
+                });
             }
         }
         let next_after = if rows.len() > limit {
@@ -1007,7 +1090,10 @@ impl Store {
         } else {
             None
         };
-        Ok(ReadingPage { readings: rows, next_after })
+        Ok(ReadingPage {
+            readings: rows,
+            next_after,
+        })
     }
 
     /// Adds raw readings of one series with event time in `[from, to)` into step buckets.
@@ -1029,18 +1115,26 @@ impl Store {
                 continue;
             }
             let seq = u64_from(&k[13..]);
-            let Some(v) = tree.get(log_key(seq))? else { continue };
+            let Some(v) = tree.get(log_key(seq))? else {
+                continue;
+            };
             let e = decode_entry(&v).ok_or(StoreError::Corrupt { what: "log" })?;
             let one = Aggregate::one(e.value, e.ts, seq);
             let b = floor_to(e.ts, step);
-            buckets.entry(b).and_modify(|a| a.merge(&one)).or_insert(one);
+            buckets
+                .entry(b)
+                .and_modify(|a| a.merge(&one))
+                .or_insert(one);
         }
         Ok(())
     }
 
     /// Rolled-up points per matching series, from the coarsest stored resolution that divides
     /// `step_ms` (raw readings fill unaligned range edges, so results are exact).
-    pub fn rollups(&self, q: &RollupQuery) -> Result<(RollupSource, Vec<SeriesRollup>), StoreError> {
+    pub fn rollups(
+        &self,
+        q: &RollupQuery,
+    ) -> Result<(RollupSource, Vec<SeriesRollup>), StoreError> {
         let step = q.step_ms.max(1);
         let source = RollupSource::for_step(step);
         let cat = self.catalogue()?;
@@ -1062,17 +1156,24 @@ impl Store {
                     self.raw_into(*sid, q.from_ms, q.to_ms, step, &mut buckets)?;
                 } else {
                     self.raw_into(*sid, q.from_ms, a_from, step, &mut buckets)?;
-                    for r in tree.range(rollup_key(tag, *sid, a_from)..rollup_key(tag, *sid, a_to)) {
+                    for r in tree.range(rollup_key(tag, *sid, a_from)..rollup_key(tag, *sid, a_to))
+                    {
                         let (k, v) = r?;
                         let agg: Aggregate = decode_rec(&v, "rollup")?;
                         let b = floor_to(ts_from(&k[5..13]), step);
-                        buckets.entry(b).and_modify(|a| a.merge(&agg)).or_insert(agg);
+                        buckets
+                            .entry(b)
+                            .and_modify(|a| a.merge(&agg))
+                            .or_insert(agg);
                     }
                     self.raw_into(*sid, a_to, q.to_ms, step, &mut buckets)?;
                 }
             }
             out.push(SeriesRollup {
-                key: SeriesKey { device_id: rec.device_id.clone(), metric: rec.metric.clone() },
+                key: SeriesKey {
+                    device_id: rec.device_id.clone(),
+                    metric: rec.metric.clone(),
+                },
                 unit: rec.unit.clone(),
                 points: buckets.into_iter().collect(),
             });
@@ -1085,7 +1186,11 @@ impl Store {
     /// older than the age limit (or any oldest entries while over the disk budget), with their
     /// index entries, and up to `policy.step` expired rollup buckets. Holds the write lock only
     /// for this step, so ingest is delayed by at most one small batch.
-    pub fn retain_step(&self, now_ms: i64, policy: &RetentionPolicy) -> Result<RetentionOutcome, StoreError> {
+    pub fn retain_step(
+        &self,
+        now_ms: i64,
+        policy: &RetentionPolicy,
+    ) -> Result<RetentionOutcome, StoreError> {
         let over_budget = match policy.disk_budget_bytes {
             Some(b) => self.inner.db.size_on_disk()? > b,
             None => false,
@@ -1122,7 +1227,9 @@ impl Store {
                 // A bucket goes once all of it is older than the cutoff.
                 let last_start = c.saturating_sub(unit);
                 for sid in st.series.keys() {
-                    for r in tree.range(rollup_key(tag, *sid, i64::MIN)..rollup_key(tag, *sid, last_start)) {
+                    for r in tree
+                        .range(rollup_key(tag, *sid, i64::MIN)..rollup_key(tag, *sid, last_start))
+                    {
                         let (k, _) = r?;
                         if outcome.rollups_deleted as usize >= step {
                             outcome.more = true;
@@ -1166,7 +1273,13 @@ mod tests {
             (9_007_199_254_740_992.0, UnitCode::Base),
             (f64::MIN_POSITIVE, UnitCode::Base),
         ] {
-            let e = LogEntry { sid: 70_000, ts: 1_790_000_000_123, received: 1_790_000_000_100, value, unit };
+            let e = LogEntry {
+                sid: 70_000,
+                ts: 1_790_000_000_123,
+                received: 1_790_000_000_100,
+                value,
+                unit,
+            };
             let b = encode_entry(&e);
             let d = decode_entry(&b).expect("decodes");
             assert_eq!(d.value.to_bits(), e.value.to_bits());

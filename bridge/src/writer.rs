@@ -171,9 +171,16 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let (committed, _) = broadcast::channel(cfg.broadcast_capacity.max(1));
     let healthy = Arc::new(AtomicBool::new(true));
-    let handle = WriterHandle { tx, healthy: healthy.clone() };
+    let handle = WriterHandle {
+        tx,
+        healthy: healthy.clone(),
+    };
     let task = tokio::spawn(run(store, cfg, rx, committed.clone(), healthy, stop));
-    Writer { handle, committed, task }
+    Writer {
+        handle,
+        committed,
+        task,
+    }
 }
 
 async fn run(
@@ -235,7 +242,11 @@ async fn retention_step(store: &Store, policy: Option<RetentionPolicy>) -> bool 
     match tokio::task::spawn_blocking(move || store.retain_step(now, &policy)).await {
         Ok(Ok(o)) => {
             if o.readings_deleted + o.rollups_deleted > 0 {
-                debug!(readings = o.readings_deleted, rollups = o.rollups_deleted, "retention step");
+                debug!(
+                    readings = o.readings_deleted,
+                    rollups = o.rollups_deleted,
+                    "retention step"
+                );
             }
             o.more
         }

@@ -21,16 +21,18 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// Checks `password` against a PHC hash string. A malformed hash never matches.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
 
 /// Checks that `phc` is a well-formed password hash; the error says what is wrong.
 pub fn validate_hash(phc: &str) -> Result<(), String> {
-    PasswordHash::new(phc).map(|_| ()).map_err(|e| {
-        format!("not a password hash ({e}); generate one with `edgewatch passwd`")
-    })
+    PasswordHash::new(phc)
+        .map(|_| ())
+        .map_err(|e| format!("not a password hash ({e}); generate one with `edgewatch passwd`"))
 }
 
 /// The configured device credentials: username → argon2 hash. Cheap to clone.
@@ -42,14 +44,18 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print hashes.
-        f.debug_struct("Credentials").field("users", &self.users.len()).finish()
+        f.debug_struct("Credentials")
+            .field("users", &self.users.len())
+            .finish()
     }
 }
 
 impl Credentials {
     /// Builds the table from `(username, hash)` pairs.
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self { users: Arc::new(pairs.into_iter().collect()) }
+        Self {
+            users: Arc::new(pairs.into_iter().collect()),
+        }
     }
 
     /// True when no user is configured (anonymous access).

@@ -57,7 +57,10 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     fn enabled(addr: &str) -> Self {
-        Self { enabled: true, listen: addr.parse().expect("valid default address") }
+        Self {
+            enabled: true,
+            listen: addr.parse().expect("valid default address"),
+        }
     }
 }
 
@@ -172,7 +175,10 @@ impl BrokerConfig {
                 .map_err(|e| format!("broker.users[{i}].password_hash: {e}"))?;
         }
         if self.tls.enabled {
-            for (key, path) in [("cert_path", &self.tls.cert_path), ("key_path", &self.tls.key_path)] {
+            for (key, path) in [
+                ("cert_path", &self.tls.cert_path),
+                ("key_path", &self.tls.key_path),
+            ] {
                 if !path.is_file() {
                     return Err(format!(
                         "broker.tls.{key}: file {} does not exist",
@@ -192,7 +198,9 @@ impl BrokerConfig {
             return Err("broker.limits.max_inflight: must be at least 1".into());
         }
         if l.keep_alive_min_secs > l.keep_alive_max_secs {
-            return Err("broker.limits.keep_alive_min_secs: larger than keep_alive_max_secs".into());
+            return Err(
+                "broker.limits.keep_alive_min_secs: larger than keep_alive_max_secs".into(),
+            );
         }
         if l.keep_alive_max_secs == 0 {
             return Err("broker.limits.keep_alive_max_secs: must be at least 1".into());
@@ -296,11 +304,12 @@ impl BrokerConfig {
     /// The users as a credentials table.
     pub fn credentials(&self) -> crate::Credentials {
         crate::Credentials::new(
-            self.users.iter().map(|u| (u.username.clone(), u.password_hash.clone())),
+            self.users
+                .iter()
+                .map(|u| (u.username.clone(), u.password_hash.clone())),
         )
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -325,23 +334,41 @@ mod tests {
             ..Default::default()
         };
         cfg.validate().unwrap();
-        assert!(cfg.effective_listeners().iter().all(|l| l.addr.ip().is_unspecified()));
+        assert!(cfg
+            .effective_listeners()
+            .iter()
+            .all(|l| l.addr.ip().is_unspecified()));
     }
 
     #[test]
     fn allow_anonymous_keeps_configured_address() {
-        let cfg = BrokerConfig { allow_anonymous: true, ..Default::default() };
-        assert!(cfg.effective_listeners().iter().all(|l| l.addr.ip().is_unspecified()));
+        let cfg = BrokerConfig {
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(cfg
+            .effective_listeners()
+            .iter()
+            .all(|l| l.addr.ip().is_unspecified()));
     }
 
     #[test]
     fn validate_names_keys() {
         let mut cfg = BrokerConfig::default();
-        cfg.users.push(UserConfig { username: "u".into(), password_hash: "plain".into() });
-        assert!(cfg.validate().unwrap_err().starts_with("broker.users[0].password_hash"));
+        cfg.users.push(UserConfig {
+            username: "u".into(),
+            password_hash: "plain".into(),
+        });
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .starts_with("broker.users[0].password_hash"));
         let mut cfg = BrokerConfig::default();
         cfg.tls.enabled = true;
         cfg.tls.cert_path = "/nonexistent.pem".into();
-        assert!(cfg.validate().unwrap_err().starts_with("broker.tls.cert_path"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .starts_with("broker.tls.cert_path"));
     }
 }

@@ -102,7 +102,8 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 connect.keep_alive = effective;
                 // A client that asked for 0 wants no timeout; telling it a server keep-alive
                 // would make it start pinging, which is fine for MQTT 5 clients.
-                self.announce_keep_alive.store(u32::from(effective) + 1, Ordering::Relaxed);
+                self.announce_keep_alive
+                    .store(u32::from(effective) + 1, Ordering::Relaxed);
             }
         }
         Ok(packet)
@@ -128,12 +129,18 @@ mod tests {
 
     #[test]
     fn effective_keep_alive() {
-        let p = KeepAlivePolicy { min_secs: 5, max_secs: 600 };
+        let p = KeepAlivePolicy {
+            min_secs: 5,
+            max_secs: 600,
+        };
         assert_eq!(p.effective(0), 600);
         assert_eq!(p.effective(1), 5);
         assert_eq!(p.effective(60), 60);
         assert_eq!(p.effective(3600), 600);
-        let p = KeepAlivePolicy { min_secs: 0, max_secs: 10 };
+        let p = KeepAlivePolicy {
+            min_secs: 0,
+            max_secs: 10,
+        };
         assert_eq!(p.effective(1), 1);
     }
 }

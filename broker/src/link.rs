@@ -141,13 +141,17 @@ impl std::fmt::Debug for LinkTxCell {
 
 impl Clone for LinkPublisher {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone() }
+        Self {
+            tx: self.tx.clone(),
+        }
     }
 }
 
 impl LinkPublisher {
     pub(crate) fn new(tx: LinkTx) -> Self {
-        Self { tx: std::sync::Arc::new(std::sync::Mutex::new(LinkTxCell(tx))) }
+        Self {
+            tx: std::sync::Arc::new(std::sync::Mutex::new(LinkTxCell(tx))),
+        }
     }
 
     /// Publishes `payload` to `topic`. The router's channel is bounded; this waits on a
@@ -155,8 +159,14 @@ impl LinkPublisher {
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = tx.lock().map_err(|_| "publisher lock poisoned".to_owned())?;
-            guard.0.publish(topic, payload).map(|_| ()).map_err(|e| e.to_string())
+            let mut guard = tx
+                .lock()
+                .map_err(|_| "publisher lock poisoned".to_owned())?;
+            guard
+                .0
+                .publish(topic, payload)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?

@@ -99,7 +99,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("listeners", &self.listeners).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,7 +184,10 @@ impl Broker {
 
     /// The bound address of one kind of listener, if it runs.
     pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
     }
 
     /// Opens an in-process link subscribed to `filters` and returns its publishes as a stream
@@ -219,8 +224,14 @@ impl Broker {
         // Building a link waits for the router's CONNACK on a blocking channel.
         tokio::task::spawn_blocking(move || links(&id))
             .await
-            .map_err(|e| BrokerError::Link { client_id: client_id.to_owned(), reason: e.to_string() })?
-            .map_err(|e| BrokerError::Link { client_id: client_id.to_owned(), reason: e.to_string() })
+            .map_err(|e| BrokerError::Link {
+                client_id: client_id.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| BrokerError::Link {
+                client_id: client_id.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// Stops accepting MQTT connections. (rumqttd's router thread has no stop; it ends with
@@ -275,7 +286,10 @@ fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
     }
 }
 
-async fn wait_ready(listener: &EffectiveListener, task: &JoinHandle<()>) -> Result<(), BrokerError> {
+async fn wait_ready(
+    listener: &EffectiveListener,
+    task: &JoinHandle<()>,
+) -> Result<(), BrokerError> {
     let mut probe = listener.addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(if probe.is_ipv6() {

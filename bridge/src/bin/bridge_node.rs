@@ -16,8 +16,12 @@ async fn main() {
     let cfg = BridgeConfig {
         data_dir: args[1].clone().into(),
         mqtt_url: Some(args[2].clone()),
-        http_listen: args.get(3).cloned().unwrap_or_else(|| "127.0.0.1:0".to_owned()),
-        mqtt_client_id: std::env::var("EDGEWATCH_CLIENT_ID").unwrap_or_else(|_| "edgewatch-bridge".to_owned()),
+        http_listen: args
+            .get(3)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+        mqtt_client_id: std::env::var("EDGEWATCH_CLIENT_ID")
+            .unwrap_or_else(|_| "edgewatch-bridge".to_owned()),
         ..BridgeConfig::default()
     };
     if let Err(err) = run(cfg).await {
@@ -34,7 +38,11 @@ async fn run(cfg: BridgeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let stop = token.clone();
     let server = {
         let router = hub.router();
-        tokio::spawn(edgewatch_bridge::http::serve(listener, router, async move { stop.cancelled().await }))
+        tokio::spawn(edgewatch_bridge::http::serve(
+            listener,
+            router,
+            async move { stop.cancelled().await },
+        ))
     };
     println!("ready {addr}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

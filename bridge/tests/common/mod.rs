@@ -37,7 +37,10 @@ pub fn free_port() -> u16 {
 pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut f: F) {
     let deadline = tokio::time::Instant::now() + limit;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,10 +72,20 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is installed (apt-get install mosquitto)");
-        let m = Mosquitto { port, child, _dir: dir };
+        let m = Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "mosquitto did not start");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         m
@@ -93,7 +106,8 @@ impl Drop for Mosquitto {
 /// Publishes every `(topic, payload)` at QoS1 and returns once the broker acked all of them.
 pub async fn publish_all(port: u16, client_id: &str, msgs: Vec<(String, Vec<u8>)>) {
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     let n = msgs.len();
     let acks = tokio::spawn(async move {
@@ -109,26 +123,43 @@ pub async fn publish_all(port: u16, client_id: &str, msgs: Vec<(String, Vec<u8>)
         eventloop
     });
     for (topic, payload) in msgs {
-        client.publish(topic, QoS::AtLeastOnce, false, payload).await.expect("queue publish");
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queue publish");
     }
-    let ev = tokio::time::timeout(Duration::from_secs(120), acks).await.expect("broker acked in time").expect("publisher task");
+    let ev = tokio::time::timeout(Duration::from_secs(120), acks)
+        .await
+        .expect("broker acked in time")
+        .expect("publisher task");
     drop(ev);
 }
 
 /// `GET path` over a real socket; returns (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect http");
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
         let text = String::from_utf8_lossy(&buf).into_owned();
-        let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     };
-    tokio::time::timeout(Duration::from_secs(20), fut).await.expect("http answered in time")
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("http answered in time")
 }
 
 pub fn bridge_config(dir: &Path) -> edgewatch_bridge::BridgeConfig {

@@ -1,0 +1,329 @@
+//! The embedded broker with real MQTT clients on free loopback ports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edgewatch_broker::config::UserConfig;
+use edgewatch_broker::{Broker, BrokerConfig, ListenerKind};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A broker with every plain listener on a free loopback port.
+fn test_config() -> BrokerConfig {
+    let mut cfg = BrokerConfig::default();
+    for l in [&mut cfg.mqtt, &mut cfg.mqtt5, &mut cfg.websocket] {
+        l.enabled = true;
+        l.listen = "127.0.0.1:0".parse().unwrap();
+    }
+    cfg
+}
+
+fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Polls until the CONNACK; returns its return code.
+async fn connack(ev: &mut EventLoop) -> Result<rumqttc::ConnectReturnCode, String> {
+    loop {
+        match timeout(WAIT, ev.poll())
+            .await
+            .map_err(|_| "timeout".to_owned())?
+        {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack.code),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Drives an event loop in the background, forwarding incoming publishes.
+fn drive(mut ev: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_qos1_readings_reach_mqtt_subscriber_and_link_in_order() {
+    const N: usize = 10_000;
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    let mut link = broker
+        .subscribe("bridge-test", &["sensors/#"], 1024)
+        .await
+        .unwrap();
+
+    let (sub, mut sub_ev) = AsyncClient::new(options("sub", addr), 100);
+    connack(&mut sub_ev).await.unwrap();
+    sub.subscribe("sensors/#", QoS::AtLeastOnce).await.unwrap();
+    // Wait for the SUBACK before publishing.
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) =
+            timeout(WAIT, sub_ev.poll()).await.unwrap().unwrap()
+        {
+            break;
+        }
+    }
+    let mut sub_rx = drive(sub_ev);
+
+    let (publisher, pub_ev) = AsyncClient::new(options("pub", addr), 100);
+    let _pub_rx = drive(pub_ev);
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            publisher
+                .publish(
+                    "sensors/d1/temperature",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+
+    let link_side = tokio::spawn(async move {
+        for i in 0..N {
+            let p = timeout(WAIT, link.recv())
+                .await
+                .expect("link timed out")
+                .expect("link ended");
+            assert_eq!(p.topic, "sensors/d1/temperature");
+            assert_eq!(
+                p.payload,
+                i.to_string().as_bytes(),
+                "link out of order at {i}"
+            );
+            assert!(p.received_at_ms > 1_700_000_000_000);
+        }
+    });
+    for i in 0..N {
+        let p = timeout(WAIT, sub_rx.recv())
+            .await
+            .expect("subscriber timed out")
+            .unwrap();
+        assert_eq!(
+            p.payload,
+            i.to_string().as_bytes(),
+            "subscriber out of order at {i}"
+        );
+    }
+    link_side.await.unwrap();
+    let _publisher = sender.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_client_round_trips() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as E5, MqttOptions as Opt5};
+
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt5).unwrap();
+    let mut o = Opt5::new("v5-client", addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(10));
+    let (client, mut ev) = Client5::new(o, 10);
+    client
+        .subscribe("sensors/+/humidity", Q5::AtLeastOnce)
+        .await
+        .unwrap();
+    let got = timeout(WAIT, async {
+        let mut published = false;
+        loop {
+            match ev.poll().await.unwrap() {
+                E5::Incoming(P5::SubAck(_)) if !published => {
+                    client
+                        .publish("sensors/d7/humidity", Q5::AtLeastOnce, false, "40.5")
+                        .await
+                        .unwrap();
+                    published = true;
+                }
+                E5::Incoming(P5::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("v5 round trip timed out");
+    assert_eq!(&got.topic[..], b"sensors/d7/humidity");
+    assert_eq!(&got.payload[..], b"40.5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_keep_alive_above_max_is_announced_in_connack() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as E5, MqttOptions as Opt5};
+
+    let mut cfg = test_config();
+    cfg.limits.keep_alive_max_secs = 60;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt5).unwrap();
+    let mut o = Opt5::new("v5-ka", addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(600));
+    let (_client, mut ev) = Client5::new(o, 10);
+    let ack = timeout(WAIT, async {
+        loop {
+            if let E5::Incoming(P5::ConnAck(ack)) = ev.poll().await.unwrap() {
+                return ack;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), Some(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_is_accepted_and_not_timed_out() {
+    let mut cfg = test_config();
+    // With keep-alive 0 mapped to 2 s, a rumqttd timeout would hit after 3 s of silence;
+    // the default maps it to 65535 s. Use the default and stay silent for 4 s.
+    cfg.limits.keep_alive_min_secs = 1;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    let mut o = options("ka0", addr);
+    o.set_keep_alive(Duration::ZERO);
+    let (client, mut ev) = AsyncClient::new(o, 10);
+    assert_eq!(
+        connack(&mut ev).await.unwrap(),
+        rumqttc::ConnectReturnCode::Success
+    );
+    let mut rx = drive(ev);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Still connected: a subscribe + publish round trip works on the same connection.
+    client
+        .subscribe("sensors/ka0/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .publish("sensors/ka0/t", QoS::AtLeastOnce, false, "1")
+        .await
+        .unwrap();
+    let p = timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .expect("connection was dropped");
+    assert_eq!(&p.payload[..], b"1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_round_trips() {
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let addr = broker.addr(ListenerKind::WebSocket).unwrap();
+    let mut o = MqttOptions::new("ws-client", format!("ws://{addr}/mqtt"), addr.port());
+    o.set_transport(rumqttc::Transport::ws());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(o, 10);
+    assert_eq!(
+        connack(&mut ev).await.unwrap(),
+        rumqttc::ConnectReturnCode::Success
+    );
+    let mut rx = drive(ev);
+    client
+        .subscribe("sensors/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .publish("sensors/ws1/temperature", QoS::AtLeastOnce, false, "19.5")
+        .await
+        .unwrap();
+    let p = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(p.topic, "sensors/ws1/temperature");
+    assert_eq!(&p.payload[..], b"19.5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_and_right_one_connects() {
+    let mut cfg = test_config();
+    cfg.users.push(UserConfig {
+        username: "sensor-1".into(),
+        password_hash: edgewatch_broker::hash_password("s3cret").unwrap(),
+    });
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+
+    let mut bad = options("bad", addr);
+    bad.set_credentials("sensor-1", "wrong");
+    let (_c, mut ev) = AsyncClient::new(bad, 10);
+    let refused = connack(&mut ev).await;
+    assert!(
+        !matches!(refused, Ok(rumqttc::ConnectReturnCode::Success)),
+        "wrong password accepted: {refused:?}"
+    );
+
+    let mut anon = options("anon", addr);
+    anon.set_keep_alive(Duration::from_secs(30));
+    let (_c, mut ev) = AsyncClient::new(anon, 10);
+    assert!(!matches!(
+        connack(&mut ev).await,
+        Ok(rumqttc::ConnectReturnCode::Success)
+    ));
+
+    let mut good = options("good", addr);
+    good.set_credentials("sensor-1", "s3cret");
+    let (_c, mut ev) = AsyncClient::new(good, 10);
+    assert_eq!(
+        connack(&mut ev).await.unwrap(),
+        rumqttc::ConnectReturnCode::Success
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_in_use_is_a_startup_error_naming_the_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut cfg = test_config();
+    cfg.mqtt5.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let err = Broker::start(&cfg).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&port.to_string()) && err.contains("mqtt5"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_default_binds_loopback_only() {
+    let mut cfg = BrokerConfig::default();
+    cfg.mqtt.listen = "0.0.0.0:0".parse().unwrap();
+    cfg.mqtt5.enabled = false;
+    cfg.websocket.enabled = false;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_publisher_reaches_subscribers() {
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let mut link = broker
+        .subscribe("watcher", &["sensors/#"], 16)
+        .await
+        .unwrap();
+    let publisher = broker.publisher("serial-reader").await.unwrap();
+    publisher
+        .publish("sensors/s1/temperature".into(), "22.5".into())
+        .await
+        .unwrap();
+    let got = timeout(WAIT, link.recv()).await.unwrap().unwrap();
+    assert_eq!(got.topic, "sensors/s1/temperature");
+    assert_eq!(&got.payload[..], b"22.5");
+}
