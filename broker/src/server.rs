@@ -3,8 +3,8 @@
 //!
 //! rumqttd's `Server::start` binds its address itself and reports nothing when that fails, so
 //! every address is bind-checked first (a port in use is a startup error naming the port;
-//! port 0 is resolved to a free port here) and a listener counts as ready once its port
-//! accepts a TCP connection.
+//! port 0 is resolved to a free port here) and a listener counts as ready once its socket
+//! listens, i.e. the kernel accepts TCP connections on the port (see [`wait_ready`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,18 +286,14 @@ fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
     }
 }
 
-async fn wait_ready(
-    listener: &EffectiveListener,
-    task: &JoinHandle<()>,
-) -> Result<(), BrokerError> {
-    let mut probe = listener.addr;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(if probe.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        });
-    }
+/// Waits until rumqttd's socket for `listener` is listening.
+///
+/// rumqttd binds inside `Server::start` and reports nothing. Once its socket listens, the
+/// kernel completes TCP connections on that port, and a plain bind of the same address fails
+/// with `AddrInUse` (rumqttd's tokio socket has SO_REUSEADDR, ours does not). We test that
+/// instead of opening a probe connection, because rumqttd logs every probe connection as an
+/// error ("connection closed by peer", "tls handshake eof") at each start.
+async fn wait_ready(listener: &EffectiveListener, task: &JoinHandle<()>) -> Result<(), BrokerError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if task.is_finished() {
@@ -307,16 +303,17 @@ async fn wait_ready(
                 reason: "listener task ended (see the log for rumqttd's error)".into(),
             });
         }
-        if tokio::net::TcpStream::connect(probe).await.is_ok() {
-            return Ok(());
+        match std::net::TcpListener::bind(listener.addr) {
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => return Ok(()),
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(BrokerError::NotReady {
                 listener: listener.kind,
                 addr: listener.addr,
-                reason: format!("no connection accepted within {READY_TIMEOUT:?}"),
+                reason: format!("not listening within {READY_TIMEOUT:?}"),
             });
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

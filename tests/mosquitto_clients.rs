@@ -1,0 +1,103 @@
+//! Debian's mosquitto_pub / mosquitto_sub against the real `edgewatch run`, plain and TLS.
+//! `scripts/test` installs mosquitto-clients; without it these tests fail, not skip.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{loopback_config, Hub};
+
+/// Starts `mosquitto_sub` for one message, then publishes until it arrives (the subscription
+/// may take a moment), and returns what the subscriber printed.
+fn round_trip(sub_args: &[String], pub_args: &[String]) -> String {
+    assert!(support::have("mosquitto_sub"), "mosquitto-clients not installed (scripts/test installs it)");
+    let sub = Command::new("mosquitto_sub")
+        .args(sub_args)
+        .args(["-t", "sensors/#", "-v", "-C", "1", "-W", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sub.id();
+    let waiter = std::thread::spawn(move || sub.wait_with_output().unwrap());
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        let st = Command::new("mosquitto_pub")
+            .args(pub_args)
+            .args(["-t", "sensors/d1/temperature", "-m", "21.5", "-q", "1"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mosquitto_pub failed");
+        if waiter.is_finished() {
+            break;
+        }
+    }
+    let out = waiter.join().unwrap();
+    let _ = pid;
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn host_port(addr: std::net::SocketAddr) -> Vec<String> {
+    vec!["-h".into(), addr.ip().to_string(), "-p".into(), addr.port().to_string()]
+}
+
+#[test]
+fn mosquitto_clients_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hp = host_port(hub.addr("mqtt"));
+    let got = round_trip(&hp, &hp);
+    assert_eq!(got.trim(), "sensors/d1/temperature 21.5");
+}
+
+#[test]
+fn mosquitto_clients_mqtt5_publisher_to_mqtt311_subscriber() {
+    // (mosquitto's clients refuse `-k 0` themselves; keep-alive 0 is tested with rumqttc in
+    // broker/tests/broker.rs.)
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let sub = host_port(hub.addr("mqtt"));
+    let mut publ = host_port(hub.addr("mqtt5"));
+    publ.extend(["-V".into(), "mqttv5".into()]);
+    let got = round_trip(&sub, &publ);
+    assert_eq!(got.trim(), "sensors/d1/temperature 21.5");
+}
+
+#[test]
+fn mosquitto_clients_round_trip_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl could not make a test certificate");
+    let tls_port = support::free_port();
+    let extra = format!(
+        "[broker.tls]\nenabled = true\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = {:?}\nkey_path = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
+    // By host name: clients send the name as SNI, and rustls refuses an IP address there.
+    let mut args = vec!["-h".into(), "localhost".into(), "-p".into(), tls_port.to_string()];
+    args.extend(["--cafile".into(), cert.display().to_string()]);
+    let got = round_trip(&args, &args);
+    assert_eq!(got.trim(), "sensors/d1/temperature 21.5");
+    // A plain-text client on the TLS port gets nothing through.
+    let plain = Command::new("mosquitto_pub")
+        .args(host_port(hub.addr("tls")))
+        .args(["-t", "sensors/x/y", "-m", "1"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+}

@@ -1,0 +1,120 @@
+//! Running the real `edgewatch` binary in end-to-end tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgewatch")
+}
+
+/// A free loopback port (bound then released; a small race is accepted).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `edgewatch run`, killed on drop.
+pub struct Hub {
+    pub child: Child,
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Hub {
+    /// Starts `edgewatch run --config FILE` and waits for its ready line.
+    pub fn start(config: &Path, extra: &[&str]) -> Hub {
+        let mut child = Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("EDGEWATCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn edgewatch");
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let ready = loop {
+            match line_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.starts_with("edgewatch ready") => break line,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let log: Vec<String> = err_rx.try_iter().collect();
+                    panic!("edgewatch did not become ready; stderr:\n{}", log.join("\n"));
+                }
+            }
+        };
+        let listeners = ready
+            .split_whitespace()
+            .skip(2)
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.parse().expect("address")))
+            .collect();
+        Hub { child, listeners, stderr: err_rx }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no {name}")).1
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "edgewatch did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with every listener on a free loopback port.
+pub fn loopback_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[broker.mqtt]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
+         [broker.mqtt5]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
+         [broker.websocket]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n{extra}",
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    let path = dir.join("edgewatch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Whether a command exists on PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+}
