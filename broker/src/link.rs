@@ -97,13 +97,10 @@ async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
         match notification {
             Notification::Forward(forward) => {
                 let publish = forward.publish;
-                let topic = match String::from_utf8(publish.topic.to_vec()) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
-                        tracing::warn!("dropping publish with a non-UTF-8 topic");
-                        continue;
-                    }
+                let Ok(topic) = String::from_utf8(publish.topic.to_vec()) else {
+                    // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
+                    tracing::warn!("dropping publish with a non-UTF-8 topic");
+                    continue;
                 };
                 let item = InboundPublish {
                     topic,

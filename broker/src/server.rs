@@ -88,7 +88,8 @@ pub enum BrokerError {
     },
 }
 
-type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync;
+/// Opens an in-process link; the error is rumqttd's `LinkError` as text (it is large).
+type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
 
 /// A running broker. Dropping it (or [`Broker::stop`]) stops accepting connections.
 pub struct Broker {
@@ -169,6 +170,7 @@ impl Broker {
                 .clean_session(true)
                 .build()
                 .map(|(tx, rx, _ack)| (tx, rx))
+                .map_err(|e: LinkError| e.to_string())
         });
         Ok(Broker {
             listeners: listeners.iter().map(|l| (l.kind, l.addr)).collect(),
