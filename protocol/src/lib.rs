@@ -6,14 +6,17 @@
 //! * [`payload`]: decoding an MQTT publish (topic + payload bytes) into a [`Reading`] or a
 //!   device presence change.
 //! * [`timefmt`]: event times: RFC 3339 and epoch milliseconds.
+//! * [`filter_index`]: a trie of subscribers' topic filters for cheap matching in the fan-out.
 //! * [`frame`]: the serial formats: postcard + COBS frames and `metric=value` text lines.
 
+pub mod filter_index;
 pub mod frame;
 pub mod payload;
 pub mod reading;
 pub mod timefmt;
 pub mod topic;
 
+pub use filter_index::FilterIndex;
 pub use frame::{FrameDecoder, FrameError, LineDecoder, TextReading};
 pub use payload::{decode_publish, CompactReading, DecodeError, Inbound};
 pub use reading::{Reading, SeriesKey};
