@@ -1,0 +1,256 @@
+//! `--verify`: a subscriber on the same broker that checks every reading of the fleet arrives
+//! exactly once and measures publish-to-receive latency.
+//!
+//! It subscribes to `sensors/#` with QoS 1 and a persistent session (client id
+//! `{id_prefix}-verify`), so a broker that keeps sessions across a restart queues readings for
+//! it. Readings are recognised by device id (`{id_prefix}-N`), metric and timestamp; those
+//! older than the run (a previous run's queued messages) are ignored. Bounds: at most
+//! [`MAX_TRACKED`] distinct readings are remembered for duplicate detection (beyond that they
+//! are counted as `untracked`); latency is kept in a millisecond histogram up to
+//! [`HISTOGRAM_MS`] (slower ones count in the last bucket; the true maximum is kept).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgewatch_protocol::payload::{decode_publish, Inbound};
+use edgewatch_protocol::timefmt::now_ms;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::FleetConfig;
+use crate::payload::Format;
+use crate::report::{Percentiles, VerifyReport};
+use crate::SimError;
+
+/// Distinct readings remembered for duplicate detection (about 50 bytes each).
+pub(crate) const MAX_TRACKED: usize = 5_000_000;
+/// Latency histogram range in milliseconds.
+pub(crate) const HISTOGRAM_MS: usize = 60_000;
+/// How long `start` waits for the subscription to be acknowledged.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `finish` waits for late readings: at most this in total...
+const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// ...and at most this after the last reading arrived.
+const FINISH_QUIET: Duration = Duration::from_secs(2);
+
+/// Progress visible to `finish` while the subscriber task runs.
+#[derive(Debug, Default)]
+struct Progress {
+    received: AtomicU64,
+    last_arrival_ms: AtomicI64,
+}
+
+/// What the subscriber task collected.
+#[derive(Debug)]
+struct Tally {
+    prefix: String,
+    metrics: Vec<String>,
+    timestamps: bool,
+    since_ms: i64,
+    seen: HashSet<(u32, u16, i64)>,
+    duplicates: u64,
+    untracked: u64,
+    histogram: Vec<u64>,
+    max_latency: i64,
+}
+
+impl Tally {
+    fn record(&mut self, topic: &str, payload: &[u8], progress: &Progress) {
+        let now = now_ms();
+        let Ok(Inbound::Reading(r)) = decode_publish(topic, payload, now) else {
+            return;
+        };
+        let Some(device) = r
+            .device_id
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return;
+        };
+        let Some(metric) = self.metrics.iter().position(|m| *m == r.metric) else {
+            return;
+        };
+        progress.last_arrival_ms.store(now, Ordering::Relaxed);
+        if !self.timestamps {
+            progress.received.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if r.timestamp_ms < self.since_ms {
+            return;
+        }
+        let key = (device, metric as u16, r.timestamp_ms);
+        if self.seen.len() >= MAX_TRACKED && !self.seen.contains(&key) {
+            self.untracked += 1;
+        } else if !self.seen.insert(key) {
+            self.duplicates += 1;
+            return;
+        }
+        progress.received.fetch_add(1, Ordering::Relaxed);
+        let latency = (now - r.timestamp_ms).max(0);
+        self.max_latency = self.max_latency.max(latency);
+        let bucket = usize::try_from(latency)
+            .unwrap_or(HISTOGRAM_MS)
+            .min(HISTOGRAM_MS);
+        self.histogram[bucket] += 1;
+    }
+
+    fn percentiles(&self) -> Option<Percentiles> {
+        let total: u64 = self.histogram.iter().sum();
+        if !self.timestamps || total == 0 {
+            return None;
+        }
+        let at = |q: f64| {
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (ms, n) in self.histogram.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return ms as i64;
+                }
+            }
+            HISTOGRAM_MS as i64
+        };
+        Some(Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: self.max_latency,
+        })
+    }
+}
+
+/// The running verifying subscriber.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+    task: JoinHandle<Tally>,
+}
+
+impl Verifier {
+    /// Connects and subscribes; returns once the broker acknowledged the subscription.
+    pub(crate) async fn start(cfg: &FleetConfig) -> Result<Verifier, SimError> {
+        let client_id = format!("{}-verify", cfg.id_prefix);
+        let mut opts = MqttOptions::new(&client_id, &cfg.broker_host, cfg.broker_port);
+        opts.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(64 * 1024, 64 * 1024);
+        if let Some(user) = &cfg.username {
+            opts.set_credentials(user, cfg.password.as_deref().unwrap_or(""));
+        }
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let subscribe = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        client
+                            .subscribe("sensors/#", QoS::AtLeastOnce)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(SimError::Verify { reason }),
+            Err(_) => {
+                return Err(SimError::Verify {
+                    reason: format!("no SUBACK within {SUBSCRIBE_TIMEOUT:?}"),
+                })
+            }
+        }
+        let progress = Arc::new(Progress::default());
+        let stop = CancellationToken::new();
+        let mut tally = Tally {
+            prefix: cfg.id_prefix.clone(),
+            metrics: cfg.metrics.clone(),
+            timestamps: cfg.format != Format::Number,
+            since_ms: now_ms() - 1000,
+            seen: HashSet::new(),
+            duplicates: 0,
+            untracked: 0,
+            histogram: vec![0; HISTOGRAM_MS + 1],
+            max_latency: 0,
+        };
+        let task = {
+            let (progress, stop) = (progress.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        () = stop.cancelled() => break,
+                        event = eventloop.poll() => event,
+                    };
+                    match event {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            tally.record(&p.topic, &p.payload, &progress);
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                            let _ = client.try_subscribe("sensors/#", QoS::AtLeastOnce);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(%error, "verify subscriber disconnected");
+                            // Reconnect quickly: devices back off longer than this.
+                            tokio::select! {
+                                () = stop.cancelled() => break,
+                                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            }
+                        }
+                    }
+                }
+                let _ = client.try_disconnect();
+                tally
+            })
+        };
+        Ok(Verifier {
+            progress,
+            stop,
+            task,
+        })
+    }
+
+    /// Waits (bounded) until `expected` distinct readings arrived or arrivals stopped, then
+    /// stops the subscriber and reports.
+    pub(crate) async fn finish(self, expected: u64) -> VerifyReport {
+        let deadline = tokio::time::Instant::now() + FINISH_TIMEOUT;
+        let finish_started_ms = now_ms();
+        loop {
+            let received = self.progress.received.load(Ordering::Relaxed);
+            let last = self.progress.last_arrival_ms.load(Ordering::Relaxed);
+            let quiet_ms = now_ms() - last.max(finish_started_ms);
+            if received >= expected
+                || tokio::time::Instant::now() >= deadline
+                || quiet_ms > FINISH_QUIET.as_millis() as i64
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A little longer, to see duplicates that trail the last expected reading.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stop.cancel();
+        let received = self.progress.received.load(Ordering::Relaxed);
+        let Ok(tally) = self.task.await else {
+            return VerifyReport {
+                received,
+                missing: expected.saturating_sub(received),
+                ..VerifyReport::default()
+            };
+        };
+        VerifyReport {
+            received,
+            duplicates: tally.duplicates,
+            missing: expected.saturating_sub(received),
+            latency_ms: tally.percentiles(),
+            untracked: tally.untracked,
+        }
+    }
+}
