@@ -29,6 +29,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Simulate sensor firmware: a fleet of MQTT devices (any broker), a load run, or one
+    /// emulated serial sensor on a pseudo-terminal.
+    Sim(edgewatch_sim::SimArgs),
     /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
     Passwd {
         /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
@@ -59,6 +62,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Passwd { username } => passwd(username.as_deref()),
+        Command::Sim(args) => sim(args),
     }
 }
 
@@ -111,6 +115,33 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
+    init_logging("warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            crate::signals::stop_requested().await;
+            on_signal.cancel();
+        });
+        edgewatch_sim::run(args, stop).await
+    });
+    match result {
+        Ok(_report) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,152 @@
+// Runs the real hub (`target/release/edgewatch run`) for a test: temp config and data dir,
+// fixed free ports (so that a restart keeps them), killed at the end.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import mqtt from 'mqtt';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const BINARY = process.env.EDGEWATCH_BIN ?? path.join(REPO, 'target/release/edgewatch');
+
+/** A TCP port that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves with the value of `fn()` once truthy; rejects after `timeoutMs`. */
+export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 50, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+export class Hub {
+  constructor() {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgewatch-browser-'));
+    this.dataDir = path.join(this.dir, 'data');
+    this.config = path.join(this.dir, 'edgewatch.toml');
+    this.proc = null;
+    this.output = '';
+  }
+
+  get httpUrl() {
+    return `http://127.0.0.1:${this.httpPort}`;
+  }
+
+  async start() {
+    if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run cargo build --release first`);
+    this.mqttPort ??= await freePort();
+    this.httpPort ??= await freePort();
+    fs.writeFileSync(
+      this.config,
+      [
+        '[broker.mqtt]',
+        'enabled = true',
+        `listen = "127.0.0.1:${this.mqttPort}"`,
+        '[broker.mqtt5]',
+        'enabled = false',
+        'listen = "127.0.0.1:0"',
+        '[broker.websocket]',
+        'enabled = false',
+        'listen = "127.0.0.1:0"',
+        '',
+      ].join('\n'),
+    );
+    const args = ['run', '--config', this.config, '--data-dir', this.dataDir, '--http-listen', `127.0.0.1:${this.httpPort}`];
+    const proc = spawn(BINARY, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EDGEWATCH_LOG: process.env.EDGEWATCH_LOG ?? 'warn' } });
+    this.proc = proc;
+    proc.stderr.on('data', (d) => (this.output += d));
+    await new Promise((resolve, reject) => {
+      let buf = '';
+      const timer = setTimeout(() => reject(new Error(`hub not ready within 30 s:\n${this.output}`)), 30_000);
+      proc.stdout.on('data', (d) => {
+        buf += d;
+        this.output += d;
+        if (/edgewatch ready .*http=/.test(buf)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      proc.on('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`hub exited with ${code} before ready:\n${this.output}`));
+      });
+    });
+    return this;
+  }
+
+  /** SIGTERM (orderly shutdown), SIGKILL after 10 s. */
+  async stop() {
+    const proc = this.proc;
+    this.proc = null;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  async dispose() {
+    await this.stop();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  async api(pathAndQuery) {
+    const res = await fetch(this.httpUrl + pathAndQuery);
+    if (!res.ok) throw new Error(`${pathAndQuery}: HTTP ${res.status} ${await res.text()}`);
+    return res.json();
+  }
+
+  /** Every stored reading matching `filter`, in seq order. */
+  async readings(filter) {
+    const out = [];
+    let after = 0;
+    for (;;) {
+      const q = new URLSearchParams({ filter, after: String(after), limit: '1000' });
+      const page = await this.api(`/v1/readings?${q}`);
+      out.push(...page.readings);
+      if (page.nextAfter === null || page.nextAfter === undefined || page.readings.length === 0) return out;
+      after = page.nextAfter;
+    }
+  }
+
+  /** An MQTT device: last will `offline` (retained) on its status topic, `online` on connect. */
+  async device(deviceId) {
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${this.mqttPort}`, {
+      clientId: `browser-test-${deviceId}-${process.pid}`,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      will: { topic: `sensors/${deviceId}/status`, payload: 'offline', qos: 1, retain: true },
+    });
+    await client.publishAsync(`sensors/${deviceId}/status`, 'online', { qos: 1, retain: true });
+    return {
+      client,
+      publish: (metric, value, unit = 'C', extra = {}) =>
+        client.publishAsync(`sensors/${deviceId}/${metric}`, JSON.stringify({ value, unit, ...extra }), { qos: 1 }),
+      /** Drops the TCP connection without DISCONNECT, so that the broker sends the will. */
+      crash: () => client.stream.destroy(),
+      end: () => client.endAsync(true).catch(() => {}),
+    };
+  }
+}
