@@ -76,6 +76,8 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     };
     cfg.apply(&Overrides {
         mqtt_listen: args.mqtt_listen,
+        http_listen: args.http_listen,
+        data_dir: args.data_dir.clone(),
     });
     Ok(cfg)
 }
@@ -122,7 +124,10 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
     init_logging("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

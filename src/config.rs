@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgewatch_bridge::watch::LiveConfig;
+use edgewatch_bridge::BridgeConfig;
 use edgewatch_broker::BrokerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct AppConfig {
     /// `[broker]`: the embedded MQTT broker.
     pub(crate) broker: BrokerConfig,
+    /// `[bridge]`: ingest, the event log, history and the HTTP server.
+    pub(crate) bridge: BridgeConfig,
+    /// `[live]`: live delivery over SSE, WebSocket and long polling.
+    pub(crate) live: LiveConfig,
     /// `[log]`: logging.
     pub(crate) log: LogConfig,
 }
@@ -66,6 +72,8 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Overrides {
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    pub(crate) http_listen: Option<SocketAddr>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 impl AppConfig {
@@ -112,6 +120,21 @@ impl AppConfig {
                 message,
             }
         })?;
+        let named = |msg: String| {
+            let (key, message) = split_key(&msg);
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                key,
+                message,
+            }
+        };
+        self.live.validate().map_err(named)?;
+        if self.bridge.http_listen.parse::<SocketAddr>().is_err() {
+            return Err(named(format!(
+                "bridge.http_listen: not an address: {:?} (expected e.g. 127.0.0.1:8080)",
+                self.bridge.http_listen
+            )));
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError {
                 file: file.map(Path::to_path_buf),
@@ -126,6 +149,12 @@ impl AppConfig {
     pub(crate) fn apply(&mut self, o: &Overrides) {
         if let Some(addr) = o.mqtt_listen {
             self.broker.mqtt.listen = addr;
+        }
+        if let Some(addr) = o.http_listen {
+            self.bridge.http_listen = addr.to_string();
+        }
+        if let Some(dir) = &o.data_dir {
+            self.bridge.data_dir.clone_from(dir);
         }
     }
 }
@@ -199,7 +228,11 @@ mod tests {
         let mut cfg = AppConfig::default();
         cfg.apply(&Overrides {
             mqtt_listen: Some("127.0.0.1:9999".parse().unwrap()),
+            http_listen: Some("127.0.0.1:9998".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
         });
         assert_eq!(cfg.broker.mqtt.listen.port(), 9999);
+        assert_eq!(cfg.bridge.http_listen, "127.0.0.1:9998");
+        assert_eq!(cfg.bridge.data_dir, Path::new("/tmp/x"));
     }
 }

@@ -1,10 +1,23 @@
 //! Composition of the running hub: start the parts in order, print where they listen, stop
 //! them in reverse order on a signal.
+//!
+//! Start: broker (MQTT listeners) → bridge (store, writer) → the in-process link from the
+//! broker into ingest → fan-out → HTTP (API, live streams, dashboard).
+//! Stop: cancel live streams and stop accepting MQTT → drain ingest and the writer, flush the
+//! store → finish HTTP.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use edgewatch_bridge::fanout::Fanout;
+use edgewatch_bridge::live::{run_fanout, LiveHub};
+use edgewatch_bridge::watch::{LiveState, PublishFn};
+use edgewatch_bridge::Publish;
 use edgewatch_broker::Broker;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::config::AppConfig;
@@ -12,27 +25,138 @@ use crate::config::AppConfig;
 /// How long an orderly stop may take before we exit anyway.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Publishes the broker's in-process link buffers (see `edgewatch_broker::link`).
+const LINK_CAPACITY: usize = 4096;
+
 /// Runs until SIGINT / SIGTERM.
 pub(crate) async fn run(cfg: AppConfig, _args: RunArgs) -> anyhow::Result<()> {
+    let running = start(cfg).await?;
+    crate::signals::stop_requested().await;
+    running.stop().await
+}
+
+/// A started hub.
+pub(crate) struct Running {
+    broker: Broker,
+    bridge: edgewatch_bridge::Hub,
+    stop: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts every part and prints the ready line.
+pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
+    let http_addr: SocketAddr = cfg
+        .bridge
+        .http_listen
+        .parse()
+        .context("bridge.http_listen is not an address")?;
+    // Bind HTTP first: a port in use fails before anything else starts.
+    let http_listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {http_addr} (port {})",
+                http_addr.port()
+            )
+        })?;
+    let http_addr = http_listener.local_addr()?;
+
     let broker = Broker::start(&cfg.broker)
         .await
         .context("starting the MQTT broker")?;
-    let listeners: Vec<String> = broker
+    let stop = CancellationToken::new();
+    let bridge = edgewatch_bridge::start(cfg.bridge.clone(), stop.child_token())
+        .await
+        .context("starting the bridge")?;
+
+    let link = broker
+        .subscribe("edgewatch-bridge", &["sensors/#"], LINK_CAPACITY)
+        .await
+        .context("linking the bridge to the broker")?;
+    bridge.run_source(link.map(|p| Publish {
+        topic: p.topic,
+        payload: p.payload,
+        received_at_ms: p.received_at_ms,
+    }));
+
+    let fanout = Fanout::new(cfg.live.fanout.clone());
+    tokio::spawn(run_fanout(
+        fanout.clone(),
+        bridge.store().clone(),
+        bridge.live(),
+        stop.child_token(),
+    ));
+
+    let publisher = broker
+        .publisher("edgewatch-ws")
+        .await
+        .context("opening the publish link")?;
+    let publish: PublishFn = Arc::new(move |topic, payload| {
+        let publisher = publisher.clone();
+        Box::pin(async move { publisher.publish(topic, payload).await })
+    });
+    let live = LiveState::new(
+        LiveHub::new(fanout, bridge.store().clone()),
+        cfg.live.clone(),
+        stop.clone(),
+        Some(publish),
+    );
+    let app = bridge
+        .router()
+        .merge(edgewatch_bridge::watch::routes(live))
+        .merge(edgewatch_bridge::dashboard::routes());
+    let http_stop = stop.clone();
+    let http = tokio::spawn(edgewatch_bridge::http::serve(
+        http_listener,
+        app,
+        async move {
+            http_stop.cancelled().await;
+        },
+    ));
+
+    let mut listeners: Vec<String> = broker
         .listeners()
         .iter()
         .map(|(kind, addr)| format!("{kind}={addr}"))
         .collect();
+    listeners.push(format!("http={http_addr}"));
     // One machine-readable line on stdout: scripts and tests wait for it.
     println!("edgewatch ready {}", listeners.join(" "));
+    println!("dashboard: http://{http_addr}/");
+    Ok(Running {
+        broker,
+        bridge,
+        stop,
+        http,
+    })
+}
 
-    crate::signals::stop_requested().await;
-
-    let stop = async move {
-        broker.stop();
-    };
-    if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
-        tracing::warn!(grace = ?STOP_GRACE, "stop took too long; exiting anyway");
+impl Running {
+    /// Orderly stop, bounded by [`STOP_GRACE`].
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let Running {
+            broker,
+            bridge,
+            stop,
+            http,
+        } = self;
+        let work = async move {
+            // Live streams end (SSE finishes, WebSockets get 1001) and HTTP stops accepting.
+            stop.cancel();
+            broker.stop();
+            bridge.shutdown().await.context("stopping the bridge")?;
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(%err, "HTTP server error at stop"),
+                Err(err) => tracing::warn!(%err, "HTTP server task failed"),
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(STOP_GRACE, work).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(grace = ?STOP_GRACE, "stop took too long; exiting anyway"),
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -12,7 +12,11 @@ fn check_config_names_a_misspelled_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[broker.limits]\nmax_conections = 5\n").unwrap();
-    let out = Command::new(bin()).arg("check-config").arg(&file).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("broker.limits.max_conections"), "{stderr}");
@@ -22,16 +26,33 @@ fn check_config_names_a_misspelled_key_and_exits_2() {
 #[test]
 fn check_config_accepts_the_shipped_file() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/edgewatch.toml");
-    let out = Command::new(bin()).arg("check-config").arg(file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn run_with_a_bad_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "[broker.mqtt]\nenabled = true\nlisten = \"not-an-address\"\n").unwrap();
-    let out = Command::new(bin()).arg("run").arg("--config").arg(&file).output().unwrap();
+    std::fs::write(
+        &file,
+        "[broker.mqtt]\nenabled = true\nlisten = \"not-an-address\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("broker.mqtt.listen"), "{stderr}");
@@ -80,8 +101,16 @@ fn passwd_prints_a_verifiable_users_entry() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.toml");
     std::fs::write(&file, &text).unwrap();
-    let check = Command::new(bin()).arg("check-config").arg(&file).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = Command::new(bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(text.contains("username = \"sensor-1\""));
     assert!(text.contains("$argon2id$"));
 }

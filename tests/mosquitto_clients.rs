@@ -11,7 +11,10 @@ use support::{loopback_config, Hub};
 /// Starts `mosquitto_sub` for one message, then publishes until it arrives (the subscription
 /// may take a moment), and returns what the subscriber printed.
 fn round_trip(sub_args: &[String], pub_args: &[String]) -> String {
-    assert!(support::have("mosquitto_sub"), "mosquitto-clients not installed (scripts/test installs it)");
+    assert!(
+        support::have("mosquitto_sub"),
+        "mosquitto-clients not installed (scripts/test installs it)"
+    );
     let sub = Command::new("mosquitto_sub")
         .args(sub_args)
         .args(["-t", "sensors/#", "-v", "-C", "1", "-W", "20"])
@@ -35,12 +38,21 @@ fn round_trip(sub_args: &[String], pub_args: &[String]) -> String {
     }
     let out = waiter.join().unwrap();
     let _ = pid;
-    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_sub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn host_port(addr: std::net::SocketAddr) -> Vec<String> {
-    vec!["-h".into(), addr.ip().to_string(), "-p".into(), addr.port().to_string()]
+    vec![
+        "-h".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+    ]
 }
 
 #[test]
@@ -70,7 +82,17 @@ fn mosquitto_clients_round_trip_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
         .arg(&key)
@@ -89,7 +111,12 @@ fn mosquitto_clients_round_trip_over_tls() {
     );
     let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
     // By host name: clients send the name as SNI, and rustls refuses an IP address there.
-    let mut args = vec!["-h".into(), "localhost".into(), "-p".into(), tls_port.to_string()];
+    let mut args = vec![
+        "-h".into(),
+        "localhost".into(),
+        "-p".into(),
+        tls_port.to_string(),
+    ];
     args.extend(["--cafile".into(), cert.display().to_string()]);
     let got = round_trip(&args, &args);
     assert_eq!(got.trim(), "sensors/d1/temperature 21.5");

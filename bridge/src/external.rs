@@ -215,8 +215,13 @@ pub async fn run_external(
 }
 
 async fn send_acks(client: AsyncClient, mut rx: mpsc::Receiver<PendingAck>, epoch: Arc<AtomicU64>) {
+    let mut acked = 0u64;
     while let Some(p) = rx.recv().await {
         let outcome = p.done.await;
+        acked += 1;
+        if acked % 5000 == 0 {
+            debug!(acked, "acks queued");
+        }
         if p.epoch != epoch.load(Ordering::SeqCst) {
             continue; // the broker redelivers it on the new connection
         }

@@ -16,10 +16,14 @@
 //! * [`Hub`] (this file): starts and stops the parts together.
 
 pub mod config;
+pub mod dashboard;
 pub mod external;
+pub mod fanout;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod store;
+pub mod watch;
 pub mod writer;
 
 use std::sync::Arc;

@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|k| {
-            let payload = format!(r#"{{"value":{},"unit":"C","timestamp":{}}}"#, (k % 50) as f64 / 2.0, t + k as i64 * 1000);
+            let payload = format!(
+                r#"{{"value":{},"unit":"C","timestamp":{}}}"#,
+                (k % 50) as f64 / 2.0,
+                t + k as i64 * 1000
+            );
             (format!("sensors/dev{device}/temp"), payload.into_bytes())
         })
         .collect()
@@ -24,7 +28,12 @@ fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
 
 /// Publishes one fixed probe until `stored()` says it arrived: proves the subscription is live.
 async fn probe_until_stored<F: FnMut() -> bool>(port: u16, mut stored: F) {
-    let probe = || vec![("sensors/probe/x".to_owned(), br#"{"value":1,"timestamp":1700000000000}"#.to_vec())];
+    let probe = || {
+        vec![(
+            "sensors/probe/x".to_owned(),
+            br#"{"value":1,"timestamp":1700000000000}"#.to_vec(),
+        )]
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         publish_all(port, "probe", probe()).await;
@@ -34,7 +43,10 @@ async fn probe_until_stored<F: FnMut() -> bool>(port: u16, mut stored: F) {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "bridge never subscribed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge never subscribed"
+        );
     }
 }
 
@@ -45,19 +57,24 @@ fn assert_exactly_once(store: &Store, expected: usize) {
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r.seq, i as u64 + 1, "seq gap or reorder");
     }
-    let distinct: HashSet<(String, i64)> =
-        all.iter().map(|r| (r.reading.device_id.clone(), r.reading.timestamp_ms)).collect();
+    let distinct: HashSet<(String, i64)> = all
+        .iter()
+        .map(|r| (r.reading.device_id.clone(), r.reading.timestamp_ms))
+        .collect();
     assert_eq!(distinct.len(), expected, "duplicates stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
+    common::init_logs();
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = bridge_config(dir.path());
     cfg.mqtt_url = Some(broker.url());
     cfg.mqtt_client_id = "bridge-under-test".to_owned();
-    let hub = edgewatch_bridge::start(cfg, CancellationToken::new()).await.unwrap();
+    let hub = edgewatch_bridge::start(cfg, CancellationToken::new())
+        .await
+        .unwrap();
     let store = hub.store().clone();
     probe_until_stored(broker.port, || store.last_seq().unwrap_or(0) >= 1).await;
 
@@ -66,14 +83,30 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
     let mut pubs = Vec::new();
     for d in 0..devices {
         let port = broker.port;
-        pubs.push(tokio::spawn(async move { publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await }));
+        pubs.push(tokio::spawn(async move {
+            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+        }));
     }
     for p in pubs {
         p.await.expect("publisher");
     }
+    eprintln!("published; {} stored so far", store.last_seq().unwrap_or(0));
     let total = devices * per_device + 1;
+    let started = std::time::Instant::now();
+    let mut last_report = started;
     wait_until(Duration::from_secs(300), "all readings stored", || {
-        store.last_seq().unwrap_or(0) >= total as u64
+        let n = store.last_seq().unwrap_or(0);
+        if last_report.elapsed() > Duration::from_secs(5) {
+            let c = hub.ingest().counters();
+            eprintln!(
+                "{:?}: {n} stored, received {}, writer free {}",
+                started.elapsed(),
+                c.received.load(std::sync::atomic::Ordering::Relaxed),
+                hub.ingest().writer().free_slots()
+            );
+            last_report = std::time::Instant::now();
+        }
+        n >= total as u64
     })
     .await;
     // Nothing more arrives (no duplicates trickling in).
@@ -84,11 +117,28 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
     // Exact range query and rollups on one series.
     let f = vec![TopicFilter::parse("sensors/dev7/temp").unwrap()];
     let page = store
-        .readings(&ReadingQuery { filters: f.clone(), from_ms: Some(t + 1_000_000), to_ms: Some(t + 1_300_000), after: 0, limit: 1000 })
+        .readings(&ReadingQuery {
+            filters: f.clone(),
+            from_ms: Some(t + 1_000_000),
+            to_ms: Some(t + 1_300_000),
+            after: 0,
+            limit: 1000,
+        })
         .unwrap();
     assert_eq!(page.readings.len(), 300);
-    assert!(page.readings.iter().enumerate().all(|(i, r)| r.reading.timestamp_ms == t + 1_000_000 + i as i64 * 1000));
-    let (_, r) = store.rollups(&RollupQuery { filters: f, from_ms: t, to_ms: t + 1_800_000, step_ms: 600_000 }).unwrap();
+    assert!(page
+        .readings
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.reading.timestamp_ms == t + 1_000_000 + i as i64 * 1000));
+    let (_, r) = store
+        .rollups(&RollupQuery {
+            filters: f,
+            from_ms: t,
+            to_ms: t + 1_800_000,
+            step_ms: 600_000,
+        })
+        .unwrap();
     let pts = &r[0].points;
     assert_eq!(pts.len(), 3);
     for (_, a) in pts {
@@ -117,8 +167,15 @@ impl Node {
             let _ = std::io::BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("bridge node became ready");
-        let addr = line.trim().strip_prefix("ready ").expect("ready line").parse().expect("addr");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("bridge node became ready");
+        let addr = line
+            .trim()
+            .strip_prefix("ready ")
+            .expect("ready line")
+            .parse()
+            .expect("addr");
         (Node(child), addr)
     }
 
@@ -141,11 +198,14 @@ async fn stored_count(addr: std::net::SocketAddr) -> u64 {
         return 0;
     }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["series"].as_array().map_or(0, |a| a.iter().map(|s| s["count"].as_u64().unwrap_or(0)).sum())
+    v["series"].as_array().map_or(0, |a| {
+        a.iter().map(|s| s["count"].as_u64().unwrap_or(0)).sum()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
+    common::init_logs();
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (node, addr) = Node::start(dir.path(), &broker.url());
@@ -161,11 +221,16 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let mut pubs = Vec::new();
     for d in 0..devices {
         let port = broker.port;
-        pubs.push(tokio::spawn(async move { publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await }));
+        pubs.push(tokio::spawn(async move {
+            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+        }));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while stored_count(addr).await < 4000 {
-        assert!(tokio::time::Instant::now() < deadline, "bridge did not make progress");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge did not make progress"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     node.kill9();
@@ -177,7 +242,10 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (node, addr) = Node::start(dir.path(), &broker.url());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     while stored_count(addr).await < total as u64 {
-        assert!(tokio::time::Instant::now() < deadline, "not everything arrived after restart");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everything arrived after restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

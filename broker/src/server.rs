@@ -295,7 +295,10 @@ fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
 /// with `AddrInUse` (rumqttd's tokio socket has SO_REUSEADDR, ours does not). We test that
 /// instead of opening a probe connection, because rumqttd logs every probe connection as an
 /// error ("connection closed by peer", "tls handshake eof") at each start.
-async fn wait_ready(listener: &EffectiveListener, task: &JoinHandle<()>) -> Result<(), BrokerError> {
+async fn wait_ready(
+    listener: &EffectiveListener,
+    task: &JoinHandle<()>,
+) -> Result<(), BrokerError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if task.is_finished() {

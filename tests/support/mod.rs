@@ -15,7 +15,11 @@ pub fn bin() -> &'static str {
 
 /// A free loopback port (bound then released; a small race is accepted).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `edgewatch run`, killed on drop.
@@ -60,7 +64,10 @@ impl Hub {
                 Err(_) => {
                     let _ = child.kill();
                     let log: Vec<String> = err_rx.try_iter().collect();
-                    panic!("edgewatch did not become ready; stderr:\n{}", log.join("\n"));
+                    panic!(
+                        "edgewatch did not become ready; stderr:\n{}",
+                        log.join("\n")
+                    );
                 }
             }
         };
@@ -70,11 +77,19 @@ impl Hub {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.parse().expect("address")))
             .collect();
-        Hub { child, listeners, stderr: err_rx }
+        Hub {
+            child,
+            listeners,
+            stderr: err_rx,
+        }
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.listeners.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no {name}")).1
+        self.listeners
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .1
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
@@ -86,7 +101,10 @@ impl Hub {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "edgewatch did not stop on SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "edgewatch did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -104,10 +122,12 @@ pub fn loopback_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let text = format!(
         "[broker.mqtt]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
          [broker.mqtt5]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
-         [broker.websocket]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n{extra}",
+         [broker.websocket]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
+         [bridge]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}",
         free_port(),
         free_port(),
-        free_port()
+        free_port(),
+        dir.join("data").display().to_string()
     );
     let path = dir.join("edgewatch.toml");
     std::fs::write(&path, text).unwrap();
@@ -116,5 +136,9 @@ pub fn loopback_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 
 /// Whether a command exists on PATH.
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

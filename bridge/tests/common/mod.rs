@@ -170,3 +170,13 @@ pub fn bridge_config(dir: &Path) -> edgewatch_bridge::BridgeConfig {
         ..Default::default()
     }
 }
+
+/// Logs to the test output; `RUST_LOG` picks the level (default warn).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,513 @@
+//! Live fan-out: every committed reading goes to the subscribers whose topic filters match it.
+//!
+//! One task feeds [`Fanout::publish`] with committed events in `seq` order. Matching uses a
+//! [`FilterIndex`] (a trie over filter levels), so its cost depends on the topic and on the
+//! number of matching subscribers, not on the number of subscribers.
+//!
+//! # Bounded queues and slow consumers
+//! Each subscription has a queue of at most `queue_capacity` events. Publishing never waits:
+//! a slow consumer is degraded, and never slows the writer or other subscribers.
+//!
+//! 1. **Conflation.** When a queue is full, further events are kept as the latest one per
+//!    topic (at most `conflate_max_topics` topics); a superseded event is dropped and counted.
+//! 2. **Gap.** When the consumer has drained its queue, it receives a [`Delivery::Gap`]
+//!    carrying `resume_after`, the last `seq` it received before the hole (a client replays the
+//!    hole from the log with that cursor), and the number of events dropped; then the
+//!    conflated latest values, in `seq` order.
+//! 3. **Disconnection.** A subscription that stays in conflation longer than `lag_timeout`, or
+//!    whose conflation map would exceed `conflate_max_topics`, is closed
+//!    ([`Delivery::Closed`]) and its transport disconnects the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use edgewatch_protocol::{FilterIndex, TopicFilter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// Fan-out settings (`[bridge.fanout]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// Events queued per subscription before conflation starts.
+    pub queue_capacity: usize,
+    /// Distinct topics a conflating subscription may hold before it is disconnected.
+    pub conflate_max_topics: usize,
+    /// Seconds a subscription may stay in conflation (sustained lag) before it is closed.
+    pub lag_timeout_secs: u64,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            conflate_max_topics: 4096,
+            lag_timeout_secs: 30,
+        }
+    }
+}
+
+/// What an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A stored reading (has a `seq`).
+    Reading,
+    /// A device presence change (`sensors/{deviceId}/status`).
+    Status,
+}
+
+/// One live event, serialized once and shared by every subscriber it goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// The reading's global sequence number (status events carry the last seq committed
+    /// before them, which is a valid resume cursor).
+    pub seq: u64,
+    /// Reading or status.
+    pub kind: EventKind,
+    /// The topic filters are matched against.
+    pub topic: Arc<str>,
+    /// The JSON message, with a `type` field (`reading` / `status`).
+    pub json: Arc<str>,
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The next event.
+    Event(Arc<LiveEvent>),
+    /// Events were dropped: the consumer was too slow. `resume_after` is the last seq
+    /// delivered before the hole.
+    Gap {
+        /// Replay from the log after this seq to fill the hole.
+        resume_after: u64,
+        /// How many events were dropped (superseded while conflated).
+        dropped: u64,
+    },
+    /// The subscription was closed because the consumer lagged for too long.
+    Closed,
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Default)]
+pub struct FanoutStats {
+    /// Events handed to subscriber queues.
+    pub delivered: AtomicU64,
+    /// Events dropped by conflation.
+    pub dropped: AtomicU64,
+    /// Subscriptions closed for lagging.
+    pub lag_disconnects: AtomicU64,
+    /// Gap notices sent.
+    pub gaps: AtomicU64,
+}
+
+type SubId = u64;
+
+/// The fan-out registry. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: FanoutConfig,
+    index: RwLock<FilterIndex<SubId>>,
+    queues: RwLock<HashMap<SubId, Arc<Queue>>>,
+    next_id: AtomicU64,
+    stats: FanoutStats,
+}
+
+impl Fanout {
+    /// An empty registry.
+    pub fn new(cfg: FanoutConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                cfg,
+                index: RwLock::new(FilterIndex::new()),
+                queues: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                stats: FanoutStats::default(),
+            }),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &FanoutStats {
+        &self.shared.stats
+    }
+
+    /// Number of open subscriptions.
+    pub fn subscriptions(&self) -> usize {
+        self.shared.queues.read().map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Registers a subscription to `filters`. Events published after this call that match any
+    /// of them are queued for it (once per event, however many of its filters match).
+    pub fn subscribe(&self, filters: Vec<TopicFilter>) -> Subscription {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(Queue::new(self.shared.cfg.queue_capacity));
+        if let Ok(mut queues) = self.shared.queues.write() {
+            queues.insert(id, queue.clone());
+        }
+        if let Ok(mut index) = self.shared.index.write() {
+            for f in &filters {
+                index.insert(f, id);
+            }
+        }
+        Subscription {
+            id,
+            filters,
+            queue,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Queues each event for every matching subscription. Never waits on a consumer.
+    pub fn publish(&self, events: &[Arc<LiveEvent>]) {
+        let Ok(index) = self.shared.index.read() else {
+            return;
+        };
+        let Ok(queues) = self.shared.queues.read() else {
+            return;
+        };
+        let now = Instant::now();
+        let cfg = &self.shared.cfg;
+        let lag_timeout = Duration::from_secs(cfg.lag_timeout_secs);
+        let mut seen: Vec<SubId> = Vec::new();
+        for ev in events {
+            seen.clear();
+            index.for_each_match(&ev.topic, |id| seen.push(*id));
+            if seen.len() > 1 {
+                seen.sort_unstable();
+                seen.dedup();
+            }
+            for id in &seen {
+                if let Some(q) = queues.get(id) {
+                    match q.push(ev, now, cfg.conflate_max_topics, lag_timeout) {
+                        PushOutcome::Queued => {
+                            self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        PushOutcome::Conflated { superseded } => {
+                            if superseded {
+                                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        PushOutcome::ClosedNow => {
+                            self.shared
+                                .stats
+                                .lag_disconnects
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        PushOutcome::Closed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One subscriber's registration. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    id: SubId,
+    filters: Vec<TopicFilter>,
+    queue: Arc<Queue>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut index) = self.shared.index.write() {
+            for f in &self.filters {
+                index.remove(f, &self.id);
+            }
+        }
+        if let Ok(mut queues) = self.shared.queues.write() {
+            queues.remove(&self.id);
+        }
+    }
+}
+
+impl Subscription {
+    /// The filters this subscription matches.
+    pub fn filters(&self) -> &[TopicFilter] {
+        &self.filters
+    }
+
+    /// Waits for the next delivery. After [`Delivery::Closed`] it keeps returning `Closed`.
+    pub async fn next(&mut self) -> Delivery {
+        loop {
+            let queue = self.queue.clone();
+            let notified = queue.notify.notified();
+            if let Some(d) = self.try_next() {
+                return d;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next delivery if one is ready.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop();
+        if matches!(d, Some(Delivery::Gap { .. })) {
+            self.shared.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+
+    /// Moves up to `max` ready deliveries into `out` without waiting; returns how many.
+    pub fn drain_ready(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.try_next() {
+                Some(d) => {
+                    let closed = d == Delivery::Closed;
+                    out.push(d);
+                    n += 1;
+                    if closed {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        n
+    }
+}
+
+enum PushOutcome {
+    Queued,
+    Conflated { superseded: bool },
+    ClosedNow,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    items: VecDeque<Arc<LiveEvent>>,
+    capacity: usize,
+    /// Seq of the last event queued in order (the resume cursor if a hole starts now).
+    last_in_order: u64,
+    conflation: Option<Conflation>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Conflation {
+    since: Instant,
+    resume_after: u64,
+    latest: HashMap<Arc<str>, Arc<LiveEvent>>,
+    dropped: u64,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                items: VecDeque::with_capacity(capacity.min(64)),
+                capacity: capacity.max(1),
+                last_in_order: 0,
+                conflation: None,
+                closed: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn push(
+        &self,
+        ev: &Arc<LiveEvent>,
+        now: Instant,
+        max_topics: usize,
+        lag_timeout: Duration,
+    ) -> PushOutcome {
+        let Ok(mut st) = self.state.lock() else {
+            return PushOutcome::Closed;
+        };
+        if st.closed {
+            return PushOutcome::Closed;
+        }
+        let outcome = if st.conflation.is_none() && st.items.len() < st.capacity {
+            st.items.push_back(ev.clone());
+            st.last_in_order = ev.seq;
+            PushOutcome::Queued
+        } else {
+            let resume_after = st.last_in_order;
+            let c = st.conflation.get_or_insert_with(|| Conflation {
+                since: now,
+                resume_after,
+                latest: HashMap::new(),
+                dropped: 0,
+            });
+            let superseded = c.latest.insert(ev.topic.clone(), ev.clone()).is_some();
+            // Only readings count as lost data; a superseded status is just old news.
+            if superseded {
+                c.dropped += 1;
+            }
+            if c.latest.len() > max_topics || now.duration_since(c.since) > lag_timeout {
+                st.closed = true;
+                st.items.clear();
+                st.conflation = None;
+                drop(st);
+                self.notify.notify_one();
+                return PushOutcome::ClosedNow;
+            }
+            PushOutcome::Conflated { superseded }
+        };
+        drop(st);
+        self.notify.notify_one();
+        outcome
+    }
+
+    fn pop(&self) -> Option<Delivery> {
+        let Ok(mut st) = self.state.lock() else {
+            return Some(Delivery::Closed);
+        };
+        if let Some(ev) = st.items.pop_front() {
+            return Some(Delivery::Event(ev));
+        }
+        if st.closed {
+            return Some(Delivery::Closed);
+        }
+        let c = st.conflation.take()?;
+        // Everything conflated is a hole in the sequence, even when nothing was superseded:
+        // the events kept are not contiguous with what came before.
+        let mut latest: Vec<Arc<LiveEvent>> = c.latest.into_values().collect();
+        latest.sort_by_key(|e| e.seq);
+        if let Some(last) = latest.last() {
+            st.last_in_order = last.seq;
+        }
+        st.items.extend(latest);
+        Some(Delivery::Gap {
+            resume_after: c.resume_after,
+            dropped: c.dropped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, topic: &str) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent {
+            seq,
+            kind: EventKind::Reading,
+            topic: topic.into(),
+            json: format!("{{\"seq\":{seq}}}").into(),
+        })
+    }
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::parse(s).unwrap()
+    }
+
+    fn seq_of(d: Delivery) -> u64 {
+        match d {
+            Delivery::Event(e) => e.seq,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_matching_events_in_order_once() {
+        let fo = Fanout::new(FanoutConfig::default());
+        let mut a = fo.subscribe(vec![f("sensors/+/temperature"), f("sensors/#")]);
+        let mut b = fo.subscribe(vec![f("sensors/d2/#")]);
+        fo.publish(&[
+            ev(1, "sensors/d1/temperature"),
+            ev(2, "sensors/d2/humidity"),
+        ]);
+        assert_eq!(seq_of(a.next().await), 1);
+        assert_eq!(seq_of(a.next().await), 2);
+        assert!(
+            a.try_next().is_none(),
+            "no duplicate for overlapping filters"
+        );
+        assert_eq!(seq_of(b.next().await), 2);
+        assert!(b.try_next().is_none());
+        drop(a);
+        assert_eq!(fo.subscriptions(), 1);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_is_conflated_then_told_about_the_gap() {
+        let fo = Fanout::new(FanoutConfig {
+            queue_capacity: 3,
+            ..Default::default()
+        });
+        let mut slow = fo.subscribe(vec![f("sensors/#")]);
+        let mut fast = fo.subscribe(vec![f("sensors/#")]);
+        let events: Vec<_> = (1..=10)
+            .map(|i| {
+                ev(
+                    i,
+                    if i % 2 == 0 {
+                        "sensors/a/t"
+                    } else {
+                        "sensors/b/t"
+                    },
+                )
+            })
+            .collect();
+        for e in &events {
+            fo.publish(std::slice::from_ref(e));
+            // The fast one keeps up.
+            assert_eq!(seq_of(fast.next().await), e.seq);
+        }
+        assert_eq!(seq_of(slow.next().await), 1);
+        assert_eq!(seq_of(slow.next().await), 2);
+        assert_eq!(seq_of(slow.next().await), 3);
+        assert_eq!(
+            slow.next().await,
+            Delivery::Gap {
+                resume_after: 3,
+                dropped: 5
+            }
+        );
+        // Latest per topic, in seq order: b=9, a=10.
+        assert_eq!(seq_of(slow.next().await), 9);
+        assert_eq!(seq_of(slow.next().await), 10);
+        assert!(slow.try_next().is_none());
+        // Back to normal.
+        fo.publish(&[ev(11, "sensors/a/t")]);
+        assert_eq!(seq_of(slow.next().await), 11);
+        assert_eq!(fo.stats().dropped.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn sustained_lag_closes_the_subscription() {
+        let fo = Fanout::new(FanoutConfig {
+            queue_capacity: 2,
+            conflate_max_topics: 3,
+            lag_timeout_secs: 3600,
+        });
+        let mut sub = fo.subscribe(vec![f("#")]);
+        for i in 1..=10 {
+            fo.publish(&[ev(i, &format!("t/{i}"))]);
+        }
+        assert_eq!(sub.next().await, Delivery::Closed);
+        assert_eq!(sub.next().await, Delivery::Closed);
+        assert_eq!(fo.stats().lag_disconnects.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn many_subscribers_with_distinct_filters() {
+        let fo = Fanout::new(FanoutConfig::default());
+        let mut subs: Vec<_> = (0..10_000)
+            .map(|i| fo.subscribe(vec![f(&format!("sensors/d{i}/#"))]))
+            .collect();
+        fo.publish(&[ev(1, "sensors/d1234/temperature")]);
+        assert_eq!(seq_of(subs[1234].next().await), 1);
+        assert_eq!(fo.stats().delivered.load(Ordering::Relaxed), 1);
+        assert!(subs[1233].try_next().is_none());
+    }
+}

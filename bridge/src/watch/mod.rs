@@ -1,0 +1,393 @@
+//! Live delivery over HTTP: Server-Sent Events, WebSocket, long polling, and the watch route
+//! that answers whichever of the three the client asks for.
+//!
+//! | route | transport |
+//! | --- | --- |
+//! | `GET /v1/stream?filter=..` | SSE (`Last-Event-ID` header or `lastEventId` to resume) |
+//! | `GET /v1/ws` | WebSocket, subprotocol `edgewatch.v1` (see [`ws`]) |
+//! | `GET /v1/poll?filter=..&since=..&timeout=..` | long poll |
+//! | `GET /v1/watch?filter=..`, `GET /v1/sensors/{deviceId}/watch` | WebSocket upgrade → WebSocket, `Accept: text/event-stream` → SSE, else long poll |
+//!
+//! Every transport uses MQTT topic filters and the log's `seq` as its cursor; who may read
+//! what is decided in [`access`].
+
+pub mod access;
+mod poll;
+mod sse;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use edgewatch_protocol::TopicFilter;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::FanoutConfig;
+use crate::live::LiveHub;
+use access::Caller;
+
+/// Settings of live delivery (`[bridge.live]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Per-subscriber queues and slow-consumer policy.
+    pub fanout: FanoutConfig,
+    /// SSE comment heartbeat interval, seconds.
+    pub sse_heartbeat_secs: u64,
+    /// The `retry:` hint sent to SSE clients, milliseconds.
+    pub sse_retry_ms: u64,
+    /// Interval of server pings on WebSocket connections, seconds.
+    pub ws_ping_secs: u64,
+    /// A WebSocket with no frame from the client (not even a pong) for this long is closed.
+    pub ws_idle_timeout_secs: u64,
+    /// Largest WebSocket message accepted from a client, bytes.
+    pub ws_max_message_bytes: usize,
+    /// Longest `timeout` a long poll may ask for, seconds.
+    pub poll_max_timeout_secs: u64,
+    /// Most readings one long-poll answer carries.
+    pub poll_max_readings: usize,
+    /// Origins allowed to open SSE / WebSocket streams from a browser. Empty: same-origin
+    /// only (and non-browser clients, which send no Origin); `"*"`: any.
+    pub allowed_origins: Vec<String>,
+    /// Topic filters anonymous callers may read.
+    pub read_filters: Vec<String>,
+    /// Topic filters anonymous callers may publish to over WebSocket (default: none).
+    pub publish_filters: Vec<String>,
+    /// Concurrent live connections (SSE + WebSocket + long polls); more get 503.
+    pub max_connections: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            fanout: FanoutConfig::default(),
+            sse_heartbeat_secs: 15,
+            sse_retry_ms: 2_000,
+            ws_ping_secs: 20,
+            ws_idle_timeout_secs: 60,
+            ws_max_message_bytes: 65_536,
+            poll_max_timeout_secs: 60,
+            poll_max_readings: 1_000,
+            allowed_origins: Vec::new(),
+            read_filters: vec!["sensors/#".to_owned()],
+            publish_filters: Vec::new(),
+            max_connections: 20_000,
+        }
+    }
+}
+
+impl LiveConfig {
+    /// Checks the filters; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, list) in [
+            ("read_filters", &self.read_filters),
+            ("publish_filters", &self.publish_filters),
+        ] {
+            for f in list {
+                TopicFilter::parse(f).map_err(|e| format!("bridge.live.{key}: {e}"))?;
+            }
+        }
+        if self.fanout.queue_capacity == 0 {
+            return Err("bridge.live.fanout.queue_capacity: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Publishes into the broker on behalf of a WebSocket client.
+pub type PublishFn =
+    Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// State of the live routes.
+#[derive(Clone)]
+pub struct LiveState {
+    /// Opens watches.
+    pub hub: LiveHub,
+    /// Settings.
+    pub cfg: Arc<LiveConfig>,
+    /// Cancelled at shutdown: every stream ends.
+    pub shutdown: CancellationToken,
+    /// Broker publisher for WebSocket `publish` messages, when the broker is in-process.
+    pub publisher: Option<PublishFn>,
+    /// Open live connections.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    read_filters: Vec<TopicFilter>,
+    publish_filters: Vec<TopicFilter>,
+}
+
+impl std::fmt::Debug for LiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveState")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveState {
+    /// State for the live routes. Invalid configured filters are skipped with an error log
+    /// (`LiveConfig::validate` reports them at startup).
+    pub fn new(
+        hub: LiveHub,
+        cfg: LiveConfig,
+        shutdown: CancellationToken,
+        publisher: Option<PublishFn>,
+    ) -> Self {
+        let parse = |list: &[String]| -> Vec<TopicFilter> {
+            list.iter()
+                .filter_map(|f| match TopicFilter::parse(f) {
+                    Ok(f) => Some(f),
+                    Err(err) => {
+                        tracing::error!(%err, "ignoring invalid configured filter");
+                        None
+                    }
+                })
+                .collect()
+        };
+        Self {
+            read_filters: parse(&cfg.read_filters),
+            publish_filters: parse(&cfg.publish_filters),
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
+            hub,
+            cfg: Arc::new(cfg),
+            shutdown,
+            publisher,
+        }
+    }
+}
+
+/// The live routes.
+pub fn routes(state: LiveState) -> Router {
+    Router::new()
+        .route("/v1/stream", get(sse::stream))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/poll", get(poll::poll))
+        .route("/v1/watch", get(watch))
+        .route("/v1/sensors/{device_id}/watch", get(watch_device))
+        .with_state(state)
+}
+
+/// A live-endpoint error with the API's JSON shape.
+#[derive(Debug)]
+pub struct LiveError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl LiveError {
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn busy() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "too_many_connections",
+            message: "too many live connections; retry later".into(),
+        }
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: message.into(),
+        }
+    }
+}
+
+impl LiveError {
+    /// The error as a WebSocket `error` message body.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({"type": "error", "code": self.code, "message": self.message})
+    }
+}
+
+impl IntoResponse for LiveError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+/// Parses the repeated `filter` parameters (default: `default`) and checks read access.
+pub(crate) fn read_filters(
+    raw: &[String],
+    default: Option<&str>,
+    caller: &Caller,
+) -> Result<Vec<TopicFilter>, LiveError> {
+    let mut out = Vec::new();
+    for f in raw {
+        let parsed = TopicFilter::parse(f)
+            .map_err(|e| LiveError::bad("bad_filter", format!("parameter filter: {e}")))?;
+        out.push(parsed);
+    }
+    if out.is_empty() {
+        match default {
+            Some(d) => out.push(
+                TopicFilter::parse(d).map_err(|e| LiveError::bad("bad_filter", e.to_string()))?,
+            ),
+            None => {
+                return Err(LiveError::bad(
+                    "missing_filter",
+                    "parameter filter is required",
+                ))
+            }
+        }
+    }
+    if let Some(denied) = out.iter().find(|f| !caller.may_read(f)) {
+        return Err(LiveError::forbidden(format!(
+            "not allowed to read {:?}",
+            denied.as_str()
+        )));
+    }
+    Ok(out)
+}
+
+/// Parses a seq cursor parameter or header.
+pub(crate) fn parse_cursor(name: &str, value: &str) -> Result<u64, LiveError> {
+    value.trim().parse::<u64>().map_err(|_| {
+        LiveError::bad(
+            "bad_cursor",
+            format!("{name}: expected a seq number, got {value:?}"),
+        )
+    })
+}
+
+/// Query parameters shared by the watch routes, collected from repeated keys.
+#[derive(Debug, Default)]
+pub(crate) struct WatchParams {
+    pub(crate) filters: Vec<String>,
+    pub(crate) since: Option<String>,
+    pub(crate) last_event_id: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) limit: Option<String>,
+}
+
+impl WatchParams {
+    pub(crate) fn parse(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, LiveError> {
+        let mut p = WatchParams::default();
+        for (k, v) in pairs {
+            if !allowed.contains(&k.as_str()) {
+                return Err(LiveError::bad(
+                    "unknown_parameter",
+                    format!(
+                        "unknown parameter {k:?}; this endpoint takes {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            match k.as_str() {
+                "filter" => p.filters.push(v),
+                "since" => p.since = Some(v),
+                "lastEventId" => p.last_event_id = Some(v),
+                "timeout" => p.timeout = Some(v),
+                "limit" => p.limit = Some(v),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+const WATCH_PARAMS: &[&str] = &["filter", "since", "lastEventId", "timeout", "limit"];
+
+async fn watch(
+    State(state): State<LiveState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    request: axum::extract::Request,
+) -> Response {
+    negotiate(state, pairs, None, request).await
+}
+
+async fn watch_device(
+    State(state): State<LiveState>,
+    Path(device_id): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    request: axum::extract::Request,
+) -> Response {
+    if !edgewatch_protocol::payload::is_valid_id(&device_id) {
+        return LiveError::bad("bad_device_id", format!("invalid device id {device_id:?}"))
+            .into_response();
+    }
+    negotiate(
+        state,
+        pairs,
+        Some(format!("sensors/{device_id}/#")),
+        request,
+    )
+    .await
+}
+
+/// One resource, the client's choice: WebSocket upgrade, SSE, or a long poll.
+async fn negotiate(
+    state: LiveState,
+    mut pairs: Vec<(String, String)>,
+    device_filter: Option<String>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(f) = device_filter {
+        pairs.retain(|(k, _)| k != "filter");
+        pairs.push(("filter".into(), f));
+    }
+    let (mut parts, _body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
+    let headers: HeaderMap = parts.headers.clone();
+    let wants_ws = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if wants_ws {
+        let upgrade =
+            match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &state).await
+            {
+                Ok(u) => u,
+                Err(rejection) => return rejection.into_response(),
+            };
+        let params = match WatchParams::parse(pairs, WATCH_PARAMS) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        return ws::upgrade_with(state, caller, upgrade, Some(params)).await;
+    }
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        sse::respond(state, caller, headers, pairs).await
+    } else {
+        poll::respond(state, caller, pairs).await
+    }
+}

@@ -1,0 +1,357 @@
+//! WebSocket: `GET /v1/ws`, subprotocol `edgewatch.v1`, JSON text messages with a `type`.
+//!
+//! Client → server:
+//! * `{"type":"subscribe","filter":"sensors/#","since":1234}` (`since` optional: replay the
+//!   stored readings after that seq first);
+//! * `{"type":"unsubscribe","filter":"sensors/#"}`;
+//! * `{"type":"publish","topic":"sensors/d1/cmd","payload":"on"}` (into the broker; allowed
+//!   topics are `bridge.live.publish_filters`, default none);
+//! * `{"type":"ping"}`.
+//!
+//! Server → client: `reading` (with `seq`), `status`, `subscribed {filter, cursor}`,
+//! `unsubscribed {filter}`, `published {topic}`, `gap {filter, resumeAfter, dropped}`,
+//! `reset {filter, requested, oldest}`, `error {code, message}`, `pong`.
+//!
+//! An invalid message gets an `error` and the connection stays open. The server pings every
+//! `ws_ping_secs` and closes a connection silent for `ws_idle_timeout_secs`.
+//!
+//! Close codes: 1000 normal; 1001 the hub is shutting down; 1009 message over
+//! `ws_max_message_bytes`; 1011 internal error; 4000 too slow (sustained lag);
+//! 4001 idle (no frame or pong within the idle timeout).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use edgewatch_protocol::TopicFilter;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::access::Caller;
+use super::{read_filters, LiveError, LiveState, WatchParams};
+use crate::live::WatchItem;
+
+/// The subprotocol this endpoint speaks.
+pub const SUBPROTOCOL: &str = "edgewatch.v1";
+
+/// Close code: the client could not keep up for too long.
+pub const CLOSE_LAGGING: u16 = 4000;
+/// Close code: nothing received from the client within the idle timeout.
+pub const CLOSE_IDLE: u16 = 4001;
+
+/// Messages queued from a connection's subscriptions to its socket. When full, the
+/// subscription tasks wait, their fan-out queues fill, and the fan-out's slow-consumer policy
+/// (conflate, gap, disconnect) applies.
+const OUTBOX: usize = 256;
+
+pub(super) async fn upgrade(
+    State(state): State<LiveState>,
+    caller: Caller,
+    Query(pairs): Query<Vec<(String, String)>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let params = match WatchParams::parse(pairs, &["filter", "since"]) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let params = (!params.filters.is_empty()).then_some(params);
+    upgrade_with(state, caller, ws, params).await
+}
+
+/// Upgrades; with `params`, the connection starts subscribed to its filters.
+pub(super) async fn upgrade_with(
+    state: LiveState,
+    caller: Caller,
+    ws: WebSocketUpgrade,
+    params: Option<WatchParams>,
+) -> Response {
+    let initial = match params {
+        Some(p) => {
+            let filters = match read_filters(&p.filters, Some("sensors/#"), &caller) {
+                Ok(f) => f,
+                Err(e) => return e.into_response(),
+            };
+            let since = match p
+                .since
+                .as_deref()
+                .map(|v| super::parse_cursor("since", v))
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(e) => return e.into_response(),
+            };
+            filters.into_iter().map(|f| (f, since)).collect()
+        }
+        None => Vec::new(),
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return LiveError::busy().into_response();
+    };
+    let max = state.cfg.ws_max_message_bytes;
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| async move {
+            Connection::new(state, caller).run(socket, initial).await;
+            drop(permit);
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        filter: String,
+        since: Option<u64>,
+    },
+    Unsubscribe {
+        filter: String,
+    },
+    Publish {
+        topic: String,
+        payload: serde_json::Value,
+        qos: Option<u8>,
+    },
+    Ping,
+}
+
+/// What subscription tasks send to the connection loop.
+enum Outgoing {
+    Text(Arc<str>),
+    Lagging,
+}
+
+struct Connection {
+    state: LiveState,
+    caller: Caller,
+    subs: HashMap<String, JoinHandle<()>>,
+    out_tx: mpsc::Sender<Outgoing>,
+    out_rx: mpsc::Receiver<Outgoing>,
+}
+
+impl Connection {
+    fn new(state: LiveState, caller: Caller) -> Self {
+        let (out_tx, out_rx) = mpsc::channel(OUTBOX);
+        Self {
+            state,
+            caller,
+            subs: HashMap::new(),
+            out_tx,
+            out_rx,
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket, initial: Vec<(TopicFilter, Option<u64>)>) {
+        let (mut sink, mut stream) = socket.split();
+        for (filter, since) in initial {
+            let reply = self.subscribe(filter, since).await;
+            if sink.send(text(&reply)).await.is_err() {
+                return self.end();
+            }
+        }
+        let ping_every = Duration::from_secs(self.state.cfg.ws_ping_secs.max(1));
+        let idle_limit = Duration::from_secs(self.state.cfg.ws_idle_timeout_secs.max(1));
+        let mut ping = tokio::time::interval(ping_every);
+        ping.tick().await;
+        let mut last_heard = tokio::time::Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        let close = loop {
+            tokio::select! {
+                out = self.out_rx.recv() => match out {
+                    Some(Outgoing::Text(json)) => {
+                        if sink.send(Message::Text(Utf8Bytes::from(&*json))).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Outgoing::Lagging) | None => {
+                        break Some((CLOSE_LAGGING, "too slow: disconnected after sustained lag"));
+                    }
+                },
+                incoming = stream.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    match incoming {
+                        Some(Ok(Message::Text(t))) => {
+                            let reply = self.handle(t.as_str()).await;
+                            if let Some(reply) = reply {
+                                if sink.send(text(&reply)).await.is_err() {
+                                    break None;
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let reply = error("binary_not_supported", "send JSON text messages");
+                            if sink.send(text(&reply)).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => break None,
+                        Some(Err(err)) => {
+                            // Oversize messages end here (tungstenite reports them as errors).
+                            tracing::debug!(%err, "websocket read error");
+                            let too_big = err.to_string().to_lowercase().contains("too long")
+                                || err.to_string().to_lowercase().contains("too big");
+                            break too_big.then_some((1009, "message too big"));
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_limit {
+                        break Some((CLOSE_IDLE, "idle: no frame or pong received"));
+                    }
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break None;
+                    }
+                }
+                () = shutdown.cancelled() => break Some((1001, "hub shutting down")),
+            }
+        };
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+        self.end();
+    }
+
+    fn end(self) {
+        for (_, task) in self.subs {
+            task.abort();
+        }
+    }
+
+    /// Handles one client message; returns the reply, if any.
+    async fn handle(&mut self, text: &str) -> Option<String> {
+        let msg: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(err) => {
+                let code = if serde_json::from_str::<serde_json::Value>(text).is_err() {
+                    "invalid_json"
+                } else {
+                    "invalid_message"
+                };
+                return Some(error(code, &err.to_string()));
+            }
+        };
+        match msg {
+            ClientMessage::Ping => Some(json!({"type": "pong"}).to_string()),
+            ClientMessage::Subscribe { filter, since } => {
+                let filter = match read_filters(&[filter], None, &self.caller) {
+                    Ok(mut f) => f.remove(0),
+                    Err(e) => return Some(error_from(&e)),
+                };
+                Some(self.subscribe(filter, since).await)
+            }
+            ClientMessage::Unsubscribe { filter } => match self.subs.remove(&filter) {
+                Some(task) => {
+                    task.abort();
+                    Some(json!({"type": "unsubscribed", "filter": filter}).to_string())
+                }
+                None => Some(error(
+                    "not_subscribed",
+                    &format!("not subscribed to {filter:?}"),
+                )),
+            },
+            ClientMessage::Publish {
+                topic,
+                payload,
+                qos,
+            } => Some(self.publish(topic, payload, qos).await),
+        }
+    }
+
+    async fn subscribe(&mut self, filter: TopicFilter, since: Option<u64>) -> String {
+        let key = filter.as_str().to_owned();
+        if let Some(old) = self.subs.remove(&key) {
+            old.abort();
+        }
+        let mut watch = match self.state.hub.watch(vec![filter], since).await {
+            Ok(w) => w,
+            Err(err) => return error("internal", &err.to_string()),
+        };
+        let cursor = watch.cursor();
+        let out = self.out_tx.clone();
+        let name: Arc<str> = key.clone().into();
+        let task = tokio::spawn(async move {
+            loop {
+                let item = watch.next().await;
+                let msg = match item {
+                    WatchItem::Event(ev) => Outgoing::Text(ev.json.clone()),
+                    WatchItem::Gap { resume_after, dropped } => Outgoing::Text(
+                        json!({"type": "gap", "filter": &*name, "resumeAfter": resume_after, "dropped": dropped})
+                            .to_string()
+                            .into(),
+                    ),
+                    WatchItem::Reset { requested, oldest } => Outgoing::Text(
+                        json!({"type": "reset", "filter": &*name, "requested": requested, "oldest": oldest})
+                            .to_string()
+                            .into(),
+                    ),
+                    WatchItem::Closed => {
+                        let _ = out.send(Outgoing::Lagging).await;
+                        return;
+                    }
+                };
+                if out.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.subs.insert(key.clone(), task);
+        json!({"type": "subscribed", "filter": key, "cursor": cursor}).to_string()
+    }
+
+    async fn publish(&self, topic: String, payload: serde_json::Value, qos: Option<u8>) -> String {
+        if let Err(err) = edgewatch_protocol::topic::validate_topic_name(&topic) {
+            return error("bad_topic", &err.to_string());
+        }
+        if qos.is_some_and(|q| q > 1) {
+            return error("bad_qos", "qos must be 0 or 1");
+        }
+        if !self.caller.may_publish(&topic) {
+            return error("forbidden", &format!("not allowed to publish to {topic:?}"));
+        }
+        let Some(publisher) = &self.state.publisher else {
+            return error(
+                "publish_unavailable",
+                "this hub has no in-process broker to publish to",
+            );
+        };
+        let bytes = match payload {
+            serde_json::Value::String(s) => Bytes::from(s),
+            other => Bytes::from(other.to_string()),
+        };
+        match publisher(topic.clone(), bytes).await {
+            Ok(()) => json!({"type": "published", "topic": topic}).to_string(),
+            Err(err) => error("publish_failed", &err),
+        }
+    }
+}
+
+fn text(s: &str) -> Message {
+    Message::Text(Utf8Bytes::from(s))
+}
+
+fn error(code: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+fn error_from(e: &LiveError) -> String {
+    let v = serde_json::to_value(e.body()).unwrap_or_default();
+    v.to_string()
+}
