@@ -8,10 +8,18 @@
 //! * reconnects with exponential backoff and jitter.
 //!
 //! # Queues and what happens when they are full
-//! Pending acks wait in a bounded FIFO (`ack_queue` entries). When it is full the receive loop
-//! awaits, and so does it when the writer's queue is full: we stop reading the socket and the
-//! broker holds the messages (its in-flight window bounds what it sends unacknowledged). The
-//! rumqttc request channel is sized above `ack_queue`, so queuing an ack never blocks.
+//! Ingest backpressure: handing a publish to the writer awaits while the writer's queue is
+//! full; meanwhile we stop reading the socket and the broker holds the messages.
+//!
+//! Pending acks (publishes received, not yet acknowledged) wait in a FIFO that the receive
+//! loop never blocks on. It must not: rumqttc only sends queued acks while its event loop is
+//! polled, and under sustained load its loop reads up to 10 packets per ack it sends, so a
+//! receive loop that waited for ack space would deadlock (seen in tests: ~20k messages in).
+//! The FIFO is therefore bounded by the broker's in-flight window for our session (mosquitto
+//! `max_inflight_messages`, EMQX `max_inflight`), not by us; a warning is logged (at most every
+//! 10 s) while more than `ack_queue` acks are pending. The rumqttc request channel is
+//! `ack_queue` deep; the ack task awaits it while full, which is harmless because the receive
+//! loop keeps polling and so keeps draining it.
 //!
 //! After a reconnect, acks still pending from the previous connection are skipped: the broker
 //! redelivers those messages, which are then recognised as duplicates and acknowledged.
@@ -143,10 +151,17 @@ pub async fn run_external(
         .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
         .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
     let ack_queue = cfg.ack_queue.max(1);
-    let (client, mut eventloop) = AsyncClient::new(opts, ack_queue + 64);
-    let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(ack_queue);
+    let (client, mut eventloop) = AsyncClient::new(opts, ack_queue);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
+    let pending = Arc::new(AtomicU64::new(0));
+    let mut last_backlog_warn: Option<std::time::Instant> = None;
     let epoch = Arc::new(AtomicU64::new(0));
-    let acker = tokio::spawn(send_acks(client.clone(), ack_rx, epoch.clone()));
+    let acker = tokio::spawn(send_acks(
+        client.clone(),
+        ack_rx,
+        epoch.clone(),
+        pending.clone(),
+    ));
 
     let mut backoff = cfg.backoff_min;
     let mut current_epoch = 0u64;
@@ -182,12 +197,22 @@ pub async fn run_external(
                     },
                     ack: Some(tx),
                 };
-                let pending = PendingAck {
+                let backlog = pending.fetch_add(1, Ordering::Relaxed) + 1;
+                if backlog > ack_queue as u64
+                    && last_backlog_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                {
+                    warn!(
+                        backlog,
+                        "many publishes awaiting acknowledgement; broker in-flight window is large"
+                    );
+                    last_backlog_warn = Some(std::time::Instant::now());
+                }
+                let item = PendingAck {
                     publish: p,
                     epoch: current_epoch,
                     done: rx,
                 };
-                if ack_tx.send(pending).await.is_err() {
+                if ack_tx.send(item).is_err() {
                     break;
                 }
                 if ingest.handle(delivery).await.is_err() {
@@ -214,14 +239,15 @@ pub async fn run_external(
     Ok(())
 }
 
-async fn send_acks(client: AsyncClient, mut rx: mpsc::Receiver<PendingAck>, epoch: Arc<AtomicU64>) {
-    let mut acked = 0u64;
+async fn send_acks(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<PendingAck>,
+    epoch: Arc<AtomicU64>,
+    pending: Arc<AtomicU64>,
+) {
     while let Some(p) = rx.recv().await {
         let outcome = p.done.await;
-        acked += 1;
-        if acked % 5000 == 0 {
-            debug!(acked, "acks queued");
-        }
+        pending.fetch_sub(1, Ordering::Relaxed);
         if p.epoch != epoch.load(Ordering::SeqCst) {
             continue; // the broker redelivers it on the new connection
         }

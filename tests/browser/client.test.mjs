@@ -58,8 +58,12 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     }
     await publishing;
     await d.end();
-    const stored = (await hub.readings(filter)).map((r) => r.seq);
-    assert.equal(stored.length, READINGS);
+    // PUBACK comes from the broker; storing follows a moment later.
+    const stored = (await waitFor(async () => {
+      const list = await hub.readings(filter);
+      return list.length >= READINGS && list;
+    }, { timeoutMs: 10_000, what: `${READINGS} readings stored (GET /v1/readings)` })).map((r) => r.seq);
+    assert.equal(stored.length, READINGS, 'GET /v1/readings holds each published reading once');
     await waitFor(() => page.evaluate((n) => globalThis.t.seqs.length >= n, READINGS), { timeoutMs: 20_000, what: 'all readings' });
     await new Promise((r) => setTimeout(r, 300));
     const { seqs, drops } = await page.evaluate(() => ({ seqs: globalThis.t.seqs, drops: globalThis.t.drops }));

@@ -52,8 +52,12 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     await page.waitForSelector(`#connection[data-state="connected"][data-transport="${transport}"]`, { timeout: 20_000 });
     await publishAll(deviceId, [11, 12]);
 
-    const stored = (await hub.readings(topic)).map((r) => r.seq);
-    assert.equal(stored.length, 12);
+    // PUBACK comes from the broker; storing follows a moment later.
+    const stored = (await waitFor(async () => {
+      const list = await hub.readings(topic);
+      return list.length >= 12 && list;
+    }, { timeoutMs: 5000, what: '12 readings stored (GET /v1/readings)' })).map((r) => r.seq);
+    assert.equal(stored.length, 12, 'GET /v1/readings holds each published reading once');
     await waitFor(() => page.evaluate((n) => globalThis.received.length >= n, stored.length), { timeoutMs: 5000, what: 'all readings' });
     await page.waitForTimeout(300); // a duplicate would arrive now
     const received = await page.evaluate(() => globalThis.received);

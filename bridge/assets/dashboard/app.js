@@ -10,6 +10,7 @@ import { EdgewatchClient, TRANSPORTS } from '/v1/sdk/edgewatch.js';
 const SPARK_POINTS = 60;
 const STREAM_MAX_ITEMS = 200;
 const MAX_CHART_SERIES = 8;
+const DEVICES_REFRESH_MS = 3000;
 const PALETTE = ['#2f7ed8', '#e8590c', '#2b8a3e', '#c2255c', '#7048e8', '#0c8599', '#b08800', '#5c940d'];
 const TRANSPORT_LABELS = { websocket: 'WebSocket', sse: 'SSE', poll: 'Long polling' };
 
@@ -96,16 +97,46 @@ async function api(path) {
   return body;
 }
 
-async function loadCatalogue() {
-  const [{ devices: devs }, { series }] = await Promise.all([api('/v1/devices'), api('/v1/series')]);
+function applyDevices(devs) {
   for (const d of devs) {
     const known = device(d.deviceId);
-    if (known.status !== d.status) {
+    // A live status event newer than this answer wins.
+    if (known.status !== d.status && !(known.since && d.since && Date.parse(known.since) > Date.parse(d.since))) {
       known.status = d.status;
       known.since = d.since;
       markDevice(d.deviceId);
     }
   }
+}
+
+/** Presence from /v1/devices: on load, after reconnects, for new devices, and periodically. */
+let devicesRequest = null;
+const presenceAsked = new Set(); // devices whose unknown presence triggered a refresh
+let devicesAgain = false;
+function refreshDevices() {
+  if (devicesRequest) {
+    devicesAgain = true; // one more right after the one in flight
+    return devicesRequest;
+  }
+  devicesRequest = api('/v1/devices')
+    .then(({ devices: devs }) => {
+      applyDevices(devs);
+      schedule();
+    })
+    .catch(reportError)
+    .finally(() => {
+      devicesRequest = null;
+      if (devicesAgain) {
+        devicesAgain = false;
+        refreshDevices();
+      }
+    });
+  return devicesRequest;
+}
+
+async function loadCatalogue() {
+  const [{ devices: devs }, { series }] = await Promise.all([api('/v1/devices'), api('/v1/series')]);
+  applyDevices(devs);
   for (const s of series) {
     device(s.deviceId);
     const row = seriesRow(s.deviceId, s.metric);
@@ -136,7 +167,11 @@ async function loadSparklines() {
 // ---- live data ------------------------------------------------------------------------------
 
 function onReading(r) {
-  device(r.deviceId);
+  // A device seen for the first time: fetch its presence (its status was set on connect).
+  if (device(r.deviceId).status === 'unknown' && !presenceAsked.has(r.deviceId)) {
+    presenceAsked.add(r.deviceId);
+    refreshDevices();
+  }
   const row = seriesRow(r.deviceId, r.metric);
   const t = Date.parse(r.timestamp);
   if (t >= row.time) {
@@ -155,7 +190,7 @@ function onReading(r) {
 function onStatus(s) {
   const d = device(s.deviceId);
   d.status = s.status ?? (s.online ? 'online' : 'offline');
-  d.since = s.at;
+  d.since = s.at ?? new Date().toISOString();
   markDevice(s.deviceId);
   schedule();
 }
@@ -214,7 +249,7 @@ function rowElement(row) {
   tr.dataset.key = row.key;
   tr.dataset.device = row.deviceId;
   tr.tabIndex = -1;
-  tr.innerHTML = `<td class="col-plot"><input type="checkbox" tabindex="-1"></td><td class="device-id"></td><td><span class="status"></span></td><td class="metric"></td><td class="num"><span class="value"></span><span class="unit"></span></td><td class="num age"></td><td class="spark"><canvas width="160" height="40" aria-hidden="true"></canvas></td>`;
+  tr.innerHTML = `<td class="col-plot"><input type="checkbox" tabindex="-1"></td><td class="device-id"></td><td><span class="status"></span></td><td class="metric"></td><td class="num"><span class="value"></span><span class="unit"></span></td><td class="num age"></td><td class="spark"><canvas width="144" height="40" aria-hidden="true"></canvas></td>`;
   const check = tr.querySelector('input');
   check.setAttribute('aria-label', row.topic ? `Plot ${row.deviceId} ${row.metric}` : `${row.deviceId} has no readings yet`);
   check.disabled = !row.topic;
@@ -229,8 +264,35 @@ function rowElement(row) {
     canvas: tr.querySelector('canvas'),
   };
   row.el = tr;
+  tr.row = row;
+  rowVisibility.observe(tr);
   return tr;
 }
+
+/**
+ * Rows scrolled out of view are not written to: a change only marks them stale, and they are
+ * brought up to date when they scroll back in. With hundreds of devices, live readings then
+ * cost a few cell writes per frame instead of a relayout of the whole table.
+ */
+const onScreen = new Set();
+const rowVisibility = new IntersectionObserver(
+  (entries) => {
+    for (const e of entries) {
+      const row = e.target.row;
+      if (e.isIntersecting) {
+        onScreen.add(row);
+        if (row.stale) {
+          row.stale = false;
+          dirtyRows.add(row);
+          schedule();
+        }
+      } else {
+        onScreen.delete(row);
+      }
+    }
+  },
+  { root: document.querySelector('.table-wrap'), rootMargin: '240px 0px' },
+);
 
 function setText(row, cell, text) {
   if (row.shown[cell] === text) return;
@@ -384,7 +446,7 @@ class LiveChart {
   constructor(container, tip) {
     this.container = container;
     this.tip = tip;
-    this.series = []; // { topic, label, color, xs, ys, liveSeqs, loading }
+    this.series = []; // { topic, label, color, xs, ys, liveCount, historyCount, loading, legend }
     this.rangeMs = 15 * 60_000;
     this.plot = null;
     this.dirty = false;
@@ -402,7 +464,7 @@ class LiveChart {
     if (this.series.length >= MAX_CHART_SERIES) this.series.shift();
     const used = new Set(this.series.map((s) => s.color));
     const color = PALETTE.find((c) => !used.has(c)) ?? PALETTE[0];
-    const s = { topic, label: `${deviceId} ${metric}`, color, xs: [], ys: [], liveSeqs: [], historyCount: 0, pending: [] };
+    const s = { topic, label: `${deviceId} ${metric}`, color, xs: [], ys: [], liveCount: 0, historyCount: 0 };
     this.series.push(s);
     this.rebuild();
     this.loadHistory(s);
@@ -470,7 +532,7 @@ class LiveChart {
         s.xs.splice(i, 0, x);
         s.ys.splice(i, 0, r.value);
       }
-      s.liveSeqs.push(r.seq);
+      s.liveCount++;
       this.dirty = true;
     }
   }
@@ -546,24 +608,38 @@ class LiveChart {
     this.renderLegend();
   }
 
+  /** One legend entry per series, built once; live updates only rewrite changed text. */
   renderLegend() {
     const legend = $('chart-legend');
-    legend.replaceChildren(
-      ...this.series.map((s) => {
+    const items = this.series.map((s) => {
+      if (!s.legend) {
         const span = document.createElement('span');
-        const last = s.ys.length ? numberFormat.format(s.ys[s.ys.length - 1]) : '—';
-        const unit = rows.get(s.topic)?.unit ?? '';
-        span.innerHTML = `<span class="swatch" style="background:${s.color}"></span>`;
-        span.append(`${s.label}: ${last}${unit ? ` ${unit}` : ''}`);
+        const swatch = document.createElement('span');
+        swatch.className = 'swatch';
+        swatch.style.background = s.color;
+        const text = document.createElement('span');
         const remove = document.createElement('button');
         remove.type = 'button';
         remove.textContent = '×';
         remove.setAttribute('aria-label', `Remove ${s.label} from the chart`);
         remove.addEventListener('click', () => toggleRow(rows.get(s.topic)));
-        span.append(remove);
-        return span;
-      }),
-    );
+        span.append(swatch, text, remove);
+        s.legend = { span, text, shown: null };
+      }
+      // The chart plots bucket averages; the legend shows the last reading itself.
+      const row = rows.get(s.topic);
+      const lastValue = row?.value ?? (s.ys.length ? s.ys[s.ys.length - 1] : null);
+      const last = lastValue === null ? '—' : numberFormat.format(lastValue);
+      const unit = row?.unit ?? '';
+      const label = `${s.label}: ${last}${unit ? ` ${unit}` : ''}`;
+      if (s.legend.shown !== label) {
+        s.legend.shown = label;
+        s.legend.text.textContent = label;
+      }
+      return s.legend.span;
+    });
+    const current = [...legend.children];
+    if (current.length !== items.length || current.some((el, i) => el !== items[i])) legend.replaceChildren(...items);
   }
 
   showTip(u) {
@@ -690,7 +766,11 @@ function frame() {
     structureDirty = false;
     renderTable();
   }
-  for (const row of dirtyRows) if (row.el) updateRow(row);
+  for (const row of dirtyRows) {
+    if (!row.el) continue;
+    if (onScreen.has(row)) updateRow(row);
+    else row.stale = true;
+  }
   dirtyRows.clear();
   chart.render();
   renderStream();
@@ -702,7 +782,7 @@ function tick() {
   const rate = rateWindow.length / 5;
   $('conn-rate').textContent = rate >= 10 ? String(Math.round(rate)) : rate.toFixed(1).replace(/\.0$/, '');
   const wall = Date.now();
-  for (const row of view.order) updateAge(row, wall);
+  for (const row of onScreen) updateAge(row, wall);
   if (view.sort === 'age' || view.sort === 'value') structureDirty = true;
   chart.trim();
   schedule();
@@ -746,6 +826,9 @@ function start() {
     .finally(schedule);
   client.connect();
   setInterval(tick, 1000);
+  // Presence also arrives live as `status` events; polling it keeps the list right on hubs or
+  // transports that do not send them, and after missed events.
+  setInterval(refreshDevices, DEVICES_REFRESH_MS);
   schedule();
 }
 

@@ -1,0 +1,686 @@
+//! Live delivery with real clients: SSE over HTTP (reqwest), WebSocket (tokio-tungstenite)
+//! and long polling, against the bridge composed in-process on sled in a temp dir, HTTP on
+//! port 0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edgewatch_bridge::fanout::{Fanout, FanoutConfig};
+use edgewatch_bridge::live::{run_fanout, LiveHub};
+use edgewatch_bridge::watch::{LiveConfig, LiveState};
+use edgewatch_bridge::{BridgeConfig, Publish};
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct TestHub {
+    addr: SocketAddr,
+    feed: mpsc::Sender<Publish>,
+    stop: CancellationToken,
+    _bridge: edgewatch_bridge::Hub,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start_hub(live: LiveConfig) -> TestHub {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BridgeConfig {
+        data_dir: dir.path().join("data"),
+        flush_interval_ms: 2,
+        ..BridgeConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let bridge = edgewatch_bridge::start(cfg, stop.child_token())
+        .await
+        .unwrap();
+    let (feed, rx) = mpsc::channel::<Publish>(4096);
+    bridge.run_source(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|p| (p, rx))
+    }));
+    let fanout = Fanout::new(live.fanout.clone());
+    tokio::spawn(run_fanout(
+        fanout.clone(),
+        bridge.store().clone(),
+        bridge.live(),
+        stop.child_token(),
+    ));
+    let state = LiveState::new(
+        LiveHub::new(fanout, bridge.store().clone()),
+        live,
+        stop.clone(),
+        None,
+    );
+    let app: axum::Router = bridge
+        .router()
+        .merge(edgewatch_bridge::watch::routes(state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ =
+            edgewatch_bridge::http::serve(listener, app, async move { s.cancelled().await }).await;
+    });
+    TestHub {
+        addr,
+        feed,
+        stop,
+        _bridge: bridge,
+        _dir: dir,
+    }
+}
+
+fn now_ms() -> i64 {
+    edgewatch_protocol::timefmt::now_ms()
+}
+
+/// Publishes `n` readings (value = index, so none is a duplicate of another), `per_sec` a
+/// second (0: as fast as ingest takes them).
+async fn publish(feed: mpsc::Sender<Publish>, n: usize, per_sec: u64) {
+    let pause = (per_sec > 0).then(|| Duration::from_secs_f64(1.0 / per_sec as f64));
+    for i in 0..n {
+        let p = Publish {
+            topic: format!("sensors/d{}/temperature", i % 10),
+            payload: format!("{i}").into(),
+            received_at_ms: now_ms(),
+        };
+        feed.send(p).await.unwrap();
+        if let Some(p) = pause {
+            if i % 10 == 9 {
+                tokio::time::sleep(p * 10).await;
+            }
+        }
+    }
+}
+
+/// A minimal SSE reader: yields (event, id, data) for each event.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SseEvent {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+impl Sse {
+    async fn open(url: &str, last_event_id: Option<u64>) -> Result<Sse, reqwest::Response> {
+        let client = reqwest::Client::new();
+        let mut req = client.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let res = req.send().await.unwrap();
+        if !res.status().is_success() {
+            return Err(res);
+        }
+        Ok(Sse {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        })
+    }
+
+    /// Next event (comments and retry-only frames skipped); None at the end of the stream.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut has_data = false;
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_across_100_forced_disconnects_delivers_each_reading_once_in_order() {
+    const N: usize = 10_000;
+    let hub = start_hub(LiveConfig::default()).await;
+    let url = format!("http://{}/v1/stream?filter=sensors/%23", hub.addr);
+    let publisher = tokio::spawn(publish(hub.feed.clone(), N, 4_000));
+    let mut rng = rand::thread_rng();
+    let mut seqs: Vec<u64> = Vec::with_capacity(N);
+    let mut disconnects = 0;
+    // Start from the beginning of the log (cursor 0), then resume with Last-Event-ID.
+    let mut last: u64 = 0;
+    let result = timeout(WAIT, async {
+        while seqs.len() < N {
+            let mut sse = Sse::open(&url, Some(last)).await.expect("stream opens");
+            let budget = if disconnects < 100 {
+                rng.gen_range(1..150)
+            } else {
+                usize::MAX
+            };
+            let mut got = 0;
+            while got < budget && seqs.len() < N {
+                let Some(ev) = sse.next().await else { break };
+                if ev.event != "reading" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&ev.data).unwrap();
+                let seq = v["seq"].as_u64().unwrap();
+                assert_eq!(ev.id.as_deref(), Some(seq.to_string().as_str()));
+                seqs.push(seq);
+                last = seq;
+                got += 1;
+            }
+            if seqs.len() < N {
+                disconnects += 1; // dropping `sse` closes the connection
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| panic!("timed out with {} of {N} readings", seqs.len()));
+    publisher.await.unwrap();
+    assert!(disconnects >= 100, "only {disconnects} disconnects");
+    let expected: Vec<u64> = (1..=N as u64).collect();
+    assert_eq!(seqs, expected, "every reading exactly once, in seq order");
+}
+
+async fn ws_connect(
+    addr: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "edgewatch.v1".parse().unwrap());
+    let (ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        res.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("edgewatch.v1")
+    );
+    ws
+}
+
+async fn ws_next_json<S>(ws: &mut S) -> Option<Value>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_resume_across_100_forced_disconnects_delivers_each_reading_once_in_order() {
+    const N: usize = 10_000;
+    let hub = start_hub(LiveConfig::default()).await;
+    let publisher = tokio::spawn(publish(hub.feed.clone(), N, 4_000));
+    let mut rng = rand::thread_rng();
+    let mut seqs: Vec<u64> = Vec::with_capacity(N);
+    let mut disconnects = 0;
+    let mut last: u64 = 0;
+    let result = timeout(WAIT, async {
+        while seqs.len() < N {
+            let mut ws = ws_connect(hub.addr).await;
+            let sub =
+                serde_json::json!({"type": "subscribe", "filter": "sensors/#", "since": last});
+            ws.send(Message::Text(sub.to_string().into()))
+                .await
+                .unwrap();
+            let budget = if disconnects < 100 {
+                rng.gen_range(1..150)
+            } else {
+                usize::MAX
+            };
+            let mut got = 0;
+            while got < budget && seqs.len() < N {
+                let Some(v) = ws_next_json(&mut ws).await else {
+                    break;
+                };
+                match v["type"].as_str() {
+                    Some("reading") => {
+                        let seq = v["seq"].as_u64().unwrap();
+                        seqs.push(seq);
+                        last = seq;
+                        got += 1;
+                    }
+                    Some("subscribed") => assert_eq!(v["filter"], "sensors/#"),
+                    other => panic!("unexpected message {other:?}: {v}"),
+                }
+            }
+            if seqs.len() < N {
+                disconnects += 1;
+                drop(ws); // abrupt: no close handshake
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| panic!("timed out with {} of {N} readings", seqs.len()));
+    publisher.await.unwrap();
+    assert!(disconnects >= 100);
+    let expected: Vec<u64> = (1..=N as u64).collect();
+    assert_eq!(seqs, expected, "every reading exactly once, in seq order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_pages_through_everything_and_waits_for_new() {
+    let hub = start_hub(LiveConfig::default()).await;
+    publish(hub.feed.clone(), 2_500, 0).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}/v1/poll?filter=sensors/%2B/temperature", hub.addr);
+    let mut since = 0;
+    let mut seqs = Vec::new();
+    while seqs.len() < 2_500 {
+        let v: Value = client
+            .get(format!("{base}&since={since}&timeout=5"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in v["readings"].as_array().unwrap() {
+            seqs.push(r["seq"].as_u64().unwrap());
+        }
+        since = v["next"].as_u64().unwrap();
+    }
+    assert_eq!(seqs, (1..=2_500).collect::<Vec<u64>>());
+    // Nothing new: the poll waits, then answers empty with the same cursor.
+    let started = std::time::Instant::now();
+    let v: Value = client
+        .get(format!("{base}&since={since}&timeout=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(v["readings"].as_array().unwrap().len(), 0);
+    assert_eq!(v["next"].as_u64(), Some(since));
+    // A poll waiting when a reading arrives answers at once.
+    let feed = hub.feed.clone();
+    let url = format!("{base}&since={since}&timeout=30");
+    let waiting = tokio::spawn(async move {
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    feed.send(Publish {
+        topic: "sensors/d1/temperature".into(),
+        payload: "99.5".into(),
+        received_at_ms: now_ms(),
+    })
+    .await
+    .unwrap();
+    let v = timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("poll answered")
+        .unwrap();
+    assert_eq!(v["readings"][0]["value"].as_f64(), Some(99.5));
+    assert_eq!(v["next"].as_u64(), Some(since + 1));
+}
+
+/// A raw SSE connection with a tiny receive buffer, so that not reading makes the server's
+/// queue fill quickly (a client with default buffers would hide megabytes in the kernel).
+async fn raw_sse(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stream = sock.connect(addr).await.unwrap();
+    let req = format!(
+        "GET /v1/stream?filter=sensors/%23 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads whatever arrives within `window` (or until the response or connection ends);
+/// returns the text and whether the server ended the stream.
+async fn read_for(stream: &mut tokio::net::TcpStream, window: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&text).into_owned(), true),
+            Ok(Ok(n)) => {
+                text.extend_from_slice(&buf[..n]);
+                // The end of the chunked response body (the connection itself stays open).
+                if text.ends_with(b"\r\n0\r\n\r\n") {
+                    return (String::from_utf8_lossy(&text).into_owned(), true);
+                }
+            }
+            Err(_) => return (String::from_utf8_lossy(&text).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_gets_a_gap_then_is_disconnected_while_a_fast_one_keeps_pace() {
+    // Counts, not timings, drive this test, so a busy machine changes only how long it takes.
+    // A burst of BURST readings is more than the kernel's socket buffers (up to 4 MiB here,
+    // about 16,000 events) plus the subscriber queue can hold.
+    const BURST: u64 = 30_000;
+    let live = LiveConfig {
+        fanout: FanoutConfig {
+            queue_capacity: 4096,
+            conflate_max_topics: 4096,
+            lag_timeout_secs: 6,
+        },
+        ..LiveConfig::default()
+    };
+    let hub = start_hub(live).await;
+    let url = format!("http://{}/v1/stream?filter=sensors/%23", hub.addr);
+    let mut fast = Sse::open(&url, None).await.unwrap();
+    let mut slow = raw_sse(hub.addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The fast client reads everything, in order, with no gap, and reports its progress.
+    let (progress_tx, progress) = tokio::sync::watch::channel(0u64);
+    let fast_task = tokio::spawn(async move {
+        let mut expect = 1;
+        while let Some(ev) = fast.next().await {
+            assert_eq!(ev.event, "reading", "fast client got {ev:?}");
+            assert_eq!(
+                ev.id,
+                Some(expect.to_string()),
+                "fast client missed readings"
+            );
+            let _ = progress_tx.send(expect);
+            expect += 1;
+        }
+    });
+    let mut next_value = 0u64;
+    let mut burst = |n: u64| {
+        let feed = hub.feed.clone();
+        let start = next_value;
+        next_value += n;
+        async move {
+            for i in start..start + n {
+                let p = Publish {
+                    topic: format!("sensors/d{}/temperature", i % 10),
+                    payload: format!("{i}").into(),
+                    received_at_ms: now_ms(),
+                };
+                feed.send(p).await.unwrap();
+            }
+        }
+    };
+    let wait_fast = |seq: u64| {
+        let mut rx = progress.clone();
+        async move {
+            timeout(WAIT, rx.wait_for(|s| *s >= seq))
+                .await
+                .expect("fast client fell behind")
+                .unwrap();
+        }
+    };
+
+    // Phase 1: a burst while the slow client does not read; once the fast one has it all,
+    // the slow one drains and must find a gap notice.
+    burst(BURST).await;
+    let (text, closed) = read_for(&mut slow, Duration::from_secs(3)).await;
+    assert!(!closed, "slow client closed in phase 1");
+    wait_fast(BURST).await;
+    assert!(
+        text.contains("event: gap"),
+        "no gap after a stall; read {} bytes",
+        text.len()
+    );
+
+    // Phase 2: another burst, then a trickle, and the slow client never reads: after the lag
+    // timeout it is disconnected, and the last event it gets is an `error` saying why.
+    burst(BURST).await;
+    let stalled = std::time::Instant::now();
+    while stalled.elapsed() < Duration::from_secs(8) {
+        burst(200).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (text, closed) = read_for(&mut slow, Duration::from_secs(30)).await;
+    assert!(
+        closed,
+        "slow client was not disconnected; read {} bytes",
+        text.len()
+    );
+    let last_event = text
+        .rfind("event: ")
+        .map(|i| &text[i..])
+        .unwrap_or_default();
+    assert!(
+        last_event.starts_with("event: error"),
+        "last event: {last_event:.200}"
+    );
+    assert!(last_event.contains("lagging"));
+    let total = next_value;
+    wait_fast(total).await;
+    drop(progress);
+    fast_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sse_and_a_thousand_websocket_clients_each_get_every_reading() {
+    const CLIENTS: usize = 1_000;
+    const BURST: usize = 200;
+    let hub = start_hub(LiveConfig::default()).await;
+    let url = format!("http://{}/v1/stream?filter=sensors/%23", hub.addr);
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(2 * CLIENTS);
+    for _ in 0..CLIENTS {
+        let url = url.clone();
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sse = Sse::open(&url, None).await.unwrap();
+            ready.send(()).await.unwrap();
+            let mut n = 0;
+            while n < BURST {
+                let ev = sse.next().await.expect("stream ended");
+                if ev.event == "reading" {
+                    n += 1;
+                }
+            }
+            n
+        }));
+        let addr = hub.addr;
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws_connect(addr).await;
+            let sub = serde_json::json!({"type": "subscribe", "filter": "sensors/#"});
+            ws.send(Message::Text(sub.to_string().into()))
+                .await
+                .unwrap();
+            let first = ws_next_json(&mut ws).await.unwrap();
+            assert_eq!(first["type"], "subscribed");
+            ready.send(()).await.unwrap();
+            let mut n = 0;
+            while n < BURST {
+                let v = ws_next_json(&mut ws).await.expect("socket ended");
+                if v["type"] == "reading" {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    for _ in 0..2 * CLIENTS {
+        timeout(WAIT, ready_rx.recv())
+            .await
+            .expect("clients did not all connect");
+    }
+    // SSE subscribes when its response starts; give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(hub.feed.clone(), BURST, 0).await;
+    for t in tasks {
+        let n = timeout(WAIT, t)
+            .await
+            .expect("a client did not get the whole burst")
+            .unwrap();
+        assert_eq!(n, BURST);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_hub_carries_on() {
+    let hub = start_hub(LiveConfig {
+        ws_max_message_bytes: 150_000,
+        ..LiveConfig::default()
+    })
+    .await;
+    let base = format!("http://{}", hub.addr);
+    let long = format!("sensors/{}", "a/".repeat(35_000));
+    for (path, code) in [
+        ("/v1/stream?filter=sensors/%23/x", "bad_filter"),
+        ("/v1/stream?filter=", "bad_filter"),
+        ("/v1/stream?lastEventId=abc", "bad_cursor"),
+        ("/v1/poll?since=-1", "bad_cursor"),
+        ("/v1/poll?timeout=9999", "bad_timeout"),
+        ("/v1/stream?filter=other/%23", "forbidden"),
+        ("/v1/stream?bogus=1", "unknown_parameter"),
+    ] {
+        let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let status = res.status();
+        assert!(status.is_client_error(), "{path}: {status}");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // Non-numeric Last-Event-ID header.
+    let res = reqwest::Client::new()
+        .get(format!("{base}/v1/stream"))
+        .header("last-event-id", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // A foreign Origin is refused.
+    let res = reqwest::Client::new()
+        .get(format!("{base}/v1/stream"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    // WebSocket: malformed JSON, unknown type, bad filter each get an error; the connection
+    // stays open (ping → pong), then an oversize message closes it with 1009.
+    let mut ws = ws_connect(hub.addr).await;
+    let long_sub = serde_json::json!({"type": "subscribe", "filter": long}).to_string();
+    for (msg, code) in [
+        (long_sub.as_str(), "bad_filter"),
+        ("{not json", "invalid_json"),
+        (r#"{"type":"dance"}"#, "invalid_message"),
+        (
+            r#"{"type":"subscribe","filter":"sensors/#/x"}"#,
+            "bad_filter",
+        ),
+        (r#"{"type":"subscribe","filter":"$SYS/#"}"#, "forbidden"),
+        (
+            r#"{"type":"publish","topic":"sensors/d1/t","payload":"1"}"#,
+            "forbidden",
+        ),
+        (
+            r#"{"type":"unsubscribe","filter":"sensors/#"}"#,
+            "not_subscribed",
+        ),
+    ] {
+        ws.send(Message::Text(msg.into())).await.unwrap();
+        let v = timeout(WAIT, ws_next_json(&mut ws))
+            .await
+            .unwrap()
+            .expect("connection closed");
+        assert_eq!(v["type"], "error", "{msg}: {v}");
+        assert_eq!(v["code"], code, "{msg}: {v}");
+    }
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    let v = timeout(WAIT, ws_next_json(&mut ws)).await.unwrap().unwrap();
+    assert_eq!(v["type"], "pong");
+    let huge = format!(r#"{{"type":"ping","x":"{}"}}"#, "x".repeat(200_000));
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let close = timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(1009));
+    // The hub still serves.
+    let res = reqwest::get(format!("{base}/v1/poll?timeout=0"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_sse_streams_and_closes_websockets_with_1001() {
+    let hub = start_hub(LiveConfig::default()).await;
+    let mut sse = Sse::open(&format!("http://{}/v1/stream", hub.addr), None)
+        .await
+        .unwrap();
+    let mut ws = ws_connect(hub.addr).await;
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","filter":"sensors/#"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next_json(&mut ws).await.unwrap()["type"], "subscribed");
+    hub.stop.cancel();
+    let end = timeout(Duration::from_secs(5), async {
+        while sse.next().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "SSE stream did not end at shutdown");
+    let code = timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("websocket not closed at shutdown");
+    assert_eq!(code, Some(1001));
+}
