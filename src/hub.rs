@@ -84,6 +84,7 @@ pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
         fanout.clone(),
         bridge.store().clone(),
         bridge.live(),
+        bridge.presence(),
         stop.child_token(),
     ));
 

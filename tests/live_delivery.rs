@@ -54,6 +54,7 @@ async fn start_hub(live: LiveConfig) -> TestHub {
         fanout.clone(),
         bridge.store().clone(),
         bridge.live(),
+        bridge.presence(),
         stop.child_token(),
     ));
     let state = LiveState::new(
@@ -683,4 +684,42 @@ async fn shutdown_ends_sse_streams_and_closes_websockets_with_1001() {
     .await
     .expect("websocket not closed at shutdown");
     assert_eq!(code, Some(1001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_arrive_as_status_events_on_sse_and_websocket() {
+    let hub = start_hub(LiveConfig::default()).await;
+    let mut sse = Sse::open(
+        &format!("http://{}/v1/stream?filter=sensors/d7/%23", hub.addr),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(hub.addr).await;
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","filter":"sensors/+/status"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next_json(&mut ws).await.unwrap()["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for status in ["online", "offline"] {
+        hub.feed
+            .send(Publish {
+                topic: "sensors/d7/status".into(),
+                payload: status.into(),
+                received_at_ms: now_ms(),
+            })
+            .await
+            .unwrap();
+        let ev = timeout(WAIT, sse.next()).await.unwrap().unwrap();
+        assert_eq!(ev.event, "status");
+        assert_eq!(ev.id, None, "status events do not move the resume cursor");
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["deviceId"], "d7");
+        assert_eq!(v["status"], status);
+        let v = timeout(WAIT, ws_next_json(&mut ws)).await.unwrap().unwrap();
+        assert_eq!(v["type"], "status");
+        assert_eq!(v["online"], status == "online");
+    }
 }

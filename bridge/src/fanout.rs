@@ -337,7 +337,9 @@ impl Queue {
         }
         let outcome = if st.conflation.is_none() && st.items.len() < st.capacity {
             st.items.push_back(ev.clone());
-            st.last_in_order = ev.seq;
+            if ev.kind == EventKind::Reading {
+                st.last_in_order = ev.seq;
+            }
             PushOutcome::Queued
         } else {
             let resume_after = st.last_in_order;
@@ -347,8 +349,9 @@ impl Queue {
                 latest: HashMap::new(),
                 dropped: 0,
             });
-            let superseded = c.latest.insert(ev.topic.clone(), ev.clone()).is_some();
-            // Only readings count as lost data; a superseded status is just old news.
+            let superseded = c.latest.insert(ev.topic.clone(), ev.clone()).is_some()
+                // Only readings count as lost data; a superseded status is just old news.
+                && ev.kind == EventKind::Reading;
             if superseded {
                 c.dropped += 1;
             }

@@ -13,6 +13,8 @@
 //!   presence, 1-minute and 1-hour rollups, dedupe, retention.
 //! * [`http`]: the axum router: `/v1/series`, `/v1/devices`, `/v1/readings`, `/v1/rollups`,
 //!   `/v1/rejects`, `/healthz`, `/readyz`.
+//! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
+//!   a serial port, publishes them into the broker, survives unplugs.
 //! * [`Hub`] (this file): starts and stops the parts together.
 
 pub mod config;
@@ -22,6 +24,7 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod serial;
 pub mod store;
 pub mod watch;
 pub mod writer;
@@ -70,6 +73,7 @@ pub struct Hub {
     store: Store,
     ingest: Ingest,
     committed: broadcast::Sender<CommittedBatch>,
+    presence: broadcast::Sender<store::PresenceUpdate>,
     writer_task: JoinHandle<Result<(), writer::WriterError>>,
     writer_stop: CancellationToken,
     sources: TaskTracker,
@@ -95,6 +99,7 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub
         store,
         ingest,
         committed: w.committed,
+        presence: w.presence,
         writer_task: w.task,
         writer_stop,
         sources: TaskTracker::new(),
@@ -138,6 +143,12 @@ impl Hub {
     /// A receiver of committed batches (live fan-out). Bounded: see [`writer`].
     pub fn live(&self) -> broadcast::Receiver<CommittedBatch> {
         self.committed.subscribe()
+    }
+
+    /// A receiver of durable presence changes (live `status` events). Bounded like
+    /// [`Hub::live`].
+    pub fn presence(&self) -> broadcast::Receiver<store::PresenceUpdate> {
+        self.presence.subscribe()
     }
 
     /// The HTTP handlers' state.

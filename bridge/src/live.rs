@@ -68,18 +68,30 @@ pub fn status_event(p: &PresenceUpdate, seq: u64) -> Arc<LiveEvent> {
     })
 }
 
-/// Feeds the fan-out from the writer's committed batches until `stop`.
+/// Feeds the fan-out from the writer's committed batches and presence changes until `stop`.
 pub async fn run_fanout(
     fanout: Fanout,
     store: Store,
     mut committed: broadcast::Receiver<CommittedBatch>,
+    mut presence: broadcast::Receiver<PresenceUpdate>,
     stop: CancellationToken,
 ) {
     let mut last = store.last_seq().unwrap_or(0);
+    let mut presence_open = true;
     loop {
         let batch = tokio::select! {
             () = stop.cancelled() => return,
             b = committed.recv() => b,
+            p = presence.recv(), if presence_open => {
+                match p {
+                    Ok(update) => fanout.publish(&[status_event(&update, last)]),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "fan-out missed presence changes");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => presence_open = false,
+                }
+                continue;
+            }
         };
         match batch {
             Ok(batch) => {

@@ -161,6 +161,9 @@ pub struct Writer {
     pub handle: WriterHandle,
     /// Committed batches; subscribe for live fan-out.
     pub committed: broadcast::Sender<CommittedBatch>,
+    /// Presence changes, once durable, for live `status` events (same capacity as
+    /// `committed`; a lagging receiver is told how many it missed).
+    pub presence: broadcast::Sender<PresenceUpdate>,
     /// The task; ends after `stop` is cancelled (or every handle is dropped) and the queue
     /// is drained and flushed.
     pub task: JoinHandle<Result<(), WriterError>>,
@@ -170,15 +173,25 @@ pub struct Writer {
 pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) -> Writer {
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let (committed, _) = broadcast::channel(cfg.broadcast_capacity.max(1));
+    let (presence, _) = broadcast::channel(cfg.broadcast_capacity.max(1));
     let healthy = Arc::new(AtomicBool::new(true));
     let handle = WriterHandle {
         tx,
         healthy: healthy.clone(),
     };
-    let task = tokio::spawn(run(store, cfg, rx, committed.clone(), healthy, stop));
+    let task = tokio::spawn(run(
+        store,
+        cfg,
+        rx,
+        committed.clone(),
+        presence.clone(),
+        healthy,
+        stop,
+    ));
     Writer {
         handle,
         committed,
+        presence,
         task,
     }
 }
@@ -188,6 +201,7 @@ async fn run(
     cfg: WriterConfig,
     mut rx: mpsc::Receiver<WriteCmd>,
     committed: broadcast::Sender<CommittedBatch>,
+    presence: broadcast::Sender<PresenceUpdate>,
     healthy: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> Result<(), WriterError> {
@@ -226,7 +240,14 @@ async fn run(
                 }
             }
         }
-        commit(&store, std::mem::take(&mut buf), &committed, &healthy).await;
+        commit(
+            &store,
+            std::mem::take(&mut buf),
+            &committed,
+            &presence,
+            &healthy,
+        )
+        .await;
         buf.reserve(batch_max);
     }
     healthy.store(false, Ordering::Relaxed);
@@ -265,6 +286,7 @@ async fn commit(
     store: &Store,
     cmds: Vec<WriteCmd>,
     committed: &broadcast::Sender<CommittedBatch>,
+    presence_out: &broadcast::Sender<PresenceUpdate>,
     healthy: &AtomicBool,
 ) {
     let mut readings = Vec::new();
@@ -286,12 +308,12 @@ async fn commit(
     let s = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
         let r = s.apply(&readings, &presence);
-        (r, readings)
+        (r, readings, presence)
     })
     .await;
-    let (seqs, readings) = match applied {
-        Ok((Ok(seqs), readings)) => (seqs, readings),
-        Ok((Err(err), readings)) => {
+    let (seqs, readings, presence) = match applied {
+        Ok((Ok(seqs), readings, presence)) => (seqs, readings, presence),
+        Ok((Err(err), readings, _)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
             healthy.store(false, Ordering::Relaxed);
             return;
@@ -323,6 +345,9 @@ async fn commit(
     }
     for done in presence_acks.into_iter().flatten() {
         let _ = done.send(Outcome::Presence);
+    }
+    for update in presence {
+        let _ = presence_out.send(update);
     }
     if !stored.is_empty() {
         // No receivers is fine: nobody is watching live.
