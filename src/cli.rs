@@ -24,6 +24,18 @@ struct Cli {
 enum Command {
     /// Run the hub: the embedded MQTT broker and everything configured with it.
     Run(RunArgs),
+    /// Run the bridge against an existing MQTT broker (Mosquitto, EMQX, HiveMQ, ...) instead of
+    /// the embedded one: store, history, live streams and dashboard, no MQTT listener.
+    Bridge {
+        /// The broker to consume, `mqtt://HOST:PORT`.
+        #[arg(long = "mqtt", env = "EDGEWATCH_MQTT_URL", value_name = "URL")]
+        mqtt: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run the hub with a demo fleet: a temporary store, 19 simulated MQTT sensors and one on an
+    /// emulated serial port, at 1 Hz. Prints the dashboard URL.
+    Demo(RunArgs),
     /// Check a configuration file and print the effective configuration.
     CheckConfig {
         /// The file to check.
@@ -32,6 +44,8 @@ enum Command {
     /// Simulate sensor firmware: a fleet of MQTT devices (any broker), a load run, or one
     /// emulated serial sensor on a pseudo-terminal.
     Sim(edgewatch_sim::SimArgs),
+    /// Read one serial sensor (USB serial port) and publish its readings to an MQTT broker.
+    Serial(crate::serial::SerialArgs),
     /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
     Passwd {
         /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
@@ -59,10 +73,13 @@ pub(crate) struct RunArgs {
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, crate::hub::Source::Embedded),
+        Command::Bridge { mqtt, run: args } => run(args, crate::hub::Source::External(mqtt)),
+        Command::Demo(args) => demo(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Sim(args) => sim(args),
+        Command::Serial(args) => serial(args),
     }
 }
 
@@ -94,23 +111,25 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let cfg = match load(&args) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    init_logging(&cfg.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            None
         }
-    };
-    let result = runtime.block_on(crate::hub::run(cfg, args));
+    }
+}
+
+/// Runs `work` to completion, then exits 0, or 1 with the error.
+fn finish(
+    runtime: tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let result = runtime.block_on(work);
     // Connection tasks of rumqttd may still be parked; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -122,32 +141,73 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
-    init_logging("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
+    let cfg = match load(&args) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    init_logging(&cfg.log.level);
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    finish(runtime, crate::hub::run(cfg, source))
+}
+
+fn demo(mut args: RunArgs) -> ExitCode {
+    // A temporary store unless one is given; removed when the demo ends.
+    let tmp = if args.data_dir.is_none() {
+        let dir = std::env::temp_dir().join(format!("edgewatch-demo-{}", std::process::id()));
+        if let Err(err) = std::fs::create_dir_all(&dir) {
+            eprintln!("error: cannot create a temporary data directory: {err}");
             return ExitCode::FAILURE;
         }
+        args.data_dir = Some(dir.clone());
+        Some(dir)
+    } else {
+        None
     };
-    let result = runtime.block_on(async move {
+    let cfg = match load(&args) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    init_logging(&cfg.log.level);
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let code = finish(runtime, crate::demo::run(cfg));
+    if let Some(dir) = tmp {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
+}
+
+fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
+    init_logging("warn");
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    finish(runtime, async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();
         tokio::spawn(async move {
             crate::signals::stop_requested().await;
             on_signal.cancel();
         });
-        edgewatch_sim::run(args, stop).await
-    });
-    match result {
-        Ok(_report) => ExitCode::SUCCESS,
+        edgewatch_sim::run(args, stop).await?;
+        Ok(())
+    })
+}
+
+fn serial(args: crate::serial::SerialArgs) -> ExitCode {
+    init_logging("info");
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(crate::serial::run_standalone(args)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

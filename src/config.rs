@@ -23,6 +23,8 @@ pub(crate) struct AppConfig {
     pub(crate) bridge: BridgeConfig,
     /// `[live]`: live delivery over SSE, WebSocket and long polling.
     pub(crate) live: LiveConfig,
+    /// `[[serial]]`: serial sensors read by `edgewatch run`.
+    pub(crate) serial: Vec<edgewatch_bridge::serial::SerialPortConfig>,
     /// `[log]`: logging.
     pub(crate) log: LogConfig,
 }
@@ -129,6 +131,9 @@ impl AppConfig {
             }
         };
         self.live.validate().map_err(named)?;
+        for (i, port) in self.serial.iter().enumerate() {
+            port.validate(i).map_err(named)?;
+        }
         if self.bridge.http_listen.parse::<SocketAddr>().is_err() {
             return Err(named(format!(
                 "bridge.http_listen: not an address: {:?} (expected e.g. 127.0.0.1:8080)",

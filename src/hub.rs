@@ -1,8 +1,9 @@
 //! Composition of the running hub: start the parts in order, print where they listen, stop
 //! them in reverse order on a signal.
 //!
-//! Start: broker (MQTT listeners) → bridge (store, writer) → the in-process link from the
-//! broker into ingest → fan-out → HTTP (API, live streams, dashboard).
+//! Start: broker (MQTT listeners, unless the bridge consumes an external broker) → bridge
+//! (store, writer) → the in-process link from the broker into ingest → fan-out → HTTP (API,
+//! live streams, dashboard).
 //! Stop: cancel live streams and stop accepting MQTT → drain ingest and the writer, flush the
 //! store → finish HTTP.
 
@@ -15,11 +16,10 @@ use edgewatch_bridge::fanout::Fanout;
 use edgewatch_bridge::live::{run_fanout, LiveHub};
 use edgewatch_bridge::watch::{LiveState, PublishFn};
 use edgewatch_bridge::Publish;
-use edgewatch_broker::Broker;
+use edgewatch_broker::{Broker, ListenerKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunArgs;
 use crate::config::AppConfig;
 
 /// How long an orderly stop may take before we exit anyway.
@@ -28,23 +28,43 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Publishes the broker's in-process link buffers (see `edgewatch_broker::link`).
 const LINK_CAPACITY: usize = 4096;
 
-/// Runs until SIGINT / SIGTERM.
-pub(crate) async fn run(cfg: AppConfig, _args: RunArgs) -> anyhow::Result<()> {
-    let running = start(cfg).await?;
-    crate::signals::stop_requested().await;
-    running.stop().await
+/// Where readings come from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Source {
+    /// The embedded broker (`edgewatch run`).
+    Embedded,
+    /// An existing MQTT broker (`edgewatch bridge --mqtt URL`).
+    External(String),
 }
 
 /// A started hub.
 pub(crate) struct Running {
-    broker: Broker,
+    broker: Option<Broker>,
     bridge: edgewatch_bridge::Hub,
     stop: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Where the HTTP server listens.
+    pub(crate) http_addr: SocketAddr,
+    /// Publishes into the embedded broker (serial readers, WebSocket clients).
+    pub(crate) publish: Option<PublishFn>,
+}
+
+impl Running {
+    /// The embedded broker's MQTT 3.1.1 address, if it runs.
+    pub(crate) fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.broker
+            .as_ref()
+            .and_then(|b| b.addr(ListenerKind::Mqtt))
+    }
+
+    /// A token cancelled when the hub stops (for tasks that run beside it).
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.child_token()
+    }
 }
 
 /// Starts every part and prints the ready line.
-pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
+pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<Running> {
     let http_addr: SocketAddr = cfg
         .bridge
         .http_listen
@@ -61,23 +81,45 @@ pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
         })?;
     let http_addr = http_listener.local_addr()?;
 
-    let broker = Broker::start(&cfg.broker)
-        .await
-        .context("starting the MQTT broker")?;
+    let broker = match &source {
+        Source::Embedded => {
+            cfg.bridge.mqtt_url = None;
+            Some(
+                Broker::start(&cfg.broker)
+                    .await
+                    .context("starting the MQTT broker")?,
+            )
+        }
+        Source::External(url) => {
+            cfg.bridge.mqtt_url = Some(url.clone());
+            None
+        }
+    };
     let stop = CancellationToken::new();
     let bridge = edgewatch_bridge::start(cfg.bridge.clone(), stop.child_token())
         .await
         .context("starting the bridge")?;
 
-    let link = broker
-        .subscribe("edgewatch-bridge", &["sensors/#"], LINK_CAPACITY)
-        .await
-        .context("linking the bridge to the broker")?;
-    bridge.run_source(link.map(|p| Publish {
-        topic: p.topic,
-        payload: p.payload,
-        received_at_ms: p.received_at_ms,
-    }));
+    let mut publish: Option<PublishFn> = None;
+    if let Some(broker) = &broker {
+        let link = broker
+            .subscribe("edgewatch-bridge", &["sensors/#"], LINK_CAPACITY)
+            .await
+            .context("linking the bridge to the broker")?;
+        bridge.run_source(link.map(|p| Publish {
+            topic: p.topic,
+            payload: p.payload,
+            received_at_ms: p.received_at_ms,
+        }));
+        let publisher = broker
+            .publisher("edgewatch-publisher")
+            .await
+            .context("opening the publish link")?;
+        publish = Some(Arc::new(move |topic, payload| {
+            let publisher = publisher.clone();
+            Box::pin(async move { publisher.publish(topic, payload).await })
+        }));
+    }
 
     let fanout = Fanout::new(cfg.live.fanout.clone());
     tokio::spawn(run_fanout(
@@ -87,20 +129,11 @@ pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
         bridge.presence(),
         stop.child_token(),
     ));
-
-    let publisher = broker
-        .publisher("edgewatch-ws")
-        .await
-        .context("opening the publish link")?;
-    let publish: PublishFn = Arc::new(move |topic, payload| {
-        let publisher = publisher.clone();
-        Box::pin(async move { publisher.publish(topic, payload).await })
-    });
     let live = LiveState::new(
         LiveHub::new(fanout, bridge.store().clone()),
         cfg.live.clone(),
         stop.clone(),
-        Some(publish),
+        publish.clone(),
     );
     let app = bridge
         .router()
@@ -116,20 +149,31 @@ pub(crate) async fn start(cfg: AppConfig) -> anyhow::Result<Running> {
     ));
 
     let mut listeners: Vec<String> = broker
-        .listeners()
         .iter()
-        .map(|(kind, addr)| format!("{kind}={addr}"))
+        .flat_map(|b| {
+            b.listeners()
+                .iter()
+                .map(|(kind, addr)| format!("{kind}={addr}"))
+        })
         .collect();
     listeners.push(format!("http={http_addr}"));
+    if let Source::External(url) = &source {
+        listeners.push(format!("upstream={url}"));
+    }
+    let running_publish = publish;
     // One machine-readable line on stdout: scripts and tests wait for it.
     println!("edgewatch ready {}", listeners.join(" "));
     println!("dashboard: http://{http_addr}/");
-    Ok(Running {
+    let running = Running {
         broker,
         bridge,
         stop,
         http,
-    })
+        http_addr,
+        publish: running_publish,
+    };
+    crate::serial::spawn_configured(&running, &cfg.serial, &running.stop)?;
+    Ok(running)
 }
 
 impl Running {
@@ -140,11 +184,12 @@ impl Running {
             bridge,
             stop,
             http,
+            ..
         } = self;
         let work = async move {
             // Live streams end (SSE finishes, WebSockets get 1001) and HTTP stops accepting.
             stop.cancel();
-            broker.stop();
+            drop(broker);
             bridge.shutdown().await.context("stopping the bridge")?;
             match http.await {
                 Ok(Ok(())) => {}
@@ -160,4 +205,11 @@ impl Running {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs until SIGINT / SIGTERM.
+pub(crate) async fn run(cfg: AppConfig, source: Source) -> anyhow::Result<()> {
+    let running = start(cfg, source).await?;
+    crate::signals::stop_requested().await;
+    running.stop().await
 }

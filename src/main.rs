@@ -6,15 +6,19 @@
 //! parts from the member crates, and stops them in order.
 //!
 //! # Layout
-//! * `cli`: the clap command line (`run`, `check-config`, `passwd`).
+//! * `cli`: the clap command line (`run`, `bridge`, `demo`, `sim`, `check-config`, `passwd`).
 //! * `config`: the whole `edgewatch.toml` (file, environment and flag overrides) with errors
 //!   that name the dotted key and the file.
-//! * `hub`: starts the broker (and the bridge) and stops them on a signal.
+//! * `hub`: starts the broker, the bridge, the fan-out and HTTP, and stops them on a signal.
+//! * `demo`: the hub plus a simulated fleet and an emulated serial sensor.
+//! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
 //! * `signals`: SIGINT / SIGTERM as a future.
 
 mod cli;
 mod config;
+mod demo;
 mod hub;
+mod serial;
 mod signals;
 
 use std::process::ExitCode;

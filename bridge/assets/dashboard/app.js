@@ -600,10 +600,15 @@ class LiveChart {
       if (this.series.length && globalThis.uPlot) this.rebuild();
       if (!this.plot) return;
     }
+    // The window ends now and spans the range, or less when the data is younger than the
+    // range (a new hub would otherwise draw a sliver at the right edge); at least a minute.
     const now = Date.now() / 1000;
+    let min = now - this.rangeMs / 1000;
+    const first = Math.min(...this.series.map((s) => (s.xs.length ? s.xs[0] : Infinity)));
+    if (Number.isFinite(first) && first > min) min = Math.max(min, Math.min(first - 5, now - 60));
     this.plot.batch(() => {
       this.plot.setData(this.data(), false);
-      this.plot.setScale('x', { min: now - this.rangeMs / 1000, max: now });
+      this.plot.setScale('x', { min, max: now });
     });
     this.renderLegend();
   }

@@ -1,0 +1,225 @@
+//! `edgewatch-bench`: edgewatch side by side with Mosquitto on this machine. See BENCHMARKS.md.
+
+mod load;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rumqttc::QoS;
+
+use report::{Meta, Report};
+use scenarios::{Ctx, Params};
+
+const SCENARIOS: [&str; 6] = [
+    "relay",
+    "fullpath",
+    "latency",
+    "fanout",
+    "history",
+    "footprint",
+];
+
+/// Benchmarks edgewatch against Mosquitto; prints a table, writes JSON results and SVGs.
+#[derive(Debug, Parser)]
+#[command(name = "edgewatch-bench")]
+struct Args {
+    /// Shorter runs and smaller sizes (the whole run takes under 5 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Only the smallest scenario (relay QoS0), one short run: proves the harness works.
+    #[arg(long, conflicts_with = "quick")]
+    smoke: bool,
+    /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, footprint.
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Runs per figure (default 3; 1 in --smoke).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// The system under test.
+    #[arg(long, default_value = "target/release/edgewatch")]
+    edgewatch: PathBuf,
+    /// Mosquitto binary (default: /usr/sbin/mosquitto or `mosquitto` on PATH).
+    #[arg(long)]
+    mosquitto: Option<PathBuf>,
+    /// Directory of the JSON results.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Directory of the SVG pictures (not written in --smoke).
+    #[arg(long, default_value = "docs/bench")]
+    svg_dir: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        })
+        .unwrap_or_default()
+}
+
+async fn run(args: Args) -> Result<()> {
+    for s in &args.scenarios {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
+        }
+    }
+    let mut p = if args.smoke {
+        Params::smoke()
+    } else if args.quick {
+        Params::quick()
+    } else {
+        Params::full()
+    };
+    if let Some(runs) = args.runs {
+        p.runs = runs.max(1);
+    }
+    let selected: Vec<&str> = if args.smoke {
+        vec!["relay"]
+    } else if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    if !args.edgewatch.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release`",
+            args.edgewatch.display()
+        );
+    }
+    let edgewatch = std::fs::canonicalize(&args.edgewatch)?;
+    let mosquitto = procs::find_mosquitto(args.mosquitto.as_deref());
+    if mosquitto.is_none() {
+        if args.smoke {
+            println!("mosquitto not found: the smoke run measures edgewatch only");
+        } else {
+            bail!(
+                "mosquitto not found (install the Debian package `mosquitto`, or pass --mosquitto)"
+            );
+        }
+    }
+    let work = std::env::temp_dir().join(format!("edgewatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let _cleanup = WorkDir(work.clone());
+    let commit = {
+        let rev = command_output("git", &["rev-parse", "--short", "HEAD"]);
+        let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .trim()
+            .is_empty();
+        format!("{}{}", rev.trim(), if dirty { "-dirty" } else { "" })
+    };
+    let meta = Meta {
+        date: load::rfc3339_ms(load::unix_ms_now()),
+        commit,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mode: p.mode.to_owned(),
+        load_average_at_start: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        edgewatch_bin: edgewatch.display().to_string(),
+        mosquitto_bin: mosquitto
+            .as_ref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_default(),
+        mosquitto_version: mosquitto
+            .as_ref()
+            .map(|m| {
+                command_output(&m.display().to_string(), &["-h"])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default(),
+    };
+    println!(
+        "edgewatch-bench: {} mode, {} runs per figure, {} cores, load average {}",
+        p.mode, p.runs, meta.cores, meta.load_average_at_start
+    );
+    let ctx = Ctx {
+        edgewatch,
+        mosquitto,
+        work,
+        p,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .build()
+            .context("HTTP client")?,
+    };
+    let mut report = Report::default();
+    let started = Instant::now();
+    for s in &selected {
+        println!("== {s}");
+        let t = Instant::now();
+        let result = match *s {
+            "relay" if args.smoke => scenarios::relay(&ctx, &mut report, &[QoS::AtMostOnce]).await,
+            "relay" => {
+                scenarios::relay(&ctx, &mut report, &[QoS::AtMostOnce, QoS::AtLeastOnce]).await
+            }
+            "fullpath" => scenarios::fullpath(&ctx, &mut report).await,
+            "latency" => scenarios::latency(&ctx, &mut report).await,
+            "fanout" => scenarios::fanout(&ctx, &mut report).await,
+            "history" => scenarios::history(&ctx, &mut report).await,
+            "footprint" => {
+                let r = scenarios::binary_sizes(&ctx, &mut report);
+                if r.is_ok() && !selected.contains(&"fullpath") {
+                    println!("  (RSS figures come from the fullpath scenario)");
+                }
+                r
+            }
+            _ => unreachable!("checked above"),
+        };
+        report
+            .scenario_secs
+            .insert((*s).to_owned(), t.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            println!("  scenario {s} failed: {e:#}");
+            report.push(report::Figure::new(s, "-", "FAILED", "-", vec![]).note(format!("{e:#}")));
+        }
+    }
+    report.print_table(&meta);
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    let out = if args.smoke {
+        args.out.join("smoke")
+    } else {
+        args.out.clone()
+    };
+    report.write_json(&out, &meta)?;
+    println!("results: {}/*.json", out.display());
+    if !args.smoke {
+        for svg in report.write_svgs(&args.svg_dir, &meta)? {
+            println!("picture: {svg}");
+        }
+    }
+    if report.figures.iter().any(|f| f.metric == "FAILED") {
+        bail!("a scenario failed");
+    }
+    Ok(())
+}
+
+/// Removes the harness's temporary directory (data dirs, configs, logs) at exit.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

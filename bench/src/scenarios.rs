@@ -1,0 +1,891 @@
+//! The scenarios. Each one starts what it needs, runs its load loops bounded in count and time,
+//! and pushes figures (median, min, max of its runs) into the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use rumqttc::QoS;
+
+use crate::load::{self, Fleet, LoadSpec, Probe, Receiver, Shape};
+use crate::procs::{self, EdgewatchTuning, Server, Target};
+use crate::report::{percentile_ms, Figure, Report};
+
+/// Sizes and times of one mode (`--smoke`, `--quick` or full).
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) mode: &'static str,
+    pub(crate) runs: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) measure: Duration,
+    pub(crate) relay_publishers: usize,
+    pub(crate) latency_rates: Vec<u64>,
+    pub(crate) latency_publishers: usize,
+    pub(crate) fanout_watchers: usize,
+    pub(crate) fanout_rate: f64,
+    pub(crate) history_readings: u64,
+    pub(crate) history_publishers: usize,
+    pub(crate) history_timeout: Duration,
+}
+
+impl Params {
+    pub(crate) fn smoke() -> Self {
+        Self {
+            mode: "smoke",
+            runs: 1,
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs(1),
+            relay_publishers: 4,
+            latency_rates: vec![1000],
+            latency_publishers: 4,
+            fanout_watchers: 20,
+            fanout_rate: 100.0,
+            history_readings: 10_000,
+            history_publishers: 100,
+            history_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub(crate) fn quick() -> Self {
+        Self {
+            mode: "quick",
+            runs: 3,
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(3),
+            relay_publishers: 10,
+            latency_rates: vec![1000, 10_000],
+            latency_publishers: 10,
+            fanout_watchers: 1000,
+            fanout_rate: 500.0,
+            history_readings: 1_000_000,
+            history_publishers: 1000,
+            history_timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub(crate) fn full() -> Self {
+        Self {
+            mode: "full",
+            runs: 3,
+            warmup: Duration::from_secs(2),
+            measure: Duration::from_secs(10),
+            relay_publishers: 10,
+            latency_rates: vec![1000, 10_000, 50_000],
+            latency_publishers: 10,
+            fanout_watchers: 10_000,
+            fanout_rate: 100.0,
+            history_readings: 10_000_000,
+            history_publishers: 1000,
+            history_timeout: Duration::from_secs(1200),
+        }
+    }
+}
+
+/// What every scenario needs.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) edgewatch: PathBuf,
+    pub(crate) mosquitto: Option<PathBuf>,
+    pub(crate) work: PathBuf,
+    pub(crate) p: Params,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Ctx {
+    fn targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        if self.mosquitto.is_some() {
+            t.push(Target::Mosquitto);
+        }
+        t.push(Target::Edgewatch);
+        t
+    }
+
+    async fn start(&self, target: Target, name: &str) -> Result<Server> {
+        let dir = self.work.join(name);
+        match target {
+            Target::Edgewatch => {
+                procs::start_edgewatch(
+                    &self.edgewatch,
+                    &dir,
+                    &dir.join("data"),
+                    &EdgewatchTuning::default(),
+                )
+                .await
+            }
+            Target::Mosquitto => {
+                let bin = self.mosquitto.as_deref().context("no mosquitto")?;
+                procs::start_mosquitto(bin, &dir).await
+            }
+        }
+    }
+
+    fn live_spec(
+        &self,
+        publishers: usize,
+        qos: QoS,
+        rate: Option<f64>,
+        secs: Duration,
+    ) -> LoadSpec {
+        LoadSpec {
+            publishers,
+            qos,
+            rate,
+            duration: secs,
+            max_messages: match rate {
+                Some(r) => (r * secs.as_secs_f64()) as u64 + publishers as u64,
+                None => 50_000_000,
+            },
+            shape: Shape::Live,
+        }
+    }
+}
+
+/// Counts, server CPU and harness CPU over a measurement window.
+struct Window {
+    started: Instant,
+    counts: Vec<u64>,
+    sut_cpu: f64,
+    own_cpu: f64,
+}
+
+struct Measured {
+    rates: Vec<f64>,
+    sut_cores: f64,
+    gen_cores: f64,
+}
+
+impl Window {
+    fn open(server: &Server, probes: &[&Probe]) -> Self {
+        Self {
+            started: Instant::now(),
+            counts: probes
+                .iter()
+                .map(|p| p.count.load(Ordering::Relaxed))
+                .collect(),
+            sut_cpu: server.cpu_secs(),
+            own_cpu: procs::own_cpu_secs(),
+        }
+    }
+
+    fn close(self, server: &Server, probes: &[&Probe]) -> Measured {
+        let secs = self.started.elapsed().as_secs_f64();
+        Measured {
+            rates: probes
+                .iter()
+                .zip(&self.counts)
+                .map(|(p, c0)| (p.count.load(Ordering::Relaxed) - c0) as f64 / secs)
+                .collect(),
+            sut_cores: (server.cpu_secs() - self.sut_cpu) / secs,
+            gen_cores: (procs::own_cpu_secs() - self.own_cpu) / secs,
+        }
+    }
+}
+
+fn qos_name(qos: QoS) -> &'static str {
+    match qos {
+        QoS::AtMostOnce => "QoS0",
+        QoS::AtLeastOnce => "QoS1",
+        QoS::ExactlyOnce => "QoS2",
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// relay: N publishers -> 1 MQTT subscriber, max rate, QoS0 and QoS1.
+pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> Result<()> {
+    let p = &ctx.p;
+    for &qos in qos_list {
+        let q = qos_name(qos);
+        for target in ctx.targets() {
+            let server = ctx
+                .start(target, &format!("relay-{q}-{}", target.name()))
+                .await?;
+            let (mut rates, mut sut, mut gen, mut per10k) = (vec![], vec![], vec![], vec![]);
+            for run in 0..p.runs {
+                let sub = load::mqtt_subscriber(server.mqtt, qos, &format!("relay{run}")).await?;
+                let spec = ctx.live_spec(p.relay_publishers, qos, None, p.warmup + p.measure);
+                let fleet = Fleet::start(server.mqtt, &spec, &format!("relay{run}")).await?;
+                tokio::time::sleep(p.warmup).await;
+                let w = Window::open(&server, &[&sub.probe]);
+                tokio::time::sleep(p.measure).await;
+                let m = w.close(&server, &[&sub.probe]);
+                fleet.stop();
+                drop(fleet);
+                drop(sub);
+                rates.push(m.rates[0]);
+                sut.push(m.sut_cores);
+                gen.push(m.gen_cores);
+                per10k.push(m.gen_cores / (m.rates[0].max(1.0) / 10_000.0));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let t = target.name();
+            report.push(
+                Figure::new("relay", t, &format!("delivered {q}"), "readings/s", rates).note(
+                    format!(
+                        "{} publishers at max rate -> 1 MQTT subscriber on sensors/#",
+                        p.relay_publishers
+                    ),
+                ),
+            );
+            report.push(Figure::new(
+                "relay",
+                t,
+                &format!("server CPU {q}"),
+                "cores",
+                sut,
+            ));
+            report.push(Figure::new(
+                "relay",
+                t,
+                &format!("harness CPU {q}"),
+                "cores",
+                gen,
+            ));
+            report.push(Figure::new(
+                "relay",
+                t,
+                &format!("harness CPU per 10k/s {q}"),
+                "cores",
+                per10k,
+            ));
+            drop(server);
+        }
+    }
+    Ok(())
+}
+
+/// full path: edgewatch storing + one SSE + one WebSocket subscriber vs Mosquitto relaying to
+/// one MQTT subscriber, QoS1, max rate; also the footprint under this load.
+pub(crate) async fn fullpath(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    let qos = QoS::AtLeastOnce;
+    let mut by_target: Vec<(Target, Vec<f64>)> = Vec::new();
+    for target in ctx.targets() {
+        let server = ctx
+            .start(target, &format!("fullpath-{}", target.name()))
+            .await?;
+        let (mut rates, mut sse_rates, mut ws_rates) = (vec![], vec![], vec![]);
+        let (mut idle, mut loaded, mut sut) = (vec![], vec![], vec![]);
+        for run in 0..p.runs {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            idle.push(mib(server.rss_kib()));
+            let receivers: Vec<Receiver> = match target {
+                Target::Mosquitto => {
+                    vec![load::mqtt_subscriber(server.mqtt, qos, &format!("full{run}")).await?]
+                }
+                Target::Edgewatch => vec![
+                    load::sse_client(&ctx.http, &server.http_base()).await?,
+                    load::ws_client(server.http.context("http")?).await?,
+                ],
+            };
+            let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
+            let spec = ctx.live_spec(p.relay_publishers, qos, None, p.warmup + p.measure);
+            let fleet = Fleet::start(server.mqtt, &spec, &format!("full{run}")).await?;
+            tokio::time::sleep(p.warmup).await;
+            let w = Window::open(&server, &probes);
+            tokio::time::sleep(p.measure).await;
+            loaded.push(mib(server.rss_kib()));
+            let m = w.close(&server, &probes);
+            fleet.stop();
+            drop(fleet);
+            let slowest = m.rates.iter().copied().fold(f64::INFINITY, f64::min);
+            rates.push(slowest);
+            if target == Target::Edgewatch {
+                sse_rates.push(m.rates[0]);
+                ws_rates.push(m.rates[1]);
+            }
+            sut.push(m.sut_cores);
+            drop(receivers);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let t = target.name();
+        let what = match target {
+            Target::Mosquitto => "relay to 1 MQTT subscriber",
+            Target::Edgewatch => "stored + 1 SSE + 1 WebSocket (slower of the two)",
+        };
+        report.push(
+            Figure::new("fullpath", t, "delivered QoS1", "readings/s", rates.clone()).note(
+                format!(
+                    "{} publishers at max rate, QoS1; {what}",
+                    p.relay_publishers
+                ),
+            ),
+        );
+        if target == Target::Edgewatch {
+            report.push(Figure::new(
+                "fullpath",
+                t,
+                "SSE delivered",
+                "readings/s",
+                sse_rates,
+            ));
+            report.push(Figure::new(
+                "fullpath",
+                t,
+                "WebSocket delivered",
+                "readings/s",
+                ws_rates,
+            ));
+        }
+        report.push(Figure::new("fullpath", t, "server CPU", "cores", sut));
+        report.push(Figure::new("footprint", t, "RSS idle", "MiB", idle));
+        report.push(Figure::new(
+            "footprint",
+            t,
+            "RSS under full-path load",
+            "MiB",
+            loaded,
+        ));
+        by_target.push((target, rates));
+        drop(server);
+    }
+    if let [(Target::Mosquitto, m), (Target::Edgewatch, e)] = by_target.as_slice() {
+        let ratios = e.iter().zip(m).map(|(e, m)| e / m.max(1.0)).collect();
+        report.push(
+            Figure::new(
+                "fullpath",
+                "edgewatch",
+                "ratio vs mosquitto (goal >= 1.0)",
+                "x",
+                ratios,
+            )
+            .note("per run: edgewatch full path rate / mosquitto relay rate"),
+        );
+    }
+    Ok(())
+}
+
+/// Binary sizes (one measurement: they do not vary between runs).
+pub(crate) fn binary_sizes(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1_048_576.0);
+    report.push(Figure::new(
+        "footprint",
+        "edgewatch",
+        "binary size (release, as built)",
+        "MiB",
+        vec![size(&ctx.edgewatch)?],
+    ));
+    let stripped = ctx.work.join("edgewatch.stripped");
+    let ok = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&ctx.edgewatch)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        report.push(Figure::new(
+            "footprint",
+            "edgewatch",
+            "binary size (stripped)",
+            "MiB",
+            vec![size(&stripped)?],
+        ));
+    }
+    if let Some(m) = &ctx.mosquitto {
+        report.push(
+            Figure::new(
+                "footprint",
+                "mosquitto",
+                "binary size (Debian, stripped)",
+                "MiB",
+                vec![size(m)?],
+            )
+            .note("plus shared libraries (libmosquitto, libssl, libcjson, ...), not counted"),
+        );
+    }
+    Ok(())
+}
+
+const LATENCY_POINTS: [(&str, f64); 5] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("max", 100.0),
+];
+
+/// latency: publish-to-receive at fixed rates, MQTT on both, SSE and WebSocket on edgewatch.
+pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    let qos = QoS::AtMostOnce;
+    for target in ctx.targets() {
+        let server = ctx
+            .start(target, &format!("latency-{}", target.name()))
+            .await?;
+        for &rate in &p.latency_rates {
+            let clients: &[&str] = match target {
+                Target::Mosquitto => &["MQTT"],
+                Target::Edgewatch => &["MQTT", "SSE", "WebSocket"],
+            };
+            let mut per_client: Vec<Vec<[f64; 5]>> = vec![vec![]; clients.len()];
+            let mut delivered: Vec<Vec<f64>> = vec![vec![]; clients.len()];
+            let mut merged: Vec<Vec<u32>> = vec![vec![]; clients.len()];
+            for run in 0..p.runs {
+                let mut receivers = vec![
+                    load::mqtt_subscriber(server.mqtt, qos, &format!("lat{rate}-{run}")).await?,
+                ];
+                if target == Target::Edgewatch {
+                    receivers.push(load::sse_client(&ctx.http, &server.http_base()).await?);
+                    receivers.push(load::ws_client(server.http.context("http")?).await?);
+                }
+                let spec = ctx.live_spec(
+                    p.latency_publishers,
+                    qos,
+                    Some(rate as f64),
+                    p.warmup + p.measure,
+                );
+                let fleet = Fleet::start(server.mqtt, &spec, &format!("lat{rate}-{run}")).await?;
+                tokio::time::sleep(p.warmup).await;
+                let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
+                for r in &receivers {
+                    r.probe.recording.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(p.measure).await;
+                let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
+                // Let the last readings of the window arrive.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for r in &receivers {
+                    r.probe.recording.store(false, Ordering::Relaxed);
+                }
+                drop(fleet);
+                for (i, r) in receivers.iter().enumerate() {
+                    let mut lat = r.probe.take_latencies();
+                    lat.sort_unstable();
+                    delivered[i].push(lat.len() as f64 / sent.max(1) as f64);
+                    per_client[i].push(LATENCY_POINTS.map(|(_, q)| percentile_ms(&lat, q)));
+                    merged[i].extend_from_slice(&lat);
+                }
+                drop(receivers);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            for (i, client) in clients.iter().enumerate() {
+                let t = target.name();
+                for (k, (name, _)) in LATENCY_POINTS.iter().enumerate() {
+                    if *name == "p99.9" {
+                        continue;
+                    }
+                    let runs = per_client[i].iter().map(|a| a[k]).collect();
+                    report.push(Figure::new(
+                        "latency",
+                        t,
+                        &format!("{client} {name} @{rate}/s"),
+                        "ms",
+                        runs,
+                    ));
+                }
+                report.push(Figure::new(
+                    "latency",
+                    t,
+                    &format!("{client} received fraction @{rate}/s"),
+                    "ratio",
+                    delivered[i].clone(),
+                ));
+                let mut all = std::mem::take(&mut merged[i]);
+                all.sort_unstable();
+                let curve = LATENCY_POINTS
+                    .iter()
+                    .map(|(n, q)| ((*n).to_owned(), percentile_ms(&all, *q)))
+                    .collect();
+                report
+                    .latency
+                    .entry(rate)
+                    .or_default()
+                    .insert(format!("{t} {client}"), curve);
+            }
+        }
+        drop(server);
+    }
+    Ok(())
+}
+
+/// fan-out: many idle SSE + WebSocket watchers: memory per connection, then deliveries/s.
+pub(crate) async fn fanout(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    let n_sse = p.fanout_watchers / 2;
+    let n_ws = p.fanout_watchers - n_sse;
+    let (mut per_sse, mut per_ws, mut rates, mut completeness, mut sut, mut gen, mut open_secs) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for run in 0..p.runs {
+        let dir = ctx.work.join(format!("fanout-{run}"));
+        let server = procs::start_edgewatch(
+            &ctx.edgewatch,
+            &dir,
+            &dir.join("data"),
+            &EdgewatchTuning {
+                max_live_connections: Some(p.fanout_watchers as u32 + 1000),
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss0 = server.rss_kib();
+        let base = server.http_base();
+        let http_addr = server.http.context("http")?;
+        let opened = Instant::now();
+        // Each open SSE response holds its own connection; reqwest opens a new one per stream.
+        let sse: Vec<Result<Receiver>> = futures::stream::iter(0..n_sse)
+            .map(|_| load::sse_client(&ctx.http, &base))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let sse: Vec<Receiver> = sse.into_iter().collect::<Result<_>>()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss1 = server.rss_kib();
+        let ws: Vec<Result<Receiver>> = futures::stream::iter(0..n_ws)
+            .map(|_| load::ws_client(http_addr))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let ws: Vec<Receiver> = ws.into_iter().collect::<Result<_>>()?;
+        open_secs.push(opened.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss2 = server.rss_kib();
+        per_sse.push(rss1.saturating_sub(rss0) as f64 / n_sse.max(1) as f64);
+        per_ws.push(rss2.saturating_sub(rss1) as f64 / n_ws.max(1) as f64);
+        let probes: Vec<&Probe> = sse.iter().chain(&ws).map(|r| &*r.probe).collect();
+        let spec = ctx.live_spec(
+            p.latency_publishers,
+            QoS::AtMostOnce,
+            Some(p.fanout_rate),
+            p.warmup + p.measure,
+        );
+        let fleet = Fleet::start(server.mqtt, &spec, &format!("fan{run}")).await?;
+        tokio::time::sleep(p.warmup).await;
+        let w = Window::open(&server, &probes);
+        tokio::time::sleep(p.measure).await;
+        let m = w.close(&server, &probes);
+        drop(fleet);
+        let total: f64 = m.rates.iter().sum();
+        rates.push(total);
+        completeness.push(total / (p.fanout_rate * p.fanout_watchers as f64));
+        sut.push(m.sut_cores);
+        gen.push(m.gen_cores);
+        drop(sse);
+        drop(ws);
+        server.stop(Duration::from_secs(5)).await?;
+    }
+    let w = p.fanout_watchers;
+    report.push(
+        Figure::new(
+            "fanout",
+            "edgewatch",
+            &format!("deliveries/s, {w} watchers"),
+            "deliveries/s",
+            rates,
+        )
+        .note(format!(
+            "{n_sse} SSE + {n_ws} WebSocket on sensors/#, {} readings/s offered ({} deliveries/s)",
+            p.fanout_rate,
+            p.fanout_rate * w as f64
+        )),
+    );
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        "delivered / offered",
+        "ratio",
+        completeness,
+    ));
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        "memory per idle SSE",
+        "KiB",
+        per_sse,
+    ));
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        "memory per idle WebSocket",
+        "KiB",
+        per_ws,
+    ));
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        "server CPU",
+        "cores",
+        sut,
+    ));
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        "harness CPU",
+        "cores",
+        gen,
+    ));
+    report.push(Figure::new(
+        "fanout",
+        "edgewatch",
+        &format!("time to open {w}"),
+        "s",
+        open_secs,
+    ));
+    Ok(())
+}
+
+async fn stored_count(ctx: &Ctx, base: &str) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &ctx.http
+            .get(format!("{base}/v1/series"))
+            .send()
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    Ok(v["series"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["count"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+async fn timed_get(ctx: &Ctx, url: &str) -> Result<(f64, serde_json::Value)> {
+    let t = Instant::now();
+    let resp = ctx.http.get(url).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !status.is_success() {
+        bail!(
+            "GET {url}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok((ms, serde_json::from_slice(&body)?))
+}
+
+/// history: preload N readings (QoS1, many devices; the load rate is the sustained ingest),
+/// then time queries, bytes on disk per reading and time to ready with that store.
+pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    let n = p.history_readings;
+    let series = 100usize;
+    let dir = ctx.work.join("history");
+    let data = dir.join("data");
+    let tuning = EdgewatchTuning::default();
+    let server = procs::start_edgewatch(&ctx.edgewatch, &dir, &data, &tuning).await?;
+    let base = server.http_base();
+    let hour_ms = 3_600_000;
+    let t0_ms = (load::unix_ms_now() - 3 * 24 * hour_ms) / hour_ms * hour_ms;
+    let spec = LoadSpec {
+        publishers: p.history_publishers,
+        qos: QoS::AtLeastOnce,
+        rate: None,
+        duration: p.history_timeout,
+        max_messages: n,
+        shape: Shape::History { series, t0_ms },
+    };
+    let cpu0 = server.cpu_secs();
+    let own0 = procs::own_cpu_secs();
+    let fleet = Fleet::start(server.mqtt, &spec, "hist").await?;
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = vec![(0.0, 0)];
+    let mut last_report = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let c = stored_count(ctx, &base).await?;
+        samples.push((started.elapsed().as_secs_f64(), c));
+        if last_report.elapsed() > Duration::from_secs(10) {
+            println!("    history preload: {c} of {n} stored");
+            last_report = Instant::now();
+        }
+        if c >= n || started.elapsed() > p.history_timeout + Duration::from_secs(10) {
+            break;
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let sut_cores = (server.cpu_secs() - cpu0) / load_secs;
+    let gen_cores = (procs::own_cpu_secs() - own0) / load_secs;
+    let sent = fleet.stats.sent.load(Ordering::Relaxed);
+    drop(fleet);
+    let stored = samples.last().map_or(0, |s| s.1);
+    // Sustained ingest: rate in three equal windows between the first and the last reading.
+    let first = samples.iter().find(|s| s.1 > 0).map_or(0.0, |s| s.0);
+    let last = samples
+        .iter()
+        .find(|s| s.1 >= stored)
+        .map_or(load_secs, |s| s.0);
+    let at = |t: f64| -> f64 {
+        let i = samples
+            .iter()
+            .position(|s| s.0 >= t)
+            .unwrap_or(samples.len() - 1);
+        if i == 0 {
+            return samples[0].1 as f64;
+        }
+        let (a, b) = (samples[i - 1], samples[i]);
+        let f = if b.0 > a.0 {
+            (t - a.0) / (b.0 - a.0)
+        } else {
+            1.0
+        };
+        a.1 as f64 + f * (b.1 as f64 - a.1 as f64)
+    };
+    let span = (last - first).max(0.001);
+    let ingest: Vec<f64> = (0..3)
+        .map(|k| {
+            let (a, b) = (
+                first + span * k as f64 / 3.0,
+                first + span * (k + 1) as f64 / 3.0,
+            );
+            (at(b) - at(a)) / (b - a)
+        })
+        .collect();
+    report.push(
+        Figure::new(
+            "history",
+            "edgewatch",
+            "sustained ingest, persisted",
+            "readings/s",
+            ingest,
+        )
+        .note(format!(
+            "QoS1 JSON, {} devices, max rate, {n} readings; runs = 3 equal windows of one load; \
+                 sent {sent}, stored {stored}",
+            p.history_publishers
+        )),
+    );
+    report.push(Figure::new(
+        "history",
+        "edgewatch",
+        "server CPU during ingest",
+        "cores",
+        vec![sut_cores],
+    ));
+    report.push(Figure::new(
+        "history",
+        "edgewatch",
+        "harness CPU during ingest",
+        "cores",
+        vec![gen_cores],
+    ));
+    if stored < n {
+        println!("    warning: only {stored} of {n} readings stored within the time bound");
+    }
+
+    // 1 hour of 1 Hz data for one series.
+    let per_series_secs = (stored / series as u64).max(3601) as i64;
+    let mut one_series = vec![];
+    let mut returned = 0usize;
+    for run in 0..p.runs {
+        let mut times = vec![];
+        for q in 0..20i64 {
+            let s = (q * 7 + run as i64) % series as i64;
+            let offset = (q * 977 + run as i64 * 131) % (per_series_secs - 3600).max(1);
+            let from = t0_ms + offset * 1000;
+            let url = format!(
+                "{base}/v1/readings?filter=sensors/h{s}/temperature&from={from}&to={}&limit=10000",
+                from + hour_ms
+            );
+            let (ms, v) = timed_get(ctx, &url).await?;
+            returned = v["readings"].as_array().map_or(0, Vec::len);
+            times.push(ms);
+        }
+        one_series.push(crate::report::summarize(&times).0);
+    }
+    report.push(
+        Figure::new(
+            "history",
+            "edgewatch",
+            "1 h of 1 Hz, one series (goal <= 5)",
+            "ms",
+            one_series,
+        )
+        .note(format!(
+            "run = median of 20 queries; last query returned {returned} readings"
+        )),
+    );
+    // 24 h x 100 series rolled up to about 1,000 points.
+    let mut rollup = vec![];
+    let mut points = 0usize;
+    for _ in 0..p.runs {
+        let mut times = vec![];
+        for _ in 0..5 {
+            let url = format!(
+                "{base}/v1/rollups?filter=sensors/%23&from={t0_ms}&to={}",
+                t0_ms + 24 * hour_ms
+            );
+            let (ms, v) = timed_get(ctx, &url).await?;
+            points = v["series"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| s["points"].as_array().map_or(0, Vec::len))
+                        .sum()
+                })
+                .unwrap_or(0);
+            times.push(ms);
+        }
+        rollup.push(crate::report::summarize(&times).0);
+    }
+    let covered_h = (stored / series as u64) as f64 / 3600.0;
+    report.push(
+        Figure::new(
+            "history",
+            "edgewatch",
+            "24 h x 100 series rollup (goal <= 50)",
+            "ms",
+            rollup,
+        )
+        .note(format!(
+            "run = median of 5 queries; {points} points returned over all series; \
+                 data covers {covered_h:.1} h of the 24 h window"
+        )),
+    );
+    let rss_loaded = mib(server.rss_kib());
+    server.stop(Duration::from_secs(30)).await?;
+    let (allocated, apparent) = procs::disk_usage(&data);
+    let per = stored.max(1) as f64;
+    report.push(
+        Figure::new(
+            "history",
+            "edgewatch",
+            "disk per reading (goal <= 40)",
+            "bytes",
+            vec![allocated as f64 / per],
+        )
+        .note(format!(
+            "du of the data dir after orderly stop / {stored}; apparent size {:.1} B/reading",
+            apparent as f64 / per
+        )),
+    );
+    report.push(Figure::new(
+        "history",
+        "edgewatch",
+        "RSS after preload",
+        "MiB",
+        vec![rss_loaded],
+    ));
+    let mut ready = vec![];
+    let mut rss_restart = vec![];
+    for _ in 0..p.runs {
+        let s = procs::start_edgewatch(&ctx.edgewatch, &dir, &data, &tuning).await?;
+        ready.push(s.ready_after.as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_restart.push(mib(s.rss_kib()));
+        s.stop(Duration::from_secs(30)).await?;
+    }
+    report.push(
+        Figure::new(
+            "history",
+            "edgewatch",
+            &format!("start to ready, {stored} stored"),
+            "ms",
+            ready,
+        )
+        .note("spawn of `edgewatch run` to its ready line"),
+    );
+    report.push(Figure::new(
+        "history",
+        "edgewatch",
+        "RSS idle after restart",
+        "MiB",
+        rss_restart,
+    ));
+    Ok(())
+}
