@@ -8,6 +8,7 @@
 //! store → finish HTTP.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(crate) struct Running {
     pub(crate) http_addr: SocketAddr,
     /// Publishes into the embedded broker (serial readers, WebSocket clients).
     pub(crate) publish: Option<PublishFn>,
+    /// Publishes taken from the broker's in-process link so far.
+    linked: Arc<AtomicU64>,
 }
 
 impl Running {
@@ -84,11 +87,8 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let broker = match &source {
         Source::Embedded => {
             cfg.bridge.mqtt_url = None;
-            Some(
-                Broker::start(&cfg.broker)
-                    .await
-                    .context("starting the MQTT broker")?,
-            )
+            // Listening starts once the bridge's link exists (below).
+            Some(Broker::prepare(&cfg.broker).context("starting the MQTT broker")?)
         }
         Source::External(url) => {
             cfg.bridge.mqtt_url = Some(url.clone());
@@ -96,20 +96,28 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         }
     };
     let stop = CancellationToken::new();
-    let bridge = edgewatch_bridge::start(cfg.bridge.clone(), stop.child_token())
+    // The bridge gets its own token: at stop, ingest must outlive the live streams until the
+    // broker's link is drained (`Running::stop`), and `Hub::shutdown` stops it.
+    let bridge = edgewatch_bridge::start(cfg.bridge.clone(), CancellationToken::new())
         .await
         .context("starting the bridge")?;
 
     let mut publish: Option<PublishFn> = None;
-    if let Some(broker) = &broker {
+    let linked = Arc::new(AtomicU64::new(0));
+    let mut broker = broker;
+    if let Some(broker) = &mut broker {
         let link = broker
             .subscribe("edgewatch-bridge", &["sensors/#"], LINK_CAPACITY)
             .await
             .context("linking the bridge to the broker")?;
-        bridge.run_source(link.map(|p| Publish {
-            topic: p.topic,
-            payload: p.payload,
-            received_at_ms: p.received_at_ms,
+        let count = linked.clone();
+        bridge.run_source(link.map(move |p| {
+            count.fetch_add(1, Ordering::Relaxed);
+            Publish {
+                topic: p.topic,
+                payload: p.payload,
+                received_at_ms: p.received_at_ms,
+            }
         }));
         let publisher = broker
             .publisher("edgewatch-publisher")
@@ -119,6 +127,11 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
             let publisher = publisher.clone();
             Box::pin(async move { publisher.publish(topic, payload).await })
         }));
+        // Only now do devices get in: the bridge's subscription sees their first publish.
+        broker
+            .listen()
+            .await
+            .context("starting the MQTT listeners")?;
     }
 
     let fanout = Fanout::new(cfg.live.fanout.clone());
@@ -171,6 +184,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         http,
         http_addr,
         publish: running_publish,
+        linked,
     };
     crate::serial::spawn_configured(&running, &cfg.serial, &running.stop)?;
     Ok(running)
@@ -184,12 +198,19 @@ impl Running {
             bridge,
             stop,
             http,
+            linked,
             ..
         } = self;
         let work = async move {
             // Live streams end (SSE finishes, WebSockets get 1001) and HTTP stops accepting.
             stop.cancel();
-            drop(broker);
+            if let Some(broker) = broker {
+                // Close every MQTT connection: no device gets another acknowledgement.
+                broker.stop();
+                // What the broker already acknowledged is still on its way through the
+                // in-process link: take it all before ingest stops.
+                drain_link(&linked).await;
+            }
             bridge.shutdown().await.context("stopping the bridge")?;
             match http.await {
                 Ok(Ok(())) => {}
@@ -204,6 +225,19 @@ impl Running {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Waits until the in-process link has been quiet for 200 ms (at most 3 s).
+async fn drain_link(linked: &AtomicU64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut last = linked.load(Ordering::Relaxed);
+    let mut quiet = 0;
+    while quiet < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = linked.load(Ordering::Relaxed);
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
     }
 }
 

@@ -237,7 +237,9 @@ async fn publish_loop(
             stats.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let _ = client.disconnect().await;
+    // No DISCONNECT here: it would overtake unacknowledged QoS1 publishes. The client stays
+    // connected until the fleet is dropped.
+    drop(client);
 }
 
 /// What a receiver saw; latencies are recorded only while `recording` is set.
@@ -246,6 +248,8 @@ pub(crate) struct Probe {
     pub(crate) count: AtomicU64,
     pub(crate) connected: AtomicU64,
     pub(crate) recording: AtomicBool,
+    /// Only readings sent at or after this time (µs, [`now_us`]) are recorded.
+    pub(crate) since_us: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
 }
 
@@ -254,12 +258,21 @@ impl Probe {
         self.count.fetch_add(1, Ordering::Relaxed);
         if self.recording.load(Ordering::Relaxed) {
             if let Some(sent) = value_of(data) {
+                if sent < self.since_us.load(Ordering::Relaxed) {
+                    return;
+                }
                 let lat = now_us().saturating_sub(sent);
                 if let Ok(mut v) = self.latencies_us.lock() {
                     v.push(lat.min(u64::from(u32::MAX)) as u32);
                 }
             }
         }
+    }
+
+    /// Starts recording the latency of readings sent from now on.
+    pub(crate) fn start_recording(&self) {
+        self.since_us.store(now_us(), Ordering::Relaxed);
+        self.recording.store(true, Ordering::Relaxed);
     }
 
     /// Takes the recorded latencies (µs).

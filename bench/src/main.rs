@@ -49,6 +49,9 @@ struct Args {
     /// Directory of the JSON results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Keep the work directory (configs, data dirs, server logs) for inspection.
+    #[arg(long)]
+    keep: bool,
     /// Directory of the SVG pictures (not written in --smoke).
     #[arg(long, default_value = "docs/bench")]
     svg_dir: PathBuf,
@@ -59,7 +62,16 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(args))
+    runtime.block_on(async {
+        // On Ctrl-C or SIGTERM the scenario future is dropped: every server guard kills its
+        // process and the work directory is removed.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
+        }
+    })
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> String {
@@ -90,7 +102,7 @@ async fn run(args: Args) -> Result<()> {
     if let Some(runs) = args.runs {
         p.runs = runs.max(1);
     }
-    let selected: Vec<&str> = if args.smoke {
+    let selected: Vec<&str> = if args.smoke && args.scenarios.is_empty() {
         vec!["relay"]
     } else if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -116,7 +128,10 @@ async fn run(args: Args) -> Result<()> {
     }
     let work = std::env::temp_dir().join(format!("edgewatch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let _cleanup = WorkDir(work.clone());
+    let _cleanup = WorkDir(work.clone(), args.keep);
+    if args.keep {
+        println!("work directory (kept): {}", work.display());
+    }
     let commit = {
         let rev = command_output("git", &["rev-parse", "--short", "HEAD"]);
         let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"])
@@ -216,10 +231,12 @@ async fn run(args: Args) -> Result<()> {
 
 /// Removes the harness's temporary directory (data dirs, configs, logs) at exit.
 #[derive(Debug)]
-struct WorkDir(PathBuf);
+struct WorkDir(PathBuf, bool);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }

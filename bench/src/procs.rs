@@ -36,7 +36,6 @@ pub(crate) struct EdgewatchTuning {
 /// A running server process; killed (SIGKILL) when dropped unless stopped before.
 #[derive(Debug)]
 pub(crate) struct Server {
-    pub(crate) target: Target,
     child: Option<Child>,
     pub(crate) pid: u32,
     pub(crate) mqtt: SocketAddr,
@@ -171,7 +170,6 @@ level = "warn"
     let http = field("http=").context("no http= in the ready line")?;
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Server {
-        target: Target::Edgewatch,
         child: Some(child),
         pid,
         mqtt,
@@ -195,7 +193,7 @@ pub(crate) async fn start_mosquitto(bin: &Path, work: &Path) -> Result<Server> {
         &config,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_connections -1\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+             max_connections -1\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n"
         ),
     )?;
     let stderr = std::fs::File::create(work.join("mosquitto.stderr.log"))?;
@@ -212,7 +210,6 @@ pub(crate) async fn start_mosquitto(bin: &Path, work: &Path) -> Result<Server> {
     let pid = child.id().context("mosquitto pid")?;
     let mqtt: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut server = Server {
-        target: Target::Mosquitto,
         child: Some(child),
         pid,
         mqtt,

@@ -28,6 +28,8 @@ pub(crate) struct Params {
     pub(crate) history_readings: u64,
     pub(crate) history_publishers: usize,
     pub(crate) history_timeout: Duration,
+    pub(crate) ingest_secs: Duration,
+    pub(crate) preload_rate: f64,
 }
 
 impl Params {
@@ -45,6 +47,8 @@ impl Params {
             history_readings: 10_000,
             history_publishers: 100,
             history_timeout: Duration::from_secs(30),
+            ingest_secs: Duration::from_secs(2),
+            preload_rate: 10_000.0,
         }
     }
 
@@ -62,6 +66,8 @@ impl Params {
             history_readings: 1_000_000,
             history_publishers: 1000,
             history_timeout: Duration::from_secs(120),
+            ingest_secs: Duration::from_secs(12),
+            preload_rate: 20_000.0,
         }
     }
 
@@ -79,6 +85,8 @@ impl Params {
             history_readings: 10_000_000,
             history_publishers: 1000,
             history_timeout: Duration::from_secs(1200),
+            ingest_secs: Duration::from_secs(30),
+            preload_rate: 20_000.0,
         }
     }
 }
@@ -442,11 +450,12 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 );
                 let fleet = Fleet::start(server.mqtt, &spec, &format!("lat{rate}-{run}")).await?;
                 tokio::time::sleep(p.warmup).await;
-                let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
                 for r in &receivers {
-                    r.probe.recording.store(true, Ordering::Relaxed);
+                    r.probe.start_recording();
                 }
+                let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
                 tokio::time::sleep(p.measure).await;
+                fleet.stop();
                 let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
                 // Let the last readings of the window arrive.
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -659,113 +668,165 @@ async fn timed_get(ctx: &Ctx, url: &str) -> Result<(f64, serde_json::Value)> {
     Ok((ms, serde_json::from_slice(&body)?))
 }
 
-/// history: preload N readings (QoS1, many devices; the load rate is the sustained ingest),
-/// then time queries, bytes on disk per reading and time to ready with that store.
-pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    let p = &ctx.p;
-    let n = p.history_readings;
-    let series = 100usize;
-    let dir = ctx.work.join("history");
-    let data = dir.join("data");
-    let tuning = EdgewatchTuning::default();
-    let server = procs::start_edgewatch(&ctx.edgewatch, &dir, &data, &tuning).await?;
+/// What a load into edgewatch left in its store.
+struct Stored {
+    samples: Vec<(f64, u64)>,
+    sent: u64,
+    acked: u64,
+    stored: u64,
+    rejected: u64,
+    load_secs: f64,
+    sut_cores: f64,
+    gen_cores: f64,
+}
+
+/// Runs a fleet into edgewatch and follows the stored count (`/v1/series`) until the fleet is
+/// done and the count reached `spec.max_messages` or stopped moving for 3 s.
+async fn load_and_store(ctx: &Ctx, server: &Server, spec: &LoadSpec, tag: &str) -> Result<Stored> {
     let base = server.http_base();
-    let hour_ms = 3_600_000;
-    let t0_ms = (load::unix_ms_now() - 3 * 24 * hour_ms) / hour_ms * hour_ms;
-    let spec = LoadSpec {
-        publishers: p.history_publishers,
-        qos: QoS::AtLeastOnce,
-        rate: None,
-        duration: p.history_timeout,
-        max_messages: n,
-        shape: Shape::History { series, t0_ms },
-    };
+    let before = stored_count(ctx, &base).await?;
     let cpu0 = server.cpu_secs();
     let own0 = procs::own_cpu_secs();
-    let fleet = Fleet::start(server.mqtt, &spec, "hist").await?;
+    let fleet = Fleet::start(server.mqtt, spec, tag).await?;
     let started = Instant::now();
     let mut samples: Vec<(f64, u64)> = vec![(0.0, 0)];
     let mut last_report = Instant::now();
+    let mut unchanged_since = Instant::now();
+    let mut sending_secs = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let c = stored_count(ctx, &base).await?;
-        samples.push((started.elapsed().as_secs_f64(), c));
+        let c = stored_count(ctx, &base).await?.saturating_sub(before);
+        let t = started.elapsed();
+        if samples.last().is_some_and(|s| s.1 != c) {
+            unchanged_since = Instant::now();
+        }
+        samples.push((t.as_secs_f64(), c));
         if last_report.elapsed() > Duration::from_secs(10) {
-            println!("    history preload: {c} of {n} stored");
+            println!("    {tag}: {c} of {} stored", spec.max_messages);
             last_report = Instant::now();
         }
-        if c >= n || started.elapsed() > p.history_timeout + Duration::from_secs(10) {
+        let sent = fleet.stats.sent.load(Ordering::Relaxed);
+        if sending_secs.is_none() && (sent >= spec.max_messages || t >= spec.duration) {
+            sending_secs = Some(t.as_secs_f64());
+        }
+        let settled = unchanged_since.elapsed() > Duration::from_secs(3);
+        if c >= spec.max_messages
+            || (sending_secs.is_some() && settled)
+            || t > spec.duration + Duration::from_secs(60)
+        {
             break;
         }
     }
-    let load_secs = started.elapsed().as_secs_f64();
-    let sut_cores = (server.cpu_secs() - cpu0) / load_secs;
-    let gen_cores = (procs::own_cpu_secs() - own0) / load_secs;
-    let sent = fleet.stats.sent.load(Ordering::Relaxed);
+    let load_secs = sending_secs.unwrap_or_else(|| started.elapsed().as_secs_f64());
+    let busy = started.elapsed().as_secs_f64();
+    let rejected = timed_get(ctx, &format!("{base}/v1/rejects"))
+        .await
+        .map(|(_, v)| v["total"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    let out = Stored {
+        stored: samples.last().map_or(0, |s| s.1),
+        samples,
+        sent: fleet.stats.sent.load(Ordering::Relaxed),
+        acked: fleet.stats.acked.load(Ordering::Relaxed),
+        rejected,
+        load_secs,
+        sut_cores: (server.cpu_secs() - cpu0) / busy,
+        gen_cores: (procs::own_cpu_secs() - own0) / busy,
+    };
     drop(fleet);
-    let stored = samples.last().map_or(0, |s| s.1);
-    // Sustained ingest: rate in three equal windows between the first and the last reading.
-    let first = samples.iter().find(|s| s.1 > 0).map_or(0.0, |s| s.0);
-    let last = samples
+    Ok(out)
+}
+
+/// Stored readings/s in three equal windows of `[0, until]` s, after the first stored reading.
+fn window_rates(samples: &[(f64, u64)], until: f64) -> Vec<f64> {
+    let first = samples
         .iter()
-        .find(|s| s.1 >= stored)
-        .map_or(load_secs, |s| s.0);
+        .position(|s| s.1 > 0)
+        .map_or(0.0, |i| samples[i.saturating_sub(1)].0);
     let at = |t: f64| -> f64 {
-        let i = samples
-            .iter()
-            .position(|s| s.0 >= t)
-            .unwrap_or(samples.len() - 1);
+        let i = samples.iter().position(|s| s.0 >= t).unwrap_or(samples.len() - 1);
         if i == 0 {
             return samples[0].1 as f64;
         }
         let (a, b) = (samples[i - 1], samples[i]);
-        let f = if b.0 > a.0 {
-            (t - a.0) / (b.0 - a.0)
-        } else {
-            1.0
-        };
+        let f = if b.0 > a.0 { ((t - a.0) / (b.0 - a.0)).min(1.0) } else { 1.0 };
         a.1 as f64 + f * (b.1 as f64 - a.1 as f64)
     };
-    let span = (last - first).max(0.001);
-    let ingest: Vec<f64> = (0..3)
+    let span = (until - first).max(0.25);
+    (0..3)
         .map(|k| {
-            let (a, b) = (
-                first + span * k as f64 / 3.0,
-                first + span * (k + 1) as f64 / 3.0,
-            );
+            let (a, b) = (first + span * k as f64 / 3.0, first + span * (k + 1) as f64 / 3.0);
             (at(b) - at(a)) / (b - a)
         })
-        .collect();
+        .collect()
+}
+
+/// history: sustained ingest (QoS1, 1,000 devices, max rate, bounded time) on one store; then a
+/// rate-limited preload of N readings (100 series at 1 Hz event time) on another, query
+/// latencies, bytes on disk per reading and time to ready with that store.
+pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    let n = p.history_readings;
+    let series = 100usize;
+    let hour_ms = 3_600_000;
+    let t0_ms = (load::unix_ms_now() - 3 * 24 * hour_ms) / hour_ms * hour_ms;
+    let tuning = EdgewatchTuning::default();
+
+    // Sustained ingest at max rate.
+    {
+        let dir = ctx.work.join("ingest");
+        let server = procs::start_edgewatch(&ctx.edgewatch, &dir, &dir.join("data"), &tuning).await?;
+        let spec = LoadSpec {
+            publishers: p.history_publishers,
+            qos: QoS::AtLeastOnce,
+            rate: None,
+            duration: p.ingest_secs,
+            max_messages: 100_000_000,
+            shape: Shape::History { series, t0_ms },
+        };
+        let s = load_and_store(ctx, &server, &spec, "ingest").await?;
+        let lost = s.acked.saturating_sub(s.stored + s.rejected);
+        report.push(
+            Figure::new("history", "edgewatch", "sustained ingest, persisted", "readings/s", window_rates(&s.samples, s.load_secs))
+                .note(format!(
+                    "QoS1 JSON, {} devices at max rate for {:.0} s; runs = 3 equal windows of one load; \
+                     sent {}, acknowledged {}, stored {}, rejected {}",
+                    p.history_publishers, s.load_secs, s.sent, s.acked, s.stored, s.rejected
+                )),
+        );
+        report.push(
+            Figure::new("history", "edgewatch", "acknowledged but not stored", "readings", vec![lost as f64])
+                .note("PUBACKed QoS1 readings missing from the store after the load settled"),
+        );
+        report.push(Figure::new("history", "edgewatch", "server CPU during ingest", "cores", vec![s.sut_cores]));
+        report.push(Figure::new("history", "edgewatch", "harness CPU during ingest", "cores", vec![s.gen_cores]));
+        server.stop(Duration::from_secs(30)).await?;
+    }
+
+    // Preload at a fixed rate the box sustains, then query.
+    let dir = ctx.work.join("history");
+    let data = dir.join("data");
+    let server = procs::start_edgewatch(&ctx.edgewatch, &dir, &data, &tuning).await?;
+    let base = server.http_base();
+    let spec = LoadSpec {
+        publishers: p.history_publishers,
+        qos: QoS::AtLeastOnce,
+        rate: Some(p.preload_rate),
+        duration: p.history_timeout,
+        max_messages: n,
+        shape: Shape::History { series, t0_ms },
+    };
+    let s = load_and_store(ctx, &server, &spec, "preload").await?;
+    let stored = s.stored;
     report.push(
-        Figure::new(
-            "history",
-            "edgewatch",
-            "sustained ingest, persisted",
-            "readings/s",
-            ingest,
-        )
-        .note(format!(
-            "QoS1 JSON, {} devices, max rate, {n} readings; runs = 3 equal windows of one load; \
-                 sent {sent}, stored {stored}",
-            p.history_publishers
-        )),
+        Figure::new("history", "edgewatch", "preload: stored / sent", "ratio", vec![stored as f64 / s.sent.max(1) as f64])
+            .note(format!(
+                "{n} readings at {} readings/s, QoS1, {} devices; sent {}, acknowledged {}, stored {stored}",
+                p.preload_rate, p.history_publishers, s.sent, s.acked
+            )),
     );
-    report.push(Figure::new(
-        "history",
-        "edgewatch",
-        "server CPU during ingest",
-        "cores",
-        vec![sut_cores],
-    ));
-    report.push(Figure::new(
-        "history",
-        "edgewatch",
-        "harness CPU during ingest",
-        "cores",
-        vec![gen_cores],
-    ));
     if stored < n {
-        println!("    warning: only {stored} of {n} readings stored within the time bound");
+        println!("    warning: only {stored} of {n} readings stored");
     }
 
     // 1 hour of 1 Hz data for one series.

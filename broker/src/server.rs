@@ -91,12 +91,25 @@ pub enum BrokerError {
 /// Opens an in-process link; the error is rumqttd's `LinkError` as text (it is large).
 type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
 
-/// A running broker. Dropping it (or [`Broker::stop`]) stops accepting connections.
+/// A running broker. Dropping it (or [`Broker::stop`]) closes the listeners and every MQTT
+/// connection.
+///
+/// The listeners and their connection tasks run on a tokio runtime the broker owns (rumqttd
+/// spawns a task per connection that nothing else can stop), so stopping is shutting that
+/// runtime down: devices see their connection close and get no more acknowledgements.
+/// rumqttd's router thread and the in-process links (which live on the caller's runtime)
+/// keep working, so the bridge can still drain what the router already accepted.
 pub struct Broker {
     listeners: Vec<(ListenerKind, SocketAddr)>,
-    tasks: Vec<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Starts the listeners on the runtime; taken by [`Broker::listen`].
+    spawn: Option<Box<SpawnListeners>>,
     links: Arc<LinkFactory>,
 }
+
+/// Spawns every listener on the broker's runtime.
+type SpawnListeners =
+    dyn FnOnce(&tokio::runtime::Runtime) -> Vec<(EffectiveListener, JoinHandle<()>)> + Send + Sync;
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,16 +121,28 @@ impl std::fmt::Debug for Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        if let Some(rt) = self.runtime.take() {
+            // Allowed from async code, unlike dropping the runtime: tasks are dropped, sockets
+            // close, nothing is awaited.
+            rt.shutdown_background();
         }
     }
 }
 
 impl Broker {
-    /// Validates `cfg`, bind-checks every listener, starts the router and the listeners on the
-    /// current tokio runtime and waits until each listener accepts connections.
+    /// Validates `cfg`, bind-checks every listener, starts the router and the listeners, and
+    /// waits until each listener accepts connections. To open in-process links before any
+    /// device can connect, use [`Broker::prepare`] then [`Broker::listen`].
     pub async fn start(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
+        let mut broker = Broker::prepare(cfg)?;
+        broker.listen().await?;
+        Ok(broker)
+    }
+
+    /// Validates `cfg`, bind-checks every listener and starts the router, without listening
+    /// yet. Links opened now ([`Broker::subscribe`]) see every publish from the first device
+    /// on: rumqttd forwards a publish only to the subscriptions that exist when it arrives.
+    pub fn prepare(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
         let listeners = bind_check(cfg.effective_listeners())?;
         announce_security(cfg, &listeners);
@@ -128,42 +153,50 @@ impl Broker {
             min_secs: cfg.limits.keep_alive_min_secs,
             max_secs: cfg.limits.keep_alive_max_secs,
         };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mqtt-listener")
+            .enable_all()
+            .build()
+            .map_err(|e| BrokerError::Config(format!("cannot start the listener runtime: {e}")))?;
 
-        let mut tasks = Vec::new();
-        for listener in &listeners {
-            let settings = cfg.rumqttd_server(listener, &credentials);
-            let router_tx = router_tx.clone();
-            let kind = listener.kind;
-            let addr = listener.addr;
-            let task = tokio::spawn(async move {
-                let result = match kind {
-                    ListenerKind::Mqtt | ListenerKind::Tls => {
-                        Server::new(settings, router_tx, PolicyProtocol::v4(policy))
-                            .start(LinkType::Remote)
-                            .await
-                    }
-                    ListenerKind::Mqtt5 => {
-                        Server::new(settings, router_tx, PolicyProtocol::v5(policy))
-                            .start(LinkType::Remote)
-                            .await
-                    }
-                    ListenerKind::WebSocket => {
-                        Server::new(settings, router_tx, PolicyProtocol::v4(policy))
-                            .start(LinkType::Websocket)
-                            .await
-                    }
-                };
-                if let Err(err) = result {
-                    tracing::error!(listener = %kind, %addr, error = %err, "MQTT listener stopped");
-                }
-            });
-            tasks.push(task);
-        }
-
-        for (listener, task) in listeners.iter().zip(&tasks) {
-            wait_ready(listener, task).await?;
-            tracing::info!(listener = %listener.kind, addr = %listener.addr, "MQTT listener ready");
-        }
+        let settings: Vec<(EffectiveListener, rumqttd::ServerSettings)> = listeners
+            .iter()
+            .map(|l| (l.clone(), cfg.rumqttd_server(l, &credentials)))
+            .collect();
+        let servers_tx = router_tx.clone();
+        let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
+            settings
+                .into_iter()
+                .map(|(listener, settings)| {
+                    let router_tx = servers_tx.clone();
+                    let (kind, addr) = (listener.kind, listener.addr);
+                    let task = runtime.spawn(async move {
+                        let result = match kind {
+                            ListenerKind::Mqtt | ListenerKind::Tls => {
+                                Server::new(settings, router_tx, PolicyProtocol::v4(policy))
+                                    .start(LinkType::Remote)
+                                    .await
+                            }
+                            ListenerKind::Mqtt5 => {
+                                Server::new(settings, router_tx, PolicyProtocol::v5(policy))
+                                    .start(LinkType::Remote)
+                                    .await
+                            }
+                            ListenerKind::WebSocket => {
+                                Server::new(settings, router_tx, PolicyProtocol::v4(policy))
+                                    .start(LinkType::Websocket)
+                                    .await
+                            }
+                        };
+                        if let Err(err) = result {
+                            tracing::error!(listener = %kind, %addr, error = %err, "MQTT listener stopped");
+                        }
+                    });
+                    (listener, task)
+                })
+                .collect()
+        });
 
         let links: Arc<LinkFactory> = Arc::new(move |client_id: &str| {
             LinkBuilder::new(client_id, router_tx.clone())
@@ -174,9 +207,23 @@ impl Broker {
         });
         Ok(Broker {
             listeners: listeners.iter().map(|l| (l.kind, l.addr)).collect(),
-            tasks,
+            runtime: Some(runtime),
+            spawn: Some(spawn),
             links,
         })
+    }
+
+    /// Starts the listeners and waits until each accepts connections. Once only.
+    pub async fn listen(&mut self) -> Result<(), BrokerError> {
+        let (Some(spawn), Some(runtime)) = (self.spawn.take(), self.runtime.as_ref()) else {
+            return Ok(());
+        };
+        let started = spawn(runtime);
+        for (listener, task) in &started {
+            wait_ready(listener, task).await?;
+            tracing::info!(listener = %listener.kind, addr = %listener.addr, "MQTT listener ready");
+        }
+        Ok(())
     }
 
     /// The listeners that run, with the addresses they are bound to (port 0 resolved).
@@ -236,8 +283,8 @@ impl Broker {
             })
     }
 
-    /// Stops accepting MQTT connections. (rumqttd's router thread has no stop; it ends with
-    /// the process.)
+    /// Closes the listeners and every MQTT connection. (rumqttd's router thread has no stop;
+    /// it ends with the process.)
     pub fn stop(self) {
         drop(self);
     }

@@ -159,7 +159,10 @@ pub fn spawn_serial_emulator(cfg: SerialConfig) -> io::Result<SerialEmulator> {
             "serial emulator needs at least one metric and an interval above 0",
         ));
     }
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    // CLOEXEC: a child process (such as a hub started by a test) must not inherit the master,
+    // or closing it here would not hang up the terminal.
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     let name = rustix::pty::ptsname(&master, Vec::new())?;

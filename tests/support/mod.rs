@@ -32,11 +32,19 @@ pub struct Hub {
 impl Hub {
     /// Starts `edgewatch run --config FILE` and waits for its ready line.
     pub fn start(config: &Path, extra: &[&str]) -> Hub {
+        let mut args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Hub::spawn(&args)
+    }
+
+    /// Starts `edgewatch ARGS...` and waits for its ready line.
+    pub fn spawn(args: &[String]) -> Hub {
         let mut child = Command::new(bin())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .args(extra)
+            .args(args)
             .env("EDGEWATCH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -82,6 +90,11 @@ impl Hub {
             listeners,
             stderr: err_rx,
         }
+    }
+
+    /// `http://ADDR` of the hub's HTTP server.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr("http"))
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {

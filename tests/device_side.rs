@@ -1,0 +1,232 @@
+//! The device side against the real hub binary: a simulated fleet, a hub restart under load,
+//! a serial sensor on a pseudo-terminal, and the one-command demo.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use edgewatch_sim::{Faults, FleetConfig};
+use serde_json::Value;
+use support::{loopback_config, Hub};
+use tokio_util::sync::CancellationToken;
+
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Total readings stored, from `/v1/series`.
+async fn stored(http: &str) -> u64 {
+    let v = get_json(&format!("{http}/v1/series")).await;
+    v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Waits (bounded) until the store holds `want` readings; returns what it holds.
+async fn wait_stored(http: &str, want: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = stored(http).await;
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn fleet(mqtt: std::net::SocketAddr, devices: u32, interval_ms: u64, secs: u64) -> FleetConfig {
+    FleetConfig {
+        broker_host: mqtt.ip().to_string(),
+        broker_port: mqtt.port(),
+        devices,
+        interval: Duration::from_millis(interval_ms),
+        duration: Some(Duration::from_secs(secs)),
+        qos: 1,
+        faults: Faults::none(),
+        ..FleetConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_devices_for_ten_seconds_stored_exactly_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let cfg = fleet(hub.addr("mqtt"), 200, 1000, 10);
+    let report = edgewatch_sim::run_fleet(cfg, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.acknowledged > 3_000, "{report:?}");
+    assert_eq!(report.unsent, 0, "{report:?}");
+    let n = wait_stored(&hub.http(), report.acknowledged, Duration::from_secs(20)).await;
+    assert_eq!(n, report.acknowledged, "stored vs acknowledged; {report:?}");
+    let devices = get_json(&format!("{}/v1/devices", hub.http())).await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restart_mid_run_devices_deliver_their_buffers_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), "");
+    let hub = Hub::start(&config, &[]);
+    let mqtt = hub.addr("mqtt");
+    let cfg = fleet(mqtt, 20, 100, 10);
+    let run = tokio::spawn(edgewatch_sim::run_fleet(cfg, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = tokio::task::spawn_blocking(move || hub.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Down for a moment while the devices keep sampling into their offline buffers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hub = Hub::start(&config, &[]);
+    let report = run.await.unwrap().unwrap();
+    assert!(report.reconnects >= 20, "{report:?}");
+    assert_eq!(report.dropped, 0, "{report:?}");
+    assert_eq!(report.unsent, 0, "{report:?}");
+    assert_eq!(report.acknowledged, report.sampled, "{report:?}");
+    let n = wait_stored(&hub.http(), report.sampled, Duration::from_secs(20)).await;
+    assert_eq!(
+        n, report.sampled,
+        "every sampled reading stored exactly once; {report:?}"
+    );
+}
+
+/// Reads SSE events from `url` until `pred` accepts one (bounded).
+async fn sse_until(url: &str, within: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    use futures::StreamExt;
+    let res = reqwest::Client::new()
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let v: Value = serde_json::from_str(data).unwrap();
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("no matching SSE event in time")
+            .expect("stream ended")
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_sensor_on_a_pty_reaches_store_and_sse_and_survives_an_unplug() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = edgewatch_sim::spawn_serial_emulator(edgewatch_sim::SerialConfig {
+        device_id: "bench-1".to_owned(),
+        interval: Duration::from_millis(200),
+        ..edgewatch_sim::SerialConfig::default()
+    })
+    .unwrap();
+    // The hub reads a stable path, as with /dev/serial/by-id; replugging re-points it.
+    let link = dir.path().join("ttyUSB-bench");
+    std::os::unix::fs::symlink(emulator.path(), &link).unwrap();
+    let extra = format!(
+        "serial = [{{ path = {:?}, device_id = \"bench-1\", format = \"cobs\", reopen_delay_ms = 100 }}]\n",
+        link.display().to_string()
+    );
+    // `serial` is a top-level key: it must come before the first table.
+    let config = loopback_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{extra}{text}")).unwrap();
+    let hub = Hub::start(&config, &[]);
+    let http = hub.http();
+
+    let stream = format!("{http}/v1/stream?filter=sensors/bench-1/%23");
+    let first = sse_until(&stream, Duration::from_secs(20), |v| v["type"] == "reading").await;
+    assert_eq!(first["deviceId"], "bench-1");
+    let page = get_json(&format!("{http}/v1/readings?filter=sensors/bench-1/%23")).await;
+    assert!(
+        !page["readings"].as_array().unwrap().is_empty(),
+        "not in the store: {page}"
+    );
+
+    // Unplug: the emulator goes away; plug a new one in on the same path.
+    drop(emulator);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let replugged = edgewatch_sim::spawn_serial_emulator(edgewatch_sim::SerialConfig {
+        device_id: "bench-1".to_owned(),
+        interval: Duration::from_millis(200),
+        seed: 7,
+        ..edgewatch_sim::SerialConfig::default()
+    })
+    .unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(replugged.path(), &link).unwrap();
+    let plugged_at = edgewatch_protocol::timefmt::now_ms();
+    let after = sse_until(&stream, Duration::from_secs(20), |v| {
+        v["type"] == "reading"
+            && edgewatch_protocol::timefmt::parse_time(v["receivedAt"].as_str().unwrap()).unwrap()
+                > plugged_at
+    })
+    .await;
+    assert_eq!(after["deviceId"], "bench-1");
+    drop(replugged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_serves_the_dashboard_and_stores_all_twenty_devices_within_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "demo",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        "--mqtt-listen",
+        &format!("127.0.0.1:{}", support::free_port()),
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let config = loopback_config(dir.path(), "");
+    let mut args = args;
+    args.extend(["--config".to_owned(), config.display().to_string()]);
+    let started = Instant::now();
+    let hub = Hub::spawn(&args);
+    let http = hub.http();
+    let page = reqwest::get(format!("{http}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+    let ids = loop {
+        let v = get_json(&format!("{http}/v1/series")).await;
+        let mut ids: Vec<String> = v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["deviceId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() >= 20 || started.elapsed() > Duration::from_secs(10) {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        ids.len(),
+        20,
+        "devices with stored readings after {:?}: {ids:?}",
+        started.elapsed()
+    );
+    assert!(
+        ids.iter().any(|d| d == "demo-serial"),
+        "the serial sensor: {ids:?}"
+    );
+}
