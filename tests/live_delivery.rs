@@ -723,3 +723,54 @@ async fn presence_changes_arrive_as_status_events_on_sse_and_websocket() {
         assert_eq!(v["online"], status == "online");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_route_answers_websocket_sse_or_long_poll_as_the_client_asks() {
+    let hub = start_hub(LiveConfig::default()).await;
+    publish(hub.feed.clone(), 20, 0).await; // d0..d9, values 0..19
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/v1/sensors/d3/watch", hub.addr);
+
+    // Plain GET: a long poll; `since=0` replays what is stored for d3.
+    let v: Value = reqwest::get(format!("{url}?since=0&timeout=1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let values: Vec<f64> = v["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, vec![3.0, 13.0]);
+
+    // Accept: text/event-stream: SSE, resuming with Last-Event-ID.
+    let mut sse = Sse::open(&url, Some(0)).await.unwrap();
+    let ev = timeout(WAIT, sse.next()).await.unwrap().unwrap();
+    assert_eq!(ev.event, "reading");
+    assert_eq!(
+        serde_json::from_str::<Value>(&ev.data).unwrap()["deviceId"],
+        "d3"
+    );
+
+    // WebSocket upgrade: subscribed to sensors/d3/# from the start.
+    let mut req = format!("ws://{}/v1/sensors/d3/watch?since=0", hub.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "edgewatch.v1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let first = timeout(WAIT, ws_next_json(&mut ws)).await.unwrap().unwrap();
+    assert_eq!(first["type"], "subscribed");
+    assert_eq!(first["filter"], "sensors/d3/#");
+    let reading = timeout(WAIT, ws_next_json(&mut ws)).await.unwrap().unwrap();
+    assert_eq!(reading["deviceId"], "d3");
+
+    // An invalid device id is a 400 with the usual error body.
+    let res = reqwest::get(format!("http://{}/v1/sensors/d%2B3/watch", hub.addr))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
