@@ -6,8 +6,8 @@ import { after, before, test } from 'node:test';
 import { launchBrowser, openPage } from './support/browser.mjs';
 import { Hub, waitFor } from './support/hub.mjs';
 
-const READINGS = 2000;
-const DISCONNECTS = 20;
+const READINGS = 10_000;
+const DISCONNECTS = 100;
 
 let hub;
 let browser;
@@ -45,15 +45,18 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     const publishing = (async () => {
       for (let i = 0; i < READINGS; i++) await d.publish('counter', i, 'n');
     })();
-    // Drop the connection at random moments while readings flow.
-    for (let i = 0; i < DISCONNECTS; i++) {
-      await new Promise((r) => setTimeout(r, 20 + Math.random() * 80));
-      await page.evaluate(() => {
+    // Drop the connection at random moments while readings flow, until DISCONNECTS drops
+    // have hit an open connection (bounded: 120 s).
+    const dropsDeadline = Date.now() + 120_000;
+    for (let drops = 0; drops < DISCONNECTS && Date.now() < dropsDeadline; ) {
+      await new Promise((r) => setTimeout(r, 20 + Math.random() * 60));
+      drops = await page.evaluate(() => {
         const c = globalThis.t.client;
         if (c._conn) {
           c._dropped(c._conn, 'forced by the test');
           globalThis.t.drops++;
         }
+        return globalThis.t.drops;
       });
     }
     await publishing;
@@ -62,13 +65,13 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     const stored = (await waitFor(async () => {
       const list = await hub.readings(filter);
       return list.length >= READINGS && list;
-    }, { timeoutMs: 10_000, what: `${READINGS} readings stored (GET /v1/readings)` })).map((r) => r.seq);
+    }, { timeoutMs: 30_000, what: `${READINGS} readings stored (GET /v1/readings)` })).map((r) => r.seq);
     assert.equal(stored.length, READINGS, 'GET /v1/readings holds each published reading once');
-    await waitFor(() => page.evaluate((n) => globalThis.t.seqs.length >= n, READINGS), { timeoutMs: 20_000, what: 'all readings' });
+    await waitFor(() => page.evaluate((n) => globalThis.t.seqs.length >= n, READINGS), { timeoutMs: 60_000, what: 'all readings' });
     await new Promise((r) => setTimeout(r, 300));
     const { seqs, drops } = await page.evaluate(() => ({ seqs: globalThis.t.seqs, drops: globalThis.t.drops }));
     await page.evaluate(() => globalThis.t.client.close());
-    assert.ok(drops >= DISCONNECTS / 2, `only ${drops} disconnects happened`);
+    assert.equal(drops, DISCONNECTS, `only ${drops} disconnects happened`);
     assert.deepEqual(seqs, stored);
   });
 }
