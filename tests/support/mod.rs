@@ -83,7 +83,8 @@ impl Hub {
             .split_whitespace()
             .skip(2)
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.parse().expect("address")))
+            // Addresses only (`upstream=mqtt://...` is not one).
+            .filter_map(|(k, v)| v.parse().ok().map(|a| (k.to_owned(), a)))
             .collect();
         Hub {
             child,

@@ -1,0 +1,162 @@
+//! `edgewatch bridge --mqtt URL` against a real Mosquitto (Debian package, installed by
+//! scripts/test): readings published to Mosquitto are stored and served, and the bridge
+//! picks up again after Mosquitto restarts.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::Hub;
+
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &std::path::Path, port: u16) -> Mosquitto {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is not installed (scripts/test installs it)");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Mosquitto(child)
+}
+
+fn publish(port: u16, topic: &str, payload: &str) {
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+async fn stored(http: &str) -> u64 {
+    let v: Value = reqwest::get(format!("{http}/v1/series"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+async fn wait_stored(http: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = stored(http).await;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let broker = mosquitto(dir.path(), port);
+    let config = dir.path().join("edgewatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[bridge]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\nmqtt_client_id = \"edgewatch-test\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let hub = Hub::spawn(&[
+        "bridge".to_owned(),
+        "--mqtt".to_owned(),
+        url,
+        "--config".to_owned(),
+        config.display().to_string(),
+    ]);
+    assert!(
+        hub.listeners.iter().all(|(k, _)| k != "mqtt"),
+        "no embedded broker in bridge mode"
+    );
+    let http = hub.http();
+    // The bridge subscribes after it connects; give it a moment, then publish.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..20 {
+        publish(
+            port,
+            "sensors/ext1/temperature",
+            &format!("{{\"value\":{i},\"unit\":\"C\"}}"),
+        );
+    }
+    assert_eq!(wait_stored(&http, 20).await, 20);
+
+    // Mosquitto restarts (persistent session kept on disk): the bridge reconnects,
+    // re-subscribes and stores what is published afterwards, plus anything queued for it.
+    drop(broker);
+    let _broker = mosquitto(dir.path(), port);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 20..40 {
+        publish(
+            port,
+            "sensors/ext1/temperature",
+            &format!("{{\"value\":{i},\"unit\":\"C\"}}"),
+        );
+    }
+    assert_eq!(wait_stored(&http, 40).await, 40);
+    let v: Value = reqwest::get(format!(
+        "{http}/v1/readings?filter=sensors/ext1/%23&limit=100"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let values: Vec<f64> = v["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, (0..40).map(f64::from).collect::<Vec<_>>());
+}
