@@ -7,8 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use edgewatch_sim::{Faults, FleetConfig};
-use serde_json::Value;
-use support::{loopback_config, Hub};
+use support::{loopback_config, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Readings the hub can hold between the broker's acknowledgement and a durable commit:
@@ -16,21 +15,6 @@ use tokio_util::sync::CancellationToken;
 /// batch being committed (`bridge.batch_max`, 1,000) and what rumqttd queues for the link
 /// (`broker.router.max_outgoing_packet_count`, 1,000).
 const BOUND: u64 = 4_096 + 8_192 + 1_000 + 1_000;
-
-async fn stored(http: &str) -> u64 {
-    let v: Value = reqwest::get(format!("{http}/v1/series"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durable() {

@@ -7,23 +7,8 @@ use std::time::{Duration, Instant};
 
 use edgewatch_sim::{Faults, FleetConfig};
 use serde_json::Value;
-use support::{loopback_config, Hub};
+use support::{get_json, loopback_config, stored, Hub};
 use tokio_util::sync::CancellationToken;
-
-async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
-}
-
-/// Total readings stored, from `/v1/series`.
-async fn stored(http: &str) -> u64 {
-    let v = get_json(&format!("{http}/v1/series")).await;
-    v["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .sum()
-}
 
 /// Waits (bounded) until the store holds `want` readings; returns what it holds.
 async fn wait_stored(http: &str, want: u64, within: Duration) -> u64 {

@@ -7,8 +7,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::Hub;
+use support::{stored, stored_values, Hub};
 
 struct Mosquitto(Child);
 
@@ -65,21 +64,6 @@ fn publish(port: u16, topic: &str, payload: &str) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-async fn stored(http: &str) -> u64 {
-    let v: Value = reqwest::get(format!("{http}/v1/series"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .sum()
 }
 
 async fn wait_stored(http: &str, want: u64) -> u64 {
@@ -144,19 +128,6 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
         );
     }
     assert_eq!(wait_stored(&http, 40).await, 40);
-    let v: Value = reqwest::get(format!(
-        "{http}/v1/readings?filter=sensors/ext1/%23&limit=100"
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let values: Vec<f64> = v["readings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["value"].as_f64().unwrap())
-        .collect();
+    let values = stored_values(&http, "sensors/ext1/%23").await;
     assert_eq!(values, (0..40).map(f64::from).collect::<Vec<_>>());
 }

@@ -226,6 +226,20 @@ async fn ws_connect(
     ws
 }
 
+/// Reads until the server's close frame; its code, or None if the connection just ended.
+async fn ws_close_code<S>(ws: &mut S) -> Option<u16>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
 async fn ws_next_json<S>(ws: &mut S) -> Option<Value>
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -634,17 +648,7 @@ async fn bad_input_gets_clear_errors_and_the_hub_carries_on() {
     assert_eq!(v["type"], "pong");
     let huge = format!(r#"{{"type":"ping","x":"{}"}}"#, "x".repeat(200_000));
     let _ = ws.send(Message::Text(huge.into())).await;
-    let close = timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let close = timeout(WAIT, ws_close_code(&mut ws)).await.unwrap();
     assert_eq!(close, Some(1009));
     // The hub still serves.
     let res = reqwest::get(format!("{base}/v1/poll?timeout=0"))
@@ -672,17 +676,9 @@ async fn shutdown_ends_sse_streams_and_closes_websockets_with_1001() {
     })
     .await;
     assert!(end.is_ok(), "SSE stream did not end at shutdown");
-    let code = timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("websocket not closed at shutdown");
+    let code = timeout(Duration::from_secs(5), ws_close_code(&mut ws))
+        .await
+        .expect("websocket not closed at shutdown");
     assert_eq!(code, Some(1001));
 }
 

@@ -156,3 +156,30 @@ pub fn have(cmd: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// GET `url` as JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Total readings stored, from `GET /v1/series`.
+pub async fn stored(http: &str) -> u64 {
+    let v = get_json(&format!("{http}/v1/series")).await;
+    v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// The `value`s of `GET /v1/readings?filter=FILTER`, in seq order.
+pub async fn stored_values(http: &str, filter: &str) -> Vec<f64> {
+    let v = get_json(&format!("{http}/v1/readings?filter={filter}&limit=10000")).await;
+    v["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect()
+}
