@@ -3,7 +3,7 @@
 //!
 //! Start: broker (MQTT listeners, unless the bridge consumes an external broker) → bridge
 //! (store, writer) → the in-process link from the broker into ingest → fan-out → HTTP (API,
-//! live streams, dashboard).
+//! live streams, dashboard, API descriptions, `/metrics`).
 //! Stop: cancel live streams and stop accepting MQTT → drain ingest and the writer, flush the
 //! store → finish HTTP.
 
@@ -107,7 +107,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let mut broker = broker;
     if let Some(broker) = &mut broker {
         let link = broker
-            .subscribe("edgewatch-bridge", &["sensors/#"], LINK_CAPACITY)
+            .ingest_link("edgewatch-bridge", LINK_CAPACITY)
             .await
             .context("linking the bridge to the broker")?;
         let count = linked.clone();
@@ -143,15 +143,19 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         stop.child_token(),
     ));
     let live = LiveState::new(
-        LiveHub::new(fanout, bridge.store().clone()),
+        LiveHub::new(fanout.clone(), bridge.store().clone()),
         cfg.live.clone(),
         stop.clone(),
         publish.clone(),
     );
+    let metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
     let app = bridge
         .router()
         .merge(edgewatch_bridge::watch::routes(live))
-        .merge(edgewatch_bridge::dashboard::routes());
+        .merge(edgewatch_bridge::dashboard::routes())
+        .merge(edgewatch_bridge::docs::routes())
+        .merge(metrics.routes());
+    let app = edgewatch_bridge::http::trace_requests(metrics.track_http(app));
     let http_stop = stop.clone();
     let http = tokio::spawn(edgewatch_bridge::http::serve(
         http_listener,

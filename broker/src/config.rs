@@ -116,6 +116,9 @@ pub struct LimitsConfig {
     /// A client asking for a longer keep-alive gets this one, in seconds (MQTT 5 clients are
     /// told through the CONNACK's server keep-alive).
     pub keep_alive_max_secs: u16,
+    /// Publishes on `sensors/…` the broker may hold for the bridge before it starts holding
+    /// PUBACKs back (up to 1 s each), so QoS 1 devices slow down to what the store takes.
+    pub ingest_backlog_max: u64,
 }
 
 impl Default for LimitsConfig {
@@ -127,6 +130,7 @@ impl Default for LimitsConfig {
             connect_timeout_ms: 5_000,
             keep_alive_min_secs: 5,
             keep_alive_max_secs: 65_535,
+            ingest_backlog_max: 50_000,
         }
     }
 }
@@ -201,6 +205,9 @@ impl BrokerConfig {
             return Err(
                 "broker.limits.keep_alive_min_secs: larger than keep_alive_max_secs".into(),
             );
+        }
+        if l.ingest_backlog_max == 0 {
+            return Err("broker.limits.ingest_backlog_max: must be at least 1".into());
         }
         if l.keep_alive_max_secs == 0 {
             return Err("broker.limits.keep_alive_max_secs: must be at least 1".into());

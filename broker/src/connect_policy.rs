@@ -11,9 +11,15 @@
 //! * a keep-alive above `keep_alive_max_secs` is lowered to it; MQTT 5 clients are told
 //!   through the CONNACK's server keep-alive property, as the specification asks.
 //!
+//! It also feeds the [`IngestGate`]: it counts the publishes devices send and holds PUBACKs
+//! back while the bridge is behind (see [`crate::backpressure`]).
+//!
 //! This wrapper is also where per-topic authorization will go.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::backpressure::IngestGate;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{Error, Packet, Protocol};
@@ -49,6 +55,8 @@ pub struct PolicyProtocol<P> {
     announce_keep_alive: AtomicU32,
     /// Whether this codec speaks MQTT 5 (only v5 CONNACKs carry properties).
     v5: bool,
+    /// Backpressure from the bridge, when one is attached.
+    gate: Option<Arc<IngestGate>>,
 }
 
 impl<P: Clone> Clone for PolicyProtocol<P> {
@@ -58,6 +66,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             policy: self.policy,
             announce_keep_alive: AtomicU32::new(0),
             v5: self.v5,
+            gate: self.gate.clone(),
         }
     }
 }
@@ -70,6 +79,7 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             policy,
             announce_keep_alive: AtomicU32::new(0),
             v5: false,
+            gate: None,
         }
     }
 }
@@ -82,13 +92,25 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             policy,
             announce_keep_alive: AtomicU32::new(0),
             v5: true,
+            gate: None,
         }
+    }
+}
+
+impl<P> PolicyProtocol<P> {
+    /// Attaches the bridge's backpressure gate.
+    pub fn with_gate(mut self, gate: Arc<IngestGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 }
 
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         let mut packet = self.inner.read_mut(stream, max_size)?;
+        if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
+            gate.admitted(&publish.topic);
+        }
         if let Packet::Connect(connect, ..) = &mut packet {
             let requested = connect.keep_alive;
             let effective = self.policy.effective(requested);
@@ -110,6 +132,11 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
     }
 
     fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        if let (Packet::PubAck(..), Some(gate)) = (&packet, &self.gate) {
+            // Runs on the broker's own runtime, outside rumqttd's locks: holding the ack here
+            // pauses only this connection's task (see `crate::backpressure`).
+            gate.wait_for_room();
+        }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {
                 let announce = self.announce_keep_alive.swap(0, Ordering::Relaxed);

@@ -7,6 +7,8 @@
 //! * [`config`]: our own [`BrokerConfig`] (serde, unknown keys rejected) and its mapping to
 //!   rumqttd's configuration, with router settings that work.
 //! * [`auth`]: device credentials: argon2 password hashes checked through rumqttd's auth hook.
+//! * [`backpressure`]: holds PUBACKs while the bridge is behind, so QoS 1 devices slow down
+//!   instead of readings piling up (and being dropped) in rumqttd's memory.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
 //! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
@@ -18,12 +20,14 @@
 //! rumqttd's public parts (`Router`, `Server`, `local::LinkBuilder`) itself.
 
 pub mod auth;
+pub mod backpressure;
 pub mod config;
 pub mod connect_policy;
 pub mod link;
 pub mod server;
 
 pub use auth::{hash_password, verify_password, Credentials};
+pub use backpressure::IngestGate;
 pub use config::{BrokerConfig, ListenerConfig};
 pub use link::{InboundPublish, InboundStream, LinkPublisher};
 pub use server::{Broker, BrokerError, ListenerKind};

@@ -42,6 +42,8 @@ pub struct InboundPublish {
 pub struct InboundStream {
     rx: mpsc::Receiver<InboundPublish>,
     pump: JoinHandle<()>,
+    /// Told about every publish taken, when this is the bridge's ingest link.
+    gate: Option<std::sync::Arc<crate::IngestGate>>,
 }
 
 impl Drop for InboundStream {
@@ -54,25 +56,41 @@ impl Stream for InboundStream {
     type Item = InboundPublish;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let polled = self.rx.poll_recv(cx);
+        if let (Poll::Ready(Some(_)), Some(gate)) = (&polled, &self.gate) {
+            gate.drained();
+        }
+        polled
     }
 }
 
 impl InboundStream {
     /// Receives the next publish, or `None` when the link has ended.
     pub async fn recv(&mut self) -> Option<InboundPublish> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if let (Some(_), Some(gate)) = (&item, &self.gate) {
+            gate.drained();
+        }
+        item
     }
 
     /// Moves up to `limit` publishes into `buf` (waits for at least one); 0 means ended.
     pub async fn recv_many(&mut self, buf: &mut Vec<InboundPublish>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
+        let n = self.rx.recv_many(buf, limit).await;
+        if let Some(gate) = &self.gate {
+            (0..n).for_each(|_| gate.drained());
+        }
+        n
     }
 
-    pub(crate) fn spawn(link_rx: LinkRx, capacity: usize) -> Self {
+    pub(crate) fn spawn(
+        link_rx: LinkRx,
+        capacity: usize,
+        gate: Option<std::sync::Arc<crate::IngestGate>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let pump = tokio::spawn(pump(link_rx, tx));
-        Self { rx, pump }
+        Self { rx, pump, gate }
     }
 }
 
@@ -126,6 +144,7 @@ async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
 #[derive(Debug)]
 pub struct LinkPublisher {
     tx: std::sync::Arc<std::sync::Mutex<LinkTxCell>>,
+    gate: std::sync::Arc<crate::IngestGate>,
 }
 
 struct LinkTxCell(LinkTx);
@@ -140,14 +159,16 @@ impl Clone for LinkPublisher {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
 
 impl LinkPublisher {
-    pub(crate) fn new(tx: LinkTx) -> Self {
+    pub(crate) fn new(tx: LinkTx, gate: std::sync::Arc<crate::IngestGate>) -> Self {
         Self {
             tx: std::sync::Arc::new(std::sync::Mutex::new(LinkTxCell(tx))),
+            gate,
         }
     }
 
@@ -155,6 +176,7 @@ impl LinkPublisher {
     /// blocking thread while it is full, so the async caller is never blocked.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
         let tx = self.tx.clone();
+        self.gate.admitted(topic.as_bytes());
         tokio::task::spawn_blocking(move || {
             let mut guard = tx
                 .lock()

@@ -105,6 +105,8 @@ pub struct Broker {
     /// Starts the listeners on the runtime; taken by [`Broker::listen`].
     spawn: Option<Box<SpawnListeners>>,
     links: Arc<LinkFactory>,
+    /// Backpressure from the bridge's ingest link to the devices.
+    gate: Arc<crate::IngestGate>,
 }
 
 /// Spawns every listener on the broker's runtime.
@@ -164,27 +166,28 @@ impl Broker {
             .iter()
             .map(|l| (l.clone(), cfg.rumqttd_server(l, &credentials)))
             .collect();
+        let gate = Arc::new(crate::IngestGate::new(cfg.limits.ingest_backlog_max));
+        let servers_gate = gate.clone();
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
             settings
                 .into_iter()
                 .map(|(listener, settings)| {
                     let router_tx = servers_tx.clone();
+                    let gate = servers_gate.clone();
+                    let v4 = PolicyProtocol::v4(policy).with_gate(gate.clone());
+                    let v5 = PolicyProtocol::v5(policy).with_gate(gate);
                     let (kind, addr) = (listener.kind, listener.addr);
                     let task = runtime.spawn(async move {
                         let result = match kind {
                             ListenerKind::Mqtt | ListenerKind::Tls => {
-                                Server::new(settings, router_tx, PolicyProtocol::v4(policy))
-                                    .start(LinkType::Remote)
-                                    .await
+                                Server::new(settings, router_tx, v4).start(LinkType::Remote).await
                             }
                             ListenerKind::Mqtt5 => {
-                                Server::new(settings, router_tx, PolicyProtocol::v5(policy))
-                                    .start(LinkType::Remote)
-                                    .await
+                                Server::new(settings, router_tx, v5).start(LinkType::Remote).await
                             }
                             ListenerKind::WebSocket => {
-                                Server::new(settings, router_tx, PolicyProtocol::v4(policy))
+                                Server::new(settings, router_tx, v4)
                                     .start(LinkType::Websocket)
                                     .await
                             }
@@ -210,6 +213,7 @@ impl Broker {
             runtime: Some(runtime),
             spawn: Some(spawn),
             links,
+            gate,
         })
     }
 
@@ -256,15 +260,39 @@ impl Broker {
             })?;
         }
         // The subscription lives as long as the link's sender: keep it with the pump.
-        let stream = InboundStream::spawn(rx, capacity);
+        let stream = InboundStream::spawn(rx, capacity, None);
         std::mem::forget(tx);
         Ok(stream)
+    }
+
+    /// Opens the bridge's ingest link: every publish on `sensors/#`, with backpressure: while
+    /// more than `broker.limits.ingest_backlog_max` publishes wait for the bridge to take them
+    /// from this stream, the broker holds PUBACKs back (see [`crate::backpressure`]). Open it
+    /// before [`Broker::listen`], and only once.
+    pub async fn ingest_link(
+        &self,
+        client_id: &str,
+        capacity: usize,
+    ) -> Result<InboundStream, BrokerError> {
+        let (mut tx, rx) = self.open_link(client_id).await?;
+        tx.subscribe("sensors/#").map_err(|e| BrokerError::Link {
+            client_id: client_id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let stream = InboundStream::spawn(rx, capacity, Some(self.gate.clone()));
+        std::mem::forget(tx);
+        Ok(stream)
+    }
+
+    /// The backpressure gate (backlog and held acknowledgements, for metrics).
+    pub fn ingest_gate(&self) -> &Arc<crate::IngestGate> {
+        &self.gate
     }
 
     /// Opens an in-process link for publishing into the broker.
     pub async fn publisher(&self, client_id: &str) -> Result<LinkPublisher, BrokerError> {
         let (tx, _rx) = self.open_link(client_id).await?;
-        Ok(LinkPublisher::new(tx))
+        Ok(LinkPublisher::new(tx, self.gate.clone()))
     }
 
     async fn open_link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {

@@ -1,0 +1,105 @@
+//! Backpressure from the bridge to the devices.
+//!
+//! rumqttd acknowledges a QoS 1 publish as soon as its router has it, whatever its
+//! subscribers do, and keeps what a slow subscriber has not read in a bounded in-memory log
+//! whose oldest segments it drops when full. If the bridge (ingest and the writer) falls
+//! behind for long, acknowledged readings would be lost that way.
+//!
+//! [`IngestGate`] counts the publishes on `sensors/…` that the broker accepted (from devices,
+//! seen by our codec wrapper, and from in-process publishers) against those the bridge took
+//! from its link. While the difference, the backlog, is above `ingest_backlog_max`, every
+//! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads),
+//! so QoS 1 devices run into their in-flight window and stop sending until the bridge catches
+//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way: under sustained
+//! overload they are the ones the broker may drop, as MQTT allows for "at most once".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest a single PUBACK is held back, so a stalled bridge cannot freeze devices forever.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// The topic prefix the bridge's link subscribes to (`sensors/#`).
+const INGEST_PREFIX: &[u8] = b"sensors/";
+
+/// Shared counters between the broker's codec and the bridge's link.
+#[derive(Debug)]
+pub struct IngestGate {
+    admitted: AtomicU64,
+    drained: AtomicU64,
+    max_backlog: u64,
+    /// PUBACKs that had to wait, for metrics and tests.
+    held_acks: AtomicU64,
+}
+
+impl IngestGate {
+    /// A gate that holds acknowledgements while more than `max_backlog` publishes wait.
+    pub fn new(max_backlog: u64) -> Self {
+        Self {
+            admitted: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
+            max_backlog: max_backlog.max(1),
+            held_acks: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a publish the broker accepted, if the bridge's link will receive it.
+    pub(crate) fn admitted(&self, topic: &[u8]) {
+        if topic.starts_with(INGEST_PREFIX) || topic == b"sensors" {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a publish the bridge took from its link.
+    pub(crate) fn drained(&self) {
+        self.drained.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes accepted and not yet taken by the bridge.
+    pub fn backlog(&self) -> u64 {
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.drained.load(Ordering::Relaxed))
+    }
+
+    /// Acknowledgements that had to wait so far.
+    pub fn held_acks(&self) -> u64 {
+        self.held_acks.load(Ordering::Relaxed)
+    }
+
+    /// Blocks the calling (broker) thread while the backlog is above the limit, at most
+    /// [`MAX_ACK_WAIT`]. Called right before a PUBACK is written.
+    pub(crate) fn wait_for_room(&self) {
+        if self.backlog() <= self.max_backlog {
+            return;
+        }
+        self.held_acks.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        while self.backlog() > self.max_backlog && started.elapsed() < MAX_ACK_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_what_the_bridge_receives_and_waits_while_behind() {
+        let gate = IngestGate::new(2);
+        for _ in 0..3 {
+            gate.admitted(b"sensors/d1/t");
+        }
+        gate.admitted(b"other/topic");
+        assert_eq!(gate.backlog(), 3);
+        let started = Instant::now();
+        gate.wait_for_room(); // over the limit: waits the maximum
+        assert!(started.elapsed() >= MAX_ACK_WAIT);
+        assert_eq!(gate.held_acks(), 1);
+        gate.drained();
+        let started = Instant::now();
+        gate.wait_for_room(); // at the limit: no wait
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+}
