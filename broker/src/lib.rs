@@ -13,6 +13,7 @@
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
 //! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
 //!   runtime, waits for readiness and stops them.
+//! * `nodelay`: TCP_NODELAY for rumqttd's accepted sockets (inherited from the listener).
 //! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
 //!   and a publisher handle.
 //!
@@ -24,6 +25,7 @@ pub mod backpressure;
 pub mod config;
 pub mod connect_policy;
 pub mod link;
+mod nodelay;
 pub mod server;
 
 pub use auth::{hash_password, verify_password, Credentials};

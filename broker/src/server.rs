@@ -225,6 +225,15 @@ impl Broker {
         let started = spawn(runtime);
         for (listener, task) in &started {
             wait_ready(listener, task).await?;
+            match crate::nodelay::set_on_listener(listener.addr) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(addr = %listener.addr, "listening socket not found; Nagle's algorithm stays on")
+                }
+                Err(err) => {
+                    tracing::warn!(%err, addr = %listener.addr, "cannot set TCP_NODELAY; Nagle's algorithm stays on")
+                }
+            }
             tracing::info!(listener = %listener.kind, addr = %listener.addr, "MQTT listener ready");
         }
         Ok(())

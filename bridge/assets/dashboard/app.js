@@ -560,7 +560,9 @@ class LiveChart {
       ...this.size(),
       scales: { x: { time: true } },
       legend: { show: false },
-      cursor: { drag: { x: false, y: false } },
+      // Series have their own timestamps, so at most x values a series has no point: hover
+      // picks each series' nearest point of its own (`u.cursor.idxs`).
+      cursor: { drag: { x: false, y: false }, dataIdx: nearestDefined },
       series: [{}, ...this.series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, spanGaps: true, points: { show: false } }))],
       axes: [axis, { ...axis, size: 56 }],
       hooks: { setCursor: [(u) => this.showTip(u)] },
@@ -570,8 +572,7 @@ class LiveChart {
   }
 
   data() {
-    if (this.series.length === 1) return [this.series[0].xs, this.series[0].ys];
-    return uPlot.join(this.series.map((s) => [s.xs, s.ys]));
+    return alignSeries(this.series);
   }
 
   resize() {
@@ -653,21 +654,73 @@ class LiveChart {
       this.tip.hidden = true;
       return;
     }
-    const x = u.data[0][idx];
+    const x = u.posToVal(u.cursor.left, 'x');
     const lines = this.series.map((s, i) => {
-      const v = u.data[i + 1][idx];
+      const j = u.cursor.idxs?.[i + 1] ?? idx;
+      const v = j === null || j === undefined ? null : u.data[i + 1][j];
       const unit = rows.get(s.topic)?.unit ?? '';
       return `<div><span class="swatch" style="display:inline-block;width:.6rem;height:.6rem;border-radius:50%;background:${s.color}"></span> ${escapeHtml(s.label)}: ${v === null || v === undefined ? '—' : `${numberFormat.format(v)} ${escapeHtml(unit)}`}</div>`;
     });
     this.tip.innerHTML = `<div class="t">${timeFormat.format(new Date(x * 1000))}</div>${lines.join('')}`;
     this.tip.hidden = false;
+    // Beside the cursor, on the side with more room; the tip is see-through so the lines under
+    // it stay visible.
     const over = u.over.getBoundingClientRect();
     const host = this.container.parentElement.getBoundingClientRect();
-    let left = over.left - host.left + u.cursor.left + 12;
-    if (left + this.tip.offsetWidth > host.width) left -= this.tip.offsetWidth + 24;
+    const { offsetWidth: w, offsetHeight: h } = this.tip;
+    let left = over.left - host.left + u.cursor.left + 14;
+    if (left + w > host.width || u.cursor.left > over.width / 2) left -= w + 28;
+    let top = over.top - host.top + u.cursor.top + 14;
+    if (u.cursor.top > over.height / 2) top -= h + 28;
     this.tip.style.left = `${Math.max(0, left)}px`;
-    this.tip.style.top = `${over.top - host.top + u.cursor.top + 12}px`;
+    this.tip.style.top = `${Math.max(0, top)}px`;
   }
+}
+
+/**
+ * uPlot wants one x array shared by all series; ours each have their own sorted timestamps
+ * (history buckets, then live readings). Merges them in one linear pass into the union of the
+ * x values, with `undefined` where a series has no point: uPlot draws straight across those
+ * (unlike `null`, which would be a gap), so every series keeps its whole line.
+ */
+function alignSeries(list) {
+  if (list.length === 1) return [list[0].xs.slice(), list[0].ys.slice()];
+  const k = list.length;
+  const pos = new Array(k).fill(0);
+  const xs = [];
+  const cols = list.map(() => []);
+  for (;;) {
+    let x = Infinity;
+    for (let i = 0; i < k; i++) {
+      const v = list[i].xs[pos[i]];
+      if (v < x) x = v;
+    }
+    if (x === Infinity) break;
+    const n = xs.length;
+    xs.push(x);
+    for (let i = 0; i < k; i++) {
+      const s = list[i];
+      // Several points of one series at the same x: the last one wins.
+      while (s.xs[pos[i]] === x) cols[i][n] = s.ys[pos[i]++];
+      if (cols[i].length <= n) cols[i][n] = undefined;
+    }
+  }
+  return [xs, ...cols];
+}
+
+/** cursor.dataIdx: the index of the point of series `si` nearest to `xValue`. */
+function nearestDefined(u, si, closestIdx, xValue) {
+  const ys = u.data[si];
+  if (si === 0 || ys[closestIdx] != null) return closestIdx;
+  const xs = u.data[0];
+  let lo = closestIdx - 1;
+  let hi = closestIdx + 1;
+  while (lo >= 0 && ys[lo] == null) lo--;
+  while (hi < ys.length && ys[hi] == null) hi++;
+  const dLo = lo >= 0 ? xValue - xs[lo] : Infinity;
+  const dHi = hi < ys.length ? xs[hi] - xValue : Infinity;
+  if (dLo === Infinity && dHi === Infinity) return closestIdx;
+  return dLo <= dHi ? lo : hi;
 }
 
 function escapeHtml(s) {

@@ -28,6 +28,7 @@ export async function launchBrowser() {
     timeout: 30_000,
   });
   context.setDefaultTimeout(10_000);
+  if (process.env.EDGEWATCH_ASSETS === 'disk') await serveAssetsFromDisk(context);
   return {
     context,
     async close() {
@@ -35,6 +36,28 @@ export async function launchBrowser() {
       fs.rmSync(userDataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * `EDGEWATCH_ASSETS=disk`: the dashboard assets and the JS client come from bridge/assets/ in the
+ * working tree instead of the copies compiled into the hub, so asset edits can be tried without
+ * a rebuild. The tests of record run without it.
+ */
+async function serveAssetsFromDisk(context) {
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../bridge/assets');
+  const types = { '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.html': 'text/html; charset=utf-8' };
+  // Not the page itself: Chromium treats a fulfilled document as public and then blocks its
+  // connections to the hub on 127.0.0.1 (local network access checks).
+  const files = { '/v1/sdk/edgewatch.js': 'sdk/edgewatch.js' };
+  await context.route(
+    (url) => url.pathname in files || url.pathname.startsWith('/assets/'),
+    (route) => {
+      const { pathname } = new URL(route.request().url());
+      const file = path.join(root, files[pathname] ?? `dashboard/${pathname.slice('/assets/'.length)}`);
+      if (!file.startsWith(root) || !fs.existsSync(file)) return route.continue();
+      return route.fulfill({ status: 200, contentType: types[path.extname(file)] ?? 'application/octet-stream', body: fs.readFileSync(file) });
+    },
+  );
 }
 
 /** Opens a page that records console errors and uncaught exceptions in `page.errors`. */
