@@ -99,16 +99,24 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     Ok(cfg)
 }
 
-fn init_logging(level: &str) {
+/// Logs to stderr, filtered by `EDGEWATCH_LOG` (else `level`), as text or as JSON lines.
+fn init_logging(level: &str, json: bool) {
     let filter = std::env::var("EDGEWATCH_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -146,7 +154,7 @@ fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
-    init_logging(&cfg.log.level);
+    init_logging(&cfg.log.level, cfg.log.json);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -170,7 +178,7 @@ fn demo(mut args: RunArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
-    init_logging(&cfg.log.level);
+    init_logging(&cfg.log.level, cfg.log.json);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -182,7 +190,7 @@ fn demo(mut args: RunArgs) -> ExitCode {
 }
 
 fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
-    init_logging("warn");
+    init_logging("warn", false);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -199,7 +207,7 @@ fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
 }
 
 fn serial(args: crate::serial::SerialArgs) -> ExitCode {
-    init_logging("info");
+    init_logging("info", false);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -36,12 +36,15 @@ pub(crate) struct LogConfig {
     /// A tracing filter such as `info` or `info,edgewatch_bridge=debug`. The `EDGEWATCH_LOG`
     /// environment variable overrides it.
     pub(crate) level: String,
+    /// One JSON object per line (with the current spans) instead of human-readable text.
+    pub(crate) json: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            json: false,
         }
     }
 }

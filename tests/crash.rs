@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use edgewatch_sim::{Faults, FleetConfig};
-use support::{loopback_config, stored, Hub};
+use support::{loopback_config_fixed_ports, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Readings the hub can hold between the broker's acknowledgement and a durable commit:
@@ -19,7 +19,7 @@ const BOUND: u64 = 4_096 + 8_192 + 1_000 + 1_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), "");
+    let config = loopback_config_fixed_ports(dir.path(), "");
     let mut hub = Hub::start(&config, &[]);
     let mqtt = hub.addr("mqtt");
     let fleet = FleetConfig {

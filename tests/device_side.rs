@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use edgewatch_sim::{Faults, FleetConfig};
 use serde_json::Value;
-use support::{get_json, loopback_config, stored, Hub};
+use support::{get_json, loopback_config, loopback_config_fixed_ports, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Waits (bounded) until the store holds `want` readings; returns what it holds.
@@ -54,7 +54,7 @@ async fn two_hundred_devices_for_ten_seconds_stored_exactly_what_was_acknowledge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_restart_mid_run_devices_deliver_their_buffers_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), "");
+    let config = loopback_config_fixed_ports(dir.path(), "");
     let hub = Hub::start(&config, &[]);
     let mqtt = hub.addr("mqtt");
     let cfg = fleet(mqtt, 20, 100, 10);

@@ -177,6 +177,7 @@ async fn run(args: Args) -> Result<()> {
             .pool_max_idle_per_host(4)
             .build()
             .context("HTTP client")?,
+        fresh_rss: std::sync::Mutex::new(Vec::new()),
     };
     let mut report = Report::default();
     let started = Instant::now();
@@ -209,6 +210,7 @@ async fn run(args: Args) -> Result<()> {
             report.push(report::Figure::new(s, "-", "FAILED", "-", vec![]).note(format!("{e:#}")));
         }
     }
+    ctx.push_fresh_rss(&mut report);
     report.print_table(&meta);
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     let out = if args.smoke {
@@ -217,6 +219,7 @@ async fn run(args: Args) -> Result<()> {
         args.out.clone()
     };
     report.write_json(&out, &meta)?;
+    report.write_markdown(&out.join("table.md"), &meta)?;
     println!("results: {}/*.json", out.display());
     if !args.smoke {
         for svg in report.write_svgs(&args.svg_dir, &meta)? {

@@ -177,6 +177,41 @@ impl Report {
         Ok(())
     }
 
+    /// The figures as a Markdown table (pasted into BENCHMARKS.md).
+    pub(crate) fn write_markdown(&self, path: &Path, meta: &Meta) -> Result<()> {
+        use std::fmt::Write as _;
+        let mut md = String::new();
+        writeln!(
+            md,
+            "{} mode, {}, commit `{}`, {} cores, load average at start {}, {}\n",
+            meta.mode,
+            meta.date,
+            meta.commit,
+            meta.cores,
+            meta.load_average_at_start,
+            meta.mosquitto_version.trim()
+        )?;
+        md.push_str("| scenario | target | metric | median | min | max | unit | runs | note |\n");
+        md.push_str("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |\n");
+        for f in &self.figures {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f.scenario,
+                f.target,
+                f.metric,
+                fmt_num(f.median),
+                fmt_num(f.min),
+                fmt_num(f.max),
+                f.unit,
+                f.runs.len(),
+                f.note.as_deref().unwrap_or("").replace('|', "/")
+            )?;
+        }
+        std::fs::write(path, md)?;
+        Ok(())
+    }
+
     pub(crate) fn write_svgs(&self, dir: &Path, meta: &Meta) -> Result<Vec<String>> {
         std::fs::create_dir_all(dir)?;
         let mut written = Vec::new();

@@ -57,7 +57,7 @@ impl Params {
             mode: "quick",
             runs: 3,
             warmup: Duration::from_secs(1),
-            measure: Duration::from_secs(3),
+            measure: Duration::from_millis(2500),
             relay_publishers: 10,
             latency_rates: vec![1000, 10_000],
             latency_publishers: 10,
@@ -66,7 +66,7 @@ impl Params {
             history_readings: 1_000_000,
             history_publishers: 1000,
             history_timeout: Duration::from_secs(120),
-            ingest_secs: Duration::from_secs(12),
+            ingest_secs: Duration::from_secs(8),
             preload_rate: 20_000.0,
         }
     }
@@ -99,9 +99,35 @@ pub(crate) struct Ctx {
     pub(crate) work: PathBuf,
     pub(crate) p: Params,
     pub(crate) http: reqwest::Client,
+    /// RSS (MiB) of every freshly started server, one second after it was ready.
+    pub(crate) fresh_rss: std::sync::Mutex<Vec<(Target, f64)>>,
 }
 
 impl Ctx {
+    /// Footprint figures from the fresh-start RSS samples of all scenarios.
+    pub(crate) fn push_fresh_rss(&self, report: &mut Report) {
+        let samples = self.fresh_rss.lock().map(|v| v.clone()).unwrap_or_default();
+        for target in self.targets() {
+            let runs: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.0 == target)
+                .map(|s| s.1)
+                .collect();
+            if !runs.is_empty() {
+                report.push(
+                    Figure::new(
+                        "footprint",
+                        target.name(),
+                        "RSS idle (fresh start)",
+                        "MiB",
+                        runs,
+                    )
+                    .note("1 s after ready, before any load; one sample per server started"),
+                );
+            }
+        }
+    }
+
     fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
         if self.mosquitto.is_some() {
@@ -112,6 +138,15 @@ impl Ctx {
     }
 
     async fn start(&self, target: Target, name: &str) -> Result<Server> {
+        let server = self.start_inner(target, name).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(mut v) = self.fresh_rss.lock() {
+            v.push((target, mib(server.rss_kib())));
+        }
+        Ok(server)
+    }
+
+    async fn start_inner(&self, target: Target, name: &str) -> Result<Server> {
         let dir = self.work.join(name);
         match target {
             Target::Edgewatch => {
@@ -341,7 +376,10 @@ pub(crate) async fn fullpath(ctx: &Ctx, report: &mut Report) -> Result<()> {
             ));
         }
         report.push(Figure::new("fullpath", t, "server CPU", "cores", sut));
-        report.push(Figure::new("footprint", t, "RSS idle", "MiB", idle));
+        report.push(
+            Figure::new("footprint", t, "RSS idle between full-path runs", "MiB", idle)
+                .note("0.7 s before each run; after the first run this includes memory kept from the previous load"),
+        );
         report.push(Figure::new(
             "footprint",
             t,
@@ -458,7 +496,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 fleet.stop();
                 let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
                 // Let the last readings of the window arrive.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 for r in &receivers {
                     r.probe.recording.store(false, Ordering::Relaxed);
                 }
@@ -744,18 +782,28 @@ fn window_rates(samples: &[(f64, u64)], until: f64) -> Vec<f64> {
         .position(|s| s.1 > 0)
         .map_or(0.0, |i| samples[i.saturating_sub(1)].0);
     let at = |t: f64| -> f64 {
-        let i = samples.iter().position(|s| s.0 >= t).unwrap_or(samples.len() - 1);
+        let i = samples
+            .iter()
+            .position(|s| s.0 >= t)
+            .unwrap_or(samples.len() - 1);
         if i == 0 {
             return samples[0].1 as f64;
         }
         let (a, b) = (samples[i - 1], samples[i]);
-        let f = if b.0 > a.0 { ((t - a.0) / (b.0 - a.0)).min(1.0) } else { 1.0 };
+        let f = if b.0 > a.0 {
+            ((t - a.0) / (b.0 - a.0)).min(1.0)
+        } else {
+            1.0
+        };
         a.1 as f64 + f * (b.1 as f64 - a.1 as f64)
     };
     let span = (until - first).max(0.25);
     (0..3)
         .map(|k| {
-            let (a, b) = (first + span * k as f64 / 3.0, first + span * (k + 1) as f64 / 3.0);
+            let (a, b) = (
+                first + span * k as f64 / 3.0,
+                first + span * (k + 1) as f64 / 3.0,
+            );
             (at(b) - at(a)) / (b - a)
         })
         .collect()
@@ -775,7 +823,8 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // Sustained ingest at max rate.
     {
         let dir = ctx.work.join("ingest");
-        let server = procs::start_edgewatch(&ctx.edgewatch, &dir, &dir.join("data"), &tuning).await?;
+        let server =
+            procs::start_edgewatch(&ctx.edgewatch, &dir, &dir.join("data"), &tuning).await?;
         let spec = LoadSpec {
             publishers: p.history_publishers,
             qos: QoS::AtLeastOnce,
@@ -795,11 +844,29 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 )),
         );
         report.push(
-            Figure::new("history", "edgewatch", "acknowledged but not stored", "readings", vec![lost as f64])
-                .note("PUBACKed QoS1 readings missing from the store after the load settled"),
+            Figure::new(
+                "history",
+                "edgewatch",
+                "acknowledged but not stored",
+                "readings",
+                vec![lost as f64],
+            )
+            .note("PUBACKed QoS1 readings missing from the store after the load settled"),
         );
-        report.push(Figure::new("history", "edgewatch", "server CPU during ingest", "cores", vec![s.sut_cores]));
-        report.push(Figure::new("history", "edgewatch", "harness CPU during ingest", "cores", vec![s.gen_cores]));
+        report.push(Figure::new(
+            "history",
+            "edgewatch",
+            "server CPU during ingest",
+            "cores",
+            vec![s.sut_cores],
+        ));
+        report.push(Figure::new(
+            "history",
+            "edgewatch",
+            "harness CPU during ingest",
+            "cores",
+            vec![s.gen_cores],
+        ));
         server.stop(Duration::from_secs(30)).await?;
     }
 

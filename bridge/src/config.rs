@@ -22,7 +22,8 @@ pub struct BridgeConfig {
     pub batch_max: usize,
     /// Group-commit window in milliseconds: after the first reading of a batch the writer keeps
     /// collecting this long (or until `batch_max`), then commits and flushes. 0 commits at
-    /// once. Bounds how long a reading waits for its acknowledgement. Default 10.
+    /// once: batches then form by themselves from what arrives while the previous one is
+    /// being written (group commit without added latency). Default 0.
     pub flush_interval_ms: u64,
     /// Capacity of the committed-batch broadcast used by live fan-out, in batches. A receiver
     /// further behind is told how many batches it missed. Default 1024.
@@ -74,7 +75,7 @@ impl Default for BridgeConfig {
             data_dir: PathBuf::from("data"),
             queue_capacity: 8192,
             batch_max: 1000,
-            flush_interval_ms: 10,
+            flush_interval_ms: 0,
             broadcast_capacity: 1024,
             dedupe_window: 65_536,
             cache_mb: 64,

@@ -42,7 +42,7 @@ pub struct FanoutConfig {
 impl Default for FanoutConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: 1024,
+            queue_capacity: 4096,
             conflate_max_topics: 4096,
             lag_timeout_secs: 30,
         }
@@ -102,6 +102,19 @@ pub struct FanoutStats {
     pub gaps: AtomicU64,
 }
 
+/// Queue depths over all subscriptions, at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Open subscriptions.
+    pub subscriptions: usize,
+    /// Subscriptions conflating (lagging).
+    pub conflating: usize,
+    /// Events waiting in the deepest queue.
+    pub max_depth: usize,
+    /// Events waiting over all queues.
+    pub total_depth: usize,
+}
+
 type SubId = u64;
 
 /// The fan-out registry. Cheap to clone.
@@ -141,6 +154,25 @@ impl Fanout {
     /// Number of open subscriptions.
     pub fn subscriptions(&self) -> usize {
         self.shared.queues.read().map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Queue depths right now (per-subscriber lag, for metrics). Locks each queue briefly.
+    pub fn queue_stats(&self) -> QueueStats {
+        let mut out = QueueStats::default();
+        let Ok(queues) = self.shared.queues.read() else {
+            return out;
+        };
+        for q in queues.values() {
+            let Ok(st) = q.state.lock() else { continue };
+            let depth = st.items.len() + st.conflation.as_ref().map_or(0, |c| c.latest.len());
+            out.subscriptions += 1;
+            out.total_depth += depth;
+            out.max_depth = out.max_depth.max(depth);
+            if st.conflation.is_some() {
+                out.conflating += 1;
+            }
+        }
+        out
     }
 
     /// Registers a subscription to `filters`. Events published after this call that match any

@@ -108,6 +108,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Wraps `router` in a request span (`http` target: method, uri, matched route) with the
+/// status and latency logged at debug level when the response head is ready. Apply it last.
+pub fn trace_requests(router: Router) -> Router {
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|req: &axum::http::Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", axum::extract::MatchedPath::as_str);
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    uri = %req.uri(),
+                    route,
+                )
+            })
+            .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+    )
+}
+
 /// Serves `router` on an already bound listener until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,

@@ -15,15 +15,19 @@
 //!   `/v1/rejects`, `/healthz`, `/readyz`.
 //! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
 //!   a serial port, publishes them into the broker, survives unplugs.
+//! * [`metrics`]: `GET /metrics` (Prometheus text format) and the HTTP request middleware.
+//! * [`docs`]: `GET /v1/openapi.json`, `GET /v1/asyncapi.yaml`, `GET /docs`.
 //! * [`Hub`] (this file): starts and stops the parts together.
 
 pub mod config;
 pub mod dashboard;
+pub mod docs;
 pub mod external;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod metrics;
 pub mod serial;
 pub mod store;
 pub mod watch;
@@ -177,6 +181,12 @@ impl Hub {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         http::serve(listener, self.router(), shutdown).await
+    }
+
+    /// The `/metrics` registry over this hub's store, ingest and writer; add the live side
+    /// with [`metrics::Metrics::with_live`].
+    pub fn metrics(&self) -> metrics::Metrics {
+        metrics::Metrics::new(self.store.clone(), self.ingest.clone())
     }
 
     /// The config the hub runs with.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::metrics::WriterStats;
 use crate::store::{PresenceUpdate, RetentionPolicy, Store, StoredReading};
 
 /// A batch of readings that is durable on disk, in seq order.
@@ -81,6 +82,7 @@ pub enum WriterError {
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteCmd>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
 }
 
 impl WriterHandle {
@@ -115,6 +117,11 @@ impl WriterHandle {
     /// Total input queue capacity.
     pub fn queue_capacity(&self) -> usize {
         self.tx.max_capacity()
+    }
+
+    /// Batch size and commit latency measurements.
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
     }
 
     /// `false` after the last commit failed (until one succeeds), or once the writer stopped.
@@ -175,19 +182,19 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
     let (committed, _) = broadcast::channel(cfg.broadcast_capacity.max(1));
     let (presence, _) = broadcast::channel(cfg.broadcast_capacity.max(1));
     let healthy = Arc::new(AtomicBool::new(true));
+    let stats = Arc::new(WriterStats::default());
     let handle = WriterHandle {
         tx,
         healthy: healthy.clone(),
+        stats: stats.clone(),
     };
-    let task = tokio::spawn(run(
-        store,
-        cfg,
-        rx,
-        committed.clone(),
-        presence.clone(),
+    let out = Outputs {
+        committed: committed.clone(),
+        presence: presence.clone(),
         healthy,
-        stop,
-    ));
+        stats,
+    };
+    let task = tokio::spawn(run(store, cfg, rx, out, stop));
     Writer {
         handle,
         committed,
@@ -200,9 +207,7 @@ async fn run(
     store: Store,
     cfg: WriterConfig,
     mut rx: mpsc::Receiver<WriteCmd>,
-    committed: broadcast::Sender<CommittedBatch>,
-    presence: broadcast::Sender<PresenceUpdate>,
-    healthy: Arc<AtomicBool>,
+    out: Outputs,
     stop: CancellationToken,
 ) -> Result<(), WriterError> {
     let batch_max = cfg.batch_max.max(1);
@@ -240,17 +245,10 @@ async fn run(
                 }
             }
         }
-        commit(
-            &store,
-            std::mem::take(&mut buf),
-            &committed,
-            &presence,
-            &healthy,
-        )
-        .await;
+        commit(&store, std::mem::take(&mut buf), &out).await;
         buf.reserve(batch_max);
     }
-    healthy.store(false, Ordering::Relaxed);
+    out.healthy.store(false, Ordering::Relaxed);
     let flushed = store.flush_async().await;
     info!("writer stopped");
     flushed.map_err(WriterError::from)
@@ -282,13 +280,18 @@ async fn retention_step(store: &Store, policy: Option<RetentionPolicy>) -> bool 
     }
 }
 
-async fn commit(
-    store: &Store,
-    cmds: Vec<WriteCmd>,
-    committed: &broadcast::Sender<CommittedBatch>,
-    presence_out: &broadcast::Sender<PresenceUpdate>,
-    healthy: &AtomicBool,
-) {
+/// Where the writer's results go.
+struct Outputs {
+    committed: broadcast::Sender<CommittedBatch>,
+    presence: broadcast::Sender<PresenceUpdate>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+}
+
+async fn commit(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) {
+    let (committed, presence_out, healthy) = (&out.committed, &out.presence, &*out.healthy);
+    let started = std::time::Instant::now();
+    out.stats.batch_size.observe(cmds.len() as f64);
     let mut readings = Vec::new();
     let mut reading_acks = Vec::new();
     let mut presence = Vec::new();
@@ -316,20 +319,26 @@ async fn commit(
         Ok((Err(err), readings, _)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
             healthy.store(false, Ordering::Relaxed);
+            out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
         Err(err) => {
             error!(%err, "batch apply panicked; its items stay unacknowledged");
             healthy.store(false, Ordering::Relaxed);
+            out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
     if let Err(err) = store.flush_async().await {
         error!(%err, "flush failed; batch items stay unacknowledged");
         healthy.store(false, Ordering::Relaxed);
+        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
         return;
     }
     healthy.store(true, Ordering::Relaxed);
+    out.stats
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     let mut stored = Vec::with_capacity(readings.len());
     for ((seq, reading), done) in seqs.into_iter().zip(readings).zip(reading_acks) {
         let outcome = match seq {

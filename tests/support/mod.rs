@@ -131,16 +131,24 @@ impl Drop for Hub {
     }
 }
 
-/// A config with every listener on a free loopback port.
+/// A config with every listener on loopback port 0: the hub picks free ports itself (read
+/// them from its ready line), which avoids racing other tests for a port chosen in advance.
 pub fn loopback_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write_config(dir, [0, 0, 0], extra)
+}
+
+/// A config with fixed free ports, for tests that restart the hub and need the same address.
+pub fn loopback_config_fixed_ports(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write_config(dir, [free_port(), free_port(), free_port()], extra)
+}
+
+fn write_config(dir: &Path, ports: [u16; 3], extra: &str) -> std::path::PathBuf {
+    let [mqtt, mqtt5, ws] = ports;
     let text = format!(
-        "[broker.mqtt]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
-         [broker.mqtt5]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
-         [broker.websocket]\nenabled = true\nlisten = \"127.0.0.1:{}\"\n\
+        "[broker.mqtt]\nenabled = true\nlisten = \"127.0.0.1:{mqtt}\"\n\
+         [broker.mqtt5]\nenabled = true\nlisten = \"127.0.0.1:{mqtt5}\"\n\
+         [broker.websocket]\nenabled = true\nlisten = \"127.0.0.1:{ws}\"\n\
          [bridge]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{extra}",
-        free_port(),
-        free_port(),
-        free_port(),
         dir.join("data").display().to_string()
     );
     let path = dir.join("edgewatch.toml");

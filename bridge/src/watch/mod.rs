@@ -119,6 +119,8 @@ pub struct LiveState {
     pub publisher: Option<PublishFn>,
     /// Open live connections.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections by transport, for `/metrics`.
+    pub metrics: Arc<crate::metrics::LiveMetrics>,
     read_filters: Vec<TopicFilter>,
     publish_filters: Vec<TopicFilter>,
 }
@@ -155,6 +157,7 @@ impl LiveState {
             read_filters: parse(&cfg.read_filters),
             publish_filters: parse(&cfg.publish_filters),
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
+            metrics: Arc::default(),
             hub,
             cfg: Arc::new(cfg),
             shutdown,
@@ -204,6 +207,21 @@ impl LiveError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "too_many_connections",
             message: "too many live connections; retry later".into(),
+        }
+    }
+
+    /// A request to a WebSocket route that is not a valid upgrade, as JSON (axum's own
+    /// rejection is plain text) with the rejection's status (400, 405 or 426).
+    pub(crate) fn not_websocket(
+        rejection: &axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    ) -> Self {
+        Self {
+            status: rejection.status(),
+            code: "not_websocket",
+            message: format!(
+                "{}: send a WebSocket upgrade request",
+                rejection.body_text()
+            ),
         }
     }
 
@@ -373,7 +391,7 @@ async fn negotiate(
             match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &state).await
             {
                 Ok(u) => u,
-                Err(rejection) => return rejection.into_response(),
+                Err(rejection) => return LiveError::not_websocket(&rejection).into_response(),
             };
         let params = match WatchParams::parse(pairs, WATCH_PARAMS) {
             Ok(p) => p,

@@ -82,6 +82,7 @@ async fn answer(
         .clone()
         .try_acquire_owned()
         .map_err(|_| LiveError::busy())?;
+    let _open = state.metrics.open(crate::metrics::Transport::Poll);
     let mut watch = state
         .hub
         .watch(filters, since)

@@ -20,6 +20,7 @@ use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
 use crate::fanout::EventKind;
 use crate::live::{Watch, WatchItem};
+use crate::metrics::{ConnectionGuard, Transport};
 
 pub(super) async fn stream(
     State(state): State<LiveState>,
@@ -71,10 +72,11 @@ async fn open(
         .watch(filters, since)
         .await
         .map_err(|e| LiveError::internal(e.to_string()))?;
+    let open = state.metrics.open(Transport::Sse);
     let retry = Duration::from_millis(state.cfg.sse_retry_ms);
     let hello = Event::default().retry(retry).comment("edgewatch stream");
     let events = stream::once(async move { Ok::<_, Infallible>(hello) })
-        .chain(events(watch, permit))
+        .chain(events(watch, (permit, open)))
         .take_until(state.shutdown.clone().cancelled_owned());
     let sse = Sse::new(events).keep_alive(
         KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_heartbeat_secs.max(1))),
@@ -89,7 +91,7 @@ async fn open(
 /// The SSE events of one watch; ends after a lag disconnection.
 fn events(
     watch: Watch,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (tokio::sync::OwnedSemaphorePermit, ConnectionGuard),
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some((watch, permit)), |state| async move {
         let (mut watch, permit) = state?;

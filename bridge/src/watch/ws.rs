@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -55,8 +56,12 @@ pub(super) async fn upgrade(
     State(state): State<LiveState>,
     caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return LiveError::not_websocket(&rejection).into_response(),
+    };
     let params = match WatchParams::parse(pairs, &["filter", "since"]) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -94,16 +99,31 @@ pub(super) async fn upgrade_with(
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return LiveError::busy().into_response();
     };
+    let open = state.metrics.open(crate::metrics::Transport::Ws);
     let max = state.cfg.ws_max_message_bytes;
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4096)
         .write_buffer_size(4096)
-        .on_upgrade(move |socket| async move {
-            Connection::new(state, caller).run(socket, initial).await;
-            drop(permit);
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("ws", conn = next_connection_id());
+            tracing::Instrument::instrument(
+                async move {
+                    tracing::debug!("websocket open");
+                    Connection::new(state, caller).run(socket, initial).await;
+                    drop((permit, open));
+                    tracing::debug!("websocket closed");
+                },
+                span,
+            )
         })
+}
+
+/// A process-unique id for a connection's log span.
+fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,608 @@
+//! Operational metrics in the Prometheus text exposition format (version 0.0.4) at
+//! `GET /metrics`.
+//!
+//! The parts keep their own cheap counters (atomics); this module only reads them at scrape
+//! time and renders them, so nothing here sits on the ingest path. What is measured:
+//!
+//! | metric | type | source |
+//! | --- | --- | --- |
+//! | `edgewatch_publishes_received_total` | counter | ingest |
+//! | `edgewatch_readings_ingested_total` | counter | ingest (handed to the writer) |
+//! | `edgewatch_presence_changes_total` | counter | ingest |
+//! | `edgewatch_readings_rejected_total{reason}` | counter | ingest rejects |
+//! | `edgewatch_writer_batch_size` | histogram | writer (items per commit) |
+//! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (apply + fsync) |
+//! | `edgewatch_writer_commit_failures_total` | counter | writer |
+//! | `edgewatch_writer_queue_free` / `_capacity` | gauge | writer input queue |
+//! | `edgewatch_log_size_bytes`, `edgewatch_log_readings`, `edgewatch_series`, `edgewatch_last_seq` | gauge | store |
+//! | `edgewatch_devices_online` | gauge | presence (`sensors/{deviceId}/status`) |
+//! | `edgewatch_live_connections{transport}` | gauge | SSE / WebSocket / long-poll |
+//! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
+//! | `edgewatch_live_events_delivered_total`, `_conflated_dropped_total`, `_gaps_total`, `_lag_disconnects_total` | counter | fan-out |
+//! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
+//! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
+//! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
+//!
+//! Connected MQTT clients are not exported: rumqttd 0.20 does not expose a connection count
+//! without enabling its meters router, and the bridge does not see connections.
+//! `edgewatch_devices_online` (from the last-will presence topic) is the closest signal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::fanout::Fanout;
+use crate::ingest::Ingest;
+use crate::store::Store;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Latency buckets, seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch size buckets, items.
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+];
+
+/// A histogram with fixed buckets, updated with atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative counts per bucket; the last one is `+Inf`.
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in millionths of the unit (microseconds for seconds).
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending upper bounds).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micro = (v.max(0.0) * 1e6) as u64;
+        self.sum_micro.fetch_add(micro, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(b) => format!("{b}"),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cum}");
+    }
+}
+
+/// The writer's measurements (kept by [`crate::writer`]).
+#[derive(Debug)]
+pub struct WriterStats {
+    /// Items (readings and presence changes) per committed batch.
+    pub batch_size: Histogram,
+    /// Time from handing a batch to the store to durable, seconds.
+    pub commit_seconds: Histogram,
+    /// Batches that failed to apply or flush.
+    pub commit_failures: AtomicU64,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            batch_size: Histogram::new(BATCH_BUCKETS),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS),
+            commit_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A live transport, for the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+    /// Long poll (a request in progress).
+    Poll,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// Open live connections by transport (held by [`crate::watch::LiveState`]).
+#[derive(Debug, Default)]
+pub struct LiveMetrics {
+    sse: AtomicI64,
+    ws: AtomicI64,
+    poll: AtomicI64,
+}
+
+impl LiveMetrics {
+    fn gauge(&self, t: Transport) -> &AtomicI64 {
+        match t {
+            Transport::Sse => &self.sse,
+            Transport::Ws => &self.ws,
+            Transport::Poll => &self.poll,
+        }
+    }
+
+    /// Counts one open connection until the guard is dropped.
+    pub fn open(self: &Arc<Self>, t: Transport) -> ConnectionGuard {
+        self.gauge(t).fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+            transport: t,
+        }
+    }
+
+    /// Open connections of transport `t`.
+    pub fn connections(&self, t: Transport) -> i64 {
+        self.gauge(t).load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements its transport's gauge on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: Arc<LiveMetrics>,
+    transport: Transport,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge(self.transport)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-route HTTP request counts and latencies.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
+}
+
+impl HttpMetrics {
+    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_owned(), method.to_owned(), status))
+                .or_insert(0) += 1;
+        }
+        let h = match self.latency.lock() {
+            Ok(mut m) => m
+                .entry(route.to_owned())
+                .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
+                .clone(),
+            Err(_) => return,
+        };
+        h.observe(seconds);
+    }
+}
+
+/// Everything `/metrics` reports. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    ingest: Ingest,
+    live: OnceLock<(Fanout, Arc<LiveMetrics>)>,
+    http: HttpMetrics,
+}
+
+impl Metrics {
+    /// Metrics over the store and ingest of a hub (see [`crate::Hub::metrics`]).
+    pub fn new(store: Store, ingest: Ingest) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                ingest,
+                live: OnceLock::new(),
+                http: HttpMetrics::default(),
+            }),
+        }
+    }
+
+    /// Adds the live side: the fan-out and the per-transport connection gauges (once; later
+    /// calls are ignored).
+    pub fn with_live(self, fanout: Fanout, live: Arc<LiveMetrics>) -> Self {
+        let _ = self.inner.live.set((fanout, live));
+        self
+    }
+
+    /// The `/metrics` route.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(self.clone())
+    }
+
+    /// Adds the request-counting middleware to every route of `router` (call it on the
+    /// fully merged router so `MatchedPath` names the route).
+    pub fn track_http(&self, router: Router) -> Router {
+        router.layer(axum::middleware::from_fn_with_state(self.clone(), track))
+    }
+
+    /// Renders the exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let i = &self.inner;
+        let c = i.ingest.counters();
+        counter(
+            &mut out,
+            "edgewatch_publishes_received_total",
+            "Inbound MQTT publishes seen by ingest.",
+            c.received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "edgewatch_readings_ingested_total",
+            "Readings decoded and handed to the writer.",
+            c.readings.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "edgewatch_presence_changes_total",
+            "Device presence changes (sensors/{deviceId}/status) handed to the writer.",
+            c.presence.load(Ordering::Relaxed),
+        );
+        let rejects = i.ingest.rejects().snapshot();
+        head(
+            &mut out,
+            "edgewatch_readings_rejected_total",
+            "counter",
+            "Inbound publishes rejected, by reason.",
+        );
+        if rejects.by_reason.is_empty() {
+            let _ = writeln!(
+                out,
+                "edgewatch_readings_rejected_total{{reason=\"none\"}} 0"
+            );
+        }
+        for (reason, n) in &rejects.by_reason {
+            let _ = writeln!(
+                out,
+                "edgewatch_readings_rejected_total{{reason=\"{}\"}} {n}",
+                escape(reason)
+            );
+        }
+
+        let w = i.ingest.writer();
+        let ws = w.stats();
+        head(
+            &mut out,
+            "edgewatch_writer_batch_size",
+            "histogram",
+            "Items (readings and presence changes) per committed writer batch.",
+        );
+        ws.batch_size
+            .render(&mut out, "edgewatch_writer_batch_size", "");
+        head(
+            &mut out,
+            "edgewatch_writer_commit_duration_seconds",
+            "histogram",
+            "Time to apply a batch to the log and make it durable.",
+        );
+        ws.commit_seconds
+            .render(&mut out, "edgewatch_writer_commit_duration_seconds", "");
+        counter(
+            &mut out,
+            "edgewatch_writer_commit_failures_total",
+            "Writer batches that could not be stored.",
+            ws.commit_failures.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "edgewatch_writer_queue_capacity",
+            "Capacity of the writer's input queue, commands.",
+            w.queue_capacity() as f64,
+        );
+        gauge(
+            &mut out,
+            "edgewatch_writer_queue_free",
+            "Free slots in the writer's input queue.",
+            w.free_slots() as f64,
+        );
+        gauge(
+            &mut out,
+            "edgewatch_writer_healthy",
+            "1 while the writer is committing, 0 after a failed commit.",
+            f64::from(u8::from(w.is_healthy())),
+        );
+
+        if let Ok(s) = i.store.stats() {
+            gauge(
+                &mut out,
+                "edgewatch_log_size_bytes",
+                "Bytes the event log database occupies on disk.",
+                s.size_on_disk as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_log_readings",
+                "Readings currently kept in the event log.",
+                s.readings as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_series",
+                "Stored series (device, metric).",
+                s.series as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_last_seq",
+                "Highest sequence number assigned.",
+                s.last_seq as f64,
+            );
+        }
+        if let Ok(devices) = i.store.devices() {
+            let online = devices.iter().filter(|d| d.online == Some(true)).count();
+            gauge(
+                &mut out,
+                "edgewatch_devices_online",
+                "Devices whose last status (sensors/{deviceId}/status) is online.",
+                online as f64,
+            );
+        }
+
+        if let Some((fanout, live)) = i.live.get() {
+            head(
+                &mut out,
+                "edgewatch_live_connections",
+                "gauge",
+                "Open live connections by transport.",
+            );
+            for t in [Transport::Sse, Transport::Ws, Transport::Poll] {
+                let _ = writeln!(
+                    out,
+                    "edgewatch_live_connections{{transport=\"{}\"}} {}",
+                    t.label(),
+                    live.connections(t)
+                );
+            }
+            let q = fanout.queue_stats();
+            gauge(
+                &mut out,
+                "edgewatch_live_subscriptions",
+                "Open fan-out subscriptions.",
+                q.subscriptions as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_live_subscriptions_conflating",
+                "Subscriptions currently lagging (conflating to the latest value per topic).",
+                q.conflating as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_live_queue_depth_max",
+                "Deepest subscriber queue, events (the worst per-subscriber lag).",
+                q.max_depth as f64,
+            );
+            gauge(
+                &mut out,
+                "edgewatch_live_queue_depth_sum",
+                "Events queued over all subscribers.",
+                q.total_depth as f64,
+            );
+            let st = fanout.stats();
+            counter(
+                &mut out,
+                "edgewatch_live_events_delivered_total",
+                "Events queued to live subscribers.",
+                st.delivered.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "edgewatch_live_conflated_dropped_total",
+                "Readings dropped for slow subscribers (superseded while conflated).",
+                st.dropped.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "edgewatch_live_gaps_total",
+                "Gap notices sent to slow subscribers.",
+                st.gaps.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "edgewatch_live_lag_disconnects_total",
+                "Subscribers disconnected for sustained lag.",
+                st.lag_disconnects.load(Ordering::Relaxed),
+            );
+        }
+
+        head(
+            &mut out,
+            "edgewatch_http_requests_total",
+            "counter",
+            "HTTP requests by matched route, method and status.",
+        );
+        if let Ok(m) = i.http.requests.lock() {
+            for ((route, method, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "edgewatch_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route),
+                    escape(method)
+                );
+            }
+        }
+        head(
+            &mut out,
+            "edgewatch_http_request_duration_seconds",
+            "histogram",
+            "Time to the response head by matched route (streams: time to open).",
+        );
+        let hist: Vec<(String, Arc<Histogram>)> = match i.http.latency.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        for (route, h) in hist {
+            h.render(
+                &mut out,
+                "edgewatch_http_request_duration_seconds",
+                &format!("route=\"{}\"", escape(&route)),
+            );
+        }
+
+        if let Some(rss) = process_rss_bytes() {
+            gauge(
+                &mut out,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                rss as f64,
+            );
+        }
+        if let Some(fds) = process_open_fds() {
+            gauge(
+                &mut out,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                fds as f64,
+            );
+        }
+        out
+    }
+}
+
+async fn scrape(State(m): State<Metrics>) -> Response {
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Counts one request under its matched route (`unmatched` for the fallback).
+async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let res = next.run(req).await;
+    m.inner.http.record(
+        &route,
+        &method,
+        res.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    res
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    head(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    head(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
+fn process_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on the targets this runs on (x86_64, aarch64 Linux defaults).
+    Some(pages * 4096)
+}
+
+/// Entries of `/proc/self/fd` (Linux; `None` elsewhere).
+fn process_open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let h = Histogram::new(&[1.0, 10.0]);
+        h.observe(0.5);
+        h.observe(5.0);
+        h.observe(50.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "route=\"/a\"");
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"1\"} 1\n"));
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"10\"} 2\n"));
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_sum{route=\"/a\"} 55.5\n"));
+        assert!(out.contains("x_count{route=\"/a\"} 3\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
