@@ -78,7 +78,7 @@ pub(crate) struct SerialArgs {
     /// Baud rate (8N1, no flow control).
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
-    /// Framing on the wire: postcard + COBS frames, or `metric=value [unit]` text lines.
+    /// Framing on the wire: postcard + CRC-16 + COBS frames, or `metric=value [unit]` text lines.
     #[arg(long, value_enum, default_value_t = FormatArg::Cobs)]
     format: FormatArg,
     /// Device id of text lines, and of frames that carry none.

@@ -264,7 +264,12 @@ async fn garbage_is_counted_and_good_readings_still_arrive() {
         );
         let reasons: Vec<&str> = stats.errors.keys().copied().collect();
         let allowed: &[&str] = match format {
-            SerialFormat::Cobs => &["invalid_cobs", "invalid_postcard", "invalid_reading"],
+            SerialFormat::Cobs => &[
+                "invalid_cobs",
+                "bad_checksum",
+                "invalid_postcard",
+                "invalid_reading",
+            ],
             SerialFormat::Lines => &[
                 "invalid_utf8",
                 "missing_equals",

@@ -1,8 +1,10 @@
 //! The serial formats: postcard + COBS frames and `metric=value` text lines.
 //!
 //! # Frames
-//! A frame is a postcard-encoded [`CompactReading`], COBS-encoded so it contains no 0x00 byte,
-//! followed by a 0x00 delimiter ([`encode_frame`]). [`FrameDecoder`] takes bytes in whatever
+//! A frame is a postcard-encoded [`CompactReading`] followed by its CRC-16 (CCITT-FALSE:
+//! polynomial 0x1021, initial value 0xFFFF, little-endian), COBS-encoded so it contains no 0x00
+//! byte, and ended by a 0x00 delimiter ([`encode_frame`]). The checksum catches line noise
+//! that would otherwise decode to a plausible but wrong reading. [`FrameDecoder`] takes bytes in whatever
 //! chunks the port delivers and yields one result per frame. A frame that does not decode is
 //! reported and skipped; decoding resumes after the next 0x00, so the stream resynchronises
 //! after line noise or a device reset mid-frame.
@@ -35,6 +37,19 @@ pub enum FrameError {
     Cobs {
         /// Encoded frame length in bytes, without the delimiter.
         len: usize,
+    },
+    /// The frame's checksum does not match its content (line noise), or it is too short to
+    /// hold one.
+    #[error(
+        "frame of {len} bytes fails its CRC-16: carried {carried:#06x}, computed {computed:#06x}"
+    )]
+    Checksum {
+        /// Encoded frame length in bytes, without the delimiter.
+        len: usize,
+        /// The checksum the frame carried (0 when too short to carry one).
+        carried: u16,
+        /// The checksum of the content received.
+        computed: u16,
     },
     /// The frame is valid COBS but its content is not exactly one postcard [`CompactReading`].
     #[error("frame of {len} bytes is not a postcard CompactReading: {message}")]
@@ -83,6 +98,7 @@ impl FrameError {
         match self {
             FrameError::TooLong { .. } => "too_long",
             FrameError::Cobs { .. } => "invalid_cobs",
+            FrameError::Checksum { .. } => "bad_checksum",
             FrameError::Decode { .. } => "invalid_postcard",
             FrameError::InvalidUtf8 => "invalid_utf8",
             FrameError::EmptyLine => "empty_line",
@@ -94,18 +110,42 @@ impl FrameError {
     }
 }
 
-/// Encodes a reading as one serial frame: postcard, then COBS, then the 0x00 delimiter.
+/// Encodes a reading as one serial frame: postcard and its CRC-16, then COBS, then the 0x00
+/// delimiter.
 pub fn encode_frame(r: &CompactReading) -> Vec<u8> {
     // Serialising this plain struct into a growable Vec cannot fail.
-    postcard::to_stdvec_cobs(r).unwrap_or_default()
+    let mut raw = postcard::to_stdvec(r).unwrap_or_default();
+    let crc = crc16(&raw);
+    raw.extend_from_slice(&crc.to_le_bytes());
+    let mut framed = cobs_encode(&raw);
+    framed.push(0);
+    framed
 }
 
-/// Decodes one frame's bytes (COBS-encoded postcard, with or without its 0x00 delimiter).
+/// Decodes one frame's bytes (COBS-encoded postcard and CRC-16, with or without its 0x00
+/// delimiter).
 pub fn decode_frame(frame: &[u8]) -> Result<CompactReading, FrameError> {
     let frame = frame.strip_suffix(&[0]).unwrap_or(frame);
     let len = frame.len();
     let decoded = cobs_decode(frame).ok_or(FrameError::Cobs { len })?;
-    match postcard::take_from_bytes::<CompactReading>(&decoded) {
+    let Some(split) = decoded.len().checked_sub(2) else {
+        return Err(FrameError::Checksum {
+            len,
+            carried: 0,
+            computed: crc16(&decoded),
+        });
+    };
+    let (content, tail) = decoded.split_at(split);
+    let carried = u16::from_le_bytes([tail[0], tail[1]]);
+    let computed = crc16(content);
+    if carried != computed {
+        return Err(FrameError::Checksum {
+            len,
+            carried,
+            computed,
+        });
+    }
+    match postcard::take_from_bytes::<CompactReading>(content) {
         Ok((reading, [])) => Ok(reading),
         Ok((_, rest)) => Err(FrameError::Decode {
             len,
@@ -116,6 +156,49 @@ pub fn decode_frame(frame: &[u8]) -> Result<CompactReading, FrameError> {
             message: e.to_string(),
         }),
     }
+}
+
+/// CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0xFFFF;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// COBS (consistent overhead byte stuffing): the result contains no 0x00 byte.
+fn cobs_encode(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 254 + 2);
+    let mut code_at = 0;
+    out.push(0); // placeholder for the first block's code
+    let mut code = 1u8;
+    for &b in data {
+        if b == 0 {
+            out[code_at] = code;
+            code_at = out.len();
+            out.push(0);
+            code = 1;
+        } else {
+            out.push(b);
+            code += 1;
+            if code == 0xFF {
+                out[code_at] = code;
+                code_at = out.len();
+                out.push(0);
+                code = 1;
+            }
+        }
+    }
+    out[code_at] = code;
+    out
 }
 
 /// Reverses COBS (consistent overhead byte stuffing) for one frame without its delimiter.
@@ -436,10 +519,37 @@ mod tests {
     fn trailing_bytes_in_frame_rejected() {
         let mut raw = postcard::to_stdvec(&CompactReading::default()).unwrap();
         raw.push(9);
+        let crc = crc16(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
         let mut framed = vec![0; raw.len() + 2];
         let n = cobs_encode_for_test(&raw, &mut framed);
         let err = decode_frame(&framed[..n]).unwrap_err();
         assert!(err.to_string().contains("1 bytes left over"), "{err}");
+    }
+
+    #[test]
+    fn crc16_matches_the_standard_check_value() {
+        // The catalogued check value of CRC-16/CCITT-FALSE for "123456789".
+        assert_eq!(crc16(b"123456789"), 0x29B1);
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let frame = encode_frame(&sample());
+        for i in 1..frame.len() - 1 {
+            for bit in 0..8 {
+                let mut bad = frame.clone();
+                bad[i] ^= 1 << bit;
+                if bad[i] == 0 {
+                    continue; // a new delimiter: a different, shorter frame
+                }
+                assert_ne!(decode_frame(&bad), Ok(sample()), "byte {i} bit {bit}");
+            }
+        }
+        let ours = cobs_encode(&[1, 0, 2, 0, 0, 3]);
+        let mut theirs = vec![0; 10];
+        let n = cobs_encode_for_test(&[1, 0, 2, 0, 0, 3], &mut theirs);
+        assert_eq!(ours, theirs[..n]);
     }
 
     /// Independent COBS encoder, only for building test frames.
