@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use edgewatch_bridge::fanout::Fanout;
 use edgewatch_bridge::live::{run_fanout, LiveHub};
+use edgewatch_bridge::metrics::Sample;
 use edgewatch_bridge::watch::{LiveState, PublishFn};
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
@@ -148,7 +149,31 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         stop.clone(),
         publish.clone(),
     );
-    let metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
+    let mut metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
+    if let Some(broker) = &broker {
+        let connections = broker.connection_count();
+        let gate = broker.ingest_gate().clone();
+        let held = gate.clone();
+        metrics = metrics
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_connections",
+                help: "MQTT clients connected to the embedded broker.",
+                kind: "gauge",
+                read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
+            })
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_ingest_backlog",
+                help: "Publishes the broker accepted that the bridge has not taken yet.",
+                kind: "gauge",
+                read: Arc::new(move || gate.backlog() as f64),
+            })
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_held_acks_total",
+                help: "PUBACKs held back because the bridge was behind (backpressure).",
+                kind: "counter",
+                read: Arc::new(move || held.held_acks() as f64),
+            });
+    }
     let app = bridge
         .router()
         .merge(edgewatch_bridge::watch::routes(live))

@@ -174,6 +174,8 @@ async fn metrics_move_as_readings_flow() {
         Some(0.0)
     );
     assert!(value(&before, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert_eq!(value(&before, "edgewatch_mqtt_connections", &[]), Some(0.0));
+    assert_eq!(types["edgewatch_mqtt_held_acks_total"], "counter");
     assert!(value(&before, "process_open_fds", &[]).unwrap() >= 3.0);
 
     // A live SSE client stays open while readings flow.
@@ -226,6 +228,8 @@ async fn metrics_move_as_readings_flow() {
             && value(&s, "edgewatch_readings_rejected_total", &[]).unwrap_or(0.0) >= 1.0
             // The fan-out runs after the commit: wait for it too.
             && value(&s, "edgewatch_live_events_delivered_total", &[]) == Some(21.0)
+            // The publishing client is connected.
+            && value(&s, "edgewatch_mqtt_connections", &[]) == Some(1.0)
         {
             break s;
         }

@@ -15,13 +15,14 @@ use rumqttc::QoS;
 use report::{Meta, Report};
 use scenarios::{Ctx, Params};
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "relay",
     "fullpath",
     "latency",
     "fanout",
     "history",
     "footprint",
+    "sim",
 ];
 
 /// Benchmarks edgewatch against Mosquitto; prints a table, writes JSON results and SVGs.
@@ -34,7 +35,8 @@ struct Args {
     /// Only the smallest scenario (relay QoS0), one short run: proves the harness works.
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, footprint.
+    /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, footprint,
+    /// sim.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Runs per figure (default 3; 1 in --smoke).
@@ -193,6 +195,7 @@ async fn run(args: Args) -> Result<()> {
             "latency" => scenarios::latency(&ctx, &mut report).await,
             "fanout" => scenarios::fanout(&ctx, &mut report).await,
             "history" => scenarios::history(&ctx, &mut report).await,
+            "sim" => scenarios::sim(&ctx, &mut report).await,
             "footprint" => {
                 let r = scenarios::binary_sizes(&ctx, &mut report);
                 if r.is_ok() && !selected.contains(&"fullpath") {
@@ -218,8 +221,13 @@ async fn run(args: Args) -> Result<()> {
     } else {
         args.out.clone()
     };
-    report.write_json(&out, &meta)?;
-    report.write_markdown(&out.join("table.md"), &meta)?;
+    // A run of some scenarios writes `subset.json` and `table-subset.md`, leaving the whole
+    // run's `all.json` and `table.md` alone.
+    let whole = selected.len() == SCENARIOS.len() || args.smoke;
+    let all_name = if whole { "all" } else { "subset" };
+    report.write_json(&out, &meta, &selected, all_name)?;
+    let table = if whole { "table.md" } else { "table-subset.md" };
+    report.write_markdown(&out.join(table), &meta)?;
     println!("results: {}/*.json", out.display());
     if !args.smoke {
         for svg in report.write_svgs(&args.svg_dir, &meta)? {

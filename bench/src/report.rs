@@ -149,10 +149,21 @@ impl Report {
         }
     }
 
-    pub(crate) fn write_json(&self, dir: &Path, meta: &Meta) -> Result<()> {
+    /// Writes `<scenario>.json` for each scenario in `selected` and `<all_name>.json` with
+    /// every figure (`all` for a whole run; a run of some scenarios uses another name so that
+    /// it does not overwrite the whole run's file).
+    pub(crate) fn write_json(
+        &self,
+        dir: &Path,
+        meta: &Meta,
+        selected: &[&str],
+        all_name: &str,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         let mut scenarios: Vec<&str> = self.figures.iter().map(|f| f.scenario.as_str()).collect();
+        scenarios.sort_unstable();
         scenarios.dedup();
+        scenarios.retain(|s| selected.contains(s) || *s == "-");
         for s in &scenarios {
             let file = ResultFile {
                 scenario: s,
@@ -167,13 +178,16 @@ impl Report {
             )?;
         }
         let all = ResultFile {
-            scenario: "all",
+            scenario: all_name,
             meta,
             wall_seconds: Some(self.scenario_secs.values().sum()),
             figures: self.figures.iter().collect(),
             latency_percentiles_ms: Some(&self.latency),
         };
-        std::fs::write(dir.join("all.json"), serde_json::to_string_pretty(&all)?)?;
+        std::fs::write(
+            dir.join(format!("{all_name}.json")),
+            serde_json::to_string_pretty(&all)?,
+        )?;
         Ok(())
     }
 

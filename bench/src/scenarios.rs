@@ -30,6 +30,12 @@ pub(crate) struct Params {
     pub(crate) history_timeout: Duration,
     pub(crate) ingest_secs: Duration,
     pub(crate) preload_rate: f64,
+    /// `sim`: first offered rate of the ladder, doubled until `edgewatch sim` falls short.
+    pub(crate) sim_start_rate: f64,
+    /// `sim`: highest offered rate tried.
+    pub(crate) sim_max_rate: f64,
+    /// `sim`: `--duration` of each step.
+    pub(crate) sim_secs: f64,
 }
 
 impl Params {
@@ -49,6 +55,9 @@ impl Params {
             history_timeout: Duration::from_secs(30),
             ingest_secs: Duration::from_secs(2),
             preload_rate: 10_000.0,
+            sim_start_rate: 5_000.0,
+            sim_max_rate: 10_000.0,
+            sim_secs: 2.0,
         }
     }
 
@@ -68,6 +77,9 @@ impl Params {
             history_timeout: Duration::from_secs(120),
             ingest_secs: Duration::from_secs(8),
             preload_rate: 20_000.0,
+            sim_start_rate: 5_000.0,
+            sim_max_rate: 640_000.0,
+            sim_secs: 5.0,
         }
     }
 
@@ -87,6 +99,9 @@ impl Params {
             history_timeout: Duration::from_secs(1200),
             ingest_secs: Duration::from_secs(30),
             preload_rate: 20_000.0,
+            sim_start_rate: 5_000.0,
+            sim_max_rate: 640_000.0,
+            sim_secs: 10.0,
         }
     }
 }
@@ -1015,5 +1030,194 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "MiB",
         rss_restart,
     ));
+    Ok(())
+}
+
+/// One step of the `sim` ladder: what `edgewatch sim --json` reported, plus the server's CPU.
+#[derive(Debug, Clone)]
+struct SimStep {
+    offered: f64,
+    achieved: f64,
+    sent: u64,
+    acked: u64,
+    errors: u64,
+    sim_cores: f64,
+    sim_per_10k: f64,
+    server_cores: f64,
+}
+
+impl SimStep {
+    /// Sustained: at least 95% of the offered rate delivered (sent for QoS0, acknowledged for
+    /// QoS1) over the run, connection ramp-up included.
+    fn sustained(&self) -> bool {
+        self.achieved >= 0.95 * self.offered
+    }
+}
+
+/// Runs one `edgewatch sim` process against a freshly started server at `rate` readings/s.
+async fn sim_step(ctx: &Ctx, target: Target, qos: u8, rate: f64, name: &str) -> Result<SimStep> {
+    let p = &ctx.p;
+    let server = ctx.start_inner(target, name).await?;
+    let cpu0 = server.cpu_secs();
+    let t0 = Instant::now();
+    let mut cmd = tokio::process::Command::new(&ctx.edgewatch);
+    cmd.arg("sim")
+        .arg("--broker")
+        .arg(format!("mqtt://{}", server.mqtt))
+        .args(["--devices", "100", "--rate"])
+        .arg(format!("{rate:.0}"))
+        .arg("--duration")
+        .arg(format!("{}", p.sim_secs))
+        .arg("--qos")
+        .arg(qos.to_string())
+        .args(["--no-faults", "--json", "--id-prefix"])
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs_f64(p.sim_secs + 40.0), cmd.output())
+        .await
+        .context("edgewatch sim did not finish in time")??;
+    let server_cores = (server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64();
+    drop(server);
+    if !out.status.success() {
+        bail!(
+            "edgewatch sim exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("edgewatch sim --json output")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+    let elapsed = f("elapsed_s").max(1e-9);
+    Ok(SimStep {
+        offered: rate,
+        achieved: f("achieved_rate"),
+        sent: u("sent"),
+        acked: u("acknowledged"),
+        errors: u("errors"),
+        sim_cores: f("cpu_s") / elapsed,
+        sim_per_10k: f("cpu_per_10k_rate"),
+        server_cores,
+    })
+}
+
+/// sim: the highest rate one `edgewatch sim` process (100 devices) sustains against each
+/// server, QoS0 and QoS1, and its CPU per 10,000 readings/s. The offered rate doubles from
+/// `sim_start_rate` until the achieved rate falls below 95% of it; one more step at the
+/// geometric mean of the last sustained and the first failed rate narrows the ceiling. Every
+/// step starts a fresh server, so an overloaded step does not slow the next one.
+pub(crate) async fn sim(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let p = &ctx.p;
+    for qos in [0u8, 1] {
+        for target in ctx.targets() {
+            let t = target.name();
+            let mut steps: Vec<SimStep> = Vec::new();
+            let mut rate = p.sim_start_rate;
+            let mut failed: Option<f64> = None;
+            let mut k = 0;
+            loop {
+                let s = sim_step(ctx, target, qos, rate, &format!("sim{qos}-{t}-{k}")).await?;
+                k += 1;
+                println!(
+                    "    {t} QoS{qos}: offered {:.0}/s achieved {:.0}/s (sim {:.2} cores, server {:.2} cores, {} errors)",
+                    s.offered, s.achieved, s.sim_cores, s.server_cores, s.errors
+                );
+                let ok = s.sustained();
+                steps.push(s);
+                if ok && failed.is_none() {
+                    if rate * 2.0 > p.sim_max_rate {
+                        break;
+                    }
+                    rate *= 2.0;
+                } else if failed.is_none() {
+                    failed = Some(rate);
+                    let good = steps.iter().filter(|s| s.sustained()).map(|s| s.offered);
+                    match good.fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r)))) {
+                        Some(g) => rate = (g * rate).sqrt().round(),
+                        None => break,
+                    }
+                } else {
+                    break;
+                }
+            }
+            let best = steps
+                .iter()
+                .filter(|s| s.sustained())
+                .max_by(|a, b| a.offered.total_cmp(&b.offered));
+            let peak = steps
+                .iter()
+                .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
+                .context("no sim step")?;
+            let ladder = steps
+                .iter()
+                .map(|s| format!("{:.0}->{:.0}", s.offered, s.achieved))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let delivered = if qos == 1 { "acknowledged" } else { "sent" };
+            report.push(
+                Figure::new(
+                    "sim",
+                    t,
+                    &format!("sim max sustained QoS{qos}"),
+                    "readings/s",
+                    vec![best.map_or(0.0, |s| s.achieved)],
+                )
+                .note(format!(
+                    "1 `edgewatch sim` process, 100 devices, {} s per step, {delivered}/s >= 95% of offered; \
+                     ladder offered->achieved: {ladder}{}",
+                    p.sim_secs,
+                    if failed.is_none() { " (never fell short: the ceiling is higher)" } else { "" }
+                )),
+            );
+            report.push(
+                Figure::new(
+                    "sim",
+                    t,
+                    &format!("sim highest achieved QoS{qos}"),
+                    "readings/s",
+                    vec![peak.achieved],
+                )
+                .note(format!(
+                    "offered {:.0}/s; sent {}, acknowledged {}, errors {}",
+                    peak.offered, peak.sent, peak.acked, peak.errors
+                )),
+            );
+            if let Some(b) = best {
+                report.push(
+                    Figure::new(
+                        "sim",
+                        t,
+                        &format!("sim CPU per 10k/s QoS{qos}"),
+                        "cores",
+                        vec![b.sim_per_10k],
+                    )
+                    .note(format!(
+                        "at the highest sustained step ({:.0}/s offered)",
+                        b.offered
+                    )),
+                );
+            }
+            report.push(
+                Figure::new(
+                    "sim",
+                    t,
+                    &format!("sim CPU at highest achieved QoS{qos}"),
+                    "cores",
+                    vec![peak.sim_cores],
+                )
+                .note("the generator process alone; 2 cores is the whole box"),
+            );
+            report.push(Figure::new(
+                "sim",
+                t,
+                &format!("server CPU at highest achieved QoS{qos}"),
+                "cores",
+                vec![peak.server_cores],
+            ));
+        }
+    }
     Ok(())
 }

@@ -23,9 +23,11 @@
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
 //!
-//! Connected MQTT clients are not exported: rumqttd 0.20 does not expose a connection count
-//! without enabling its meters router, and the bridge does not see connections.
-//! `edgewatch_devices_online` (from the last-will presence topic) is the closest signal.
+//! Values owned by the embedded broker are added by the composition with
+//! [`Metrics::with_sample`]: `edgewatch_mqtt_connections` (clients connected now, counted by
+//! the broker's codec wrapper from CONNECT to the end of the connection),
+//! `edgewatch_mqtt_ingest_backlog` (publishes waiting for the bridge) and
+//! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -243,6 +245,28 @@ struct Inner {
     ingest: Ingest,
     live: OnceLock<(Fanout, Arc<LiveMetrics>)>,
     http: HttpMetrics,
+    samples: Mutex<Vec<Sample>>,
+}
+
+/// A value owned elsewhere (the embedded broker), read at each scrape.
+#[derive(Clone)]
+pub struct Sample {
+    /// Metric name, following Prometheus conventions.
+    pub name: &'static str,
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    /// Reads the current value.
+    pub read: Arc<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -254,6 +278,7 @@ impl Metrics {
                 ingest,
                 live: OnceLock::new(),
                 http: HttpMetrics::default(),
+                samples: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -262,6 +287,14 @@ impl Metrics {
     /// calls are ignored).
     pub fn with_live(self, fanout: Fanout, live: Arc<LiveMetrics>) -> Self {
         let _ = self.inner.live.set((fanout, live));
+        self
+    }
+
+    /// Adds a value owned elsewhere, read at each scrape.
+    pub fn with_sample(self, sample: Sample) -> Self {
+        if let Ok(mut samples) = self.inner.samples.lock() {
+            samples.push(sample);
+        }
         self
     }
 
@@ -500,6 +533,13 @@ impl Metrics {
                 "edgewatch_http_request_duration_seconds",
                 &format!("route=\"{}\"", escape(&route)),
             );
+        }
+
+        if let Ok(samples) = i.samples.lock() {
+            for sample in samples.iter() {
+                head(&mut out, sample.name, sample.kind, sample.help);
+                let _ = writeln!(out, "{} {}", sample.name, (sample.read)());
+            }
         }
 
         if let Some(rss) = process_rss_bytes() {

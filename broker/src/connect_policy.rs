@@ -16,7 +16,7 @@
 //!
 //! This wrapper is also where per-topic authorization will go.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::backpressure::IngestGate;
@@ -57,6 +57,19 @@ pub struct PolicyProtocol<P> {
     v5: bool,
     /// Backpressure from the bridge, when one is attached.
     gate: Option<Arc<IngestGate>>,
+    /// Connected clients, over all listeners (a client counts from its CONNECT until its
+    /// connection task ends, which drops this per-connection codec).
+    connections: Option<Arc<AtomicI64>>,
+    /// Whether this connection's CONNECT was counted.
+    counted: AtomicBool,
+}
+
+impl<P> Drop for PolicyProtocol<P> {
+    fn drop(&mut self) {
+        if let (true, Some(n)) = (*self.counted.get_mut(), &self.connections) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<P: Clone> Clone for PolicyProtocol<P> {
@@ -67,6 +80,8 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             announce_keep_alive: AtomicU32::new(0),
             v5: self.v5,
             gate: self.gate.clone(),
+            connections: self.connections.clone(),
+            counted: AtomicBool::new(false),
         }
     }
 }
@@ -80,6 +95,8 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             announce_keep_alive: AtomicU32::new(0),
             v5: false,
             gate: None,
+            connections: None,
+            counted: AtomicBool::new(false),
         }
     }
 }
@@ -93,6 +110,8 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             announce_keep_alive: AtomicU32::new(0),
             v5: true,
             gate: None,
+            connections: None,
+            counted: AtomicBool::new(false),
         }
     }
 }
@@ -101,6 +120,12 @@ impl<P> PolicyProtocol<P> {
     /// Attaches the bridge's backpressure gate.
     pub fn with_gate(mut self, gate: Arc<IngestGate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Counts connected clients in `n`.
+    pub fn with_connection_count(mut self, n: Arc<AtomicI64>) -> Self {
+        self.connections = Some(n);
         self
     }
 }
@@ -112,6 +137,11 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             gate.admitted(&publish.topic);
         }
         if let Packet::Connect(connect, ..) = &mut packet {
+            if let Some(n) = &self.connections {
+                if !self.counted.swap(true, Ordering::Relaxed) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let requested = connect.keep_alive;
             let effective = self.policy.effective(requested);
             if effective != requested {

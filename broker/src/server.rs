@@ -107,6 +107,8 @@ pub struct Broker {
     links: Arc<LinkFactory>,
     /// Backpressure from the bridge's ingest link to the devices.
     gate: Arc<crate::IngestGate>,
+    /// Connected MQTT clients over all listeners.
+    connections: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Spawns every listener on the broker's runtime.
@@ -168,6 +170,8 @@ impl Broker {
             .collect();
         let gate = Arc::new(crate::IngestGate::new(cfg.limits.ingest_backlog_max));
         let servers_gate = gate.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let servers_connections = connections.clone();
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
             settings
@@ -175,8 +179,11 @@ impl Broker {
                 .map(|(listener, settings)| {
                     let router_tx = servers_tx.clone();
                     let gate = servers_gate.clone();
-                    let v4 = PolicyProtocol::v4(policy).with_gate(gate.clone());
-                    let v5 = PolicyProtocol::v5(policy).with_gate(gate);
+                    let count = servers_connections.clone();
+                    let v4 = PolicyProtocol::v4(policy)
+                        .with_gate(gate.clone())
+                        .with_connection_count(count.clone());
+                    let v5 = PolicyProtocol::v5(policy).with_gate(gate).with_connection_count(count);
                     let (kind, addr) = (listener.kind, listener.addr);
                     let task = runtime.spawn(async move {
                         let result = match kind {
@@ -214,6 +221,7 @@ impl Broker {
             spawn: Some(spawn),
             links,
             gate,
+            connections,
         })
     }
 
@@ -291,6 +299,18 @@ impl Broker {
         let stream = InboundStream::spawn(rx, capacity, Some(self.gate.clone()));
         std::mem::forget(tx);
         Ok(stream)
+    }
+
+    /// MQTT clients connected now, over all listeners (in-process links not included).
+    pub fn connections(&self) -> i64 {
+        self.connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0)
+    }
+
+    /// A shared handle on the connected-client count, for metrics.
+    pub fn connection_count(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.connections.clone()
     }
 
     /// The backpressure gate (backlog and held acknowledgements, for metrics).

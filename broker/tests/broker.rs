@@ -327,3 +327,24 @@ async fn in_process_publisher_reaches_subscribers() {
     assert_eq!(got.topic, "sensors/s1/temperature");
     assert_eq!(&got.payload[..], b"22.5");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_clients_are_counted_until_they_leave() {
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    assert_eq!(broker.connections(), 0);
+    let (client, mut ev) = AsyncClient::new(options("counted", addr), 10);
+    connack(&mut ev).await.unwrap();
+    assert_eq!(broker.connections(), 1);
+    client.disconnect().await.unwrap();
+    // Drive the event loop until the DISCONNECT is out and the socket closes.
+    let _ = timeout(Duration::from_secs(5), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker.connections() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
