@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub: the embedded MQTT broker and everything configured with it.
+    /// Run the hub: the embedded MQTT broker, the event log, the HTTP API, live streams and the
+    /// dashboard.
     Run(RunArgs),
     /// Run the bridge against an existing MQTT broker (Mosquitto, EMQX, HiveMQ, ...) instead of
     /// the embedded one: store, history, live streams and dashboard, no MQTT listener.
@@ -149,8 +150,13 @@ fn finish(
     }
 }
 
-fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
-    let cfg = match load(&args) {
+/// Loads the configuration, starts logging and a runtime, and runs `hub` to completion.
+fn run_hub<F, Fut>(args: &RunArgs, hub: F) -> ExitCode
+where
+    F: FnOnce(AppConfig) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cfg = match load(args) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
@@ -158,7 +164,11 @@ fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    finish(runtime, crate::hub::run(cfg, source))
+    finish(runtime, hub(cfg))
+}
+
+fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
+    run_hub(&args, |cfg| crate::hub::run(cfg, source))
 }
 
 fn demo(mut args: RunArgs) -> ExitCode {
@@ -174,15 +184,7 @@ fn demo(mut args: RunArgs) -> ExitCode {
     } else {
         None
     };
-    let cfg = match load(&args) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    init_logging(&cfg.log.level, cfg.log.json);
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let code = finish(runtime, crate::demo::run(cfg));
+    let code = run_hub(&args, crate::demo::run);
     if let Some(dir) = tmp {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edgewatch_bridge::fanout::Fanout;
-use edgewatch_bridge::live::{run_fanout, LiveHub};
 use edgewatch_bridge::metrics::Sample;
-use edgewatch_bridge::watch::{LiveState, PublishFn};
+use edgewatch_bridge::watch::PublishFn;
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
 use futures::StreamExt;
@@ -135,20 +133,8 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
             .context("starting the MQTT listeners")?;
     }
 
-    let fanout = Fanout::new(cfg.live.fanout.clone());
-    tokio::spawn(run_fanout(
-        fanout.clone(),
-        bridge.store().clone(),
-        bridge.live(),
-        bridge.presence(),
-        stop.child_token(),
-    ));
-    let live = LiveState::new(
-        LiveHub::new(fanout.clone(), bridge.store().clone()),
-        cfg.live.clone(),
-        stop.clone(),
-        publish.clone(),
-    );
+    let (fanout, live) =
+        edgewatch_bridge::live::start(&bridge, cfg.live.clone(), stop.clone(), publish.clone());
     let mut metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
     if let Some(broker) = &broker {
         let connections = broker.connection_count();

@@ -219,12 +219,14 @@ async fn demo_starts_serves_the_dashboard_and_stores_all_twenty_devices_within_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_slows_qos1_devices_instead_of_losing_acknowledged_readings() {
     let dir = tempfile::tempdir().unwrap();
-    // A small router memory (1 MiB: about 10,000 readings) that an overload would overflow,
-    // and a backlog limit below it.
+    // A small router memory (two 1 MiB segments: rumqttd drops a whole segment when it rolls
+    // over, so one segment of about 9,000 readings is the slack), a small in-flight window
+    // (100 devices x 10), and a backlog limit well inside the slack. Without backpressure
+    // (EDGEWATCH_TEST_BACKLOG=100000000) this test fails: acknowledged readings are lost.
     let limits = std::env::var("EDGEWATCH_TEST_BACKLOG").unwrap_or_else(|_| "2000".into());
     let extra = format!(
-        "[broker.limits]\ningest_backlog_max = {limits}\n\
-         [broker.router]\nmax_segment_size = 1048576\nmax_segment_count = 1\n"
+        "[broker.limits]\ningest_backlog_max = {limits}\nmax_inflight = 10\n\
+         [broker.router]\nmax_segment_size = 1048576\nmax_segment_count = 2\n"
     );
     let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
     let mut cfg = fleet(hub.addr("mqtt"), 100, 1, 6);

@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgewatch_bridge::fanout::{Fanout, FanoutConfig};
-use edgewatch_bridge::live::{run_fanout, LiveHub};
-use edgewatch_bridge::watch::{LiveConfig, LiveState};
+use edgewatch_bridge::fanout::FanoutConfig;
+use edgewatch_bridge::watch::LiveConfig;
 use edgewatch_bridge::{BridgeConfig, Publish};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -49,20 +48,7 @@ async fn start_hub(live: LiveConfig) -> TestHub {
     bridge.run_source(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|p| (p, rx))
     }));
-    let fanout = Fanout::new(live.fanout.clone());
-    tokio::spawn(run_fanout(
-        fanout.clone(),
-        bridge.store().clone(),
-        bridge.live(),
-        bridge.presence(),
-        stop.child_token(),
-    ));
-    let state = LiveState::new(
-        LiveHub::new(fanout, bridge.store().clone()),
-        live,
-        stop.clone(),
-        None,
-    );
+    let (_fanout, state) = edgewatch_bridge::live::start(&bridge, live, stop.clone(), None);
     let app: axum::Router = bridge
         .router()
         .merge(edgewatch_bridge::watch::routes(state));

@@ -136,6 +136,31 @@ pub async fn run_fanout(
     }
 }
 
+/// Starts the fan-out for `hub` (a task fed by its committed batches and presence changes,
+/// ending with `stop`) and returns it with the state of the live routes.
+pub fn start(
+    hub: &crate::Hub,
+    cfg: crate::watch::LiveConfig,
+    stop: CancellationToken,
+    publisher: Option<crate::watch::PublishFn>,
+) -> (Fanout, crate::watch::LiveState) {
+    let fanout = Fanout::new(cfg.fanout.clone());
+    tokio::spawn(run_fanout(
+        fanout.clone(),
+        hub.store().clone(),
+        hub.live(),
+        hub.presence(),
+        stop.child_token(),
+    ));
+    let state = crate::watch::LiveState::new(
+        LiveHub::new(fanout.clone(), hub.store().clone()),
+        cfg,
+        stop,
+        publisher,
+    );
+    (fanout, state)
+}
+
 /// Why a watch could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {

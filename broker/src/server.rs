@@ -353,7 +353,12 @@ fn bind_check(listeners: Vec<EffectiveListener>) -> Result<Vec<EffectiveListener
     let mut held = Vec::new();
     let mut out = Vec::new();
     for l in listeners {
-        let sock = std::net::TcpListener::bind(l.addr).map_err(|source| BrokerError::Bind {
+        let sock = if l.addr.port() == 0 {
+            bind_free(l.addr)
+        } else {
+            std::net::TcpListener::bind(l.addr)
+        }
+        .map_err(|source| BrokerError::Bind {
             listener: l.kind,
             addr: l.addr,
             source,
@@ -364,6 +369,30 @@ fn bind_check(listeners: Vec<EffectiveListener>) -> Result<Vec<EffectiveListener
     }
     drop(held);
     Ok(out)
+}
+
+/// Ports tried for a listener configured with port 0: below Linux's default ephemeral range
+/// (32768-60999), so that between our check and rumqttd's own bind an outgoing connection
+/// cannot take the port.
+const PORT_0_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// Binds a free port for a port-0 address, preferring [`PORT_0_RANGE`].
+fn bind_free(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let span = u32::from(PORT_0_RANGE.end - PORT_0_RANGE.start);
+    // A cheap spread of starting points (no RNG dependency): time and process id.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..64u32 {
+        let offset = seed.wrapping_add(i.wrapping_mul(7_919)) % span;
+        let port = PORT_0_RANGE.start + u16::try_from(offset).unwrap_or(0);
+        if let Ok(sock) = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+            return Ok(sock);
+        }
+    }
+    std::net::TcpListener::bind(addr)
 }
 
 fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
