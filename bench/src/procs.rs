@@ -152,9 +152,12 @@ level = "warn"
                 return Ok::<_, anyhow::Error>(line);
             }
         }
+        let log = std::fs::read_to_string(work.join("edgewatch.stderr.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
         bail!(
-            "edgewatch exited before it was ready (see {})",
-            work.display()
+            "edgewatch exited before it was ready (see {}); stderr ends: {}",
+            work.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )
     })
     .await

@@ -1057,7 +1057,14 @@ impl SimStep {
 /// Runs one `edgewatch sim` process against a freshly started server at `rate` readings/s.
 async fn sim_step(ctx: &Ctx, target: Target, qos: u8, rate: f64, name: &str) -> Result<SimStep> {
     let p = &ctx.p;
-    let server = ctx.start_inner(target, name).await?;
+    // One retry: on this shared box a start occasionally fails (the reason is in the error).
+    let server = match ctx.start_inner(target, name).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!("    start failed, retrying once: {e:#}");
+            ctx.start_inner(target, &format!("{name}-retry")).await?
+        }
+    };
     let cpu0 = server.cpu_secs();
     let t0 = Instant::now();
     let mut cmd = tokio::process::Command::new(&ctx.edgewatch);
@@ -1081,7 +1088,8 @@ async fn sim_step(ctx: &Ctx, target: Target, qos: u8, rate: f64, name: &str) -> 
         .await
         .context("edgewatch sim did not finish in time")??;
     let server_cores = (server.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64();
-    drop(server);
+    // Wait until the server is gone before the next step starts another one.
+    server.stop(Duration::from_secs(5)).await?;
     if !out.status.success() {
         bail!(
             "edgewatch sim exited with {}: {}",
