@@ -8,7 +8,8 @@
 //! [`IngestGate`] counts the publishes on `sensors/…` that the broker accepted (from devices,
 //! seen by our codec wrapper, and from in-process publishers) against those the bridge took
 //! from its link. While the difference, the backlog, is above `ingest_backlog_max`, every
-//! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads),
+//! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads,
+//! whose other tasks move to another worker meanwhile),
 //! so QoS 1 devices run into their in-flight window and stop sending until the bridge catches
 //! up. QoS 0 publishes are not acknowledged and cannot be slowed this way: under sustained
 //! overload they are the ones the broker may drop, as MQTT allows for "at most once".
@@ -74,9 +75,20 @@ impl IngestGate {
             return;
         }
         self.held_acks.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        while self.backlog() > self.max_backlog && started.elapsed() < MAX_ACK_WAIT {
-            std::thread::sleep(Duration::from_millis(1));
+        let wait = || {
+            let started = Instant::now();
+            while self.backlog() > self.max_backlog && started.elapsed() < MAX_ACK_WAIT {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // On the broker's multi-threaded runtime, hand this worker's other tasks (subscribers,
+        // other connections) to another thread while this connection waits; elsewhere (unit
+        // tests) just wait.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait);
+            }
+            _ => wait(),
         }
     }
 }

@@ -159,6 +159,9 @@ impl Broker {
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Connections waiting on backpressure (`crate::backpressure`) park a thread each;
+            // cap how many, beyond that they queue.
+            .max_blocking_threads(32)
             .thread_name("mqtt-listener")
             .enable_all()
             .build()
