@@ -8,7 +8,7 @@
 //! store → finish HTTP.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,8 +47,6 @@ pub(crate) struct Running {
     pub(crate) http_addr: SocketAddr,
     /// Publishes into the embedded broker (serial readers, WebSocket clients).
     pub(crate) publish: Option<PublishFn>,
-    /// Publishes taken from the broker's in-process link so far.
-    linked: Arc<AtomicU64>,
 }
 
 impl Running {
@@ -102,21 +100,16 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         .context("starting the bridge")?;
 
     let mut publish: Option<PublishFn> = None;
-    let linked = Arc::new(AtomicU64::new(0));
     let mut broker = broker;
     if let Some(broker) = &mut broker {
         let link = broker
             .ingest_link("edgewatch-bridge", LINK_CAPACITY)
             .await
             .context("linking the bridge to the broker")?;
-        let count = linked.clone();
-        bridge.run_source(link.map(move |p| {
-            count.fetch_add(1, Ordering::Relaxed);
-            Publish {
-                topic: p.topic,
-                payload: p.payload,
-                received_at_ms: p.received_at_ms,
-            }
+        bridge.run_source(link.map(|p| Publish {
+            topic: p.topic,
+            payload: p.payload,
+            received_at_ms: p.received_at_ms,
         }));
         let publisher = broker
             .publisher("edgewatch-publisher")
@@ -199,7 +192,6 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         http,
         http_addr,
         publish: running_publish,
-        linked,
     };
     crate::serial::spawn_configured(&running, &cfg.serial, &running.stop)?;
     Ok(running)
@@ -213,18 +205,18 @@ impl Running {
             bridge,
             stop,
             http,
-            linked,
             ..
         } = self;
         let work = async move {
             // Live streams end (SSE finishes, WebSockets get 1001) and HTTP stops accepting.
             stop.cancel();
             if let Some(broker) = broker {
+                let gate = broker.ingest_gate().clone();
                 // Close every MQTT connection: no device gets another acknowledgement.
                 broker.stop();
-                // What the broker already acknowledged is still on its way through the
-                // in-process link: take it all before ingest stops.
-                drain_link(&linked).await;
+                // What the broker already accepted is still on its way through the in-process
+                // link: wait until the bridge has taken all of it before ingest stops.
+                drain_link(&gate).await;
             }
             bridge.shutdown().await.context("stopping the bridge")?;
             match http.await {
@@ -243,16 +235,12 @@ impl Running {
     }
 }
 
-/// Waits until the in-process link has been quiet for 200 ms (at most 3 s).
-async fn drain_link(linked: &AtomicU64) {
+/// Waits until the bridge has taken every publish the broker accepted (at most 3 s: QoS 0
+/// publishes the router dropped under overload never arrive).
+async fn drain_link(gate: &edgewatch_broker::IngestGate) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    let mut last = linked.load(Ordering::Relaxed);
-    let mut quiet = 0;
-    while quiet < 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = linked.load(Ordering::Relaxed);
-        quiet = if now == last { quiet + 1 } else { 0 };
-        last = now;
+    while gate.backlog() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

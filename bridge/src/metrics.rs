@@ -316,23 +316,25 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         let i = &self.inner;
         let c = i.ingest.counters();
-        counter(
+        counters(
             &mut out,
-            "edgewatch_publishes_received_total",
-            "Inbound MQTT publishes seen by ingest.",
-            c.received.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "edgewatch_readings_ingested_total",
-            "Readings decoded and handed to the writer.",
-            c.readings.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "edgewatch_presence_changes_total",
-            "Device presence changes (sensors/{deviceId}/status) handed to the writer.",
-            c.presence.load(Ordering::Relaxed),
+            &[
+                (
+                    "edgewatch_publishes_received_total",
+                    "Inbound MQTT publishes seen by ingest.",
+                    &c.received,
+                ),
+                (
+                    "edgewatch_readings_ingested_total",
+                    "Readings decoded and handed to the writer.",
+                    &c.readings,
+                ),
+                (
+                    "edgewatch_presence_changes_total",
+                    "Device presence changes (sensors/{deviceId}/status) handed to the writer.",
+                    &c.presence,
+                ),
+            ],
         );
         let rejects = i.ingest.rejects().snapshot();
         head(
@@ -475,29 +477,30 @@ impl Metrics {
                 q.total_depth as f64,
             );
             let st = fanout.stats();
-            counter(
+            counters(
                 &mut out,
-                "edgewatch_live_events_delivered_total",
-                "Events queued to live subscribers.",
-                st.delivered.load(Ordering::Relaxed),
-            );
-            counter(
-                &mut out,
-                "edgewatch_live_conflated_dropped_total",
-                "Readings dropped for slow subscribers (superseded while conflated).",
-                st.dropped.load(Ordering::Relaxed),
-            );
-            counter(
-                &mut out,
-                "edgewatch_live_gaps_total",
-                "Gap notices sent to slow subscribers.",
-                st.gaps.load(Ordering::Relaxed),
-            );
-            counter(
-                &mut out,
-                "edgewatch_live_lag_disconnects_total",
-                "Subscribers disconnected for sustained lag.",
-                st.lag_disconnects.load(Ordering::Relaxed),
+                &[
+                    (
+                        "edgewatch_live_events_delivered_total",
+                        "Events queued to live subscribers.",
+                        &st.delivered,
+                    ),
+                    (
+                        "edgewatch_live_conflated_dropped_total",
+                        "Readings dropped for slow subscribers (superseded while conflated).",
+                        &st.dropped,
+                    ),
+                    (
+                        "edgewatch_live_gaps_total",
+                        "Gap notices sent to slow subscribers.",
+                        &st.gaps,
+                    ),
+                    (
+                        "edgewatch_live_lag_disconnects_total",
+                        "Subscribers disconnected for sustained lag.",
+                        &st.lag_disconnects,
+                    ),
+                ],
             );
         }
 
@@ -595,6 +598,13 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     head(out, name, "counter", help);
     let _ = writeln!(out, "{name} {v}");
+}
+
+/// Several counters read from atomics: `(name, help, value)`.
+fn counters(out: &mut String, list: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, v) in list {
+        counter(out, name, help, v.load(Ordering::Relaxed));
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
