@@ -637,6 +637,30 @@ fn series_info(rec: &SeriesRecord) -> SeriesInfo {
     }
 }
 
+/// How long [`Store::open`] retries while the database's file lock is still held.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the database, retrying while its file lock is held: sled releases the lock only when
+/// its background flusher of a just-dropped instance (same process, e.g. a restart) has ended.
+/// Another process holding the database still fails, after [`LOCK_RETRY`].
+fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_RETRY;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(err))
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    || err.to_string().contains("could not acquire lock") =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(sled::Error::Io(err));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` and recovers the next seq and the catalogue.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
@@ -644,12 +668,11 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(open_err)?;
+            .mode(sled::Mode::HighThroughput);
+        let db = open_with_lock_retry(&config).map_err(open_err)?;
         let tree = db.open_tree("edgewatch").map_err(open_err)?;
 
         let mut last_seq = match tree.get(META_SEQ)? {
