@@ -199,8 +199,9 @@ fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
     finish(runtime, async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();
+        let stop_requested = crate::signals::stop_requested();
         tokio::spawn(async move {
-            crate::signals::stop_requested().await;
+            stop_requested.await;
             on_signal.cancel();
         });
         edgewatch_sim::run(args, stop).await?;

@@ -18,6 +18,7 @@ const MQTT_SENSORS: u32 = 19;
 
 /// Runs until SIGINT / SIGTERM.
 pub(crate) async fn run(cfg: AppConfig) -> anyhow::Result<()> {
+    let stop_requested = crate::signals::stop_requested();
     let running = hub::start(cfg, Source::Embedded).await?;
     let mqtt = running
         .mqtt_addr()
@@ -43,7 +44,7 @@ pub(crate) async fn run(cfg: AppConfig) -> anyhow::Result<()> {
     );
     println!("demo: open http://{}/ (Ctrl-C stops)", running.http_addr);
 
-    crate::signals::stop_requested().await;
+    stop_requested.await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(8), fleet_task).await;
     running.stop().await

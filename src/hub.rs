@@ -246,7 +246,8 @@ async fn drain_link(gate: &edgewatch_broker::IngestGate) {
 
 /// Runs until SIGINT / SIGTERM.
 pub(crate) async fn run(cfg: AppConfig, source: Source) -> anyhow::Result<()> {
+    let stop_requested = crate::signals::stop_requested();
     let running = start(cfg, source).await?;
-    crate::signals::stop_requested().await;
+    stop_requested.await;
     running.stop().await
 }

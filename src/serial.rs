@@ -103,6 +103,7 @@ enum FormatArg {
 
 /// `edgewatch serial`: read one port and publish its readings (QoS 1) until a signal.
 pub(crate) async fn run_standalone(args: SerialArgs) -> anyhow::Result<()> {
+    let stop_requested = crate::signals::stop_requested();
     let port = SerialPortConfig {
         path: args.port,
         baud: args.baud,
@@ -160,7 +161,7 @@ pub(crate) async fn run_standalone(args: SerialArgs) -> anyhow::Result<()> {
         Arc::new(SerialStats::default()),
         stop.clone(),
     ));
-    crate::signals::stop_requested().await;
+    stop_requested.await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     poller.abort();

@@ -1,25 +1,31 @@
 //! Orderly-stop signals.
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn stop_requested() {
+use std::future::Future;
+
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now and returns a future that resolves
+/// on the first of them. Call it before starting anything: a signal that arrives before the
+/// handlers exist would kill the process instead of stopping it in order.
+pub(crate) fn stop_requested() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops edgewatch");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+                    _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+                },
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::warn!(%err, "cannot watch SIGINT/SIGTERM; only Ctrl-C stops edgewatch");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C received, stopping");
     }
