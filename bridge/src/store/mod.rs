@@ -360,6 +360,8 @@ struct Series {
     rec: SeriesRecord,
     /// Readings not sealed yet, in seq order.
     open: Vec<Row>,
+    /// Lowest and highest event time in `open` (`MAX`, `MIN` when empty).
+    open_span: (i64, i64),
     /// Readings in the log (sealed and open).
     count: u64,
     /// Highest event time stored: a newer reading cannot be a duplicate.
@@ -381,7 +383,16 @@ impl Series {
         if unit.is_some() {
             self.unit.clone_from(unit);
         }
+        self.open_span = (self.open_span.0.min(row.ts), self.open_span.1.max(row.ts));
         self.open.push(row);
+    }
+
+    /// Replaces the open rows (after a seal, a rollback or retention).
+    fn set_open(&mut self, rows: Vec<Row>) {
+        self.open_span = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+            (lo.min(r.ts), hi.max(r.ts))
+        });
+        self.open = rows;
     }
 
     fn info(&self) -> SeriesInfo {
@@ -413,13 +424,9 @@ impl Series {
 
     /// Whether the open chunk must be sealed now.
     fn seal_due(&self) -> bool {
-        if self.open.len() >= CHUNK_ROWS {
-            return true;
-        }
-        let (lo, hi) = self.open.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-            (lo.min(r.ts), hi.max(r.ts))
-        });
-        !self.open.is_empty() && hi.saturating_sub(lo) > CHUNK_SPAN_MS
+        let (lo, hi) = self.open_span;
+        self.open.len() >= CHUNK_ROWS
+            || (!self.open.is_empty() && hi.saturating_sub(lo) > CHUNK_SPAN_MS)
     }
 }
 
@@ -1290,7 +1297,8 @@ impl Store {
                 if let Some(first) = s.open.first() {
                     st.open_index.remove(&(first.seq, sid));
                 }
-                s.open.retain(|r| r.seq > floor);
+                let rows = std::mem::take(&mut s.open);
+                s.set_open(rows.into_iter().filter(|r| r.seq > floor).collect());
                 if let Some(first) = s.open.first() {
                     st.open_index.insert((first.seq, sid));
                 }
@@ -1324,6 +1332,7 @@ impl Series {
         Series {
             names,
             open: Vec::new(),
+            open_span: (i64::MAX, i64::MIN),
             count: rec.sealed_count,
             max_ts: rec.sealed_max_ts,
             unit: rec.unit.clone(),
@@ -1499,6 +1508,7 @@ fn stage_seals(
             continue;
         }
         let taken = std::mem::take(&mut s.open);
+        s.set_open(Vec::new());
         let mut sorted = taken.clone();
         sorted.sort_by_key(|r| (r.ts, r.seq));
         for run in split_runs(&sorted) {
@@ -1582,10 +1592,11 @@ fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<StagedSeal>) {
         let Some(s) = st.series.get_mut(&sid) else {
             continue;
         };
-        if let Some(rows) = taken.remove(&sid) {
-            s.open = rows;
-        }
-        s.open.truncate(u.open_len);
+        let mut rows = taken
+            .remove(&sid)
+            .unwrap_or_else(|| std::mem::take(&mut s.open));
+        rows.truncate(u.open_len);
+        s.set_open(rows);
         s.count = u.count;
         s.max_ts = u.max_ts;
         s.unit = u.unit;
@@ -1594,7 +1605,7 @@ fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<StagedSeal>) {
     // Seals of untouched series (replay bound) only moved rows out: put them back.
     for (sid, rows) in taken {
         if let Some(s) = st.series.get_mut(&sid) {
-            s.open = rows;
+            s.set_open(rows);
         }
     }
 }
