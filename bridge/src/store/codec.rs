@@ -132,7 +132,8 @@ fn get_str(b: &[u8], pos: &mut usize) -> Option<String> {
 fn scaled(value: f64, k: u8) -> Option<i64> {
     let p = POW10[usize::from(k)];
     let m = (value * p).round();
-    if !(m.abs() <= MAX_EXACT) {
+    // Also refuses NaN and infinities.
+    if m.is_nan() || m.abs() > MAX_EXACT {
         return None;
     }
     let m = m as i64;

@@ -17,6 +17,14 @@
 //! log after the replay checkpoint (at most `dedupe_window` readings), so a commit writes its
 //! log blocks plus whatever it seals, and nothing per reading elsewhere.
 //!
+//! # Files
+//! * `mod.rs` (this file): the public types and the [`Store`] API (open, apply, queries,
+//!   retention).
+//! * `chunks`: series in memory and their open chunks: sealing, replay, undo, duplicate lookup.
+//! * `codec`: byte formats of log blocks and chunks (values, units, varints).
+//! * `rollup`: [`Aggregate`], minute/hour buckets and the pages that hold them.
+//! * `layout`: key tags and encodings, small records, finding the block that holds a seq.
+//!
 //! # On-disk layout
 //!
 //! One sled tree, so that one [`sled::Batch`] applies a whole commit (blocks, seals, pages,
@@ -43,27 +51,22 @@
 //! read sled (lock-free) and see only whole batches; rows sealed meanwhile are recognised by
 //! their seq so nothing is counted twice.
 
+mod chunks;
 mod codec;
+mod layout;
 mod rollup;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
-use serde::{Deserialize, Serialize};
 
+use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
+use layout::*;
 use rollup::{ceil_to, floor_to, Resolution};
 pub use rollup::{Aggregate, HOUR_MS, MINUTE_MS};
-
-const LOG: u8 = b'L';
-const CHUNK: u8 = b'C';
-const SERIES: u8 = b'S';
-const DEVICE: u8 = b'D';
-const META_SEQ: &[u8] = b"Zseq";
-const META_REPLAY: &[u8] = b"Zreplay";
-const META_FLOOR: &[u8] = b"Zfloor";
 
 /// Most readings in one log block (a larger batch is split).
 pub const BLOCK_MAX: usize = 1000;
@@ -310,154 +313,6 @@ pub struct RetentionPolicy {
     pub step: usize,
 }
 
-/// The latest reading of a series (by seq).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct LastReading {
-    value: f64,
-    ts: i64,
-    recv: i64,
-    seq: u64,
-}
-
-/// The persisted part of a series: written when the series is created and when it seals.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SeriesRecord {
-    device_id: String,
-    metric: String,
-    /// Unit of the first reading; rows store a unit only when it differs.
-    base_unit: Option<String>,
-    /// Unit of the latest reading that had one, as of the last write.
-    unit: Option<String>,
-    /// Latest reading as of the last write.
-    last: Option<LastReading>,
-    /// Every reading of this series up to this seq is in a sealed chunk.
-    sealed_through: u64,
-    /// Readings in sealed chunks that retention has not deleted.
-    sealed_count: u64,
-    /// Highest event time in sealed chunks.
-    sealed_max_ts: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PresenceRecord {
-    online: bool,
-    since_ms: i64,
-}
-
-/// Names of a series, shared with queries without copying strings.
-#[derive(Debug)]
-struct Names {
-    device_id: String,
-    metric: String,
-    topic: String,
-    base_unit: Option<String>,
-}
-
-/// A series in memory: its record plus the live part derived from the open chunk.
-#[derive(Debug)]
-struct Series {
-    names: Arc<Names>,
-    rec: SeriesRecord,
-    /// Readings not sealed yet, in seq order.
-    open: Vec<Row>,
-    /// Lowest and highest event time in `open` (`MAX`, `MIN` when empty).
-    open_span: (i64, i64),
-    /// Readings in the log (sealed and open).
-    count: u64,
-    /// Highest event time stored: a newer reading cannot be a duplicate.
-    max_ts: i64,
-    unit: Option<String>,
-    last: Option<LastReading>,
-}
-
-impl Series {
-    fn push(&mut self, row: Row, unit: &Option<String>) {
-        self.count += 1;
-        self.max_ts = self.max_ts.max(row.ts);
-        self.last = Some(LastReading {
-            value: row.value,
-            ts: row.ts,
-            recv: row.recv,
-            seq: row.seq,
-        });
-        if unit.is_some() {
-            self.unit.clone_from(unit);
-        }
-        self.open_span = (self.open_span.0.min(row.ts), self.open_span.1.max(row.ts));
-        self.open.push(row);
-    }
-
-    /// Replaces the open rows (after a seal, a rollback or retention).
-    fn set_open(&mut self, rows: Vec<Row>) {
-        self.open_span = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-            (lo.min(r.ts), hi.max(r.ts))
-        });
-        self.open = rows;
-    }
-
-    fn info(&self) -> SeriesInfo {
-        let last = self.last.unwrap_or_default();
-        SeriesInfo {
-            key: SeriesKey {
-                device_id: self.names.device_id.clone(),
-                metric: self.names.metric.clone(),
-            },
-            unit: self.unit.clone(),
-            last_value: last.value,
-            last_timestamp_ms: last.ts,
-            last_seen_ms: last.recv,
-            last_seq: last.seq,
-            count: self.count,
-        }
-    }
-
-    fn unit_of(&self, r: &Reading) -> Option<Box<UnitOverride>> {
-        if r.unit == self.names.base_unit {
-            None
-        } else {
-            Some(Box::new(match &r.unit {
-                None => UnitOverride::Absent,
-                Some(u) => UnitOverride::Named(u.clone()),
-            }))
-        }
-    }
-
-    /// Whether the open chunk must be sealed now.
-    fn seal_due(&self) -> bool {
-        let (lo, hi) = self.open_span;
-        self.open.len() >= CHUNK_ROWS
-            || (!self.open.is_empty() && hi.saturating_sub(lo) > CHUNK_SPAN_MS)
-    }
-}
-
-#[derive(Debug)]
-struct State {
-    next_seq: u64,
-    next_sid: u32,
-    sids: HashMap<String, HashMap<String, u32>>,
-    series: HashMap<u32, Series>,
-    /// (seq of the first open row, sid) of every series with an open chunk.
-    open_index: BTreeSet<(u64, u32)>,
-    /// Highest seq deleted by retention.
-    floor: u64,
-    /// Replay checkpoint as persisted.
-    replay_from: u64,
-    /// Bound on open rows, from [`StoreOptions::dedupe_window`].
-    window: u64,
-}
-
-impl State {
-    fn sid(&self, device: &str, metric: &str) -> Option<u32> {
-        self.sids.get(device).and_then(|m| m.get(metric)).copied()
-    }
-
-    fn checkpoint(&self) -> u64 {
-        self.open_index
-            .first()
-            .map_or(self.next_seq, |(seq, _)| *seq)
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     db: sled::Db,
@@ -469,82 +324,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-}
-
-// ---------- keys ----------
-
-fn ts_bytes(ts: i64) -> [u8; 8] {
-    ((ts as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn ts_from(b: &[u8]) -> i64 {
-    (u64_from(b) ^ (1 << 63)) as i64
-}
-
-fn u64_from(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(..8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
-}
-
-fn u32_from(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(..4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_be_bytes(a)
-}
-
-fn log_key(seq: u64) -> [u8; 9] {
-    let mut k = [LOG; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn sid_time_key(tag: u8, sid: u32, ts: i64) -> [u8; 13] {
-    let mut k = [tag; 13];
-    k[1..5].copy_from_slice(&sid.to_be_bytes());
-    k[5..13].copy_from_slice(&ts_bytes(ts));
-    k
-}
-
-fn chunk_key(sid: u32, min_ts: i64, first_seq: u64) -> [u8; 21] {
-    let mut k = [CHUNK; 21];
-    k[..13].copy_from_slice(&sid_time_key(CHUNK, sid, min_ts));
-    k[13..].copy_from_slice(&first_seq.to_be_bytes());
-    k
-}
-
-fn series_key(sid: u32) -> [u8; 5] {
-    let mut k = [SERIES; 5];
-    k[1..].copy_from_slice(&sid.to_be_bytes());
-    k
-}
-
-fn device_key(device: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(device.len() + 1);
-    k.push(DEVICE);
-    k.extend_from_slice(device.as_bytes());
-    k
-}
-
-fn decode_rec<T: for<'de> Deserialize<'de>>(b: &[u8], what: &'static str) -> Result<T, StoreError> {
-    postcard::from_bytes(b).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn encode_rec<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and numbers to a Vec cannot fail.
-    postcard::to_allocvec(v).unwrap_or_default()
-}
-
-fn read_u64(tree: &sled::Tree, key: &[u8], what: &'static str) -> Result<u64, StoreError> {
-    match tree.get(key)? {
-        Some(v) if v.len() == 8 => Ok(u64_from(&v)),
-        Some(_) => Err(StoreError::Corrupt { what }),
-        None => Ok(0),
-    }
 }
 
 fn matches_any(filters: &[TopicFilter], topic: &str) -> bool {
@@ -589,40 +368,6 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
             other => return other,
         }
     }
-}
-
-/// What a query copied from one series under the lock.
-#[derive(Debug)]
-struct SeriesSnapshot {
-    sid: u32,
-    names: Arc<Names>,
-    unit: Option<String>,
-    /// Rows in sealed chunks with a higher seq were sealed after this snapshot and are in
-    /// `open` instead.
-    sealed_through: u64,
-    /// Open rows inside the query's time range.
-    open: Vec<Row>,
-}
-
-/// What `apply` must restore for a series if the batch does not reach sled.
-#[derive(Debug)]
-struct Undo {
-    created: bool,
-    open_len: usize,
-    first_open: Option<u64>,
-    count: u64,
-    max_ts: i64,
-    unit: Option<String>,
-    last: Option<LastReading>,
-}
-
-/// A seal staged in a batch: the rows taken out of the open chunk (seq order) and the new
-/// record.
-#[derive(Debug)]
-struct StagedSeal {
-    sid: u32,
-    taken: Vec<Row>,
-    rec: SeriesRecord,
 }
 
 impl Store {
@@ -1308,243 +1053,6 @@ impl Store {
     }
 }
 
-impl Series {
-    fn new(r: &Reading) -> Series {
-        Series::from_record(SeriesRecord {
-            device_id: r.device_id.clone(),
-            metric: r.metric.clone(),
-            base_unit: r.unit.clone(),
-            unit: None,
-            last: None,
-            sealed_through: 0,
-            sealed_count: 0,
-            sealed_max_ts: i64::MIN,
-        })
-    }
-
-    fn from_record(rec: SeriesRecord) -> Series {
-        let names = Arc::new(Names {
-            topic: format!("sensors/{}/{}", rec.device_id, rec.metric),
-            device_id: rec.device_id.clone(),
-            metric: rec.metric.clone(),
-            base_unit: rec.base_unit.clone(),
-        });
-        Series {
-            names,
-            open: Vec::new(),
-            open_span: (i64::MAX, i64::MIN),
-            count: rec.sealed_count,
-            max_ts: rec.sealed_max_ts,
-            unit: rec.unit.clone(),
-            last: rec.last,
-            rec,
-        }
-    }
-}
-
-impl Undo {
-    fn created() -> Undo {
-        Undo {
-            created: true,
-            open_len: 0,
-            first_open: None,
-            count: 0,
-            max_ts: i64::MIN,
-            unit: None,
-            last: None,
-        }
-    }
-
-    fn of(s: &Series) -> Undo {
-        Undo {
-            created: false,
-            open_len: s.open.len(),
-            first_open: s.open.first().map(|r| r.seq),
-            count: s.count,
-            max_ts: s.max_ts,
-            unit: s.unit.clone(),
-            last: s.last,
-        }
-    }
-}
-
-fn snapshot_of(sid: u32, s: &Series, from: i64, to: i64) -> SeriesSnapshot {
-    SeriesSnapshot {
-        sid,
-        names: s.names.clone(),
-        unit: s.unit.clone(),
-        sealed_through: s.rec.sealed_through,
-        open: s
-            .open
-            .iter()
-            .filter(|r| r.ts >= from && r.ts < to)
-            .cloned()
-            .collect(),
-    }
-}
-
-/// The replay checkpoint once the batch is applied: the first seq of the oldest open chunk
-/// that stays open, or the next seq.
-fn checkpoint_after(
-    st: &State,
-    touched: &HashMap<u32, Undo>,
-    seals: &[StagedSeal],
-    next_seq: u64,
-) -> u64 {
-    let sealed: HashSet<u32> = seals.iter().map(|s| s.sid).collect();
-    let mut cp = next_seq;
-    if let Some((first, _)) = st.open_index.iter().find(|(_, sid)| !sealed.contains(sid)) {
-        cp = cp.min(*first);
-    }
-    for sid in touched.keys().filter(|sid| !sealed.contains(sid)) {
-        if let Some(first) = st.series.get(sid).and_then(|s| s.open.first()) {
-            cp = cp.min(first.seq);
-        }
-    }
-    cp
-}
-
-fn put_block(batch: &mut sled::Batch, rows: &[LogRow]) {
-    if let Some(first) = rows.first() {
-        batch.insert(&log_key(first.row.seq)[..], codec::encode_block(rows));
-    }
-}
-
-/// The block holding `seq` (or the nearest earlier block when `seq` is past its end).
-fn block_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
-    let Some(r) = tree.range(log_key(0)..=log_key(seq)).next_back() else {
-        return Ok(None);
-    };
-    let (k, v) = r?;
-    let first = u64_from(&k[1..]);
-    let n = codec::block_len(&v)?;
-    if seq < first.saturating_add(n) {
-        Ok(Some((first, v)))
-    } else {
-        Ok(None)
-    }
-}
-
-/// Whether `r` (event time not newer than the series' newest) is already stored: same event
-/// time and value bits, in the open chunk or in a sealed chunk covering that time.
-fn is_stored(
-    tree: &sled::Tree,
-    s: &Series,
-    floor: u64,
-    sid: u32,
-    r: &Reading,
-) -> Result<bool, StoreError> {
-    let (ts, bits) = (r.timestamp_ms, r.value.to_bits());
-    if s.open
-        .iter()
-        .any(|row| row.ts == ts && row.value.to_bits() == bits)
-    {
-        return Ok(true);
-    }
-    if s.rec.sealed_through == 0 || ts > s.rec.sealed_max_ts {
-        return Ok(false);
-    }
-    let lo = chunk_key(sid, ts.saturating_sub(CHUNK_SPAN_MS), 0);
-    let hi = chunk_key(sid, ts, u64::MAX);
-    for item in tree.range(lo..=hi) {
-        let (_, v) = item?;
-        if codec::decode_chunk(&v)?
-            .iter()
-            .any(|row| row.ts == ts && row.value.to_bits() == bits && row.seq > floor)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Splits rows sorted by event time into runs spanning at most [`CHUNK_SPAN_MS`] and
-/// [`CHUNK_ROWS`] rows.
-fn split_runs(sorted: &[Row]) -> Vec<&[Row]> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 1..=sorted.len() {
-        let end_here = i == sorted.len()
-            || i - start >= CHUNK_ROWS
-            || sorted[i].ts.saturating_sub(sorted[start].ts) > CHUNK_SPAN_MS;
-        if end_here {
-            runs.push(&sorted[start..i]);
-            start = i;
-        }
-    }
-    runs
-}
-
-/// Seals the open chunks that are due (full, too wide in time, or too far behind the log head)
-/// into `batch`, with their rollup pages and series records. Memory keeps the rows until the
-/// batch is applied (the caller then installs the records).
-fn stage_seals(
-    tree: &sled::Tree,
-    st: &mut State,
-    touched: &HashMap<u32, Undo>,
-    next_seq: u64,
-    batch: &mut sled::Batch,
-) -> Result<Vec<StagedSeal>, StoreError> {
-    let mut due: HashSet<u32> = touched
-        .keys()
-        .copied()
-        .filter(|sid| st.series.get(sid).is_some_and(Series::seal_due))
-        .collect();
-    // Replay bound: the oldest open chunks, by their first seq (the index is updated after
-    // the batch, so new series are not in it yet; they are young anyway).
-    let behind = next_seq.saturating_sub(st.window);
-    for (first, sid) in &st.open_index {
-        if *first >= behind {
-            break;
-        }
-        due.insert(*sid);
-    }
-    let mut seals = Vec::with_capacity(due.len());
-    for sid in due {
-        let Some(s) = st.series.get_mut(&sid) else {
-            continue;
-        };
-        if s.open.is_empty() {
-            continue;
-        }
-        let taken = std::mem::take(&mut s.open);
-        s.set_open(Vec::new());
-        let mut sorted = taken.clone();
-        sorted.sort_by_key(|r| (r.ts, r.seq));
-        for run in split_runs(&sorted) {
-            let first_seq = run.iter().map(|r| r.seq).min().unwrap_or(0);
-            batch.insert(
-                &chunk_key(sid, run[0].ts, first_seq)[..],
-                codec::encode_chunk(run),
-            );
-        }
-        for res in Resolution::BOTH {
-            for (page_start, mut page) in rollup::pages_of(&sorted, res) {
-                let key = sid_time_key(res.tag(), sid, page_start);
-                if let Some(old) = tree.get(key)? {
-                    rollup::decode_page(&old, page_start, res, |start, agg| {
-                        page.entry(start)
-                            .and_modify(|a| a.merge(&agg))
-                            .or_insert(agg);
-                    })?;
-                }
-                batch.insert(&key[..], rollup::encode_page(page_start, res, &page));
-            }
-        }
-        let mut rec = s.rec.clone();
-        rec.sealed_through = taken.last().map_or(rec.sealed_through, |r| r.seq);
-        rec.sealed_count += taken.len() as u64;
-        rec.sealed_max_ts = sorted
-            .last()
-            .map_or(rec.sealed_max_ts, |r| r.ts.max(rec.sealed_max_ts));
-        rec.unit.clone_from(&s.unit);
-        rec.last = s.last;
-        batch.insert(&series_key(sid)[..], encode_rec(&rec));
-        seals.push(StagedSeal { sid, taken, rec });
-    }
-    Ok(seals)
-}
-
 fn stage_presence(
     tree: &sled::Tree,
     presence: &[PresenceUpdate],
@@ -1572,113 +1080,4 @@ fn stage_presence(
         }
     }
     Ok(())
-}
-
-/// Puts memory back as it was before a batch that did not reach sled.
-fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<StagedSeal>) {
-    let mut taken: HashMap<u32, Vec<Row>> = seals.into_iter().map(|s| (s.sid, s.taken)).collect();
-    for (sid, u) in undo {
-        if u.created {
-            if let Some(s) = st.series.remove(&sid) {
-                if let Some(m) = st.sids.get_mut(&s.names.device_id) {
-                    m.remove(&s.names.metric);
-                    if m.is_empty() {
-                        st.sids.remove(&s.names.device_id);
-                    }
-                }
-            }
-            continue;
-        }
-        let Some(s) = st.series.get_mut(&sid) else {
-            continue;
-        };
-        let mut rows = taken
-            .remove(&sid)
-            .unwrap_or_else(|| std::mem::take(&mut s.open));
-        rows.truncate(u.open_len);
-        s.set_open(rows);
-        s.count = u.count;
-        s.max_ts = u.max_ts;
-        s.unit = u.unit;
-        s.last = u.last;
-    }
-    // Seals of untouched series (replay bound) only moved rows out: put them back.
-    for (sid, rows) in taken {
-        if let Some(s) = st.series.get_mut(&sid) {
-            s.set_open(rows);
-        }
-    }
-}
-
-/// Rebuilds the open chunks from the log after the replay checkpoint.
-fn replay(tree: &sled::Tree, st: &mut State) -> Result<(), StoreError> {
-    let start = st.replay_from.max(st.floor.saturating_add(1)).max(1);
-    let first_key = match block_holding(tree, start)? {
-        Some((first, _)) => first,
-        None => start,
-    };
-    for r in tree.range(log_key(first_key)..=log_key(u64::MAX)) {
-        let (k, v) = r?;
-        for lr in codec::decode_block(&v, u64_from(&k[1..]))? {
-            if lr.row.seq < start {
-                continue;
-            }
-            let s = st.series.get_mut(&lr.sid).ok_or(StoreError::Corrupt {
-                what: "log (unknown series)",
-            })?;
-            if lr.row.seq <= s.rec.sealed_through {
-                continue;
-            }
-            let unit = match lr.row.unit.as_deref() {
-                None => s.names.base_unit.clone(),
-                Some(UnitOverride::Absent) => None,
-                Some(UnitOverride::Named(u)) => Some(u.clone()),
-            };
-            s.push(lr.row, &unit);
-        }
-    }
-    for (sid, s) in &st.series {
-        if let Some(first) = s.open.first() {
-            st.open_index.insert((first.seq, *sid));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_keys_sort_like_times() {
-        let ts = [i64::MIN, -5, -1, 0, 1, 1_790_000_000_000, i64::MAX];
-        for w in ts.windows(2) {
-            assert!(ts_bytes(w[0]) < ts_bytes(w[1]));
-            assert_eq!(ts_from(&ts_bytes(w[0])), w[0]);
-        }
-        assert!(chunk_key(1, i64::MAX, u64::MAX) < chunk_key(2, i64::MIN, 0));
-    }
-
-    #[test]
-    fn runs_respect_rows_and_span() {
-        let rows: Vec<Row> = (0..1500)
-            .map(|i| Row {
-                seq: i,
-                ts: if i < 1200 {
-                    i as i64 * 1000
-                } else {
-                    10 * HOUR_MS + i as i64
-                },
-                recv: 0,
-                value: 1.0,
-                unit: None,
-            })
-            .collect();
-        let runs = split_runs(&rows);
-        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1500);
-        for r in &runs {
-            assert!(r.len() <= CHUNK_ROWS);
-            assert!(r[r.len() - 1].ts - r[0].ts <= CHUNK_SPAN_MS);
-        }
-    }
 }

@@ -1,0 +1,507 @@
+//! Series in memory and the life of their open chunks: appending rows, deciding when a chunk
+//! is sealed (size, event-time span, replay bound), staging the seal with its rollup pages,
+//! undoing a batch that did not reach sled, rebuilding open chunks by replaying the log, and
+//! recognising a redelivered reading in the open chunk or the sealed chunk covering its time.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use edgewatch_protocol::{Reading, SeriesKey};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, Row, UnitOverride};
+use super::layout::*;
+use super::rollup::{self, Resolution};
+use super::{SeriesInfo, StoreError, CHUNK_ROWS, CHUNK_SPAN_MS};
+
+/// The latest reading of a series (by seq).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(super) struct LastReading {
+    pub(super) value: f64,
+    pub(super) ts: i64,
+    pub(super) recv: i64,
+    pub(super) seq: u64,
+}
+
+/// The persisted part of a series: written when the series is created and when it seals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SeriesRecord {
+    pub(super) device_id: String,
+    pub(super) metric: String,
+    /// Unit of the first reading; rows store a unit only when it differs.
+    pub(super) base_unit: Option<String>,
+    /// Unit of the latest reading that had one, as of the last write.
+    pub(super) unit: Option<String>,
+    /// Latest reading as of the last write.
+    pub(super) last: Option<LastReading>,
+    /// Every reading of this series up to this seq is in a sealed chunk.
+    pub(super) sealed_through: u64,
+    /// Readings in sealed chunks that retention has not deleted.
+    pub(super) sealed_count: u64,
+    /// Highest event time in sealed chunks.
+    pub(super) sealed_max_ts: i64,
+}
+
+/// Names of a series, shared with queries without copying strings.
+#[derive(Debug)]
+pub(super) struct Names {
+    pub(super) device_id: String,
+    pub(super) metric: String,
+    pub(super) topic: String,
+    pub(super) base_unit: Option<String>,
+}
+
+/// A series in memory: its record plus the live part derived from the open chunk.
+#[derive(Debug)]
+pub(super) struct Series {
+    pub(super) names: Arc<Names>,
+    pub(super) rec: SeriesRecord,
+    /// Readings not sealed yet, in seq order.
+    pub(super) open: Vec<Row>,
+    /// Lowest and highest event time in `open` (`MAX`, `MIN` when empty).
+    pub(super) open_span: (i64, i64),
+    /// Readings in the log (sealed and open).
+    pub(super) count: u64,
+    /// Highest event time stored: a newer reading cannot be a duplicate.
+    pub(super) max_ts: i64,
+    pub(super) unit: Option<String>,
+    pub(super) last: Option<LastReading>,
+}
+
+impl Series {
+    pub(super) fn push(&mut self, row: Row, unit: &Option<String>) {
+        self.count += 1;
+        self.max_ts = self.max_ts.max(row.ts);
+        self.last = Some(LastReading {
+            value: row.value,
+            ts: row.ts,
+            recv: row.recv,
+            seq: row.seq,
+        });
+        if unit.is_some() {
+            self.unit.clone_from(unit);
+        }
+        self.open_span = (self.open_span.0.min(row.ts), self.open_span.1.max(row.ts));
+        self.open.push(row);
+    }
+
+    /// Replaces the open rows (after a seal, a rollback or retention).
+    pub(super) fn set_open(&mut self, rows: Vec<Row>) {
+        self.open_span = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+            (lo.min(r.ts), hi.max(r.ts))
+        });
+        self.open = rows;
+    }
+
+    pub(super) fn info(&self) -> SeriesInfo {
+        let last = self.last.unwrap_or_default();
+        SeriesInfo {
+            key: SeriesKey {
+                device_id: self.names.device_id.clone(),
+                metric: self.names.metric.clone(),
+            },
+            unit: self.unit.clone(),
+            last_value: last.value,
+            last_timestamp_ms: last.ts,
+            last_seen_ms: last.recv,
+            last_seq: last.seq,
+            count: self.count,
+        }
+    }
+
+    pub(super) fn unit_of(&self, r: &Reading) -> Option<Box<UnitOverride>> {
+        if r.unit == self.names.base_unit {
+            None
+        } else {
+            Some(Box::new(match &r.unit {
+                None => UnitOverride::Absent,
+                Some(u) => UnitOverride::Named(u.clone()),
+            }))
+        }
+    }
+
+    /// Whether the open chunk must be sealed now.
+    pub(super) fn seal_due(&self) -> bool {
+        let (lo, hi) = self.open_span;
+        self.open.len() >= CHUNK_ROWS
+            || (!self.open.is_empty() && hi.saturating_sub(lo) > CHUNK_SPAN_MS)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) next_seq: u64,
+    pub(super) next_sid: u32,
+    pub(super) sids: HashMap<String, HashMap<String, u32>>,
+    pub(super) series: HashMap<u32, Series>,
+    /// (seq of the first open row, sid) of every series with an open chunk.
+    pub(super) open_index: BTreeSet<(u64, u32)>,
+    /// Highest seq deleted by retention.
+    pub(super) floor: u64,
+    /// Replay checkpoint as persisted.
+    pub(super) replay_from: u64,
+    /// Bound on open rows, from [`StoreOptions::dedupe_window`].
+    pub(super) window: u64,
+}
+
+impl State {
+    pub(super) fn sid(&self, device: &str, metric: &str) -> Option<u32> {
+        self.sids.get(device).and_then(|m| m.get(metric)).copied()
+    }
+
+    pub(super) fn checkpoint(&self) -> u64 {
+        self.open_index
+            .first()
+            .map_or(self.next_seq, |(seq, _)| *seq)
+    }
+}
+
+/// What a query copied from one series under the lock.
+#[derive(Debug)]
+pub(super) struct SeriesSnapshot {
+    pub(super) sid: u32,
+    pub(super) names: Arc<Names>,
+    pub(super) unit: Option<String>,
+    /// Rows in sealed chunks with a higher seq were sealed after this snapshot and are in
+    /// `open` instead.
+    pub(super) sealed_through: u64,
+    /// Open rows inside the query's time range.
+    pub(super) open: Vec<Row>,
+}
+
+/// What `apply` must restore for a series if the batch does not reach sled.
+#[derive(Debug)]
+pub(super) struct Undo {
+    pub(super) created: bool,
+    pub(super) open_len: usize,
+    pub(super) first_open: Option<u64>,
+    pub(super) count: u64,
+    pub(super) max_ts: i64,
+    pub(super) unit: Option<String>,
+    pub(super) last: Option<LastReading>,
+}
+
+/// A seal staged in a batch: the rows taken out of the open chunk (seq order) and the new
+/// record.
+#[derive(Debug)]
+pub(super) struct StagedSeal {
+    pub(super) sid: u32,
+    pub(super) taken: Vec<Row>,
+    pub(super) rec: SeriesRecord,
+}
+
+impl Series {
+    pub(super) fn new(r: &Reading) -> Series {
+        Series::from_record(SeriesRecord {
+            device_id: r.device_id.clone(),
+            metric: r.metric.clone(),
+            base_unit: r.unit.clone(),
+            unit: None,
+            last: None,
+            sealed_through: 0,
+            sealed_count: 0,
+            sealed_max_ts: i64::MIN,
+        })
+    }
+
+    pub(super) fn from_record(rec: SeriesRecord) -> Series {
+        let names = Arc::new(Names {
+            topic: format!("sensors/{}/{}", rec.device_id, rec.metric),
+            device_id: rec.device_id.clone(),
+            metric: rec.metric.clone(),
+            base_unit: rec.base_unit.clone(),
+        });
+        Series {
+            names,
+            open: Vec::new(),
+            open_span: (i64::MAX, i64::MIN),
+            count: rec.sealed_count,
+            max_ts: rec.sealed_max_ts,
+            unit: rec.unit.clone(),
+            last: rec.last,
+            rec,
+        }
+    }
+}
+
+impl Undo {
+    pub(super) fn created() -> Undo {
+        Undo {
+            created: true,
+            open_len: 0,
+            first_open: None,
+            count: 0,
+            max_ts: i64::MIN,
+            unit: None,
+            last: None,
+        }
+    }
+
+    pub(super) fn of(s: &Series) -> Undo {
+        Undo {
+            created: false,
+            open_len: s.open.len(),
+            first_open: s.open.first().map(|r| r.seq),
+            count: s.count,
+            max_ts: s.max_ts,
+            unit: s.unit.clone(),
+            last: s.last,
+        }
+    }
+}
+
+pub(super) fn snapshot_of(sid: u32, s: &Series, from: i64, to: i64) -> SeriesSnapshot {
+    SeriesSnapshot {
+        sid,
+        names: s.names.clone(),
+        unit: s.unit.clone(),
+        sealed_through: s.rec.sealed_through,
+        open: s
+            .open
+            .iter()
+            .filter(|r| r.ts >= from && r.ts < to)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The replay checkpoint once the batch is applied: the first seq of the oldest open chunk
+/// that stays open, or the next seq.
+pub(super) fn checkpoint_after(
+    st: &State,
+    touched: &HashMap<u32, Undo>,
+    seals: &[StagedSeal],
+    next_seq: u64,
+) -> u64 {
+    let sealed: HashSet<u32> = seals.iter().map(|s| s.sid).collect();
+    let mut cp = next_seq;
+    if let Some((first, _)) = st.open_index.iter().find(|(_, sid)| !sealed.contains(sid)) {
+        cp = cp.min(*first);
+    }
+    for sid in touched.keys().filter(|sid| !sealed.contains(sid)) {
+        if let Some(first) = st.series.get(sid).and_then(|s| s.open.first()) {
+            cp = cp.min(first.seq);
+        }
+    }
+    cp
+}
+
+/// Whether `r` (event time not newer than the series' newest) is already stored: same event
+/// time and value bits, in the open chunk or in a sealed chunk covering that time.
+pub(super) fn is_stored(
+    tree: &sled::Tree,
+    s: &Series,
+    floor: u64,
+    sid: u32,
+    r: &Reading,
+) -> Result<bool, StoreError> {
+    let (ts, bits) = (r.timestamp_ms, r.value.to_bits());
+    if s.open
+        .iter()
+        .any(|row| row.ts == ts && row.value.to_bits() == bits)
+    {
+        return Ok(true);
+    }
+    if s.rec.sealed_through == 0 || ts > s.rec.sealed_max_ts {
+        return Ok(false);
+    }
+    let lo = chunk_key(sid, ts.saturating_sub(CHUNK_SPAN_MS), 0);
+    let hi = chunk_key(sid, ts, u64::MAX);
+    for item in tree.range(lo..=hi) {
+        let (_, v) = item?;
+        if codec::decode_chunk(&v)?
+            .iter()
+            .any(|row| row.ts == ts && row.value.to_bits() == bits && row.seq > floor)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Splits rows sorted by event time into runs spanning at most [`CHUNK_SPAN_MS`] and
+/// [`CHUNK_ROWS`] rows.
+pub(super) fn split_runs(sorted: &[Row]) -> Vec<&[Row]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=sorted.len() {
+        let end_here = i == sorted.len()
+            || i - start >= CHUNK_ROWS
+            || sorted[i].ts.saturating_sub(sorted[start].ts) > CHUNK_SPAN_MS;
+        if end_here {
+            runs.push(&sorted[start..i]);
+            start = i;
+        }
+    }
+    runs
+}
+
+/// Seals the open chunks that are due (full, too wide in time, or too far behind the log head)
+/// into `batch`, with their rollup pages and series records. Memory keeps the rows until the
+/// batch is applied (the caller then installs the records).
+pub(super) fn stage_seals(
+    tree: &sled::Tree,
+    st: &mut State,
+    touched: &HashMap<u32, Undo>,
+    next_seq: u64,
+    batch: &mut sled::Batch,
+) -> Result<Vec<StagedSeal>, StoreError> {
+    let mut due: HashSet<u32> = touched
+        .keys()
+        .copied()
+        .filter(|sid| st.series.get(sid).is_some_and(Series::seal_due))
+        .collect();
+    // Replay bound: the oldest open chunks, by their first seq (the index is updated after
+    // the batch, so new series are not in it yet; they are young anyway).
+    let behind = next_seq.saturating_sub(st.window);
+    for (first, sid) in &st.open_index {
+        if *first >= behind {
+            break;
+        }
+        due.insert(*sid);
+    }
+    let mut seals = Vec::with_capacity(due.len());
+    for sid in due {
+        let Some(s) = st.series.get_mut(&sid) else {
+            continue;
+        };
+        if s.open.is_empty() {
+            continue;
+        }
+        let taken = std::mem::take(&mut s.open);
+        s.set_open(Vec::new());
+        let mut sorted = taken.clone();
+        sorted.sort_by_key(|r| (r.ts, r.seq));
+        for run in split_runs(&sorted) {
+            let first_seq = run.iter().map(|r| r.seq).min().unwrap_or(0);
+            batch.insert(
+                &chunk_key(sid, run[0].ts, first_seq)[..],
+                codec::encode_chunk(run),
+            );
+        }
+        for res in Resolution::BOTH {
+            for (page_start, mut page) in rollup::pages_of(&sorted, res) {
+                let key = sid_time_key(res.tag(), sid, page_start);
+                if let Some(old) = tree.get(key)? {
+                    rollup::decode_page(&old, page_start, res, |start, agg| {
+                        page.entry(start)
+                            .and_modify(|a| a.merge(&agg))
+                            .or_insert(agg);
+                    })?;
+                }
+                batch.insert(&key[..], rollup::encode_page(page_start, res, &page));
+            }
+        }
+        let mut rec = s.rec.clone();
+        rec.sealed_through = taken.last().map_or(rec.sealed_through, |r| r.seq);
+        rec.sealed_count += taken.len() as u64;
+        rec.sealed_max_ts = sorted
+            .last()
+            .map_or(rec.sealed_max_ts, |r| r.ts.max(rec.sealed_max_ts));
+        rec.unit.clone_from(&s.unit);
+        rec.last = s.last;
+        batch.insert(&series_key(sid)[..], encode_rec(&rec));
+        seals.push(StagedSeal { sid, taken, rec });
+    }
+    Ok(seals)
+}
+
+/// Puts memory back as it was before a batch that did not reach sled.
+pub(super) fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<StagedSeal>) {
+    let mut taken: HashMap<u32, Vec<Row>> = seals.into_iter().map(|s| (s.sid, s.taken)).collect();
+    for (sid, u) in undo {
+        if u.created {
+            if let Some(s) = st.series.remove(&sid) {
+                if let Some(m) = st.sids.get_mut(&s.names.device_id) {
+                    m.remove(&s.names.metric);
+                    if m.is_empty() {
+                        st.sids.remove(&s.names.device_id);
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(s) = st.series.get_mut(&sid) else {
+            continue;
+        };
+        let mut rows = taken
+            .remove(&sid)
+            .unwrap_or_else(|| std::mem::take(&mut s.open));
+        rows.truncate(u.open_len);
+        s.set_open(rows);
+        s.count = u.count;
+        s.max_ts = u.max_ts;
+        s.unit = u.unit;
+        s.last = u.last;
+    }
+    // Seals of untouched series (replay bound) only moved rows out: put them back.
+    for (sid, rows) in taken {
+        if let Some(s) = st.series.get_mut(&sid) {
+            s.set_open(rows);
+        }
+    }
+}
+
+/// Rebuilds the open chunks from the log after the replay checkpoint.
+pub(super) fn replay(tree: &sled::Tree, st: &mut State) -> Result<(), StoreError> {
+    let start = st.replay_from.max(st.floor.saturating_add(1)).max(1);
+    let first_key = match block_holding(tree, start)? {
+        Some((first, _)) => first,
+        None => start,
+    };
+    for r in tree.range(log_key(first_key)..=log_key(u64::MAX)) {
+        let (k, v) = r?;
+        for lr in codec::decode_block(&v, u64_from(&k[1..]))? {
+            if lr.row.seq < start {
+                continue;
+            }
+            let s = st.series.get_mut(&lr.sid).ok_or(StoreError::Corrupt {
+                what: "log (unknown series)",
+            })?;
+            if lr.row.seq <= s.rec.sealed_through {
+                continue;
+            }
+            let unit = match lr.row.unit.as_deref() {
+                None => s.names.base_unit.clone(),
+                Some(UnitOverride::Absent) => None,
+                Some(UnitOverride::Named(u)) => Some(u.clone()),
+            };
+            s.push(lr.row, &unit);
+        }
+    }
+    for (sid, s) in &st.series {
+        if let Some(first) = s.open.first() {
+            st.open_index.insert((first.seq, *sid));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HOUR_MS;
+
+    #[test]
+    fn runs_respect_rows_and_span() {
+        let rows: Vec<Row> = (0..1500)
+            .map(|i| Row {
+                seq: i,
+                ts: if i < 1200 {
+                    i as i64 * 1000
+                } else {
+                    10 * HOUR_MS + i as i64
+                },
+                recv: 0,
+                value: 1.0,
+                unit: None,
+            })
+            .collect();
+        let runs = split_runs(&rows);
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1500);
+        for r in &runs {
+            assert!(r.len() <= CHUNK_ROWS);
+            assert!(r[r.len() - 1].ts - r[0].ts <= CHUNK_SPAN_MS);
+        }
+    }
+}
