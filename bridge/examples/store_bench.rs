@@ -26,6 +26,8 @@ struct Args {
     batch: usize,
     dir: Option<PathBuf>,
     queries: usize,
+    /// Skip the load and measure the store already in `dir`.
+    reuse: bool,
 }
 
 fn args() -> Args {
@@ -35,6 +37,7 @@ fn args() -> Args {
         batch: 1000,
         dir: None,
         queries: 200,
+        reuse: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -49,6 +52,7 @@ fn args() -> Args {
             "--batch" => a.batch = num() as usize,
             "--queries" => a.queries = num() as usize,
             "--dir" => a.dir = Some(PathBuf::from(val)),
+            "--reuse" => a.reuse = num() != 0,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -111,6 +115,27 @@ fn main() {
 
     // Load.
     let store = Store::open(&dir, &opts).expect("open");
+    let stored = if a.reuse {
+        store.last_seq().expect("seq")
+    } else {
+        load(&a, &store, t0, secs)
+    };
+    let st = store.stats().expect("stats");
+    let (apparent, allocated) = dir_usage(&dir);
+    println!(
+        "disk after load: size_on_disk {} B = {:.1} B/reading; du apparent {:.1}, allocated {:.1} B/reading",
+        st.size_on_disk,
+        st.size_on_disk as f64 / stored as f64,
+        apparent as f64 / stored as f64,
+        allocated as f64 / stored as f64
+    );
+    drop(store);
+    measure(&a, &dir, &opts, stored, t0, secs);
+}
+
+/// Loads the readings through `apply` + `flush` and reports the rate; returns how many were
+/// stored.
+fn load(a: &Args, store: &Store, t0: i64, secs: i64) -> u64 {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut values: Vec<i64> = (0..a.series).map(|i| 2000 + (i as i64 % 500)).collect();
     let names: Vec<(String, &str)> = (0..a.series).map(|i| (device(i), METRICS[i % 4])).collect();
@@ -163,24 +188,19 @@ fn main() {
         a.batch
     );
     store.flush().expect("flush");
-    let st = store.stats().expect("stats");
-    let (apparent, allocated) = dir_usage(&dir);
-    println!(
-        "disk after load: size_on_disk {} B = {:.1} B/reading; du apparent {:.1}, allocated {:.1} B/reading",
-        st.size_on_disk,
-        st.size_on_disk as f64 / stored as f64,
-        apparent as f64 / stored as f64,
-        allocated as f64 / stored as f64
-    );
-    drop(store);
+    stored
+}
 
+/// Time to ready and query latencies on the store in `dir`.
+fn measure(a: &Args, dir: &Path, opts: &StoreOptions, stored: u64, t0: i64, secs: i64) {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
     // Time to ready: open (sled recovery + catalogue + replay of the open chunks).
     let mut opens = Vec::new();
     let mut store = None;
     for _ in 0..3 {
         drop(store.take());
         let started = Instant::now();
-        let s = Store::open(&dir, &opts).expect("reopen");
+        let s = Store::open(dir, opts).expect("reopen");
         opens.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(s.last_seq().expect("seq"), stored, "reopen lost readings");
         store = Some(s);

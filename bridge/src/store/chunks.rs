@@ -256,12 +256,15 @@ pub(super) fn snapshot_of(sid: u32, s: &Series, from: i64, to: i64) -> SeriesSna
         names: s.names.clone(),
         unit: s.unit.clone(),
         sealed_through: s.rec.sealed_through,
-        open: s
-            .open
-            .iter()
-            .filter(|r| r.ts >= from && r.ts < to)
-            .cloned()
-            .collect(),
+        open: if from < to {
+            s.open
+                .iter()
+                .filter(|r| r.ts >= from && r.ts < to)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

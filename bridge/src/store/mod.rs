@@ -65,7 +65,7 @@ use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
 use layout::*;
-use rollup::{ceil_to, floor_to, Resolution};
+use rollup::{ceil_to, floor_to, Buckets, Resolution};
 pub use rollup::{Aggregate, HOUR_MS, MINUTE_MS};
 
 /// Most readings in one log block (a larger batch is split).
@@ -725,21 +725,28 @@ impl Store {
     }
 
     /// Copies, under the lock, what a query needs of the series matching `filters`.
+    /// With `may_walk_log`, a query matching at least half the series is answered from the
+    /// log (returned `true`) and no open rows are copied.
     fn snapshot(
         &self,
         filters: &[TopicFilter],
         from: i64,
         to: i64,
-    ) -> Result<(Vec<SeriesSnapshot>, usize, u64), StoreError> {
+        may_walk_log: bool,
+    ) -> Result<(Vec<SeriesSnapshot>, bool, u64), StoreError> {
         let st = self.state()?;
-        let mut out = Vec::new();
-        for (sid, s) in &st.series {
-            if !matches_any(filters, &s.names.topic) {
-                continue;
-            }
-            out.push(snapshot_of(*sid, s, from, to));
-        }
-        Ok((out, st.series.len(), st.floor))
+        let matched: Vec<(&u32, &Series)> = st
+            .series
+            .iter()
+            .filter(|(_, s)| matches_any(filters, &s.names.topic))
+            .collect();
+        let walk_log = may_walk_log && matched.len() * 2 >= st.series.len();
+        let (from, to) = if walk_log { (0, 0) } else { (from, to) };
+        let out = matched
+            .into_iter()
+            .map(|(sid, s)| snapshot_of(*sid, s, from, to))
+            .collect();
+        Ok((out, walk_log, st.floor))
     }
 
     /// Sealed rows of one series with event time in `[from, to)`, seq in
@@ -777,12 +784,12 @@ impl Store {
         if from >= to {
             return Ok(ReadingPage::default());
         }
-        let (snaps, total, floor) = self.snapshot(&q.filters, from, to)?;
+        let unbounded_time = q.from_ms.is_none() && q.to_ms.is_none();
+        let (snaps, walk_log, floor) = self.snapshot(&q.filters, from, to, unbounded_time)?;
         if snaps.is_empty() {
             return Ok(ReadingPage::default());
         }
-        let unbounded_time = q.from_ms.is_none() && q.to_ms.is_none();
-        let mut rows = if unbounded_time && snaps.len() * 2 >= total {
+        let mut rows = if walk_log {
             // Broad query: walk the log from the cursor.
             let names = snaps.iter().map(|s| (s.sid, s.names.clone())).collect();
             self.walk_log(q.after, limit, &names)?
@@ -840,8 +847,7 @@ impl Store {
         res: Resolution,
         from: i64,
         to: i64,
-        step: i64,
-        buckets: &mut BTreeMap<i64, rollup::Aggregate>,
+        buckets: &mut Buckets,
     ) -> Result<(), StoreError> {
         let lo = sid_time_key(res.tag(), sid, floor_to(from, res.page_ms()));
         let hi = sid_time_key(res.tag(), sid, to);
@@ -850,10 +856,7 @@ impl Store {
             let page_start = ts_from(&k[5..13]);
             rollup::decode_page(&v, page_start, res, |start, agg| {
                 if start >= from && start < to {
-                    buckets
-                        .entry(floor_to(start, step))
-                        .and_modify(|a| a.merge(&agg))
-                        .or_insert(agg);
+                    buckets.add(start, &agg);
                 }
             })?;
         }
@@ -868,13 +871,12 @@ impl Store {
         step: i64,
         res: Option<Resolution>,
         floor: u64,
-    ) -> Result<BTreeMap<i64, Aggregate>, StoreError> {
-        let mut buckets = BTreeMap::new();
-        let raw = |from: i64, to: i64, b: &mut BTreeMap<i64, Aggregate>| {
-            let mut rows = Vec::new();
-            self.sealed_rows(s.sid, from, to, floor, s.sealed_through, |r| rows.push(r))?;
-            rollup::add_rows(&rows, step, b);
-            Ok::<(), StoreError>(())
+    ) -> Result<Vec<(i64, Aggregate)>, StoreError> {
+        let mut buckets = Buckets::new(q.from_ms, q.to_ms, step);
+        let raw = |from: i64, to: i64, b: &mut Buckets| {
+            self.sealed_rows(s.sid, from, to, floor, s.sealed_through, |r| {
+                b.add(r.ts, &Aggregate::one(r.value, r.ts, r.seq));
+            })
         };
         let aligned = res.map(|res| {
             let unit = res.bucket_ms();
@@ -883,14 +885,14 @@ impl Store {
         match aligned {
             Some((res, a_from, a_to)) if a_from < a_to => {
                 raw(q.from_ms, a_from, &mut buckets)?;
-                self.pages_into(s.sid, res, a_from, a_to, step, &mut buckets)?;
+                self.pages_into(s.sid, res, a_from, a_to, &mut buckets)?;
                 raw(a_to, q.to_ms, &mut buckets)?;
             }
             _ => raw(q.from_ms, q.to_ms, &mut buckets)?,
         }
         // Open rows are never in pages.
-        rollup::add_rows(&s.open, step, &mut buckets);
-        Ok(buckets)
+        buckets.add_rows(&s.open);
+        Ok(buckets.into_points())
     }
 
     /// Rolled-up points per matching series, from the coarsest stored resolution that divides
@@ -902,7 +904,7 @@ impl Store {
         let step = q.step_ms.max(1);
         let source = RollupSource::for_step(step);
         let res = source.resolution();
-        let (snaps, _, floor) = self.snapshot(&q.filters, q.from_ms, q.to_ms)?;
+        let (snaps, _, floor) = self.snapshot(&q.filters, q.from_ms, q.to_ms, false)?;
         let mut out = Vec::with_capacity(snaps.len());
         for mut s in snaps {
             let mut attempt = 0;
@@ -930,7 +932,7 @@ impl Store {
                     metric: s.names.metric.clone(),
                 },
                 unit: s.unit.clone(),
-                points: buckets.into_iter().collect(),
+                points: buckets,
             });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -192,18 +192,77 @@ pub(crate) fn decode_page(
     }
 }
 
-/// Adds rows into buckets of width `step` (any positive width).
-pub(crate) fn add_rows<'a>(
-    rows: impl IntoIterator<Item = &'a Row>,
+/// Most buckets a query keeps in a dense vector; wider ranges use a map.
+const DENSE_MAX: i128 = 1 << 20;
+
+/// The step buckets of one series in a query: a vector indexed by bucket when the range is
+/// narrow enough (the usual dashboard query), else a map.
+#[derive(Debug)]
+pub(crate) struct Buckets {
     step: i64,
-    buckets: &mut BTreeMap<i64, Aggregate>,
-) {
-    for r in rows {
-        let one = Aggregate::one(r.value, r.ts, r.seq);
-        buckets
-            .entry(floor_to(r.ts, step))
-            .and_modify(|a| a.merge(&one))
-            .or_insert(one);
+    origin: i64,
+    dense: Vec<Option<Aggregate>>,
+    sparse: BTreeMap<i64, Aggregate>,
+}
+
+impl Buckets {
+    /// Buckets of width `step` (> 0) for event times in `[from, to)`.
+    pub(crate) fn new(from: i64, to: i64, step: i64) -> Buckets {
+        let origin = floor_to(from, step);
+        let n = (i128::from(to) - i128::from(origin) + i128::from(step) - 1) / i128::from(step);
+        let dense = if (1..=DENSE_MAX).contains(&n) {
+            vec![None; n as usize]
+        } else {
+            Vec::new()
+        };
+        Buckets {
+            step,
+            origin,
+            dense,
+            sparse: BTreeMap::new(),
+        }
+    }
+
+    /// Merges `agg` into the bucket holding event time `ts`.
+    pub(crate) fn add(&mut self, ts: i64, agg: &Aggregate) {
+        let b = floor_to(ts, self.step);
+        let idx = (i128::from(b) - i128::from(self.origin)) / i128::from(self.step);
+        match usize::try_from(idx)
+            .ok()
+            .and_then(|i| self.dense.get_mut(i))
+        {
+            Some(Some(a)) => a.merge(agg),
+            Some(slot) => *slot = Some(*agg),
+            None => {
+                self.sparse
+                    .entry(b)
+                    .and_modify(|a| a.merge(agg))
+                    .or_insert(*agg);
+            }
+        }
+    }
+
+    /// Adds raw rows.
+    pub(crate) fn add_rows<'a>(&mut self, rows: impl IntoIterator<Item = &'a Row>) {
+        for r in rows {
+            self.add(r.ts, &Aggregate::one(r.value, r.ts, r.seq));
+        }
+    }
+
+    /// Non-empty buckets in time order.
+    pub(crate) fn into_points(self) -> Vec<(i64, Aggregate)> {
+        let (origin, step) = (self.origin, self.step);
+        let mut out: Vec<(i64, Aggregate)> = self
+            .dense
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.map(|a| (origin.saturating_add(i as i64 * step), a)))
+            .collect();
+        if !self.sparse.is_empty() {
+            out.extend(self.sparse);
+            out.sort_by_key(|p| p.0);
+        }
+        out
     }
 }
 
@@ -250,6 +309,19 @@ mod tests {
                     assert!(decode_page(&b[..n], start, res, |_, _| {}).is_err());
                 }
             }
+        }
+        // Dense and sparse buckets agree with a plain map, also for negative times.
+        for (from, to, step) in [(-HOUR_MS, HOUR_MS, 7_000), (i64::MIN, i64::MAX, HOUR_MS)] {
+            let mut b = Buckets::new(from, to, step);
+            b.add_rows(&rows);
+            let mut want: BTreeMap<i64, Aggregate> = BTreeMap::new();
+            for r in &rows {
+                let one = Aggregate::one(r.value, r.ts, r.seq);
+                want.entry(floor_to(r.ts, step))
+                    .and_modify(|a| a.merge(&one))
+                    .or_insert(one);
+            }
+            assert_eq!(b.into_points(), want.into_iter().collect::<Vec<_>>());
         }
         let mut bad_slot = Vec::new();
         put_varint(&mut bad_slot, 1);
