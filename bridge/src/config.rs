@@ -28,8 +28,9 @@ pub struct BridgeConfig {
     /// Capacity of the committed-batch broadcast used by live fan-out, in batches. A receiver
     /// further behind is told how many batches it missed. Default 1024.
     pub broadcast_capacity: usize,
-    /// Recent readings remembered for cheap duplicate detection (older duplicates are found
-    /// through the index). Default 65536.
+    /// Readings kept in memory in the series' open chunks: redelivered duplicates among them
+    /// are found without reading the disk (older ones through the sealed chunks), and at most
+    /// this many readings of the log are replayed at start-up. Default 262144.
     pub dedupe_window: usize,
     /// sled page cache in MiB. Default 64.
     pub cache_mb: u64,
@@ -77,7 +78,7 @@ impl Default for BridgeConfig {
             batch_max: 1000,
             flush_interval_ms: 0,
             broadcast_capacity: 1024,
-            dedupe_window: 65_536,
+            dedupe_window: 262_144,
             cache_mb: 64,
             retention_days: 30,
             disk_budget_mb: 0,

@@ -10,6 +10,7 @@ pub(super) const LOG: u8 = b'L';
 pub(super) const CHUNK: u8 = b'C';
 pub(super) const SERIES: u8 = b'S';
 pub(super) const DEVICE: u8 = b'D';
+pub(super) const META_FORMAT: &[u8] = b"Zformat";
 pub(super) const META_SEQ: &[u8] = b"Zseq";
 pub(super) const META_REPLAY: &[u8] = b"Zreplay";
 pub(super) const META_FLOOR: &[u8] = b"Zfloor";

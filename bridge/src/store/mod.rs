@@ -39,6 +39,7 @@
 //! | `H` sid day start | the hour buckets of that day ([`rollup`]) |
 //! | `S` sid (u32 BE) | series record (postcard): names, base unit, last reading, sealed-through seq, sealed count |
 //! | `D` deviceId | device presence (postcard) |
+//! | `Zformat` | on-disk format ([`FORMAT`]); a store without it (older build) is refused |
 //! | `Zseq` | highest seq ever assigned (retention emptying the log cannot reset seq) |
 //! | `Zreplay` | replay checkpoint: every reading before this seq is sealed or deleted |
 //! | `Zfloor` | highest seq deleted by retention (older chunk rows are hidden) |
@@ -67,6 +68,9 @@ use codec::{LogRow, Malformed, Row, UnitOverride};
 use layout::*;
 use rollup::{ceil_to, floor_to, Buckets, Resolution};
 pub use rollup::{Aggregate, HOUR_MS, MINUTE_MS};
+
+/// On-disk format written and read by this build (key `Zformat`).
+pub const FORMAT: u64 = 2;
 
 /// Most readings in one log block (a larger batch is split).
 pub const BLOCK_MAX: usize = 1000;
@@ -99,6 +103,17 @@ pub enum StoreError {
     /// A writer panicked while holding the store's state.
     #[error("store state poisoned by an earlier panic")]
     Poisoned,
+    /// The data directory holds a store in another on-disk format.
+    #[error(
+        "the store at {path} has on-disk format {found}, this build reads format {FORMAT}; \
+         move the data directory away to start afresh"
+    )]
+    Format {
+        /// The data directory.
+        path: PathBuf,
+        /// The format found (0: an older build without a format mark).
+        found: u64,
+    },
 }
 
 impl From<sled::Error> for StoreError {
@@ -385,6 +400,18 @@ impl Store {
         let db = open_with_lock_retry(&config).map_err(open_err)?;
         let tree = db.open_tree("edgewatch").map_err(open_err)?;
 
+        match read_u64(&tree, META_FORMAT, "format")? {
+            FORMAT => {}
+            0 if tree.is_empty() => {
+                tree.insert(META_FORMAT, &FORMAT.to_be_bytes()[..])?;
+            }
+            found => {
+                return Err(StoreError::Format {
+                    path: dir.to_path_buf(),
+                    found,
+                })
+            }
+        }
         let mut last_seq = read_u64(&tree, META_SEQ, "seq high-water mark")?;
         let replay_from = read_u64(&tree, META_REPLAY, "replay checkpoint")?;
         let floor = read_u64(&tree, META_FLOOR, "retention floor")?;
@@ -1082,4 +1109,29 @@ fn stage_presence(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory from a build with another layout is refused with a clear error, not
+    /// misread; an empty one gets the current format mark.
+    #[test]
+    fn other_formats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("edgewatch").unwrap();
+            tree.insert(log_key(1), &[0u8, 1, 2, 3][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Format { found: 0, .. }), "{err}");
+
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path(), &StoreOptions::default()).unwrap());
+        let store = Store::open(fresh.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 0);
+    }
 }

@@ -226,11 +226,11 @@ impl Buckets {
     /// Merges `agg` into the bucket holding event time `ts`.
     pub(crate) fn add(&mut self, ts: i64, agg: &Aggregate) {
         let b = floor_to(ts, self.step);
-        let idx = (i128::from(b) - i128::from(self.origin)) / i128::from(self.step);
-        match usize::try_from(idx)
-            .ok()
-            .and_then(|i| self.dense.get_mut(i))
-        {
+        let idx = b.checked_sub(self.origin).map(|d| d / self.step);
+        let slot = idx
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.dense.get_mut(i));
+        match slot {
             Some(Some(a)) => a.merge(agg),
             Some(slot) => *slot = Some(*agg),
             None => {
