@@ -880,7 +880,9 @@ impl Store {
         let hi = sid_time_key(res.tag(), sid, to);
         for r in self.inner.tree.range(lo..hi) {
             let (k, v) = r?;
-            let page_start = ts_from(&k[5..13]);
+            let page_start = ts_from(k.get(5..13).ok_or(StoreError::Corrupt {
+                what: "rollup page key",
+            })?);
             rollup::decode_page(&v, page_start, res, |start, agg| {
                 if start >= from && start < to {
                     buckets.add(start, &agg);
