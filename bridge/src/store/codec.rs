@@ -607,4 +607,73 @@ mod tests {
             let _ = decode_block(&c, 5);
         }
     }
+
+    fn any_row() -> impl proptest::strategy::Strategy<Value = Row> {
+        use proptest::prelude::*;
+        let unit = prop_oneof![
+            Just(None),
+            Just(Some(UnitOverride::Absent)),
+            "[a-zA-Z%°/ ]{0,6}".prop_map(|s| Some(UnitOverride::Named(s))),
+        ];
+        let value = prop_oneof![
+            any::<u64>().prop_map(f64::from_bits),
+            (-1_000_000i64..1_000_000, 0u32..4).prop_map(|(m, k)| m as f64 / 10f64.powi(k as i32)),
+        ];
+        (any::<u64>(), any::<i64>(), any::<i64>(), value, unit).prop_map(
+            |(seq, ts, recv, value, unit)| Row {
+                seq,
+                ts,
+                recv,
+                value,
+                unit: unit.map(Box::new),
+            },
+        )
+    }
+
+    fn same(a: &Row, b: &Row) -> bool {
+        (a.seq, a.ts, a.recv, a.value.to_bits(), &a.unit)
+            == (b.seq, b.ts, b.recv, b.value.to_bits(), &b.unit)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunk_round_trips(mut rows in proptest::collection::vec(any_row(), 1..300)) {
+            rows.sort_by_key(|r| (r.ts, r.seq));
+            let back = decode_chunk(&encode_chunk(&rows)).expect("decodes");
+            proptest::prop_assert_eq!(back.len(), rows.len());
+            for (a, b) in back.iter().zip(&rows) {
+                proptest::prop_assert!(same(a, b), "{:?} != {:?}", a, b);
+            }
+        }
+
+        #[test]
+        fn any_block_round_trips(
+            rows in proptest::collection::vec((proptest::prelude::any::<u32>(), any_row()), 1..300),
+            first in 0u64..u64::MAX / 2,
+        ) {
+            let rows: Vec<LogRow> = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, (sid, mut row))| {
+                    row.seq = first + i as u64;
+                    LogRow { sid, row }
+                })
+                .collect();
+            let back = decode_block(&encode_block(&rows), first).expect("decodes");
+            proptest::prop_assert_eq!(back.len(), rows.len());
+            for (a, b) in back.iter().zip(&rows) {
+                proptest::prop_assert!(a.sid == b.sid && same(&a.row, &b.row));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode_chunk(&bytes);
+            let _ = decode_block(&bytes, 1);
+            let _ = block_len(&bytes);
+            for res in crate::store::rollup::Resolution::BOTH {
+                let _ = crate::store::rollup::decode_page(&bytes, 0, res, |_, _| {});
+            }
+        }
+    }
 }
