@@ -101,22 +101,38 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
 }
 
 /// Logs to stderr, filtered by `EDGEWATCH_LOG` (else `level`), as text or as JSON lines.
+///
+/// rumqttd's spans are never recorded: its router opens an error-level span per publish with
+/// the topic `Debug`-formatted into it, which cost the router thread most of its time (perf,
+/// relay benchmark). Its events (warnings, errors) are still logged.
 fn init_logging(level: &str, json: bool) {
-    let filter = std::env::var("EDGEWATCH_LOG")
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let env = std::env::var("EDGEWATCH_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let no_broker_spans =
+        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")));
+    let filter = env.and(no_broker_spans);
+    let registry = tracing_subscriber::registry();
     if json {
-        fmt.json()
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init();
+            .with_writer(std::io::stderr)
+            .with_filter(filter);
+        registry.with(layer).init();
     } else {
-        fmt.init();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter);
+        registry.with(layer).init();
     }
 }
 
