@@ -27,7 +27,9 @@
 //! [`Metrics::with_sample`]: `edgewatch_mqtt_connections` (clients connected now, counted by
 //! the broker's codec wrapper from CONNECT to the end of the connection),
 //! `edgewatch_mqtt_ingest_backlog` (publishes waiting for the bridge) and
-//! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure).
+//! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure) and
+//! `edgewatch_mqtt_ingest_skipped_total` (publishes the broker dropped before the bridge read
+//! them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -11,8 +11,14 @@
 //! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads,
 //! whose other tasks move to another worker meanwhile),
 //! so QoS 1 devices run into their in-flight window and stop sending until the bridge catches
-//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way: under sustained
-//! overload they are the ones the broker may drop, as MQTT allows for "at most once".
+//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way (pausing the
+//! connection's reads instead stalled the router in a test: the paused connections stop taking
+//! its notifications): under sustained overload they are the ones the broker may drop, as MQTT
+//! allows for "at most once". rumqttd then drops the oldest unread publishes of the bridge's
+//! link (it logs "Read cursor start jumped"); the link never sees them, and the counters would
+//! show a backlog forever, holding every later PUBACK. The link therefore watches the
+//! offsets of its commit log: a jump is exactly the publishes dropped, which leave the backlog
+//! and are counted as skipped (`edgewatch_mqtt_ingest_skipped_total`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +37,8 @@ pub struct IngestGate {
     max_backlog: u64,
     /// PUBACKs that had to wait, for metrics and tests.
     held_acks: AtomicU64,
+    /// Publishes admitted that never reached the link (dropped by the broker under overload).
+    skipped: AtomicU64,
 }
 
 impl IngestGate {
@@ -41,6 +49,7 @@ impl IngestGate {
             drained: AtomicU64::new(0),
             max_backlog: max_backlog.max(1),
             held_acks: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         }
     }
 
@@ -68,6 +77,18 @@ impl IngestGate {
         self.held_acks.load(Ordering::Relaxed)
     }
 
+    /// Publishes the broker accepted that never reached the bridge's link.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Called by the link when the broker's cursor jumped over `n` publishes it dropped:
+    /// they were admitted and will never be drained, so they leave the backlog here.
+    pub(crate) fn skipped_by_broker(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+        self.drained.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Blocks the calling (broker) thread while the backlog is above the limit, at most
     /// [`MAX_ACK_WAIT`]. Called right before a PUBACK is written.
     pub(crate) fn wait_for_room(&self) {
@@ -75,6 +96,10 @@ impl IngestGate {
             return;
         }
         self.held_acks.fetch_add(1, Ordering::Relaxed);
+        self.wait();
+    }
+
+    fn wait(&self) {
         let wait = || {
             let started = Instant::now();
             while self.backlog() > self.max_backlog && started.elapsed() < MAX_ACK_WAIT {
@@ -113,5 +138,17 @@ mod tests {
         let started = Instant::now();
         gate.wait_for_room(); // at the limit: no wait
         assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn dropped_publishes_leave_the_backlog_and_are_counted() {
+        let gate = IngestGate::new(2);
+        for _ in 0..5 {
+            gate.admitted(b"sensors/d1/t");
+        }
+        gate.drained();
+        gate.skipped_by_broker(3);
+        assert_eq!(gate.backlog(), 1);
+        assert_eq!(gate.skipped(), 3);
     }
 }
