@@ -116,8 +116,11 @@ fn init_logging(level: &str, json: bool) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // The level hint keeps the combined filter's maximum level equal to `env`'s, so disabled
+    // levels stay free, also for the `log` records of dependencies (sled).
     let no_broker_spans =
-        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")));
+        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")))
+            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
     let filter = env.and(no_broker_spans);
     let registry = tracing_subscriber::registry();
     if json {
