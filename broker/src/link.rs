@@ -78,7 +78,7 @@ impl InboundStream {
     pub async fn recv_many(&mut self, buf: &mut Vec<InboundPublish>, limit: usize) -> usize {
         let n = self.rx.recv_many(buf, limit).await;
         if let Some(gate) = &self.gate {
-            (0..n).for_each(|_| gate.drained());
+            gate.drained_many(n as u64);
         }
         n
     }
