@@ -83,10 +83,9 @@ use crate::http::ErrorBody;
 )]
 pub struct ApiDoc;
 
-/// What the derive macros cannot express:
-/// * the live routes, listed by [`crate::watch::openapi::LiveApi`] where their handlers are
-///   visible, merged in;
-/// * `/v1/openapi.json` is answered by this document itself.
+/// What the derive cannot list: the live routes. Their handlers are private to
+/// [`crate::watch`], so [`crate::watch::openapi::LiveApi`] lists them there and is merged in
+/// here (paths and the schemas they reference).
 #[derive(Debug)]
 pub struct Conventions;
 
