@@ -83,15 +83,45 @@ use crate::http::ErrorBody;
 )]
 pub struct ApiDoc;
 
-/// What the derive cannot list: the live routes. Their handlers are private to
-/// [`crate::watch`], so [`crate::watch::openapi::LiveApi`] lists them there and is merged in
-/// here (paths and the schemas they reference).
+/// What the derive macros cannot express:
+/// * the live routes: their handlers are private to [`crate::watch`], so
+///   [`crate::watch::openapi::LiveApi`] lists them there and is merged in here (paths and the
+///   schemas they reference);
+/// * an optional header is absent, never `null`: the macros make every `Option` nullable, so
+///   `null` is dropped from header parameters' types.
 #[derive(Debug)]
 pub struct Conventions;
 
 impl Modify for Conventions {
     fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
+
         doc.merge(crate::watch::openapi::LiveApi::openapi());
+        let operations = doc
+            .paths
+            .paths
+            .values_mut()
+            .filter_map(|item| item.get.as_mut());
+        let headers = operations
+            .flat_map(|op| op.parameters.iter_mut().flatten())
+            .filter(|p| p.parameter_in == ParameterIn::Header);
+        for header in headers {
+            if let Some(RefOr::T(Schema::Object(object))) = header.schema.as_mut() {
+                if let SchemaType::Array(types) = &object.schema_type {
+                    let mut types: Vec<Type> = types
+                        .iter()
+                        .filter(|t| **t != Type::Null)
+                        .cloned()
+                        .collect();
+                    object.schema_type = match types.len() {
+                        1 => SchemaType::Type(types.remove(0)),
+                        _ => SchemaType::Array(types),
+                    };
+                }
+            }
+        }
     }
 }
 
