@@ -47,6 +47,9 @@ enum Command {
     Sim(edgewatch_sim::SimArgs),
     /// Read one serial sensor (USB serial port) and publish its readings to an MQTT broker.
     Serial(crate::serial::SerialArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `/v1/openapi.json` serves;
+    /// `docs/openapi.json` is this output).
+    Openapi,
     /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
     Passwd {
         /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
@@ -78,9 +81,21 @@ pub(crate) fn main() -> ExitCode {
         Command::Bridge { mqtt, run: args } => run(args, crate::hub::Source::External(mqtt)),
         Command::Demo(args) => demo(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Openapi => print_openapi(),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Sim(args) => sim(args),
         Command::Serial(args) => serial(args),
+    }
+}
+
+fn print_openapi() -> ExitCode {
+    let text = edgewatch_bridge::docs::openapi_json_text();
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write the document: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
