@@ -47,6 +47,9 @@ enum Command {
     Sim(edgewatch_sim::SimArgs),
     /// Read one serial sensor (USB serial port) and publish its readings to an MQTT broker.
     Serial(crate::serial::SerialArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `/v1/openapi.json` serves;
+    /// `docs/openapi.json` is this output).
+    Openapi,
     /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
     Passwd {
         /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
@@ -78,9 +81,21 @@ pub(crate) fn main() -> ExitCode {
         Command::Bridge { mqtt, run: args } => run(args, crate::hub::Source::External(mqtt)),
         Command::Demo(args) => demo(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Openapi => print_openapi(),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Sim(args) => sim(args),
         Command::Serial(args) => serial(args),
+    }
+}
+
+fn print_openapi() -> ExitCode {
+    let text = edgewatch_bridge::docs::openapi_json_text();
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write the document: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -101,22 +116,41 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
 }
 
 /// Logs to stderr, filtered by `EDGEWATCH_LOG` (else `level`), as text or as JSON lines.
+///
+/// rumqttd's spans are never recorded: its router opens an error-level span per publish with
+/// the topic `Debug`-formatted into it, which cost the router thread most of its time (perf,
+/// relay benchmark). Its events (warnings, errors) are still logged.
 fn init_logging(level: &str, json: bool) {
-    let filter = std::env::var("EDGEWATCH_LOG")
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let env = std::env::var("EDGEWATCH_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // The level hint keeps the combined filter's maximum level equal to `env`'s, so disabled
+    // levels stay free, also for the `log` records of dependencies (sled).
+    let no_broker_spans =
+        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")))
+            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
+    let filter = env.and(no_broker_spans);
+    let registry = tracing_subscriber::registry();
     if json {
-        fmt.json()
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init();
+            .with_writer(std::io::stderr)
+            .with_filter(filter);
+        registry.with(layer).init();
     } else {
-        fmt.init();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter);
+        registry.with(layer).init();
     }
 }
 

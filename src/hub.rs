@@ -133,6 +133,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         let connections = broker.connection_count();
         let gate = broker.ingest_gate().clone();
         let held = gate.clone();
+        let skipped = gate.clone();
         metrics = metrics
             .with_sample(Sample {
                 name: "edgewatch_mqtt_connections",
@@ -151,6 +152,12 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
                 help: "PUBACKs held back because the bridge was behind (backpressure).",
                 kind: "counter",
                 read: Arc::new(move || held.held_acks() as f64),
+            })
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_ingest_skipped_total",
+                help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
+                kind: "counter",
+                read: Arc::new(move || skipped.skipped() as f64),
             });
     }
     let app = bridge

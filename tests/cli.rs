@@ -114,3 +114,63 @@ fn passwd_prints_a_verifiable_users_entry() {
     assert!(text.contains("username = \"sensor-1\""));
     assert!(text.contains("$argon2id$"));
 }
+
+/// With `[log] json = true`, a reject is one JSON line whose current span is the device's:
+/// `device_id` from the topic (`sensors/{deviceId}/{metric}`) or, on the shared channel, from
+/// the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_device_of_a_reject() {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use serde_json::Value;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&loopback_config(dir.path(), "[log]\njson = true\n"), &[]);
+    let mut opts = MqttOptions::new("json-log-test", "127.0.0.1", hub.addr("mqtt").port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    // Different reasons: each reason's first reject is logged (later ones within 10 s are
+    // counted as suppressed).
+    for (topic, payload) in [
+        ("sensors/d7/humidity", "wet"),
+        ("sensors/temperature", r#"{"deviceId":"d8"}"#),
+    ] {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    let mut want = vec![("d7", "unknown_format"), ("d8", "missing_value")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !want.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = hub.stderr.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "no reject line for {want:?}; lines seen:\n{}",
+                seen.join("\n")
+            )
+        });
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            panic!("a log line that is not JSON: {line}");
+        };
+        seen.push(line.clone());
+        let Some(reason) = v["fields"]["reason"].as_str() else {
+            continue;
+        };
+        assert_eq!(v["level"], "WARN", "{line}");
+        assert_eq!(v["span"]["name"], "device", "{line}");
+        let device = v["span"]["device_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            v["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["device_id"] == device)),
+            "{line}"
+        );
+        want.retain(|w| *w != (device, reason));
+    }
+}

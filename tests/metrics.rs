@@ -176,6 +176,10 @@ async fn metrics_move_as_readings_flow() {
     assert!(value(&before, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert_eq!(value(&before, "edgewatch_mqtt_connections", &[]), Some(0.0));
     assert_eq!(types["edgewatch_mqtt_held_acks_total"], "counter");
+    assert_eq!(
+        value(&before, "edgewatch_mqtt_ingest_skipped_total", &[]),
+        Some(0.0)
+    );
     assert!(value(&before, "process_open_fds", &[]).unwrap() >= 3.0);
 
     // A live SSE client stays open while readings flow.

@@ -11,7 +11,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+
+use crate::http::ErrorBody;
 
 /// Embedded files: (path under `/assets/`, content type, bytes).
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -48,15 +49,33 @@ const SDK: &[u8] = include_bytes!("../assets/sdk/edgewatch.js");
 /// The dashboard routes.
 pub fn routes() -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| async { file("text/html; charset=utf-8", INDEX) }),
-        )
+        .route("/", get(index))
         .route("/assets/{*path}", get(asset))
-        .route(
-            "/v1/sdk/edgewatch.js",
-            get(|| async { file("text/javascript; charset=utf-8", SDK) }),
-        )
+        .route("/v1/sdk/edgewatch.js", get(sdk))
+}
+
+/// The live dashboard
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "dashboard",
+    tag = "dashboard",
+    responses((status = 200, description = "HTML page.", content_type = "text/html", body = String))
+)]
+async fn index() -> Response {
+    file("text/html; charset=utf-8", INDEX)
+}
+
+/// The JavaScript client (ES module)
+#[utoipa::path(
+    get,
+    path = "/v1/sdk/edgewatch.js",
+    operation_id = "sdk",
+    tag = "dashboard",
+    responses((status = 200, description = "JavaScript.", content_type = "text/javascript", body = String))
+)]
+async fn sdk() -> Response {
+    file("text/javascript; charset=utf-8", SDK)
 }
 
 fn file(content_type: &'static str, body: &'static [u8]) -> Response {
@@ -68,12 +87,28 @@ fn file(content_type: &'static str, body: &'static [u8]) -> Response {
     res
 }
 
+/// Dashboard assets (scripts, styles, vendored uPlot)
+#[utoipa::path(
+    get,
+    path = "/assets/{path}",
+    operation_id = "dashboardAsset",
+    tag = "dashboard",
+    params(("path" = String, Path, description = "File under `/assets/`.", example = "app.js")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "text/plain"),
+        )),
+        (status = 404, response = crate::http::NotFound),
+    )
+)]
 async fn asset(Path(path): Path<String>) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
         Some((_, ct, body)) => file(ct, body),
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({"error": {"code": "not_found", "message": format!("no asset {path:?}")}})),
+            Json(ErrorBody::new("not_found", format!("no asset {path:?}"))),
         )
             .into_response(),
     }

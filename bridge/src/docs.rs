@@ -7,10 +7,16 @@
 //! | `GET /v1/asyncapi.json` | the same AsyncAPI document as JSON (what `/docs` renders) |
 //! | `GET /docs` | a page that renders both, no external resources |
 //!
-//! The documents are written once, in `docs/`, and compiled in. They cannot drift from the
-//! code unnoticed: `bridge/tests/api_docs.rs` checks that every route the router registers is
-//! described and that real responses and real WebSocket / SSE messages validate against the
-//! schemas, and `scripts/api-test` runs the official validators and schemathesis.
+//! The OpenAPI document is generated from the handlers: each handler carries a
+//! `#[utoipa::path]` naming its parameters and response types (the types the handler really
+//! returns, deriving `ToSchema`), and [`ApiDoc`] lists them. What the macros cannot say is
+//! added by [`Conventions`]. `edgewatch openapi` prints the document; `docs/openapi.json` is
+//! that output, and a test fails when the committed file differs from what the code generates
+//! (`UPDATE_DOCS=1 cargo test -p edgewatch-bridge openapi` rewrites it). The AsyncAPI document
+//! is written by hand in `docs/` and compiled in. `tests/api_docs.rs` checks that every route
+//! the router registers is described and that real responses and real WebSocket / SSE
+//! messages validate against the schemas, and `scripts/api-test` runs the official validators
+//! and schemathesis.
 
 use std::sync::OnceLock;
 
@@ -18,10 +24,123 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{Modify, OpenApi};
 
-/// The OpenAPI 3.1 document.
-pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+use crate::http::ErrorBody;
+
+/// The OpenAPI 3.1 description of every HTTP route of the hub.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "edgewatch HTTP API",
+        version = "1.0.0",
+        description = "History, catalogue, live delivery (SSE, WebSocket, long poll) and operations of an edgewatch hub. Live message formats and the MQTT side: /v1/asyncapi.yaml. Guides: docs/*.md in the repository, or /docs on a running hub.\n\nAll errors are JSON `{\"error\":{\"code\",\"message\"}}`. Times are RFC 3339 (UTC) in answers; parameters take RFC 3339 or epoch milliseconds. Topic filters follow MQTT rules. Versioning: everything under `/v1` and the `edgewatch.v1` subprotocol only changes compatibly (see docs/versioning.md).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    servers((
+        url = "http://{host}:{port}",
+        description = "An edgewatch hub (`bridge.http_listen`).",
+        variables(
+            ("host" = (default = "localhost")),
+            ("port" = (default = "8080")),
+        ),
+    )),
+    tags(
+        (name = "history", description = "Stored readings, catalogue, rollups."),
+        (name = "live", description = "Live delivery: SSE, WebSocket, long poll."),
+        (name = "operations", description = "Health, readiness, rejects, metrics."),
+        (name = "docs", description = "API descriptions."),
+        (name = "dashboard", description = "Embedded dashboard and JS client."),
+    ),
+    paths(
+        crate::http::series,
+        crate::http::devices,
+        crate::http::readings,
+        crate::http::rollups,
+        crate::http::rejects,
+        crate::http::healthz,
+        crate::http::readyz,
+        crate::metrics::scrape,
+        openapi_json,
+        asyncapi_yaml,
+        asyncapi_json,
+        docs_page,
+        crate::dashboard::index,
+        crate::dashboard::asset,
+        crate::dashboard::sdk,
+    ),
+    components(responses(
+        crate::http::BadRequest,
+        crate::http::TooLarge,
+        crate::http::Overloaded,
+        crate::http::Forbidden,
+        crate::http::Internal,
+        crate::http::NotFound,
+        crate::http::NotReady,
+    )),
+    modifiers(&Conventions),
+)]
+pub struct ApiDoc;
+
+/// What the derive macros cannot express:
+/// * the live routes: their handlers are private to [`crate::watch`], so
+///   [`crate::watch::openapi::LiveApi`] lists them there and is merged in here (paths and the
+///   schemas they reference);
+/// * an optional header is absent, never `null`: the macros make every `Option` nullable, so
+///   `null` is dropped from header parameters' types.
+#[derive(Debug)]
+pub struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
+
+        doc.merge(crate::watch::openapi::LiveApi::openapi());
+        let operations = doc
+            .paths
+            .paths
+            .values_mut()
+            .filter_map(|item| item.get.as_mut());
+        let headers = operations
+            .flat_map(|op| op.parameters.iter_mut().flatten())
+            .filter(|p| p.parameter_in == ParameterIn::Header);
+        for header in headers {
+            if let Some(RefOr::T(Schema::Object(object))) = header.schema.as_mut() {
+                if let SchemaType::Array(types) = &object.schema_type {
+                    let mut types: Vec<Type> = types
+                        .iter()
+                        .filter(|t| **t != Type::Null)
+                        .cloned()
+                        .collect();
+                    object.schema_type = match types.len() {
+                        1 => SchemaType::Type(types.remove(0)),
+                        _ => SchemaType::Array(types),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The generated document, as served (pretty JSON with a final newline, as committed in
+/// `docs/openapi.json`).
+pub fn openapi_json_text() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// The document rendered once.
+fn openapi_text() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(openapi_json_text)
+}
+
 /// The AsyncAPI 3.0 document.
 pub const ASYNCAPI_YAML: &str = include_str!("../../docs/asyncapi.yaml");
 /// The `/docs` page.
@@ -30,21 +149,37 @@ const DOCS_HTML: &str = include_str!("../assets/docs/index.html");
 /// The documentation routes.
 pub fn routes() -> Router {
     Router::new()
-        .route(
-            "/v1/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
-        )
-        .route(
-            "/v1/asyncapi.yaml",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
-                    ASYNCAPI_YAML,
-                )
-            }),
-        )
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/asyncapi.yaml", get(asyncapi_yaml))
         .route("/v1/asyncapi.json", get(asyncapi_json))
         .route("/docs", get(docs_page))
+}
+
+/// This document
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "docs",
+    responses((status = 200, description = "OpenAPI 3.1.", body = Object))
+)]
+async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_text())
+}
+
+/// AsyncAPI 3.0 description of MQTT, WebSocket and SSE
+#[utoipa::path(
+    get,
+    path = "/v1/asyncapi.yaml",
+    operation_id = "asyncapi",
+    tag = "docs",
+    responses((status = 200, description = "AsyncAPI 3.0 (YAML; a mapping).", content_type = "application/yaml", body = Object))
+)]
+async fn asyncapi_yaml() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        ASYNCAPI_YAML,
+    )
 }
 
 /// The AsyncAPI document converted to JSON once.
@@ -53,17 +188,36 @@ fn asyncapi_value() -> &'static Result<serde_json::Value, String> {
     DOC.get_or_init(|| serde_yaml::from_str(ASYNCAPI_YAML).map_err(|e| e.to_string()))
 }
 
+/// The AsyncAPI document as JSON
+#[utoipa::path(
+    get,
+    path = "/v1/asyncapi.json",
+    operation_id = "asyncapiJson",
+    tag = "docs",
+    responses(
+        (status = 200, description = "AsyncAPI 3.0.", body = Object),
+        (status = 500, response = crate::http::Internal),
+    )
+)]
 async fn asyncapi_json() -> Response {
     match asyncapi_value() {
         Ok(v) => Json(v.clone()).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": {"code": "internal", "message": e}})),
+            Json(ErrorBody::new("internal", e.clone())),
         )
             .into_response(),
     }
 }
 
+/// Human-readable rendering of both descriptions (offline)
+#[utoipa::path(
+    get,
+    path = "/docs",
+    operation_id = "docsPage",
+    tag = "docs",
+    responses((status = 200, description = "HTML page.", content_type = "text/html", body = String))
+)]
 async fn docs_page() -> impl IntoResponse {
     (
         [
@@ -76,11 +230,30 @@ async fn docs_page() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     #[test]
     fn embedded_documents_parse() {
-        let openapi: serde_json::Value = serde_json::from_str(super::OPENAPI_JSON).unwrap();
+        let openapi: serde_json::Value = serde_json::from_str(super::openapi_text()).unwrap();
         assert_eq!(openapi["openapi"], "3.1.0");
         let asyncapi = super::asyncapi_value().as_ref().unwrap();
         assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    }
+
+    /// `docs/openapi.json` is what the code generates. `UPDATE_DOCS=1` rewrites it.
+    #[test]
+    fn committed_openapi_is_the_generated_one() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let generated = super::openapi_json_text();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(&file, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            committed == generated,
+            "docs/openapi.json differs from the document the code generates; run \
+             `UPDATE_DOCS=1 cargo test -p edgewatch-bridge openapi` (or \
+             `edgewatch openapi > docs/openapi.json`) and commit the result"
+        );
     }
 }

@@ -24,14 +24,20 @@ use axum::routing::get;
 use axum::{Json, Router};
 use edgewatch_protocol::timefmt::{format_rfc3339, now_ms, parse_time};
 use edgewatch_protocol::TopicFilter;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::error;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoParams, ToResponse, ToSchema};
 
 use crate::config::BridgeConfig;
 use crate::ingest::Rejects;
-use crate::store::{ReadingQuery, RollupQuery, SeriesRollup, Store, StoreError, StoredReading};
+use crate::store::{
+    ReadingQuery, RollupQuery, RollupSource, SeriesRollup as StoredRollup, Store, StoreError,
+    StoredReading,
+};
 use crate::writer::WriterHandle;
 
 /// Default page size of `/v1/readings`.
@@ -149,6 +155,198 @@ pub async fn serve(
         .await
 }
 
+/// The body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(
+    as = Error,
+    example = json!({"error": {"code": "bad_filter", "message": "parameter filter: '#' must be the last level"}})
+)]
+pub struct ErrorBody {
+    /// What went wrong.
+    #[schema(inline)]
+    pub error: ErrorDetail,
+}
+
+/// The `error` member of an error body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (see docs/errors.md).
+    #[schema(examples(
+        "bad_filter",
+        "bad_time",
+        "bad_range",
+        "bad_parameter",
+        "unknown_parameter",
+        "too_large",
+        "overloaded",
+        "not_found",
+        "not_ready",
+        "internal",
+        "bad_cursor",
+        "bad_timeout",
+        "bad_limit",
+        "missing_filter",
+        "forbidden",
+        "too_many_connections",
+        "bad_device_id",
+        "origin_not_allowed",
+        "not_websocket"
+    ))]
+    pub code: String,
+    /// Human-readable explanation naming the parameter.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body with `code` and `message`.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// A shared error response of the OpenAPI document (`#/components/responses/{name}`): the
+/// [`ErrorBody`] schema with one example, plus `Retry-After` when the client should retry.
+fn error_response<'r>(
+    name: &'r str,
+    description: &str,
+    (code, message): (&str, &str),
+    retry_after: bool,
+) -> (&'r str, RefOr<utoipa::openapi::Response>) {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Error")))
+        .example(Some(json!({"error": {"code": code, "message": message}})))
+        .build();
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content);
+    if retry_after {
+        response = response.header(
+            "Retry-After",
+            utoipa::openapi::HeaderBuilder::new()
+                .schema(u32::schema())
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        );
+    }
+    (name, response.build().into())
+}
+
+use utoipa::PartialSchema as _;
+
+/// `400`: an invalid parameter; code and message name it.
+#[derive(Debug)]
+pub struct BadRequest;
+impl<'r> ToResponse<'r> for BadRequest {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "BadRequest",
+            "Invalid parameter: the code and message name it.",
+            (
+                "bad_time",
+                "parameter from: invalid time (expected RFC 3339 or epoch milliseconds)",
+            ),
+            false,
+        )
+    }
+}
+
+/// `413`: the answer would exceed a configured limit.
+#[derive(Debug)]
+pub struct TooLarge;
+impl<'r> ToResponse<'r> for TooLarge {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "TooLarge",
+            "The answer would exceed a configured limit (page, points).",
+            (
+                "too_large",
+                "parameter limit: 50000 is over the maximum page of 10000",
+            ),
+            false,
+        )
+    }
+}
+
+/// `503` with `Retry-After`: too many queries or live connections.
+#[derive(Debug)]
+pub struct Overloaded;
+impl<'r> ToResponse<'r> for Overloaded {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "Overloaded",
+            "Too many concurrent queries or live connections; retry after the `Retry-After` seconds.",
+            (
+                "overloaded",
+                "too many history queries in progress; retry shortly",
+            ),
+            true,
+        )
+    }
+}
+
+/// `403`: the caller may not read the filter, or the Origin is not allowed.
+#[derive(Debug)]
+pub struct Forbidden;
+impl<'r> ToResponse<'r> for Forbidden {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "Forbidden",
+            "The caller may not read this filter, or the Origin is not allowed.",
+            ("forbidden", "not allowed to read \"$SYS/#\""),
+            false,
+        )
+    }
+}
+
+/// `500`: the store failed.
+#[derive(Debug)]
+pub struct Internal;
+impl<'r> ToResponse<'r> for Internal {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "Internal",
+            "The store failed; see the hub's log.",
+            ("internal", "the store could not answer; see the hub's log"),
+            false,
+        )
+    }
+}
+
+/// `404`: no such resource.
+#[derive(Debug)]
+pub struct NotFound;
+impl<'r> ToResponse<'r> for NotFound {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "NotFound",
+            "No such resource.",
+            ("not_found", "no such resource"),
+            false,
+        )
+    }
+}
+
+/// `503` of `/readyz`, with `Retry-After`.
+#[derive(Debug)]
+pub struct NotReady;
+impl<'r> ToResponse<'r> for NotReady {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "NotReady",
+            "Not ready: the writer is not committing.",
+            ("not_ready", "the writer is not committing"),
+            true,
+        )
+    }
+}
+
 /// An API error: status, stable code and message.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -197,7 +395,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = Json(ErrorBody::new(self.code, self.message));
         let mut res = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
@@ -244,81 +442,481 @@ where
     Ok(res?)
 }
 
-fn rfc(ms: i64) -> String {
-    format_rfc3339(ms)
+// A time in answers: epoch milliseconds, serialized as RFC 3339. (The doc comment below is the
+// schema's description.)
+/// RFC 3339, UTC, millisecond precision
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(
+    value_type = String,
+    format = DateTime,
+    examples("2026-11-28T10:00:00.000Z")
+)]
+pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339(self.0))
+    }
 }
 
-async fn series(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// One stored series (device and metric) with its latest reading.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Series {
+    /// `sensors/{deviceId}/{metric}`.
+    #[schema(examples("sensors/d1/temperature"))]
+    pub topic: String,
+    /// Device id.
+    pub device_id: String,
+    /// Metric name.
+    pub metric: String,
+    /// Unit of the latest reading that had one.
+    #[schema(required = true)]
+    pub unit: Option<String>,
+    /// Value of the latest reading.
+    pub last_value: f64,
+    /// Event time of the latest reading.
+    pub last_timestamp: Timestamp,
+    /// Receive time of the latest reading.
+    pub last_seen: Timestamp,
+    /// Seq of the latest reading.
+    pub last_seq: u64,
+    /// Readings of this series in the log.
+    pub count: u64,
+}
+
+/// `GET /v1/series`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesList {
+    /// Every series, by device and metric.
+    pub series: Vec<Series>,
+}
+
+/// Presence from `sensors/{deviceId}/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Last status `online`.
+    Online,
+    /// Last status `offline` (or the last will).
+    Offline,
+    /// Never sent a status.
+    Unknown,
+}
+
+/// A device with its presence and metrics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Device {
+    /// Device id.
+    pub device_id: String,
+    /// `online`, `offline`, or `unknown` when the device never published a status.
+    #[schema(inline)]
+    pub status: Presence,
+    /// null when the device never published a status
+    #[schema(required = true)]
+    pub online: Option<bool>,
+    /// When the presence last changed.
+    #[schema(required = true)]
+    pub since: Option<Timestamp>,
+    /// Latest receive time over its series.
+    #[schema(required = true)]
+    pub last_seen: Option<Timestamp>,
+    /// Metrics it reported, sorted.
+    pub metrics: Vec<String>,
+}
+
+/// `GET /v1/devices`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceList {
+    /// Every known device.
+    pub devices: Vec<Device>,
+}
+
+/// A stored reading. `timestamp` is the event time (from the payload, else receive time),
+/// `receivedAt` the broker's receive time.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(
+    as = Reading,
+    example = json!({
+        "seq": 42, "topic": "sensors/d1/temperature", "deviceId": "d1",
+        "metric": "temperature", "value": 21.5, "unit": "C",
+        "timestamp": "2026-11-28T10:00:00.000Z", "receivedAt": "2026-11-28T10:00:00.012Z"
+    })
+)]
+pub struct ReadingItem {
+    /// Position in the event log.
+    pub seq: u64,
+    /// `sensors/{deviceId}/{metric}`.
+    pub topic: String,
+    /// Device id.
+    pub device_id: String,
+    /// Metric name.
+    pub metric: String,
+    /// The value.
+    pub value: f64,
+    /// Unit, when the payload had one.
+    #[schema(required = true)]
+    pub unit: Option<String>,
+    /// Event time.
+    pub timestamp: Timestamp,
+    /// Receive time.
+    pub received_at: Timestamp,
+}
+
+impl From<&StoredReading> for ReadingItem {
+    fn from(r: &StoredReading) -> Self {
+        ReadingItem {
+            seq: r.seq,
+            topic: r.reading.topic(),
+            device_id: r.reading.device_id.clone(),
+            metric: r.reading.metric.clone(),
+            value: r.reading.value,
+            unit: r.reading.unit.clone(),
+            timestamp: Timestamp(r.reading.timestamp_ms),
+            received_at: Timestamp(r.reading.received_at_ms),
+        }
+    }
+}
+
+/// `GET /v1/readings` as JSON.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadingPage {
+    /// Readings in seq order.
+    pub readings: Vec<ReadingItem>,
+    /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_after: Option<u64>,
+}
+
+/// `GET /v1/readings` as `application/x-ndjson`: one Reading JSON object per line.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String)]
+pub struct NdjsonReadings(pub String);
+
+/// `GET /v1/readings` as `text/csv`, header `seq,topic,deviceId,metric,value,unit,timestamp,receivedAt`.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String)]
+pub struct CsvReadings(pub String);
+
+/// One time bucket of a series.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollupPoint {
+    /// Bucket start.
+    pub t: Timestamp,
+    /// Bucket start, epoch milliseconds.
+    pub t_ms: i64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Mean value.
+    pub avg: f64,
+    /// Readings in the bucket.
+    pub count: u64,
+    /// Latest value by event time.
+    pub last: f64,
+}
+
+/// The buckets of one series.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeriesRollup {
+    /// `sensors/{deviceId}/{metric}`.
+    pub topic: String,
+    /// Device id.
+    pub device_id: String,
+    /// Metric name.
+    pub metric: String,
+    /// Unit of the series.
+    #[schema(required = true)]
+    pub unit: Option<String>,
+    /// Non-empty buckets in time order.
+    pub points: Vec<RollupPoint>,
+}
+
+impl From<&StoredRollup> for SeriesRollup {
+    fn from(s: &StoredRollup) -> Self {
+        SeriesRollup {
+            topic: s.key.topic(),
+            device_id: s.key.device_id.clone(),
+            metric: s.key.metric.clone(),
+            unit: s.unit.clone(),
+            points: s
+                .points
+                .iter()
+                .map(|(t, a)| RollupPoint {
+                    t: Timestamp(*t),
+                    t_ms: *t,
+                    min: a.min,
+                    max: a.max,
+                    avg: a.avg(),
+                    count: a.count,
+                    last: a.last,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Which read model answered: raw log, 1-minute or 1-hour rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum Source {
+    /// The raw event log.
+    #[serde(rename = "raw")]
+    Raw,
+    /// 1-minute rollups.
+    #[serde(rename = "1m")]
+    Minute,
+    /// 1-hour rollups.
+    #[serde(rename = "1h")]
+    Hour,
+}
+
+impl From<RollupSource> for Source {
+    fn from(s: RollupSource) -> Self {
+        match s {
+            RollupSource::Raw => Source::Raw,
+            RollupSource::Minute => Source::Minute,
+            RollupSource::Hour => Source::Hour,
+        }
+    }
+}
+
+/// `GET /v1/rollups`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollups {
+    /// Range start (inclusive).
+    pub from: Timestamp,
+    /// Range end (exclusive).
+    pub to: Timestamp,
+    /// Bucket width, milliseconds.
+    #[schema(minimum = 1)]
+    pub step_ms: i64,
+    /// Which read model answered: raw log, 1-minute or 1-hour rollups.
+    #[schema(inline)]
+    pub source: Source,
+    /// Series with at least one bucket.
+    pub series: Vec<SeriesRollup>,
+}
+
+/// A rejected publish.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reject {
+    /// When it was received.
+    pub received_at: Timestamp,
+    /// Its topic.
+    pub topic: String,
+    /// Stable reason label.
+    #[schema(examples("invalid_value", "payload_too_large"))]
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Payload size in bytes.
+    pub payload_len: u64,
+    /// The first bytes of the payload, lossily as UTF-8.
+    pub payload_preview: String,
+}
+
+/// `GET /v1/rejects`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Rejects)]
+pub struct RejectList {
+    /// All rejects since start.
+    pub total: u64,
+    /// Per reason.
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// The most recent ones, oldest first.
+    pub recent: Vec<Reject>,
+}
+
+/// `ok`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Alive {
+    /// Alive.
+    Ok,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(inline)]
+    pub status: Alive,
+}
+
+/// `ready`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// The writer is committing.
+    Ready,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    /// Always `ready` (else the answer is a 503 error).
+    #[schema(inline)]
+    pub status: Readiness,
+}
+
+/// Every stored series with its last value
+#[utoipa::path(
+    get,
+    path = "/v1/series",
+    operation_id = "listSeries",
+    tag = "history",
+    responses(
+        (status = 200, description = "The catalogue.", body = SeriesList, example = json!({"series": [{
+            "topic": "sensors/d1/temperature", "deviceId": "d1", "metric": "temperature",
+            "unit": "C", "lastValue": 21.5, "lastTimestamp": "2026-11-28T10:00:00.000Z",
+            "lastSeen": "2026-11-28T10:00:00.012Z", "lastSeq": 42, "count": 1200
+        }]})),
+        (status = 500, response = Internal),
+        (status = 503, response = Overloaded),
+    )
+)]
+async fn series(State(state): State<AppState>) -> Result<Json<SeriesList>, ApiError> {
     let list = query(&state, |s| s.series()).await?;
-    let items: Vec<Value> = list
+    let series = list
         .iter()
-        .map(|s| {
-            json!({
-                "topic": s.key.topic(),
-                "deviceId": s.key.device_id,
-                "metric": s.key.metric,
-                "unit": s.unit,
-                "lastValue": s.last_value,
-                "lastTimestamp": rfc(s.last_timestamp_ms),
-                "lastSeen": rfc(s.last_seen_ms),
-                "lastSeq": s.last_seq,
-                "count": s.count,
-            })
+        .map(|s| Series {
+            topic: s.key.topic(),
+            device_id: s.key.device_id.clone(),
+            metric: s.key.metric.clone(),
+            unit: s.unit.clone(),
+            last_value: s.last_value,
+            last_timestamp: Timestamp(s.last_timestamp_ms),
+            last_seen: Timestamp(s.last_seen_ms),
+            last_seq: s.last_seq,
+            count: s.count,
         })
         .collect();
-    Ok(Json(json!({ "series": items })))
+    Ok(Json(SeriesList { series }))
 }
 
-async fn devices(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Devices with presence from `sensors/{deviceId}/status`
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    operation_id = "listDevices",
+    tag = "history",
+    responses(
+        (status = 200, description = "Devices.", body = DeviceList, example = json!({"devices": [{
+            "deviceId": "d1", "status": "online", "online": true,
+            "since": "2026-11-28T09:00:00.000Z", "lastSeen": "2026-11-28T10:00:00.012Z",
+            "metrics": ["humidity", "temperature"]
+        }]})),
+        (status = 500, response = Internal),
+        (status = 503, response = Overloaded),
+    )
+)]
+async fn devices(State(state): State<AppState>) -> Result<Json<DeviceList>, ApiError> {
     let list = query(&state, |s| s.devices()).await?;
-    let items: Vec<Value> = list
+    let devices = list
         .iter()
-        .map(|d| {
-            let status = match d.online {
-                Some(true) => "online",
-                Some(false) => "offline",
-                None => "unknown",
-            };
-            json!({
-                "deviceId": d.device_id,
-                "status": status,
-                "online": d.online,
-                "since": d.since_ms.map(rfc),
-                "lastSeen": d.last_seen_ms.map(rfc),
-                "metrics": d.metrics,
-            })
+        .map(|d| Device {
+            device_id: d.device_id.clone(),
+            status: match d.online {
+                Some(true) => Presence::Online,
+                Some(false) => Presence::Offline,
+                None => Presence::Unknown,
+            },
+            online: d.online,
+            since: d.since_ms.map(Timestamp),
+            last_seen: d.last_seen_ms.map(Timestamp),
+            metrics: d.metrics.clone(),
         })
         .collect();
-    Ok(Json(json!({ "devices": items })))
+    Ok(Json(DeviceList { devices }))
 }
 
-async fn rejects(State(state): State<AppState>) -> Json<Value> {
+/// Reject counters and the most recent rejected publishes
+#[utoipa::path(
+    get,
+    path = "/v1/rejects",
+    operation_id = "getRejects",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Rejects.", body = RejectList, example = json!({
+            "total": 1, "byReason": {"invalid_value": 1},
+            "recent": [{
+                "receivedAt": "2026-11-28T10:00:00.000Z", "topic": "sensors/d1/temperature",
+                "reason": "invalid_value", "message": "value \"abc\" is not a number",
+                "payloadLen": 3, "payloadPreview": "abc"
+            }]
+        })),
+    )
+)]
+async fn rejects(State(state): State<AppState>) -> Json<RejectList> {
     let snap = state.rejects.snapshot();
-    let recent: Vec<Value> = snap
+    let recent = snap
         .recent
         .iter()
-        .map(|r| {
-            json!({
-                "receivedAt": rfc(r.received_at_ms),
-                "topic": r.topic,
-                "reason": r.reason,
-                "message": r.message,
-                "payloadLen": r.payload_len,
-                "payloadPreview": r.payload_preview,
-            })
+        .map(|r| Reject {
+            received_at: Timestamp(r.received_at_ms),
+            topic: r.topic.clone(),
+            reason: r.reason.to_owned(),
+            message: r.message.clone(),
+            payload_len: r.payload_len as u64,
+            payload_preview: r.payload_preview.clone(),
         })
         .collect();
-    Json(json!({ "total": snap.total, "byReason": snap.by_reason, "recent": recent }))
+    Json(RejectList {
+        total: snap.total,
+        by_reason: snap
+            .by_reason
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        recent,
+    })
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive.", body = Health, example = json!({"status": "ok"})),
+    )
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: Alive::Ok })
 }
 
+/// Readiness: the writer is committing
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Ready, example = json!({"status": "ready"})),
+        (status = 503, response = NotReady),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let ready = state.writer.as_ref().is_none_or(WriterHandle::is_healthy);
     if ready {
-        Json(json!({ "status": "ready" })).into_response()
+        Json(Ready {
+            status: Readiness::Ready,
+        })
+        .into_response()
     } else {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -327,6 +925,80 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         .into_response()
     }
+}
+
+/// The schema of a seq cursor or wait in a query: a non-negative integer. It is parsed as a
+/// `u64`, so it has no `int64` format (whose upper bound it exceeds).
+#[derive(Debug)]
+pub struct UnsignedParam;
+
+impl utoipa::PartialSchema for UnsignedParam {
+    fn schema() -> RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(0))
+            .into()
+    }
+}
+
+impl ToSchema for UnsignedParam {}
+
+/// Like [`UnsignedParam`], at least 1: a count.
+#[derive(Debug)]
+pub struct CountParam;
+
+impl utoipa::PartialSchema for CountParam {
+    fn schema() -> RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for CountParam {}
+
+/// Query parameters of `GET /v1/readings`, parsed from repeated keys (`filter` may repeat);
+/// an unknown parameter is a `400 unknown_parameter`.
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadingsQuery {
+    /// MQTT topic filter (`+` one level, `#` the rest); repeat for several. Default:
+    /// everything.
+    #[param(value_type = Option<Vec<String>>, style = Form, explode, example = json!(["sensors/+/temperature"]))]
+    pub filter: Vec<TopicFilter>,
+    /// Event time, inclusive: RFC 3339 or epoch milliseconds.
+    #[param(value_type = Option<String>, example = "2026-11-28T00:00:00Z")]
+    pub from: Option<i64>,
+    /// Event time, exclusive: RFC 3339 or epoch milliseconds.
+    #[param(value_type = Option<String>, example = "1764324000000")]
+    pub to: Option<i64>,
+    /// Page size (default 1000, at most `bridge.http_max_page`).
+    #[param(value_type = Option<CountParam>, inline)]
+    pub limit: Option<usize>,
+    /// Seq cursor: only readings with a larger seq (`nextAfter` of the previous page).
+    #[param(value_type = Option<UnsignedParam>, inline)]
+    pub after: Option<u64>,
+}
+
+/// Query parameters of `GET /v1/rollups`, parsed like [`ReadingsQuery`].
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RollupsQuery {
+    /// MQTT topic filter (`+` one level, `#` the rest); repeat for several. Default:
+    /// every series.
+    #[param(value_type = Option<Vec<String>>, style = Form, explode, example = json!(["sensors/+/temperature"]))]
+    pub filter: Vec<TopicFilter>,
+    /// Event time, inclusive: RFC 3339 or epoch milliseconds. Default: 24 hours before `to`.
+    #[param(value_type = Option<String>, example = "2026-11-28T00:00:00Z")]
+    pub from: Option<i64>,
+    /// Event time, exclusive: RFC 3339 or epoch milliseconds. Default: now.
+    #[param(value_type = Option<String>, example = "1764324000000")]
+    pub to: Option<i64>,
+    /// Bucket width: `500ms`, `30s`, `5m`, `1h`, `1d` or milliseconds. Default: about 1000
+    /// points over the range.
+    #[param(value_type = Option<String>, example = "5m")]
+    pub step: Option<i64>,
 }
 
 /// Parsed common parameters.
@@ -338,6 +1010,31 @@ struct Params {
     limit: Option<usize>,
     after: Option<u64>,
     step: Option<i64>,
+}
+
+impl ReadingsQuery {
+    fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
+        let p = parse_params(pairs, &["filter", "from", "to", "limit", "after"])?;
+        Ok(ReadingsQuery {
+            filter: p.filters,
+            from: p.from,
+            to: p.to,
+            limit: p.limit,
+            after: p.after,
+        })
+    }
+}
+
+impl RollupsQuery {
+    fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
+        let p = parse_params(pairs, &["filter", "from", "to", "step"])?;
+        Ok(RollupsQuery {
+            filter: p.filters,
+            from: p.from,
+            to: p.to,
+            step: p.step,
+        })
+    }
 }
 
 fn parse_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<Params, ApiError> {
@@ -443,19 +1140,6 @@ pub fn auto_step(span_ms: i64) -> i64 {
         })
 }
 
-fn reading_json(r: &StoredReading) -> Value {
-    json!({
-        "seq": r.seq,
-        "topic": r.reading.topic(),
-        "deviceId": r.reading.device_id,
-        "metric": r.reading.metric,
-        "value": r.reading.value,
-        "unit": r.reading.unit,
-        "timestamp": rfc(r.reading.timestamp_ms),
-        "receivedAt": rfc(r.reading.received_at_ms),
-    })
-}
-
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -485,12 +1169,42 @@ fn negotiate(headers: &HeaderMap) -> Format {
     }
 }
 
+/// Raw readings in seq order, paged by seq
+///
+/// Content negotiation by `Accept`: JSON (default), `application/x-ndjson` (one Reading per
+/// line) or `text/csv` (header `seq,topic,deviceId,metric,value,unit,timestamp,receivedAt`).
+/// The `X-Next-After` header repeats `nextAfter`.
+#[utoipa::path(
+    get,
+    path = "/v1/readings",
+    operation_id = "listReadings",
+    tag = "history",
+    params(ReadingsQuery),
+    responses(
+        (status = 200, description = "A page of readings.",
+            headers(("X-Next-After" = u64, description = "Cursor for the next page, when there is one.")),
+            content(
+                (ReadingPage = "application/json", example = json!({"readings": [{
+                    "seq": 42, "topic": "sensors/d1/temperature", "deviceId": "d1",
+                    "metric": "temperature", "value": 21.5, "unit": "C",
+                    "timestamp": "2026-11-28T10:00:00.000Z", "receivedAt": "2026-11-28T10:00:00.012Z"
+                }], "nextAfter": null})),
+                (NdjsonReadings = "application/x-ndjson", example = json!("{\"seq\":42,\"topic\":\"sensors/d1/temperature\",\"deviceId\":\"d1\",\"metric\":\"temperature\",\"value\":21.5,\"unit\":\"C\",\"timestamp\":\"2026-11-28T10:00:00.000Z\",\"receivedAt\":\"2026-11-28T10:00:00.012Z\"}\n")),
+                (CsvReadings = "text/csv", example = json!("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n42,sensors/d1/temperature,d1,temperature,21.5,C,2026-11-28T10:00:00.000Z,2026-11-28T10:00:00.012Z\n")),
+            )
+        ),
+        (status = 400, response = BadRequest),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+        (status = 503, response = Overloaded),
+    )
+)]
 async fn readings(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let p = parse_params(&pairs, &["filter", "from", "to", "limit", "after"])?;
+    let p = ReadingsQuery::parse(&pairs)?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE.min(state.max_page));
     if limit > state.max_page {
         return Err(ApiError::too_large(format!(
@@ -499,7 +1213,7 @@ async fn readings(
         )));
     }
     let q = ReadingQuery {
-        filters: p.filters,
+        filters: p.filter,
         from_ms: p.from,
         to_ms: p.to,
         after: p.after.unwrap_or(0),
@@ -508,15 +1222,18 @@ async fn readings(
     let page = query(&state, move |s| s.readings(&q)).await?;
     let format = negotiate(&headers);
     let mut res = match format {
-        Format::Json => {
-            let rows: Vec<Value> = page.readings.iter().map(reading_json).collect();
-            Json(json!({ "readings": rows, "nextAfter": page.next_after })).into_response()
-        }
+        Format::Json => Json(ReadingPage {
+            readings: page.readings.iter().map(ReadingItem::from).collect(),
+            next_after: page.next_after,
+        })
+        .into_response(),
         Format::Ndjson => {
             let mut body = String::new();
             for r in &page.readings {
-                body.push_str(&reading_json(r).to_string());
-                body.push('\n');
+                if let Ok(line) = serde_json::to_string(&ReadingItem::from(r)) {
+                    body.push_str(&line);
+                    body.push('\n');
+                }
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
@@ -533,8 +1250,8 @@ async fn readings(
                     csv_field(&x.metric),
                     x.value,
                     csv_field(x.unit.as_deref().unwrap_or("")),
-                    rfc(x.timestamp_ms),
-                    rfc(x.received_at_ms)
+                    format_rfc3339(x.timestamp_ms),
+                    format_rfc3339(x.received_at_ms)
                 ));
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
@@ -548,36 +1265,29 @@ async fn readings(
     Ok(res)
 }
 
-fn rollup_json(s: &SeriesRollup) -> Value {
-    let points: Vec<Value> = s
-        .points
-        .iter()
-        .map(|(t, a)| {
-            json!({
-                "t": rfc(*t),
-                "tMs": t,
-                "min": a.min,
-                "max": a.max,
-                "avg": a.avg(),
-                "count": a.count,
-                "last": a.last,
-            })
-        })
-        .collect();
-    json!({
-        "topic": s.key.topic(),
-        "deviceId": s.key.device_id,
-        "metric": s.key.metric,
-        "unit": s.unit,
-        "points": points,
-    })
-}
-
+/// min/max/avg/count/last per time bucket and series
+///
+/// Range defaults to the last 24 hours. Answered from 1-hour or 1-minute rollups when `step`
+/// allows, else from the raw log.
+#[utoipa::path(
+    get,
+    path = "/v1/rollups",
+    operation_id = "getRollups",
+    tag = "history",
+    params(RollupsQuery),
+    responses(
+        (status = 200, description = "Rollups per series.", body = Rollups),
+        (status = 400, response = BadRequest),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+        (status = 503, response = Overloaded),
+    )
+)]
 async fn rollups(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
-    let p = parse_params(&pairs, &["filter", "from", "to", "step"])?;
+) -> Result<Json<Rollups>, ApiError> {
+    let p = RollupsQuery::parse(&pairs)?;
     let to = p.to.unwrap_or_else(now_ms);
     let from = p.from.unwrap_or(to.saturating_sub(DEFAULT_ROLLUP_SPAN_MS));
     if from >= to {
@@ -596,7 +1306,7 @@ async fn rollups(
         )));
     }
     let q = RollupQuery {
-        filters: p.filters,
+        filters: p.filter,
         from_ms: from,
         to_ms: to,
         step_ms: step,
@@ -609,14 +1319,13 @@ async fn rollups(
             state.max_points
         )));
     }
-    let series: Vec<Value> = list.iter().map(rollup_json).collect();
-    Ok(Json(json!({
-        "from": rfc(from),
-        "to": rfc(to),
-        "stepMs": step,
-        "source": source.as_str(),
-        "series": series,
-    })))
+    Ok(Json(Rollups {
+        from: Timestamp(from),
+        to: Timestamp(to),
+        step_ms: step,
+        source: source.into(),
+        series: list.iter().map(SeriesRollup::from).collect(),
+    }))
 }
 
 #[cfg(test)]

@@ -7,6 +7,14 @@
 //! [`REJECT_LOG_INTERVAL`], with the number suppressed since) and kept in a bounded ring for
 //! `GET /v1/rejects`. A bad payload never stops ingest.
 //!
+//! # Device spans
+//! Each publish is handled in a `device` span carrying `device_id` (from the topic, or from
+//! the payload on the shared `sensors/{metric}` channel). On the reading path it is a debug
+//! span: ingest runs at tens of thousands of readings per second, and a disabled span costs
+//! one check of the callsite's cached interest, no allocation. A reject is logged at warn, so
+//! its warning is emitted inside a `device` span of its own level when the debug one is off:
+//! every reject line names its device.
+//!
 //! # Backpressure
 //! Handing an item to the writer awaits while the writer's queue is full, so a source that is
 //! read by [`run_ingest`] is read no faster than the writer commits.
@@ -22,7 +30,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _, Span};
 
 use crate::store::PresenceUpdate;
 use crate::writer::{Outcome, WriterClosed, WriterHandle};
@@ -236,19 +244,27 @@ impl Ingest {
     pub async fn handle(&self, delivery: Delivery) -> Result<(), WriterClosed> {
         let Delivery { publish, ack } = delivery;
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let topic_device = device_of_topic(&publish.topic);
+        let span = tracing::debug_span!("device", device_id = topic_device);
         if publish.payload.len() > self.max_payload_bytes {
             let msg = format!(
                 "payload of {} bytes is over the limit of {} bytes",
                 publish.payload.len(),
                 self.max_payload_bytes
             );
+            // The payload is not looked into: it is over the limit.
+            let _in_device = reject_span(span, topic_device).entered();
             self.reject(&publish, REASON_TOO_LARGE, msg, ack);
             return Ok(());
         }
         match decode_publish(&publish.topic, &publish.payload, publish.received_at_ms) {
             Ok(Inbound::Reading(reading)) => {
                 self.counters.readings.fetch_add(1, Ordering::Relaxed);
-                self.writer.write(reading, ack).await
+                if topic_device.is_none() {
+                    // Shared channel: the device came in the payload. No-op when disabled.
+                    span.record("device_id", reading.device_id.as_str());
+                }
+                self.writer.write(reading, ack).instrument(span).await
             }
             Ok(Inbound::Status { device_id, online }) => {
                 self.counters.presence.fetch_add(1, Ordering::Relaxed);
@@ -257,9 +273,15 @@ impl Ingest {
                     online,
                     at_ms: publish.received_at_ms,
                 };
-                self.writer.set_presence(update, ack).await
+                self.writer.set_presence(update, ack).instrument(span).await
             }
             Err(err) => {
+                let payload_device = match topic_device {
+                    Some(_) => None,
+                    None => device_of_payload(&publish.payload),
+                };
+                let device = topic_device.or(payload_device.as_deref());
+                let _in_device = reject_span(span, device).entered();
                 self.reject(&publish, err.reason(), err.to_string(), ack);
                 Ok(())
             }
@@ -278,6 +300,45 @@ impl Ingest {
             let _ = ack.send(Outcome::Rejected(reason));
         }
     }
+}
+
+/// The span a reject is handled (and its warning logged) in: the reading path's debug span
+/// when that is enabled, else a warn-level `device` span, which is enabled exactly when the
+/// reject warning can be. No span when the device is unknown (a topic outside `sensors/`, a
+/// payload without a readable `deviceId`).
+fn reject_span(debug: Span, device: Option<&str>) -> Span {
+    match device {
+        _ if !debug.is_disabled() => {
+            debug.record("device_id", device);
+            debug
+        }
+        Some(device_id) => tracing::warn_span!("device", device_id),
+        None => Span::none(),
+    }
+}
+
+/// The device of `sensors/{deviceId}/{metric}` and `sensors/{deviceId}/status`, without
+/// allocating; `None` for the shared `sensors/{metric}` channel and other topics.
+fn device_of_topic(topic: &str) -> Option<&str> {
+    let (device, metric) = topic.strip_prefix("sensors/")?.split_once('/')?;
+    (!device.is_empty() && !metric.contains('/')).then_some(device)
+}
+
+/// The `deviceId` of a JSON payload on the shared channel, when it is a valid device id. Only
+/// called for rejects.
+fn device_of_payload(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct DeviceOnly {
+        #[serde(rename = "deviceId")]
+        device_id: Option<String>,
+    }
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let parsed: DeviceOnly = serde_json::from_slice(payload).ok()?;
+    parsed
+        .device_id
+        .filter(|d| edgewatch_protocol::payload::is_valid_id(d))
 }
 
 /// Feeds every item of `source` through `ingest` until the source ends, `shutdown` is
@@ -301,5 +362,32 @@ where
             warn!("writer stopped; ingest source closed");
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_from_topic_without_allocating() {
+        assert_eq!(device_of_topic("sensors/d1/temperature"), Some("d1"));
+        assert_eq!(device_of_topic("sensors/d1/status"), Some("d1"));
+        assert_eq!(device_of_topic("sensors/temperature"), None);
+        assert_eq!(device_of_topic("sensors//temperature"), None);
+        assert_eq!(device_of_topic("sensors/d1/a/b"), None);
+        assert_eq!(device_of_topic("other/d1/temperature"), None);
+    }
+
+    #[test]
+    fn device_from_a_shared_channel_payload() {
+        assert_eq!(
+            device_of_payload(br#" {"deviceId":"d8","value":"abc"}"#).as_deref(),
+            Some("d8")
+        );
+        assert_eq!(device_of_payload(br#"{"deviceId":"bad id"}"#), None);
+        assert_eq!(device_of_payload(br#"{"value":1}"#), None);
+        assert_eq!(device_of_payload(b"21.5"), None);
+        assert_eq!(device_of_payload(b"{not json"), None);
     }
 }

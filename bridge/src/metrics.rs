@@ -27,7 +27,9 @@
 //! [`Metrics::with_sample`]: `edgewatch_mqtt_connections` (clients connected now, counted by
 //! the broker's codec wrapper from CONNECT to the end of the connection),
 //! `edgewatch_mqtt_ingest_backlog` (publishes waiting for the bridge) and
-//! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure).
+//! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure) and
+//! `edgewatch_mqtt_ingest_skipped_total` (publishes the broker dropped before the bridge read
+//! them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -565,6 +567,19 @@ impl Metrics {
     }
 }
 
+/// Prometheus metrics (text exposition format 0.0.4)
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Metrics; names and meaning in docs/metrics.md.",
+            content_type = "text/plain", body = String,
+            example = json!("# HELP edgewatch_readings_ingested_total Readings decoded and handed to the writer.\n# TYPE edgewatch_readings_ingested_total counter\nedgewatch_readings_ingested_total 1200\n")),
+        (status = 500, description = "Metrics could not be gathered."),
+    )
+)]
 async fn scrape(State(m): State<Metrics>) -> Response {
     match tokio::task::spawn_blocking(move || m.render()).await {
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),

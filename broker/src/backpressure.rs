@@ -11,10 +11,17 @@
 //! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads,
 //! whose other tasks move to another worker meanwhile),
 //! so QoS 1 devices run into their in-flight window and stop sending until the bridge catches
-//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way: under sustained
-//! overload they are the ones the broker may drop, as MQTT allows for "at most once".
+//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way (pausing the
+//! connection's reads instead stalled the router in a test: the paused connections stop taking
+//! its notifications): under sustained overload they are the ones the broker may drop, as MQTT
+//! allows for "at most once". rumqttd then drops the oldest unread publishes of the bridge's
+//! link (it logs "Read cursor start jumped"); the link never sees them, and the counters would
+//! show a backlog forever, holding every later PUBACK. The link therefore watches the
+//! offsets of its commit log: a jump is exactly the publishes dropped, which leave the backlog
+//! and are counted as skipped (`edgewatch_mqtt_ingest_skipped_total`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest a single PUBACK is held back, so a stalled bridge cannot freeze devices forever.
@@ -31,6 +38,12 @@ pub struct IngestGate {
     max_backlog: u64,
     /// PUBACKs that had to wait, for metrics and tests.
     held_acks: AtomicU64,
+    /// Publishes admitted that never reached the link (dropped by the broker under overload).
+    skipped: AtomicU64,
+    /// Acknowledgements waiting right now; the link wakes them when the backlog is back
+    /// under the limit, instead of each polling the counters.
+    waiting: AtomicU64,
+    room: (Mutex<()>, Condvar),
 }
 
 impl IngestGate {
@@ -41,31 +54,52 @@ impl IngestGate {
             drained: AtomicU64::new(0),
             max_backlog: max_backlog.max(1),
             held_acks: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            room: (Mutex::new(()), Condvar::new()),
         }
     }
 
     /// Counts a publish the broker accepted, if the bridge's link will receive it.
     pub(crate) fn admitted(&self, topic: &[u8]) {
         if topic.starts_with(INGEST_PREFIX) || topic == b"sensors" {
-            self.admitted.fetch_add(1, Ordering::Relaxed);
+            self.admitted.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     /// Counts a publish the bridge took from its link.
     pub(crate) fn drained(&self) {
-        self.drained.fetch_add(1, Ordering::Relaxed);
+        self.drained_many(1);
+    }
+
+    /// Counts `n` publishes the bridge took from its link.
+    pub(crate) fn drained_many(&self, n: u64) {
+        self.drained.fetch_add(n, Ordering::SeqCst);
+        self.wake_if_room();
     }
 
     /// Publishes accepted and not yet taken by the bridge.
     pub fn backlog(&self) -> u64 {
         self.admitted
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.drained.load(Ordering::Relaxed))
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.drained.load(Ordering::SeqCst))
     }
 
     /// Acknowledgements that had to wait so far.
     pub fn held_acks(&self) -> u64 {
         self.held_acks.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the broker accepted that never reached the bridge's link.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Called by the link when the broker's cursor jumped over `n` publishes it dropped:
+    /// they were admitted and will never be drained, so they leave the backlog here.
+    pub(crate) fn skipped_by_broker(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+        self.drained_many(n);
     }
 
     /// Blocks the calling (broker) thread while the backlog is above the limit, at most
@@ -75,11 +109,37 @@ impl IngestGate {
             return;
         }
         self.held_acks.fetch_add(1, Ordering::Relaxed);
+        self.wait();
+    }
+
+    /// Wakes waiting acknowledgements if the backlog is back under the limit. Cheap when
+    /// nobody waits (one atomic load); called by the link after it took publishes.
+    fn wake_if_room(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 && self.backlog() <= self.max_backlog {
+            // Taking the lock orders this wake-up after a waiter's check-then-wait.
+            drop(self.room.0.lock());
+            self.room.1.notify_all();
+        }
+    }
+
+    fn wait(&self) {
         let wait = || {
             let started = Instant::now();
-            while self.backlog() > self.max_backlog && started.elapsed() < MAX_ACK_WAIT {
-                std::thread::sleep(Duration::from_millis(1));
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+            while self.backlog() > self.max_backlog {
+                let Some(left) = MAX_ACK_WAIT.checked_sub(started.elapsed()) else {
+                    break;
+                };
+                // No wake-up is missed: the waiter registers, then checks the backlog under the
+                // lock; the link counts, then checks `waiting` and notifies under the lock.
+                guard = match self.room.1.wait_timeout(guard, left) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
             }
+            drop(guard);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
         };
         // On the broker's multi-threaded runtime, hand this worker's other tasks (subscribers,
         // other connections) to another thread while this connection waits; elsewhere (unit
@@ -113,5 +173,41 @@ mod tests {
         let started = Instant::now();
         gate.wait_for_room(); // at the limit: no wait
         assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_held_ack_is_released_as_soon_as_the_link_catches_up() {
+        let gate = std::sync::Arc::new(IngestGate::new(2));
+        for _ in 0..4 {
+            gate.admitted(b"sensors/d1/t");
+        }
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                gate.wait_for_room();
+                started.elapsed()
+            })
+        };
+        while gate.waiting.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        gate.drained_many(2); // backlog 2: at the limit, room again
+        let waited = waiter.join().unwrap();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < MAX_ACK_WAIT / 2, "woken late: {waited:?}");
+    }
+
+    #[test]
+    fn dropped_publishes_leave_the_backlog_and_are_counted() {
+        let gate = IngestGate::new(2);
+        for _ in 0..5 {
+            gate.admitted(b"sensors/d1/t");
+        }
+        gate.drained();
+        gate.skipped_by_broker(3);
+        assert_eq!(gate.backlog(), 1);
+        assert_eq!(gate.skipped(), 3);
     }
 }

@@ -78,7 +78,7 @@ impl InboundStream {
     pub async fn recv_many(&mut self, buf: &mut Vec<InboundPublish>, limit: usize) -> usize {
         let n = self.rx.recv_many(buf, limit).await;
         if let Some(gate) = &self.gate {
-            (0..n).for_each(|_| gate.drained());
+            gate.drained_many(n as u64);
         }
         n
     }
@@ -89,7 +89,7 @@ impl InboundStream {
         gate: Option<std::sync::Arc<crate::IngestGate>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let pump = tokio::spawn(pump(link_rx, tx));
+        let pump = tokio::spawn(pump(link_rx, tx, gate.clone()));
         Self { rx, pump, gate }
     }
 }
@@ -101,9 +101,19 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
+async fn pump(
+    mut link_rx: LinkRx,
+    tx: mpsc::Sender<InboundPublish>,
+    gate: Option<std::sync::Arc<crate::IngestGate>>,
+) {
+    // Offset of the last publish read from the link's commit log (`sensors/#`). rumqttd numbers
+    // a filter's log entries consecutively; when a reader falls behind its bounded log, the
+    // router moves the reader's cursor forward past what it dropped. A jump in the offsets is
+    // therefore exactly the number of publishes this link never saw.
+    let mut last_offset: Option<u64> = None;
     loop {
-        let notification = match link_rx.next().await {
+        let next = link_rx.next().await;
+        let notification = match next {
             Ok(Some(n)) => n,
             // Woken with nothing buffered: wait again.
             Ok(None) => continue,
@@ -114,6 +124,19 @@ async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
         };
         match notification {
             Notification::Forward(forward) => {
+                if let Some((_segment, offset)) = forward.cursor {
+                    if let (Some(last), Some(gate)) = (last_offset, &gate) {
+                        let skipped = offset.saturating_sub(last).saturating_sub(1);
+                        if skipped > 0 {
+                            gate.skipped_by_broker(skipped);
+                            tracing::warn!(
+                                skipped,
+                                "the broker dropped publishes before the bridge read them (overload)"
+                            );
+                        }
+                    }
+                    last_offset = Some(offset);
+                }
                 let publish = forward.publish;
                 let Ok(topic) = String::from_utf8(publish.topic.to_vec()) else {
                     // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.

@@ -12,6 +12,7 @@
 //! what is decided in [`access`].
 
 pub mod access;
+pub mod openapi;
 mod poll;
 mod sse;
 pub mod ws;
@@ -338,6 +339,29 @@ impl WatchParams {
 
 const WATCH_PARAMS: &[&str] = &["filter", "since", "lastEventId", "timeout", "limit"];
 
+/// One resource, the client's choice of transport
+///
+/// A WebSocket upgrade gets the WebSocket protocol, `Accept: text/event-stream` gets SSE,
+/// anything else a long poll.
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    operation_id = "watch",
+    tag = "live",
+    params(openapi::WatchQuery),
+    extensions(("x-websocket" = json!(openapi::websocket_extension()))),
+    responses(
+        (status = 101, description = "Switching protocols (WebSocket)."),
+        (status = 200, description = "Long-poll answer, or an SSE stream when asked for.", content(
+            (openapi::PollResult = "application/json"),
+            (openapi::EventStream = "text/event-stream", example = json!(openapi::EVENT_STREAM_EXAMPLE)),
+        )),
+        (status = 400, response = crate::http::BadRequest),
+        (status = 403, response = crate::http::Forbidden),
+        (status = 500, response = crate::http::Internal),
+        (status = 503, response = crate::http::Overloaded),
+    )
+)]
 async fn watch(
     State(state): State<LiveState>,
     Query(pairs): Query<Vec<(String, String)>>,
@@ -346,6 +370,29 @@ async fn watch(
     negotiate(state, pairs, None, request).await
 }
 
+/// Watch one device (`sensors/{deviceId}/#`)
+#[utoipa::path(
+    get,
+    path = "/v1/sensors/{deviceId}/watch",
+    operation_id = "watchDevice",
+    tag = "live",
+    params(
+        ("deviceId" = String, Path, description = "Device id: 1-64 of `A-Z a-z 0-9 _ . : -`."),
+        openapi::DeviceWatchQuery,
+    ),
+    extensions(("x-websocket" = json!(openapi::websocket_extension()))),
+    responses(
+        (status = 101, description = "Switching protocols (WebSocket)."),
+        (status = 200, description = "Long-poll answer, or an SSE stream when asked for.", content(
+            (openapi::PollResult = "application/json"),
+            (openapi::EventStream = "text/event-stream", example = json!(openapi::EVENT_STREAM_EXAMPLE)),
+        )),
+        (status = 400, response = crate::http::BadRequest),
+        (status = 403, response = crate::http::Forbidden),
+        (status = 500, response = crate::http::Internal),
+        (status = 503, response = crate::http::Overloaded),
+    )
+)]
 async fn watch_device(
     State(state): State<LiveState>,
     Path(device_id): Path<String>,

@@ -18,6 +18,25 @@ use crate::live::WatchItem;
 /// Default wait when `timeout` is not given, seconds.
 const DEFAULT_TIMEOUT_SECS: u64 = 25;
 
+/// Long poll: readings after `since`, waiting up to `timeout`
+///
+/// Answers as soon as anything after `since` matches (everything ready, up to `limit`), or at
+/// the timeout with empty lists. Always pass `next` as the following `since`. Without
+/// `since`, only readings newer than the request are awaited.
+#[utoipa::path(
+    get,
+    path = "/v1/poll",
+    operation_id = "poll",
+    tag = "live",
+    params(super::openapi::PollQuery),
+    responses(
+        (status = 200, description = "Readings and notices.", body = super::openapi::PollResult),
+        (status = 400, response = crate::http::BadRequest),
+        (status = 403, response = crate::http::Forbidden),
+        (status = 500, response = crate::http::Internal),
+        (status = 503, response = crate::http::Overloaded),
+    )
+)]
 pub(super) async fn poll(
     State(state): State<LiveState>,
     caller: Caller,

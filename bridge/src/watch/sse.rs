@@ -22,6 +22,26 @@ use crate::fanout::EventKind;
 use crate::live::{Watch, WatchItem};
 use crate::metrics::{ConnectionGuard, Transport};
 
+/// Server-Sent Events stream of matching readings
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    operation_id = "stream",
+    tag = "live",
+    params(
+        super::openapi::StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume cursor (sent by `EventSource` on reconnect)."),
+    ),
+    responses(
+        (status = 200,
+            description = "`text/event-stream`. Events: `reading` (id = seq, data = LiveReading), `status` (StatusEvent), `gap` (GapEvent), `reset` (ResetEvent) and `error` (`{\"type\":\"error\",\"code\":\"lagging\",...}`) just before the server ends a lagging stream. The first frame carries `retry:`; comment heartbeats every `sse_heartbeat_secs`. See the AsyncAPI document, channel `sse`.",
+            content((super::openapi::EventStream = "text/event-stream", example = json!(super::openapi::EVENT_STREAM_EXAMPLE)))),
+        (status = 400, response = crate::http::BadRequest),
+        (status = 403, response = crate::http::Forbidden),
+        (status = 500, response = crate::http::Internal),
+        (status = 503, response = crate::http::Overloaded),
+    )
+)]
 pub(super) async fn stream(
     State(state): State<LiveState>,
     caller: Caller,

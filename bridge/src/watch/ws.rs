@@ -52,6 +52,28 @@ pub const CLOSE_IDLE: u16 = 4001;
 /// (conflate, gap, disconnect) applies.
 const OUTBOX: usize = 256;
 
+/// WebSocket (subprotocol `edgewatch.v1`)
+///
+/// Upgrade to a WebSocket. With `filter` the connection starts subscribed; else send
+/// `subscribe` messages. Protocol: /v1/asyncapi.yaml.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "websocket",
+    tag = "live",
+    params(super::openapi::WsQuery),
+    extensions(("x-websocket" = json!(super::openapi::websocket_extension()))),
+    responses(
+        (status = 101, description = "Switching protocols."),
+        (status = 400, description = "Invalid parameter, or an invalid upgrade request (code `not_websocket`).",
+            body = crate::http::ErrorBody),
+        (status = 403, response = crate::http::Forbidden),
+        (status = 426, description = "Not a WebSocket upgrade request (code `not_websocket`).",
+            body = crate::http::ErrorBody,
+            example = json!({"error": {"code": "not_websocket", "message": "WebSocket request couldn't be upgraded since no upgrade state was present: send a WebSocket upgrade request"}})),
+        (status = 503, response = crate::http::Overloaded),
+    )
+)]
 pub(super) async fn upgrade(
     State(state): State<LiveState>,
     caller: Caller,
