@@ -33,16 +33,30 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `L` first seq (u64 BE) | log block ([`codec`]) |
-//! | `C` sid (u32 BE) min event time first seq | sealed chunk of one series ([`codec`]) |
-//! | `M` sid hour start | the minute buckets of that hour ([`rollup`]) |
-//! | `H` sid day start | the hour buckets of that day ([`rollup`]) |
+//! | `L` first seq (u64 BE) | log block (`codec`) |
+//! | `C` sid (u32 BE) min event time first seq | sealed chunk of one series (`codec`) |
+//! | `M` sid hour start | the minute buckets of that hour (`rollup`) |
+//! | `H` sid day start | the hour buckets of that day (`rollup`) |
 //! | `S` sid (u32 BE) | series record (postcard): names, base unit, last reading, sealed-through seq, sealed count |
 //! | `D` deviceId | device presence (postcard) |
 //! | `Zformat` | on-disk format ([`FORMAT`]); a store without it (older build) is refused |
 //! | `Zseq` | highest seq ever assigned (retention emptying the log cannot reset seq) |
 //! | `Zreplay` | replay checkpoint: every reading before this seq is sealed or deleted |
 //! | `Zfloor` | highest seq deleted by retention (older chunk rows are hidden) |
+//!
+//! # Duplicates
+//!
+//! A reading with the same series, event time and value bits as a stored one is not stored
+//! again. A reading newer than everything of its series is new without a lookup; otherwise the
+//! open chunk is searched, then the sealed chunks that can cover its event time.
+//!
+//! # Retention
+//!
+//! Whole log blocks go (oldest first); then, per series, sealed chunks all of whose readings are
+//! gone, walking in time order and stopping at the first chunk that still holds one (so a chunk
+//! of late readings can delay the removal of newer chunks until its own readings expire). Rows
+//! at or below `Zfloor` are hidden meanwhile. Rollup pages go when their whole span is older
+//! than the age limit.
 //!
 //! # Concurrency
 //!
