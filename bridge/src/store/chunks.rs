@@ -289,6 +289,10 @@ pub(super) fn checkpoint_after(
     cp
 }
 
+/// Sealed chunks decoded while checking one batch for duplicates, by key: late readings of a
+/// series usually fall into the same few chunks.
+pub(super) type DecodedChunks = HashMap<sled::IVec, Vec<Row>>;
+
 /// Whether `r` (event time not newer than the series' newest) is already stored: same event
 /// time and value bits, in the open chunk or in a sealed chunk covering that time.
 pub(super) fn is_stored(
@@ -297,12 +301,11 @@ pub(super) fn is_stored(
     floor: u64,
     sid: u32,
     r: &Reading,
+    decoded: &mut DecodedChunks,
 ) -> Result<bool, StoreError> {
     let (ts, bits) = (r.timestamp_ms, r.value.to_bits());
-    if s.open
-        .iter()
-        .any(|row| row.ts == ts && row.value.to_bits() == bits)
-    {
+    let same = |row: &Row| row.ts == ts && row.value.to_bits() == bits;
+    if s.open.iter().any(same) {
         return Ok(true);
     }
     if s.rec.sealed_through == 0 || ts > s.rec.sealed_max_ts {
@@ -311,11 +314,12 @@ pub(super) fn is_stored(
     let lo = chunk_key(sid, ts.saturating_sub(CHUNK_SPAN_MS), 0);
     let hi = chunk_key(sid, ts, u64::MAX);
     for item in tree.range(lo..=hi) {
-        let (_, v) = item?;
-        if codec::decode_chunk(&v)?
-            .iter()
-            .any(|row| row.ts == ts && row.value.to_bits() == bits && row.seq > floor)
-        {
+        let (k, v) = item?;
+        let rows = match decoded.entry(k) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(codec::decode_chunk(&v)?),
+        };
+        if rows.iter().any(|row| same(row) && row.seq > floor) {
             return Ok(true);
         }
     }

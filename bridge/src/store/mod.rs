@@ -495,6 +495,7 @@ impl Store {
         let mut next_sid = st.next_sid;
         let mut out = Vec::with_capacity(readings.len());
         let mut failure = None;
+        let mut decoded = DecodedChunks::new();
 
         for r in readings {
             let sid = match st.sid(&r.device_id, &r.metric) {
@@ -518,7 +519,7 @@ impl Store {
                 break;
             };
             if r.timestamp_ms <= s.max_ts {
-                match is_stored(tree, s, st.floor, sid, r) {
+                match is_stored(tree, s, st.floor, sid, r, &mut decoded) {
                     Ok(true) => {
                         out.push(None);
                         continue;
