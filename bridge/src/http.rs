@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use edgewatch_protocol::timefmt::{format_rfc3339, now_ms, parse_time};
+use edgewatch_protocol::timefmt::{now_ms, parse_time, Rfc3339};
 use edgewatch_protocol::TopicFilter;
 use serde::Serialize;
 use serde_json::json;
@@ -455,7 +455,7 @@ pub struct Timestamp(pub i64);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_rfc3339(self.0))
+        s.serialize_str(Rfc3339::new(self.0).as_str())
     }
 }
 
@@ -565,6 +565,87 @@ pub struct ReadingItem {
     pub timestamp: Timestamp,
     /// Receive time.
     pub received_at: Timestamp,
+}
+
+/// A stored reading serialized exactly like [`ReadingItem`] (same fields, same order), borrowing
+/// from the store's answer instead of copying four strings per reading: history pages hold up
+/// to `bridge.http_max_page` readings. A test checks both serialize to the same JSON.
+struct ReadingRef<'a>(&'a StoredReading);
+
+/// `sensors/{deviceId}/{metric}` written straight into the serializer.
+struct TopicOf<'a>(&'a edgewatch_protocol::Reading);
+
+impl std::fmt::Display for TopicOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sensors/{}/{}", self.0.device_id, self.0.metric)
+    }
+}
+
+impl Serialize for ReadingRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = &self.0.reading;
+        let mut st = s.serialize_struct("ReadingItem", 8)?;
+        st.serialize_field("seq", &self.0.seq)?;
+        st.serialize_field("topic", &Collected(TopicOf(r)))?;
+        st.serialize_field("deviceId", &r.device_id)?;
+        st.serialize_field("metric", &r.metric)?;
+        st.serialize_field("value", &r.value)?;
+        st.serialize_field("unit", &r.unit)?;
+        st.serialize_field("timestamp", &Timestamp(r.timestamp_ms))?;
+        st.serialize_field("receivedAt", &Timestamp(r.received_at_ms))?;
+        st.end()
+    }
+}
+
+/// Serializes a `Display` value as a string without building it first.
+struct Collected<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Collected<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// [`ReadingPage`] over borrowed readings.
+struct ReadingPageRef<'a> {
+    readings: &'a [StoredReading],
+    next_after: Option<u64>,
+}
+
+impl Serialize for ReadingPageRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ReadingPage", 2)?;
+        st.serialize_field("readings", &ReadingsRef(self.readings))?;
+        st.serialize_field("nextAfter", &self.next_after)?;
+        st.end()
+    }
+}
+
+struct ReadingsRef<'a>(&'a [StoredReading]);
+
+impl Serialize for ReadingsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ReadingRef))
+    }
+}
+
+/// Writes `value` as JSON into one buffer sized from the first bytes, as the response body.
+fn json_body<T: Serialize>(value: &T, size_hint: usize) -> Response {
+    let mut buf = Vec::with_capacity(size_hint);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        Err(err) => {
+            error!(%err, "cannot serialize an answer");
+            ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: "cannot serialize the answer".to_owned(),
+            }
+            .into_response()
+        }
+    }
 }
 
 impl From<&StoredReading> for ReadingItem {
@@ -1222,17 +1303,18 @@ async fn readings(
     let page = query(&state, move |s| s.readings(&q)).await?;
     let format = negotiate(&headers);
     let mut res = match format {
-        Format::Json => Json(ReadingPage {
-            readings: page.readings.iter().map(ReadingItem::from).collect(),
-            next_after: page.next_after,
-        })
-        .into_response(),
+        Format::Json => json_body(
+            &ReadingPageRef {
+                readings: &page.readings,
+                next_after: page.next_after,
+            },
+            page.readings.len() * 200 + 64,
+        ),
         Format::Ndjson => {
-            let mut body = String::new();
+            let mut body = Vec::with_capacity(page.readings.len() * 200);
             for r in &page.readings {
-                if let Ok(line) = serde_json::to_string(&ReadingItem::from(r)) {
-                    body.push_str(&line);
-                    body.push('\n');
+                if serde_json::to_writer(&mut body, &ReadingRef(r)).is_ok() {
+                    body.push(b'\n');
                 }
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
@@ -1250,8 +1332,8 @@ async fn readings(
                     csv_field(&x.metric),
                     x.value,
                     csv_field(x.unit.as_deref().unwrap_or("")),
-                    format_rfc3339(x.timestamp_ms),
-                    format_rfc3339(x.received_at_ms)
+                    Rfc3339::new(x.timestamp_ms),
+                    Rfc3339::new(x.received_at_ms)
                 ));
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
@@ -1331,6 +1413,47 @@ async fn rollups(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_readings_serialize_exactly_like_the_documented_type() {
+        let readings: Vec<StoredReading> = [
+            (
+                "d1",
+                "temperature",
+                21.5,
+                Some("C"),
+                1_795_860_000_000,
+                1_795_860_000_012,
+            ),
+            ("dev \"x\"", "hum/idity", -0.0, None, -1, 0),
+            ("d2", "big", 1e300, Some("ü"), i64::MAX, i64::MIN),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, m, v, u, t, r))| StoredReading {
+            seq: i as u64 + 1,
+            reading: edgewatch_protocol::Reading {
+                device_id: d.to_owned(),
+                metric: m.to_owned(),
+                value: v,
+                unit: u.map(str::to_owned),
+                timestamp_ms: t,
+                received_at_ms: r,
+            },
+        })
+        .collect();
+        let documented = serde_json::to_string(&ReadingPage {
+            readings: readings.iter().map(ReadingItem::from).collect(),
+            next_after: Some(7),
+        })
+        .unwrap();
+        let borrowed = serde_json::to_string(&ReadingPageRef {
+            readings: &readings,
+            next_after: Some(7),
+        })
+        .unwrap();
+        assert_eq!(borrowed, documented);
+    }
 
     #[test]
     fn auto_step_aims_for_a_thousand_points() {

@@ -5,7 +5,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::quote;
@@ -64,10 +63,11 @@ pub fn parse_time(s: &str) -> Result<i64, TimeError> {
             input: quote(trimmed),
         });
     }
-    let parsed = OffsetDateTime::parse(trimmed, &Rfc3339).map_err(|e| TimeError::Invalid {
-        input: quote(trimmed),
-        detail: e.to_string(),
-    })?;
+    let parsed = OffsetDateTime::parse(trimmed, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| TimeError::Invalid {
+            input: quote(trimmed),
+            detail: e.to_string(),
+        })?;
     let ms = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
     // Four-digit years keep this far inside i64.
     i64::try_from(ms).map_err(|_| TimeError::OutOfRange {
@@ -80,26 +80,132 @@ pub fn parse_time(s: &str) -> Result<i64, TimeError> {
 ///
 /// Times outside years 0000..=9999, which RFC 3339 cannot write, are clamped to that range.
 pub fn format_rfc3339(ms: i64) -> String {
-    let ms = ms.clamp(MIN_FORMAT_MS, MAX_FORMAT_MS);
-    let nanos = i128::from(ms) * 1_000_000;
-    // In range by the clamp above; the fallback is never taken.
-    let dt = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.millisecond()
-    )
+    Rfc3339::new(ms).as_str().to_owned()
+}
+
+/// A time formatted as RFC 3339 (UTC, milliseconds) in a fixed 24-byte buffer: what
+/// [`format_rfc3339`] returns, without allocating. History answers format two times per
+/// reading and one per rollup point, tens of thousands per request.
+#[derive(Clone, Copy)]
+pub struct Rfc3339 {
+    buf: [u8; 24],
+}
+
+impl Rfc3339 {
+    /// Formats `ms` (clamped to years 0000..=9999).
+    pub fn new(ms: i64) -> Self {
+        let ms = ms.clamp(MIN_FORMAT_MS, MAX_FORMAT_MS);
+        let days = ms.div_euclid(86_400_000);
+        let in_day = ms.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for i in (at..at + width).rev() {
+                // In range: every field is non-negative and fits its width after the clamp.
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, in_day / 3_600_000);
+        put(14, 2, in_day / 60_000 % 60);
+        put(17, 2, in_day / 1_000 % 60);
+        put(20, 3, in_day % 1_000);
+        Self { buf }
+    }
+
+    /// The formatted time.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and the fixed separators are ever written.
+        std::str::from_utf8(&self.buf).unwrap_or("0000-01-01T00:00:00.000Z")
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar for days since 1970-01-01.
+///
+/// Counts in 400-year eras of 146,097 days, with years starting on 1 March so that the leap day
+/// is the last day of the year; then maps March-based months back to January-based ones.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097); // 0..=146_096
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let march_month = (5 * day_of_year + 2) / 153; // 0 = March .. 11 = February
+    let day = day_of_year - (153 * march_month + 2) / 5 + 1;
+    let month = if march_month < 10 {
+        march_month + 3
+    } else {
+        march_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The `time` crate's answer, the oracle for [`Rfc3339`].
+    fn oracle(ms: i64) -> String {
+        let ms = ms.clamp(MIN_FORMAT_MS, MAX_FORMAT_MS);
+        let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.millisecond()
+        )
+    }
+
+    #[test]
+    fn formats_like_the_time_crate_at_the_edges() {
+        for ms in [
+            i64::MIN,
+            MIN_FORMAT_MS - 1,
+            MIN_FORMAT_MS,
+            -62_135_596_800_001, // 0000-12-31T23:59:59.999Z
+            -1,
+            0,
+            1,
+            951_782_400_000, // 2000-02-29
+            951_868_799_999,
+            4_107_542_400_000, // 2100-03-01
+            T,
+            MAX_FORMAT_MS,
+            MAX_FORMAT_MS + 1,
+            i64::MAX,
+        ] {
+            assert_eq!(Rfc3339::new(ms).as_str(), oracle(ms), "{ms}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn formats_like_the_time_crate(ms in MIN_FORMAT_MS - 1_000..MAX_FORMAT_MS + 1_000) {
+            prop_assert_eq!(format_rfc3339(ms), oracle(ms));
+        }
+    }
 
     /// 2026-11-28T10:00:00Z
     const T: i64 = 1_795_860_000_000;
