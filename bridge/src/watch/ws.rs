@@ -29,6 +29,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use edgewatch_protocol::TopicFilter;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use super::access::Caller;
 use super::{read_filters, LiveError, LiveState, WatchParams};
+use crate::fanout::{LiveEvent, Stage};
 use crate::live::WatchItem;
 
 /// The subprotocol this endpoint speaks.
@@ -51,6 +53,15 @@ pub const CLOSE_IDLE: u16 = 4001;
 /// subscription tasks wait, their fan-out queues fill, and the fan-out's slow-consumer policy
 /// (conflate, gap, disconnect) applies.
 const OUTBOX: usize = 256;
+
+/// Initial WebSocket read buffer per connection, bytes.
+const READ_BUFFER: usize = 512;
+
+/// Ready messages are framed into one buffer and written with one flush, up to about this
+/// many bytes (fewer system calls when readings arrive faster than the socket is written).
+/// tungstenite keeps its write buffer's capacity, so this also bounds what an active
+/// connection holds between batches.
+const WRITE_BATCH_BYTES: usize = 4 * 1024;
 
 pub(super) async fn upgrade(
     State(state): State<LiveState>,
@@ -104,8 +115,12 @@ pub(super) async fn upgrade_with(
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        // Client messages are small JSON; the read buffer grows for a larger one. Every
+        // connection holds this buffer for its lifetime (tungstenite's default is 128 KiB).
+        .read_buffer_size(READ_BUFFER)
+        // Frames are queued in tungstenite's buffer and written by an explicit flush, once
+        // per batch of ready messages (see `Connection::run`).
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", conn = next_connection_id());
             tracing::Instrument::instrument(
@@ -146,6 +161,9 @@ enum ClientMessage {
 
 /// What subscription tasks send to the connection loop.
 enum Outgoing {
+    /// A reading or status event (its JSON is the message).
+    Event(Arc<LiveEvent>),
+    /// A control message (gap, reset).
     Text(Arc<str>),
     Lagging,
 }
@@ -186,16 +204,18 @@ impl Connection {
         let shutdown = self.state.shutdown.clone();
         let close = loop {
             tokio::select! {
-                out = self.out_rx.recv() => match out {
-                    Some(Outgoing::Text(json)) => {
-                        if sink.send(Message::Text(Utf8Bytes::from(&*json))).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Some(Outgoing::Lagging) | None => {
+                out = self.out_rx.recv() => {
+                    let Some(first) = out else {
                         break Some((CLOSE_LAGGING, "too slow: disconnected after sustained lag"));
+                    };
+                    match self.write_batch(&mut sink, first).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            break Some((CLOSE_LAGGING, "too slow: disconnected after sustained lag"));
+                        }
+                        Err(()) => break None,
                     }
-                },
+                }
                 incoming = stream.next() => {
                     last_heard = tokio::time::Instant::now();
                     match incoming {
@@ -247,6 +267,45 @@ impl Connection {
             .await;
         }
         self.end();
+    }
+
+    /// Frames `first` and whatever else is ready (up to [`WRITE_BATCH_BYTES`]), then flushes
+    /// once. `Ok(false)`: a subscription was closed for lagging (what was queued before it is
+    /// written); `Err`: the socket failed.
+    async fn write_batch(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        first: Outgoing,
+    ) -> Result<bool, ()> {
+        let mut written: Vec<Arc<LiveEvent>> = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        let mut keep_open = true;
+        while let Some(out) = next.take() {
+            let text = match out {
+                Outgoing::Event(ev) => {
+                    let t = Utf8Bytes::from(&*ev.json);
+                    written.push(ev);
+                    t
+                }
+                Outgoing::Text(t) => Utf8Bytes::from(&*t),
+                Outgoing::Lagging => {
+                    keep_open = false;
+                    break;
+                }
+            };
+            bytes += text.len();
+            sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+            if bytes < WRITE_BATCH_BYTES {
+                next = self.out_rx.try_recv().ok();
+            }
+        }
+        sink.flush().await.map_err(|_| ())?;
+        let stats = self.state.hub.fanout().stats();
+        for ev in written.drain(..) {
+            stats.observe_written(Stage::WsWrite, &ev);
+        }
+        Ok(keep_open)
     }
 
     fn end(self) {
@@ -311,7 +370,7 @@ impl Connection {
             loop {
                 let item = watch.next().await;
                 let msg = match item {
-                    WatchItem::Event(ev) => Outgoing::Text(ev.json.clone()),
+                    WatchItem::Event(ev) => Outgoing::Event(ev),
                     WatchItem::Gap { resume_after, dropped } => Outgoing::Text(
                         json!({"type": "gap", "filter": &*name, "resumeAfter": resume_after, "dropped": dropped})
                             .to_string()
