@@ -644,6 +644,39 @@ async fn bad_input_gets_clear_errors_and_the_hub_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_sends_headers_retry_hint_and_comment_heartbeats_when_idle() {
+    let hub = start_hub(LiveConfig {
+        sse_heartbeat_secs: 1,
+        sse_retry_ms: 1234,
+        ..LiveConfig::default()
+    })
+    .await;
+    let mut stream = raw_sse(hub.addr).await;
+    let (text, ended) = read_for(&mut stream, Duration::from_millis(2600)).await;
+    assert!(!ended, "stream ended early: {text}");
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(head.contains("x-accel-buffering: no"), "{head}");
+    assert!(text.contains("retry: 1234\n"), "{text}");
+    // Nothing was published: after 2.6 s of silence, two heartbeats at a 1 s interval.
+    let beats = text.matches(":\n\n").count();
+    assert!((2..=3).contains(&beats), "{beats} heartbeats in {text:?}");
+    // A reading arrives as an `id:`-carrying `reading` frame.
+    hub.feed
+        .send(Publish {
+            topic: "sensors/hb/temperature".into(),
+            payload: "21.5".into(),
+            received_at_ms: now_ms(),
+        })
+        .await
+        .unwrap();
+    let (text, _) = read_for(&mut stream, Duration::from_secs(5)).await;
+    assert!(text.contains("event: reading\nid: 1\ndata: {"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_sse_streams_and_closes_websockets_with_1001() {
     let hub = start_hub(LiveConfig::default()).await;
     let mut sse = Sse::open(&format!("http://{}/v1/stream", hub.addr), None)

@@ -21,10 +21,17 @@ pub(crate) struct Params {
     pub(crate) warmup: Duration,
     pub(crate) measure: Duration,
     pub(crate) relay_publishers: usize,
-    pub(crate) latency_rates: Vec<u64>,
-    pub(crate) latency_publishers: usize,
+    /// `latency`: devices publishing, each to its own topic `sensors/d{k}/temperature`.
+    pub(crate) latency_devices: usize,
+    /// `latency`: readings/s of each device.
+    pub(crate) latency_device_rate: f64,
+    /// `latency`: subscribers of each client type, subscriber `k` on `sensors/d{k % devices}/#`.
+    pub(crate) latency_subscribers: usize,
+    /// `fanout`: idle watchers of each transport on `sensors/#` (memory, then deliveries/s).
     pub(crate) fanout_watchers: usize,
+    /// `fanout`: readings/s offered to the watchers, from `fanout_devices` devices.
     pub(crate) fanout_rate: f64,
+    pub(crate) fanout_devices: usize,
     pub(crate) history_readings: u64,
     pub(crate) history_publishers: usize,
     pub(crate) history_timeout: Duration,
@@ -46,10 +53,12 @@ impl Params {
             warmup: Duration::from_millis(500),
             measure: Duration::from_secs(1),
             relay_publishers: 4,
-            latency_rates: vec![1000],
-            latency_publishers: 4,
+            latency_devices: 20,
+            latency_device_rate: 10.0,
+            latency_subscribers: 20,
             fanout_watchers: 20,
             fanout_rate: 100.0,
+            fanout_devices: 10,
             history_readings: 10_000,
             history_publishers: 100,
             history_timeout: Duration::from_secs(30),
@@ -68,10 +77,12 @@ impl Params {
             warmup: Duration::from_millis(700),
             measure: Duration::from_secs(2),
             relay_publishers: 10,
-            latency_rates: vec![1000, 10_000],
-            latency_publishers: 10,
-            fanout_watchers: 1000,
-            fanout_rate: 500.0,
+            latency_devices: 1000,
+            latency_device_rate: 10.0,
+            latency_subscribers: 1000,
+            fanout_watchers: 10_000,
+            fanout_rate: 60.0,
+            fanout_devices: 100,
             history_readings: 500_000,
             history_publishers: 1000,
             history_timeout: Duration::from_secs(120),
@@ -90,10 +101,12 @@ impl Params {
             warmup: Duration::from_secs(2),
             measure: Duration::from_secs(10),
             relay_publishers: 10,
-            latency_rates: vec![1000, 10_000, 50_000],
-            latency_publishers: 10,
+            latency_devices: 1000,
+            latency_device_rate: 10.0,
+            latency_subscribers: 1000,
             fanout_watchers: 10_000,
             fanout_rate: 100.0,
+            fanout_devices: 100,
             history_readings: 10_000_000,
             history_publishers: 1000,
             history_timeout: Duration::from_secs(1200),
@@ -471,223 +484,276 @@ const LATENCY_POINTS: [(&str, f64); 5] = [
     ("max", 100.0),
 ];
 
-/// latency: publish-to-receive at fixed rates, MQTT on both, SSE and WebSocket on edgewatch.
+/// Opens `n` receivers of one client type, at most 64 connecting at once; receiver `k` watches
+/// `filter(k)`.
+async fn open_receivers(
+    server: &Server,
+    client: Client,
+    n: usize,
+    tag: &str,
+    filter: impl Fn(usize) -> String,
+) -> Result<Vec<Receiver>> {
+    let http = server.http;
+    let mqtt = server.mqtt;
+    let opened: Vec<Result<Receiver>> = futures::stream::iter(0..n)
+        .map(|k| {
+            let f = filter(k);
+            async move {
+                match client {
+                    Client::Mqtt => {
+                        load::mqtt_watch(mqtt, QoS::AtMostOnce, &format!("{tag}-{k}"), &f).await
+                    }
+                    Client::Sse => load::sse_watch(http.context("http")?, &f).await,
+                    Client::WebSocket => load::ws_watch(http.context("http")?, &f).await,
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
+/// A live client type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Mqtt,
+    Sse,
+    WebSocket,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Mqtt => "MQTT",
+            Client::Sse => "SSE",
+            Client::WebSocket => "WebSocket",
+        }
+    }
+}
+
+/// latency (issue #4): publish-to-client at 10,000 readings/s from 1,000 devices (10/s each,
+/// spread evenly) with 1,000 subscribers, subscriber `k` watching one device
+/// (`sensors/d{k}/#`), one client type at a time: SSE and WebSocket on edgewatch, MQTT on both
+/// (the broker-only floor of this box and harness). Latency = the client's receive time minus
+/// the send time the device wrote into the reading (one clock, this process).
 pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let p = &ctx.p;
-    let qos = QoS::AtMostOnce;
+    let devices = p.latency_devices.max(1);
+    let subs = p.latency_subscribers.max(1);
+    let rate = (devices as f64 * p.latency_device_rate) as u64;
+    // Each reading matches the subscribers watching its device.
+    let per_reading = subs as f64 / devices as f64;
     for target in ctx.targets() {
         let server = ctx
             .start(target, &format!("latency-{}", target.name()))
             .await?;
-        for &rate in &p.latency_rates {
-            let clients: &[&str] = match target {
-                Target::Mosquitto => &["MQTT"],
-                Target::Edgewatch => &["MQTT", "SSE", "WebSocket"],
-            };
-            let mut per_client: Vec<Vec<[f64; 5]>> = vec![vec![]; clients.len()];
-            let mut delivered: Vec<Vec<f64>> = vec![vec![]; clients.len()];
-            let mut merged: Vec<Vec<u32>> = vec![vec![]; clients.len()];
+        let clients: &[Client] = match target {
+            Target::Mosquitto => &[Client::Mqtt],
+            Target::Edgewatch => &[Client::Sse, Client::WebSocket, Client::Mqtt],
+        };
+        for &client in clients {
+            let mut per_run: Vec<[f64; 5]> = vec![];
+            let mut delivered: Vec<f64> = vec![];
+            let mut merged: Vec<u32> = vec![];
+            let (mut sut, mut gen) = (vec![], vec![]);
             for run in 0..p.runs {
-                let mut receivers = vec![
-                    load::mqtt_subscriber(server.mqtt, qos, &format!("lat{rate}-{run}")).await?,
-                ];
-                if target == Target::Edgewatch {
-                    receivers.push(load::sse_client(&ctx.http, &server.http_base()).await?);
-                    receivers.push(load::ws_client(server.http.context("http")?).await?);
-                }
-                let spec = ctx.live_spec(
-                    p.latency_publishers,
-                    qos,
-                    Some(rate as f64),
-                    p.warmup + p.measure,
-                );
-                let fleet = Fleet::start(server.mqtt, &spec, &format!("lat{rate}-{run}")).await?;
+                let tag = format!("lat-{}-{run}", client.name());
+                let receivers = open_receivers(&server, client, subs, &tag, |k| {
+                    format!("sensors/d{}/#", k % devices)
+                })
+                .await
+                .with_context(|| format!("opening {subs} {} subscribers", client.name()))?;
+                let conns = load::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
+                let fleet =
+                    load::DeviceFleet::run(conns, p.latency_device_rate, p.warmup + p.measure);
                 tokio::time::sleep(p.warmup).await;
                 for r in &receivers {
                     r.probe.start_recording();
                 }
+                let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
+                let w = Window::open(&server, &probes);
                 let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
                 tokio::time::sleep(p.measure).await;
-                fleet.stop();
                 let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
+                let m = w.close(&server, &probes);
+                drop(fleet);
                 // Let the last readings of the window arrive.
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut lat: Vec<u32> = Vec::new();
                 for r in &receivers {
                     r.probe.recording.store(false, Ordering::Relaxed);
+                    lat.extend(r.probe.take_latencies());
                 }
-                drop(fleet);
-                for (i, r) in receivers.iter().enumerate() {
-                    let mut lat = r.probe.take_latencies();
-                    lat.sort_unstable();
-                    delivered[i].push(lat.len() as f64 / sent.max(1) as f64);
-                    per_client[i].push(LATENCY_POINTS.map(|(_, q)| percentile_ms(&lat, q)));
-                    merged[i].extend_from_slice(&lat);
-                }
+                lat.sort_unstable();
+                delivered.push(lat.len() as f64 / (sent.max(1) as f64 * per_reading));
+                per_run.push(LATENCY_POINTS.map(|(_, q)| percentile_ms(&lat, q)));
+                merged.extend_from_slice(&lat);
+                sut.push(m.sut_cores);
+                gen.push(m.gen_cores);
                 drop(receivers);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            for (i, client) in clients.iter().enumerate() {
-                let t = target.name();
-                for (k, (name, _)) in LATENCY_POINTS.iter().enumerate() {
-                    if *name == "p99.9" {
-                        continue;
-                    }
-                    let runs = per_client[i].iter().map(|a| a[k]).collect();
-                    report.push(Figure::new(
-                        "latency",
-                        t,
-                        &format!("{client} {name} @{rate}/s"),
-                        "ms",
-                        runs,
-                    ));
+            let t = target.name();
+            let c = client.name();
+            for (k, (name, _)) in LATENCY_POINTS.iter().enumerate() {
+                if *name == "p99.9" {
+                    continue;
                 }
-                report.push(Figure::new(
-                    "latency",
-                    t,
-                    &format!("{client} received fraction @{rate}/s"),
-                    "ratio",
-                    delivered[i].clone(),
-                ));
-                let mut all = std::mem::take(&mut merged[i]);
-                all.sort_unstable();
-                let curve = LATENCY_POINTS
-                    .iter()
-                    .map(|(n, q)| ((*n).to_owned(), percentile_ms(&all, *q)))
-                    .collect();
-                report
-                    .latency
-                    .entry(rate)
-                    .or_default()
-                    .insert(format!("{t} {client}"), curve);
+                let runs = per_run.iter().map(|a| a[k]).collect();
+                report.push(
+                    Figure::new("latency", t, &format!("{c} {name} @{rate}/s"), "ms", runs).note(
+                        format!(
+                            "{devices} devices x {}/s, {subs} {c} subscribers on sensors/dN/#",
+                            p.latency_device_rate
+                        ),
+                    ),
+                );
             }
+            report.push(Figure::new(
+                "latency",
+                t,
+                &format!("{c} received fraction @{rate}/s"),
+                "ratio",
+                delivered,
+            ));
+            report.push(Figure::new(
+                "latency",
+                t,
+                &format!("{c} server CPU @{rate}/s"),
+                "cores",
+                sut,
+            ));
+            report.push(Figure::new(
+                "latency",
+                t,
+                &format!("{c} harness CPU @{rate}/s"),
+                "cores",
+                gen,
+            ));
+            merged.sort_unstable();
+            let curve = LATENCY_POINTS
+                .iter()
+                .map(|(n, q)| ((*n).to_owned(), percentile_ms(&merged, *q)))
+                .collect();
+            report
+                .latency
+                .entry(rate)
+                .or_default()
+                .insert(format!("{t} {c}"), curve);
         }
         drop(server);
     }
     Ok(())
 }
 
-/// fan-out: many idle SSE + WebSocket watchers: memory per connection, then deliveries/s.
+/// fan-out (issue #4), once per transport: `fanout_watchers` idle watchers on `sensors/#`
+/// (memory per connection from the RSS growth while they open), then readings at
+/// `fanout_rate` from `fanout_devices` devices, each delivered to every watcher (deliveries/s).
 pub(crate) async fn fanout(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let p = &ctx.p;
-    let n_sse = p.fanout_watchers / 2;
-    let n_ws = p.fanout_watchers - n_sse;
-    let (mut per_sse, mut per_ws, mut rates, mut completeness, mut sut, mut gen, mut open_secs) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for run in 0..p.runs {
-        let dir = ctx.work.join(format!("fanout-{run}"));
-        let server = procs::start_edgewatch(
-            &ctx.edgewatch,
-            &dir,
-            &dir.join("data"),
-            &EdgewatchTuning {
-                max_live_connections: Some(p.fanout_watchers as u32 + 1000),
-            },
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss0 = server.rss_kib();
-        let base = server.http_base();
-        let http_addr = server.http.context("http")?;
-        let opened = Instant::now();
-        // Each open SSE response holds its own connection; reqwest opens a new one per stream.
-        let sse: Vec<Result<Receiver>> = futures::stream::iter(0..n_sse)
-            .map(|_| load::sse_client(&ctx.http, &base))
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        let sse: Vec<Receiver> = sse.into_iter().collect::<Result<_>>()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss1 = server.rss_kib();
-        let ws: Vec<Result<Receiver>> = futures::stream::iter(0..n_ws)
-            .map(|_| load::ws_client(http_addr))
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        let ws: Vec<Receiver> = ws.into_iter().collect::<Result<_>>()?;
-        open_secs.push(opened.elapsed().as_secs_f64());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss2 = server.rss_kib();
-        per_sse.push(rss1.saturating_sub(rss0) as f64 / n_sse.max(1) as f64);
-        per_ws.push(rss2.saturating_sub(rss1) as f64 / n_ws.max(1) as f64);
-        let probes: Vec<&Probe> = sse.iter().chain(&ws).map(|r| &*r.probe).collect();
-        let spec = ctx.live_spec(
-            p.latency_publishers,
-            QoS::AtMostOnce,
-            Some(p.fanout_rate),
-            p.warmup + p.measure,
+    let n = p.fanout_watchers.max(1);
+    for client in [Client::Sse, Client::WebSocket] {
+        let c = client.name();
+        let (mut per_conn, mut rates, mut completeness, mut sut, mut gen, mut open_secs) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for run in 0..p.runs {
+            let dir = ctx.work.join(format!("fanout-{c}-{run}"));
+            let server = procs::start_edgewatch(
+                &ctx.edgewatch,
+                &dir,
+                &dir.join("data"),
+                &EdgewatchTuning {
+                    max_live_connections: Some(n as u32 + 1000),
+                },
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rss0 = server.rss_kib();
+            let opened = Instant::now();
+            let watchers = open_receivers(&server, client, n, &format!("fan-{c}-{run}"), |_| {
+                "sensors/#".to_owned()
+            })
+            .await
+            .with_context(|| format!("opening {n} {c} watchers"))?;
+            open_secs.push(opened.elapsed().as_secs_f64());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss1 = server.rss_kib();
+            per_conn.push(rss1.saturating_sub(rss0) as f64 / n as f64);
+            let probes: Vec<&Probe> = watchers.iter().map(|r| &*r.probe).collect();
+            let devices = p.fanout_devices.max(1);
+            let conns =
+                load::DeviceFleet::connect(server.mqtt, devices, &format!("fan{run}")).await?;
+            let fleet =
+                load::DeviceFleet::run(conns, p.fanout_rate / devices as f64, p.warmup + p.measure);
+            tokio::time::sleep(p.warmup).await;
+            let w = Window::open(&server, &probes);
+            tokio::time::sleep(p.measure).await;
+            let m = w.close(&server, &probes);
+            drop(fleet);
+            let total: f64 = m.rates.iter().sum();
+            rates.push(total);
+            completeness.push(total / (p.fanout_rate * n as f64));
+            sut.push(m.sut_cores);
+            gen.push(m.gen_cores);
+            drop(probes);
+            drop(watchers);
+            server.stop(Duration::from_secs(5)).await?;
+        }
+        report.push(
+            Figure::new(
+                "fanout",
+                "edgewatch",
+                &format!("deliveries/s, {n} {c} watchers"),
+                "deliveries/s",
+                rates,
+            )
+            .note(format!(
+                "{n} {c} on sensors/#, {} readings/s offered from {} devices ({} deliveries/s)",
+                p.fanout_rate,
+                p.fanout_devices,
+                p.fanout_rate * n as f64
+            )),
         );
-        let fleet = Fleet::start(server.mqtt, &spec, &format!("fan{run}")).await?;
-        tokio::time::sleep(p.warmup).await;
-        let w = Window::open(&server, &probes);
-        tokio::time::sleep(p.measure).await;
-        let m = w.close(&server, &probes);
-        drop(fleet);
-        let total: f64 = m.rates.iter().sum();
-        rates.push(total);
-        completeness.push(total / (p.fanout_rate * p.fanout_watchers as f64));
-        sut.push(m.sut_cores);
-        gen.push(m.gen_cores);
-        drop(sse);
-        drop(ws);
-        server.stop(Duration::from_secs(5)).await?;
-    }
-    let w = p.fanout_watchers;
-    report.push(
-        Figure::new(
+        report.push(Figure::new(
             "fanout",
             "edgewatch",
-            &format!("deliveries/s, {w} watchers"),
-            "deliveries/s",
-            rates,
-        )
-        .note(format!(
-            "{n_sse} SSE + {n_ws} WebSocket on sensors/#, {} readings/s offered ({} deliveries/s)",
-            p.fanout_rate,
-            p.fanout_rate * w as f64
-        )),
-    );
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        "delivered / offered",
-        "ratio",
-        completeness,
-    ));
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        "memory per idle SSE",
-        "KiB",
-        per_sse,
-    ));
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        "memory per idle WebSocket",
-        "KiB",
-        per_ws,
-    ));
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        "server CPU",
-        "cores",
-        sut,
-    ));
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        "harness CPU",
-        "cores",
-        gen,
-    ));
-    report.push(Figure::new(
-        "fanout",
-        "edgewatch",
-        &format!("time to open {w}"),
-        "s",
-        open_secs,
-    ));
+            &format!("{c} delivered / offered"),
+            "ratio",
+            completeness,
+        ));
+        report.push(
+            Figure::new(
+                "fanout",
+                "edgewatch",
+                &format!("memory per idle {c}"),
+                "KiB",
+                per_conn,
+            )
+            .note(format!("RSS growth over opening {n}, divided by {n}")),
+        );
+        report.push(Figure::new(
+            "fanout",
+            "edgewatch",
+            &format!("{c} server CPU"),
+            "cores",
+            sut,
+        ));
+        report.push(Figure::new(
+            "fanout",
+            "edgewatch",
+            &format!("{c} harness CPU"),
+            "cores",
+            gen,
+        ));
+        report.push(Figure::new(
+            "fanout",
+            "edgewatch",
+            &format!("time to open {n} {c}"),
+            "s",
+            open_secs,
+        ));
+    }
     Ok(())
 }
 

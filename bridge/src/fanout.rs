@@ -19,13 +19,17 @@
 //!    ([`Delivery::Closed`]) and its transport disconnects the client.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use edgewatch_protocol::{FilterIndex, TopicFilter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
 /// Fan-out settings (`[bridge.fanout]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +63,7 @@ pub enum EventKind {
 }
 
 /// One live event, serialized once and shared by every subscriber it goes to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LiveEvent {
     /// The reading's global sequence number (status events carry the last seq committed
     /// before them, which is a valid resume cursor).
@@ -70,6 +74,53 @@ pub struct LiveEvent {
     pub topic: Arc<str>,
     /// The JSON message, with a `type` field (`reading` / `status`).
     pub json: Arc<str>,
+    /// When the event was made (just before the fan-out queued it): the start of the
+    /// fan-out-to-socket stage measured in [`FanoutStats`].
+    pub made_at: Instant,
+    /// The SSE frame, formatted by the first stream that writes it.
+    sse: OnceLock<Bytes>,
+}
+
+impl PartialEq for LiveEvent {
+    fn eq(&self, other: &Self) -> bool {
+        (self.seq, self.kind, &self.topic, &self.json)
+            == (other.seq, other.kind, &other.topic, &other.json)
+    }
+}
+
+impl LiveEvent {
+    /// An event made now.
+    pub fn new(seq: u64, kind: EventKind, topic: Arc<str>, json: Arc<str>) -> Self {
+        Self {
+            seq,
+            kind,
+            topic,
+            json,
+            made_at: Instant::now(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The Server-Sent Events frame of this event (`event:`, `id:` for readings, `data:`),
+    /// formatted once and then shared by every stream it goes to.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                // The JSON is compact (no newline), so it fits one `data:` line.
+                let mut f = String::with_capacity(self.json.len() + 48);
+                match self.kind {
+                    EventKind::Reading => {
+                        let _ = write!(f, "event: reading\nid: {}\n", self.seq);
+                    }
+                    EventKind::Status => f.push_str("event: status\n"),
+                }
+                f.push_str("data: ");
+                f.push_str(&self.json);
+                f.push_str("\n\n");
+                Bytes::from(f)
+            })
+            .clone()
+    }
 }
 
 /// What a subscription yields.
@@ -89,8 +140,8 @@ pub enum Delivery {
     Closed,
 }
 
-/// Counters, for metrics.
-#[derive(Debug, Default)]
+/// Counters and stage timings, for metrics.
+#[derive(Debug)]
 pub struct FanoutStats {
     /// Events handed to subscriber queues.
     pub delivered: AtomicU64,
@@ -100,6 +151,55 @@ pub struct FanoutStats {
     pub lag_disconnects: AtomicU64,
     /// Gap notices sent.
     pub gaps: AtomicU64,
+    /// Seconds from the broker link taking a reading to the fan-out receiving it committed
+    /// (ingest, writer queue, group commit, fsync, broadcast); first reading of each batch.
+    pub link_to_fanout: Histogram,
+    /// Seconds one [`Fanout::publish`] call takes (matching and queueing a batch).
+    pub publish_seconds: Histogram,
+    /// Seconds from the fan-out making an event to an SSE stream handing it to the HTTP
+    /// connection.
+    pub sse_write: Histogram,
+    /// Seconds from the fan-out making an event to a WebSocket writing it to its socket.
+    pub ws_write: Histogram,
+}
+
+impl Default for FanoutStats {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            lag_disconnects: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            link_to_fanout: Histogram::new(LATENCY_BUCKETS),
+            publish_seconds: Histogram::new(LATENCY_BUCKETS),
+            sse_write: Histogram::new(LATENCY_BUCKETS),
+            ws_write: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+/// Where a live event's delivery is timed (see [`FanoutStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Handed to the SSE response body.
+    SseWrite,
+    /// Written to the WebSocket.
+    WsWrite,
+}
+
+impl FanoutStats {
+    /// Records the time since `ev` was made, for readings (replayed and status events are not
+    /// live readings).
+    pub fn observe_written(&self, stage: Stage, ev: &LiveEvent) {
+        if ev.kind != EventKind::Reading {
+            return;
+        }
+        let h = match stage {
+            Stage::SseWrite => &self.sse_write,
+            Stage::WsWrite => &self.ws_write,
+        };
+        h.observe(ev.made_at.elapsed().as_secs_f64());
+    }
 }
 
 /// Queue depths over all subscriptions, at one moment.
@@ -129,7 +229,7 @@ struct Shared {
     index: RwLock<FilterIndex<SubId>>,
     queues: RwLock<HashMap<SubId, Arc<Queue>>>,
     next_id: AtomicU64,
-    stats: FanoutStats,
+    stats: Arc<FanoutStats>,
 }
 
 impl Fanout {
@@ -141,7 +241,7 @@ impl Fanout {
                 index: RwLock::new(FilterIndex::new()),
                 queues: RwLock::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                stats: FanoutStats::default(),
+                stats: Arc::default(),
             }),
         }
     }
@@ -149,6 +249,11 @@ impl Fanout {
     /// Counters.
     pub fn stats(&self) -> &FanoutStats {
         &self.shared.stats
+    }
+
+    /// Counters, shared (for transports that time their writes).
+    pub fn stats_arc(&self) -> Arc<FanoutStats> {
+        self.shared.stats.clone()
     }
 
     /// Number of open subscriptions.
@@ -206,6 +311,7 @@ impl Fanout {
         };
         let now = Instant::now();
         let cfg = &self.shared.cfg;
+        let _timer = PublishTimer(now, &self.shared.stats.publish_seconds);
         let lag_timeout = Duration::from_secs(cfg.lag_timeout_secs);
         let mut seen: Vec<SubId> = Vec::new();
         for ev in events {
@@ -306,6 +412,15 @@ impl Subscription {
             }
         }
         n
+    }
+}
+
+/// Observes the time of one `publish` call when dropped.
+struct PublishTimer<'a>(Instant, &'a Histogram);
+
+impl Drop for PublishTimer<'_> {
+    fn drop(&mut self) {
+        self.1.observe(self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -433,12 +548,12 @@ mod tests {
     use super::*;
 
     fn ev(seq: u64, topic: &str) -> Arc<LiveEvent> {
-        Arc::new(LiveEvent {
+        Arc::new(LiveEvent::new(
             seq,
-            kind: EventKind::Reading,
-            topic: topic.into(),
-            json: format!("{{\"seq\":{seq}}}").into(),
-        })
+            EventKind::Reading,
+            topic.into(),
+            format!("{{\"seq\":{seq}}}").into(),
+        ))
     }
 
     fn f(s: &str) -> TopicFilter {

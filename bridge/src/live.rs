@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use edgewatch_protocol::timefmt::format_rfc3339;
+use edgewatch_protocol::timefmt::{format_rfc3339, now_ms};
 use edgewatch_protocol::TopicFilter;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -41,12 +41,12 @@ pub fn reading_event(r: &StoredReading) -> Arc<LiveEvent> {
         "timestamp": format_rfc3339(r.reading.timestamp_ms),
         "receivedAt": format_rfc3339(r.reading.received_at_ms),
     });
-    Arc::new(LiveEvent {
-        seq: r.seq,
-        kind: EventKind::Reading,
-        topic: topic.into(),
-        json: json.to_string().into(),
-    })
+    Arc::new(LiveEvent::new(
+        r.seq,
+        EventKind::Reading,
+        topic.into(),
+        json.to_string().into(),
+    ))
 }
 
 /// The JSON message of a presence change; `seq` is the log position it followed.
@@ -60,12 +60,12 @@ pub fn status_event(p: &PresenceUpdate, seq: u64) -> Arc<LiveEvent> {
         "status": if p.online { "online" } else { "offline" },
         "at": format_rfc3339(p.at_ms),
     });
-    Arc::new(LiveEvent {
+    Arc::new(LiveEvent::new(
         seq,
-        kind: EventKind::Status,
-        topic: topic.into(),
-        json: json.to_string().into(),
-    })
+        EventKind::Status,
+        topic.into(),
+        json.to_string().into(),
+    ))
 }
 
 /// Feeds the fan-out from the writer's committed batches and presence changes until `stop`.
@@ -95,6 +95,13 @@ pub async fn run_fanout(
         };
         match batch {
             Ok(batch) => {
+                if let Some(first) = batch.first() {
+                    let waited_ms = now_ms().saturating_sub(first.reading.received_at_ms);
+                    fanout
+                        .stats()
+                        .link_to_fanout
+                        .observe(waited_ms.max(0) as f64 / 1000.0);
+                }
                 let events: Vec<_> = batch
                     .iter()
                     .filter(|r| r.seq > last)

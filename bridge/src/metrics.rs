@@ -19,6 +19,7 @@
 //! | `edgewatch_live_connections{transport}` | gauge | SSE / WebSocket / long-poll |
 //! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
 //! | `edgewatch_live_events_delivered_total`, `_conflated_dropped_total`, `_gaps_total`, `_lag_disconnects_total` | counter | fan-out |
+//! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → committed at the fan-out → queued → written) |
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
@@ -503,6 +504,37 @@ impl Metrics {
                         &st.lag_disconnects,
                     ),
                 ],
+            );
+            for (name, help, h) in [
+                (
+                    "edgewatch_live_link_to_fanout_seconds",
+                    "Broker link to committed reading at the fan-out (ingest, group commit, fsync).",
+                    &st.link_to_fanout,
+                ),
+                (
+                    "edgewatch_live_publish_seconds",
+                    "One fan-out publish call (match and queue a committed batch).",
+                    &st.publish_seconds,
+                ),
+            ] {
+                head(&mut out, name, "histogram", help);
+                h.render(&mut out, name, "");
+            }
+            head(
+                &mut out,
+                "edgewatch_live_fanout_to_write_seconds",
+                "histogram",
+                "Live reading made by the fan-out to written by its transport.",
+            );
+            st.sse_write.render(
+                &mut out,
+                "edgewatch_live_fanout_to_write_seconds",
+                "transport=\"sse\"",
+            );
+            st.ws_write.render(
+                &mut out,
+                "edgewatch_live_fanout_to_write_seconds",
+                "transport=\"ws\"",
             );
         }
 

@@ -7,18 +7,22 @@
 //! readings that match are replayed from the log, then the stream continues live.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
-use crate::fanout::EventKind;
+use crate::fanout::FanoutStats;
 use crate::live::{Watch, WatchItem};
 use crate::metrics::{ConnectionGuard, Transport};
 
@@ -93,62 +97,159 @@ async fn open(
         .await
         .map_err(|e| LiveError::internal(e.to_string()))?;
     let open = state.metrics.open(Transport::Sse);
-    let retry = Duration::from_millis(state.cfg.sse_retry_ms);
-    let hello = Event::default().retry(retry).comment("edgewatch stream");
-    let events = stream::once(async move { Ok::<_, Infallible>(hello) })
-        .chain(events(watch, (permit, open)))
-        .take_until(state.shutdown.clone().cancelled_owned());
-    let sse = Sse::new(events).keep_alive(
-        KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_heartbeat_secs.max(1))),
-    );
-    let mut res = sse.into_response();
+    let hello = Bytes::from(format!(
+        "retry: {}\n: edgewatch stream\n\n",
+        state.cfg.sse_retry_ms
+    ));
+    let heartbeat = Duration::from_secs(state.cfg.sse_heartbeat_secs.max(1));
+    let stats = state.hub.fanout().stats_arc();
+    let body = Body::from_stream(frames(
+        hello,
+        watch,
+        heartbeat,
+        state.shutdown.clone(),
+        stats,
+        (permit, open),
+    ));
+    let mut res = Response::new(body);
     let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
 }
 
-/// The SSE events of one watch; ends after a lag disconnection.
-fn events(
+/// What one SSE stream owns while it is open.
+struct StreamState {
     watch: Watch,
-    permit: (tokio::sync::OwnedSemaphorePermit, ConnectionGuard),
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some((watch, permit)), |state| async move {
-        let (mut watch, permit) = state?;
-        let item = watch.next().await;
-        let (event, keep_going) = to_event(&item);
-        Some((Ok(event), keep_going.then_some((watch, permit))))
-    })
+    heartbeat: Duration,
+    /// Next comment heartbeat, pushed back by every frame written.
+    next_beat: Pin<Box<tokio::time::Sleep>>,
+    shutdown: CancellationToken,
+    stats: Arc<FanoutStats>,
+    _permit: (tokio::sync::OwnedSemaphorePermit, ConnectionGuard),
 }
 
-/// One watch item as an SSE event; false when the stream must end after it.
-fn to_event(item: &WatchItem) -> (Event, bool) {
-    match item {
-        WatchItem::Event(ev) => {
-            let e = Event::default().data(&*ev.json);
-            match ev.kind {
-                EventKind::Reading => (e.event("reading").id(ev.seq.to_string()), true),
-                EventKind::Status => (e.event("status"), true),
+/// The body of one SSE response: `hello`, then one frame per watch item, with a comment
+/// heartbeat after `heartbeat` of silence; ends after a lag disconnection or at shutdown.
+///
+/// Reading frames are formatted once per reading and shared by every stream they go to
+/// ([`LiveEvent::sse_frame`]); the body hands hyper those shared `Bytes` without copying.
+fn frames(
+    hello: Bytes,
+    watch: Watch,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+    stats: Arc<FanoutStats>,
+    permit: (tokio::sync::OwnedSemaphorePermit, ConnectionGuard),
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let state = StreamState {
+        watch,
+        heartbeat,
+        next_beat: Box::pin(tokio::time::sleep(heartbeat)),
+        shutdown,
+        stats,
+        _permit: permit,
+    };
+    let first = stream::once(async move { Ok::<_, Infallible>(hello) });
+    first.chain(stream::unfold(Some(Box::new(state)), |state| async move {
+        let mut st = state?;
+        let (frame, keep_going) = tokio::select! {
+            biased;
+            () = st.shutdown.cancelled() => return None,
+            item = st.watch.next() => {
+                if let WatchItem::Event(ev) = &item {
+                    st.stats.observe_written(crate::fanout::Stage::SseWrite, ev);
+                }
+                to_frame(&item)
             }
-        }
-        WatchItem::Gap { resume_after, dropped } => (
-            Event::default().event("gap").data(
-                json!({"type": "gap", "resumeAfter": resume_after, "dropped": dropped}).to_string(),
+            () = &mut st.next_beat => (Bytes::from_static(b":\n\n"), true),
+        };
+        let deadline = tokio::time::Instant::now() + st.heartbeat;
+        st.next_beat.as_mut().reset(deadline);
+        Some((Ok(frame), keep_going.then_some(st)))
+    }))
+}
+
+/// One watch item as an SSE frame; false when the stream must end after it.
+fn to_frame(item: &WatchItem) -> (Bytes, bool) {
+    let control = |event: &str, data: serde_json::Value| {
+        Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+    };
+    match item {
+        WatchItem::Event(ev) => (ev.sse_frame(), true),
+        WatchItem::Gap {
+            resume_after,
+            dropped,
+        } => (
+            control(
+                "gap",
+                json!({"type": "gap", "resumeAfter": resume_after, "dropped": dropped}),
             ),
             true,
         ),
         WatchItem::Reset { requested, oldest } => (
-            Event::default().event("reset").data(
-                json!({"type": "reset", "requested": requested, "oldest": oldest}).to_string(),
+            control(
+                "reset",
+                json!({"type": "reset", "requested": requested, "oldest": oldest}),
             ),
             true,
         ),
         WatchItem::Closed => (
-            Event::default().event("error").data(
-                json!({"type": "error", "code": "lagging", "message": "disconnected: too slow to keep up"})
-                    .to_string(),
+            control(
+                "error",
+                json!({"type": "error", "code": "lagging", "message": "disconnected: too slow to keep up"}),
             ),
             false,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{EventKind, LiveEvent};
+
+    #[test]
+    fn frames_carry_event_id_and_data() {
+        let ev = Arc::new(LiveEvent::new(
+            42,
+            EventKind::Reading,
+            "sensors/d1/t".into(),
+            r#"{"type":"reading","seq":42}"#.into(),
+        ));
+        let (frame, more) = to_frame(&WatchItem::Event(ev.clone()));
+        assert!(more);
+        assert_eq!(
+            &frame[..],
+            b"event: reading\nid: 42\ndata: {\"type\":\"reading\",\"seq\":42}\n\n"
+        );
+        // Formatted once, shared after.
+        assert_eq!(ev.sse_frame().as_ptr(), frame.as_ptr());
+        let status = Arc::new(LiveEvent::new(
+            42,
+            EventKind::Status,
+            "sensors/d1/status".into(),
+            r#"{"type":"status"}"#.into(),
+        ));
+        assert_eq!(
+            &to_frame(&WatchItem::Event(status)).0[..],
+            b"event: status\ndata: {\"type\":\"status\"}\n\n"
+        );
+        let (gap, more) = to_frame(&WatchItem::Gap {
+            resume_after: 7,
+            dropped: 3,
+        });
+        assert!(more);
+        assert_eq!(
+            &gap[..],
+            b"event: gap\ndata: {\"dropped\":3,\"resumeAfter\":7,\"type\":\"gap\"}\n\n"
+        );
+        let (closed, more) = to_frame(&WatchItem::Closed);
+        assert!(!more);
+        assert!(closed.starts_with(b"event: error\ndata: {"));
     }
 }

@@ -29,14 +29,17 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use edgewatch_protocol::TopicFilter;
+use futures::stream::SplitSink;
+use futures::stream::{BoxStream, SelectAll};
+use futures::FutureExt;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::access::Caller;
 use super::{read_filters, LiveError, LiveState, WatchParams};
+use crate::fanout::{LiveEvent, Stage};
 use crate::live::WatchItem;
 
 /// The subprotocol this endpoint speaks.
@@ -47,10 +50,14 @@ pub const CLOSE_LAGGING: u16 = 4000;
 /// Close code: nothing received from the client within the idle timeout.
 pub const CLOSE_IDLE: u16 = 4001;
 
-/// Messages queued from a connection's subscriptions to its socket. When full, the
-/// subscription tasks wait, their fan-out queues fill, and the fan-out's slow-consumer policy
-/// (conflate, gap, disconnect) applies.
-const OUTBOX: usize = 256;
+/// Initial WebSocket read buffer per connection, bytes.
+const READ_BUFFER: usize = 512;
+
+/// Ready messages are framed into one buffer and written with one flush, up to about this
+/// many bytes (fewer system calls when readings arrive faster than the socket is written).
+/// tungstenite keeps its write buffer's capacity, so this also bounds what an active
+/// connection holds between batches.
+const WRITE_BATCH_BYTES: usize = 4 * 1024;
 
 /// WebSocket (subprotocol `edgewatch.v1`)
 ///
@@ -126,8 +133,12 @@ pub(super) async fn upgrade_with(
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        // Client messages are small JSON; the read buffer grows for a larger one. Every
+        // connection holds this buffer for its lifetime (tungstenite's default is 128 KiB).
+        .read_buffer_size(READ_BUFFER)
+        // Frames are queued in tungstenite's buffer and written by an explicit flush, once
+        // per batch of ready messages (see `Connection::run`).
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", conn = next_connection_id());
             tracing::Instrument::instrument(
@@ -166,29 +177,34 @@ enum ClientMessage {
     Ping,
 }
 
-/// What subscription tasks send to the connection loop.
+/// What a connection's subscriptions yield to its loop.
 enum Outgoing {
+    /// A reading or status event (its JSON is the message).
+    Event(Arc<LiveEvent>),
+    /// A control message (gap, reset).
     Text(Arc<str>),
     Lagging,
 }
 
+/// One WebSocket connection. Its subscriptions are streams polled by the connection's own
+/// task (no task or channel per subscription): the loop takes from them only when the
+/// socket has taken what came before, so a slow client leaves events in its fan-out queues,
+/// where the slow-consumer policy (conflate, gap, disconnect) applies.
 struct Connection {
     state: LiveState,
     caller: Caller,
-    subs: HashMap<String, JoinHandle<()>>,
-    out_tx: mpsc::Sender<Outgoing>,
-    out_rx: mpsc::Receiver<Outgoing>,
+    /// Cancels a subscription's stream, by filter.
+    subs: HashMap<String, CancellationToken>,
+    streams: SelectAll<BoxStream<'static, Outgoing>>,
 }
 
 impl Connection {
     fn new(state: LiveState, caller: Caller) -> Self {
-        let (out_tx, out_rx) = mpsc::channel(OUTBOX);
         Self {
             state,
             caller,
             subs: HashMap::new(),
-            out_tx,
-            out_rx,
+            streams: SelectAll::new(),
         }
     }
 
@@ -208,16 +224,15 @@ impl Connection {
         let shutdown = self.state.shutdown.clone();
         let close = loop {
             tokio::select! {
-                out = self.out_rx.recv() => match out {
-                    Some(Outgoing::Text(json)) => {
-                        if sink.send(Message::Text(Utf8Bytes::from(&*json))).await.is_err() {
-                            break None;
+                Some(first) = self.streams.next(), if !self.streams.is_empty() => {
+                    match self.write_batch(&mut sink, first).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            break Some((CLOSE_LAGGING, "too slow: disconnected after sustained lag"));
                         }
+                        Err(()) => break None,
                     }
-                    Some(Outgoing::Lagging) | None => {
-                        break Some((CLOSE_LAGGING, "too slow: disconnected after sustained lag"));
-                    }
-                },
+                }
                 incoming = stream.next() => {
                     last_heard = tokio::time::Instant::now();
                     match incoming {
@@ -271,9 +286,49 @@ impl Connection {
         self.end();
     }
 
+    /// Frames `first` and whatever else is ready (up to [`WRITE_BATCH_BYTES`]), then flushes
+    /// once. `Ok(false)`: a subscription was closed for lagging (what was queued before it is
+    /// written); `Err`: the socket failed.
+    async fn write_batch(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        first: Outgoing,
+    ) -> Result<bool, ()> {
+        let mut written: Vec<Arc<LiveEvent>> = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        let mut keep_open = true;
+        while let Some(out) = next.take() {
+            let text = match out {
+                Outgoing::Event(ev) => {
+                    let t = Utf8Bytes::from(&*ev.json);
+                    written.push(ev);
+                    t
+                }
+                Outgoing::Text(t) => Utf8Bytes::from(&*t),
+                Outgoing::Lagging => {
+                    keep_open = false;
+                    break;
+                }
+            };
+            bytes += text.len();
+            sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+            if bytes < WRITE_BATCH_BYTES {
+                // Whatever is ready now; the loop polls again with its own waker.
+                next = self.streams.next().now_or_never().flatten();
+            }
+        }
+        sink.flush().await.map_err(|_| ())?;
+        let stats = self.state.hub.fanout().stats();
+        for ev in written.drain(..) {
+            stats.observe_written(Stage::WsWrite, &ev);
+        }
+        Ok(keep_open)
+    }
+
     fn end(self) {
-        for (_, task) in self.subs {
-            task.abort();
+        for token in self.subs.into_values() {
+            token.cancel();
         }
     }
 
@@ -300,8 +355,9 @@ impl Connection {
                 Some(self.subscribe(filter, since).await)
             }
             ClientMessage::Unsubscribe { filter } => match self.subs.remove(&filter) {
-                Some(task) => {
-                    task.abort();
+                Some(token) => {
+                    // Its stream ends at its next poll, before yielding anything more.
+                    token.cancel();
                     Some(json!({"type": "unsubscribed", "filter": filter}).to_string())
                 }
                 None => Some(error(
@@ -313,27 +369,28 @@ impl Connection {
                 topic,
                 payload,
                 qos,
-            } => Some(self.publish(topic, payload, qos).await),
+            } => Some(publish(&self.state, &self.caller, topic, payload, qos).await),
         }
     }
 
     async fn subscribe(&mut self, filter: TopicFilter, since: Option<u64>) -> String {
         let key = filter.as_str().to_owned();
         if let Some(old) = self.subs.remove(&key) {
-            old.abort();
+            old.cancel();
         }
-        let mut watch = match self.state.hub.watch(vec![filter], since).await {
+        let watch = match self.state.hub.watch(vec![filter], since).await {
             Ok(w) => w,
             Err(err) => return error("internal", &err.to_string()),
         };
         let cursor = watch.cursor();
-        let out = self.out_tx.clone();
         let name: Arc<str> = key.clone().into();
-        let task = tokio::spawn(async move {
-            loop {
-                let item = watch.next().await;
-                let msg = match item {
-                    WatchItem::Event(ev) => Outgoing::Text(ev.json.clone()),
+        let token = CancellationToken::new();
+        let items = futures::stream::unfold(Some(watch), move |watch| {
+            let name = name.clone();
+            async move {
+                let mut watch = watch?;
+                let msg = match watch.next().await {
+                    WatchItem::Event(ev) => Outgoing::Event(ev),
                     WatchItem::Gap { resume_after, dropped } => Outgoing::Text(
                         json!({"type": "gap", "filter": &*name, "resumeAfter": resume_after, "dropped": dropped})
                             .to_string()
@@ -344,44 +401,50 @@ impl Connection {
                             .to_string()
                             .into(),
                     ),
-                    WatchItem::Closed => {
-                        let _ = out.send(Outgoing::Lagging).await;
-                        return;
-                    }
+                    // The connection closes; nothing follows.
+                    WatchItem::Closed => return Some((Outgoing::Lagging, None)),
                 };
-                if out.send(msg).await.is_err() {
-                    return;
-                }
+                Some((msg, Some(watch)))
             }
-        });
-        self.subs.insert(key.clone(), task);
+        })
+        .take_until(token.clone().cancelled_owned());
+        self.streams.push(items.boxed());
+        self.subs.insert(key.clone(), token);
         json!({"type": "subscribed", "filter": key, "cursor": cursor}).to_string()
     }
+}
 
-    async fn publish(&self, topic: String, payload: serde_json::Value, qos: Option<u8>) -> String {
-        if let Err(err) = edgewatch_protocol::topic::validate_topic_name(&topic) {
-            return error("bad_topic", &err.to_string());
-        }
-        if qos.is_some_and(|q| q > 1) {
-            return error("bad_qos", "qos must be 0 or 1");
-        }
-        if !self.caller.may_publish(&topic) {
-            return error("forbidden", &format!("not allowed to publish to {topic:?}"));
-        }
-        let Some(publisher) = &self.state.publisher else {
-            return error(
-                "publish_unavailable",
-                "this hub has no in-process broker to publish to",
-            );
-        };
-        let bytes = match payload {
-            serde_json::Value::String(s) => Bytes::from(s),
-            other => Bytes::from(other.to_string()),
-        };
-        match publisher(topic.clone(), bytes).await {
-            Ok(()) => json!({"type": "published", "topic": topic}).to_string(),
-            Err(err) => error("publish_failed", &err),
-        }
+/// Publishes into the broker for a client (a free function: a `Connection` is not `Sync`,
+/// so no reference to it may be held across an await).
+async fn publish(
+    state: &LiveState,
+    caller: &Caller,
+    topic: String,
+    payload: serde_json::Value,
+    qos: Option<u8>,
+) -> String {
+    if let Err(err) = edgewatch_protocol::topic::validate_topic_name(&topic) {
+        return error("bad_topic", &err.to_string());
+    }
+    if qos.is_some_and(|q| q > 1) {
+        return error("bad_qos", "qos must be 0 or 1");
+    }
+    if !caller.may_publish(&topic) {
+        return error("forbidden", &format!("not allowed to publish to {topic:?}"));
+    }
+    let Some(publisher) = &state.publisher else {
+        return error(
+            "publish_unavailable",
+            "this hub has no in-process broker to publish to",
+        );
+    };
+    let bytes = match payload {
+        serde_json::Value::String(s) => Bytes::from(s),
+        other => Bytes::from(other.to_string()),
+    };
+    match publisher(topic.clone(), bytes).await {
+        Ok(()) => json!({"type": "published", "topic": topic}).to_string(),
+        Err(err) => error("publish_failed", &err),
     }
 }
 
