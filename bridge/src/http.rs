@@ -573,8 +573,31 @@ pub struct ReadingItem {
 
 /// A stored reading serialized exactly like [`ReadingItem`] (same fields, same order), borrowing
 /// from the store's answer instead of copying four strings per reading: history pages hold up
-/// to `bridge.http_max_page` readings. A test checks both serialize to the same JSON.
-struct ReadingRef<'a>(&'a StoredReading);
+/// to `bridge.http_max_page` readings. Tagged, it is the live `reading` message
+/// ([`crate::watch::openapi::LiveReading`]: `"type":"reading"` first). Tests check both
+/// serialize to the same JSON as the documented types.
+pub(crate) struct ReadingRef<'a> {
+    reading: &'a StoredReading,
+    tagged: bool,
+}
+
+impl<'a> ReadingRef<'a> {
+    /// As in history answers.
+    pub(crate) fn plain(reading: &'a StoredReading) -> Self {
+        Self {
+            reading,
+            tagged: false,
+        }
+    }
+
+    /// As a live message, with `"type":"reading"`.
+    pub(crate) fn tagged(reading: &'a StoredReading) -> Self {
+        Self {
+            reading,
+            tagged: true,
+        }
+    }
+}
 
 /// `sensors/{deviceId}/{metric}` written straight into the serializer.
 struct TopicOf<'a>(&'a edgewatch_protocol::Reading);
@@ -588,9 +611,12 @@ impl std::fmt::Display for TopicOf<'_> {
 impl Serialize for ReadingRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let r = &self.0.reading;
-        let mut st = s.serialize_struct("ReadingItem", 8)?;
-        st.serialize_field("seq", &self.0.seq)?;
+        let r = &self.reading.reading;
+        let mut st = s.serialize_struct("ReadingItem", 8 + usize::from(self.tagged))?;
+        if self.tagged {
+            st.serialize_field("type", "reading")?;
+        }
+        st.serialize_field("seq", &self.reading.seq)?;
         st.serialize_field("topic", &Collected(TopicOf(r)))?;
         st.serialize_field("deviceId", &r.device_id)?;
         st.serialize_field("metric", &r.metric)?;
@@ -631,7 +657,7 @@ struct ReadingsRef<'a>(&'a [StoredReading]);
 
 impl Serialize for ReadingsRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(ReadingRef))
+        s.collect_seq(self.0.iter().map(ReadingRef::plain))
     }
 }
 
@@ -1317,7 +1343,7 @@ async fn readings(
         Format::Ndjson => {
             let mut body = Vec::with_capacity(page.readings.len() * 200);
             for r in &page.readings {
-                if serde_json::to_writer(&mut body, &ReadingRef(r)).is_ok() {
+                if serde_json::to_writer(&mut body, &ReadingRef::plain(r)).is_ok() {
                     body.push(b'\n');
                 }
             }
@@ -1457,6 +1483,24 @@ mod tests {
         })
         .unwrap();
         assert_eq!(borrowed, documented);
+        for r in &readings {
+            let item = ReadingItem::from(r);
+            let live = crate::watch::openapi::LiveReading {
+                kind: crate::watch::openapi::ReadingType::Reading,
+                seq: item.seq,
+                topic: item.topic,
+                device_id: item.device_id,
+                metric: item.metric,
+                value: item.value,
+                unit: item.unit,
+                timestamp: item.timestamp,
+                received_at: item.received_at,
+            };
+            assert_eq!(
+                serde_json::to_string(&ReadingRef::tagged(r)).unwrap(),
+                serde_json::to_string(&live).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -30,22 +30,14 @@ const REPLAY_PAGE: usize = 500;
 /// The JSON message of a stored reading, shared by SSE, WebSocket and long polling.
 pub fn reading_event(r: &StoredReading) -> Arc<LiveEvent> {
     let topic = r.reading.topic();
-    let json = json!({
-        "type": "reading",
-        "seq": r.seq,
-        "topic": topic,
-        "deviceId": r.reading.device_id,
-        "metric": r.reading.metric,
-        "value": r.reading.value,
-        "unit": r.reading.unit,
-        "timestamp": format_rfc3339(r.reading.timestamp_ms),
-        "receivedAt": format_rfc3339(r.reading.received_at_ms),
-    });
+    // Serializing a reading cannot fail (no maps with non-string keys); the fallback is never
+    // taken.
+    let json = serde_json::to_string(&crate::http::ReadingRef::tagged(r)).unwrap_or_default();
     Arc::new(LiveEvent::new(
         r.seq,
         EventKind::Reading,
         topic.into(),
-        json.to_string().into(),
+        json.into(),
     ))
 }
 
