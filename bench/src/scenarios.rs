@@ -111,7 +111,7 @@ impl Params {
             history_publishers: 1000,
             history_timeout: Duration::from_secs(1200),
             ingest_secs: Duration::from_secs(30),
-            preload_rate: 20_000.0,
+            preload_rate: 80_000.0,
             sim_start_rate: 5_000.0,
             sim_max_rate: 640_000.0,
             sim_secs: 10.0,
@@ -948,6 +948,79 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "cores",
             vec![s.gen_cores],
         ));
+        server.stop(Duration::from_secs(30)).await?;
+    }
+
+    // The same, driven by one `edgewatch sim` process (1,000 devices, JSON, QoS1): the
+    // harness's rumqttc fleet above paces itself; the sim is the lighter generator.
+    {
+        let dir = ctx.work.join("ingest-sim");
+        let server =
+            procs::start_edgewatch(&ctx.edgewatch, &dir, &dir.join("data"), &tuning).await?;
+        let base = server.http_base();
+        let cpu0 = server.cpu_secs();
+        let t0 = Instant::now();
+        let secs = p.ingest_secs.as_secs_f64();
+        let out = tokio::time::timeout(
+            Duration::from_secs_f64(secs + 60.0),
+            tokio::process::Command::new(&ctx.edgewatch)
+                .arg("sim")
+                .arg("--broker")
+                .arg(format!("mqtt://{}", server.mqtt))
+                .args([
+                    "--devices",
+                    "1000",
+                    "--rate",
+                    "400000",
+                    "--qos",
+                    "1",
+                    "--format",
+                    "json",
+                ])
+                .args([
+                    "--connect-rate",
+                    "5000",
+                    "--no-faults",
+                    "--json",
+                    "--id-prefix",
+                    "ingest",
+                ])
+                .arg("--duration")
+                .arg(format!("{secs}"))
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("edgewatch sim did not finish in time")??;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("edgewatch sim --json output")?;
+        let acked = v["acknowledged"].as_u64().unwrap_or(0);
+        // Wait until everything acknowledged is stored (bounded), then rate = stored / time
+        // from the start of the load to the moment the last reading was stored.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut stored = stored_count(ctx, &base).await?;
+        while stored < acked && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stored = stored_count(ctx, &base).await?;
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let sut_cores = (server.cpu_secs() - cpu0) / elapsed;
+        report.push(
+            Figure::new(
+                "history",
+                "edgewatch",
+                "sustained ingest, persisted, edgewatch sim",
+                "readings/s",
+                vec![stored as f64 / elapsed],
+            )
+            .note(format!(
+                "1 `edgewatch sim` process: 1,000 devices, JSON, QoS1, offered 400,000/s for {secs:.0} s; \
+                 stored / (load start -> last reading stored); acknowledged {acked}, stored {stored}, \
+                 server {sut_cores:.2} cores"
+            )),
+        );
         server.stop(Duration::from_secs(30)).await?;
     }
 
