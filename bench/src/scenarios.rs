@@ -23,8 +23,8 @@ pub(crate) struct Params {
     pub(crate) relay_publishers: usize,
     /// `latency`: devices publishing, each to its own topic `sensors/d{k}/temperature`.
     pub(crate) latency_devices: usize,
-    /// `latency`: readings/s of each device.
-    pub(crate) latency_device_rate: f64,
+    /// `latency`: readings/s of each device, one pass per entry (total = devices x rate).
+    pub(crate) latency_device_rates: Vec<f64>,
     /// `latency`: subscribers of each client type, subscriber `k` on `sensors/d{k % devices}/#`.
     pub(crate) latency_subscribers: usize,
     /// `fanout`: idle watchers of each transport on `sensors/#` (memory, then deliveries/s).
@@ -54,7 +54,7 @@ impl Params {
             measure: Duration::from_secs(1),
             relay_publishers: 4,
             latency_devices: 20,
-            latency_device_rate: 10.0,
+            latency_device_rates: vec![10.0],
             latency_subscribers: 20,
             fanout_watchers: 20,
             fanout_rate: 100.0,
@@ -78,7 +78,7 @@ impl Params {
             measure: Duration::from_secs(2),
             relay_publishers: 10,
             latency_devices: 1000,
-            latency_device_rate: 10.0,
+            latency_device_rates: vec![10.0],
             latency_subscribers: 1000,
             fanout_watchers: 10_000,
             fanout_rate: 60.0,
@@ -102,7 +102,7 @@ impl Params {
             measure: Duration::from_secs(10),
             relay_publishers: 10,
             latency_devices: 1000,
-            latency_device_rate: 10.0,
+            latency_device_rates: vec![1.0, 10.0, 50.0],
             latency_subscribers: 1000,
             fanout_watchers: 10_000,
             fanout_rate: 100.0,
@@ -541,108 +541,108 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let p = &ctx.p;
     let devices = p.latency_devices.max(1);
     let subs = p.latency_subscribers.max(1);
-    let rate = (devices as f64 * p.latency_device_rate) as u64;
     // Each reading matches the subscribers watching its device.
     let per_reading = subs as f64 / devices as f64;
-    for target in ctx.targets() {
-        let server = ctx
-            .start(target, &format!("latency-{}", target.name()))
-            .await?;
-        let clients: &[Client] = match target {
-            Target::Mosquitto => &[Client::Mqtt],
-            Target::Edgewatch => &[Client::Sse, Client::WebSocket, Client::Mqtt],
-        };
-        for &client in clients {
-            let mut per_run: Vec<[f64; 5]> = vec![];
-            let mut delivered: Vec<f64> = vec![];
-            let mut merged: Vec<u32> = vec![];
-            let (mut sut, mut gen) = (vec![], vec![]);
-            for run in 0..p.runs {
-                let tag = format!("lat-{}-{run}", client.name());
-                let receivers = open_receivers(&server, client, subs, &tag, |k| {
-                    format!("sensors/d{}/#", k % devices)
-                })
-                .await
-                .with_context(|| format!("opening {subs} {} subscribers", client.name()))?;
-                let conns = load::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
-                let fleet =
-                    load::DeviceFleet::run(conns, p.latency_device_rate, p.warmup + p.measure);
-                tokio::time::sleep(p.warmup).await;
-                for r in &receivers {
-                    r.probe.start_recording();
+    for &device_rate in &device_rates {
+        let rate = (devices as f64 * device_rate) as u64;
+        for target in ctx.targets() {
+            let server = ctx
+                .start(target, &format!("latency-{}", target.name()))
+                .await?;
+            let clients: &[Client] = match target {
+                Target::Mosquitto => &[Client::Mqtt],
+                Target::Edgewatch => &[Client::Sse, Client::WebSocket, Client::Mqtt],
+            };
+            for &client in clients {
+                let mut per_run: Vec<[f64; 5]> = vec![];
+                let mut delivered: Vec<f64> = vec![];
+                let mut merged: Vec<u32> = vec![];
+                let (mut sut, mut gen) = (vec![], vec![]);
+                for run in 0..p.runs {
+                    let tag = format!("lat-{}-{run}", client.name());
+                    let receivers = open_receivers(&server, client, subs, &tag, |k| {
+                        format!("sensors/d{}/#", k % devices)
+                    })
+                    .await
+                    .with_context(|| format!("opening {subs} {} subscribers", client.name()))?;
+                    let conns = load::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
+                    let fleet = load::DeviceFleet::run(conns, device_rate, p.warmup + p.measure);
+                    tokio::time::sleep(p.warmup).await;
+                    for r in &receivers {
+                        r.probe.start_recording();
+                    }
+                    let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
+                    let w = Window::open(&server, &probes);
+                    let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
+                    tokio::time::sleep(p.measure).await;
+                    let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
+                    let m = w.close(&server, &probes);
+                    drop(fleet);
+                    // Let the last readings of the window arrive.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let mut lat: Vec<u32> = Vec::new();
+                    for r in &receivers {
+                        r.probe.recording.store(false, Ordering::Relaxed);
+                        lat.extend(r.probe.take_latencies());
+                    }
+                    lat.sort_unstable();
+                    delivered.push(lat.len() as f64 / (sent.max(1) as f64 * per_reading));
+                    per_run.push(LATENCY_POINTS.map(|(_, q)| percentile_ms(&lat, q)));
+                    merged.extend_from_slice(&lat);
+                    sut.push(m.sut_cores);
+                    gen.push(m.gen_cores);
+                    drop(receivers);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
-                let w = Window::open(&server, &probes);
-                let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
-                tokio::time::sleep(p.measure).await;
-                let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
-                let m = w.close(&server, &probes);
-                drop(fleet);
-                // Let the last readings of the window arrive.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let mut lat: Vec<u32> = Vec::new();
-                for r in &receivers {
-                    r.probe.recording.store(false, Ordering::Relaxed);
-                    lat.extend(r.probe.take_latencies());
+                let t = target.name();
+                let c = client.name();
+                for (k, (name, _)) in LATENCY_POINTS.iter().enumerate() {
+                    if *name == "p99.9" {
+                        continue;
+                    }
+                    let runs = per_run.iter().map(|a| a[k]).collect();
+                    report.push(
+                        Figure::new("latency", t, &format!("{c} {name} @{rate}/s"), "ms", runs)
+                            .note(format!(
+                                "{devices} devices x {}/s, {subs} {c} subscribers on sensors/dN/#",
+                                device_rate
+                            )),
+                    );
                 }
-                lat.sort_unstable();
-                delivered.push(lat.len() as f64 / (sent.max(1) as f64 * per_reading));
-                per_run.push(LATENCY_POINTS.map(|(_, q)| percentile_ms(&lat, q)));
-                merged.extend_from_slice(&lat);
-                sut.push(m.sut_cores);
-                gen.push(m.gen_cores);
-                drop(receivers);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                report.push(Figure::new(
+                    "latency",
+                    t,
+                    &format!("{c} received fraction @{rate}/s"),
+                    "ratio",
+                    delivered,
+                ));
+                report.push(Figure::new(
+                    "latency",
+                    t,
+                    &format!("{c} server CPU @{rate}/s"),
+                    "cores",
+                    sut,
+                ));
+                report.push(Figure::new(
+                    "latency",
+                    t,
+                    &format!("{c} harness CPU @{rate}/s"),
+                    "cores",
+                    gen,
+                ));
+                merged.sort_unstable();
+                let curve = LATENCY_POINTS
+                    .iter()
+                    .map(|(n, q)| ((*n).to_owned(), percentile_ms(&merged, *q)))
+                    .collect();
+                report
+                    .latency
+                    .entry(rate)
+                    .or_default()
+                    .insert(format!("{t} {c}"), curve);
             }
-            let t = target.name();
-            let c = client.name();
-            for (k, (name, _)) in LATENCY_POINTS.iter().enumerate() {
-                if *name == "p99.9" {
-                    continue;
-                }
-                let runs = per_run.iter().map(|a| a[k]).collect();
-                report.push(
-                    Figure::new("latency", t, &format!("{c} {name} @{rate}/s"), "ms", runs).note(
-                        format!(
-                            "{devices} devices x {}/s, {subs} {c} subscribers on sensors/dN/#",
-                            p.latency_device_rate
-                        ),
-                    ),
-                );
-            }
-            report.push(Figure::new(
-                "latency",
-                t,
-                &format!("{c} received fraction @{rate}/s"),
-                "ratio",
-                delivered,
-            ));
-            report.push(Figure::new(
-                "latency",
-                t,
-                &format!("{c} server CPU @{rate}/s"),
-                "cores",
-                sut,
-            ));
-            report.push(Figure::new(
-                "latency",
-                t,
-                &format!("{c} harness CPU @{rate}/s"),
-                "cores",
-                gen,
-            ));
-            merged.sort_unstable();
-            let curve = LATENCY_POINTS
-                .iter()
-                .map(|(n, q)| ((*n).to_owned(), percentile_ms(&merged, *q)))
-                .collect();
-            report
-                .latency
-                .entry(rate)
-                .or_default()
-                .insert(format!("{t} {c}"), curve);
+            drop(server);
         }
-        drop(server);
     }
     Ok(())
 }
