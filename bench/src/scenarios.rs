@@ -543,7 +543,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let subs = p.latency_subscribers.max(1);
     // Each reading matches the subscribers watching its device.
     let per_reading = subs as f64 / devices as f64;
-    for &device_rate in &device_rates {
+    for &device_rate in &p.latency_device_rates {
         let rate = (devices as f64 * device_rate) as u64;
         for target in ctx.targets() {
             let server = ctx
