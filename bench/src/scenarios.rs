@@ -604,9 +604,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     report.push(
                         Figure::new("latency", t, &format!("{c} {name} @{rate}/s"), "ms", runs)
                             .note(format!(
-                                "{devices} devices x {}/s, {subs} {c} subscribers on sensors/dN/#",
-                                device_rate
-                            )),
+                                "{devices} devices x {device_rate}/s, {subs} {c} subscribers on sensors/dN/#")),
                     );
                 }
                 report.push(Figure::new(
