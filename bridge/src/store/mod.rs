@@ -1002,12 +1002,19 @@ impl Store {
             return Ok(RetentionOutcome::default());
         }
         let step = policy.step.max(1) as u64;
-        let mut st = self.state()?;
+        // Find what to delete without holding the state lock: the writer's `apply` waits on
+        // it, and a sweep over every series' rollup pages took long enough to show as a
+        // periodic stall of live delivery (p99 ~200 ms every `retention_interval_s`). Only this
+        // task deletes, so the snapshot stays valid; series created meanwhile have nothing
+        // old to delete.
+        let (mut floor, sids) = {
+            let st = self.state()?;
+            (st.floor, st.series.keys().copied().collect::<Vec<u32>>())
+        };
         let tree = &self.inner.tree;
         let mut batch = sled::Batch::default();
         let mut outcome = RetentionOutcome::default();
         let mut deleted: HashMap<u32, Vec<u64>> = HashMap::new();
-        let mut floor = st.floor;
         for r in tree.range(log_key(0)..=log_key(u64::MAX)) {
             let (k, v) = r?;
             let rows = codec::decode_block(&v, u64_from(&k[1..]))?;
@@ -1028,7 +1035,7 @@ impl Store {
         }
         let mut chunks_deleted = 0u64;
         if outcome.readings_deleted > 0 {
-            for sid in st.series.keys() {
+            for sid in &sids {
                 let mut prefix = [CHUNK; 5];
                 prefix[1..].copy_from_slice(&sid.to_be_bytes());
                 for r in tree.scan_prefix(prefix) {
@@ -1045,7 +1052,7 @@ impl Store {
         if let Some(c) = cutoff {
             'res: for res in Resolution::BOTH {
                 let last_start = c.saturating_sub(res.page_ms());
-                for sid in st.series.keys() {
+                for sid in &sids {
                     let lo = sid_time_key(res.tag(), *sid, i64::MIN);
                     let hi = sid_time_key(res.tag(), *sid, last_start.saturating_add(1));
                     for r in tree.range(lo..hi) {
@@ -1063,6 +1070,7 @@ impl Store {
         if outcome.readings_deleted == 0 && outcome.rollups_deleted == 0 && chunks_deleted == 0 {
             return Ok(outcome);
         }
+        let mut st = self.state()?;
         let mut updated = Vec::new();
         for (sid, seqs) in &deleted {
             if let Some(s) = st.series.get(sid) {
