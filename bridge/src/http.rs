@@ -1043,12 +1043,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 #[derive(Debug)]
 pub struct UnsignedParam;
 
+/// An integer schema with a lower bound and no `format`.
+fn integer_at_least(min: u64) -> RefOr<utoipa::openapi::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(min))
+        .into()
+}
+
 impl utoipa::PartialSchema for UnsignedParam {
     fn schema() -> RefOr<utoipa::openapi::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Integer)
-            .minimum(Some(0))
-            .into()
+        integer_at_least(0)
     }
 }
 
@@ -1060,10 +1065,7 @@ pub struct CountParam;
 
 impl utoipa::PartialSchema for CountParam {
     fn schema() -> RefOr<utoipa::openapi::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Integer)
-            .minimum(Some(1))
-            .into()
+        integer_at_least(1)
     }
 }
 
