@@ -22,6 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
 use edgewatch_protocol::timefmt::{now_ms, parse_time, Rfc3339};
 use edgewatch_protocol::TopicFilter;
 use serde::Serialize;
@@ -34,6 +35,7 @@ use utoipa::{IntoParams, ToResponse, ToSchema};
 
 use crate::config::BridgeConfig;
 use crate::ingest::Rejects;
+use crate::json_write;
 use crate::store::{
     ReadingQuery, RollupQuery, RollupSource, SeriesRollup as StoredRollup, Store, StoreError,
     StoredReading,
@@ -569,113 +571,6 @@ pub struct ReadingItem {
     pub timestamp: Timestamp,
     /// Receive time.
     pub received_at: Timestamp,
-}
-
-/// A stored reading serialized exactly like [`ReadingItem`] (same fields, same order), borrowing
-/// from the store's answer instead of copying four strings per reading: history pages hold up
-/// to `bridge.http_max_page` readings. Tagged, it is the live `reading` message
-/// ([`crate::watch::openapi::LiveReading`]: `"type":"reading"` first). Tests check both
-/// serialize to the same JSON as the documented types.
-pub(crate) struct ReadingRef<'a> {
-    reading: &'a StoredReading,
-    tagged: bool,
-}
-
-impl<'a> ReadingRef<'a> {
-    /// As in history answers.
-    pub(crate) fn plain(reading: &'a StoredReading) -> Self {
-        Self {
-            reading,
-            tagged: false,
-        }
-    }
-
-    /// As a live message, with `"type":"reading"`.
-    pub(crate) fn tagged(reading: &'a StoredReading) -> Self {
-        Self {
-            reading,
-            tagged: true,
-        }
-    }
-}
-
-/// `sensors/{deviceId}/{metric}` written straight into the serializer.
-struct TopicOf<'a>(&'a edgewatch_protocol::Reading);
-
-impl std::fmt::Display for TopicOf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sensors/{}/{}", self.0.device_id, self.0.metric)
-    }
-}
-
-impl Serialize for ReadingRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let r = &self.reading.reading;
-        let mut st = s.serialize_struct("ReadingItem", 8 + usize::from(self.tagged))?;
-        if self.tagged {
-            st.serialize_field("type", "reading")?;
-        }
-        st.serialize_field("seq", &self.reading.seq)?;
-        st.serialize_field("topic", &Collected(TopicOf(r)))?;
-        st.serialize_field("deviceId", &r.device_id)?;
-        st.serialize_field("metric", &r.metric)?;
-        st.serialize_field("value", &r.value)?;
-        st.serialize_field("unit", &r.unit)?;
-        st.serialize_field("timestamp", &Timestamp(r.timestamp_ms))?;
-        st.serialize_field("receivedAt", &Timestamp(r.received_at_ms))?;
-        st.end()
-    }
-}
-
-/// Serializes a `Display` value as a string without building it first.
-struct Collected<T>(T);
-
-impl<T: std::fmt::Display> Serialize for Collected<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// [`ReadingPage`] over borrowed readings.
-struct ReadingPageRef<'a> {
-    readings: &'a [StoredReading],
-    next_after: Option<u64>,
-}
-
-impl Serialize for ReadingPageRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("ReadingPage", 2)?;
-        st.serialize_field("readings", &ReadingsRef(self.readings))?;
-        st.serialize_field("nextAfter", &self.next_after)?;
-        st.end()
-    }
-}
-
-struct ReadingsRef<'a>(&'a [StoredReading]);
-
-impl Serialize for ReadingsRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(ReadingRef::plain))
-    }
-}
-
-/// Writes `value` as JSON into one buffer sized from the first bytes, as the response body.
-fn json_body<T: Serialize>(value: &T, size_hint: usize) -> Response {
-    let mut buf = Vec::with_capacity(size_hint);
-    match serde_json::to_writer(&mut buf, value) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
-        Err(err) => {
-            error!(%err, "cannot serialize an answer");
-            ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                message: "cannot serialize the answer".to_owned(),
-            }
-            .into_response()
-        }
-    }
 }
 
 impl From<&StoredReading> for ReadingItem {
@@ -1268,6 +1163,42 @@ enum Format {
     Csv,
 }
 
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Ndjson => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    fn render(self, readings: &[StoredReading], next_after: Option<u64>) -> Vec<u8> {
+        match self {
+            Format::Json => json_write::reading_page(readings, next_after),
+            Format::Ndjson => json_write::reading_lines(readings),
+            Format::Csv => {
+                let mut body =
+                    String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
+                for r in readings {
+                    let x = &r.reading;
+                    body.push_str(&format!(
+                        "{},{},{},{},{},{},{},{}\n",
+                        r.seq,
+                        csv_field(&x.topic()),
+                        csv_field(&x.device_id),
+                        csv_field(&x.metric),
+                        x.value,
+                        csv_field(x.unit.as_deref().unwrap_or("")),
+                        Rfc3339::new(x.timestamp_ms),
+                        Rfc3339::new(x.received_at_ms)
+                    ));
+                }
+                body.into_bytes()
+            }
+        }
+    }
+}
+
 fn negotiate(headers: &HeaderMap) -> Format {
     let accept = headers
         .get(header::ACCEPT)
@@ -1332,46 +1263,18 @@ async fn readings(
         after: p.after.unwrap_or(0),
         limit,
     };
-    let page = query(&state, move |s| s.readings(&q)).await?;
     let format = negotiate(&headers);
-    let mut res = match format {
-        Format::Json => json_body(
-            &ReadingPageRef {
-                readings: &page.readings,
-                next_after: page.next_after,
-            },
-            page.readings.len() * 200 + 64,
-        ),
-        Format::Ndjson => {
-            let mut body = Vec::with_capacity(page.readings.len() * 200);
-            for r in &page.readings {
-                if serde_json::to_writer(&mut body, &ReadingRef::plain(r)).is_ok() {
-                    body.push(b'\n');
-                }
-            }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
-        }
-        Format::Csv => {
-            let mut body =
-                String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
-            for r in &page.readings {
-                let x = &r.reading;
-                body.push_str(&format!(
-                    "{},{},{},{},{},{},{},{}\n",
-                    r.seq,
-                    csv_field(&x.topic()),
-                    csv_field(&x.device_id),
-                    csv_field(&x.metric),
-                    x.value,
-                    csv_field(x.unit.as_deref().unwrap_or("")),
-                    Rfc3339::new(x.timestamp_ms),
-                    Rfc3339::new(x.received_at_ms)
-                ));
-            }
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
-        }
-    };
-    if let Some(n) = page.next_after {
+    // Rendered on the blocking pool with the query: a page of 10,000 readings is about 2 MB.
+    let (body, next_after) = query(&state, move |s| {
+        let page = s.readings(&q)?;
+        Ok((
+            format.render(&page.readings, page.next_after),
+            page.next_after,
+        ))
+    })
+    .await?;
+    let mut res = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Some(n) = next_after {
         if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
             res.headers_mut().insert("x-next-after", v);
         }
@@ -1400,7 +1303,7 @@ async fn readings(
 async fn rollups(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Rollups>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = RollupsQuery::parse(&pairs)?;
     let to = p.to.unwrap_or_else(now_ms);
     let from = p.from.unwrap_or(to.saturating_sub(DEFAULT_ROLLUP_SPAN_MS));
@@ -1425,21 +1328,44 @@ async fn rollups(
         to_ms: to,
         step_ms: step,
     };
-    let (source, list) = query(&state, move |s| s.rollups(&q)).await?;
-    let total: usize = list.iter().map(|s| s.points.len()).sum();
-    if total > state.max_points {
-        return Err(ApiError::too_large(format!(
-            "{total} points over the maximum of {}; narrow filter or raise step",
-            state.max_points
-        )));
-    }
-    Ok(Json(Rollups {
-        from: Timestamp(from),
-        to: Timestamp(to),
-        step_ms: step,
-        source: source.into(),
-        series: list.iter().map(SeriesRollup::from).collect(),
-    }))
+    let max_points = state.max_points;
+    // Checked and rendered on the blocking pool with the query: 24 h of 100 series at the
+    // default step is 72,000 buckets, about 9 MB of JSON.
+    let body = query(&state, move |s| {
+        let (source, list) = s.rollups(&q)?;
+        let total: usize = list.iter().map(|s| s.points.len()).sum();
+        if total > max_points {
+            return Ok(Err(total));
+        }
+        let head = json_write::RollupsHead {
+            from_ms: from,
+            to_ms: to,
+            step_ms: step,
+            source: source.into(),
+        };
+        Ok(Ok(json_write::rollups(&head, &list)))
+    })
+    .await?
+    .map_err(|total| {
+        ApiError::too_large(format!(
+            "{total} points over the maximum of {max_points}; narrow filter or raise step"
+        ))
+    })?;
+    let len: usize = body.iter().map(Bytes::len).sum();
+    let body = axum::body::Body::from_stream(futures::stream::iter(
+        body.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[cfg(test)]
@@ -1479,12 +1405,16 @@ mod tests {
             next_after: Some(7),
         })
         .unwrap();
-        let borrowed = serde_json::to_string(&ReadingPageRef {
-            readings: &readings,
-            next_after: Some(7),
-        })
-        .unwrap();
-        assert_eq!(borrowed, documented);
+        let written = json_write::reading_page(&readings, Some(7));
+        assert_eq!(String::from_utf8(written).unwrap(), documented);
+        let lines: String = readings
+            .iter()
+            .map(|r| serde_json::to_string(&ReadingItem::from(r)).unwrap() + "\n")
+            .collect();
+        assert_eq!(
+            String::from_utf8(json_write::reading_lines(&readings)).unwrap(),
+            lines
+        );
         for r in &readings {
             let item = ReadingItem::from(r);
             let live = crate::watch::openapi::LiveReading {
@@ -1499,7 +1429,7 @@ mod tests {
                 received_at: item.received_at,
             };
             assert_eq!(
-                serde_json::to_string(&ReadingRef::tagged(r)).unwrap(),
+                json_write::reading_message(r),
                 serde_json::to_string(&live).unwrap()
             );
         }

@@ -30,9 +30,7 @@ const REPLAY_PAGE: usize = 500;
 /// The JSON message of a stored reading, shared by SSE, WebSocket and long polling.
 pub fn reading_event(r: &StoredReading) -> Arc<LiveEvent> {
     let topic = r.reading.topic();
-    // Serializing a reading cannot fail (no maps with non-string keys); the fallback is never
-    // taken.
-    let json = serde_json::to_string(&crate::http::ReadingRef::tagged(r)).unwrap_or_default();
+    let json = crate::json_write::reading_message(r);
     Arc::new(LiveEvent::new(
         r.seq,
         EventKind::Reading,

@@ -117,9 +117,49 @@ impl Rfc3339 {
     }
 
     /// The formatted time.
+    pub fn as_bytes(&self) -> &[u8; 24] {
+        &self.buf
+    }
+
+    /// The formatted time.
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and the fixed separators are ever written.
         std::str::from_utf8(&self.buf).unwrap_or("0000-01-01T00:00:00.000Z")
+    }
+}
+
+/// Formats many times that mostly fall on the same UTC day (a page of readings, a day of
+/// rollup buckets) like [`Rfc3339`]: the calendar date is worked out once per day.
+#[derive(Debug, Clone, Default)]
+pub struct Rfc3339Days {
+    day: Option<i64>,
+    date: [u8; 11],
+}
+
+impl Rfc3339Days {
+    /// `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`, the same bytes as `Rfc3339::new(ms)`.
+    pub fn format(&mut self, ms: i64) -> [u8; 24] {
+        let ms = ms.clamp(MIN_FORMAT_MS, MAX_FORMAT_MS);
+        let day = ms.div_euclid(86_400_000);
+        if self.day != Some(day) {
+            self.date.copy_from_slice(&Rfc3339::new(ms).buf[..11]);
+            self.day = Some(day);
+        }
+        // 0..86_400_000 fits a u32.
+        let in_day = ms.rem_euclid(86_400_000) as u32;
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        buf[..11].copy_from_slice(&self.date);
+        let two = |buf: &mut [u8; 24], at: usize, v: u32| {
+            buf[at] = b'0' + (v / 10) as u8;
+            buf[at + 1] = b'0' + (v % 10) as u8;
+        };
+        two(&mut buf, 11, in_day / 3_600_000);
+        two(&mut buf, 14, in_day / 60_000 % 60);
+        two(&mut buf, 17, in_day / 1_000 % 60);
+        let milli = in_day % 1_000;
+        buf[20] = b'0' + (milli / 100) as u8;
+        two(&mut buf, 21, milli % 100);
+        buf
     }
 }
 
@@ -204,6 +244,21 @@ mod tests {
         #[test]
         fn formats_like_the_time_crate(ms in MIN_FORMAT_MS - 1_000..MAX_FORMAT_MS + 1_000) {
             prop_assert_eq!(format_rfc3339(ms), oracle(ms));
+        }
+
+        /// Runs of nearby times (same day, next day, far away) through one day cache.
+        #[test]
+        fn day_cache_formats_like_rfc3339(
+            start in MIN_FORMAT_MS - 1_000..MAX_FORMAT_MS + 1_000,
+            steps in proptest::collection::vec(-200_000_000i64..200_000_000, 1..40),
+        ) {
+            let mut days = Rfc3339Days::default();
+            let mut ms = start;
+            for step in steps {
+                let want = Rfc3339::new(ms);
+                prop_assert_eq!(&days.format(ms), want.as_bytes());
+                ms = ms.saturating_add(step);
+            }
         }
     }
 
