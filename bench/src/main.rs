@@ -4,6 +4,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod store;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,12 +16,13 @@ use rumqttc::QoS;
 use report::{Meta, Report};
 use scenarios::{Ctx, Params};
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "relay",
     "fullpath",
     "latency",
     "fanout",
     "history",
+    "store",
     "footprint",
     "sim",
 ];
@@ -35,8 +37,8 @@ struct Args {
     /// Only the smallest scenario (relay QoS0), one short run: proves the harness works.
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, footprint,
-    /// sim.
+    /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, store,
+    /// footprint, sim.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Runs per figure (default 3; 1 in --smoke).
@@ -195,6 +197,7 @@ async fn run(args: Args) -> Result<()> {
             "latency" => scenarios::latency(&ctx, &mut report).await,
             "fanout" => scenarios::fanout(&ctx, &mut report).await,
             "history" => scenarios::history(&ctx, &mut report).await,
+            "store" => store::store(&ctx, &mut report).await,
             "sim" => scenarios::sim(&ctx, &mut report).await,
             "footprint" => {
                 let r = scenarios::binary_sizes(&ctx, &mut report);

@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! cargo run --release -p edgewatch-bridge --example store_bench -- \
-//!     --readings 10000000 --series 1000 --batch 1000 [--dir PATH] [--queries 200]
+//!     --readings 10000000 --series 1000 --batch 1000 [--dir PATH] [--queries 200] [--json PATH]
 //! ```
+//!
+//! With `--json`, the figures are also written as `[{"metric","unit","runs":[..],"note"}]`,
+//! each with three runs where it can (thirds of the load, three opens, thirds of the
+//! queries): `edgewatch-bench --scenario store` runs this and reports them.
 //!
 //! Readings: `series` series (`sensors/dev{i/4}/{metric}`, 4 metrics per device), 1 Hz event
 //! times, all series once per second in seq order, receive time 0-19 ms after the event time,
@@ -28,6 +32,8 @@ struct Args {
     queries: usize,
     /// Skip the load and measure the store already in `dir`.
     reuse: bool,
+    /// Also write the figures here as JSON (read by `edgewatch-bench --scenario store`).
+    json: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -38,6 +44,7 @@ fn args() -> Args {
         dir: None,
         queries: 200,
         reuse: false,
+        json: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -53,6 +60,7 @@ fn args() -> Args {
             "--queries" => a.queries = num() as usize,
             "--dir" => a.dir = Some(PathBuf::from(val)),
             "--reuse" => a.reuse = num() != 0,
+            "--json" => a.json = Some(PathBuf::from(val)),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -73,6 +81,23 @@ impl Rng {
 
 fn device(i: usize) -> String {
     format!("dev{}", i / 4)
+}
+
+/// Figures for `--json`.
+#[derive(Default)]
+struct Figures(Vec<serde_json::Value>);
+
+impl Figures {
+    fn push(&mut self, metric: &str, unit: &str, runs: Vec<f64>, note: String) {
+        self.0
+            .push(serde_json::json!({"metric": metric, "unit": unit, "runs": runs, "note": note}));
+    }
+}
+
+/// The medians of three consecutive thirds of `v` (fewer runs when `v` is shorter).
+fn thirds(v: &[f64]) -> Vec<f64> {
+    let per = v.len().div_ceil(3).max(1);
+    v.chunks(per).map(|c| summary(c.to_vec()).0).collect()
 }
 
 fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -114,11 +139,12 @@ fn main() {
     );
 
     // Load.
+    let mut figures = Figures::default();
     let store = Store::open(&dir, &opts).expect("open");
     let stored = if a.reuse {
         store.last_seq().expect("seq")
     } else {
-        load(&a, &store, t0, secs)
+        load(&a, &store, t0, secs, &mut figures)
     };
     let st = store.stats().expect("stats");
     let (apparent, allocated) = dir_usage(&dir);
@@ -129,13 +155,23 @@ fn main() {
         apparent as f64 / stored as f64,
         allocated as f64 / stored as f64
     );
+    figures.push(
+        "disk per reading, rollups included",
+        "bytes",
+        vec![st.size_on_disk as f64 / stored as f64],
+        format!("sled size_on_disk / {stored} readings, {} series", a.series),
+    );
     drop(store);
-    measure(&a, &dir, &opts, stored, t0, secs);
+    measure(&a, &dir, &opts, stored, t0, secs, &mut figures);
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&figures.0).expect("figures");
+        std::fs::write(path, text).expect("write --json");
+    }
 }
 
 /// Loads the readings through `apply` + `flush` and reports the rate; returns how many were
 /// stored.
-fn load(a: &Args, store: &Store, t0: i64, secs: i64) -> u64 {
+fn load(a: &Args, store: &Store, t0: i64, secs: i64, figures: &mut Figures) -> u64 {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut values: Vec<i64> = (0..a.series).map(|i| 2000 + (i as i64 % 500)).collect();
     let names: Vec<(String, &str)> = (0..a.series).map(|i| (device(i), METRICS[i % 4])).collect();
@@ -187,12 +223,35 @@ fn load(a: &Args, store: &Store, t0: i64, secs: i64) -> u64 {
         busy.as_secs_f64(),
         a.batch
     );
+    // Rate per third of the load: readings of those batches over their apply+flush time.
+    let per = batch_times.len().div_ceil(3).max(1);
+    let rates: Vec<f64> = batch_times
+        .chunks(per)
+        .map(|c| (c.len() * a.batch) as f64 / (c.iter().sum::<f64>() / 1000.0))
+        .collect();
+    figures.push(
+        "apply + flush (the writer's calls)",
+        "readings/s",
+        rates,
+        format!(
+            "{stored} readings in batches of {}; runs = thirds of the load",
+            a.batch
+        ),
+    );
     store.flush().expect("flush");
     stored
 }
 
 /// Time to ready and query latencies on the store in `dir`.
-fn measure(a: &Args, dir: &Path, opts: &StoreOptions, stored: u64, t0: i64, secs: i64) {
+fn measure(
+    a: &Args,
+    dir: &Path,
+    opts: &StoreOptions,
+    stored: u64,
+    t0: i64,
+    secs: i64,
+    figures: &mut Figures,
+) {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     // Time to ready: open (sled recovery + catalogue + replay of the open chunks).
     let mut opens = Vec::new();
@@ -206,6 +265,12 @@ fn measure(a: &Args, dir: &Path, opts: &StoreOptions, stored: u64, t0: i64, secs
         store = Some(s);
     }
     let store = store.expect("store");
+    figures.push(
+        "Store::open to ready",
+        "ms",
+        opens.clone(),
+        format!("{stored} readings stored; one run per open"),
+    );
     let (omed, omin, omax) = summary(opens);
     println!("open to ready: median {omed:.0} ms, min {omin:.0}, max {omax:.0} (3 opens)");
     let st = store.stats().expect("stats");
@@ -243,6 +308,15 @@ fn measure(a: &Args, dir: &Path, opts: &StoreOptions, stored: u64, t0: i64, secs
             assert!(page.readings.windows(2).all(|w| w[0].seq < w[1].seq));
         }
     }
+    figures.push(
+        "1 h of 1 Hz, one series, store API",
+        "ms",
+        thirds(&times),
+        format!(
+            "run = median of a third of {} queries; {returned} readings each",
+            a.queries
+        ),
+    );
     let (qmed, qmin, qmax) = summary(times);
     println!(
         "1 h of one series: median {qmed:.2} ms, min {qmin:.2}, max {qmax:.2} \
@@ -272,6 +346,15 @@ fn measure(a: &Args, dir: &Path, opts: &StoreOptions, stored: u64, t0: i64, secs
         n_series = rollups.len();
         points = rollups.iter().map(|s| s.points.len()).sum::<usize>();
     }
+    figures.push(
+        &format!("24 h x {n_series} series rollup, store API"),
+        "ms",
+        thirds(&times),
+        format!(
+            "2 min step; run = median of a third of {} queries; {points} points",
+            times.len()
+        ),
+    );
     let (rmed, rmin, rmax) = summary(times);
     println!(
         "24 h x {n_series} series rollup (2 min step): median {rmed:.2} ms, min {rmin:.2}, \
