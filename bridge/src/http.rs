@@ -37,8 +37,8 @@ use crate::config::BridgeConfig;
 use crate::ingest::Rejects;
 use crate::json_write;
 use crate::store::{
-    ReadingQuery, RollupQuery, RollupSource, SeriesRollup as StoredRollup, Store, StoreError,
-    StoredReading,
+    ReadingQuery, RollupQuery, RollupSource, RowPage, SeriesRollup as StoredRollup, Store,
+    StoreError, StoredReading,
 };
 use crate::writer::WriterHandle;
 
@@ -1172,23 +1172,22 @@ impl Format {
         }
     }
 
-    fn render(self, readings: &[StoredReading], next_after: Option<u64>) -> Vec<u8> {
+    fn render(self, page: &RowPage) -> Vec<u8> {
         match self {
-            Format::Json => json_write::reading_page(readings, next_after),
-            Format::Ndjson => json_write::reading_lines(readings),
+            Format::Json => json_write::reading_page(page.iter(), page.next_after),
+            Format::Ndjson => json_write::reading_lines(page.iter()),
             Format::Csv => {
                 let mut body =
                     String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
-                for r in readings {
-                    let x = &r.reading;
+                for x in page.iter() {
                     body.push_str(&format!(
                         "{},{},{},{},{},{},{},{}\n",
-                        r.seq,
-                        csv_field(&x.topic()),
-                        csv_field(&x.device_id),
-                        csv_field(&x.metric),
+                        x.seq,
+                        csv_field(&format!("sensors/{}/{}", x.device_id, x.metric)),
+                        csv_field(x.device_id),
+                        csv_field(x.metric),
                         x.value,
-                        csv_field(x.unit.as_deref().unwrap_or("")),
+                        csv_field(x.unit.unwrap_or("")),
                         Rfc3339::new(x.timestamp_ms),
                         Rfc3339::new(x.received_at_ms)
                     ));
@@ -1266,11 +1265,8 @@ async fn readings(
     let format = negotiate(&headers);
     // Rendered on the blocking pool with the query: a page of 10,000 readings is about 2 MB.
     let (body, next_after) = query(&state, move |s| {
-        let page = s.readings(&q)?;
-        Ok((
-            format.render(&page.readings, page.next_after),
-            page.next_after,
-        ))
+        let page = s.reading_rows(&q)?;
+        Ok((format.render(&page), page.next_after))
     })
     .await?;
     let mut res = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
@@ -1405,14 +1401,15 @@ mod tests {
             next_after: Some(7),
         })
         .unwrap();
-        let written = json_write::reading_page(&readings, Some(7));
+        let views = || readings.iter().map(crate::store::ReadingView::from);
+        let written = json_write::reading_page(views(), Some(7));
         assert_eq!(String::from_utf8(written).unwrap(), documented);
         let lines: String = readings
             .iter()
             .map(|r| serde_json::to_string(&ReadingItem::from(r)).unwrap() + "\n")
             .collect();
         assert_eq!(
-            String::from_utf8(json_write::reading_lines(&readings)).unwrap(),
+            String::from_utf8(json_write::reading_lines(views())).unwrap(),
             lines
         );
         for r in &readings {

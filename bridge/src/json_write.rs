@@ -13,10 +13,9 @@
 
 use bytes::Bytes;
 use edgewatch_protocol::timefmt::Rfc3339Days;
-use edgewatch_protocol::Reading;
 use serde::Serialize;
 
-use crate::store::{SeriesRollup, StoredReading};
+use crate::store::{ReadingView, SeriesRollup, StoredReading};
 
 /// Bytes per reading of a typical answer, to size buffers.
 const READING_BYTES: usize = 200;
@@ -51,16 +50,20 @@ pub(crate) struct ReadingWriter {
 }
 
 impl ReadingWriter {
-    fn fragments_for(&mut self, r: &Reading) {
-        let same = self.series.as_ref().is_some_and(|(d, m, u)| {
-            *d == r.device_id && *m == r.metric && u.as_deref() == r.unit.as_deref()
-        });
+    fn fragments_for(&mut self, r: &ReadingView<'_>) {
+        let same = self
+            .series
+            .as_ref()
+            .is_some_and(|(d, m, u)| d == r.device_id && m == r.metric && u.as_deref() == r.unit);
         if same {
             return;
         }
         self.head.clear();
         self.head.extend_from_slice(b",\"topic\":");
-        push_json(&mut self.head, &r.topic());
+        push_json(
+            &mut self.head,
+            &format!("sensors/{}/{}", r.device_id, r.metric),
+        );
         self.head.extend_from_slice(b",\"deviceId\":");
         push_json(&mut self.head, &r.device_id);
         self.head.extend_from_slice(b",\"metric\":");
@@ -70,12 +73,16 @@ impl ReadingWriter {
         self.unit.extend_from_slice(b",\"unit\":");
         push_json(&mut self.unit, &r.unit);
         self.unit.extend_from_slice(b",\"timestamp\":\"");
-        self.series = Some((r.device_id.clone(), r.metric.clone(), r.unit.clone()));
+        self.series = Some((
+            r.device_id.to_owned(),
+            r.metric.to_owned(),
+            r.unit.map(str::to_owned),
+        ));
     }
 
     /// Appends one reading object; `tagged` puts `"type":"reading"` first (the live message).
-    pub(crate) fn write(&mut self, out: &mut Vec<u8>, r: &StoredReading, tagged: bool) {
-        self.fragments_for(&r.reading);
+    pub(crate) fn write(&mut self, out: &mut Vec<u8>, r: &ReadingView<'_>, tagged: bool) {
+        self.fragments_for(r);
         out.extend_from_slice(if tagged {
             b"{\"type\":\"reading\",\"seq\":"
         } else {
@@ -83,11 +90,11 @@ impl ReadingWriter {
         });
         push_u64(out, r.seq);
         out.extend_from_slice(&self.head);
-        push_json(out, &r.reading.value);
+        push_json(out, &r.value);
         out.extend_from_slice(&self.unit);
-        out.extend_from_slice(&self.times.format(r.reading.timestamp_ms));
+        out.extend_from_slice(&self.times.format(r.timestamp_ms));
         out.extend_from_slice(b"\",\"receivedAt\":\"");
-        out.extend_from_slice(&self.times.format(r.reading.received_at_ms));
+        out.extend_from_slice(&self.times.format(r.received_at_ms));
         out.extend_from_slice(b"\"}");
     }
 }
@@ -95,21 +102,24 @@ impl ReadingWriter {
 /// The live `reading` message of one reading.
 pub(crate) fn reading_message(r: &StoredReading) -> String {
     let mut out = Vec::with_capacity(READING_BYTES);
-    ReadingWriter::default().write(&mut out, r, true);
+    ReadingWriter::default().write(&mut out, &ReadingView::from(r), true);
     // Every piece written is UTF-8: literals, serde_json output and ASCII digits.
     String::from_utf8(out).unwrap_or_default()
 }
 
 /// `GET /v1/readings` as JSON: `{"readings":[...],"nextAfter":..}`.
-pub(crate) fn reading_page(readings: &[StoredReading], next_after: Option<u64>) -> Vec<u8> {
+pub(crate) fn reading_page<'a>(
+    readings: impl ExactSizeIterator<Item = ReadingView<'a>>,
+    next_after: Option<u64>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(readings.len() * READING_BYTES + 64);
     out.extend_from_slice(b"{\"readings\":[");
     let mut w = ReadingWriter::default();
-    for (i, r) in readings.iter().enumerate() {
+    for (i, r) in readings.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        w.write(&mut out, r, false);
+        w.write(&mut out, &r, false);
     }
     out.extend_from_slice(b"],\"nextAfter\":");
     push_json(&mut out, &next_after);
@@ -118,11 +128,13 @@ pub(crate) fn reading_page(readings: &[StoredReading], next_after: Option<u64>) 
 }
 
 /// `GET /v1/readings` as NDJSON: one reading object per line.
-pub(crate) fn reading_lines(readings: &[StoredReading]) -> Vec<u8> {
+pub(crate) fn reading_lines<'a>(
+    readings: impl ExactSizeIterator<Item = ReadingView<'a>>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(readings.len() * READING_BYTES);
     let mut w = ReadingWriter::default();
     for r in readings {
-        w.write(&mut out, r, false);
+        w.write(&mut out, &r, false);
         out.push(b'\n');
     }
     out
@@ -207,7 +219,7 @@ mod tests {
     use super::*;
     use crate::http::{ReadingItem, ReadingPage, Rollups, Source, Timestamp};
     use crate::store::Aggregate;
-    use edgewatch_protocol::SeriesKey;
+    use edgewatch_protocol::{Reading, SeriesKey};
     use proptest::prelude::*;
 
     const DEVICES: [&str; 3] = ["d1", "dev \"x\"\\\n", "ü/é"];
@@ -248,7 +260,8 @@ mod tests {
                 next_after: next,
             })
             .unwrap();
-            prop_assert_eq!(String::from_utf8(reading_page(&readings, next)).unwrap(), documented);
+            let written = reading_page(readings.iter().map(ReadingView::from), next);
+            prop_assert_eq!(String::from_utf8(written).unwrap(), documented);
         }
 
         #[test]

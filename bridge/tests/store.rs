@@ -4,7 +4,8 @@ mod common;
 
 use common::{base_time, reading, HOUR};
 use edgewatch_bridge::store::{
-    PresenceUpdate, ReadingQuery, RetentionPolicy, RollupQuery, RollupSource, Store, StoreOptions,
+    PresenceUpdate, ReadingQuery, ReadingView, RetentionPolicy, RollupQuery, RollupSource, Store,
+    StoreOptions,
 };
 use edgewatch_protocol::TopicFilter;
 
@@ -338,15 +339,25 @@ fn everything(store: &Store, t: i64) -> Vec<String> {
         ("sensors/+/hum", t + 600_000, t + 4_000_000),
         ("sensors/#", t + 1_234, t + 2_345_678),
     ] {
-        let page = store
-            .readings(&ReadingQuery {
-                filters: filter(f),
-                from_ms: Some(from),
-                to_ms: Some(to),
-                after: 0,
-                limit: 1_000_000,
-            })
-            .unwrap();
+        let q = ReadingQuery {
+            filters: filter(f),
+            from_ms: Some(from),
+            to_ms: Some(to),
+            after: 0,
+            limit: 1_000_000,
+        };
+        let page = store.readings(&q).unwrap();
+        // The borrowed rows HTTP answers are written from say the same (unit overrides
+        // included), on the selective path (one series) and the log walk (`sensors/#`).
+        let rows = store.reading_rows(&q).unwrap();
+        let views: Vec<String> = rows.iter().map(|v| format!("{v:?}")).collect();
+        let owned: Vec<String> = page
+            .readings
+            .iter()
+            .map(|r| format!("{:?}", ReadingView::from(r)))
+            .collect();
+        assert_eq!(views, owned, "{f}");
+        assert_eq!(rows.next_after, page.next_after);
         out.push(format!("{:?}", page.readings));
         for step in [HOUR, 5 * 60_000, 7_000] {
             let (src, r) = store

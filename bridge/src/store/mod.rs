@@ -231,6 +231,92 @@ pub struct ReadingQuery {
     pub limit: usize,
 }
 
+/// One page of readings in seq order, as the store holds them: each row with its series'
+/// names, so an answer can be written without copying three strings per reading.
+#[derive(Debug, Clone, Default)]
+pub struct RowPage {
+    rows: Vec<(Arc<Names>, Row)>,
+    /// Cursor for the next page when more rows match, else `None`.
+    pub next_after: Option<u64>,
+}
+
+/// A stored reading borrowed from a [`RowPage`] (or from a [`StoredReading`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadingView<'a> {
+    /// Global sequence number.
+    pub seq: u64,
+    /// Device id.
+    pub device_id: &'a str,
+    /// Metric name.
+    pub metric: &'a str,
+    /// Unit, if the reading had one.
+    pub unit: Option<&'a str>,
+    /// The value.
+    pub value: f64,
+    /// Event time, epoch ms.
+    pub timestamp_ms: i64,
+    /// Receive time, epoch ms.
+    pub received_at_ms: i64,
+}
+
+impl<'a> From<&'a StoredReading> for ReadingView<'a> {
+    fn from(r: &'a StoredReading) -> Self {
+        ReadingView {
+            seq: r.seq,
+            device_id: &r.reading.device_id,
+            metric: &r.reading.metric,
+            unit: r.reading.unit.as_deref(),
+            value: r.reading.value,
+            timestamp_ms: r.reading.timestamp_ms,
+            received_at_ms: r.reading.received_at_ms,
+        }
+    }
+}
+
+impl RowPage {
+    /// Readings on this page.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the page is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The readings, borrowed, in seq order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = ReadingView<'_>> {
+        self.rows.iter().map(|(n, row)| ReadingView {
+            seq: row.seq,
+            device_id: &n.device_id,
+            metric: &n.metric,
+            unit: match row.unit.as_deref() {
+                None => n.base_unit.as_deref(),
+                Some(UnitOverride::Absent) => None,
+                Some(UnitOverride::Named(u)) => Some(u),
+            },
+            value: row.value,
+            timestamp_ms: row.ts,
+            received_at_ms: row.recv,
+        })
+    }
+
+    /// The readings, owned.
+    pub fn into_page(self) -> ReadingPage {
+        ReadingPage {
+            readings: self
+                .rows
+                .into_iter()
+                .map(|(n, row)| StoredReading {
+                    seq: row.seq,
+                    reading: to_reading(row, &n),
+                })
+                .collect(),
+            next_after: self.next_after,
+        }
+    }
+}
+
 /// One page of readings in seq order.
 #[derive(Debug, Clone, Default)]
 pub struct ReadingPage {
@@ -732,7 +818,12 @@ impl Store {
         let names = self.all_names()?;
         let mut rows = self.walk_log(after, limit.max(1), &names)?;
         rows.truncate(limit);
-        Ok(rows)
+        Ok(RowPage {
+            rows,
+            next_after: None,
+        }
+        .into_page()
+        .readings)
     }
 
     /// Up to `limit + 1` readings of the series in `names` after `after`, from the log.
@@ -741,7 +832,7 @@ impl Store {
         after: u64,
         limit: usize,
         names: &HashMap<u32, Arc<Names>>,
-    ) -> Result<Vec<StoredReading>, StoreError> {
+    ) -> Result<Vec<(Arc<Names>, Row)>, StoreError> {
         let tree = &self.inner.tree;
         let start = after.saturating_add(1);
         let first_key = match block_holding(tree, start)? {
@@ -758,10 +849,7 @@ impl Store {
                 let Some(n) = names.get(&lr.sid) else {
                     continue;
                 };
-                out.push(StoredReading {
-                    seq: lr.row.seq,
-                    reading: to_reading(lr.row, n),
-                });
+                out.push((n.clone(), lr.row));
                 if out.len() > limit {
                     return Ok(out);
                 }
@@ -824,16 +912,21 @@ impl Store {
 
     /// Raw readings matching the query, in seq order, one page.
     pub fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError> {
+        Ok(self.reading_rows(q)?.into_page())
+    }
+
+    /// [`Store::readings`] without copying the series' names into every reading.
+    pub fn reading_rows(&self, q: &ReadingQuery) -> Result<RowPage, StoreError> {
         let limit = q.limit.max(1);
         let from = q.from_ms.unwrap_or(i64::MIN);
         let to = q.to_ms.unwrap_or(i64::MAX);
         if from >= to {
-            return Ok(ReadingPage::default());
+            return Ok(RowPage::default());
         }
         let unbounded_time = q.from_ms.is_none() && q.to_ms.is_none();
         let (snaps, walk_log, floor) = self.snapshot(&q.filters, from, to, unbounded_time)?;
         if snaps.is_empty() {
-            return Ok(ReadingPage::default());
+            return Ok(RowPage::default());
         }
         let mut rows = if walk_log {
             // Broad query: walk the log from the cursor.
@@ -868,22 +961,16 @@ impl Store {
             picked.sort_unstable_by_key(|e| e.0);
             picked
                 .into_iter()
-                .map(|(seq, i, row)| StoredReading {
-                    seq,
-                    reading: to_reading(row, &snaps[i].names),
-                })
+                .map(|(_, i, row)| (snaps[i].names.clone(), row))
                 .collect()
         };
         let next_after = if rows.len() > limit {
             rows.truncate(limit);
-            rows.last().map(|r| r.seq)
+            rows.last().map(|(_, r)| r.seq)
         } else {
             None
         };
-        Ok(ReadingPage {
-            readings: rows,
-            next_after,
-        })
+        Ok(RowPage { rows, next_after })
     }
 
     /// Adds the stored pages of `res` with bucket starts in `[from, to)` into step buckets.
