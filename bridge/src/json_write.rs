@@ -12,7 +12,7 @@
 //! [`crate::watch::openapi::LiveReading`]) serialize to; tests hold them equal.
 
 use bytes::Bytes;
-use edgewatch_protocol::timefmt::Rfc3339Days;
+use edgewatch_protocol::timefmt::{Rfc3339, Rfc3339Days};
 use serde::Serialize;
 
 use crate::store::{ReadingView, SeriesRollup, StoredReading};
@@ -49,6 +49,52 @@ pub(crate) struct ReadingWriter {
     unit: Vec<u8>,
 }
 
+/// `,"topic":"..","deviceId":"..","metric":"..","value":`
+fn push_series_head(out: &mut Vec<u8>, r: &ReadingView<'_>) {
+    out.extend_from_slice(b",\"topic\":");
+    // The topic is escaped as it is written, without building it first.
+    let _ = serde::Serializer::collect_str(
+        &mut serde_json::Serializer::new(&mut *out),
+        &format_args!("sensors/{}/{}", r.device_id, r.metric),
+    );
+    out.extend_from_slice(b",\"deviceId\":");
+    push_json(out, r.device_id);
+    out.extend_from_slice(b",\"metric\":");
+    push_json(out, r.metric);
+    out.extend_from_slice(b",\"value\":");
+}
+
+/// `,"unit":"..","timestamp":"`
+fn push_unit_head(out: &mut Vec<u8>, r: &ReadingView<'_>) {
+    out.extend_from_slice(b",\"unit\":");
+    push_json(out, &r.unit);
+    out.extend_from_slice(b",\"timestamp\":\"");
+}
+
+/// The whole object around the series' parts, which `series_head` and `unit_head` append.
+fn push_reading(
+    out: &mut Vec<u8>,
+    r: &ReadingView<'_>,
+    tagged: bool,
+    series_head: impl FnOnce(&mut Vec<u8>),
+    unit_head: impl FnOnce(&mut Vec<u8>),
+    times: (&[u8; 24], &[u8; 24]),
+) {
+    out.extend_from_slice(if tagged {
+        b"{\"type\":\"reading\",\"seq\":"
+    } else {
+        b"{\"seq\":"
+    });
+    push_u64(out, r.seq);
+    series_head(out);
+    push_json(out, &r.value);
+    unit_head(out);
+    out.extend_from_slice(times.0);
+    out.extend_from_slice(b"\",\"receivedAt\":\"");
+    out.extend_from_slice(times.1);
+    out.extend_from_slice(b"\"}");
+}
+
 impl ReadingWriter {
     fn fragments_for(&mut self, r: &ReadingView<'_>) {
         let same = self
@@ -59,20 +105,9 @@ impl ReadingWriter {
             return;
         }
         self.head.clear();
-        self.head.extend_from_slice(b",\"topic\":");
-        push_json(
-            &mut self.head,
-            &format!("sensors/{}/{}", r.device_id, r.metric),
-        );
-        self.head.extend_from_slice(b",\"deviceId\":");
-        push_json(&mut self.head, &r.device_id);
-        self.head.extend_from_slice(b",\"metric\":");
-        push_json(&mut self.head, &r.metric);
-        self.head.extend_from_slice(b",\"value\":");
+        push_series_head(&mut self.head, r);
         self.unit.clear();
-        self.unit.extend_from_slice(b",\"unit\":");
-        push_json(&mut self.unit, &r.unit);
-        self.unit.extend_from_slice(b",\"timestamp\":\"");
+        push_unit_head(&mut self.unit, r);
         self.series = Some((
             r.device_id.to_owned(),
             r.metric.to_owned(),
@@ -80,29 +115,37 @@ impl ReadingWriter {
         ));
     }
 
-    /// Appends one reading object; `tagged` puts `"type":"reading"` first (the live message).
-    pub(crate) fn write(&mut self, out: &mut Vec<u8>, r: &ReadingView<'_>, tagged: bool) {
+    /// Appends one reading object.
+    pub(crate) fn write(&mut self, out: &mut Vec<u8>, r: &ReadingView<'_>) {
         self.fragments_for(r);
-        out.extend_from_slice(if tagged {
-            b"{\"type\":\"reading\",\"seq\":"
-        } else {
-            b"{\"seq\":"
-        });
-        push_u64(out, r.seq);
-        out.extend_from_slice(&self.head);
-        push_json(out, &r.value);
-        out.extend_from_slice(&self.unit);
-        out.extend_from_slice(&self.times.format(r.timestamp_ms));
-        out.extend_from_slice(b"\",\"receivedAt\":\"");
-        out.extend_from_slice(&self.times.format(r.received_at_ms));
-        out.extend_from_slice(b"\"}");
+        let times = (
+            self.times.format(r.timestamp_ms),
+            self.times.format(r.received_at_ms),
+        );
+        push_reading(
+            out,
+            r,
+            false,
+            |o| o.extend_from_slice(&self.head),
+            |o| o.extend_from_slice(&self.unit),
+            (&times.0, &times.1),
+        );
     }
 }
 
-/// The live `reading` message of one reading.
+/// The live `reading` message of one reading (`"type":"reading"` first).
 pub(crate) fn reading_message(r: &StoredReading) -> String {
+    let v = ReadingView::from(r);
     let mut out = Vec::with_capacity(READING_BYTES);
-    ReadingWriter::default().write(&mut out, &ReadingView::from(r), true);
+    let (ts, recv) = (Rfc3339::new(v.timestamp_ms), Rfc3339::new(v.received_at_ms));
+    push_reading(
+        &mut out,
+        &v,
+        true,
+        |o| push_series_head(o, &v),
+        |o| push_unit_head(o, &v),
+        (ts.as_bytes(), recv.as_bytes()),
+    );
     // Every piece written is UTF-8: literals, serde_json output and ASCII digits.
     String::from_utf8(out).unwrap_or_default()
 }
@@ -119,7 +162,7 @@ pub(crate) fn reading_page<'a>(
         if i > 0 {
             out.push(b',');
         }
-        w.write(&mut out, &r, false);
+        w.write(&mut out, &r);
     }
     out.extend_from_slice(b"],\"nextAfter\":");
     push_json(&mut out, &next_after);
@@ -134,7 +177,7 @@ pub(crate) fn reading_lines<'a>(
     let mut out = Vec::with_capacity(readings.len() * READING_BYTES);
     let mut w = ReadingWriter::default();
     for r in readings {
-        w.write(&mut out, &r, false);
+        w.write(&mut out, &r);
         out.push(b'\n');
     }
     out
