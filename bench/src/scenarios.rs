@@ -87,7 +87,7 @@ impl Params {
             history_publishers: 1000,
             history_timeout: Duration::from_secs(120),
             ingest_secs: Duration::from_secs(6),
-            preload_rate: 25_000.0,
+            preload_rate: 40_000.0,
             sim_start_rate: 20_000.0,
             sim_max_rate: 320_000.0,
             sim_secs: 2.0,
