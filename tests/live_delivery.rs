@@ -801,3 +801,234 @@ async fn watch_route_answers_websocket_sse_or_long_poll_as_the_client_asks() {
         .unwrap();
     assert_eq!(res.status(), 400);
 }
+
+/// Writes `pieces` to a new connection with `pause` between them.
+async fn send_in_pieces(
+    addr: SocketAddr,
+    pieces: &[&[u8]],
+    pause: Duration,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        stream.write_all(piece).await.unwrap();
+    }
+    stream
+}
+
+/// Reads one response with a `content-length` body (or until the connection closes);
+/// returns its head (lower case) and body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    read_next_response(stream, &mut Vec::new()).await
+}
+
+/// [`read_response`] for one of several responses on a connection: `got` keeps what was
+/// read past this one.
+async fn read_next_response(
+    stream: &mut tokio::net::TcpStream,
+    got: &mut Vec<u8>,
+) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16384];
+    timeout(WAIT, async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.trim().parse::<usize>().unwrap());
+                if let Some(len) = len {
+                    if got.len() >= end + 4 + len {
+                        let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]);
+                        let body = body.into_owned();
+                        got.drain(..end + 4 + len);
+                        return (head, body);
+                    }
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let text = String::from_utf8_lossy(got).into_owned();
+                    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                    return (head.to_ascii_lowercase(), body.to_owned());
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("no response in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_request_head_in_small_pieces_streams_and_ends_at_shutdown() {
+    let hub = start_hub(LiveConfig::default()).await;
+    let addr = hub.addr;
+    let head = format!(
+        "GET /v1/sensors/d3/watch HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    let pieces: Vec<&[u8]> = head.as_bytes().chunks(9).collect();
+    let mut stream = send_in_pieces(addr, &pieces, Duration::from_millis(20)).await;
+    let (text, ended) = read_for(&mut stream, Duration::from_millis(500)).await;
+    assert!(!ended, "stream ended early: {text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    for h in [
+        "content-type: text/event-stream\r\n",
+        "transfer-encoding: chunked\r\n",
+        "connection: close\r\n",
+        "date: ",
+    ] {
+        assert!(lower.contains(h), "{h} missing: {text}");
+    }
+    assert!(text.contains("retry: 2000\n"), "{text}");
+    // Through the watch route: only d3's readings.
+    for device in ["d1", "d3"] {
+        hub.feed
+            .send(Publish {
+                topic: format!("sensors/{device}/temperature"),
+                payload: "1.5".into(),
+                received_at_ms: now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains("event: reading") && tokio::time::Instant::now() < deadline {
+        let (text, ended) = read_for(&mut stream, Duration::from_millis(200)).await;
+        assert!(!ended, "stream ended early: {seen}{text}");
+        seen.push_str(&text);
+    }
+    assert!(seen.contains("\"deviceId\":\"d3\""), "{seen}");
+    assert!(!seen.contains("\"deviceId\":\"d1\""), "{seen}");
+    // Shutdown ends the body with the last chunk, then the server closes the connection.
+    hub.stop.cancel();
+    let (text, ended) = read_for(&mut stream, Duration::from_secs(5)).await;
+    assert!(ended, "stream not ended at shutdown: {text}");
+    assert!(
+        text.ends_with("0\r\n\r\n") || seen.ends_with("0\r\n\r\n"),
+        "{text}"
+    );
+    let (rest, closed) = read_for(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "connection left open: {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_requests_keep_alive_and_pipeline_after_the_first_head_is_replayed() {
+    use tokio::io::AsyncWriteExt;
+    let hub = start_hub(LiveConfig::default()).await;
+    let addr = hub.addr;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    // The first head in two pieces; the same connection then serves a second request.
+    let first = get("/healthz");
+    let (a, b) = first.as_bytes().split_at(7);
+    let mut stream = send_in_pieces(addr, &[a, b], Duration::from_millis(50)).await;
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert!(body.contains("ok"), "{body}");
+    stream
+        .write_all(get("/v1/poll?timeout=0").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("\"readings\""), "{body}");
+    // Two requests in one write, the first for a stream: both answered in order, by hyper.
+    let two = format!(
+        "GET /v1/stream?bogus=1 HTTP/1.1\r\nHost: {addr}\r\n\r\n{}",
+        get("/healthz")
+    );
+    let mut stream = send_in_pieces(addr, &[two.as_bytes()], Duration::ZERO).await;
+    let mut got = Vec::new();
+    let (head, body) = read_next_response(&mut stream, &mut got).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(body.contains("unknown_parameter"), "{body}");
+    let (head, _) = read_next_response(&mut stream, &mut got).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // An error on the direct path: a JSON body with content-length, then close.
+    let mut stream = send_in_pieces(
+        addr,
+        &[get("/v1/stream?filter=other/%23").as_bytes()],
+        Duration::ZERO,
+    )
+    .await;
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.contains("\"forbidden\""), "{body}");
+    let (rest, closed) = read_for(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_large_and_cut_off_heads_are_handled_and_the_hub_carries_on() {
+    let hub = start_hub(LiveConfig::default()).await;
+    let addr = hub.addr;
+    // Not HTTP: hyper's 400.
+    let mut stream = send_in_pieces(addr, &[b"HELLO THERE\r\n\r\n"], Duration::ZERO).await;
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    // A header name with a space: 400.
+    let bad = format!("GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\nBad Name: x\r\n\r\n");
+    let mut stream = send_in_pieces(addr, &[bad.as_bytes()], Duration::ZERO).await;
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    // A head longer than the sniffing buffer: still an event stream (served by hyper).
+    let big = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(12_000)
+    );
+    let mut stream = send_in_pieces(addr, &[big.as_bytes()], Duration::ZERO).await;
+    let (text, ended) = read_for(&mut stream, Duration::from_millis(500)).await;
+    assert!(!ended, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("retry: "), "{text}");
+    drop(stream);
+    // HTTP/1.0 goes to hyper too.
+    let old = "GET /v1/stream HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n";
+    let mut stream = send_in_pieces(addr, &[old.as_bytes()], Duration::ZERO).await;
+    let (text, _) = read_for(&mut stream, Duration::from_millis(500)).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    drop(stream);
+    // A head cut off by the client, and a connection that sends nothing.
+    drop(send_in_pieces(addr, &[b"GET /v1/stream HTTP/1.1\r\nAcc"], Duration::ZERO).await);
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let res = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_went_away_frees_its_slot() {
+    // One live connection allowed: the next stream gets it only once the server has seen the
+    // first client leave (while the stream is idle: no heartbeat due for 15 s).
+    let hub = start_hub(LiveConfig {
+        max_connections: 1,
+        ..LiveConfig::default()
+    })
+    .await;
+    let mut first = raw_sse(hub.addr).await;
+    let (text, _) = read_for(&mut first, Duration::from_millis(300)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let mut second = raw_sse(hub.addr).await;
+    let (text, _) = read_for(&mut second, Duration::from_millis(300)).await;
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = raw_sse(hub.addr).await;
+        let (text, _) = read_for(&mut next, Duration::from_millis(300)).await;
+        if text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot not freed: {text}"
+        );
+    }
+}

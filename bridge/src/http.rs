@@ -138,27 +138,14 @@ pub fn trace_requests(router: Router) -> Router {
     )
 }
 
-/// Serves `router` on an already bound listener until `shutdown` completes.
+/// Serves `router` on an already bound listener until `shutdown` completes (see
+/// [`crate::server`]: event streams skip hyper's per-connection buffers).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Live streams write small frames: without TCP_NODELAY each would wait for the client's
-    // delayed ACK (up to 40 ms on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    // `into_make_service` turns the router's handlers into routes once. Served directly,
-    // axum's `Router` does that for every accepted connection and each connection keeps its
-    // own copy of the route table: about 14 KiB per open SSE stream with our routes
-    // (measured with heaptrack, 2,000 idle streams, 2026-11-29).
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::server::serve(listener, router, shutdown).await
 }
 
 /// The body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.

@@ -13,6 +13,8 @@
 //!   presence, 1-minute and 1-hour rollups, dedupe, retention.
 //! * [`http`]: the axum router: `/v1/series`, `/v1/devices`, `/v1/readings`, `/v1/rollups`,
 //!   `/v1/rejects`, `/healthz`, `/readyz`.
+//! * [`server`]: the HTTP/1 server: accept loop, orderly stop, event streams written straight
+//!   to the socket (no hyper buffers per stream), everything else through hyper.
 //! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
 //!   a serial port, publishes them into the broker, survives unplugs.
 //! * [`metrics`]: `GET /metrics` (Prometheus text format) and the HTTP request middleware.
@@ -30,6 +32,7 @@ mod json_write;
 pub mod live;
 pub mod metrics;
 pub mod serial;
+mod server;
 mod split;
 pub mod store;
 pub mod watch;

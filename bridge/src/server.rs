@@ -1,0 +1,539 @@
+//! The HTTP/1 server behind [`crate::http::serve`]: accept loop, orderly stop, and a lean path
+//! for event streams.
+//!
+//! hyper keeps a read buffer (8 KiB, 16 KiB once a request head has been read) and a write
+//! buffer (8 KiB) for as long as an HTTP/1 connection lives. An idle Server-Sent Events stream
+//! lives for hours and writes a few hundred bytes a minute, so those buffers were most of its
+//! memory. Here every connection's first request head is read into a small temporary buffer
+//! first, and then:
+//!
+//! * a `GET` over HTTP/1.1 for an event stream (`Accept: text/event-stream`, or `/v1/stream`),
+//!   with no request body and no upgrade, is answered by the same router (same routes, access
+//!   checks, errors and metrics). Its response is written straight to the socket with
+//!   `connection: close`: the head, then the body as chunks (or with `content-length` when
+//!   its size is known, e.g. a JSON error). The head buffer is freed before the body starts,
+//!   so the connection then owns the socket and the response body, nothing else.
+//! * anything else goes to hyper, with the bytes read so far replayed in front of the socket
+//!   ([`Replay`]); keep-alive, pipelining, upgrades (WebSocket) and hyper's own answers to
+//!   bad requests are as before.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use axum::Router;
+use bytes::Bytes;
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service as _;
+
+/// Largest first request head read before deciding; a longer one goes to hyper as it is.
+const HEAD_MAX: usize = 8 * 1024;
+/// First size of the head buffer; doubled up to [`HEAD_MAX`] while the head is incomplete.
+const HEAD_FIRST: usize = 1024;
+/// How long the first request head may take to arrive before the connection goes to hyper
+/// as it is (hyper's own header timeout is 30 s when it has a timer; ours has none, as
+/// before).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers parsed in the first request head; with more, the request goes to hyper (whose
+/// limit is 100).
+const HEAD_MAX_HEADERS: usize = 64;
+/// Body frames gathered into one write when the body has several ready.
+const BATCH: usize = 16;
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
+/// hyper finish its connections' requests in flight (idle keep-alive connections close), and
+/// waits for every connection to end. Event streams end when their bodies do (the live
+/// routes end them at shutdown).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    // Turns the handlers into routes once; each connection then holds a reference to the
+    // shared route table, not its own copy (about 14 KiB per connection otherwise).
+    let router = router.with_state(());
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+        };
+        // Live streams write small frames: without TCP_NODELAY each would wait for the
+        // client's delayed ACK (up to 40 ms on Linux).
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+        connections.spawn(connection(tcp, router.clone(), closing.clone()));
+    }
+    drop(listener);
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// An error from `accept`: a connection that failed before it was accepted is skipped;
+/// anything else (out of file descriptors) is logged and retried after a second.
+async fn accept_failed(err: io::Error) {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(%err, "accepting an HTTP connection failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// One accepted connection. Everything but the event-stream phase is boxed, so the task of
+/// an open event stream is no bigger than that phase needs.
+async fn connection(tcp: TcpStream, mut router: Router, closing: CancellationToken) {
+    let first = tokio::select! {
+        () = closing.cancelled() => return,
+        first = Box::pin(read_head(&tcp)) => first,
+    };
+    let request = match first {
+        First::Gone => return,
+        First::Other(prefix) => {
+            Box::pin(serve_hyper(Replay::new(prefix, tcp), router, closing)).await;
+            return;
+        }
+        First::Stream(request) => request,
+    };
+    // The router answers this request like any other (its service is always ready).
+    let Ok(response) = Box::pin(router.call(*request)).await;
+    write_response(tcp, response).await;
+}
+
+/// What the first request head of a connection asks for.
+enum First {
+    /// The peer closed (or failed) before sending a whole head.
+    Gone,
+    /// Not for the lean path: these bytes, then the rest of the connection, go to hyper.
+    Other(Vec<u8>),
+    /// An event-stream request, complete (a `GET` carries no body here).
+    Stream(Box<Request<Body>>),
+}
+
+/// Reads the first request head, at most [`HEAD_MAX`] bytes within [`HEAD_TIMEOUT`].
+async fn read_head(tcp: &TcpStream) -> First {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = vec![0u8; HEAD_FIRST];
+    let mut len = 0;
+    loop {
+        let ready = tokio::select! {
+            ready = tcp.readable() => ready,
+            () = tokio::time::sleep_until(deadline) => {
+                buf.truncate(len);
+                return First::Other(buf);
+            }
+        };
+        if ready.is_err() {
+            return First::Gone;
+        }
+        match tcp.try_read(&mut buf[len..]) {
+            Ok(0) => return First::Gone,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return First::Gone,
+        }
+        match sniff(&buf[..len]) {
+            Sniff::Partial if len < buf.len() => {}
+            Sniff::Partial if buf.len() < HEAD_MAX => buf.resize((buf.len() * 2).min(HEAD_MAX), 0),
+            Sniff::Stream(request) => return First::Stream(request),
+            Sniff::Partial | Sniff::Other => {
+                buf.truncate(len);
+                return First::Other(buf);
+            }
+        }
+    }
+}
+
+/// The verdict on the bytes of a first request head read so far.
+#[derive(Debug)]
+enum Sniff {
+    /// Incomplete head: read more.
+    Partial,
+    /// For hyper: any method but `GET`, not HTTP/1.1, a body, an upgrade, bytes after the
+    /// head (pipelining), not an event stream, or anything hyper should judge (bad syntax,
+    /// too many headers).
+    Other,
+    /// An event-stream request, as the router takes it.
+    Stream(Box<Request<Body>>),
+}
+
+fn sniff(bytes: &[u8]) -> Sniff {
+    let mut headers = [httparse::EMPTY_HEADER; HEAD_MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let len = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Sniff::Partial,
+        Err(_) => return Sniff::Other,
+    };
+    let (Some("GET"), Some(1), Some(target)) = (head.method, head.version, head.path) else {
+        return Sniff::Other;
+    };
+    if len != bytes.len() || !target.starts_with('/') {
+        return Sniff::Other;
+    }
+    let mut event_stream = target.split('?').next() == Some("/v1/stream");
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .version(Version::HTTP_11);
+    for h in head.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Sniff::Other;
+        };
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Sniff::Other;
+        };
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+            || (name == header::CONNECTION && contains_ignore_case(h.value, b"upgrade"))
+        {
+            return Sniff::Other;
+        }
+        if name == header::ACCEPT && contains_ignore_case(h.value, b"text/event-stream") {
+            event_stream = true;
+        }
+        builder = builder.header(name, value);
+    }
+    if !event_stream {
+        return Sniff::Other;
+    }
+    match builder.body(Body::empty()) {
+        Ok(request) => Sniff::Stream(Box::new(request)),
+        Err(_) => Sniff::Other,
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A connection served by hyper as before: keep-alive, upgrades; at shutdown, requests in
+/// flight finish and the connection closes.
+async fn serve_hyper(io: Replay, router: Router, closing: CancellationToken) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::trace!(%err, "HTTP connection ended with an error");
+    }
+}
+
+/// The socket with the bytes already read from it in front. Once they have been read it
+/// holds no buffer.
+#[derive(Debug)]
+struct Replay {
+    prefix: Vec<u8>,
+    at: usize,
+    io: TcpStream,
+}
+
+impl Replay {
+    fn new(prefix: Vec<u8>, io: TcpStream) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// No body (1xx, 204, 304).
+    Empty,
+    /// `content-length`: the body's size is known.
+    Length(u64),
+    /// `transfer-encoding: chunked`: a stream.
+    Chunked,
+}
+
+/// Writes `response` to `tcp` and closes the connection: the head, then every body frame as
+/// it comes (frames ready together go out in one write). Ends early when the peer goes
+/// away or a write fails.
+async fn write_response(mut tcp: TcpStream, response: Response<Body>) {
+    let (parts, mut body) = response.into_parts();
+    let framing = if parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    };
+    let head = encode_head(&parts, framing);
+    drop(parts);
+    if tcp.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    if framing != Framing::Empty {
+        let mut batch = Batch::default();
+        loop {
+            let ended = tokio::select! {
+                biased;
+                polled = poll_fn(|cx| batch.fill(&mut body, cx)) => match polled {
+                    Ok(ended) => ended,
+                    // hyper aborts a body that fails the same way: no last chunk.
+                    Err(()) => return,
+                },
+                () = peer_gone(&tcp) => return,
+            };
+            // Boxed: the write's slices live only while it runs, not in every idle stream.
+            if !batch.is_empty() && Box::pin(batch.write(&mut tcp, framing)).await.is_err() {
+                return;
+            }
+            if ended {
+                break;
+            }
+        }
+        if framing == Framing::Chunked && tcp.write_all(b"0\r\n\r\n").await.is_err() {
+            return;
+        }
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// Status line and headers, with our own framing headers, `date` and `connection: close`.
+fn encode_head(parts: &axum::http::response::Parts, framing: Framing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH
+            && name != header::TRANSFER_ENCODING
+            && name != header::CONNECTION
+        {
+            line(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        line(b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    }
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(n) => line(b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => line(b"transfer-encoding", b"chunked"),
+    }
+    line(b"connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Completes when the peer has closed its side or the connection failed. Bytes the peer
+/// sends after its request are read and ignored.
+async fn peer_gone(tcp: &TcpStream) {
+    let mut scratch = [0u8; 32];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Body frames ready to be written together.
+#[derive(Default)]
+struct Batch {
+    frames: [Bytes; BATCH],
+    len: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the body's ready frames until it has none ready, it ends (`Ok(true)`) or the
+    /// batch is full. Pending only while the batch is empty.
+    fn fill(&mut self, body: &mut Body, cx: &mut Context<'_>) -> Poll<Result<bool, ()>> {
+        while self.len < BATCH {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not sent (hyper sends none over HTTP/1 either unless asked).
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            self.bytes += data.len();
+                            self.frames[self.len] = data;
+                            self.len += 1;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+                Poll::Ready(None) => return Poll::Ready(Ok(true)),
+                Poll::Pending if self.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(false))
+    }
+
+    /// Writes the batch (as one chunk when chunked) and empties it.
+    async fn write(&mut self, tcp: &mut TcpStream, framing: Framing) -> io::Result<()> {
+        let mut size_line = [0u8; 20];
+        let size_len = if framing == Framing::Chunked {
+            chunk_size_line(self.bytes, &mut size_line)
+        } else {
+            0
+        };
+        let mut parts: [&[u8]; BATCH + 2] = [&[]; BATCH + 2];
+        parts[0] = &size_line[..size_len];
+        for (slot, frame) in parts[1..].iter_mut().zip(&self.frames[..self.len]) {
+            *slot = frame;
+        }
+        if framing == Framing::Chunked {
+            parts[self.len + 1] = b"\r\n";
+        }
+        let result = write_all_vectored(tcp, &parts[..self.len + 2]).await;
+        for frame in &mut self.frames[..self.len] {
+            *frame = Bytes::new();
+        }
+        self.len = 0;
+        self.bytes = 0;
+        result
+    }
+}
+
+/// `{size:X}\r\n` into `out`; returns its length.
+fn chunk_size_line(size: usize, out: &mut [u8; 20]) -> usize {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789ABCDEF"[(size >> (4 * (digits - 1 - i))) & 0xF];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
+}
+
+/// Writes every byte of `parts`, in order, with as few writes as the socket allows.
+async fn write_all_vectored(tcp: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        // The parts not yet written, the first one cut where the last write stopped.
+        let mut skip = written;
+        let mut slices = [io::IoSlice::new(&[]); BATCH + 2];
+        let mut n = 0;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[n] = io::IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        let wrote = tcp.write_vectored(&slices[..n]).await?;
+        if wrote == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += wrote;
+    }
+    Ok(())
+}
