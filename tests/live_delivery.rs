@@ -999,7 +999,9 @@ async fn garbage_large_and_cut_off_heads_are_handled_and_the_hub_carries_on() {
     // A head cut off by the client, and a connection that sends nothing.
     drop(send_in_pieces(addr, &[b"GET /v1/stream HTTP/1.1\r\nAcc"], Duration::ZERO).await);
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let res = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    let res = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 

@@ -409,7 +409,10 @@ fn encode_head(parts: &axum::http::response::Parts, framing: Framing) -> Vec<u8>
         }
     }
     if !parts.headers.contains_key(header::DATE) {
-        line(b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        line(
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
     }
     match framing {
         Framing::Empty => {}
@@ -536,4 +539,193 @@ async fn write_all_vectored(tcp: &mut TcpStream, parts: &[&[u8]]) -> io::Result<
         written += wrote;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_request(bytes: &[u8]) -> Request<Body> {
+        match sniff(bytes) {
+            Sniff::Stream(request) => *request,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn event_stream_heads_are_taken_and_rebuilt_as_sent() {
+        let request = stream_request(
+            b"GET /v1/watch?filter=sensors/%23 HTTP/1.1\r\nHost: hub:8080\r\nAccept: text/html\r\naccept: TEXT/Event-Stream\r\nLast-Event-ID: 7\r\n\r\n",
+        );
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), "/v1/watch");
+        assert_eq!(request.uri().query(), Some("filter=sensors/%23"));
+        assert_eq!(request.version(), Version::HTTP_11);
+        let accept: Vec<_> = request.headers().get_all(header::ACCEPT).iter().collect();
+        assert_eq!(accept, ["text/html", "TEXT/Event-Stream"]);
+        assert_eq!(request.headers()["last-event-id"], "7");
+        // `/v1/stream` is taken without an Accept header.
+        stream_request(b"GET /v1/stream?filter=a HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper_or_waits_for_more() {
+        let sse = "Accept: text/event-stream\r\n";
+        for head in [
+            format!("POST /v1/stream HTTP/1.1\r\n{sse}\r\n"),
+            format!("HEAD /v1/stream HTTP/1.1\r\n{sse}\r\n"),
+            format!("GET /v1/stream HTTP/1.0\r\n{sse}\r\n"),
+            format!("GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n{sse}\r\n"),
+            format!("GET /v1/watch HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n{sse}\r\n"),
+            "GET /v1/stream HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            "GET /v1/stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
+            "GET /v1/stream HTTP/1.1\r\nExpect: 100-continue\r\n\r\n".to_owned(),
+            format!("GET http://hub/v1/stream HTTP/1.1\r\n{sse}\r\n"),
+            "GET /v1/series HTTP/1.1\r\nAccept: application/json\r\n\r\n".to_owned(),
+            "GET /v1/stream HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n".to_owned(),
+            "GET /v1/stream HTTP/1.1\r\nBad Name: x\r\n\r\n".to_owned(),
+            "NOT HTTP AT ALL\r\n\r\n".to_owned(),
+            format!(
+                "GET /v1/stream HTTP/1.1\r\n{}\r\n",
+                "X-A: b\r\n".repeat(HEAD_MAX_HEADERS + 1)
+            ),
+        ] {
+            assert!(matches!(sniff(head.as_bytes()), Sniff::Other), "{head:?}");
+        }
+        for part in ["GE", "GET /v1/stream HTTP/1.1\r\nAccept: text/ev"] {
+            assert!(matches!(sniff(part.as_bytes()), Sniff::Partial), "{part:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_upper_hex() {
+        let mut out = [0u8; 20];
+        for (size, line) in [
+            (0, "0\r\n"),
+            (9, "9\r\n"),
+            (255, "FF\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "FFFFFFFFFFFFFFFF\r\n"),
+        ] {
+            let n = chunk_size_line(size, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn heads_carry_our_framing_date_and_close() {
+        let mut res = Response::new(());
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let (parts, ()) = res.into_parts();
+        let head = String::from_utf8(encode_head(&parts, Framing::Length(12))).unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+        assert!(
+            head.contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(head.contains("content-length: 12\r\n"), "{head}");
+        assert!(
+            !head.contains("999") && !head.contains("keep-alive"),
+            "{head}"
+        );
+        assert!(head.ends_with("connection: close\r\n\r\n"), "{head}");
+        let head = String::from_utf8(encode_head(&parts, Framing::Chunked)).unwrap();
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    }
+
+    /// A local socket pair: (server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    async fn read_to_end(mut client: TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
+            .await
+            .expect("server did not close")
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_go_out_as_chunks_and_end_with_the_last_chunk() {
+        let (server, client) = pair().await;
+        let frames = futures::stream::iter(["data: 1\n\n", "", "data: 22\n\n"])
+            .map(|s| Ok::<_, std::convert::Infallible>(Bytes::from_static(s.as_bytes())));
+        use futures::StreamExt as _;
+        let writer = tokio::spawn(write_response(
+            server,
+            Response::new(Body::from_stream(frames)),
+        ));
+        let text = read_to_end(client).await;
+        writer.await.unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        // Frames ready together share one chunk; empty frames are skipped.
+        assert_eq!(body, "13\r\ndata: 1\n\ndata: 22\n\n\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_when_its_client_leaves() {
+        let (server, client) = pair().await;
+        let writer = tokio::spawn(write_response(
+            server,
+            Response::new(Body::from_stream(futures::stream::pending::<
+                Result<Bytes, std::convert::Infallible>,
+            >())),
+        ));
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("stream of a closed connection still open")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn replay_reads_the_prefix_then_the_socket_and_frees_the_prefix() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = pair().await;
+        client.write_all(b" world").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut replay = Replay::new(b"hello".to_vec(), server);
+        let mut first = [0u8; 3];
+        replay.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"hel");
+        let mut rest = String::new();
+        tokio::time::timeout(Duration::from_secs(10), replay.read_to_string(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest, "lo world");
+        assert_eq!(replay.prefix.capacity(), 0);
+    }
+
+    #[test]
+    fn the_task_of_an_open_stream_stays_small() {
+        // The task of an open event stream holds the socket, the body, the frame batch and
+        // the wait for a frame or the peer: about 1.3 KiB in a debug build. The hyper
+        // connection and the head buffer are boxed and gone by then; inline they would add
+        // kilobytes to every stream.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (server, _client) = pair().await;
+            let task = connection(server, Router::new(), CancellationToken::new());
+            let size = std::mem::size_of_val(&task);
+            assert!(size <= 2048, "connection future: {size} bytes");
+        });
+    }
 }
