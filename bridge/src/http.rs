@@ -139,7 +139,7 @@ pub fn trace_requests(router: Router) -> Router {
 }
 
 /// Serves `router` on an already bound listener until `shutdown` completes (see
-/// [`crate::server`]: event streams skip hyper's per-connection buffers).
+/// `server.rs`: event streams skip hyper's per-connection buffers).
 pub async fn serve(
     listener: TcpListener,
     router: Router,

@@ -13,7 +13,7 @@
 //!   presence, 1-minute and 1-hour rollups, dedupe, retention.
 //! * [`http`]: the axum router: `/v1/series`, `/v1/devices`, `/v1/readings`, `/v1/rollups`,
 //!   `/v1/rejects`, `/healthz`, `/readyz`.
-//! * [`server`]: the HTTP/1 server: accept loop, orderly stop, event streams written straight
+//! * `server`: the HTTP/1 server: accept loop, orderly stop, event streams written straight
 //!   to the socket (no hyper buffers per stream), everything else through hyper.
 //! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
 //!   a serial port, publishes them into the broker, survives unplugs.

@@ -120,6 +120,7 @@ async fn connection(tcp: TcpStream, mut router: Router, closing: CancellationTok
     };
     // The router answers this request like any other (its service is always ready).
     let Ok(response) = Box::pin(router.call(*request)).await;
+    drop((router, closing));
     write_response(tcp, response).await;
 }
 
