@@ -357,17 +357,13 @@ async fn write_response(mut tcp: TcpStream, response: Response<Body>) {
     if framing != Framing::Empty {
         let mut batch = Batch::default();
         loop {
-            let ended = tokio::select! {
-                biased;
-                polled = poll_fn(|cx| batch.fill(&mut body, cx)) => match polled {
-                    Ok(ended) => ended,
-                    // hyper aborts a body that fails the same way: no last chunk.
-                    Err(()) => return,
-                },
-                () = peer_gone(&tcp) => return,
+            let ended = match poll_fn(|cx| next_batch(&mut batch, &mut body, &tcp, cx)).await {
+                Next::Frames => false,
+                Next::End => true,
+                // A failing body is aborted as hyper does it: no last chunk.
+                Next::Failed | Next::PeerGone => return,
             };
-            // Boxed: the write's slices live only while it runs, not in every idle stream.
-            if !batch.is_empty() && Box::pin(batch.write(&mut tcp, framing)).await.is_err() {
+            if !batch.is_empty() && batch.write(&tcp, framing).await.is_err() {
                 return;
             }
             if ended {
@@ -379,6 +375,50 @@ async fn write_response(mut tcp: TcpStream, response: Response<Body>) {
         }
     }
     let _ = tcp.shutdown().await;
+}
+
+/// What the wait for the next write ended with.
+enum Next {
+    /// Frames in the batch.
+    Frames,
+    /// The body ended (the batch may hold its last frames).
+    End,
+    /// The body failed.
+    Failed,
+    /// The peer closed its side or the connection failed.
+    PeerGone,
+}
+
+/// Fills `batch` from `body`; while the body has nothing, watches the socket for the peer
+/// leaving. The socket's read readiness is polled in place (its waker slot, no waiter list),
+/// so an idle stream costs nothing per frame.
+fn next_batch(
+    batch: &mut Batch,
+    body: &mut Body,
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+) -> Poll<Next> {
+    match batch.fill(body, cx) {
+        Poll::Ready(Ok(false)) => return Poll::Ready(Next::Frames),
+        Poll::Ready(Ok(true)) => return Poll::Ready(Next::End),
+        Poll::Ready(Err(())) => return Poll::Ready(Next::Failed),
+        Poll::Pending => {}
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        match tcp.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Next::PeerGone),
+            // Bytes the peer sends after its request are read and ignored; WouldBlock
+            // clears the readiness, and the next poll registers the waker.
+            Poll::Ready(Ok(())) => match tcp.try_read(&mut scratch) {
+                Ok(0) => return Poll::Ready(Next::PeerGone),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Next::PeerGone),
+            },
+        }
+    }
 }
 
 /// Status line and headers, with our own framing headers, `date` and `connection: close`.
@@ -425,23 +465,6 @@ fn encode_head(parts: &axum::http::response::Parts, framing: Framing) -> Vec<u8>
     out
 }
 
-/// Completes when the peer has closed its side or the connection failed. Bytes the peer
-/// sends after its request are read and ignored.
-async fn peer_gone(tcp: &TcpStream) {
-    let mut scratch = [0u8; 32];
-    loop {
-        if tcp.readable().await.is_err() {
-            return;
-        }
-        match tcp.try_read(&mut scratch) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// Body frames ready to be written together.
 #[derive(Default)]
 struct Batch {
@@ -479,29 +502,72 @@ impl Batch {
         Poll::Ready(Ok(false))
     }
 
-    /// Writes the batch (as one chunk when chunked) and empties it.
-    async fn write(&mut self, tcp: &mut TcpStream, framing: Framing) -> io::Result<()> {
-        let mut size_line = [0u8; 20];
-        let size_len = if framing == Framing::Chunked {
-            chunk_size_line(self.bytes, &mut size_line)
-        } else {
-            0
+    /// Writes the batch (as one chunk when chunked) and empties it. The socket usually
+    /// takes it at once; otherwise this waits until it can take more. Nothing but the count
+    /// written lives across that wait.
+    async fn write(&mut self, tcp: &TcpStream, framing: Framing) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            match self.try_write(tcp, framing, &mut written) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {
+                    if let Err(err) = tcp.writable().await {
+                        break Err(err);
+                    }
+                }
+                Err(err) => break Err(err),
+            }
         };
-        let mut parts: [&[u8]; BATCH + 2] = [&[]; BATCH + 2];
-        parts[0] = &size_line[..size_len];
-        for (slot, frame) in parts[1..].iter_mut().zip(&self.frames[..self.len]) {
-            *slot = frame;
-        }
-        if framing == Framing::Chunked {
-            parts[self.len + 1] = b"\r\n";
-        }
-        let result = write_all_vectored(tcp, &parts[..self.len + 2]).await;
         for frame in &mut self.frames[..self.len] {
             *frame = Bytes::new();
         }
         self.len = 0;
         self.bytes = 0;
         result
+    }
+
+    /// Writes what the socket takes now of the batch's bytes after `written`; true when all
+    /// are written.
+    fn try_write(
+        &self,
+        tcp: &TcpStream,
+        framing: Framing,
+        written: &mut usize,
+    ) -> io::Result<bool> {
+        let mut size_line = [0u8; 20];
+        let mut parts: [&[u8]; BATCH + 2] = [&[]; BATCH + 2];
+        if framing == Framing::Chunked {
+            let n = chunk_size_line(self.bytes, &mut size_line);
+            parts[0] = &size_line[..n];
+            parts[self.len + 1] = b"\r\n";
+        }
+        for (slot, frame) in parts[1..].iter_mut().zip(&self.frames[..self.len]) {
+            *slot = frame;
+        }
+        let parts = &parts[..self.len + 2];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        while *written < total {
+            // The parts not yet written, the first one cut where the last write stopped.
+            let mut skip = *written;
+            let mut slices = [io::IoSlice::new(&[]); BATCH + 2];
+            let mut n = 0;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[n] = io::IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match tcp.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(wrote) => *written += wrote,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -513,33 +579,6 @@ fn chunk_size_line(size: usize, out: &mut [u8; 20]) -> usize {
     }
     out[digits..digits + 2].copy_from_slice(b"\r\n");
     digits + 2
-}
-
-/// Writes every byte of `parts`, in order, with as few writes as the socket allows.
-async fn write_all_vectored(tcp: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut written = 0;
-    while written < total {
-        // The parts not yet written, the first one cut where the last write stopped.
-        let mut skip = written;
-        let mut slices = [io::IoSlice::new(&[]); BATCH + 2];
-        let mut n = 0;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            slices[n] = io::IoSlice::new(&part[skip..]);
-            skip = 0;
-            n += 1;
-        }
-        let wrote = tcp.write_vectored(&slices[..n]).await?;
-        if wrote == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        written += wrote;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
