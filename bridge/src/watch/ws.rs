@@ -301,7 +301,7 @@ impl Connection {
         while let Some(out) = next.take() {
             let text = match out {
                 Outgoing::Event(ev) => {
-                    let t = Utf8Bytes::from(&*ev.json);
+                    let t = ev.ws_text();
                     written.push(ev);
                     t
                 }
