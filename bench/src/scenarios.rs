@@ -570,7 +570,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 .filter(|c| {
                     p.latency_clients
                         .as_ref()
-                        .is_none_or(|only| only.iter().any(|o| o == c.flag(target)))
+                        .map_or(true, |only| only.iter().any(|o| o == c.flag(target)))
                 })
                 .collect();
             if clients.is_empty() {
