@@ -22,8 +22,6 @@
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,7 +228,7 @@ async fn run(
         tokio::select! {
             biased;
             // A finished flush is acknowledged and broadcast before anything else.
-            flushed = async { Some(flushing.as_mut()?.flush.as_mut().await) }, if flushing.is_some() => {
+            flushed = async { (&mut flushing.as_mut()?.flush).await.ok() }, if flushing.is_some() => {
                 if let Some(f) = flushing.take() {
                     f.finish(flushed, &out);
                 }
@@ -329,28 +327,22 @@ struct Applied {
     presence_acks: Vec<Option<oneshot::Sender<Outcome>>>,
 }
 
-/// The flush of a batch, polled by the writer task itself (no task in between: sled's
-/// completion wakes the writer directly).
-type FlushFuture = Pin<Box<dyn Future<Output = Result<(), crate::store::StoreError>> + Send>>;
-
 /// An applied batch and the flush that makes it durable (started after its apply finished).
 struct Flushing {
     applied: Applied,
-    flush: FlushFuture,
+    flush: JoinHandle<Result<(), crate::store::StoreError>>,
 }
 
 impl Flushing {
-    /// The flush is handed to sled's I/O threads at its first poll, which is immediate: the
-    /// writer's loop polls it before anything else.
     fn start(store: &Store, applied: Applied) -> Self {
         let store = store.clone();
-        let flush = Box::pin(async move { store.flush_async().await });
+        let flush = tokio::spawn(async move { store.flush_async().await });
         Self { applied, flush }
     }
 
-    /// Waits for the flush.
+    /// Waits for the flush; `None` if its task panicked.
     async fn flush_result(&mut self) -> Option<Result<(), crate::store::StoreError>> {
-        Some(self.flush.as_mut().await)
+        (&mut self.flush).await.ok()
     }
 
     /// Acknowledges and broadcasts the batch if its flush succeeded.
