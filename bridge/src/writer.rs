@@ -5,14 +5,6 @@
 //! (group commit), applies the batch atomically, waits until sled says it is durable, and only
 //! then completes each item's acknowledgement and broadcasts the committed readings.
 //!
-//! # Pipelining
-//! A flush mostly waits on the disk, so the writer does not sit idle during it: while batch N
-//! is being flushed, batch N+1 is collected and applied; once N's flush has finished (and N is
-//! acknowledged and broadcast), the flush of N+1 starts. At most one batch is applied and not
-//! yet durable besides the one being flushed, batches are acknowledged and broadcast in seq
-//! order, and nothing is acknowledged or broadcast before a flush that started after its apply
-//! has finished.
-//!
 //! # Queues and what happens when they are full
 //! * Input (`queue_capacity` commands): [`WriterHandle::write`] *awaits* a free slot. That
 //!   pushes back onto ingest, and from there onto the MQTT link (the external source stops
@@ -222,18 +214,9 @@ async fn run(
     let mut closing = false;
     let mut next_retention = Instant::now() + cfg.retention_interval;
     let mut buf: Vec<WriteCmd> = Vec::with_capacity(batch_max);
-    // The batch whose flush is running, if any.
-    let mut flushing: Option<Flushing> = None;
     loop {
         tokio::select! {
             biased;
-            // A finished flush is acknowledged and broadcast before anything else.
-            flushed = async { (&mut flushing.as_mut()?.flush).await.ok() }, if flushing.is_some() => {
-                if let Some(f) = flushing.take() {
-                    f.finish(flushed, &out);
-                }
-                continue;
-            }
             n = rx.recv_many(&mut buf, batch_max) => {
                 if n == 0 {
                     break;
@@ -262,20 +245,8 @@ async fn run(
                 }
             }
         }
-        // Applied while the previous batch (if any) is still being flushed.
-        let applied = apply(&store, std::mem::take(&mut buf), &out).await;
+        commit(&store, std::mem::take(&mut buf), &out).await;
         buf.reserve(batch_max);
-        if let Some(mut f) = flushing.take() {
-            let flushed = f.flush_result().await;
-            f.finish(flushed, &out);
-        }
-        if let Some(applied) = applied {
-            flushing = Some(Flushing::start(&store, applied));
-        }
-    }
-    if let Some(mut f) = flushing.take() {
-        let flushed = f.flush_result().await;
-        f.finish(flushed, &out);
     }
     out.healthy.store(false, Ordering::Relaxed);
     let flushed = store.flush_async().await;
@@ -317,84 +288,8 @@ struct Outputs {
     stats: Arc<WriterStats>,
 }
 
-/// A batch applied to the store and not yet known to be durable.
-struct Applied {
-    started: std::time::Instant,
-    readings: Vec<Reading>,
-    seqs: Vec<Option<u64>>,
-    reading_acks: Vec<Option<oneshot::Sender<Outcome>>>,
-    presence: Vec<PresenceUpdate>,
-    presence_acks: Vec<Option<oneshot::Sender<Outcome>>>,
-}
-
-/// An applied batch and the flush that makes it durable (started after its apply finished).
-struct Flushing {
-    applied: Applied,
-    flush: JoinHandle<Result<(), crate::store::StoreError>>,
-}
-
-impl Flushing {
-    fn start(store: &Store, applied: Applied) -> Self {
-        let store = store.clone();
-        let flush = tokio::spawn(async move { store.flush_async().await });
-        Self { applied, flush }
-    }
-
-    /// Waits for the flush; `None` if its task panicked.
-    async fn flush_result(&mut self) -> Option<Result<(), crate::store::StoreError>> {
-        (&mut self.flush).await.ok()
-    }
-
-    /// Acknowledges and broadcasts the batch if its flush succeeded.
-    fn finish(self, flushed: Option<Result<(), crate::store::StoreError>>, out: &Outputs) {
-        match flushed {
-            Some(Ok(())) => {}
-            Some(Err(err)) => {
-                error!(%err, "flush failed; batch items stay unacknowledged");
-                out.healthy.store(false, Ordering::Relaxed);
-                out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            None => {
-                error!("flush panicked; batch items stay unacknowledged");
-                out.healthy.store(false, Ordering::Relaxed);
-                out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let a = self.applied;
-        out.healthy.store(true, Ordering::Relaxed);
-        out.stats
-            .commit_seconds
-            .observe(a.started.elapsed().as_secs_f64());
-        let mut stored = Vec::with_capacity(a.readings.len());
-        for ((seq, reading), done) in a.seqs.into_iter().zip(a.readings).zip(a.reading_acks) {
-            let outcome = match seq {
-                Some(seq) => {
-                    stored.push(StoredReading { seq, reading });
-                    Outcome::Stored(seq)
-                }
-                None => Outcome::Duplicate,
-            };
-            if let Some(done) = done {
-                let _ = done.send(outcome);
-            }
-        }
-        for done in a.presence_acks.into_iter().flatten() {
-            let _ = done.send(Outcome::Presence);
-        }
-        for update in a.presence {
-            let _ = out.presence.send(update);
-        }
-        if !stored.is_empty() {
-            // No receivers is fine: nobody is watching live.
-            let _ = out.committed.send(stored.into());
-        }
-    }
-}
-
-/// Applies `cmds` as one atomic batch; `None` if that failed (its items stay unacknowledged).
-async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<Applied> {
+async fn commit(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) {
+    let (committed, presence_out, healthy) = (&out.committed, &out.presence, &*out.healthy);
     let started = std::time::Instant::now();
     out.stats.batch_size.observe(cmds.len() as f64);
     let mut readings = Vec::new();
@@ -419,26 +314,52 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<Appl
         (r, readings, presence)
     })
     .await;
-    match applied {
-        Ok((Ok(seqs), readings, presence)) => Some(Applied {
-            started,
-            readings,
-            seqs,
-            reading_acks,
-            presence,
-            presence_acks,
-        }),
+    let (seqs, readings, presence) = match applied {
+        Ok((Ok(seqs), readings, presence)) => (seqs, readings, presence),
         Ok((Err(err), readings, _)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
-            out.healthy.store(false, Ordering::Relaxed);
+            healthy.store(false, Ordering::Relaxed);
             out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            None
+            return;
         }
         Err(err) => {
             error!(%err, "batch apply panicked; its items stay unacknowledged");
-            out.healthy.store(false, Ordering::Relaxed);
+            healthy.store(false, Ordering::Relaxed);
             out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            None
+            return;
         }
+    };
+    if let Err(err) = store.flush_async().await {
+        error!(%err, "flush failed; batch items stay unacknowledged");
+        healthy.store(false, Ordering::Relaxed);
+        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    healthy.store(true, Ordering::Relaxed);
+    out.stats
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut stored = Vec::with_capacity(readings.len());
+    for ((seq, reading), done) in seqs.into_iter().zip(readings).zip(reading_acks) {
+        let outcome = match seq {
+            Some(seq) => {
+                stored.push(StoredReading { seq, reading });
+                Outcome::Stored(seq)
+            }
+            None => Outcome::Duplicate,
+        };
+        if let Some(done) = done {
+            let _ = done.send(outcome);
+        }
+    }
+    for done in presence_acks.into_iter().flatten() {
+        let _ = done.send(Outcome::Presence);
+    }
+    for update in presence {
+        let _ = presence_out.send(update);
+    }
+    if !stored.is_empty() {
+        // No receivers is fine: nobody is watching live.
+        let _ = committed.send(stored.into());
     }
 }
