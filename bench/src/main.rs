@@ -59,6 +59,14 @@ struct Args {
     /// Directory of the SVG pictures (not written in --smoke).
     #[arg(long, default_value = "docs/bench")]
     svg_dir: PathBuf,
+    /// `latency`: readings/s of each device instead of the mode's ladder (repeatable; e.g.
+    /// `--latency-rate 50` for 50,000/s from 1,000 devices without the full mode's other rates).
+    #[arg(long = "latency-rate")]
+    latency_rates: Vec<f64>,
+    /// `latency`: measure only these clients (repeatable): `mosquitto` (MQTT on Mosquitto),
+    /// `sse`, `ws`, `mqtt` (on edgewatch). Default: all four.
+    #[arg(long = "latency-client", value_parser = ["mosquitto", "sse", "ws", "mqtt"])]
+    latency_clients: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -105,6 +113,12 @@ async fn run(args: Args) -> Result<()> {
     };
     if let Some(runs) = args.runs {
         p.runs = runs.max(1);
+    }
+    if !args.latency_rates.is_empty() {
+        p.latency_device_rates.clone_from(&args.latency_rates);
+    }
+    if !args.latency_clients.is_empty() {
+        p.latency_clients = Some(args.latency_clients.clone());
     }
     let selected: Vec<&str> = if args.smoke && args.scenarios.is_empty() {
         vec!["relay"]

@@ -27,6 +27,8 @@ pub(crate) struct Params {
     pub(crate) latency_device_rates: Vec<f64>,
     /// `latency`: subscribers of each client type, subscriber `k` on `sensors/d{k % devices}/#`.
     pub(crate) latency_subscribers: usize,
+    /// `latency`: only these clients (`mosquitto`, `sse`, `ws`, `mqtt`); `None` is all of them.
+    pub(crate) latency_clients: Option<Vec<String>>,
     /// `fanout`: idle watchers of each transport on `sensors/#` (memory, then deliveries/s).
     pub(crate) fanout_watchers: usize,
     /// `fanout`: readings/s offered to the watchers, from `fanout_devices` devices.
@@ -56,6 +58,7 @@ impl Params {
             latency_devices: 20,
             latency_device_rates: vec![10.0],
             latency_subscribers: 20,
+            latency_clients: None,
             fanout_watchers: 20,
             fanout_rate: 100.0,
             fanout_devices: 10,
@@ -80,6 +83,7 @@ impl Params {
             latency_devices: 1000,
             latency_device_rates: vec![10.0],
             latency_subscribers: 1000,
+            latency_clients: None,
             fanout_watchers: 10_000,
             fanout_rate: 60.0,
             fanout_devices: 100,
@@ -104,6 +108,7 @@ impl Params {
             latency_devices: 1000,
             latency_device_rates: vec![1.0, 10.0, 50.0],
             latency_subscribers: 1000,
+            latency_clients: None,
             fanout_watchers: 10_000,
             fanout_rate: 100.0,
             fanout_devices: 100,
@@ -530,6 +535,16 @@ impl Client {
             Client::WebSocket => "WebSocket",
         }
     }
+
+    /// The value of `--latency-client` that selects this client on `target`.
+    fn flag(self, target: Target) -> &'static str {
+        match (self, target) {
+            (Client::Mqtt, Target::Mosquitto) => "mosquitto",
+            (Client::Mqtt, Target::Edgewatch) => "mqtt",
+            (Client::Sse, _) => "sse",
+            (Client::WebSocket, _) => "ws",
+        }
+    }
 }
 
 /// latency (issue #4): publish-to-client at 10,000 readings/s from 1,000 devices (10/s each,
@@ -546,14 +561,25 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
     for &device_rate in &p.latency_device_rates {
         let rate = (devices as f64 * device_rate) as u64;
         for target in ctx.targets() {
+            let clients: Vec<Client> = match target {
+                Target::Mosquitto => vec![Client::Mqtt],
+                Target::Edgewatch => vec![Client::Sse, Client::WebSocket, Client::Mqtt],
+            };
+            let clients: Vec<Client> = clients
+                .into_iter()
+                .filter(|c| {
+                    p.latency_clients
+                        .as_ref()
+                        .map_or(true, |only| only.iter().any(|o| o == c.flag(target)))
+                })
+                .collect();
+            if clients.is_empty() {
+                continue;
+            }
             let server = ctx
                 .start(target, &format!("latency-{}", target.name()))
                 .await?;
-            let clients: &[Client] = match target {
-                Target::Mosquitto => &[Client::Mqtt],
-                Target::Edgewatch => &[Client::Sse, Client::WebSocket, Client::Mqtt],
-            };
-            for &client in clients {
+            for client in clients {
                 let mut per_run: Vec<[f64; 5]> = vec![];
                 let mut delivered: Vec<f64> = vec![];
                 let mut merged: Vec<u32> = vec![];

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use edgewatch_protocol::{FilterIndex, TopicFilter};
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,8 @@ pub struct LiveEvent {
     pub made_at: Instant,
     /// The SSE frame, formatted by the first stream that writes it.
     sse: OnceLock<Bytes>,
+    /// The WebSocket text message, copied once by the first connection that writes it.
+    ws: OnceLock<Utf8Bytes>,
 }
 
 impl PartialEq for LiveEvent {
@@ -98,7 +101,16 @@ impl LiveEvent {
             json,
             made_at: Instant::now(),
             sse: OnceLock::new(),
+            ws: OnceLock::new(),
         }
+    }
+
+    /// The WebSocket text message of this event (its JSON), made once and then shared by
+    /// every connection it goes to (a clone is a reference count, not a copy).
+    pub fn ws_text(&self) -> Utf8Bytes {
+        self.ws
+            .get_or_init(|| Utf8Bytes::from(String::from(&*self.json)))
+            .clone()
     }
 
     /// The Server-Sent Events frame of this event (`event:`, `id:` for readings, `data:`),

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
@@ -126,9 +126,15 @@ async fn open(
 struct StreamState {
     watch: Watch,
     heartbeat: Duration,
-    /// Next comment heartbeat, pushed back by every frame written.
+    /// Wakes the stream to check for silence. Frames do not re-arm it (a timer reset per frame
+    /// costs a timer-wheel update); when it fires early, it is re-armed for `last_frame +
+    /// heartbeat`.
     next_beat: Pin<Box<tokio::time::Sleep>>,
-    shutdown: CancellationToken,
+    /// When the last frame was handed to the connection.
+    last_frame: tokio::time::Instant,
+    /// Made once per stream: a fresh `cancelled()` per frame would take the token's lock
+    /// (shared by every live connection) twice per frame, to register and to unregister.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     stats: Arc<FanoutStats>,
     _permit: (tokio::sync::OwnedSemaphorePermit, ConnectionGuard),
 }
@@ -150,26 +156,39 @@ fn frames(
         watch,
         heartbeat,
         next_beat: Box::pin(tokio::time::sleep(heartbeat)),
-        shutdown,
+        last_frame: tokio::time::Instant::now(),
+        shutdown: Box::pin(shutdown.cancelled_owned()),
         stats,
         _permit: permit,
     };
     let first = stream::once(async move { Ok::<_, Infallible>(hello) });
     first.chain(stream::unfold(Some(Box::new(state)), |state| async move {
         let mut st = state?;
-        let (frame, keep_going) = tokio::select! {
-            biased;
-            () = st.shutdown.cancelled() => return None,
-            item = st.watch.next() => {
-                if let WatchItem::Event(ev) = &item {
-                    st.stats.observe_written(crate::fanout::Stage::SseWrite, ev);
+        let (frame, keep_going) = loop {
+            tokio::select! {
+                biased;
+                () = st.shutdown.as_mut() => return None,
+                item = st.watch.next() => {
+                    if let WatchItem::Event(ev) = &item {
+                        st.stats.observe_written(crate::fanout::Stage::SseWrite, ev);
+                    }
+                    st.last_frame = tokio::time::Instant::now();
+                    break to_frame(&item);
                 }
-                to_frame(&item)
+                () = &mut st.next_beat => {
+                    let now = tokio::time::Instant::now();
+                    let due = st.last_frame + st.heartbeat;
+                    if due > now {
+                        // Frames were written since it was armed: not silent yet.
+                        st.next_beat.as_mut().reset(due);
+                        continue;
+                    }
+                    st.last_frame = now;
+                    st.next_beat.as_mut().reset(now + st.heartbeat);
+                    break (Bytes::from_static(b":\n\n"), true);
+                }
             }
-            () = &mut st.next_beat => (Bytes::from_static(b":\n\n"), true),
         };
-        let deadline = tokio::time::Instant::now() + st.heartbeat;
-        st.next_beat.as_mut().reset(deadline);
         Some((Ok(frame), keep_going.then_some(st)))
     }))
 }

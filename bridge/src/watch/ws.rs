@@ -221,7 +221,10 @@ impl Connection {
         let mut ping = tokio::time::interval(ping_every);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
-        let shutdown = self.state.shutdown.clone();
+        // Made once: a fresh `cancelled()` per loop turn would take the token's lock (shared by
+        // every live connection) twice per message, to register and to unregister.
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let close = loop {
             tokio::select! {
                 Some(first) = self.streams.next(), if !self.streams.is_empty() => {
@@ -269,7 +272,7 @@ impl Connection {
                         break None;
                     }
                 }
-                () = shutdown.cancelled() => break Some((1001, "hub shutting down")),
+                () = &mut shutdown => break Some((1001, "hub shutting down")),
             }
         };
         if let Some((code, reason)) = close {
@@ -301,7 +304,7 @@ impl Connection {
         while let Some(out) = next.take() {
             let text = match out {
                 Outgoing::Event(ev) => {
-                    let t = Utf8Bytes::from(&*ev.json);
+                    let t = ev.ws_text();
                     written.push(ev);
                     t
                 }
