@@ -11,17 +11,28 @@ import mqtt from 'mqtt';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const BINARY = process.env.EDGEWATCH_BIN ?? path.join(REPO, 'target/release/edgewatch');
 
-/** A TCP port that was free a moment ago. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
+/** Whether `port` can be listened on at 127.0.0.1 right now. */
+function canListen(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.on('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+/**
+ * A TCP port that was free a moment ago, kept by the hub across a restart. Taken below the
+ * kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range, 32768 and up here): a port
+ * from that range can be handed to any outgoing connection (a device, the browser) while the
+ * hub is stopped, and the restarted hub then fails to bind it.
+ */
+export async function freePort() {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (await canListen(port)) return port;
+  }
+  throw new Error('no free port found in 20000-31999 after 200 tries');
 }
 
 /** Resolves with the value of `fn()` once truthy; rejects after `timeoutMs`. */
