@@ -1170,7 +1170,7 @@ impl Format {
                     body.push_str(&format!(
                         "{},{},{},{},{},{},{},{}\n",
                         x.seq,
-                        csv_field(&format!("sensors/{}/{}", x.device_id, x.metric)),
+                        csv_field(&x.topic().to_string()),
                         csv_field(x.device_id),
                         csv_field(x.metric),
                         x.value,

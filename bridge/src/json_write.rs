@@ -53,10 +53,7 @@ pub(crate) struct ReadingWriter {
 fn push_series_head(out: &mut Vec<u8>, r: &ReadingView<'_>) {
     out.extend_from_slice(b",\"topic\":");
     // The topic is escaped as it is written, without building it first.
-    let _ = serde::Serializer::collect_str(
-        &mut serde_json::Serializer::new(&mut *out),
-        &format_args!("sensors/{}/{}", r.device_id, r.metric),
-    );
+    let _ = serde::Serializer::collect_str(&mut serde_json::Serializer::new(&mut *out), &r.topic());
     out.extend_from_slice(b",\"deviceId\":");
     push_json(out, r.device_id);
     out.extend_from_slice(b",\"metric\":");

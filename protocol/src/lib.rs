@@ -19,7 +19,7 @@ pub mod topic;
 pub use filter_index::FilterIndex;
 pub use frame::{FrameDecoder, FrameError, LineDecoder, TextReading};
 pub use payload::{decode_publish, CompactReading, DecodeError, Inbound};
-pub use reading::{Reading, SeriesKey};
+pub use reading::{Reading, SeriesKey, SeriesTopic};
 pub use timefmt::TimeError;
 pub use topic::{FilterError, TopicFilter};
 

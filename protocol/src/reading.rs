@@ -34,7 +34,28 @@ impl Reading {
 
     /// The canonical MQTT topic of this reading's series: `sensors/{deviceId}/{metric}`.
     pub fn topic(&self) -> String {
-        format!("sensors/{}/{}", self.device_id, self.metric)
+        SeriesTopic::new(&self.device_id, &self.metric).to_string()
+    }
+}
+
+/// The canonical topic of a series, `sensors/{deviceId}/{metric}`, written by `Display`
+/// without building a string first (answers write it straight into their buffers).
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesTopic<'a> {
+    device_id: &'a str,
+    metric: &'a str,
+}
+
+impl<'a> SeriesTopic<'a> {
+    /// The topic of `device_id`'s `metric`.
+    pub fn new(device_id: &'a str, metric: &'a str) -> Self {
+        Self { device_id, metric }
+    }
+}
+
+impl std::fmt::Display for SeriesTopic<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sensors/{}/{}", self.device_id, self.metric)
     }
 }
 
@@ -50,6 +71,6 @@ pub struct SeriesKey {
 impl SeriesKey {
     /// The canonical topic `sensors/{deviceId}/{metric}`.
     pub fn topic(&self) -> String {
-        format!("sensors/{}/{}", self.device_id, self.metric)
+        SeriesTopic::new(&self.device_id, &self.metric).to_string()
     }
 }

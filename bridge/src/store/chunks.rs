@@ -206,7 +206,7 @@ impl Series {
 
     pub(super) fn from_record(rec: SeriesRecord) -> Series {
         let names = Arc::new(Names {
-            topic: format!("sensors/{}/{}", rec.device_id, rec.metric),
+            topic: edgewatch_protocol::SeriesTopic::new(&rec.device_id, &rec.metric).to_string(),
             device_id: rec.device_id.clone(),
             metric: rec.metric.clone(),
             base_unit: rec.base_unit.clone(),

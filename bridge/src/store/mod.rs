@@ -259,6 +259,13 @@ pub struct ReadingView<'a> {
     pub received_at_ms: i64,
 }
 
+impl ReadingView<'_> {
+    /// `sensors/{deviceId}/{metric}`.
+    pub fn topic(&self) -> edgewatch_protocol::SeriesTopic<'_> {
+        edgewatch_protocol::SeriesTopic::new(self.device_id, self.metric)
+    }
+}
+
 impl<'a> From<&'a StoredReading> for ReadingView<'a> {
     fn from(r: &'a StoredReading) -> Self {
         ReadingView {
