@@ -94,7 +94,28 @@ impl Server {
 }
 
 /// Writes edgewatch's config for a data dir and starts `edgewatch run`; waits for the ready line.
+/// The listeners use port 0: edgewatch picks free ports and hands them to its broker, and
+/// between the two another socket can take one (seen once in many restarts). A start that
+/// failed with "Address already in use" is tried again, up to three times.
 pub(crate) async fn start_edgewatch(
+    bin: &Path,
+    work: &Path,
+    data_dir: &Path,
+    tuning: &EdgewatchTuning,
+) -> Result<Server> {
+    let mut attempt = 1;
+    loop {
+        match start_edgewatch_once(bin, work, data_dir, tuning).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                println!("    edgewatch start failed on a taken port; trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn start_edgewatch_once(
     bin: &Path,
     work: &Path,
     data_dir: &Path,

@@ -796,6 +796,40 @@ async fn stored_count(ctx: &Ctx, base: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// What the store wrote since start, from `/metrics`: `(kind, values, bytes)` for log,
+/// chunk and rollup, plus sealed readings.
+async fn store_writes(ctx: &Ctx, base: &str) -> Result<String> {
+    let text = ctx
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut parts = vec![];
+    for kind in ["log", "chunk", "rollup"] {
+        let n = value(&format!(
+            "edgewatch_store_written_values_total{{kind=\"{kind}\"}}"
+        ));
+        let b = value(&format!(
+            "edgewatch_store_written_bytes_total{{kind=\"{kind}\"}}"
+        ));
+        parts.push(format!("{kind} {n:.0} values / {:.1} MB", b / 1e6));
+    }
+    let sealed = value("edgewatch_store_sealed_readings_total");
+    let chunks = value("edgewatch_store_written_values_total{kind=\"chunk\"}");
+    parts.push(format!(
+        "{:.0} readings per sealed chunk",
+        sealed / chunks.max(1.0)
+    ));
+    Ok(parts.join(", "))
+}
+
 async fn timed_get(ctx: &Ctx, url: &str) -> Result<(f64, serde_json::Value)> {
     let t = Instant::now();
     let resp = ctx.http.get(url).send().await?;
@@ -1144,6 +1178,7 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )),
     );
     let rss_loaded = mib(server.rss_kib());
+    let writes = store_writes(ctx, &base).await?;
     server.stop(Duration::from_secs(30)).await?;
     let (allocated, apparent) = procs::disk_usage(&data);
     let per = stored.max(1) as f64;
@@ -1156,7 +1191,8 @@ pub(crate) async fn history(ctx: &Ctx, report: &mut Report) -> Result<()> {
             vec![allocated as f64 / per],
         )
         .note(format!(
-            "du of the data dir after orderly stop / {stored}; apparent size {:.1} B/reading",
+            "du of the data dir after orderly stop / {stored}; apparent size {:.1} B/reading; \
+             written since start: {writes}",
             apparent as f64 / per
         )),
     );

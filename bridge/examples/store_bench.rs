@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p edgewatch-bridge --example store_bench -- \
-//!     --readings 10000000 --series 1000 --batch 1000 [--dir PATH] [--queries 200] [--json PATH]
+//!     --readings 10000000 --series 1000 --batch 1000 [--dir PATH] [--queries 200] [--json PATH] \
+//!     [--jitter SECS]
 //! ```
 //!
 //! With `--json`, the figures are also written as `[{"metric","unit","runs":[..],"note"}]`,
@@ -32,6 +33,9 @@ struct Args {
     queries: usize,
     /// Skip the load and measure the store already in `dir`.
     reuse: bool,
+    /// Event times arrive up to this many seconds late (uniform per reading), as when several
+    /// publishers feed a series and drift apart; 0 = in order.
+    jitter: u64,
     /// Also write the figures here as JSON (read by `edgewatch-bench --scenario store`).
     json: Option<PathBuf>,
 }
@@ -44,6 +48,7 @@ fn args() -> Args {
         dir: None,
         queries: 200,
         reuse: false,
+        jitter: 0,
         json: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +65,7 @@ fn args() -> Args {
             "--queries" => a.queries = num() as usize,
             "--dir" => a.dir = Some(PathBuf::from(val)),
             "--reuse" => a.reuse = num() != 0,
+            "--jitter" => a.jitter = num(),
             "--json" => a.json = Some(PathBuf::from(val)),
             other => panic!("unknown argument {other}"),
         }
@@ -148,6 +154,18 @@ fn main() {
     };
     let st = store.stats().expect("stats");
     let (apparent, allocated) = dir_usage(&dir);
+    let w = st.written;
+    println!(
+        "written since open: log {} blocks / {:.1} MB, chunks {} / {:.1} MB ({:.0} readings each), \
+         rollup pages {} / {:.1} MB",
+        w.log_blocks,
+        w.log_bytes as f64 / 1e6,
+        w.chunks,
+        w.chunk_bytes as f64 / 1e6,
+        w.chunk_rows as f64 / w.chunks.max(1) as f64,
+        w.rollup_pages,
+        w.rollup_bytes as f64 / 1e6
+    );
     println!(
         "disk after load: size_on_disk {} B = {:.1} B/reading; du apparent {:.1}, allocated {:.1} B/reading",
         st.size_on_disk,
@@ -186,7 +204,12 @@ fn load(a: &Args, store: &Store, t0: i64, secs: i64, figures: &mut Figures) -> u
         for (i, (dev, metric)) in names.iter().enumerate() {
             let r = rng.next();
             values[i] += (r % 21) as i64 - 10;
-            let ts = t0 + s * 1000;
+            let late = if a.jitter == 0 {
+                0
+            } else {
+                (r >> 40) % (a.jitter + 1)
+            };
+            let ts = t0 + (s - late as i64).max(0) * 1000;
             batch.push(Reading {
                 device_id: dev.clone(),
                 metric: (*metric).to_owned(),

@@ -428,6 +428,27 @@ impl Metrics {
                 "Highest sequence number assigned.",
                 s.last_seq as f64,
             );
+            let w = s.written;
+            labelled_counter(
+                &mut out,
+                "edgewatch_store_written_bytes_total",
+                "Bytes of values committed to the database since start, by kind (log blocks, sealed chunks, rollup pages; the database adds its own framing).",
+                "kind",
+                &[("log", w.log_bytes), ("chunk", w.chunk_bytes), ("rollup", w.rollup_bytes)],
+            );
+            labelled_counter(
+                &mut out,
+                "edgewatch_store_written_values_total",
+                "Values committed to the database since start, by kind (a seal writes one or more chunks and rewrites the rollup pages its readings fall in).",
+                "kind",
+                &[("log", w.log_blocks), ("chunk", w.chunks), ("rollup", w.rollup_pages)],
+            );
+            counter(
+                &mut out,
+                "edgewatch_store_sealed_readings_total",
+                "Readings moved from open chunks into sealed chunks since start.",
+                w.chunk_rows,
+            );
         }
         if let Ok(devices) = i.store.devices() {
             let online = devices.iter().filter(|d| d.online == Some(true)).count();
@@ -645,6 +666,14 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     head(out, name, "counter", help);
     let _ = writeln!(out, "{name} {v}");
+}
+
+/// One counter with a label: `name{label="value"} n` per item.
+fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, items: &[(&str, u64)]) {
+    head(out, name, "counter", help);
+    for (value, n) in items {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 /// Several counters read from atomics: `(name, help, value)`.

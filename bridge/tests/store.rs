@@ -66,7 +66,7 @@ fn redelivered_readings_are_stored_once() {
         assert_eq!(seqs, vec![None, Some(3)]);
         store.flush().unwrap();
     }
-    // After a restart the recent-key memory is gone: the index catches it.
+    // After a restart the recent fingerprints are rebuilt from the log tail.
     let store = open(dir.path());
     let mut redelivered = a.clone();
     redelivered.received_at_ms += 60_000;
@@ -580,4 +580,75 @@ fn retention_drops_old_blocks_and_chunks() {
         .apply(&[reading("d0", "temp", t - 30 * HOUR, 0.0)], &[])
         .unwrap();
     assert_eq!(seqs, vec![Some(10_001)]);
+}
+
+/// Late readings (a device sending what it buffered, interleaved with live ones) are found
+/// to be new without reading sled, are stored once, and do not make sealed chunks small; their
+/// redeliveries are still recognised, also after a restart. A copy of a reading stored more
+/// than `dedupe_window` readings earlier is stored again (the window is the promise).
+#[test]
+fn late_readings_stay_cheap_and_are_deduplicated_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = base_time();
+    // 600 readings, every 5th one up to 5 minutes late, in batches of 40.
+    let batch: Vec<_> = (0..600i64)
+        .map(|i| {
+            let late = if i % 5 == 0 { (i * 37) % 300 } else { 0 };
+            reading("d1", "temp", t + (i - late) * 1000, i as f64)
+        })
+        .collect();
+    {
+        let store = open_with(dir.path(), 1000);
+        for b in batch.chunks(40) {
+            let seqs = store.apply(b, &[]).unwrap();
+            assert!(seqs.iter().all(Option::is_some));
+        }
+        store.flush().unwrap();
+        let w = store.stats().unwrap().written;
+        // One seal of the 520 rows open when it fell due: one chunk (within 15 minutes).
+        assert_eq!((w.chunks, w.chunk_rows), (1, 520), "{w:?}");
+        // A redelivery of a late reading in the same run.
+        assert_eq!(store.apply(&[batch[5].clone()], &[]).unwrap(), vec![None]);
+    }
+    let store = open_with(dir.path(), 1000);
+    let again = [batch[10].clone(), batch[595].clone(), batch[0].clone()];
+    assert_eq!(store.apply(&again, &[]).unwrap(), vec![None, None, None]);
+    assert_eq!(store.series().unwrap()[0].count, 600);
+    // Beyond the window: 1,000 newer readings, then an old one comes again.
+    let newer: Vec<_> = (0..1000i64)
+        .map(|i| reading("d1", "temp", t + HOUR + i * 1000, 0.5))
+        .collect();
+    store.append_batch(&newer).unwrap();
+    let seqs = store.apply(&[batch[10].clone()], &[]).unwrap();
+    assert_eq!(seqs, vec![Some(1601)]);
+}
+
+/// Readings of one series spread over far-apart times (four publishers an hour apart, as when
+/// a backfill runs alongside live data) are sealed in large chunks, one group per time, not
+/// cut into a small chunk per time at every 512 readings; queries see all of them.
+#[test]
+fn scattered_readings_are_sealed_in_large_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = base_time() - 6 * HOUR;
+    let store = open(dir.path());
+    let readings: Vec<_> = (0..4200i64)
+        .map(|i| reading("d1", "temp", t + (i % 4) * HOUR + (i / 4) * 500, 1.5))
+        .collect();
+    for b in readings.chunks(100) {
+        store.apply(b, &[]).unwrap();
+    }
+    store.flush().unwrap();
+    let w = store.stats().unwrap().written;
+    // Sealed once, at 4,100 open readings: four groups of 1,025, each cut in two equal parts.
+    assert_eq!((w.chunks, w.chunk_rows), (8, 4100), "{w:?}");
+    let page = store
+        .readings(&ReadingQuery {
+            filters: filter("sensors/d1/temp"),
+            from_ms: Some(t),
+            to_ms: Some(t + 5 * HOUR),
+            after: 0,
+            limit: 10_000,
+        })
+        .unwrap();
+    assert_eq!(page.readings.len(), 4200);
 }

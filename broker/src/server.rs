@@ -427,13 +427,36 @@ fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
     }
 }
 
+/// Whether something listens on `addr`: a bind that does not listen, with SO_REUSEADDR, is
+/// refused only by a listening socket.
+fn probe_listening(addr: SocketAddr) -> bool {
+    use rustix::net::{AddressFamily, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let Ok(fd) = rustix::net::socket(family, SocketType::STREAM, None) else {
+        return false;
+    };
+    if rustix::net::sockopt::set_socket_reuseaddr(&fd, true).is_err() {
+        return false;
+    }
+    matches!(
+        rustix::net::bind(&fd, &addr),
+        Err(rustix::io::Errno::ADDRINUSE)
+    )
+}
+
 /// Waits until rumqttd's socket for `listener` is listening.
 ///
-/// rumqttd binds inside `Server::start` and reports nothing. Once its socket listens, the
-/// kernel completes TCP connections on that port, and a plain bind of the same address fails
-/// with `AddrInUse` (rumqttd's tokio socket has SO_REUSEADDR, ours does not). We test that
-/// instead of opening a probe connection, because rumqttd logs every probe connection as an
-/// error ("connection closed by peer", "tls handshake eof") at each start.
+/// rumqttd binds inside `Server::start` and reports nothing. The probe binds the same address
+/// with SO_REUSEADDR and never listens: that fails with `AddrInUse` once rumqttd's socket
+/// listens, and before that it cannot stand in rumqttd's way (sockets with SO_REUSEADDR may
+/// share an address as long as at most one listens; a probe that listened, as a plain
+/// `TcpListener::bind` does, made rumqttd's own bind fail now and then). We test that instead
+/// of opening a probe connection, because rumqttd logs every probe connection as an error
+/// ("connection closed by peer", "tls handshake eof") at each start.
 async fn wait_ready(
     listener: &EffectiveListener,
     task: &JoinHandle<()>,
@@ -447,9 +470,8 @@ async fn wait_ready(
                 reason: "listener task ended (see the log for rumqttd's error)".into(),
             });
         }
-        match std::net::TcpListener::bind(listener.addr) {
-            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => return Ok(()),
-            _ => {}
+        if probe_listening(listener.addr) {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(BrokerError::NotReady {

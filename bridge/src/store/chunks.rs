@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Row, UnitOverride};
 use super::layout::*;
+use super::recent::{fingerprint, Recent};
 use super::rollup::{self, Resolution};
-use super::{SeriesInfo, StoreError, CHUNK_ROWS, CHUNK_SPAN_MS};
+use super::{SeriesInfo, StoreError, CHUNK_MAX_ROWS, CHUNK_ROWS, CHUNK_SPAN_MS, SCATTERED_ROWS};
 
 /// The latest reading of a series (by seq).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -120,11 +121,16 @@ impl Series {
         }
     }
 
-    /// Whether the open chunk must be sealed now.
+    /// Whether the open chunk must be sealed now: it holds [`CHUNK_ROWS`] readings within
+    /// [`CHUNK_SPAN_MS`], or [`SCATTERED_ROWS`] spread over more time. Sealing cuts the rows
+    /// into chunks spanning at most [`CHUNK_SPAN_MS`]; readings spread over far-apart times (a
+    /// backfill interleaved with live data, publishers that drifted apart) would otherwise
+    /// make many small chunks, and rewrite the rollup pages of every time they touch, at each
+    /// seal.
     pub(super) fn seal_due(&self) -> bool {
         let (lo, hi) = self.open_span;
-        self.open.len() >= CHUNK_ROWS
-            || (!self.open.is_empty() && hi.saturating_sub(lo) > CHUNK_SPAN_MS)
+        let n = self.open.len();
+        n >= SCATTERED_ROWS || (n >= CHUNK_ROWS && hi.saturating_sub(lo) <= CHUNK_SPAN_MS)
     }
 }
 
@@ -142,6 +148,25 @@ pub(super) struct State {
     pub(super) replay_from: u64,
     /// Bound on open rows, from [`StoreOptions::dedupe_window`].
     pub(super) window: u64,
+    /// What committed batches wrote since open.
+    pub(super) written: WriteCounters,
+    /// Fingerprints of the last `window` stored readings.
+    pub(super) recent: Recent,
+}
+
+/// What committed batches wrote, by kind (values only; sled adds its own framing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounters {
+    /// Log blocks written and their bytes.
+    pub log_blocks: u64,
+    pub log_bytes: u64,
+    /// Sealed chunks written, the readings in them, and their bytes.
+    pub chunks: u64,
+    pub chunk_rows: u64,
+    pub chunk_bytes: u64,
+    /// Rollup pages written (each seal rewrites the pages its readings fall in) and their bytes.
+    pub rollup_pages: u64,
+    pub rollup_bytes: u64,
 }
 
 impl State {
@@ -188,6 +213,11 @@ pub(super) struct StagedSeal {
     pub(super) sid: u32,
     pub(super) taken: Vec<Row>,
     pub(super) rec: SeriesRecord,
+    /// Chunks, chunk bytes, rollup pages and page bytes this seal writes.
+    pub(super) chunks: u64,
+    pub(super) chunk_bytes: u64,
+    pub(super) pages: u64,
+    pub(super) page_bytes: u64,
 }
 
 impl Series {
@@ -327,16 +357,17 @@ pub(super) fn is_stored(
 }
 
 /// Splits rows sorted by event time into runs spanning at most [`CHUNK_SPAN_MS`] and
-/// [`CHUNK_ROWS`] rows.
+/// [`CHUNK_MAX_ROWS`] rows; a longer stretch is cut into equal parts. (A seal takes at least
+/// [`CHUNK_ROWS`] rows, often a few more: the room above keeps those few from becoming a chunk
+/// of their own.)
 pub(super) fn split_runs(sorted: &[Row]) -> Vec<&[Row]> {
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=sorted.len() {
-        let end_here = i == sorted.len()
-            || i - start >= CHUNK_ROWS
-            || sorted[i].ts.saturating_sub(sorted[start].ts) > CHUNK_SPAN_MS;
-        if end_here {
-            runs.push(&sorted[start..i]);
+        if i == sorted.len() || sorted[i].ts.saturating_sub(sorted[start].ts) > CHUNK_SPAN_MS {
+            let stretch = &sorted[start..i];
+            let parts = stretch.len().div_ceil(CHUNK_MAX_ROWS);
+            runs.extend(stretch.chunks(stretch.len().div_ceil(parts)));
             start = i;
         }
     }
@@ -379,12 +410,13 @@ pub(super) fn stage_seals(
         s.set_open(Vec::new());
         let mut sorted = taken.clone();
         sorted.sort_by_key(|r| (r.ts, r.seq));
+        let (mut chunks, mut chunk_bytes, mut pages, mut page_bytes) = (0, 0, 0, 0);
         for run in split_runs(&sorted) {
             let first_seq = run.iter().map(|r| r.seq).min().unwrap_or(0);
-            batch.insert(
-                &chunk_key(sid, run[0].ts, first_seq)[..],
-                codec::encode_chunk(run),
-            );
+            let chunk = codec::encode_chunk(run);
+            chunks += 1;
+            chunk_bytes += chunk.len() as u64;
+            batch.insert(&chunk_key(sid, run[0].ts, first_seq)[..], chunk);
         }
         for res in Resolution::BOTH {
             for (page_start, mut page) in rollup::pages_of(&sorted, res) {
@@ -396,7 +428,10 @@ pub(super) fn stage_seals(
                             .or_insert(agg);
                     })?;
                 }
-                batch.insert(&key[..], rollup::encode_page(page_start, res, &page));
+                let encoded = rollup::encode_page(page_start, res, &page);
+                pages += 1;
+                page_bytes += encoded.len() as u64;
+                batch.insert(&key[..], encoded);
             }
         }
         let mut rec = s.rec.clone();
@@ -408,7 +443,15 @@ pub(super) fn stage_seals(
         rec.unit.clone_from(&s.unit);
         rec.last = s.last;
         batch.insert(&series_key(sid)[..], encode_rec(&rec));
-        seals.push(StagedSeal { sid, taken, rec });
+        seals.push(StagedSeal {
+            sid,
+            taken,
+            rec,
+            chunks,
+            chunk_bytes,
+            pages,
+            page_bytes,
+        });
     }
     Ok(seals)
 }
@@ -449,16 +492,23 @@ pub(super) fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<Stag
     }
 }
 
-/// Rebuilds the open chunks from the log after the replay checkpoint.
+/// Rebuilds the open chunks from the log after the replay checkpoint, and the recent
+/// fingerprints from the last `window` readings.
 pub(super) fn replay(tree: &sled::Tree, st: &mut State) -> Result<(), StoreError> {
-    let start = st.replay_from.max(st.floor.saturating_add(1)).max(1);
-    let first_key = match block_holding(tree, start)? {
+    let oldest = st.floor.saturating_add(1).max(1);
+    let start = st.replay_from.max(oldest);
+    let recent_from = st.next_seq.saturating_sub(st.window).max(oldest);
+    let first_key = match block_holding(tree, start.min(recent_from))? {
         Some((first, _)) => first,
         None => start,
     };
     for r in tree.range(log_key(first_key)..=log_key(u64::MAX)) {
         let (k, v) = r?;
         for lr in codec::decode_block(&v, u64_from(&k[1..]))? {
+            if lr.row.seq >= recent_from {
+                st.recent
+                    .push(fingerprint(lr.sid, lr.row.ts, lr.row.value.to_bits()));
+            }
             if lr.row.seq < start {
                 continue;
             }
@@ -476,6 +526,7 @@ pub(super) fn replay(tree: &sled::Tree, st: &mut State) -> Result<(), StoreError
             s.push(lr.row, &unit);
         }
     }
+    st.recent.trim();
     for (sid, s) in &st.series {
         if let Some(first) = s.open.first() {
             st.open_index.insert((first.seq, *sid));
@@ -507,8 +558,25 @@ mod tests {
         let runs = split_runs(&rows);
         assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1500);
         for r in &runs {
-            assert!(r.len() <= CHUNK_ROWS);
+            assert!(r.len() <= CHUNK_MAX_ROWS);
             assert!(r[r.len() - 1].ts - r[0].ts <= CHUNK_SPAN_MS);
         }
+        // A seal of a few more than CHUNK_ROWS readings within the span is one chunk.
+        let runs = split_runs(&rows[..CHUNK_ROWS + 7]);
+        assert_eq!(runs.len(), 1);
+        let rows: Vec<Row> = (0..3000)
+            .map(|i| Row {
+                seq: i,
+                ts: i as i64,
+                recv: 0,
+                value: 1.0,
+                unit: None,
+            })
+            .collect();
+        let lens: Vec<usize> = split_runs(&rows).iter().map(|r| r.len()).collect();
+        assert_eq!(
+            lens,
+            vec![CHUNK_MAX_ROWS, CHUNK_MAX_ROWS, 3000 - 2 * CHUNK_MAX_ROWS]
+        );
     }
 }

@@ -15,27 +15,36 @@
 //!
 //! | field | encoding |
 //! | --- | --- |
-//! | flags | u8: bits 0-2 value mode (0-6 decimals, 7 raw), bit 3 unit absent, bit 4 unit named |
+//! | flags | u8: bits 0-2 value mode (0-6 decimals, 7 raw), bit 3 unit absent, bit 4 unit named, bit 5 receive time from the previous entry's |
 //! | series id | varint |
 //! | event time | zig-zag varint delta from the previous entry's event time (first: from 0) |
-//! | receive time | zig-zag varint delta from this entry's event time |
+//! | receive time | zig-zag varint delta from the previous entry's receive time when bit 5 is set (every entry but the first), else from this entry's event time (blocks written before bit 5 existed: a reading sent long after its event time took 4 or 5 bytes here) |
 //! | value | zig-zag varint of the scaled integer, or 8 bytes little-endian |
 //! | unit | only when named: varint length + UTF-8 |
 //!
 //! # Chunk (value of key `C` sid min-time first-seq)
 //! Columns of `n` rows of one series sorted by (event time, seq):
-//! `version` u8, `n` varint, event times (first zig-zag, then zig-zag delta-of-delta), seqs
-//! (first varint, then zig-zag delta-of-delta), receive offsets (zig-zag deltas of `recv - ts`), a value
+//! `version` u8 (2; 1 = written before the receive mode existed, mode 0 implied), `n` varint,
+//! event times (first zig-zag, then zig-zag delta-of-delta), seqs (first varint, then zig-zag
+//! delta-of-delta), a receive mode byte and the receive times: mode 0 zig-zag deltas of
+//! `recv - ts` (live data: a reading arrives a few ms after its event time), mode 1 the first
+//! `recv - ts`, then zig-zag deltas of `recv` (a backfill: readings sent long after their event
+//! times arrive close together); the encoder writes whichever is shorter; a value
 //! mode byte (0-6 decimals: zig-zag deltas of the scaled integers; 0xFF: 8 raw bytes each), and
 //! the unit exceptions (count, then row index + 1 = absent / 2 = named + string).
 
 /// Most digits after the decimal point a value may have to be stored as a scaled integer.
 pub(crate) const MAX_DECIMALS: u8 = 6;
 const RAW_MODE: u8 = 7;
-const CHUNK_VERSION: u8 = 1;
+const CHUNK_VERSION: u8 = 2;
+/// Chunks written before the receive mode byte (always mode 0).
+const CHUNK_VERSION_1: u8 = 1;
+const RECV_FROM_TS: u8 = 0;
+const RECV_FROM_PREV: u8 = 1;
 const CHUNK_RAW: u8 = 0xFF;
 const F_UNIT_ABSENT: u8 = 8;
 const F_UNIT_NAMED: u8 = 16;
+const F_RECV_PREV: u8 = 32;
 /// Largest scaled integer magnitude (every integer up to it is exact in an f64).
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
@@ -156,6 +165,7 @@ pub(crate) fn encode_block(rows: &[LogRow]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + rows.len() * 8);
     put_varint(&mut out, rows.len() as u64);
     let mut prev_ts = 0i64;
+    let mut prev_recv = None;
     for LogRow { sid, row } in rows {
         let k = decimals(row.value);
         let mut flags = k.unwrap_or(RAW_MODE);
@@ -164,10 +174,13 @@ pub(crate) fn encode_block(rows: &[LogRow]) -> Vec<u8> {
             Some(UnitOverride::Absent) => flags |= F_UNIT_ABSENT,
             Some(UnitOverride::Named(_)) => flags |= F_UNIT_NAMED,
         }
+        if prev_recv.is_some() {
+            flags |= F_RECV_PREV;
+        }
         out.push(flags);
         put_varint(&mut out, u64::from(*sid));
         put_i(&mut out, row.ts.wrapping_sub(prev_ts));
-        put_i(&mut out, row.recv.wrapping_sub(row.ts));
+        put_i(&mut out, row.recv.wrapping_sub(prev_recv.unwrap_or(row.ts)));
         match k.and_then(|k| scaled(row.value, k)) {
             Some(m) => put_i(&mut out, m),
             None => out.extend_from_slice(&row.value.to_le_bytes()),
@@ -177,6 +190,7 @@ pub(crate) fn encode_block(rows: &[LogRow]) -> Vec<u8> {
             out.extend_from_slice(u.as_bytes());
         }
         prev_ts = row.ts;
+        prev_recv = Some(row.recv);
     }
     out
 }
@@ -197,15 +211,22 @@ fn decode_block_opt(b: &[u8], first_seq: u64) -> Option<Vec<LogRow>> {
     // Every entry takes at least 4 bytes: bounds the allocation by the input size.
     let mut rows = Vec::with_capacity(usize::try_from(n).ok()?.min(b.len() / 4));
     let mut prev_ts = 0i64;
+    let mut prev_recv = None;
     for i in 0..n {
         let flags = *b.get(pos)?;
         pos += 1;
-        if flags & !(7 | F_UNIT_ABSENT | F_UNIT_NAMED) != 0 {
+        if flags & !(7 | F_UNIT_ABSENT | F_UNIT_NAMED | F_RECV_PREV) != 0 {
             return None;
         }
         let sid = u32::try_from(get_varint(b, &mut pos)?).ok()?;
         let ts = prev_ts.wrapping_add(get_i(b, &mut pos)?);
-        let recv = ts.wrapping_add(get_i(b, &mut pos)?);
+        let recv_base = if flags & F_RECV_PREV != 0 {
+            prev_recv?
+        } else {
+            ts
+        };
+        let recv = recv_base.wrapping_add(get_i(b, &mut pos)?);
+        prev_recv = Some(recv);
         let mode = flags & 7;
         let value = if mode == RAW_MODE {
             get_f64(b, &mut pos)?
@@ -264,11 +285,28 @@ pub(crate) fn encode_chunk(rows: &[Row]) -> Vec<u8> {
         }
         prev_seq = r.seq;
     }
+    let mut from_ts = Vec::with_capacity(rows.len() * 2);
     let mut prev_off = 0i64;
     for r in rows {
         let off = r.recv.wrapping_sub(r.ts);
-        put_i(&mut out, off.wrapping_sub(prev_off));
+        put_i(&mut from_ts, off.wrapping_sub(prev_off));
         prev_off = off;
+    }
+    let mut from_prev = Vec::with_capacity(rows.len() * 2);
+    let mut prev_recv = None;
+    for r in rows {
+        put_i(
+            &mut from_prev,
+            r.recv.wrapping_sub(prev_recv.unwrap_or(r.ts)),
+        );
+        prev_recv = Some(r.recv);
+    }
+    if from_prev.len() < from_ts.len() {
+        out.push(RECV_FROM_PREV);
+        out.extend_from_slice(&from_prev);
+    } else {
+        out.push(RECV_FROM_TS);
+        out.extend_from_slice(&from_ts);
     }
     match chunk_decimals(rows) {
         Some((k, ms)) => {
@@ -328,7 +366,8 @@ pub(crate) fn decode_chunk(b: &[u8]) -> Result<Vec<Row>, Malformed> {
 }
 
 fn decode_chunk_opt(b: &[u8]) -> Option<Vec<Row>> {
-    if *b.first()? != CHUNK_VERSION {
+    let version = *b.first()?;
+    if version != CHUNK_VERSION && version != CHUNK_VERSION_1 {
         return None;
     }
     let mut pos = 1;
@@ -364,10 +403,28 @@ fn decode_chunk_opt(b: &[u8]) -> Option<Vec<Row>> {
         };
         r.seq = seq;
     }
-    let mut off = 0i64;
-    for r in rows.iter_mut() {
-        off = off.wrapping_add(get_i(b, &mut pos)?);
-        r.recv = r.ts.wrapping_add(off);
+    let recv_mode = if version == CHUNK_VERSION_1 {
+        RECV_FROM_TS
+    } else {
+        pos += 1;
+        *b.get(pos - 1)?
+    };
+    match recv_mode {
+        RECV_FROM_TS => {
+            let mut off = 0i64;
+            for r in rows.iter_mut() {
+                off = off.wrapping_add(get_i(b, &mut pos)?);
+                r.recv = r.ts.wrapping_add(off);
+            }
+        }
+        RECV_FROM_PREV => {
+            let mut prev = None;
+            for r in rows.iter_mut() {
+                r.recv = prev.unwrap_or(r.ts).wrapping_add(get_i(b, &mut pos)?);
+                prev = Some(r.recv);
+            }
+        }
+        _ => return None,
     }
     let mode = *b.get(pos)?;
     pos += 1;
@@ -506,6 +563,51 @@ mod tests {
         assert!(b.len() <= 8 * rows.len(), "{} bytes", b.len());
     }
 
+    /// Readings sent days after their event time (a backfill) cost no more than live ones:
+    /// receive times are coded from the previous entry's.
+    #[test]
+    fn backfilled_block_entries_are_small() {
+        let now = 1_790_000_000_000i64;
+        let rows: Vec<LogRow> = (0..1000)
+            .map(|i| LogRow {
+                sid: 1 + i % 100,
+                row: row(
+                    1 + u64::from(i),
+                    now - 3 * 86_400_000 + i64::from(i / 100) * 1000,
+                    now + i64::from(i / 50),
+                    20.0 + f64::from(i % 97) / 100.0,
+                    None,
+                ),
+            })
+            .collect();
+        let b = encode_block(&rows);
+        assert!(b.len() <= 7 * rows.len(), "{} bytes", b.len());
+        let back = decode_block(&b, 1).unwrap();
+        assert_eq!(back, rows);
+    }
+
+    /// Blocks written before receive times were coded from the previous entry still decode.
+    #[test]
+    fn blocks_with_receive_times_from_event_times_decode() {
+        let mut b = vec![2u8];
+        for (ts_delta, recv_off, value) in [(1_000i64, 7i64, 215i64), (1_000, 9, 216)] {
+            b.push(1); // one decimal, no unit flags, receive time from the event time
+            put_varint(&mut b, 4);
+            put_i(&mut b, ts_delta);
+            put_i(&mut b, recv_off);
+            put_i(&mut b, value);
+        }
+        let rows = decode_block(&b, 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].row.ts, rows[0].row.recv), (1_000, 1_007));
+        assert_eq!((rows[1].row.ts, rows[1].row.recv), (2_000, 2_009));
+        assert_eq!((rows[1].row.seq, rows[1].row.value), (11, 21.6));
+        // Bit 5 on the first entry has no previous receive time: malformed.
+        let mut bad = b.clone();
+        bad[1] |= F_RECV_PREV;
+        assert!(decode_block(&bad, 10).is_err());
+    }
+
     #[test]
     fn chunks_round_trip_edge_values() {
         let values = edge_values();
@@ -560,6 +662,50 @@ mod tests {
         // Mixed integral and huge values fall back to raw bytes, still exact.
         let mixed = vec![row(1, 0, 0, 1.0, None), row(2, 1, 1, 1e300, None)];
         assert_eq!(decode_chunk(&encode_chunk(&mixed)).expect("decodes"), mixed);
+    }
+
+    /// A backfill (sent days after the event times, arriving together) is as compact as live
+    /// data; chunks written before the receive mode byte still decode.
+    #[test]
+    fn backfilled_chunks_are_compact_and_version_1_decodes() {
+        let now = 1_790_000_000_000i64;
+        let rows: Vec<Row> = (0..512)
+            .map(|i| {
+                let ts = now - 3 * 86_400_000 + i * 1000;
+                row(7 + i as u64 * 100, ts, now + i / 3, 21.5, None)
+            })
+            .collect();
+        let b = encode_chunk(&rows);
+        // One byte each for time, seq, receive time and value (receive times as `recv - ts`
+        // deltas would take two).
+        assert!(b.len() <= 4 * rows.len() + 24, "{} bytes", b.len());
+        assert_eq!(decode_chunk(&b).expect("decodes"), rows);
+
+        // Version 1: no mode byte, receive times as deltas of recv - ts.
+        let v1 = [
+            CHUNK_VERSION_1,
+            2,
+            0xd0, // ts 1000 as zig-zag varint: 2000 = 0xd0 0x0f
+            0x0f,
+            2,    // ts delta-of-delta 1 (zig-zag 2): ts 1001
+            5,    // first seq 5
+            2,    // seq step 1: 6
+            8,    // offset 4: recv 1004
+            2,    // offset 4 + 1 = 5: recv 1006
+            1,    // one decimal
+            0xae, // 215 zig-zag = 430 = 0xae 0x03
+            0x03,
+            2, // +1: 216
+            0, // no unit exceptions
+        ];
+        let back = decode_chunk(&v1).expect("version 1 decodes");
+        assert_eq!(
+            back,
+            vec![
+                row(5, 1000, 1004, 21.5, None),
+                row(6, 1001, 1006, 21.6, None)
+            ]
+        );
     }
 
     #[test]

@@ -104,9 +104,16 @@ pub(super) fn read_u64(
     }
 }
 
-pub(super) fn put_block(batch: &mut sled::Batch, rows: &[LogRow]) {
-    if let Some(first) = rows.first() {
-        batch.insert(&log_key(first.row.seq)[..], codec::encode_block(rows));
+/// Stages one log block; returns its encoded size (0 when `rows` is empty).
+pub(super) fn put_block(batch: &mut sled::Batch, rows: &[LogRow]) -> usize {
+    match rows.first() {
+        Some(first) => {
+            let block = codec::encode_block(rows);
+            let len = block.len();
+            batch.insert(&log_key(first.row.seq)[..], block);
+            len
+        }
+        None => 0,
     }
 }
 

@@ -7,9 +7,10 @@
 //! * the writer's batch becomes one or more **log blocks** (up to [`BLOCK_MAX`] consecutive
 //!   readings each, seqs implicit);
 //! * each series has an **open chunk** in memory (its readings not yet sealed). A chunk is
-//!   sealed to sled, sorted by event time, when it holds [`CHUNK_ROWS`] readings, when its event
-//!   times span more than [`CHUNK_SPAN_MS`], or when its oldest reading is more than
-//!   [`StoreOptions::dedupe_window`] seqs behind the log head. Sealing also merges the chunk's
+//!   sealed to sled when it holds [`CHUNK_ROWS`] readings within [`CHUNK_SPAN_MS`] (or
+//!   [`SCATTERED_ROWS`] spread wider), or when its oldest reading is more than
+//!   [`StoreOptions::dedupe_window`] seqs behind the log head: sorted by event time and cut into
+//!   sealed chunks spanning at most [`CHUNK_SPAN_MS`] each. Sealing also merges the chunk's
 //!   readings into the minute and hour **rollup pages**, in the same batch;
 //! * queries merge sealed chunks and pages from sled with the open chunks in memory.
 //!
@@ -24,6 +25,7 @@
 //! * `codec`: byte formats of log blocks and chunks (values, units, varints).
 //! * `rollup`: [`Aggregate`], minute/hour buckets and the pages that hold them.
 //! * `layout`: key tags and encodings, small records, finding the block that holds a seq.
+//! * `recent`: fingerprints of the last stored readings, the first test for a redelivery.
 //!
 //! # On-disk layout
 //!
@@ -46,9 +48,13 @@
 //!
 //! # Duplicates
 //!
-//! A reading with the same series, event time and value bits as a stored one is not stored
-//! again. A reading newer than everything of its series is new without a lookup; otherwise the
-//! open chunk is searched, then the sealed chunks that can cover its event time.
+//! A reading with the same series, event time and value bits as one of the last
+//! [`StoreOptions::dedupe_window`] stored readings is not stored again (a redelivery comes
+//! soon after the original). A reading newer than everything of its series is new without a
+//! lookup; otherwise its fingerprint is looked up among those of the recent readings (`recent`,
+//! in memory, rebuilt from the log tail at open), and only a match is confirmed in the open
+//! chunk, then in the sealed chunks that can cover its event time. So late readings (a device
+//! sending what it buffered offline) cost a hash lookup, not a read of sled.
 //!
 //! # Retention
 //!
@@ -69,6 +75,7 @@
 mod chunks;
 mod codec;
 mod layout;
+mod recent;
 mod rollup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -77,6 +84,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 
+pub use chunks::WriteCounters;
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
 use layout::*;
@@ -88,8 +96,13 @@ pub const FORMAT: u64 = 2;
 
 /// Most readings in one log block (a larger batch is split).
 pub const BLOCK_MAX: usize = 1000;
-/// Readings in a full chunk.
+/// An open chunk is sealed when it holds this many readings.
 pub const CHUNK_ROWS: usize = 512;
+/// Most readings in one sealed chunk.
+pub const CHUNK_MAX_ROWS: usize = 2 * CHUNK_ROWS;
+/// An open chunk whose event times span more than [`CHUNK_SPAN_MS`] is sealed when it holds
+/// this many readings (or by the replay bound).
+pub const SCATTERED_ROWS: usize = 8 * CHUNK_ROWS;
 /// Largest event-time span of one sealed chunk: a time-range query looks this far back.
 pub const CHUNK_SPAN_MS: i64 = 15 * 60_000;
 
@@ -145,9 +158,10 @@ impl From<Malformed> for StoreError {
 /// Tuning for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Most readings kept in open chunks in memory: the window in which a redelivered reading
-    /// is recognised without reading sled, and the bound on the log tail [`Store::open`]
-    /// replays. A series whose oldest open reading falls this many seqs behind is sealed.
+    /// The window, in readings (seqs), in which a redelivered reading is recognised; also the
+    /// most readings kept in open chunks in memory, and the bound on the log tail
+    /// [`Store::open`] replays. A series whose oldest open reading falls this many seqs behind
+    /// is sealed. Costs about 26 bytes per reading of memory for the fingerprints.
     pub dedupe_window: usize,
     /// sled page cache size in bytes.
     pub cache_bytes: u64,
@@ -410,6 +424,8 @@ pub struct StoreStats {
     pub last_seq: u64,
     /// Series in the catalogue.
     pub series: u64,
+    /// What committed batches wrote since the store was opened.
+    pub written: WriteCounters,
 }
 
 /// What one retention step removed.
@@ -556,6 +572,8 @@ impl Store {
             floor,
             replay_from,
             window: opts.dedupe_window.max(1) as u64,
+            written: WriteCounters::default(),
+            recent: recent::Recent::new(opts.dedupe_window),
         };
         replay(&tree, &mut st)?;
         Ok(Store {
@@ -593,6 +611,8 @@ impl Store {
         let mut out = Vec::with_capacity(readings.len());
         let mut failure = None;
         let mut decoded = DecodedChunks::new();
+        let (mut log_blocks, mut log_bytes) = (0u64, 0u64);
+        let mut remembered = 0usize;
 
         for r in readings {
             let sid = match st.sid(&r.device_id, &r.metric) {
@@ -615,7 +635,10 @@ impl Store {
                 failure = Some(StoreError::Corrupt { what: "series map" });
                 break;
             };
-            if r.timestamp_ms <= s.max_ts {
+            let fp = recent::fingerprint(sid, r.timestamp_ms, r.value.to_bits());
+            // Newer than the series' newest: new. Else new unless recently stored (then the
+            // stored rows confirm it).
+            if r.timestamp_ms <= s.max_ts && st.recent.may_hold(fp) {
                 match is_stored(tree, s, st.floor, sid, r, &mut decoded) {
                     Ok(true) => {
                         out.push(None);
@@ -639,7 +662,8 @@ impl Store {
                 unit: s.unit_of(r),
             };
             if block.len() == BLOCK_MAX {
-                put_block(&mut batch, &block);
+                log_bytes += put_block(&mut batch, &block) as u64;
+                log_blocks += 1;
                 block.clear();
             }
             block.push(LogRow {
@@ -647,9 +671,14 @@ impl Store {
                 row: row.clone(),
             });
             s.push(row, &r.unit);
+            st.recent.push(fp);
+            remembered += 1;
             out.push(Some(seq));
         }
-        put_block(&mut batch, &block);
+        if !block.is_empty() {
+            log_bytes += put_block(&mut batch, &block) as u64;
+            log_blocks += 1;
+        }
 
         let mut seals = Vec::new();
         if failure.is_none() {
@@ -676,12 +705,24 @@ impl Store {
             }
         }
         if let Some(e) = failure {
+            st.recent.unpush(remembered);
             rollback(st, undo, seals);
             return Err(e);
         }
+        st.recent.trim();
         // Durable in sled's write order: publish the staged state.
         st.next_seq = next_seq;
         st.next_sid = next_sid;
+        let w = &mut st.written;
+        w.log_blocks += log_blocks;
+        w.log_bytes += log_bytes;
+        for seal in &seals {
+            w.chunks += seal.chunks;
+            w.chunk_rows += seal.taken.len() as u64;
+            w.chunk_bytes += seal.chunk_bytes;
+            w.rollup_pages += seal.pages;
+            w.rollup_bytes += seal.page_bytes;
+        }
         let mut old_first: HashMap<u32, Option<u64>> =
             undo.iter().map(|(sid, u)| (*sid, u.first_open)).collect();
         for seal in seals {
@@ -735,12 +776,13 @@ impl Store {
 
     /// Counters and size on disk.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let (last_seq, readings, series) = {
+        let (last_seq, readings, series, written) = {
             let st = self.state()?;
             (
                 st.next_seq - 1,
                 st.series.values().map(|s| s.count).sum(),
                 st.series.len() as u64,
+                st.written,
             )
         };
         Ok(StoreStats {
@@ -748,6 +790,7 @@ impl Store {
             readings,
             last_seq,
             series,
+            written,
         })
     }
 
