@@ -584,6 +584,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 let mut delivered: Vec<f64> = vec![];
                 let mut merged: Vec<u32> = vec![];
                 let (mut sut, mut gen) = (vec![], vec![]);
+                let mut server_p99: Vec<String> = vec![];
                 for run in 0..p.runs {
                     let tag = format!("lat-{}-{run}", client.name());
                     let receivers = open_receivers(&server, client, subs, &tag, |k| {
@@ -598,6 +599,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         r.probe.start_recording();
                     }
                     let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
+                    let stages0 = server_stages(ctx, &server, client).await;
                     let w = Window::open(&server, &probes);
                     let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
                     tokio::time::sleep(p.measure).await;
@@ -606,6 +608,10 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     drop(fleet);
                     // Let the last readings of the window arrive.
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let (Some(a), Some(b)) = (stages0, server_stages(ctx, &server, client).await)
+                    {
+                        server_p99.push(a.p99_until(&b));
+                    }
                     let mut lat: Vec<u32> = Vec::new();
                     for r in &receivers {
                         r.probe.recording.store(false, Ordering::Relaxed);
@@ -627,10 +633,18 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         continue;
                     }
                     let runs = per_run.iter().map(|a| a[k]).collect();
+                    let mut note = format!(
+                        "{devices} devices x {device_rate}/s, {subs} {c} subscribers on sensors/dN/#"
+                    );
+                    if *name == "p99" && !server_p99.is_empty() {
+                        note.push_str(&format!(
+                            "; server side, p99 per run (histogram bucket bounds): {}",
+                            server_p99.join(" / ")
+                        ));
+                    }
                     report.push(
                         Figure::new("latency", t, &format!("{c} {name} @{rate}/s"), "ms", runs)
-                            .note(format!(
-                                "{devices} devices x {device_rate}/s, {subs} {c} subscribers on sensors/dN/#")),
+                            .note(note),
                     );
                 }
                 report.push(Figure::new(
@@ -669,6 +683,91 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The hub's own latency histograms at one moment: the writer's commit (apply + flush), link
+/// to fan-out (includes the commit), and fan-out to socket write for the client's transport.
+struct Stages {
+    commit: Vec<(f64, u64)>,
+    to_fanout: Vec<(f64, u64)>,
+    to_write: Vec<(f64, u64)>,
+}
+
+async fn server_stages(ctx: &Ctx, server: &Server, client: Client) -> Option<Stages> {
+    let transport = match client {
+        Client::Sse => "sse",
+        Client::WebSocket => "ws",
+        Client::Mqtt => return None,
+    };
+    let base = format!("http://{}", server.http?);
+    let text = ctx
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(Stages {
+        commit: buckets(&text, "edgewatch_writer_commit_duration_seconds", ""),
+        to_fanout: buckets(&text, "edgewatch_live_link_to_fanout_seconds", ""),
+        to_write: buckets(
+            &text,
+            "edgewatch_live_fanout_to_write_seconds",
+            &format!("transport=\"{transport}\""),
+        ),
+    })
+}
+
+/// Cumulative `(le, count)` pairs of a histogram whose labels include `labels`.
+fn buckets(text: &str, name: &str, labels: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
+impl Stages {
+    /// "commit <= a ms, link to fan-out <= b ms, fan-out to write <= c ms" over what was
+    /// observed between `self` and `later`.
+    fn p99_until(&self, later: &Stages) -> String {
+        let p99 = |a: &[(f64, u64)], b: &[(f64, u64)]| -> String {
+            let diff: Vec<(f64, u64)> = b
+                .iter()
+                .map(|(le, n)| {
+                    let before = a.iter().find(|(l, _)| l == le).map_or(0, |x| x.1);
+                    (*le, n.saturating_sub(before))
+                })
+                .collect();
+            let total = diff.last().map_or(0, |x| x.1);
+            if total == 0 {
+                return "-".into();
+            }
+            let need = (total as f64 * 0.99).ceil() as u64;
+            match diff.iter().find(|(_, n)| *n >= need) {
+                Some((le, _)) if le.is_finite() => format!("<= {} ms", le * 1000.0),
+                _ => "> 10 s".into(),
+            }
+        };
+        format!(
+            "commit {}, link to fan-out {}, fan-out to write {}",
+            p99(&self.commit, &later.commit),
+            p99(&self.to_fanout, &later.to_fanout),
+            p99(&self.to_write, &later.to_write)
+        )
+    }
 }
 
 /// fan-out (issue #4), once per transport: `fanout_watchers` idle watchers on `sensors/#`
