@@ -986,13 +986,13 @@ async fn load_and_store(ctx: &Ctx, server: &Server, spec: &LoadSpec, tag: &str) 
             sending_secs = Some(t.as_secs_f64());
         }
         // Settled: nothing new stored for 3 s and every QoS1 publish acknowledged (a client
-        // still holding unacknowledged publishes gets up to 20 s more before the fleet, and
+        // still holding unacknowledged publishes gets up to 10 s more before the fleet, and
         // whatever it still queues, is dropped).
         let all_acked =
             spec.qos == QoS::AtMostOnce || fleet.stats.acked.load(Ordering::Relaxed) >= sent;
         let quiet = unchanged_since.elapsed();
         let settled =
-            quiet > Duration::from_secs(3) && (all_acked || quiet > Duration::from_secs(20));
+            quiet > Duration::from_secs(3) && (all_acked || quiet > Duration::from_secs(10));
         if c >= spec.max_messages
             || (sending_secs.is_some() && settled)
             || t > spec.duration + Duration::from_secs(60)
