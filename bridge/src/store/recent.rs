@@ -29,7 +29,7 @@ pub(super) fn fingerprint(sid: u32, ts: i64, value_bits: u64) -> u64 {
 }
 
 /// The fingerprints already are hashes: the set uses them as they are.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Identity(u64);
 
 impl Hasher for Identity {
@@ -49,7 +49,6 @@ impl Hasher for Identity {
 }
 
 /// The last `window` stored readings' fingerprints, oldest first.
-#[derive(Debug)]
 pub(super) struct Recent {
     window: usize,
     ring: VecDeque<u64>,
@@ -59,9 +58,15 @@ pub(super) struct Recent {
     shared: HashMap<u64, u32>,
 }
 
-impl std::fmt::Debug for Identity {
+/// Sizes only: the store's state is debug-printed as a whole, and this holds up to `window`
+/// fingerprints.
+impl std::fmt::Debug for Recent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Identity")
+        f.debug_struct("Recent")
+            .field("window", &self.window)
+            .field("held", &self.ring.len())
+            .field("shared", &self.shared.len())
+            .finish()
     }
 }
 
