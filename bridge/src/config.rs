@@ -20,10 +20,11 @@ pub struct BridgeConfig {
     pub queue_capacity: usize,
     /// Most readings committed in one batch. Default 1000.
     pub batch_max: usize,
-    /// Group-commit window in milliseconds: after the first reading of a batch the writer keeps
-    /// collecting this long (or until `batch_max`), then commits and flushes. 0 commits at
-    /// once: batches then form by themselves from what arrives while the previous one is
-    /// being written (group commit without added latency). Default 0.
+    /// Group commit, in milliseconds: the least time between the starts of two flushes to disk.
+    /// The writer applies each batch at once and publishes it live; the flush that makes it
+    /// durable (and sends its acknowledgements) starts when none is running and this long
+    /// after the previous one started. Larger: fewer disk syncs, later acknowledgements; live
+    /// delivery does not wait for it. 0 flushes whenever no flush is running. Default 5.
     pub flush_interval_ms: u64,
     /// Capacity of the committed-batch broadcast used by live fan-out, in batches. A receiver
     /// further behind is told how many batches it missed. Default 1024.
@@ -76,7 +77,7 @@ impl Default for BridgeConfig {
             data_dir: PathBuf::from("data"),
             queue_capacity: 8192,
             batch_max: 1000,
-            flush_interval_ms: 0,
+            flush_interval_ms: 5,
             broadcast_capacity: 1024,
             dedupe_window: 262_144,
             cache_mb: 64,

@@ -1,19 +1,32 @@
 //! The writer: the one task that owns every write to the store.
 //!
-//! Ingest sends [`WriteCmd`]s into a bounded queue. The writer takes whatever is queued, keeps
-//! collecting for up to `flush_interval` after the first item or until `batch_max` readings
-//! (group commit), applies the batch atomically, waits until sled says it is durable, and only
-//! then completes each item's acknowledgement and broadcasts the committed readings.
+//! Ingest sends [`WriteCmd`]s into a bounded queue. The writer takes whatever is queued (up to
+//! `batch_max` items) and applies it to the store as one atomic batch, which assigns the seqs,
+//! and broadcasts the stored readings for live delivery at once. Durability is a separate,
+//! overlapping step (group commit): a flush starts when none is running and `flush_interval`
+//! has passed since the previous one started, and covers every batch applied before it; when it
+//! completes, those batches' acknowledgements are sent. So live delivery does not wait for the
+//! disk, acknowledgements do, and the disk sees at most one flush per `flush_interval`.
+//!
+//! A batch is published before it is durable only while its seqs lie inside the store's durable
+//! seq reservation (see the store's documentation), so a crash can lose readings that clients
+//! saw (their devices were not acknowledged and send them again, under new seqs) but never makes
+//! the store reuse a seq a client holds as its cursor. Otherwise (the first batch after open) it
+//! waits for its flush.
 //!
 //! # Queues and what happens when they are full
 //! * Input (`queue_capacity` commands): [`WriterHandle::write`] *awaits* a free slot. That
 //!   pushes back onto ingest, and from there onto the MQTT link (the external source stops
 //!   reading its socket; the broker keeps the messages).
+//! * Applied but not yet durable: at most [`UNFLUSHED_BATCHES`] x `batch_max` items. Beyond
+//!   that the writer stops taking input until the running flush completes (backpressure as
+//!   above).
 //! * Output ([`broadcast`], `broadcast_capacity` batches): never blocks the writer. A receiver
 //!   that falls more than that many batches behind loses the oldest ones and its next `recv`
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +41,11 @@ use tracing::{debug, error, info, warn};
 use crate::metrics::WriterStats;
 use crate::store::{PresenceUpdate, RetentionPolicy, Store, StoredReading};
 
-/// A batch of readings that is durable on disk, in seq order.
+/// Most applied-but-not-durable items, in batches of `batch_max`.
+pub const UNFLUSHED_BATCHES: usize = 4;
+
+/// A batch of stored readings, in seq order, published once applied (see the module
+/// documentation for when it is durable).
 pub type CommittedBatch = Arc<[StoredReading]>;
 
 /// How an inbound item ended. Sent on its acknowledgement channel once that is final.
@@ -137,8 +154,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Most readings per batch.
     pub batch_max: usize,
-    /// Group-commit window: how long to keep collecting after the first item of a batch.
-    /// Zero commits whatever is queued at once.
+    /// Least time between the starts of two flushes (group commit): acknowledgements wait up
+    /// to this much longer, the disk syncs at most this often. Live delivery does not wait.
+    /// Zero flushes whenever no flush is running.
     pub flush_interval: Duration,
     /// Committed-batch broadcast capacity, in batches.
     pub broadcast_capacity: usize,
@@ -211,47 +229,91 @@ async fn run(
     stop: CancellationToken,
 ) -> Result<(), WriterError> {
     let batch_max = cfg.batch_max.max(1);
+    let max_unflushed = UNFLUSHED_BATCHES * batch_max;
+    let mut durable = Durability::new(store.seq_reserved().unwrap_or(0));
     let mut closing = false;
+    let mut input_done = false;
     let mut next_retention = Instant::now() + cfg.retention_interval;
+    let mut next_flush = Instant::now();
+    let mut flushing: Option<(Group, JoinHandle<Result<(), crate::store::StoreError>>)> = None;
+    let mut pending = Group::default();
     let mut buf: Vec<WriteCmd> = Vec::with_capacity(batch_max);
     loop {
+        if flushing.is_none() && !pending.is_empty() && (input_done || Instant::now() >= next_flush)
+        {
+            let s = store.clone();
+            let task = tokio::spawn(async move { s.flush_async().await });
+            flushing = Some((std::mem::take(&mut pending), task));
+            next_flush = Instant::now() + cfg.flush_interval;
+        }
+        if input_done && flushing.is_none() && pending.is_empty() {
+            break;
+        }
+        let unflushed = pending.readings + flushing.as_ref().map_or(0, |(g, _)| g.readings);
+        let room = if input_done || unflushed >= max_unflushed {
+            0
+        } else {
+            batch_max
+        };
         tokio::select! {
             biased;
-            n = rx.recv_many(&mut buf, batch_max) => {
-                if n == 0 {
-                    break;
+            done = async { (&mut flushing.as_mut().expect("guarded").1).await }, if flushing.is_some() => {
+                let (group, _) = flushing.take().expect("guarded");
+                let result = match done {
+                    Ok(r) => r,
+                    Err(err) => {
+                        error!(%err, "flush task failed");
+                        out.healthy.store(false, Ordering::Relaxed);
+                        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        out.healthy.store(true, Ordering::Relaxed);
+                        durable.flushed(group.reserved, &out);
+                        group.acknowledge(&out.stats);
+                    }
+                    Err(err) => {
+                        error!(%err, readings = group.readings, "flush failed; the batches' items stay unacknowledged");
+                        out.healthy.store(false, Ordering::Relaxed);
+                        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+            }
+            n = rx.recv_many(&mut buf, room), if room > 0 => {
+                if n == 0 {
+                    input_done = true;
+                    continue;
+                }
+                if let Some((applied, release)) = apply(&store, std::mem::take(&mut buf), &out).await {
+                    durable.publish(release, &out);
+                    pending.add(applied);
+                }
+                buf.reserve(batch_max);
             }
             () = stop.cancelled(), if !closing => {
                 // Refuse new items, then drain what is queued.
                 rx.close();
                 closing = true;
-                continue;
             }
+            () = tokio::time::sleep_until(next_flush), if flushing.is_none() && !pending.is_empty() => {}
             () = tokio::time::sleep_until(next_retention), if cfg.retention.is_some() && !closing => {
                 let more = retention_step(&store, cfg.retention).await;
                 next_retention = Instant::now()
                     + if more { Duration::from_millis(50) } else { cfg.retention_interval };
-                continue;
             }
         }
-        if buf.len() < batch_max && !cfg.flush_interval.is_zero() {
-            let deadline = Instant::now() + cfg.flush_interval;
-            while buf.len() < batch_max {
-                let room = batch_max - buf.len();
-                match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        commit(&store, std::mem::take(&mut buf), &out).await;
-        buf.reserve(batch_max);
     }
     out.healthy.store(false, Ordering::Relaxed);
-    let flushed = store.flush_async().await;
+    // Everything is flushed; publish whatever still waited for a reservation.
+    durable.flushed(u64::MAX, &out);
+    let s = store.clone();
+    let released = tokio::task::spawn_blocking(move || s.release_reservation())
+        .await
+        .unwrap_or_else(|_| store.flush());
     info!("writer stopped");
-    flushed.map_err(WriterError::from)
+    released.map_err(WriterError::from)
 }
 
 async fn retention_step(store: &Store, policy: Option<RetentionPolicy>) -> bool {
@@ -288,9 +350,110 @@ struct Outputs {
     stats: Arc<WriterStats>,
 }
 
-async fn commit(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) {
-    let (committed, presence_out, healthy) = (&out.committed, &out.presence, &*out.healthy);
+/// Acknowledgements of applied batches that wait for one flush, and the reservation it makes
+/// durable.
+#[derive(Default)]
+struct Group {
+    acks: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// When each batch's apply started (commit latency is measured to the flush's end).
+    started: Vec<std::time::Instant>,
+    readings: usize,
+    reserved: u64,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.started.is_empty()
+    }
+
+    fn add(&mut self, applied: Applied) {
+        self.readings += applied.items;
+        self.acks.extend(applied.acks);
+        self.reserved = applied.reserved;
+        self.started.push(applied.started);
+    }
+
+    fn acknowledge(self, stats: &WriterStats) {
+        for started in self.started {
+            stats
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        for (done, outcome) in self.acks {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// What an applied batch publishes live.
+struct Release {
+    /// Highest seq in it (0 when it holds only presence changes).
+    max_seq: u64,
+    readings: Vec<StoredReading>,
+    presence: Vec<PresenceUpdate>,
+}
+
+/// Decides when applied batches may be published: at once while their seqs are inside the
+/// durable seq reservation (a crash cannot make the store hand them out again), else after the
+/// flush that makes the reservation covering them durable. Publishing keeps seq order.
+struct Durability {
+    reserved: u64,
+    held: VecDeque<Release>,
+}
+
+impl Durability {
+    fn new(reserved: u64) -> Self {
+        Self {
+            reserved,
+            held: VecDeque::new(),
+        }
+    }
+
+    fn publish(&mut self, release: Release, out: &Outputs) {
+        if self.held.is_empty() && release.max_seq <= self.reserved {
+            send(release, out);
+        } else {
+            self.held.push_back(release);
+        }
+    }
+
+    /// A flush completed that made the reservation `reserved` durable.
+    fn flushed(&mut self, reserved: u64, out: &Outputs) {
+        self.reserved = self.reserved.max(reserved);
+        while self
+            .held
+            .front()
+            .is_some_and(|r| r.max_seq <= self.reserved)
+        {
+            if let Some(r) = self.held.pop_front() {
+                send(r, out);
+            }
+        }
+    }
+}
+
+fn send(release: Release, out: &Outputs) {
+    for update in release.presence {
+        let _ = out.presence.send(update);
+    }
+    if !release.readings.is_empty() {
+        // No receivers is fine: nobody is watching live.
+        let _ = out.committed.send(release.readings.into());
+    }
+}
+
+/// A batch applied to the store (seqs assigned, visible to queries, not yet durable).
+struct Applied {
+    /// Commands in the batch.
+    items: usize,
+    acks: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    reserved: u64,
+    started: std::time::Instant,
+}
+
+async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(Applied, Release)> {
     let started = std::time::Instant::now();
+    let items = cmds.len();
     out.stats.batch_size.observe(cmds.len() as f64);
     let mut readings = Vec::new();
     let mut reading_acks = Vec::new();
@@ -310,36 +473,29 @@ async fn commit(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) {
     }
     let s = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
-        let r = s.apply(&readings, &presence);
+        let r = s
+            .apply(&readings, &presence)
+            .and_then(|seqs| Ok((seqs, s.seq_reserved()?)));
         (r, readings, presence)
     })
     .await;
-    let (seqs, readings, presence) = match applied {
-        Ok((Ok(seqs), readings, presence)) => (seqs, readings, presence),
+    let (seqs, reserved, readings, presence) = match applied {
+        Ok((Ok((seqs, reserved)), readings, presence)) => (seqs, reserved, readings, presence),
         Ok((Err(err), readings, _)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
-            healthy.store(false, Ordering::Relaxed);
+            out.healthy.store(false, Ordering::Relaxed);
             out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         Err(err) => {
             error!(%err, "batch apply panicked; its items stay unacknowledged");
-            healthy.store(false, Ordering::Relaxed);
+            out.healthy.store(false, Ordering::Relaxed);
             out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
     };
-    if let Err(err) = store.flush_async().await {
-        error!(%err, "flush failed; batch items stay unacknowledged");
-        healthy.store(false, Ordering::Relaxed);
-        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    healthy.store(true, Ordering::Relaxed);
-    out.stats
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
     let mut stored = Vec::with_capacity(readings.len());
+    let mut acks = Vec::with_capacity(readings.len() + presence_acks.len());
     for ((seq, reading), done) in seqs.into_iter().zip(readings).zip(reading_acks) {
         let outcome = match seq {
             Some(seq) => {
@@ -349,17 +505,27 @@ async fn commit(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) {
             None => Outcome::Duplicate,
         };
         if let Some(done) = done {
-            let _ = done.send(outcome);
+            acks.push((done, outcome));
         }
     }
-    for done in presence_acks.into_iter().flatten() {
-        let _ = done.send(Outcome::Presence);
-    }
-    for update in presence {
-        let _ = presence_out.send(update);
-    }
-    if !stored.is_empty() {
-        // No receivers is fine: nobody is watching live.
-        let _ = committed.send(stored.into());
-    }
+    acks.extend(
+        presence_acks
+            .into_iter()
+            .flatten()
+            .map(|done| (done, Outcome::Presence)),
+    );
+    let release = Release {
+        max_seq: stored.last().map_or(0, |r| r.seq),
+        readings: stored,
+        presence,
+    };
+    Some((
+        Applied {
+            items,
+            acks,
+            reserved,
+            started,
+        },
+        release,
+    ))
 }

@@ -137,6 +137,8 @@ impl Series {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) next_seq: u64,
+    /// The seq reservation as written to `Zseq` (see the store's documentation).
+    pub(super) reserved: u64,
     pub(super) next_sid: u32,
     pub(super) sids: HashMap<String, HashMap<String, u32>>,
     pub(super) series: HashMap<u32, Series>,
@@ -382,7 +384,7 @@ pub(super) fn stage_seals(
     st: &mut State,
     touched: &HashMap<u32, Undo>,
     next_seq: u64,
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
 ) -> Result<Vec<StagedSeal>, StoreError> {
     let mut due: HashSet<u32> = touched
         .keys()

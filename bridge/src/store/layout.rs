@@ -104,8 +104,51 @@ pub(super) fn read_u64(
     }
 }
 
+/// The writes of one commit, applied atomically by [`Writes::apply`]. A single write is a
+/// plain insert or remove, atomic by itself; several go in one `sled::Batch`. The difference
+/// matters: sled writes out (and waits for) its log buffer twice for every batch, whatever its
+/// size, while a plain write only goes to the buffer. Most commits write one log block only.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    writes: Vec<(sled::IVec, Option<sled::IVec>)>,
+}
+
+impl Writes {
+    pub(super) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.writes.push((key.into(), Some(value.into())));
+    }
+
+    pub(super) fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.writes.push((key.into(), None));
+    }
+
+    /// Applies every write, all or none.
+    pub(super) fn apply(mut self, tree: &sled::Tree) -> sled::Result<()> {
+        if self.writes.len() == 1 {
+            if let Some((key, value)) = self.writes.pop() {
+                match value {
+                    Some(v) => tree.insert(key, v)?,
+                    None => tree.remove(key)?,
+                };
+            }
+            return Ok(());
+        }
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(v) => batch.insert(key, v),
+                None => batch.remove(key),
+            }
+        }
+        tree.apply_batch(batch)
+    }
+}
+
 /// Stages one log block; returns its encoded size (0 when `rows` is empty).
-pub(super) fn put_block(batch: &mut sled::Batch, rows: &[LogRow]) -> usize {
+pub(super) fn put_block(batch: &mut Writes, rows: &[LogRow]) -> usize {
     match rows.first() {
         Some(first) => {
             let block = codec::encode_block(rows);

@@ -42,7 +42,7 @@
 //! | `S` sid (u32 BE) | series record (postcard): names, base unit, last reading, sealed-through seq, sealed count |
 //! | `D` deviceId | device presence (postcard) |
 //! | `Zformat` | on-disk format ([`FORMAT`]); a store without it (older build) is refused |
-//! | `Zseq` | highest seq ever assigned (retention emptying the log cannot reset seq) |
+//! | `Zseq` | seq reservation: no seq at or below it is ever assigned again (see below) |
 //! | `Zreplay` | replay checkpoint: every reading before this seq is sealed or deleted |
 //! | `Zfloor` | highest seq deleted by retention (older chunk rows are hidden) |
 //!
@@ -55,6 +55,19 @@
 //! in memory, rebuilt from the log tail at open), and only a match is confirmed in the open
 //! chunk, then in the sealed chunks that can cover its event time. So late readings (a device
 //! sending what it buffered offline) cost a hash lookup, not a read of sled.
+//!
+//! # Seq reservation
+//!
+//! The writer publishes a batch live as soon as it is applied, before it is durable (the
+//! acknowledgements wait for the flush). A crash can then lose seqs that clients have already
+//! seen, and a restart must not hand those seqs out again (a client resuming after such a seq
+//! would skip the new reading that reused it). So `Zseq` holds a *reservation* kept
+//! ahead of the log head (a [`SEQ_RESERVE_FRACTION`] of the dedupe window), written in the
+//! batches themselves, well before the head gets there: [`Store::seq_reserved`] says up to which seq an applied batch may be published
+//! once the flush that follows it completes. [`Store::open`] continues after the reservation
+//! (after a crash seq jumps by at most the reserve); an orderly close
+//! ([`Store::release_reservation`]) writes the real head back so a clean restart has no jump.
+//! Retention emptying the log cannot reset seq either.
 //!
 //! # Retention
 //!
@@ -105,6 +118,12 @@ pub const CHUNK_MAX_ROWS: usize = 2 * CHUNK_ROWS;
 pub const SCATTERED_ROWS: usize = 8 * CHUNK_ROWS;
 /// Largest event-time span of one sealed chunk: a time-range query looks this far back.
 pub const CHUNK_SPAN_MS: i64 = 15 * 60_000;
+/// The seq reservation (`Zseq`) is kept up to this fraction of
+/// [`StoreOptions::dedupe_window`] ahead of the log head (16,384 seqs by default), renewed
+/// when the head is within half of it. After a crash, seq jumps by at most that much, and for
+/// the readings just after it the duplicate window is that much shorter (the window and the
+/// replay bound count seqs).
+pub const SEQ_RESERVE_FRACTION: u64 = 16;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +477,32 @@ struct Inner {
     state: Mutex<State>,
 }
 
+impl Inner {
+    /// Writes the real head as `Zseq` (ending the reservation) and flushes.
+    fn release_reservation(&self) -> Result<(), StoreError> {
+        {
+            let mut st = self.state.lock().map_err(|_| StoreError::Poisoned)?;
+            let head = st.next_seq - 1;
+            if st.reserved != head {
+                self.tree.insert(META_SEQ, &head.to_be_bytes()[..])?;
+                st.reserved = head;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle going away is an orderly close: everything applied is flushed, so the
+    /// next open may continue at the next seq.
+    fn drop(&mut self) {
+        if let Err(err) = self.release_reservation() {
+            tracing::warn!(%err, "closing the store: final flush failed");
+        }
+    }
+}
+
 /// Handle to the store. Cloning is cheap (one `Arc`).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -565,6 +610,7 @@ impl Store {
         }
         let mut st = State {
             next_seq: last_seq + 1,
+            reserved: last_seq,
             next_sid,
             sids,
             series,
@@ -603,7 +649,7 @@ impl Store {
         let mut guard = self.state()?;
         let st = &mut *guard;
         let tree = &self.inner.tree;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut undo: HashMap<u32, Undo> = HashMap::new();
         let mut block: Vec<LogRow> = Vec::with_capacity(readings.len().min(BLOCK_MAX));
         let mut next_seq = st.next_seq;
@@ -613,6 +659,7 @@ impl Store {
         let mut decoded = DecodedChunks::new();
         let (mut log_blocks, mut log_bytes) = (0u64, 0u64);
         let mut remembered = 0usize;
+        let mut reserved = st.reserved;
 
         for r in readings {
             let sid = match st.sid(&r.device_id, &r.metric) {
@@ -697,10 +744,12 @@ impl Store {
             if checkpoint != st.replay_from {
                 batch.insert(META_REPLAY, &checkpoint.to_be_bytes()[..]);
             }
-            if next_seq != st.next_seq {
-                batch.insert(META_SEQ, &(next_seq - 1).to_be_bytes()[..]);
+            let reserve = (st.window / SEQ_RESERVE_FRACTION).max(1);
+            if next_seq != st.next_seq && next_seq - 1 + reserve / 2 > st.reserved {
+                reserved = next_seq - 1 + reserve;
+                batch.insert(META_SEQ, &reserved.to_be_bytes()[..]);
             }
-            if let Err(e) = tree.apply_batch(batch) {
+            if let Err(e) = batch.apply(tree) {
                 failure = Some(e.into());
             }
         }
@@ -713,6 +762,7 @@ impl Store {
         // Durable in sled's write order: publish the staged state.
         st.next_seq = next_seq;
         st.next_sid = next_sid;
+        st.reserved = reserved;
         let w = &mut st.written;
         w.log_blocks += log_blocks;
         w.log_bytes += log_bytes;
@@ -767,6 +817,20 @@ impl Store {
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         self.inner.db.flush_async().await?;
         Ok(())
+    }
+
+    /// The seq reservation as last applied: once a flush that started after the batch that
+    /// wrote it has completed, every seq up to it is safe to publish (a restart continues
+    /// after it). See the module documentation.
+    pub fn seq_reserved(&self) -> Result<u64, StoreError> {
+        Ok(self.state()?.reserved)
+    }
+
+    /// Ends the reservation for an orderly close: writes the real head as `Zseq` and flushes,
+    /// so the next open continues at the next seq. Call when nothing else writes; a later
+    /// [`Store::apply`] reserves again. Dropping the last handle does the same.
+    pub fn release_reservation(&self) -> Result<(), StoreError> {
+        self.inner.release_reservation()
     }
 
     /// Highest seq assigned so far (0 when none).
@@ -1153,7 +1217,7 @@ impl Store {
             (st.floor, st.series.keys().copied().collect::<Vec<u32>>())
         };
         let tree = &self.inner.tree;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut outcome = RetentionOutcome::default();
         let mut deleted: HashMap<u32, Vec<u64>> = HashMap::new();
         for r in tree.range(log_key(0)..=log_key(u64::MAX)) {
@@ -1227,7 +1291,7 @@ impl Store {
         if floor != st.floor {
             batch.insert(META_FLOOR, &floor.to_be_bytes()[..]);
         }
-        tree.apply_batch(batch)?;
+        batch.apply(tree)?;
         let st = &mut *st;
         st.floor = floor;
         for (sid, rec, n) in updated {
@@ -1251,7 +1315,7 @@ impl Store {
 fn stage_presence(
     tree: &sled::Tree,
     presence: &[PresenceUpdate],
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
 ) -> Result<(), StoreError> {
     let mut latest: HashMap<&str, bool> = HashMap::new();
     for p in presence {
