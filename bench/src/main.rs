@@ -113,6 +113,9 @@ async fn run(args: Args) -> Result<()> {
     };
     if let Some(runs) = args.runs {
         p.runs = runs.max(1);
+        if p.mode == "full" {
+            p.repeat_runs = p.runs;
+        }
     }
     if !args.latency_rates.is_empty() {
         p.latency_device_rates.clone_from(&args.latency_rates);

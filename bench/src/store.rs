@@ -42,11 +42,46 @@ fn store_bench(ctx: &Ctx) -> Result<PathBuf> {
 pub(crate) async fn store(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let bin = store_bench(ctx)?;
     let readings = ctx.p.history_readings;
+    let queries = if ctx.p.mode == "full" { 200 } else { 60 };
+    let invocations = ctx.p.repeat_runs.max(1);
+    // Figures in first-seen order, each with the runs of every invocation.
+    let mut merged: Vec<StoreFigure> = Vec::new();
+    for k in 0..invocations {
+        println!(
+            "  store_bench {}/{invocations}: {readings} readings, {SERIES} series",
+            k + 1
+        );
+        for f in store_bench_once(ctx, &bin, readings, queries).await? {
+            match merged.iter_mut().find(|m| m.metric == f.metric) {
+                Some(m) => m.runs.extend(f.runs),
+                None => merged.push(f),
+            }
+        }
+    }
+    for f in merged {
+        let note = if invocations > 1 {
+            format!(
+                "{}; runs of {invocations} store_bench invocations, each on a fresh directory",
+                f.note
+            )
+        } else {
+            f.note
+        };
+        report.push(Figure::new("store", "edgewatch", &f.metric, &f.unit, f.runs).note(note));
+    }
+    Ok(())
+}
+
+async fn store_bench_once(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    readings: u64,
+    queries: u32,
+) -> Result<Vec<StoreFigure>> {
     let dir = ctx.work.join("store");
     let json = ctx.work.join("store.json");
-    let queries = if ctx.p.mode == "full" { 200 } else { 60 };
-    println!("  store_bench: {readings} readings, {SERIES} series");
-    let mut cmd = tokio::process::Command::new(&bin);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["--readings", &readings.to_string()])
         .args(["--series", &SERIES.to_string()])
         .args(["--queries", &queries.to_string()])
@@ -69,10 +104,5 @@ pub(crate) async fn store(ctx: &Ctx, report: &mut Report) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let figures: Vec<StoreFigure> =
-        serde_json::from_slice(&std::fs::read(&json)?).context("store_bench --json output")?;
-    for f in figures {
-        report.push(Figure::new("store", "edgewatch", &f.metric, &f.unit, f.runs).note(f.note));
-    }
-    Ok(())
+    serde_json::from_slice(&std::fs::read(&json)?).context("store_bench --json output")
 }

@@ -84,6 +84,15 @@ pub async fn run_fanout(
             }
         };
         match batch {
+            Ok(batch) if fanout.subscriptions() == 0 => {
+                // Nobody watches: no events to build. A watch that subscribes after this check
+                // replays these readings from the log (the writer applied them before it
+                // published the batch), exactly as for a batch published just before it
+                // subscribed.
+                if let Some(r) = batch.last() {
+                    last = last.max(r.seq);
+                }
+            }
             Ok(batch) => {
                 if let Some(first) = batch.first() {
                     let waited_ms = now_ms().saturating_sub(first.reading.received_at_ms);
