@@ -1,4 +1,4 @@
-//! Live fan-out: every committed reading goes to the subscribers whose topic filters match it.
+//! Live fan-out: every stored reading goes to the subscribers whose topic filters match it.
 //!
 //! One task feeds [`Fanout::publish`] with committed events in `seq` order. Matching uses a
 //! [`FilterIndex`] (a trie over filter levels), so its cost depends on the topic and on the
@@ -163,8 +163,9 @@ pub struct FanoutStats {
     pub lag_disconnects: AtomicU64,
     /// Gap notices sent.
     pub gaps: AtomicU64,
-    /// Seconds from the broker link taking a reading to the fan-out receiving it committed
-    /// (ingest, writer queue, group commit, fsync, broadcast); first reading of each batch.
+    /// Seconds from the broker link taking a reading to the fan-out receiving it stored
+    /// (ingest, writer queue, apply, broadcast; the flush to disk runs beside this path, see
+    /// the writer); first reading of each batch.
     pub link_to_fanout: Histogram,
     /// Seconds one [`Fanout::publish`] call takes (matching and queueing a batch).
     pub publish_seconds: Histogram,

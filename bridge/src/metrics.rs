@@ -11,7 +11,7 @@
 //! | `edgewatch_presence_changes_total` | counter | ingest |
 //! | `edgewatch_readings_rejected_total{reason}` | counter | ingest rejects |
 //! | `edgewatch_writer_batch_size` | histogram | writer (items per commit) |
-//! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (apply + fsync) |
+//! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (from a batch's apply until the flush that covers it completes) |
 //! | `edgewatch_writer_commit_failures_total` | counter | writer |
 //! | `edgewatch_writer_queue_free` / `_capacity` | gauge | writer input queue |
 //! | `edgewatch_log_size_bytes`, `edgewatch_log_readings`, `edgewatch_series`, `edgewatch_last_seq` | gauge | store |
@@ -19,7 +19,7 @@
 //! | `edgewatch_live_connections{transport}` | gauge | SSE / WebSocket / long-poll |
 //! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
 //! | `edgewatch_live_events_delivered_total`, `_conflated_dropped_total`, `_gaps_total`, `_lag_disconnects_total` | counter | fan-out |
-//! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → committed at the fan-out → queued → written) |
+//! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → stored, at the fan-out → queued → written) |
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
