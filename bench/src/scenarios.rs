@@ -1572,7 +1572,7 @@ pub(crate) async fn sim(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     }
                     best_runs.push(s);
                 }
-                if best.as_ref().is_none_or(|b| b.offered != peak.offered) {
+                if !best.as_ref().is_some_and(|b| b.offered == peak.offered) {
                     let s = sim_step(
                         ctx,
                         target,
