@@ -100,7 +100,11 @@ test('the chart has points from history and from live data', async () => {
   await waitFor(async () => (await points())?.live === 5, { timeoutMs: 3000, what: 'live points' });
   const p = await points();
   assert.ok(p.total >= p.history + 5, JSON.stringify(p));
-  assert.match(await page.textContent('#chart-legend'), /attic temperature: 22 C/);
+  // The legend is redrawn with the chart (next frame), after the point is counted.
+  await waitFor(async () => /attic temperature: 22 C/.test(await page.textContent('#chart-legend')), {
+    timeoutMs: 2000,
+    what: 'legend shows the last live value',
+  });
   // Hover shows value and time.
   const box = await page.locator('#chart .u-over').boundingBox();
   await page.mouse.move(box.x + box.width - 3, box.y + box.height / 2);
