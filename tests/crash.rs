@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Readings the hub can hold between the broker's acknowledgement and a durable commit:
 /// the in-process link buffer (4,096), the writer queue (`bridge.queue_capacity`, 8,192), the
-/// batch being committed (`bridge.batch_max`, 1,000) and what rumqttd queues for the link
-/// (`broker.router.max_outgoing_packet_count`, 1,000).
-const BOUND: u64 = 4_096 + 8_192 + 1_000 + 1_000;
+/// batches applied and waiting for a flush (4 x `bridge.batch_max`, 4,000) and what rumqttd
+/// queues for the link (`broker.router.max_outgoing_packet_count`, 1,000).
+const BOUND: u64 = 4_096 + 8_192 + 4 * 1_000 + 1_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durable() {
