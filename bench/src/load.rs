@@ -14,11 +14,43 @@ use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
-static CLOCK: OnceLock<Instant> = OnceLock::new();
+static CLOCK: OnceLock<(Instant, i64)> = OnceLock::new();
+
+fn clock() -> &'static (Instant, i64) {
+    CLOCK.get_or_init(|| (Instant::now(), unix_ms_now()))
+}
 
 /// Microseconds since the harness started.
 pub(crate) fn now_us() -> u64 {
-    CLOCK.get_or_init(Instant::now).elapsed().as_micros() as u64
+    clock().0.elapsed().as_micros() as u64
+}
+
+/// The wall-clock time (Unix ms) of a [`now_us`] reading, to compare with the hub's
+/// `receivedAt` (same machine, same clock; millisecond resolution).
+fn wall_ms_of(us: u64) -> i64 {
+    clock().1 + (us / 1000) as i64
+}
+
+/// Unix ms of an RFC 3339 UTC time with milliseconds as the hub writes it
+/// (`2026-11-29T12:00:00.123Z`).
+fn parse_rfc3339_ms(s: &[u8]) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let b = s.get(r)?;
+        b.iter().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
 }
 
 /// RFC 3339 UTC with milliseconds, from Unix milliseconds.
@@ -251,6 +283,9 @@ pub(crate) struct Probe {
     /// Only readings sent at or after this time (µs, [`now_us`]) are recorded.
     pub(crate) since_us: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// For readings that carry the hub's `receivedAt`: (send -> hub receive, hub receive ->
+    /// client receive), ms, wall clock.
+    split_ms: Mutex<Vec<(i32, i32)>>,
 }
 
 impl Probe {
@@ -261,9 +296,17 @@ impl Probe {
                 if sent < self.since_us.load(Ordering::Relaxed) {
                     return;
                 }
-                let lat = now_us().saturating_sub(sent);
+                let now = now_us();
+                let lat = now.saturating_sub(sent);
                 if let Ok(mut v) = self.latencies_us.lock() {
                     v.push(lat.min(u64::from(u32::MAX)) as u32);
+                }
+                if let Some(hub) = received_at_of(data) {
+                    let to_hub = hub - wall_ms_of(sent);
+                    let to_client = wall_ms_of(now) - hub;
+                    if let Ok(mut v) = self.split_ms.lock() {
+                        v.push((to_hub as i32, to_client as i32));
+                    }
                 }
             }
         }
@@ -275,6 +318,14 @@ impl Probe {
         self.recording.store(true, Ordering::Relaxed);
     }
 
+    /// Takes the recorded (send -> hub, hub -> client) splits, ms.
+    pub(crate) fn take_splits(&self) -> Vec<(i32, i32)> {
+        self.split_ms
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
     /// Takes the recorded latencies (µs).
     pub(crate) fn take_latencies(&self) -> Vec<u32> {
         self.latencies_us
@@ -282,6 +333,13 @@ impl Probe {
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default()
     }
+}
+
+/// The hub's `receivedAt` of a JSON reading, Unix ms.
+fn received_at_of(data: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"receivedAt\":\"";
+    let at = find(data, KEY)? + KEY.len();
+    parse_rfc3339_ms(data.get(at..at + 24)?)
 }
 
 /// The integer part of the `"value":` field of a JSON reading.
@@ -795,6 +853,19 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_795_860_000_123), "2026-11-28T10:00:00.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_the_hubs_receive_time() {
+        assert_eq!(parse_rfc3339_ms(b"1970-01-01T00:00:01.234Z"), Some(1234));
+        assert_eq!(parse_rfc3339_ms(b"2026-11-29T12:00:00.123Z"), Some(1_795_953_600_123));
+        assert_eq!(parse_rfc3339_ms(b"2024-02-29T23:59:59.999Z"), Some(1_709_251_199_999));
+        assert_eq!(parse_rfc3339_ms(b"2024-02-29T23:59"), None);
+        let msg = br#"{"type":"reading","value":5,"receivedAt":"2026-11-29T12:00:00.123Z"}"#;
+        assert_eq!(received_at_of(msg), Some(1_795_953_600_123));
+        for ms in [0, 951_782_400_000, 1_795_860_000_123] {
+            assert_eq!(parse_rfc3339_ms(rfc3339_ms(ms).as_bytes()), Some(ms));
+        }
     }
 
     #[test]

@@ -597,6 +597,7 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 let mut merged: Vec<u32> = vec![];
                 let (mut sut, mut gen) = (vec![], vec![]);
                 let mut server_p99: Vec<String> = vec![];
+                let mut splits: Vec<String> = vec![];
                 for run in 0..p.runs {
                     let tag = format!("lat-{}-{run}", client.name());
                     let receivers = open_receivers(&server, client, subs, &tag, |k| {
@@ -625,9 +626,21 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         server_p99.push(a.p99_until(&b));
                     }
                     let mut lat: Vec<u32> = Vec::new();
+                    let (mut to_hub, mut to_client) = (Vec::new(), Vec::new());
                     for r in &receivers {
                         r.probe.recording.store(false, Ordering::Relaxed);
                         lat.extend(r.probe.take_latencies());
+                        for (h, c) in r.probe.take_splits() {
+                            to_hub.push(h);
+                            to_client.push(c);
+                        }
+                    }
+                    if !to_hub.is_empty() {
+                        let p99 = |v: &mut Vec<i32>| {
+                            v.sort_unstable();
+                            v[(v.len() - 1) * 99 / 100]
+                        };
+                        splits.push(format!("{} / {} ms", p99(&mut to_hub), p99(&mut to_client)));
                     }
                     lat.sort_unstable();
                     delivered.push(lat.len() as f64 / (sent.max(1) as f64 * per_reading));
@@ -652,6 +665,13 @@ pub(crate) async fn latency(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         note.push_str(&format!(
                             "; server side, p99 per run (histogram bucket bounds): {}",
                             server_p99.join(" / ")
+                        ));
+                    }
+                    if *name == "p99" && !splits.is_empty() {
+                        note.push_str(&format!(
+                            "; split at the hub's receivedAt (wall clock, 1 ms resolution), p99 of \
+                             send -> hub / hub -> client per run: {}",
+                            splits.join(", ")
                         ));
                     }
                     report.push(
