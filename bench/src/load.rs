@@ -858,8 +858,14 @@ mod tests {
     #[test]
     fn parses_the_hubs_receive_time() {
         assert_eq!(parse_rfc3339_ms(b"1970-01-01T00:00:01.234Z"), Some(1234));
-        assert_eq!(parse_rfc3339_ms(b"2026-11-29T12:00:00.123Z"), Some(1_795_953_600_123));
-        assert_eq!(parse_rfc3339_ms(b"2024-02-29T23:59:59.999Z"), Some(1_709_251_199_999));
+        assert_eq!(
+            parse_rfc3339_ms(b"2026-11-29T12:00:00.123Z"),
+            Some(1_795_953_600_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms(b"2024-02-29T23:59:59.999Z"),
+            Some(1_709_251_199_999)
+        );
         assert_eq!(parse_rfc3339_ms(b"2024-02-29T23:59"), None);
         let msg = br#"{"type":"reading","value":5,"receivedAt":"2026-11-29T12:00:00.123Z"}"#;
         assert_eq!(received_at_of(msg), Some(1_795_953_600_123));
