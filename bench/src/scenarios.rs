@@ -1519,6 +1519,25 @@ async fn sim_step(ctx: &Ctx, target: Target, qos: u8, rate: f64, name: &str) -> 
     })
 }
 
+/// One more run of a decisive `sim` step (`what` names it in the progress line).
+async fn repeat_step(
+    ctx: &Ctx,
+    target: Target,
+    qos: u8,
+    rate: f64,
+    name: &str,
+    what: &str,
+) -> Result<SimStep> {
+    let s = sim_step(ctx, target, qos, rate, name).await?;
+    println!(
+        "    {} QoS{qos}: repeat of the {what} step: offered {:.0}/s achieved {:.0}/s",
+        target.name(),
+        s.offered,
+        s.achieved
+    );
+    Ok(s)
+}
+
 /// sim: the highest rate one `edgewatch sim` process (100 devices) sustains against each
 /// server, QoS0 and QoS1, and its CPU per 10,000 readings/s. The offered rate doubles from
 /// `sim_start_rate` until the achieved rate falls below 95% of it; one more step at the
@@ -1576,33 +1595,23 @@ pub(crate) async fn sim(ctx: &Ctx, report: &mut Report) -> Result<()> {
             // The decisive steps again, each on a fresh server: the figures are their runs.
             let mut best_runs: Vec<SimStep> = best.iter().cloned().collect();
             let mut peak_runs = vec![peak.clone()];
+            let same = best.as_ref().is_some_and(|b| b.offered == peak.offered);
             for r in 1..p.repeat_runs {
                 if let Some(b) = &best {
-                    let s = sim_step(
-                        ctx,
-                        target,
-                        qos,
-                        b.offered,
-                        &format!("sim{qos}-{t}-best{r}"),
-                    )
-                    .await?;
-                    println!("    {t} QoS{qos}: repeat of the highest sustained step: offered {:.0}/s achieved {:.0}/s", s.offered, s.achieved);
-                    if b.offered == peak.offered {
+                    let name = format!("sim{qos}-{t}-best{r}");
+                    let s = repeat_step(ctx, target, qos, b.offered, &name, "highest sustained")
+                        .await?;
+                    if same {
                         peak_runs.push(s.clone());
                     }
                     best_runs.push(s);
                 }
-                if !best.as_ref().is_some_and(|b| b.offered == peak.offered) {
-                    let s = sim_step(
-                        ctx,
-                        target,
-                        qos,
-                        peak.offered,
-                        &format!("sim{qos}-{t}-peak{r}"),
-                    )
-                    .await?;
-                    println!("    {t} QoS{qos}: repeat of the highest achieved step: offered {:.0}/s achieved {:.0}/s", s.offered, s.achieved);
-                    peak_runs.push(s);
+                if !same {
+                    let name = format!("sim{qos}-{t}-peak{r}");
+                    peak_runs.push(
+                        repeat_step(ctx, target, qos, peak.offered, &name, "highest achieved")
+                            .await?,
+                    );
                 }
             }
             let delivered = if qos == 1 { "acknowledged" } else { "sent" };

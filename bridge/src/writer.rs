@@ -259,25 +259,19 @@ async fn run(
             biased;
             done = async { (&mut flushing.as_mut().expect("guarded").1).await }, if flushing.is_some() => {
                 let (group, _) = flushing.take().expect("guarded");
-                let result = match done {
-                    Ok(r) => r,
-                    Err(err) => {
-                        error!(%err, "flush task failed");
-                        out.healthy.store(false, Ordering::Relaxed);
-                        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                match result {
-                    Ok(()) => {
+                match done {
+                    Ok(Ok(())) => {
                         out.healthy.store(true, Ordering::Relaxed);
                         durable.flushed(group.reserved, &out);
                         group.acknowledge(&out.stats);
                     }
-                    Err(err) => {
+                    Ok(Err(err)) => {
                         error!(%err, readings = group.readings, "flush failed; the batches' items stay unacknowledged");
-                        out.healthy.store(false, Ordering::Relaxed);
-                        out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                        out.failed();
+                    }
+                    Err(err) => {
+                        error!(%err, readings = group.readings, "flush task failed; the batches' items stay unacknowledged");
+                        out.failed();
                     }
                 }
             }
@@ -348,6 +342,14 @@ struct Outputs {
     presence: broadcast::Sender<PresenceUpdate>,
     healthy: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
+}
+
+impl Outputs {
+    /// A batch failed to apply or flush: the writer is unhealthy until a flush succeeds.
+    fn failed(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+        self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Acknowledgements of applied batches that wait for one flush, and the reservation it makes
@@ -483,14 +485,12 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
         Ok((Ok((seqs, reserved)), readings, presence)) => (seqs, reserved, readings, presence),
         Ok((Err(err), readings, _)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
-            out.healthy.store(false, Ordering::Relaxed);
-            out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            out.failed();
             return None;
         }
         Err(err) => {
             error!(%err, "batch apply panicked; its items stay unacknowledged");
-            out.healthy.store(false, Ordering::Relaxed);
-            out.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            out.failed();
             return None;
         }
     };

@@ -124,26 +124,21 @@ impl Writes {
 
     /// Applies every write, all or none.
     pub(super) fn apply(mut self, tree: &sled::Tree) -> sled::Result<()> {
-        if self.writes.len() == 1 {
-            if let Some((key, value)) = self.writes.pop() {
+        if self.writes.len() > 1 {
+            let mut batch = sled::Batch::default();
+            for (key, value) in self.writes {
                 match value {
-                    Some(v) => tree.insert(key, v)?,
-                    None => tree.remove(key)?,
-                };
+                    Some(v) => batch.insert(key, v),
+                    None => batch.remove(key),
+                }
             }
-            return Ok(());
+            return tree.apply_batch(batch);
         }
-        if self.writes.is_empty() {
-            return Ok(());
+        match self.writes.pop() {
+            Some((key, Some(v))) => tree.insert(key, v).map(drop),
+            Some((key, None)) => tree.remove(key).map(drop),
+            None => Ok(()),
         }
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(v) => batch.insert(key, v),
-                None => batch.remove(key),
-            }
-        }
-        tree.apply_batch(batch)
     }
 }
 
