@@ -22,7 +22,16 @@
 //! loop keeps polling and so keeps draining it.
 //!
 //! After a reconnect, acks still pending from the previous connection are skipped: the broker
-//! redelivers those messages, which are then recognised as duplicates and acknowledged.
+//! redelivers those messages (DUP set, same packet id), which are then recognised as duplicates
+//! and acknowledged.
+//!
+//! # Redeliveries
+//! Each publish goes to ingest with its [`DeliveryId`] (packet id, digest of topic and payload,
+//! DUP flag); the store writes it in the same commit as the reading. So a resend of a publish
+//! that was committed but not acknowledged (a reconnect, or `kill -9` of the bridge between
+//! commit and PUBACK) is recognised by what it is, whatever its payload: readings without a
+//! device timestamp are not stored twice either. See the store's `deliveries` module for how
+//! long a delivery is remembered.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::ingest::{Delivery, Ingest, Publish};
+use crate::store::{delivery_digest, DeliveryId};
 use crate::writer::Outcome;
 
 /// Settings of the external source.
@@ -189,6 +199,12 @@ pub async fn run_external(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let (tx, rx) = oneshot::channel();
+                // QoS 0 has no packet id: nothing is resent, nothing to recognise.
+                let id = (p.qos != QoS::AtMostOnce).then(|| DeliveryId {
+                    packet_id: p.pkid,
+                    digest: delivery_digest(&p.topic, &p.payload),
+                    redelivered: p.dup,
+                });
                 let delivery = Delivery {
                     publish: Publish {
                         topic: p.topic.clone(),
@@ -196,6 +212,7 @@ pub async fn run_external(
                         received_at_ms: now_ms(),
                     },
                     ack: Some(tx),
+                    id,
                 };
                 let backlog = pending.fetch_add(1, Ordering::Relaxed) + 1;
                 if backlog > ack_queue as u64

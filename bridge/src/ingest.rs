@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgewatch_protocol::payload::{decode_publish, Inbound};
+use edgewatch_protocol::payload::{decode, is_reading_topic, Decoded, Inbound};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument as _, Span};
 
-use crate::store::PresenceUpdate;
+use crate::store::{DeliveryId, Origin, PresenceUpdate};
 use crate::writer::{Outcome, WriterClosed, WriterHandle};
 
 /// At most one warning per reject reason per this interval.
@@ -57,19 +57,28 @@ pub struct Publish {
 }
 
 /// A publish plus an optional acknowledgement channel, completed with the item's [`Outcome`]
-/// once it is final: durable, a duplicate of a durable reading, or rejected. If the writer
-/// fails, the sender is dropped without a value: the item must not be acknowledged upstream.
+/// once it is final: durable, a duplicate of a durable reading, rejected or ignored. If the
+/// writer fails, the sender is dropped without a value: the item must not be acknowledged
+/// upstream.
 #[derive(Debug)]
 pub struct Delivery {
     /// The publish.
     pub publish: Publish,
     /// Completion, if the source wants one.
     pub ack: Option<oneshot::Sender<Outcome>>,
+    /// The broker session's identity of this delivery, when the source has one it can see
+    /// again after a restart (the external source's QoS 1 packet id): a resend is then
+    /// recognised by it, whatever the payload.
+    pub id: Option<DeliveryId>,
 }
 
 impl From<Publish> for Delivery {
     fn from(publish: Publish) -> Self {
-        Delivery { publish, ack: None }
+        Delivery {
+            publish,
+            ack: None,
+            id: None,
+        }
     }
 }
 
@@ -192,7 +201,9 @@ impl Rejects {
     }
 }
 
-/// Ingest counters.
+/// Ingest counters. Every publish seen is counted in `received` and then in exactly one of
+/// `readings`, `presence`, `ignored` or the rejects (by reason); the writer then counts each
+/// reading stored, duplicate or failed ([`crate::metrics::WriteOutcomes`]).
 #[derive(Debug, Default)]
 pub struct IngestCounters {
     /// Publishes seen.
@@ -201,6 +212,9 @@ pub struct IngestCounters {
     pub readings: AtomicU64,
     /// Presence changes handed to the writer.
     pub presence: AtomicU64,
+    /// Publishes on topics outside the reading/presence scheme (not under `sensors/`): not
+    /// readings, not errors, not stored.
+    pub ignored: AtomicU64,
 }
 
 /// Decodes publishes and feeds the writer. Cheap to clone; every source shares one.
@@ -242,8 +256,15 @@ impl Ingest {
     /// Handles one delivery: decode, then hand to the writer (awaiting queue space) or reject.
     /// Only fails when the writer has stopped.
     pub async fn handle(&self, delivery: Delivery) -> Result<(), WriterClosed> {
-        let Delivery { publish, ack } = delivery;
+        let Delivery { publish, ack, id } = delivery;
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if !is_reading_topic(&publish.topic) {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = ack {
+                let _ = ack.send(Outcome::Ignored);
+            }
+            return Ok(());
+        }
         let topic_device = device_of_topic(&publish.topic);
         let span = tracing::debug_span!("device", device_id = topic_device);
         if publish.payload.len() > self.max_payload_bytes {
@@ -257,16 +278,29 @@ impl Ingest {
             self.reject(&publish, REASON_TOO_LARGE, msg, ack);
             return Ok(());
         }
-        match decode_publish(&publish.topic, &publish.payload, publish.received_at_ms) {
-            Ok(Inbound::Reading(reading)) => {
+        match decode(&publish.topic, &publish.payload, publish.received_at_ms) {
+            Ok(Decoded {
+                inbound: Inbound::Reading(reading),
+                device_time,
+            }) => {
                 self.counters.readings.fetch_add(1, Ordering::Relaxed);
                 if topic_device.is_none() {
                     // Shared channel: the device came in the payload. No-op when disabled.
                     span.record("device_id", reading.device_id.as_str());
                 }
-                self.writer.write(reading, ack).instrument(span).await
+                let origin = Origin {
+                    device_time,
+                    delivery: id,
+                };
+                self.writer
+                    .write_from(reading, origin, ack)
+                    .instrument(span)
+                    .await
             }
-            Ok(Inbound::Status { device_id, online }) => {
+            Ok(Decoded {
+                inbound: Inbound::Status { device_id, online },
+                ..
+            }) => {
                 self.counters.presence.fetch_add(1, Ordering::Relaxed);
                 let update = PresenceUpdate {
                     device_id,

@@ -10,6 +10,11 @@
 //! | `edgewatch_readings_ingested_total` | counter | ingest (handed to the writer) |
 //! | `edgewatch_presence_changes_total` | counter | ingest |
 //! | `edgewatch_readings_rejected_total{reason}` | counter | ingest rejects |
+//! | `edgewatch_publishes_ignored_total` | counter | ingest (topics outside `sensors/`) |
+//! | `edgewatch_readings_stored_total` | counter | writer (each with a new seq) |
+//! | `edgewatch_readings_duplicate_total` | counter | writer (a resend of a stored reading) |
+//! | `edgewatch_presence_recorded_total` | counter | writer |
+//! | `edgewatch_writer_items_failed_total` | counter | writer (items of batches the store could not apply) |
 //! | `edgewatch_writer_batch_size` | histogram | writer (items per commit) |
 //! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (from a batch's apply until the flush that covers it completes) |
 //! | `edgewatch_writer_commit_failures_total` | counter | writer |
@@ -23,6 +28,17 @@
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
+//!
+//! # Accounting
+//! Every publish ingest takes ends as exactly one of these, so at any quiet moment (nothing
+//! queued for the writer):
+//!
+//! ```text
+//! edgewatch_publishes_received_total = edgewatch_readings_stored_total
+//!     + edgewatch_readings_duplicate_total + edgewatch_presence_recorded_total
+//!     + sum(edgewatch_readings_rejected_total) + edgewatch_publishes_ignored_total
+//!     + edgewatch_writer_items_failed_total
+//! ```
 //!
 //! Values owned by the embedded broker are added by the composition with
 //! [`Metrics::with_sample`]: `edgewatch_mqtt_connections` (clients connected now, counted by
@@ -132,6 +148,23 @@ pub struct WriterStats {
     pub commit_seconds: Histogram,
     /// Batches that failed to apply or flush.
     pub commit_failures: AtomicU64,
+    /// How each item handed to the writer ended.
+    pub outcomes: WriteOutcomes,
+}
+
+/// How the items handed to the writer ended, counted when their batch is applied (an item
+/// counted `stored` is acknowledged once the flush that follows completes).
+#[derive(Debug, Default)]
+pub struct WriteOutcomes {
+    /// Readings stored, each with its seq.
+    pub stored: AtomicU64,
+    /// Readings recognised as a resend of a stored reading, not stored again.
+    pub duplicates: AtomicU64,
+    /// Presence changes recorded.
+    pub presence: AtomicU64,
+    /// Items of batches the store failed to apply (left unacknowledged; a QoS 1 sender
+    /// resends them).
+    pub failed: AtomicU64,
 }
 
 impl Default for WriterStats {
@@ -140,6 +173,7 @@ impl Default for WriterStats {
             batch_size: Histogram::new(BATCH_BUCKETS),
             commit_seconds: Histogram::new(LATENCY_BUCKETS),
             commit_failures: AtomicU64::new(0),
+            outcomes: WriteOutcomes::default(),
         }
     }
 }
@@ -336,6 +370,37 @@ impl Metrics {
                     "edgewatch_presence_changes_total",
                     "Device presence changes (sensors/{deviceId}/status) handed to the writer.",
                     &c.presence,
+                ),
+                (
+                    "edgewatch_publishes_ignored_total",
+                    "Inbound publishes on topics outside sensors/ (not readings; not stored).",
+                    &c.ignored,
+                ),
+            ],
+        );
+        let o = &i.ingest.writer().stats().outcomes;
+        counters(
+            &mut out,
+            &[
+                (
+                    "edgewatch_readings_stored_total",
+                    "Readings stored in the event log, each with a new seq.",
+                    &o.stored,
+                ),
+                (
+                    "edgewatch_readings_duplicate_total",
+                    "Readings recognised as a resend of a stored reading and not stored again.",
+                    &o.duplicates,
+                ),
+                (
+                    "edgewatch_presence_recorded_total",
+                    "Presence changes recorded by the writer.",
+                    &o.presence,
+                ),
+                (
+                    "edgewatch_writer_items_failed_total",
+                    "Items of writer batches the store could not apply (left unacknowledged).",
+                    &o.failed,
                 ),
             ],
         );

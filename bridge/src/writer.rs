@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::WriterStats;
-use crate::store::{PresenceUpdate, RetentionPolicy, Store, StoredReading};
+use crate::store::{Origin, PresenceUpdate, RetentionPolicy, Store, StoredReading};
 
 /// Most applied-but-not-durable items, in batches of `batch_max`.
 pub const UNFLUSHED_BATCHES: usize = 4;
@@ -59,6 +59,8 @@ pub enum Outcome {
     Presence,
     /// Rejected by the decoder (set by ingest, never by the writer), with the reason label.
     Rejected(&'static str),
+    /// Not a reading topic (outside `sensors/`): counted and dropped by ingest.
+    Ignored,
 }
 
 /// One unit of work for the writer.
@@ -68,6 +70,8 @@ pub enum WriteCmd {
     Reading {
         /// The reading.
         reading: Reading,
+        /// What tells a resend of it from a new reading.
+        origin: Origin,
         /// Completed after the batch holding it is durable. Dropped without a value if the
         /// batch failed.
         done: Option<oneshot::Sender<Outcome>>,
@@ -108,13 +112,29 @@ impl WriterHandle {
         self.tx.send(cmd).await.map_err(|_| WriterClosed)
     }
 
-    /// Queues a reading; `done` is completed once it is durable (or found a duplicate).
+    /// Queues a reading that carries its device's event time; `done` is completed once it is
+    /// durable (or found a duplicate).
     pub async fn write(
         &self,
         reading: Reading,
         done: Option<oneshot::Sender<Outcome>>,
     ) -> Result<(), WriterClosed> {
-        self.send(WriteCmd::Reading { reading, done }).await
+        self.write_from(reading, Origin::DEVICE_TIME, done).await
+    }
+
+    /// Queues a reading with its [`Origin`] (see [`Store::apply_from`]).
+    pub async fn write_from(
+        &self,
+        reading: Reading,
+        origin: Origin,
+        done: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(), WriterClosed> {
+        self.send(WriteCmd::Reading {
+            reading,
+            origin,
+            done,
+        })
+        .await
     }
 
     /// Queues a presence change.
@@ -350,6 +370,14 @@ impl Outputs {
         self.healthy.store(false, Ordering::Relaxed);
         self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// `n` items of a batch that could not be applied: left unacknowledged, counted.
+    fn not_stored(&self, n: usize) {
+        self.stats
+            .outcomes
+            .failed
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Acknowledgements of applied batches that wait for one flush, and the reservation it makes
@@ -458,13 +486,19 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
     let items = cmds.len();
     out.stats.batch_size.observe(cmds.len() as f64);
     let mut readings = Vec::new();
+    let mut origins = Vec::new();
     let mut reading_acks = Vec::new();
     let mut presence = Vec::new();
     let mut presence_acks = Vec::new();
     for cmd in cmds {
         match cmd {
-            WriteCmd::Reading { reading, done } => {
+            WriteCmd::Reading {
+                reading,
+                origin,
+                done,
+            } => {
                 readings.push(reading);
+                origins.push(origin);
                 reading_acks.push(done);
             }
             WriteCmd::Presence { update, done } => {
@@ -476,26 +510,29 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
     let s = store.clone();
     let applied = tokio::task::spawn_blocking(move || {
         let r = s
-            .apply(&readings, &presence)
+            .apply_from(&readings, &origins, &presence)
             .and_then(|seqs| Ok((seqs, s.seq_reserved()?)));
         (r, readings, presence)
     })
     .await;
     let (seqs, reserved, readings, presence) = match applied {
         Ok((Ok((seqs, reserved)), readings, presence)) => (seqs, reserved, readings, presence),
-        Ok((Err(err), readings, _)) => {
+        Ok((Err(err), readings, presence)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
             out.failed();
+            out.not_stored(readings.len() + presence.len());
             return None;
         }
         Err(err) => {
             error!(%err, "batch apply panicked; its items stay unacknowledged");
             out.failed();
+            out.not_stored(items);
             return None;
         }
     };
     let mut stored = Vec::with_capacity(readings.len());
     let mut acks = Vec::with_capacity(readings.len() + presence_acks.len());
+    let duplicates = seqs.iter().filter(|s| s.is_none()).count();
     for ((seq, reading), done) in seqs.into_iter().zip(readings).zip(reading_acks) {
         let outcome = match seq {
             Some(seq) => {
@@ -514,6 +551,11 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
             .flatten()
             .map(|done| (done, Outcome::Presence)),
     );
+    let o = &out.stats.outcomes;
+    o.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+    o.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
+    o.presence
+        .fetch_add(presence.len() as u64, Ordering::Relaxed);
     let release = Release {
         max_seq: stored.last().map_or(0, |r| r.seq),
         readings: stored,

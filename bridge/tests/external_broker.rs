@@ -263,3 +263,139 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     assert_exactly_once(&store, total, true);
 }
+
+/// What the publishers send in [`kill_9_at_several_points`].
+#[derive(Debug, Clone, Copy)]
+enum Payloads {
+    /// JSON with a device timestamp: a resend could also be recognised by content.
+    Stamped,
+    /// A bare number, distinct per message, no timestamp: only the delivery tells a resend.
+    Bare,
+    /// The same bare number every time: no content tells any two readings apart.
+    Constant,
+}
+
+fn payload(kind: Payloads, k: usize, t: i64) -> Vec<u8> {
+    match kind {
+        Payloads::Stamped => format!(
+            r#"{{"value":{k},"unit":"C","timestamp":{}}}"#,
+            t + k as i64 * 1000
+        )
+        .into_bytes(),
+        Payloads::Bare => k.to_string().into_bytes(),
+        Payloads::Constant => b"21.5".to_vec(),
+    }
+}
+
+/// `kill -9` of the bridge process at several points while 4 publishers send `4 x per_device`
+/// QoS 1 readings through Mosquitto; after the last restart the store holds each reading
+/// exactly once. The broker resends what was committed but not acknowledged (DUP set), and the
+/// store recognises those resends by their delivery (packet id, topic and payload), whatever
+/// the payload.
+async fn kill_9_at_several_points(kind: Payloads, per_device: usize, kill_at: &[u64]) {
+    common::init_logs();
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, mut addr) = Node::start(dir.path(), &broker.url());
+    let probe_addr = addr;
+    let rt = tokio::runtime::Handle::current();
+    probe_until_stored(broker.port, || {
+        tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
+    })
+    .await;
+
+    let t = base_time();
+    let devices = 4usize;
+    let mut pubs = Vec::new();
+    for d in 0..devices {
+        let port = broker.port;
+        let msgs = (0..per_device)
+            .map(|k| (format!("sensors/dev{d}/temp"), payload(kind, k, t)))
+            .collect();
+        pubs.push(tokio::spawn(async move {
+            publish_all(port, &format!("dev{d}"), msgs).await
+        }));
+    }
+    for &at in kill_at {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while stored_count(addr).await < at {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bridge did not make progress"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        node.kill9();
+        (node, addr) = Node::start(dir.path(), &broker.url());
+    }
+    for p in pubs {
+        p.await.expect("publisher");
+    }
+    let total = (devices * per_device + 1) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while stored_count(addr).await < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everything arrived after the restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    node.kill9();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let all = store.log_after(0, total as usize + 100).unwrap();
+    let mut per_device_count = std::collections::HashMap::<String, usize>::new();
+    let mut seen = HashSet::new();
+    for r in &all {
+        *per_device_count
+            .entry(r.reading.device_id.clone())
+            .or_default() += 1;
+        if !matches!(kind, Payloads::Constant) && r.reading.device_id != "probe" {
+            assert!(
+                seen.insert((r.reading.device_id.clone(), r.reading.value.to_bits())),
+                "stored twice: {:?}",
+                r.reading
+            );
+        }
+    }
+    eprintln!(
+        "{kind:?}: {} readings stored for {total} published, kills after {kill_at:?} stored",
+        all.len()
+    );
+    assert_eq!(all.len() as u64, total, "{per_device_count:?}");
+    for d in 0..devices {
+        assert_eq!(per_device_count[&format!("dev{d}")], per_device, "dev{d}");
+    }
+}
+
+/// How many readings each of the 4 publishers sends: `EDGEWATCH_KILL_TEST_READINGS` (per
+/// publisher) overrides the default, e.g. 50000 for the 200,000 of issue 15 in a release run.
+fn per_publisher() -> usize {
+    std::env::var("EDGEWATCH_KILL_TEST_READINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+fn kill_points(per_device: usize) -> Vec<u64> {
+    let total = 4 * per_device as u64;
+    vec![total / 8, total * 3 / 8, total * 5 / 8]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_stores_timestamped_readings_exactly_once() {
+    let n = per_publisher();
+    kill_9_at_several_points(Payloads::Stamped, n, &kill_points(n)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_stores_readings_without_timestamps_exactly_once() {
+    let n = per_publisher();
+    kill_9_at_several_points(Payloads::Bare, n, &kill_points(n)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_stores_identical_payloads_exactly_once() {
+    let n = per_publisher();
+    kill_9_at_several_points(Payloads::Constant, n, &kill_points(n)).await;
+}

@@ -26,6 +26,7 @@ async fn feed(hub: &Hub, topic: &str, payload: impl Into<Bytes>) -> Outcome {
         .handle(Delivery {
             publish,
             ack: Some(tx),
+            id: None,
         })
         .await
         .expect("writer running");

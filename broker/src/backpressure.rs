@@ -5,7 +5,7 @@
 //! whose oldest segments it drops when full. If the bridge (ingest and the writer) falls
 //! behind for long, acknowledged readings would be lost that way.
 //!
-//! [`IngestGate`] counts the publishes on `sensors/…` that the broker accepted (from devices,
+//! [`IngestGate`] counts the publishes that the broker accepted (from devices,
 //! seen by our codec wrapper, and from in-process publishers) against those the bridge took
 //! from its link. While the difference, the backlog, is above `ingest_backlog_max`, every
 //! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads,
@@ -26,9 +26,6 @@ use std::time::{Duration, Instant};
 
 /// The longest a single PUBACK is held back, so a stalled bridge cannot freeze devices forever.
 pub const MAX_ACK_WAIT: Duration = Duration::from_secs(1);
-
-/// The topic prefix the bridge's link subscribes to (`sensors/#`).
-const INGEST_PREFIX: &[u8] = b"sensors/";
 
 /// Shared counters between the broker's codec and the bridge's link.
 #[derive(Debug)]
@@ -60,9 +57,10 @@ impl IngestGate {
         }
     }
 
-    /// Counts a publish the broker accepted, if the bridge's link will receive it.
+    /// Counts a publish the broker accepted, if the bridge's link will receive it: the link
+    /// subscribes to `#`, which matches every topic but those starting with `$`.
     pub(crate) fn admitted(&self, topic: &[u8]) {
-        if topic.starts_with(INGEST_PREFIX) || topic == b"sensors" {
+        if topic.first().is_some_and(|b| *b != b'$') {
             self.admitted.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -165,10 +163,11 @@ mod tests {
     #[test]
     fn counts_only_what_the_bridge_receives_and_waits_while_behind() {
         let gate = IngestGate::new(2);
-        for _ in 0..3 {
+        for _ in 0..2 {
             gate.admitted(b"sensors/d1/t");
         }
-        gate.admitted(b"other/topic");
+        gate.admitted(b"tele/plug-1/SENSOR"); // the link takes every topic (`#`)...
+        gate.admitted(b"$SYS/broker/uptime"); // ...but those starting with `$`
         assert_eq!(gate.backlog(), 3);
         let started = Instant::now();
         gate.wait_for_room(); // over the limit: waits the maximum

@@ -106,7 +106,7 @@ async fn pump(
     tx: mpsc::Sender<InboundPublish>,
     gate: Option<std::sync::Arc<crate::IngestGate>>,
 ) {
-    // Offset of the last publish read from the link's commit log (`sensors/#`). rumqttd numbers
+    // Offset of the last publish read from the link's commit log (`#`). rumqttd numbers
     // a filter's log entries consecutively; when a reader falls behind its bounded log, the
     // router moves the reader's cursor forward past what it dropped. A jump in the offsets is
     // therefore exactly the number of publishes this link never saw.

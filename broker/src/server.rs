@@ -288,7 +288,9 @@ impl Broker {
         Ok(stream)
     }
 
-    /// Opens the bridge's ingest link: every publish on `sensors/#`, with backpressure: while
+    /// Opens the bridge's ingest link: every publish (`#`: readings and presence under
+    /// `sensors/`, and every other topic, which the bridge counts as ignored), with
+    /// backpressure: while
     /// more than `broker.limits.ingest_backlog_max` publishes wait for the bridge to take them
     /// from this stream, the broker holds PUBACKs back (see [`crate::backpressure`]). Open it
     /// before [`Broker::listen`], and only once.
@@ -298,7 +300,7 @@ impl Broker {
         capacity: usize,
     ) -> Result<InboundStream, BrokerError> {
         let (mut tx, rx) = self.open_link(client_id).await?;
-        tx.subscribe("sensors/#").map_err(|e| BrokerError::Link {
+        tx.subscribe("#").map_err(|e| BrokerError::Link {
             client_id: client_id.to_owned(),
             reason: e.to_string(),
         })?;

@@ -18,7 +18,9 @@ pub mod topic;
 
 pub use filter_index::FilterIndex;
 pub use frame::{FrameDecoder, FrameError, LineDecoder, TextReading};
-pub use payload::{decode_publish, CompactReading, DecodeError, Inbound};
+pub use payload::{
+    decode, decode_publish, is_reading_topic, CompactReading, DecodeError, Decoded, Inbound,
+};
 pub use reading::{Reading, SeriesKey, SeriesTopic};
 pub use timefmt::TimeError;
 pub use topic::{FilterError, TopicFilter};

@@ -296,6 +296,25 @@ fn parse_topic(topic: &str) -> Result<TopicShape<'_>, DecodeError> {
     }
 }
 
+/// Whether `topic` belongs to the reading/presence scheme (`sensors` and everything under
+/// `sensors/`): a publish there is a reading, a presence change or a reject; any other topic is
+/// not meant for the store (it is counted as ignored, not rejected).
+pub fn is_reading_topic(topic: &str) -> bool {
+    topic == "sensors" || topic.starts_with("sensors/")
+}
+
+/// A decoded publish and where its event time came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The reading or presence change.
+    pub inbound: Inbound,
+    /// `true` when the payload carried the event time (the device's own timestamp); `false`
+    /// when the receive time stands in for it (and for presence changes). Only a reading with
+    /// a device timestamp can be recognised as a resend by its content: without one, two
+    /// readings received in the same millisecond with the same value are still two readings.
+    pub device_time: bool,
+}
+
 /// Decodes one MQTT publish into a reading or a presence change.
 ///
 /// `received_at_ms` is when the hub received it; it becomes [`Reading::received_at_ms`] and the
@@ -306,13 +325,24 @@ pub fn decode_publish(
     payload: &[u8],
     received_at_ms: i64,
 ) -> Result<Inbound, DecodeError> {
+    decode(topic, payload, received_at_ms).map(|d| d.inbound)
+}
+
+/// As [`decode_publish`], and says whether the event time is the device's own
+/// ([`Decoded::device_time`]).
+pub fn decode(topic: &str, payload: &[u8], received_at_ms: i64) -> Result<Decoded, DecodeError> {
     let shape = parse_topic(topic)?;
     let text = payload.trim_ascii();
     if text.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
     let (topic_device, topic_metric) = match shape {
-        TopicShape::Status { device_id } => return decode_status(device_id, text),
+        TopicShape::Status { device_id } => {
+            return decode_status(device_id, text).map(|inbound| Decoded {
+                inbound,
+                device_time: false,
+            })
+        }
         TopicShape::Device { device_id, metric } => (Some(device_id), metric),
         TopicShape::Shared { metric } => (None, metric),
     };
@@ -344,6 +374,7 @@ pub fn decode_publish(
             });
         }
     }
+    let device_time = fields.timestamp_ms.is_some();
     let timestamp_ms = fields.timestamp_ms.unwrap_or(received_at_ms);
     if timestamp_ms < MIN_EVENT_TIME_MS
         || timestamp_ms > received_at_ms.saturating_add(MAX_FUTURE_SKEW_MS)
@@ -353,14 +384,17 @@ pub fn decode_publish(
             received_at_ms,
         });
     }
-    Ok(Inbound::Reading(Reading {
-        device_id,
-        metric: topic_metric.to_owned(),
-        value: fields.value,
-        unit: fields.unit.filter(|u| !u.is_empty()),
-        timestamp_ms,
-        received_at_ms,
-    }))
+    Ok(Decoded {
+        inbound: Inbound::Reading(Reading {
+            device_id,
+            metric: topic_metric.to_owned(),
+            value: fields.value,
+            unit: fields.unit.filter(|u| !u.is_empty()),
+            timestamp_ms,
+            received_at_ms,
+        }),
+        device_time,
+    })
 }
 
 /// What a reading payload said, whatever its format.
@@ -543,6 +577,63 @@ mod tests {
 
     /// 2026-11-28T10:00:00Z
     const NOW: i64 = 1_795_860_000_000;
+
+    #[test]
+    fn says_whether_the_event_time_is_the_devices() {
+        let device_time = |topic: &str, payload: &[u8]| {
+            decode(topic, payload, NOW)
+                .map(|d| d.device_time)
+                .unwrap_or_else(|e| panic!("{topic} {payload:?}: {e}"))
+        };
+        assert!(!device_time("sensors/d1/t", b"21.5"));
+        assert!(!device_time(
+            "sensors/d1/t",
+            br#"{"value":21.5,"unit":"C"}"#
+        ));
+        assert!(device_time(
+            "sensors/d1/t",
+            br#"{"value":21.5,"timestamp":"2026-11-28T09:59:00Z"}"#
+        ));
+        assert!(device_time(
+            "sensors/d1/t",
+            br#"{"value":1,"timestamp":1795859000000}"#
+        ));
+        let compact = |timestamp_ms| {
+            postcard::to_allocvec(&CompactReading {
+                device_id: None,
+                metric: None,
+                value: 1.0,
+                unit: None,
+                timestamp_ms,
+            })
+            .unwrap()
+        };
+        assert!(device_time("sensors/d1/t", &compact(Some(NOW - 5))));
+        assert!(!device_time("sensors/d1/t", &compact(None)));
+        assert!(!device_time("sensors/d1/status", b"online"));
+    }
+
+    #[test]
+    fn reading_topics_are_the_sensors_tree() {
+        for t in [
+            "sensors",
+            "sensors/t",
+            "sensors/d1/t",
+            "sensors/a/b/c",
+            "sensors/",
+        ] {
+            assert!(is_reading_topic(t), "{t}");
+        }
+        for t in [
+            "tele/plug-1/SENSOR",
+            "sensorsx/d1/t",
+            "zigbee2mqtt/kitchen",
+            "",
+            "/sensors",
+        ] {
+            assert!(!is_reading_topic(t), "{t}");
+        }
+    }
 
     fn reading(topic: &str, payload: &[u8]) -> Reading {
         match decode_publish(topic, payload, NOW) {

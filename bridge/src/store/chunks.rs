@@ -154,6 +154,8 @@ pub(super) struct State {
     pub(super) written: WriteCounters,
     /// Fingerprints of the last `window` stored readings.
     pub(super) recent: Recent,
+    /// The external session's deliveries taken lately (recognising the broker's resends).
+    pub(super) deliveries: super::deliveries::Deliveries,
 }
 
 /// What committed batches wrote, by kind (values only; sled adds its own framing).

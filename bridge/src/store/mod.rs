@@ -87,6 +87,7 @@
 
 mod chunks;
 mod codec;
+mod deliveries;
 mod layout;
 mod recent;
 mod rollup;
@@ -100,6 +101,7 @@ use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 pub use chunks::WriteCounters;
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
+pub use deliveries::{delivery_digest, DeliveryId};
 use layout::*;
 use rollup::{ceil_to, floor_to, Buckets, Resolution};
 pub use rollup::{Aggregate, HOUR_MS, MINUTE_MS};
@@ -202,6 +204,24 @@ pub struct StoredReading {
     pub seq: u64,
     /// The reading.
     pub reading: Reading,
+}
+
+/// What the store needs to know of where a reading came from to tell a resend from a new
+/// reading (see [`Store::apply_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The event time is the device's own (from the payload), not the receive time.
+    pub device_time: bool,
+    /// The external broker delivery it came in, when it came from one.
+    pub delivery: Option<DeliveryId>,
+}
+
+impl Origin {
+    /// A reading with its device's own event time, not from an external broker.
+    pub const DEVICE_TIME: Origin = Origin {
+        device_time: true,
+        delivery: None,
+    };
 }
 
 /// A device presence change from `sensors/{deviceId}/status`.
@@ -620,6 +640,7 @@ impl Store {
             window: opts.dedupe_window.max(1) as u64,
             written: WriteCounters::default(),
             recent: recent::Recent::new(opts.dedupe_window),
+            deliveries: deliveries::Deliveries::load(&tree, deliveries::KEEP)?,
         };
         replay(&tree, &mut st)?;
         Ok(Store {
@@ -640,10 +661,32 @@ impl Store {
     /// records presence changes. Returns, for each input reading in order, its seq or `None`
     /// when it was a duplicate of a stored reading.
     ///
+    /// Every reading is taken to carry its device's own event time (so a reading with the
+    /// same series, event time and value as a recent one is a duplicate); see
+    /// [`Store::apply_from`] to say otherwise.
+    ///
     /// Not flushed: call [`Store::flush_async`] (or [`Store::flush`]) before acknowledging.
     pub fn apply(
         &self,
         readings: &[Reading],
+        presence: &[PresenceUpdate],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        self.apply_from(readings, &[], presence)
+    }
+
+    /// As [`Store::apply`], with each reading's [`Origin`] (`origins[i]` for `readings[i]`;
+    /// missing entries are [`Origin::DEVICE_TIME`]). A reading is a duplicate when
+    /// * its origin is a delivery the broker marked as a resend (DUP) and the store took that
+    ///   delivery (same packet id, topic and payload) lately: see [`DeliveryId`]; or
+    /// * it carries its device's event time, and a reading of the same series with the same
+    ///   event time and value was stored within the last
+    ///   [`StoreOptions::dedupe_window`] readings.
+    ///
+    /// A reading whose event time is its receive time is never merged by content.
+    pub fn apply_from(
+        &self,
+        readings: &[Reading],
+        origins: &[Origin],
         presence: &[PresenceUpdate],
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let mut guard = self.state()?;
@@ -660,8 +703,18 @@ impl Store {
         let (mut log_blocks, mut log_bytes) = (0u64, 0u64);
         let mut remembered = 0usize;
         let mut reserved = st.reserved;
+        let mut taken = deliveries::Staged::default();
 
-        for r in readings {
+        for (i, r) in readings.iter().enumerate() {
+            let origin = origins.get(i).copied().unwrap_or(Origin::DEVICE_TIME);
+            if let Some(id) = &origin.delivery {
+                let resend = st.deliveries.is_resend(id, &taken);
+                st.deliveries.stage(id, &mut taken, &mut batch);
+                if resend {
+                    out.push(None);
+                    continue;
+                }
+            }
             let sid = match st.sid(&r.device_id, &r.metric) {
                 Some(sid) => sid,
                 None => {
@@ -685,7 +738,7 @@ impl Store {
             let fp = recent::fingerprint(sid, r.timestamp_ms, r.value.to_bits());
             // Newer than the series' newest: new. Else new unless recently stored (then the
             // stored rows confirm it).
-            if r.timestamp_ms <= s.max_ts && st.recent.may_hold(fp) {
+            if origin.device_time && r.timestamp_ms <= s.max_ts && st.recent.may_hold(fp) {
                 match is_stored(tree, s, st.floor, sid, r, &mut decoded) {
                     Ok(true) => {
                         out.push(None);
@@ -740,6 +793,7 @@ impl Store {
             }
         }
         if failure.is_none() {
+            st.deliveries.stage_removals(&taken, &mut batch);
             let checkpoint = checkpoint_after(st, &undo, &seals, next_seq);
             if checkpoint != st.replay_from {
                 batch.insert(META_REPLAY, &checkpoint.to_be_bytes()[..]);
@@ -759,6 +813,7 @@ impl Store {
             return Err(e);
         }
         st.recent.trim();
+        st.deliveries.commit(taken);
         // Durable in sled's write order: publish the staged state.
         st.next_seq = next_seq;
         st.next_sid = next_sid;
