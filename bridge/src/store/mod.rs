@@ -26,6 +26,7 @@
 //! * `rollup`: [`Aggregate`], minute/hour buckets and the pages that hold them.
 //! * `layout`: key tags and encodings, small records, finding the block that holds a seq.
 //! * `recent`: fingerprints of the last stored readings, the first test for a redelivery.
+//! * `deliveries`: the external session's recent deliveries, to recognise the broker's resends.
 //!
 //! # On-disk layout
 //!
@@ -41,6 +42,7 @@
 //! | `H` sid day start | the hour buckets of that day (`rollup`) |
 //! | `S` sid (u32 BE) | series record (postcard): names, base unit, last reading, sealed-through seq, sealed count |
 //! | `D` deviceId | device presence (postcard) |
+//! | `P` ordinal (u64 BE) | a recent external delivery: packet id, digest (`deliveries`) |
 //! | `Zformat` | on-disk format ([`FORMAT`]); a store without it (older build) is refused |
 //! | `Zseq` | seq reservation: no seq at or below it is ever assigned again (see below) |
 //! | `Zreplay` | replay checkpoint: every reading before this seq is sealed or deleted |
@@ -48,9 +50,13 @@
 //!
 //! # Duplicates
 //!
-//! A reading with the same series, event time and value bits as one of the last
-//! [`StoreOptions::dedupe_window`] stored readings is not stored again (a redelivery comes
-//! soon after the original). A reading newer than everything of its series is new without a
+//! A reading that carries its device's event time ([`Origin::device_time`]) with the same
+//! series, event time and value bits as one of the last [`StoreOptions::dedupe_window`] stored
+//! readings is not stored again (a redelivery comes soon after the original). A reading whose
+//! event time is its receive time is never compared by content: a burst of equal values can
+//! share a millisecond. A reading from an external broker's session is written with its
+//! delivery (`deliveries`), and the broker's resend of that delivery is a duplicate whatever the
+//! payload. A reading newer than everything of its series is new without a
 //! lookup; otherwise its fingerprint is looked up among those of the recent readings (`recent`,
 //! in memory, rebuilt from the log tail at open), and only a match is confirmed in the open
 //! chunk, then in the sealed chunks that can cover its event time. So late readings (a device
