@@ -170,6 +170,8 @@ pub struct FanoutStats {
     /// Catch-ups from the log that failed (the fan-out re-reading what it missed, or a watch
     /// replaying after its cursor): each sent the subscribers concerned a gap.
     pub catchup_failures: AtomicU64,
+    /// Readings that could not be serialized into a live event, so were not sent (logged).
+    pub unencodable: AtomicU64,
     /// Seconds from the broker link taking a reading to the fan-out receiving it stored
     /// (ingest, writer queue, apply, broadcast; the flush to disk runs beside this path, see
     /// the writer); first reading of each batch.
@@ -191,6 +193,7 @@ impl Default for FanoutStats {
             lag_disconnects: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             catchup_failures: AtomicU64::new(0),
+            unencodable: AtomicU64::new(0),
             link_to_fanout: Histogram::new(LATENCY_BUCKETS),
             publish_seconds: Histogram::new(LATENCY_BUCKETS),
             sse_write: Histogram::new(LATENCY_BUCKETS),

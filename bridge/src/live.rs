@@ -28,23 +28,35 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Delivery, EventKind, Fanout, LiveEvent, Subscription};
+use crate::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
 use crate::store::{PresenceUpdate, ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
 use crate::writer::CommittedBatch;
 
 /// Readings read from the log per replay step.
 const REPLAY_PAGE: usize = 500;
 
-/// The JSON message of a stored reading, shared by SSE, WebSocket and long polling.
-pub fn reading_event(r: &StoredReading) -> Arc<LiveEvent> {
-    let topic = r.reading.topic();
-    let json = crate::json_write::reading_message(r);
-    Arc::new(LiveEvent::new(
-        r.seq,
-        EventKind::Reading,
-        topic.into(),
-        json.into(),
-    ))
+/// The JSON message of a stored reading, shared by SSE, WebSocket and long polling; `None`
+/// (logged and counted in `stats`) when it cannot be written: nothing is sent in its place.
+pub fn reading_event(r: &StoredReading, stats: &FanoutStats) -> Option<Arc<LiveEvent>> {
+    match crate::json_write::reading_message(r) {
+        Ok(json) => Some(Arc::new(LiveEvent::new(
+            r.seq,
+            EventKind::Reading,
+            r.reading.topic().into(),
+            json.into(),
+        ))),
+        Err(err) => {
+            stats.unencodable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                %err,
+                seq = r.seq,
+                device_id = %r.reading.device_id,
+                metric = %r.reading.metric,
+                "live event not sent: cannot serialize the reading"
+            );
+            None
+        }
+    }
 }
 
 /// The JSON message of a presence change; `seq` is the log position it followed.
@@ -116,7 +128,10 @@ async fn catch_up<L: CatchUpLog>(
         let Some(end) = page.last().map(|r| r.seq) else {
             return Ok(());
         };
-        let events: Vec<_> = page.iter().map(reading_event).collect();
+        let events: Vec<_> = page
+            .iter()
+            .filter_map(|r| reading_event(r, fanout.stats()))
+            .collect();
         fanout.publish(&events);
         *last = end;
         if page.len() < REPLAY_PAGE {
@@ -189,7 +204,7 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
                 let events: Vec<_> = batch
                     .iter()
                     .filter(|r| r.seq > last)
-                    .map(reading_event)
+                    .filter_map(|r| reading_event(r, fanout.stats()))
                     .collect();
                 if let Some(r) = batch.last() {
                     last = last.max(r.seq);
@@ -456,7 +471,9 @@ impl<L: CatchUpLog> Watch<L> {
             };
             let boundary = self.boundary;
             for r in page.readings.iter().filter(|r| r.seq <= boundary) {
-                self.pending.push_back(WatchItem::Event(reading_event(r)));
+                if let Some(ev) = reading_event(r, self.sub.stats()) {
+                    self.pending.push_back(WatchItem::Event(ev));
+                }
             }
             self.replay_after = match page.next_after {
                 Some(next) if next < boundary => Some(next),
@@ -722,7 +739,7 @@ mod tests {
         let events: Vec<_> = in_hole
             .iter()
             .chain(later[0].iter())
-            .map(reading_event)
+            .filter_map(|r| reading_event(r, fanout.stats()))
             .collect();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6]);
         fanout.publish(&events);

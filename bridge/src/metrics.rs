@@ -20,6 +20,7 @@
 //! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
 //! | `edgewatch_live_events_delivered_total`, `_conflated_dropped_total`, `_gaps_total`, `_lag_disconnects_total` | counter | fan-out |
 //! | `edgewatch_live_catchup_failures_total` | counter | fan-out and watch replay: reads of the log that failed, each answered with a `gap` to the subscribers concerned (and an error log line) |
+//! | `edgewatch_live_events_unencodable_total` | counter | fan-out and watch replay: readings whose live JSON could not be written, not sent (and logged) |
 //! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → stored, at the fan-out → queued → written) |
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
@@ -529,6 +530,11 @@ impl Metrics {
                         "edgewatch_live_catchup_failures_total",
                         "Reads of the log for live delivery (fan-out catch-up, watch replay) that failed; the subscribers concerned were sent a gap.",
                         &st.catchup_failures,
+                    ),
+                    (
+                        "edgewatch_live_events_unencodable_total",
+                        "Readings whose live event could not be serialized, so were not sent (logged).",
+                        &st.unencodable,
                     ),
                 ],
             );
