@@ -464,10 +464,10 @@ impl<L: CatchUpLog> Watch<L> {
                 ..ReadingQuery::default()
             };
             let store = self.store.clone();
-            let read = tokio::task::spawn_blocking(move || store.readings(&q)).await;
-            let page = match read.map_err(CatchUpError::from).and_then(|r| Ok(r?)) {
-                Ok(page) => page,
-                Err(err) => return Some(self.replay_failed(&err, after)),
+            let page = match tokio::task::spawn_blocking(move || store.readings(&q)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(err)) => return Some(self.replay_failed(&err.into(), after)),
+                Err(err) => return Some(self.replay_failed(&err.into(), after)),
             };
             let boundary = self.boundary;
             for r in page.readings.iter().filter(|r| r.seq <= boundary) {
@@ -544,26 +544,29 @@ mod tests {
         failing: Arc<AtomicBool>,
     }
 
+    impl FlakyLog {
+        fn injected_failure(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Corrupt {
+                    what: "log block (injected)",
+                });
+            }
+            Ok(())
+        }
+    }
+
     impl CatchUpLog for FlakyLog {
         fn last_seq(&self) -> Result<u64, StoreError> {
             self.store.last_seq()
         }
 
         fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::Corrupt {
-                    what: "log block (injected)",
-                });
-            }
+            self.injected_failure()?;
             self.store.log_after(after, limit)
         }
 
         fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::Corrupt {
-                    what: "log block (injected)",
-                });
-            }
+            self.injected_failure()?;
             self.store.readings(q)
         }
     }
