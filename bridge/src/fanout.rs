@@ -14,7 +14,11 @@
 //!    carrying `resume_after`, the last `seq` it received before the hole (a client replays the
 //!    hole from the log with that cursor), and the number of events dropped; then the
 //!    conflated latest values, in `seq` order.
-//! 3. **Disconnection.** A subscription that stays in conflation longer than `lag_timeout`, or
+//! 3. **Holes.** When the fan-out cannot read back from the log what it missed (a store
+//!    error while catching up), [`Fanout::open_hole`] puts every subscription in the same
+//!    state as step 1: each gets the same [`Delivery::Gap`], with the last seq it received in
+//!    order as `resume_after`, so no hole is ever silent.
+//! 4. **Disconnection.** A subscription that stays in conflation longer than `lag_timeout`, or
 //!    whose conflation map would exceed `conflate_max_topics`, is closed
 //!    ([`Delivery::Closed`]) and its transport disconnects the client.
 
@@ -163,6 +167,11 @@ pub struct FanoutStats {
     pub lag_disconnects: AtomicU64,
     /// Gap notices sent.
     pub gaps: AtomicU64,
+    /// Catch-ups from the log that failed (the fan-out re-reading what it missed, or a watch
+    /// replaying after its cursor): each sent the subscribers concerned a gap.
+    pub catchup_failures: AtomicU64,
+    /// Readings that could not be serialized into a live event, so were not sent (logged).
+    pub unencodable: AtomicU64,
     /// Seconds from the broker link taking a reading to the fan-out receiving it stored
     /// (ingest, writer queue, apply, broadcast; the flush to disk runs beside this path, see
     /// the writer); first reading of each batch.
@@ -183,6 +192,8 @@ impl Default for FanoutStats {
             dropped: AtomicU64::new(0),
             lag_disconnects: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            catchup_failures: AtomicU64::new(0),
+            unencodable: AtomicU64::new(0),
             link_to_fanout: Histogram::new(LATENCY_BUCKETS),
             publish_seconds: Histogram::new(LATENCY_BUCKETS),
             sse_write: Histogram::new(LATENCY_BUCKETS),
@@ -359,6 +370,21 @@ impl Fanout {
     }
 }
 
+impl Fanout {
+    /// Marks a hole in the sequence for every open subscription: events were committed that
+    /// the fan-out cannot deliver (reading them back from the log failed). Each subscription
+    /// is sent a [`Delivery::Gap`] once it has drained what it holds, with the last seq it
+    /// received in order as the resume cursor, exactly as a slow consumer is (until then new
+    /// events are conflated). Returns how many subscriptions were marked.
+    pub fn open_hole(&self) -> usize {
+        let Ok(queues) = self.shared.queues.read() else {
+            return 0;
+        };
+        let now = Instant::now();
+        queues.values().filter(|q| q.open_hole(now)).count()
+    }
+}
+
 /// One subscriber's registration. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
@@ -385,6 +411,11 @@ impl Subscription {
     /// The filters this subscription matches.
     pub fn filters(&self) -> &[TopicFilter] {
         &self.filters
+    }
+
+    /// The counters of the fan-out this subscription belongs to.
+    pub fn stats(&self) -> &FanoutStats {
+        &self.shared.stats
     }
 
     /// Waits for the next delivery. After [`Delivery::Closed`] it keeps returning `Closed`.
@@ -530,6 +561,28 @@ impl Queue {
         outcome
     }
 
+    /// Starts conflation (whose end is a gap) unless already conflating; false when closed.
+    fn open_hole(&self, now: Instant) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        if st.closed {
+            return false;
+        }
+        if st.conflation.is_none() {
+            let resume_after = st.last_in_order;
+            st.conflation = Some(Conflation {
+                since: now,
+                resume_after,
+                latest: HashMap::new(),
+                dropped: 0,
+            });
+        }
+        drop(st);
+        self.notify.notify_one();
+        true
+    }
+
     fn pop(&self) -> Option<Delivery> {
         let Ok(mut st) = self.state.lock() else {
             return Some(Delivery::Closed);
@@ -660,6 +713,31 @@ mod tests {
         assert_eq!(sub.next().await, Delivery::Closed);
         assert_eq!(sub.next().await, Delivery::Closed);
         assert_eq!(fo.stats().lag_disconnects.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hole_reaches_every_subscriber_as_a_gap_after_what_it_holds() {
+        let fo = Fanout::new(FanoutConfig::default());
+        let mut idle = fo.subscribe(vec![f("sensors/#")]);
+        let mut busy = fo.subscribe(vec![f("sensors/#")]);
+        fo.publish(&[ev(1, "sensors/a/t"), ev(2, "sensors/a/t")]);
+        assert_eq!(seq_of(idle.next().await), 1);
+        assert_eq!(seq_of(idle.next().await), 2);
+        assert_eq!(fo.open_hole(), 2);
+        fo.publish(&[ev(5, "sensors/a/t")]);
+        let gap = Delivery::Gap {
+            resume_after: 2,
+            dropped: 0,
+        };
+        assert_eq!(idle.next().await, gap);
+        assert_eq!(seq_of(idle.next().await), 5);
+        // What was queued before the hole comes first.
+        assert_eq!(seq_of(busy.next().await), 1);
+        assert_eq!(seq_of(busy.next().await), 2);
+        assert_eq!(busy.next().await, gap);
+        assert_eq!(seq_of(busy.next().await), 5);
+        assert!(busy.try_next().is_none());
+        assert_eq!(fo.stats().gaps.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

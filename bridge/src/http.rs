@@ -386,6 +386,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<json_write::JsonError> for ApiError {
+    fn from(err: json_write::JsonError) -> Self {
+        error!(%err, "history answer could not be written");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "the answer could not be written; see the hub's log".to_owned(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(ErrorBody::new(self.code, self.message));
@@ -1159,7 +1170,7 @@ impl Format {
         }
     }
 
-    fn render(self, page: &RowPage) -> Vec<u8> {
+    fn render(self, page: &RowPage) -> Result<Vec<u8>, json_write::JsonError> {
         match self {
             Format::Json => json_write::reading_page(page.iter(), page.next_after),
             Format::Ndjson => json_write::reading_lines(page.iter()),
@@ -1179,7 +1190,7 @@ impl Format {
                         Rfc3339::new(x.received_at_ms)
                     ));
                 }
-                body.into_bytes()
+                Ok(body.into_bytes())
             }
         }
     }
@@ -1256,6 +1267,7 @@ async fn readings(
         Ok((format.render(&page), page.next_after))
     })
     .await?;
+    let body = body?;
     let mut res = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if let Some(n) = next_after {
         if let Ok(v) = HeaderValue::from_str(&n.to_string()) {
@@ -1333,7 +1345,7 @@ async fn rollups(
         ApiError::too_large(format!(
             "{total} points over the maximum of {max_points}; narrow filter or raise step"
         ))
-    })?;
+    })??;
     let len: usize = body.iter().map(Bytes::len).sum();
     let body = axum::body::Body::from_stream(futures::stream::iter(
         body.into_iter().map(Ok::<_, std::convert::Infallible>),
@@ -1389,14 +1401,14 @@ mod tests {
         })
         .unwrap();
         let views = || readings.iter().map(crate::store::ReadingView::from);
-        let written = json_write::reading_page(views(), Some(7));
+        let written = json_write::reading_page(views(), Some(7)).unwrap();
         assert_eq!(String::from_utf8(written).unwrap(), documented);
         let lines: String = readings
             .iter()
             .map(|r| serde_json::to_string(&ReadingItem::from(r)).unwrap() + "\n")
             .collect();
         assert_eq!(
-            String::from_utf8(json_write::reading_lines(views())).unwrap(),
+            String::from_utf8(json_write::reading_lines(views()).unwrap()).unwrap(),
             lines
         );
         for r in &readings {
@@ -1413,7 +1425,7 @@ mod tests {
                 received_at: item.received_at,
             };
             assert_eq!(
-                json_write::reading_message(r),
+                json_write::reading_message(r).unwrap(),
                 serde_json::to_string(&live).unwrap()
             );
         }

@@ -17,16 +17,25 @@ use serde::Serialize;
 
 use crate::store::{ReadingView, SeriesRollup, StoredReading};
 
+/// JSON that could not be written; nothing is sent in its place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JsonError {
+    /// serde_json refused a value.
+    #[error("cannot serialize to JSON: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The bytes written are not UTF-8.
+    #[error("the JSON written is not UTF-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
+}
+
 /// Bytes per reading of a typical answer, to size buffers.
 const READING_BYTES: usize = 200;
 /// Bytes per rollup bucket of a typical answer.
 const BUCKET_BYTES: usize = 140;
 
 /// Appends any serializable value (numbers, strings, small enums) as serde_json writes it.
-fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    // Writing into a Vec cannot fail, and none of the types written here (str, f64, u64,
-    // Option<&str>, unit enums) can fail to serialize.
-    let _ = serde_json::to_writer(&mut *out, value);
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), JsonError> {
+    Ok(serde_json::to_writer(&mut *out, value)?)
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
@@ -50,22 +59,24 @@ pub(crate) struct ReadingWriter {
 }
 
 /// `,"topic":"..","deviceId":"..","metric":"..","value":`
-fn push_series_head(out: &mut Vec<u8>, r: &ReadingView<'_>) {
+fn push_series_head(out: &mut Vec<u8>, r: &ReadingView<'_>) -> Result<(), JsonError> {
     out.extend_from_slice(b",\"topic\":");
     // The topic is escaped as it is written, without building it first.
-    let _ = serde::Serializer::collect_str(&mut serde_json::Serializer::new(&mut *out), &r.topic());
+    serde::Serializer::collect_str(&mut serde_json::Serializer::new(&mut *out), &r.topic())?;
     out.extend_from_slice(b",\"deviceId\":");
-    push_json(out, r.device_id);
+    push_json(out, r.device_id)?;
     out.extend_from_slice(b",\"metric\":");
-    push_json(out, r.metric);
+    push_json(out, r.metric)?;
     out.extend_from_slice(b",\"value\":");
+    Ok(())
 }
 
 /// `,"unit":"..","timestamp":"`
-fn push_unit_head(out: &mut Vec<u8>, r: &ReadingView<'_>) {
+fn push_unit_head(out: &mut Vec<u8>, r: &ReadingView<'_>) -> Result<(), JsonError> {
     out.extend_from_slice(b",\"unit\":");
-    push_json(out, &r.unit);
+    push_json(out, &r.unit)?;
     out.extend_from_slice(b",\"timestamp\":\"");
+    Ok(())
 }
 
 /// The whole object around the series' parts, which `series_head` and `unit_head` append.
@@ -73,48 +84,56 @@ fn push_reading(
     out: &mut Vec<u8>,
     r: &ReadingView<'_>,
     tagged: bool,
-    series_head: impl FnOnce(&mut Vec<u8>),
-    unit_head: impl FnOnce(&mut Vec<u8>),
+    series_head: impl FnOnce(&mut Vec<u8>) -> Result<(), JsonError>,
+    unit_head: impl FnOnce(&mut Vec<u8>) -> Result<(), JsonError>,
     times: (&[u8; 24], &[u8; 24]),
-) {
+) -> Result<(), JsonError> {
     out.extend_from_slice(if tagged {
         b"{\"type\":\"reading\",\"seq\":"
     } else {
         b"{\"seq\":"
     });
     push_u64(out, r.seq);
-    series_head(out);
-    push_json(out, &r.value);
-    unit_head(out);
+    series_head(out)?;
+    push_json(out, &r.value)?;
+    unit_head(out)?;
     out.extend_from_slice(times.0);
     out.extend_from_slice(b"\",\"receivedAt\":\"");
     out.extend_from_slice(times.1);
     out.extend_from_slice(b"\"}");
+    Ok(())
 }
 
 impl ReadingWriter {
-    fn fragments_for(&mut self, r: &ReadingView<'_>) {
+    fn fragments_for(&mut self, r: &ReadingView<'_>) -> Result<(), JsonError> {
         let same = self
             .series
             .as_ref()
             .is_some_and(|(d, m, u)| d == r.device_id && m == r.metric && u.as_deref() == r.unit);
         if same {
-            return;
+            return Ok(());
         }
+        // Forgotten until both fragments are whole.
+        self.series = None;
         self.head.clear();
-        push_series_head(&mut self.head, r);
+        push_series_head(&mut self.head, r)?;
         self.unit.clear();
-        push_unit_head(&mut self.unit, r);
+        push_unit_head(&mut self.unit, r)?;
         self.series = Some((
             r.device_id.to_owned(),
             r.metric.to_owned(),
             r.unit.map(str::to_owned),
         ));
+        Ok(())
     }
 
     /// Appends one reading object.
-    pub(crate) fn write(&mut self, out: &mut Vec<u8>, r: &ReadingView<'_>) {
-        self.fragments_for(r);
+    pub(crate) fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        r: &ReadingView<'_>,
+    ) -> Result<(), JsonError> {
+        self.fragments_for(r)?;
         let times = (
             self.times.format(r.timestamp_ms),
             self.times.format(r.received_at_ms),
@@ -123,15 +142,21 @@ impl ReadingWriter {
             out,
             r,
             false,
-            |o| o.extend_from_slice(&self.head),
-            |o| o.extend_from_slice(&self.unit),
+            |o| {
+                o.extend_from_slice(&self.head);
+                Ok(())
+            },
+            |o| {
+                o.extend_from_slice(&self.unit);
+                Ok(())
+            },
             (&times.0, &times.1),
-        );
+        )
     }
 }
 
 /// The live `reading` message of one reading (`"type":"reading"` first).
-pub(crate) fn reading_message(r: &StoredReading) -> String {
+pub(crate) fn reading_message(r: &StoredReading) -> Result<String, JsonError> {
     let v = ReadingView::from(r);
     let mut out = Vec::with_capacity(READING_BYTES);
     let (ts, recv) = (Rfc3339::new(v.timestamp_ms), Rfc3339::new(v.received_at_ms));
@@ -142,16 +167,16 @@ pub(crate) fn reading_message(r: &StoredReading) -> String {
         |o| push_series_head(o, &v),
         |o| push_unit_head(o, &v),
         (ts.as_bytes(), recv.as_bytes()),
-    );
-    // Every piece written is UTF-8: literals, serde_json output and ASCII digits.
-    String::from_utf8(out).unwrap_or_default()
+    )?;
+    // Every piece written is UTF-8 (literals, serde_json output and ASCII digits); checked.
+    Ok(String::from_utf8(out)?)
 }
 
 /// `GET /v1/readings` as JSON: `{"readings":[...],"nextAfter":..}`.
 pub(crate) fn reading_page<'a>(
     readings: impl ExactSizeIterator<Item = ReadingView<'a>>,
     next_after: Option<u64>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, JsonError> {
     let mut out = Vec::with_capacity(readings.len() * READING_BYTES + 64);
     out.extend_from_slice(b"{\"readings\":[");
     let mut w = ReadingWriter::default();
@@ -159,25 +184,25 @@ pub(crate) fn reading_page<'a>(
         if i > 0 {
             out.push(b',');
         }
-        w.write(&mut out, &r);
+        w.write(&mut out, &r)?;
     }
     out.extend_from_slice(b"],\"nextAfter\":");
-    push_json(&mut out, &next_after);
+    push_json(&mut out, &next_after)?;
     out.push(b'}');
-    out
+    Ok(out)
 }
 
 /// `GET /v1/readings` as NDJSON: one reading object per line.
 pub(crate) fn reading_lines<'a>(
     readings: impl ExactSizeIterator<Item = ReadingView<'a>>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, JsonError> {
     let mut out = Vec::with_capacity(readings.len() * READING_BYTES);
     let mut w = ReadingWriter::default();
     for r in readings {
-        w.write(&mut out, &r);
+        w.write(&mut out, &r)?;
         out.push(b'\n');
     }
-    out
+    Ok(out)
 }
 
 /// The range part of a rollups answer.
@@ -193,7 +218,10 @@ const SERIES_PER_THREAD: usize = 8;
 
 /// `GET /v1/rollups`: `{"from":..,"to":..,"stepMs":..,"source":..,"series":[...]}`, in
 /// pieces to send one after the other (the series are written on every core).
-pub(crate) fn rollups(head: &RollupsHead, series: &[SeriesRollup]) -> Vec<Bytes> {
+pub(crate) fn rollups(
+    head: &RollupsHead,
+    series: &[SeriesRollup],
+) -> Result<Vec<Bytes>, JsonError> {
     let mut times = Rfc3339Days::default();
     let mut open = Vec::with_capacity(160);
     open.extend_from_slice(b"{\"from\":\"");
@@ -203,21 +231,19 @@ pub(crate) fn rollups(head: &RollupsHead, series: &[SeriesRollup]) -> Vec<Bytes>
     open.extend_from_slice(b"\",\"stepMs\":");
     push_i64(&mut open, head.step_ms);
     open.extend_from_slice(b",\"source\":");
-    push_json(&mut open, &head.source);
+    push_json(&mut open, &head.source)?;
     open.extend_from_slice(b",\"series\":[");
     let items: Vec<(usize, &SeriesRollup)> = series.iter().enumerate().collect();
-    let written = crate::split::map(items, SERIES_PER_THREAD, |(i, s)| {
-        Ok::<_, std::convert::Infallible>(series_json(i > 0, s))
-    });
-    let mut pieces = vec![Bytes::from(open)];
-    // Infallible: the error arm cannot be taken.
-    pieces.extend(written.unwrap_or_default());
+    let written = crate::split::map(items, SERIES_PER_THREAD, |(i, s)| series_json(i > 0, s))?;
+    let mut pieces = Vec::with_capacity(written.len() + 2);
+    pieces.push(Bytes::from(open));
+    pieces.extend(written);
     pieces.push(Bytes::from_static(b"]}"));
-    pieces
+    Ok(pieces)
 }
 
 /// One series of a rollups answer, with the comma before it unless it is the first.
-fn series_json(comma: bool, s: &SeriesRollup) -> Bytes {
+fn series_json(comma: bool, s: &SeriesRollup) -> Result<Bytes, JsonError> {
     let mut out = Vec::with_capacity(s.points.len() * BUCKET_BYTES + 160);
     let mut times = Rfc3339Days::default();
     out.extend_from_slice(if comma {
@@ -225,13 +251,13 @@ fn series_json(comma: bool, s: &SeriesRollup) -> Bytes {
     } else {
         b"{\"topic\":"
     });
-    push_json(&mut out, &s.key.topic());
+    push_json(&mut out, &s.key.topic())?;
     out.extend_from_slice(b",\"deviceId\":");
-    push_json(&mut out, &s.key.device_id);
+    push_json(&mut out, &s.key.device_id)?;
     out.extend_from_slice(b",\"metric\":");
-    push_json(&mut out, &s.key.metric);
+    push_json(&mut out, &s.key.metric)?;
     out.extend_from_slice(b",\"unit\":");
-    push_json(&mut out, &s.unit);
+    push_json(&mut out, &s.unit)?;
     out.extend_from_slice(b",\"points\":[");
     for (j, (t, a)) in s.points.iter().enumerate() {
         out.extend_from_slice(if j > 0 { b",{\"t\":\"" } else { b"{\"t\":\"" });
@@ -239,19 +265,19 @@ fn series_json(comma: bool, s: &SeriesRollup) -> Bytes {
         out.extend_from_slice(b"\",\"tMs\":");
         push_i64(&mut out, *t);
         out.extend_from_slice(b",\"min\":");
-        push_json(&mut out, &a.min);
+        push_json(&mut out, &a.min)?;
         out.extend_from_slice(b",\"max\":");
-        push_json(&mut out, &a.max);
+        push_json(&mut out, &a.max)?;
         out.extend_from_slice(b",\"avg\":");
-        push_json(&mut out, &a.avg());
+        push_json(&mut out, &a.avg())?;
         out.extend_from_slice(b",\"count\":");
         push_u64(&mut out, a.count);
         out.extend_from_slice(b",\"last\":");
-        push_json(&mut out, &a.last);
+        push_json(&mut out, &a.last)?;
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
-    Bytes::from(out)
+    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -300,7 +326,7 @@ mod tests {
                 next_after: next,
             })
             .unwrap();
-            let written = reading_page(readings.iter().map(ReadingView::from), next);
+            let written = reading_page(readings.iter().map(ReadingView::from), next).unwrap();
             prop_assert_eq!(String::from_utf8(written).unwrap(), documented);
         }
 
@@ -345,7 +371,7 @@ mod tests {
             })
             .unwrap();
             let head = RollupsHead { from_ms: from, to_ms: to, step_ms: step, source: Source::Minute };
-            let written: Vec<u8> = rollups(&head, &list).concat();
+            let written: Vec<u8> = rollups(&head, &list).unwrap().concat();
             prop_assert_eq!(String::from_utf8(written).unwrap(), documented);
         }
     }

@@ -10,8 +10,16 @@
 //! The fan-out task ([`run_fanout`]) turns committed batches into [`LiveEvent`]s, serialized
 //! once. If it falls behind the writer's broadcast channel, it re-reads the missed seqs from
 //! the log instead of losing them.
+//!
+//! No hole is silent. When reading the log fails (the fan-out catching up, or a watch
+//! replaying after its cursor), the failure is logged with the seqs concerned, counted
+//! ([`FanoutStats::catchup_failures`](crate::fanout::FanoutStats)) and the subscribers
+//! concerned get the same `gap` a slow consumer gets, whose `resume_after` is the last seq they
+//! received in order: replaying from the log after it (once the store answers again) fills
+//! the hole.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use edgewatch_protocol::timefmt::{format_rfc3339, now_ms};
@@ -20,23 +28,35 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Delivery, EventKind, Fanout, LiveEvent, Subscription};
-use crate::store::{PresenceUpdate, ReadingQuery, Store, StoredReading};
+use crate::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
+use crate::store::{PresenceUpdate, ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
 use crate::writer::CommittedBatch;
 
 /// Readings read from the log per replay step.
 const REPLAY_PAGE: usize = 500;
 
-/// The JSON message of a stored reading, shared by SSE, WebSocket and long polling.
-pub fn reading_event(r: &StoredReading) -> Arc<LiveEvent> {
-    let topic = r.reading.topic();
-    let json = crate::json_write::reading_message(r);
-    Arc::new(LiveEvent::new(
-        r.seq,
-        EventKind::Reading,
-        topic.into(),
-        json.into(),
-    ))
+/// The JSON message of a stored reading, shared by SSE, WebSocket and long polling; `None`
+/// (logged and counted in `stats`) when it cannot be written: nothing is sent in its place.
+pub fn reading_event(r: &StoredReading, stats: &FanoutStats) -> Option<Arc<LiveEvent>> {
+    match crate::json_write::reading_message(r) {
+        Ok(json) => Some(Arc::new(LiveEvent::new(
+            r.seq,
+            EventKind::Reading,
+            r.reading.topic().into(),
+            json.into(),
+        ))),
+        Err(err) => {
+            stats.unencodable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                %err,
+                seq = r.seq,
+                device_id = %r.reading.device_id,
+                metric = %r.reading.metric,
+                "live event not sent: cannot serialize the reading"
+            );
+            None
+        }
+    }
 }
 
 /// The JSON message of a presence change; `seq` is the log position it followed.
@@ -58,15 +78,95 @@ pub fn status_event(p: &PresenceUpdate, seq: u64) -> Arc<LiveEvent> {
     ))
 }
 
+/// The log as live delivery reads it (the fan-out catching up, a watch replaying): the
+/// [`Store`] in production; a test seam, so that tests can make reads fail. Generic, so
+/// monomorphized: no cost in production.
+#[doc(hidden)]
+pub trait CatchUpLog: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// The last committed seq.
+    fn last_seq(&self) -> Result<u64, StoreError>;
+    /// Up to `limit` readings after `after`, in seq order.
+    fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredReading>, StoreError>;
+    /// A page of the readings matching `q`.
+    fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError>;
+}
+
+impl CatchUpLog for Store {
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        Store::last_seq(self)
+    }
+
+    fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
+        Store::log_after(self, after, limit)
+    }
+
+    fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError> {
+        Store::readings(self, q)
+    }
+}
+
+/// Why reading the log on the live path failed.
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the log read on the blocking pool did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Publishes every reading the log holds after `*last`, page by page, moving `*last` on as
+/// pages are published. On an error, `*last` is the last seq published.
+async fn catch_up<L: CatchUpLog>(
+    fanout: &Fanout,
+    log: &L,
+    last: &mut u64,
+) -> Result<(), CatchUpError> {
+    loop {
+        let (reader, after) = (log.clone(), *last);
+        let page =
+            tokio::task::spawn_blocking(move || reader.log_after(after, REPLAY_PAGE)).await??;
+        let Some(end) = page.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        let events: Vec<_> = page
+            .iter()
+            .filter_map(|r| reading_event(r, fanout.stats()))
+            .collect();
+        fanout.publish(&events);
+        *last = end;
+        if page.len() < REPLAY_PAGE {
+            return Ok(());
+        }
+    }
+}
+
 /// Feeds the fan-out from the writer's committed batches and presence changes until `stop`.
 pub async fn run_fanout(
     fanout: Fanout,
     store: Store,
+    committed: broadcast::Receiver<CommittedBatch>,
+    presence: broadcast::Receiver<PresenceUpdate>,
+    stop: CancellationToken,
+) {
+    run_fanout_from(fanout, store, committed, presence, stop).await;
+}
+
+/// [`run_fanout`] over any [`CatchUpLog`].
+pub(crate) async fn run_fanout_from<L: CatchUpLog>(
+    fanout: Fanout,
+    log: L,
     mut committed: broadcast::Receiver<CommittedBatch>,
     mut presence: broadcast::Receiver<PresenceUpdate>,
     stop: CancellationToken,
 ) {
-    let mut last = store.last_seq().unwrap_or(0);
+    let mut last = match log.last_seq() {
+        Ok(seq) => seq,
+        Err(err) => {
+            // Only a catch-up before the first batch would start from here.
+            tracing::error!(%err, "fan-out cannot read the last seq; starting from 0");
+            0
+        }
+    };
     let mut presence_open = true;
     loop {
         let batch = tokio::select! {
@@ -104,7 +204,7 @@ pub async fn run_fanout(
                 let events: Vec<_> = batch
                     .iter()
                     .filter(|r| r.seq > last)
-                    .map(reading_event)
+                    .filter_map(|r| reading_event(r, fanout.stats()))
                     .collect();
                 if let Some(r) = batch.last() {
                     last = last.max(r.seq);
@@ -118,23 +218,24 @@ pub async fn run_fanout(
                     "fan-out fell behind the writer; replaying from the log"
                 );
                 // Catch up from the log; later batches that overlap are filtered by seq.
-                loop {
-                    let store2 = store.clone();
-                    let page =
-                        tokio::task::spawn_blocking(move || store2.log_after(last, REPLAY_PAGE))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or_default();
-                    let Some(end) = page.last().map(|r| r.seq) else {
-                        break;
-                    };
-                    let events: Vec<_> = page.iter().map(reading_event).collect();
-                    fanout.publish(&events);
-                    last = end;
-                    if page.len() < REPLAY_PAGE {
-                        break;
-                    }
+                if let Err(err) = catch_up(&fanout, &log, &mut last).await {
+                    // What is missing is after `last`, up to at most the log's end now; the
+                    // batches still in the channel deliver what they hold of it. Every
+                    // subscriber may be concerned: each is sent a gap to resume from.
+                    fanout
+                        .stats()
+                        .catchup_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let subscribers = fanout.open_hole();
+                    let log_end = log.last_seq().ok();
+                    tracing::error!(
+                        %err,
+                        after = last,
+                        log_end,
+                        subscribers,
+                        "fan-out could not catch up from the log: readings after `after` may be \
+                         missing from live streams; every subscriber is sent a gap to resume from"
+                    );
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -180,7 +281,8 @@ pub enum WatchError {
 pub enum WatchItem {
     /// A reading or status event.
     Event(Arc<LiveEvent>),
-    /// Readings were dropped for this slow consumer; `resume_after` fills the hole.
+    /// Readings were dropped for this slow consumer, or could not be read from the log;
+    /// replaying after `resume_after` fills the hole.
     Gap {
         /// The last seq delivered before the hole.
         resume_after: u64,
@@ -201,14 +303,14 @@ pub enum WatchItem {
 
 /// Opens resumable watches.
 #[derive(Debug, Clone)]
-pub struct LiveHub {
+pub struct LiveHub<L = Store> {
     fanout: Fanout,
-    store: Store,
+    store: L,
 }
 
-impl LiveHub {
+impl<L: CatchUpLog> LiveHub<L> {
     /// A hub over `fanout` and the log in `store`.
-    pub fn new(fanout: Fanout, store: Store) -> Self {
+    pub fn new(fanout: Fanout, store: L) -> Self {
         Self { fanout, store }
     }
 
@@ -233,7 +335,19 @@ impl LiveHub {
         &self,
         filters: Vec<TopicFilter>,
         since: Option<u64>,
-    ) -> Result<Watch, WatchError> {
+    ) -> Result<Watch<L>, WatchError> {
+        let opened = self.open(filters, since).await;
+        if let Err(err) = &opened {
+            tracing::error!(%err, ?since, "cannot open a live watch");
+        }
+        opened
+    }
+
+    async fn open(
+        &self,
+        filters: Vec<TopicFilter>,
+        since: Option<u64>,
+    ) -> Result<Watch<L>, WatchError> {
         let sub = self.fanout.subscribe(filters.clone());
         let boundary = self.last_seq().await?;
         let mut w = Watch {
@@ -272,20 +386,21 @@ impl LiveHub {
 
 /// One resumable stream of events matching a set of filters.
 #[derive(Debug)]
-pub struct Watch {
+pub struct Watch<L = Store> {
     sub: Subscription,
-    store: Store,
+    store: L,
     filters: Vec<TopicFilter>,
     pending: VecDeque<WatchItem>,
     /// Replay cursor while replaying from the log (up to `boundary`).
     replay_after: Option<u64>,
     /// Last seq in the log when the watch started: replay covers up to here, live after it.
     boundary: u64,
-    /// Highest reading seq delivered; live events at or below it are duplicates.
+    /// Highest reading seq delivered (or, after a failed replay, covered by the gap sent);
+    /// live events at or below it are duplicates.
     last_sent: u64,
 }
 
-impl Watch {
+impl<L: CatchUpLog> Watch<L> {
     /// The filters watched.
     pub fn filters(&self) -> &[TopicFilter] {
         &self.filters
@@ -351,24 +466,41 @@ impl Watch {
             let store = self.store.clone();
             let page = match tokio::task::spawn_blocking(move || store.readings(&q)).await {
                 Ok(Ok(page)) => page,
-                Ok(Err(err)) => {
-                    tracing::warn!(%err, "replay from the log failed; continuing live");
-                    self.replay_after = None;
-                    return None;
-                }
-                Err(_) => {
-                    self.replay_after = None;
-                    return None;
-                }
+                Ok(Err(err)) => return Some(self.replay_failed(&err.into(), after)),
+                Err(err) => return Some(self.replay_failed(&err.into(), after)),
             };
             let boundary = self.boundary;
             for r in page.readings.iter().filter(|r| r.seq <= boundary) {
-                self.pending.push_back(WatchItem::Event(reading_event(r)));
+                if let Some(ev) = reading_event(r, self.sub.stats()) {
+                    self.pending.push_back(WatchItem::Event(ev));
+                }
             }
             self.replay_after = match page.next_after {
                 Some(next) if next < boundary => Some(next),
                 _ => None,
             };
+        }
+    }
+
+    /// Replay after `after` failed: everything up to `after` was delivered, the rest up to the
+    /// boundary may not be. The client gets a gap at `after` and the watch goes on live past
+    /// the boundary (what it would replay is the hole the client fills).
+    fn replay_failed(&mut self, err: &CatchUpError, after: u64) -> WatchItem {
+        self.sub
+            .stats()
+            .catchup_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            %err,
+            after,
+            through = self.boundary,
+            "replay from the log failed: the client is sent a gap to resume from"
+        );
+        self.replay_after = None;
+        self.last_sent = self.last_sent.max(self.boundary);
+        WatchItem::Gap {
+            resume_after: after,
+            dropped: 0,
         }
     }
 
@@ -392,5 +524,237 @@ impl Watch {
             }),
             Delivery::Closed => Some(WatchItem::Closed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use edgewatch_protocol::Reading;
+
+    use super::*;
+    use crate::fanout::FanoutConfig;
+
+    /// The store, failing every read of readings while `failing` is set.
+    #[derive(Debug, Clone)]
+    struct FlakyLog {
+        store: Store,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl FlakyLog {
+        fn injected_failure(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Corrupt {
+                    what: "log block (injected)",
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl CatchUpLog for FlakyLog {
+        fn last_seq(&self) -> Result<u64, StoreError> {
+            self.store.last_seq()
+        }
+
+        fn log_after(&self, after: u64, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
+            self.injected_failure()?;
+            self.store.log_after(after, limit)
+        }
+
+        fn readings(&self, q: &ReadingQuery) -> Result<ReadingPage, StoreError> {
+            self.injected_failure()?;
+            self.store.readings(q)
+        }
+    }
+
+    fn reading(i: i64) -> Reading {
+        Reading {
+            device_id: "d1".to_owned(),
+            metric: "temperature".to_owned(),
+            value: i as f64,
+            unit: Some("C".to_owned()),
+            timestamp_ms: 1_790_000_000_000 + i,
+            received_at_ms: 1_790_000_000_000 + i,
+        }
+    }
+
+    /// Stores readings `from..=to`, one commit each, as the writer would publish them.
+    fn commit(store: &Store, from: i64, to: i64) -> Vec<CommittedBatch> {
+        (from..=to)
+            .map(|i| {
+                let stored = store.append_batch(&[reading(i)]).unwrap();
+                stored
+                    .into_iter()
+                    .map(|(seq, reading)| StoredReading { seq, reading })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn next<L: CatchUpLog>(w: &mut Watch<L>) -> WatchItem {
+        tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("a watch item within 10 s")
+    }
+
+    fn seq(item: &WatchItem) -> u64 {
+        match item {
+            WatchItem::Event(ev) => ev.seq,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// A store failure while the fan-out catches up from the log reaches the live subscriber
+    /// as a gap (and the counter), live delivery goes on, and resuming from the gap's cursor
+    /// once the store answers again replays everything that was missing.
+    #[tokio::test]
+    async fn failed_catch_up_sends_a_gap_to_resume_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::BridgeConfig {
+            data_dir: dir.path().to_path_buf(),
+            retention_days: 0,
+            ..Default::default()
+        };
+        // A hub for its store and metrics; its writer stays idle (readings are committed
+        // directly below, and the batches handed to the fan-out by hand).
+        let hub = crate::start(cfg, CancellationToken::new()).await.unwrap();
+        let store = hub.store().clone();
+        commit(&store, 1, 3);
+        let fanout = Fanout::new(FanoutConfig::default());
+        let live_hub = LiveHub::new(fanout.clone(), store.clone());
+        let filters = vec![TopicFilter::parse("sensors/#").unwrap()];
+        let mut live = live_hub.watch(filters.clone(), None).await.unwrap();
+        assert_eq!(live.cursor(), 3);
+
+        // Room for one batch: the fan-out falls behind as soon as two wait.
+        let (tx, rx) = broadcast::channel(1);
+        let (_presence_tx, presence_rx) = broadcast::channel(1);
+        let failing = Arc::new(AtomicBool::new(true));
+        let log = FlakyLog {
+            store: store.clone(),
+            failing: failing.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_fanout_from(
+            fanout.clone(),
+            log,
+            rx,
+            presence_rx,
+            stop.clone(),
+        ));
+        // Let it read the last seq (3) before anything else is committed.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+
+        // Readings 4, 5 and 6 are committed; the fan-out misses 4 and 5 and cannot read them
+        // back.
+        for batch in commit(&store, 4, 6) {
+            tx.send(batch).unwrap();
+        }
+        let gap = next(&mut live).await;
+        let WatchItem::Gap { resume_after, .. } = gap else {
+            panic!("expected a gap, got {gap:?}");
+        };
+        assert_eq!(
+            gap,
+            WatchItem::Gap {
+                resume_after: 3,
+                dropped: 0
+            }
+        );
+        assert_eq!(seq(&next(&mut live).await), 6);
+        let stats = fanout.stats();
+        assert_eq!(stats.catchup_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
+        let metrics = hub
+            .metrics()
+            .with_live(fanout.clone(), Arc::default())
+            .render();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "edgewatch_live_catchup_failures_total 1"),
+            "{metrics}"
+        );
+
+        // Live delivery goes on after the hole.
+        for batch in commit(&store, 7, 7) {
+            tx.send(batch).unwrap();
+        }
+        assert_eq!(seq(&next(&mut live).await), 7);
+
+        // The store answers again: resuming from the gap's cursor loses nothing.
+        failing.store(false, Ordering::SeqCst);
+        let mut resumed = live_hub.watch(filters, Some(resume_after)).await.unwrap();
+        let mut replayed = Vec::new();
+        while let Some(item) = resumed.try_next().await {
+            replayed.push(seq(&item));
+        }
+        assert_eq!(replayed, [4, 5, 6, 7]);
+
+        // And a later catch-up from the log works again, with no further gap.
+        for batch in commit(&store, 8, 10) {
+            tx.send(batch).unwrap();
+        }
+        for want in 8..=10 {
+            assert_eq!(seq(&next(&mut live).await), want);
+        }
+        assert_eq!(stats.catchup_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
+        stop.cancel();
+        task.await.unwrap();
+        hub.shutdown().await.unwrap();
+    }
+
+    /// A store failure while a watch replays after its cursor reaches the client as a gap at
+    /// the last seq replayed (not as a silent jump to the live events), and is counted.
+    #[tokio::test]
+    async fn failed_replay_sends_a_gap_to_resume_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap();
+        commit(&store, 1, 5);
+        let fanout = Fanout::new(FanoutConfig::default());
+        let failing = Arc::new(AtomicBool::new(false));
+        let log = FlakyLog {
+            store: store.clone(),
+            failing: failing.clone(),
+        };
+        let live_hub = LiveHub::new(fanout.clone(), log);
+        let filters = vec![TopicFilter::parse("sensors/#").unwrap()];
+        let mut w = live_hub.watch(filters.clone(), Some(2)).await.unwrap();
+
+        failing.store(true, Ordering::SeqCst);
+        let gap = WatchItem::Gap {
+            resume_after: 2,
+            dropped: 0,
+        };
+        assert_eq!(w.try_next().await, Some(gap));
+        assert_eq!(fanout.stats().catchup_failures.load(Ordering::Relaxed), 1);
+        // Live events in the hole (5, still on its way from the fan-out when the watch opened)
+        // are left to the resume; later ones (6) are delivered.
+        let in_hole = store.log_after(4, 1).unwrap();
+        let later = commit(&store, 6, 6);
+        let events: Vec<_> = in_hole
+            .iter()
+            .chain(later[0].iter())
+            .filter_map(|r| reading_event(r, fanout.stats()))
+            .collect();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6]);
+        fanout.publish(&events);
+        assert_eq!(seq(&next(&mut w).await), 6);
+        assert_eq!(w.try_next().await, None);
+
+        failing.store(false, Ordering::SeqCst);
+        let mut resumed = live_hub.watch(filters, Some(2)).await.unwrap();
+        let mut replayed = Vec::new();
+        while let Some(item) = resumed.try_next().await {
+            replayed.push(seq(&item));
+        }
+        assert_eq!(replayed, [3, 4, 5, 6]);
     }
 }

@@ -24,6 +24,8 @@
 //! | `edgewatch_live_connections{transport}` | gauge | SSE / WebSocket / long-poll |
 //! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
 //! | `edgewatch_live_events_delivered_total`, `_conflated_dropped_total`, `_gaps_total`, `_lag_disconnects_total` | counter | fan-out |
+//! | `edgewatch_live_catchup_failures_total` | counter | fan-out and watch replay: reads of the log that failed, each answered with a `gap` to the subscribers concerned (and an error log line) |
+//! | `edgewatch_live_events_unencodable_total` | counter | fan-out and watch replay: readings whose live JSON could not be written, not sent (and logged) |
 //! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → stored, at the fan-out → queued → written) |
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
@@ -588,6 +590,16 @@ impl Metrics {
                         "edgewatch_live_lag_disconnects_total",
                         "Subscribers disconnected for sustained lag.",
                         &st.lag_disconnects,
+                    ),
+                    (
+                        "edgewatch_live_catchup_failures_total",
+                        "Reads of the log for live delivery (fan-out catch-up, watch replay) that failed; the subscribers concerned were sent a gap.",
+                        &st.catchup_failures,
+                    ),
+                    (
+                        "edgewatch_live_events_unencodable_total",
+                        "Readings whose live event could not be serialized, so were not sent (logged).",
+                        &st.unencodable,
                     ),
                 ],
             );

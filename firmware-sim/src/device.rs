@@ -408,14 +408,23 @@ impl Device {
                 break;
             };
             let spec = self.signals[p.metric].spec();
-            let payload = encode_reading(
+            let payload = match encode_reading(
                 cfg.format,
                 &self.id,
                 &spec.name,
                 p.value,
                 spec.unit,
                 p.timestamp_ms,
-            );
+            ) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    // Never sent: counted with the dropped readings, and logged.
+                    tracing::error!(device = %self.id, %error, "reading dropped: cannot encode it");
+                    self.buffer.pop_front();
+                    FleetStats::add(&self.stats().dropped, 1);
+                    continue;
+                }
+            };
             let topic = self.topics[p.metric].clone();
             if client
                 .try_publish(topic, self.qos(), false, payload)

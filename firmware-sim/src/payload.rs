@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use edgewatch_protocol::payload::{encode_compact, CompactReading};
+use edgewatch_protocol::payload::{encode_compact, CompactReading, EncodeError};
 use edgewatch_protocol::timefmt::format_rfc3339;
 
 /// Payload format of a reading.
@@ -59,8 +59,8 @@ pub fn encode_reading(
     value: f64,
     unit: Option<&str>,
     timestamp_ms: i64,
-) -> Vec<u8> {
-    match format {
+) -> Result<Vec<u8>, EncodeError> {
+    Ok(match format {
         Format::Json => {
             let mut body = serde_json::json!({
                 "deviceId": device_id,
@@ -79,8 +79,8 @@ pub fn encode_reading(
             value,
             unit: unit.map(str::to_owned),
             timestamp_ms: Some(timestamp_ms),
-        }),
-    }
+        })?,
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +100,8 @@ mod tests {
             (Format::Number, TopicShape::Device),
         ] {
             let topic = reading_topic(shape, "sim-7", "temperature");
-            let payload = encode_reading(format, "sim-7", "temperature", 21.25, Some("C"), T);
+            let payload =
+                encode_reading(format, "sim-7", "temperature", 21.25, Some("C"), T).unwrap();
             let Ok(Inbound::Reading(r)) = decode_publish(&topic, &payload, T + 5) else {
                 panic!("{format} {shape:?} does not decode");
             };

@@ -16,7 +16,8 @@ pub struct FleetStats {
     pub sent: AtomicU64,
     /// Readings the broker acknowledged (PUBACK; QoS 1 only).
     pub acknowledged: AtomicU64,
-    /// Readings dropped because a device's offline buffer was full (oldest dropped first).
+    /// Readings dropped because a device's offline buffer was full (oldest dropped first), or
+    /// because they could not be encoded (logged).
     pub dropped: AtomicU64,
     /// Samples a simulated dropout fault swallowed.
     pub dropouts: AtomicU64,

@@ -25,7 +25,7 @@ use std::time::Duration;
 use std::{fmt, io};
 
 use edgewatch_protocol::frame::encode_frame;
-use edgewatch_protocol::payload::CompactReading;
+use edgewatch_protocol::payload::{CompactReading, EncodeError};
 use edgewatch_protocol::timefmt::now_ms;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -249,8 +249,14 @@ impl Writer {
                         let _ = self.write_all(&noise);
                     }
                 }
-                let bytes = self.encode(m, value, timestamp_ms);
-                let counter = if self.write_all(&bytes) {
+                let written = match self.encode(m, value, timestamp_ms) {
+                    Ok(bytes) => self.write_all(&bytes),
+                    Err(error) => {
+                        tracing::error!(%error, "serial reading dropped: cannot encode it");
+                        false
+                    }
+                };
+                let counter = if written {
                     &self.counters.written
                 } else {
                     &self.counters.dropped
@@ -260,7 +266,7 @@ impl Writer {
         }
     }
 
-    fn encode(&self, metric: usize, value: f64, timestamp_ms: i64) -> Vec<u8> {
+    fn encode(&self, metric: usize, value: f64, timestamp_ms: i64) -> Result<Vec<u8>, EncodeError> {
         let spec = self.signals[metric].spec();
         match self.cfg.format {
             SerialFormat::Cobs => encode_frame(&CompactReading {
@@ -270,11 +276,11 @@ impl Writer {
                 unit: spec.unit.map(str::to_owned),
                 timestamp_ms: Some(timestamp_ms),
             }),
-            SerialFormat::Lines => match spec.unit {
+            SerialFormat::Lines => Ok(match spec.unit {
                 Some(unit) => format!("{}={value} {unit}\n", spec.name),
                 None => format!("{}={value}\n", spec.name),
             }
-            .into_bytes(),
+            .into_bytes()),
         }
     }
 
@@ -285,20 +291,33 @@ impl Writer {
             SerialFormat::Cobs => 0u8,
             SerialFormat::Lines => b'\n',
         };
-        let mut bytes = if self.rng.gen::<bool>() {
-            let len = self.rng.gen_range(1..40);
-            (0..len)
-                .map(|_| self.rng.gen_range(1u8..=255))
-                .filter(|b| *b != b'\n')
-                .collect()
+        let reading = if self.rng.gen::<bool>() {
+            None
         } else {
-            let mut whole = self.encode(metric, value, timestamp_ms);
-            whole.truncate(whole.len() / 2);
-            if self.cfg.format == SerialFormat::Lines {
-                // `temperat` without `=`: never a valid line.
-                whole.retain(|b| *b != b'=');
+            match self.encode(metric, value, timestamp_ms) {
+                Ok(whole) => Some(whole),
+                Err(error) => {
+                    tracing::warn!(%error, "noise: cannot encode a reading; random bytes instead");
+                    None
+                }
             }
-            whole
+        };
+        let mut bytes = match reading {
+            Some(mut whole) => {
+                whole.truncate(whole.len() / 2);
+                if self.cfg.format == SerialFormat::Lines {
+                    // `temperat` without `=`: never a valid line.
+                    whole.retain(|b| *b != b'=');
+                }
+                whole
+            }
+            None => {
+                let len = self.rng.gen_range(1..40);
+                (0..len)
+                    .map(|_| self.rng.gen_range(1u8..=255))
+                    .filter(|b| *b != b'\n')
+                    .collect()
+            }
         };
         bytes.retain(|b| *b != delimiter);
         bytes.push(delimiter);

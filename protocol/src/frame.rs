@@ -15,7 +15,7 @@
 //! Whitespace around the parts and a trailing `\r` are ignored. [`LineDecoder`] splits a byte
 //! stream into lines the way [`FrameDecoder`] splits frames.
 
-use crate::payload::{is_valid_id, CompactReading};
+use crate::payload::{encode_compact, is_valid_id, CompactReading, EncodeError};
 use crate::quote;
 
 /// Why a frame or a text line was rejected.
@@ -112,14 +112,13 @@ impl FrameError {
 
 /// Encodes a reading as one serial frame: postcard and its CRC-16, then COBS, then the 0x00
 /// delimiter.
-pub fn encode_frame(r: &CompactReading) -> Vec<u8> {
-    // Serialising this plain struct into a growable Vec cannot fail.
-    let mut raw = postcard::to_stdvec(r).unwrap_or_default();
+pub fn encode_frame(r: &CompactReading) -> Result<Vec<u8>, EncodeError> {
+    let mut raw = encode_compact(r)?;
     let crc = crc16(&raw);
     raw.extend_from_slice(&crc.to_le_bytes());
     let mut framed = cobs_encode(&raw);
     framed.push(0);
-    framed
+    Ok(framed)
 }
 
 /// Decodes one frame's bytes (COBS-encoded postcard and CRC-16, with or without its 0x00
@@ -461,7 +460,7 @@ mod tests {
 
     #[test]
     fn frame_round_trip() {
-        let frame = encode_frame(&sample());
+        let frame = encode_frame(&sample()).unwrap();
         assert_eq!(frame.last(), Some(&0));
         assert!(!frame[..frame.len() - 1].contains(&0));
         assert_eq!(decode_frame(&frame), Ok(sample()));
@@ -475,9 +474,9 @@ mod tests {
     #[test]
     fn frames_byte_by_byte_with_empty_frames() {
         let mut stream = vec![0, 0];
-        stream.extend(encode_frame(&sample()));
+        stream.extend(encode_frame(&sample()).unwrap());
         stream.extend([0, 0, 0]);
-        stream.extend(encode_frame(&CompactReading::default()));
+        stream.extend(encode_frame(&CompactReading::default()).unwrap());
         let mut decoder = FrameDecoder::new(256);
         let mut out = Vec::new();
         for byte in stream {
@@ -493,12 +492,12 @@ mod tests {
         decoder.push(&[0x05, 0x01]); // a block running past the end of its frame
         decoder.push(&[0]);
         decoder.push(&[0x03, 0xff, 0xff, 0]); // valid COBS, not a reading
-        let mut truncated = encode_frame(&sample());
+        let mut truncated = encode_frame(&sample()).unwrap();
         truncated.truncate(truncated.len() / 2);
         // A device reset mid-frame: the cut frame runs into the next one, losing both.
         decoder.push(&truncated);
-        decoder.push(&encode_frame(&sample()));
-        decoder.push(&encode_frame(&sample()));
+        decoder.push(&encode_frame(&sample()).unwrap());
+        decoder.push(&encode_frame(&sample()).unwrap());
         let out = drain_frames(&mut decoder);
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!(out[0], Err(FrameError::Cobs { len: 2 }));
@@ -535,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_fails_the_checksum() {
-        let frame = encode_frame(&sample());
+        let frame = encode_frame(&sample()).unwrap();
         for i in 1..frame.len() - 1 {
             for bit in 0..8 {
                 let mut bad = frame.clone();
@@ -605,7 +604,7 @@ mod tests {
             None,
             "still discarding, reported once"
         );
-        let small = encode_frame(&CompactReading::default());
+        let small = encode_frame(&CompactReading::default()).unwrap();
         assert!(small.len() <= 17, "{small:?}");
         decoder.push(&[1, 1, 0]);
         decoder.push(&small);
@@ -787,7 +786,7 @@ mod tests {
         fn frame_encode_decode_round_trip(readings in prop::collection::vec(compact_strategy(), 1..5)) {
             let mut decoder = FrameDecoder::new(4096);
             for r in &readings {
-                let frame = encode_frame(r);
+                let frame = encode_frame(r).unwrap();
                 prop_assert_eq!(decode_frame(&frame), Ok(r.clone()));
                 decoder.push(&frame);
             }
@@ -802,7 +801,7 @@ mod tests {
             max in 1usize..300,
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
         ) {
-            let frame = encode_frame(&reading);
+            let frame = encode_frame(&reading).unwrap();
             let max = max.max(frame.len());
             let mut stream = garbage;
             stream.push(0);

@@ -81,10 +81,14 @@ impl CompactReading {
     }
 }
 
+/// A reading that could not be encoded; nothing usable was produced.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot encode the reading with postcard: {0}")]
+pub struct EncodeError(#[source] postcard::Error);
+
 /// Encodes a [`CompactReading`] with postcard, the payload format (c) of this module.
-pub fn encode_compact(reading: &CompactReading) -> Vec<u8> {
-    // Serialising this plain struct into a growable Vec cannot fail.
-    postcard::to_stdvec(reading).unwrap_or_default()
+pub fn encode_compact(reading: &CompactReading) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_stdvec(reading).map_err(EncodeError)
 }
 
 /// Decodes a postcard [`CompactReading`] that must use every byte of `bytes`.
@@ -744,7 +748,7 @@ mod tests {
             unit: Some("C".into()),
             timestamp_ms: Some(NOW - 5),
         };
-        let bytes = encode_compact(&compact);
+        let bytes = encode_compact(&compact).unwrap();
         assert_eq!(decode_compact(&bytes), Some(compact.clone()));
         let r = reading("sensors/d1/temperature", &bytes);
         assert_eq!(CompactReading::from_reading(&r), compact);
@@ -756,14 +760,14 @@ mod tests {
             value: -1.0,
             ..CompactReading::default()
         };
-        let r = reading("sensors/d2/humidity", &encode_compact(&minimal));
+        let r = reading("sensors/d2/humidity", &encode_compact(&minimal).unwrap());
         assert_eq!(
             (r.device_id.as_str(), r.metric.as_str(), r.value),
             ("d2", "humidity", -1.0)
         );
         assert_eq!(r.timestamp_ms, NOW);
         // Trailing bytes make it unknown.
-        let mut extra = encode_compact(&minimal);
+        let mut extra = encode_compact(&minimal).unwrap();
         extra.push(7);
         assert_eq!(
             error("sensors/d2/humidity", &extra).reason(),
@@ -774,7 +778,7 @@ mod tests {
             ..CompactReading::default()
         };
         assert_eq!(
-            error("sensors/d2/h", &encode_compact(&nan)).reason(),
+            error("sensors/d2/h", &encode_compact(&nan).unwrap()).reason(),
             "non_finite_value"
         );
     }
@@ -1039,6 +1043,7 @@ mod tests {
                         unit: None,
                         timestamp_ms,
                     })
+                    .unwrap()
                 }
             ),
             (any::<f64>(), any::<i64>(), "[a-z0-9]{0,5}").prop_map(|(v, ts, d)| format!(
@@ -1108,7 +1113,7 @@ mod tests {
                 unit: unit.clone(),
                 timestamp_ms: ts,
             };
-            let r = reading("sensors/t", &encode_compact(&compact));
+            let r = reading("sensors/t", &encode_compact(&compact).unwrap());
             prop_assert_eq!(r, Reading {
                 device_id: device,
                 metric: "t".into(),

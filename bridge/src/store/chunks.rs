@@ -380,7 +380,8 @@ pub(super) fn split_runs(sorted: &[Row]) -> Vec<&[Row]> {
 
 /// Seals the open chunks that are due (full, too wide in time, or too far behind the log head)
 /// into `batch`, with their rollup pages and series records. Memory keeps the rows until the
-/// batch is applied (the caller then installs the records).
+/// batch is applied (the caller then installs the records). On an error the batch must not be
+/// applied; the series keep their open rows.
 pub(super) fn stage_seals(
     tree: &sled::Tree,
     st: &mut State,
@@ -388,6 +389,29 @@ pub(super) fn stage_seals(
     next_seq: u64,
     batch: &mut Writes,
 ) -> Result<Vec<StagedSeal>, StoreError> {
+    let mut seals = Vec::new();
+    match stage_seals_into(tree, st, touched, next_seq, batch, &mut seals) {
+        Ok(()) => Ok(seals),
+        Err(e) => {
+            // Nothing staged reaches sled: the series staged so far get their rows back.
+            for seal in seals {
+                if let Some(s) = st.series.get_mut(&seal.sid) {
+                    s.set_open(seal.taken);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn stage_seals_into(
+    tree: &sled::Tree,
+    st: &mut State,
+    touched: &HashMap<u32, Undo>,
+    next_seq: u64,
+    batch: &mut Writes,
+    seals: &mut Vec<StagedSeal>,
+) -> Result<(), StoreError> {
     let mut due: HashSet<u32> = touched
         .keys()
         .copied()
@@ -402,7 +426,7 @@ pub(super) fn stage_seals(
         }
         due.insert(*sid);
     }
-    let mut seals = Vec::with_capacity(due.len());
+    seals.reserve(due.len());
     for sid in due {
         let Some(s) = st.series.get_mut(&sid) else {
             continue;
@@ -410,9 +434,8 @@ pub(super) fn stage_seals(
         if s.open.is_empty() {
             continue;
         }
-        let taken = std::mem::take(&mut s.open);
-        s.set_open(Vec::new());
-        let mut sorted = taken.clone();
+        // The rows leave the open chunk only once everything is staged (see the end).
+        let mut sorted = s.open.clone();
         sorted.sort_by_key(|r| (r.ts, r.seq));
         let (mut chunks, mut chunk_bytes, mut pages, mut page_bytes) = (0, 0, 0, 0);
         for run in split_runs(&sorted) {
@@ -439,14 +462,16 @@ pub(super) fn stage_seals(
             }
         }
         let mut rec = s.rec.clone();
-        rec.sealed_through = taken.last().map_or(rec.sealed_through, |r| r.seq);
-        rec.sealed_count += taken.len() as u64;
+        rec.sealed_through = s.open.last().map_or(rec.sealed_through, |r| r.seq);
+        rec.sealed_count += s.open.len() as u64;
         rec.sealed_max_ts = sorted
             .last()
             .map_or(rec.sealed_max_ts, |r| r.ts.max(rec.sealed_max_ts));
         rec.unit.clone_from(&s.unit);
         rec.last = s.last;
-        batch.insert(&series_key(sid)[..], encode_rec(&rec));
+        batch.insert(&series_key(sid)[..], encode_rec(&rec, "series")?);
+        let taken = std::mem::take(&mut s.open);
+        s.set_open(Vec::new());
         seals.push(StagedSeal {
             sid,
             taken,
@@ -457,7 +482,7 @@ pub(super) fn stage_seals(
             page_bytes,
         });
     }
-    Ok(seals)
+    Ok(())
 }
 
 /// Puts memory back as it was before a batch that did not reach sled.

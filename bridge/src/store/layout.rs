@@ -87,9 +87,8 @@ pub(super) fn decode_rec<T: for<'de> Deserialize<'de>>(
     postcard::from_bytes(b).map_err(|_| StoreError::Corrupt { what })
 }
 
-pub(super) fn encode_rec<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and numbers to a Vec cannot fail.
-    postcard::to_allocvec(v).unwrap_or_default()
+pub(super) fn encode_rec<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|_| StoreError::Encode { what })
 }
 
 pub(super) fn read_u64(

@@ -154,6 +154,12 @@ pub enum StoreError {
         /// Which kind of record.
         what: &'static str,
     },
+    /// A record could not be encoded (nothing was written).
+    #[error("cannot encode a {what} record")]
+    Encode {
+        /// Which kind of record.
+        what: &'static str,
+    },
     /// A writer panicked while holding the store's state.
     #[error("store state poisoned by an earlier panic")]
     Poisoned,
@@ -727,7 +733,13 @@ impl Store {
                     let sid = next_sid;
                     next_sid = next_sid.saturating_add(1);
                     let s = Series::new(r);
-                    batch.insert(&series_key(sid)[..], encode_rec(&s.rec));
+                    match encode_rec(&s.rec, "series") {
+                        Ok(rec) => batch.insert(&series_key(sid)[..], rec),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
                     st.sids
                         .entry(r.device_id.clone())
                         .or_default()
@@ -1345,7 +1357,7 @@ impl Store {
                 rec.sealed_count = rec.sealed_count.saturating_sub(sealed);
                 rec.unit.clone_from(&s.unit);
                 rec.last = s.last;
-                batch.insert(&series_key(*sid)[..], encode_rec(&rec));
+                batch.insert(&series_key(*sid)[..], encode_rec(&rec, "series")?);
                 updated.push((*sid, rec, seqs.len() as u64));
             }
         }
@@ -1391,10 +1403,13 @@ fn stage_presence(
         if current != Some(p.online) {
             batch.insert(
                 key,
-                encode_rec(&PresenceRecord {
-                    online: p.online,
-                    since_ms: p.at_ms,
-                }),
+                encode_rec(
+                    &PresenceRecord {
+                        online: p.online,
+                        since_ms: p.at_ms,
+                    },
+                    "presence",
+                )?,
             );
             latest.insert(&p.device_id, p.online);
         }

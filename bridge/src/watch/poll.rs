@@ -4,6 +4,7 @@
 //! `limit`), or at the timeout with an empty list. Either way `next` is the cursor for the
 //! following poll. Without `since`, only readings newer than the request are awaited.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
+use crate::fanout::FanoutStats;
 use crate::live::WatchItem;
 
 /// Default wait when `timeout` is not given, seconds.
@@ -112,7 +114,8 @@ async fn answer(
     let mut notices = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     // Whatever is ready now (replay included); else wait for the first live item.
-    collect_ready(&mut watch, &mut items, &mut notices, limit).await;
+    let stats = state.hub.fanout().stats();
+    collect_ready(&mut watch, &mut items, &mut notices, limit, stats).await;
     if items.is_empty() && timeout > 0 {
         let first = tokio::select! {
             item = watch.next() => Some(item),
@@ -120,8 +123,8 @@ async fn answer(
             () = state.shutdown.cancelled() => None,
         };
         if let Some(item) = first {
-            push(item, &mut items, &mut notices);
-            collect_ready(&mut watch, &mut items, &mut notices, limit).await;
+            push(item, &mut items, &mut notices, stats);
+            collect_ready(&mut watch, &mut items, &mut notices, limit, stats).await;
         }
     }
     Ok(json!({
@@ -136,19 +139,33 @@ async fn collect_ready(
     items: &mut Vec<Value>,
     notices: &mut Vec<Value>,
     limit: usize,
+    stats: &FanoutStats,
 ) {
     while items.len() < limit {
         match watch.try_next().await {
-            Some(item) => push(item, items, notices),
+            Some(item) => push(item, items, notices, stats),
             None => break,
         }
     }
 }
 
-fn push(item: WatchItem, items: &mut Vec<Value>, notices: &mut Vec<Value>) {
+fn push(item: WatchItem, items: &mut Vec<Value>, notices: &mut Vec<Value>, stats: &FanoutStats) {
     match item {
         WatchItem::Event(ev) => {
-            let v: Value = serde_json::from_str(&ev.json).unwrap_or(Value::Null);
+            let v: Value = match serde_json::from_str(&ev.json) {
+                Ok(v) => v,
+                Err(err) => {
+                    // Not sent as `null`: counted and logged like any event not serialized.
+                    stats.unencodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        %err,
+                        seq = ev.seq,
+                        topic = %ev.topic,
+                        "long-poll event not sent: its JSON does not parse"
+                    );
+                    return;
+                }
+            };
             if ev.kind == crate::fanout::EventKind::Reading {
                 items.push(v);
             } else {

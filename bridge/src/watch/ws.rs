@@ -460,6 +460,5 @@ fn error(code: &str, message: &str) -> String {
 }
 
 fn error_from(e: &LiveError) -> String {
-    let v = serde_json::to_value(e.body()).unwrap_or_default();
-    v.to_string()
+    e.body().to_string()
 }
