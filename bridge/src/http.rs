@@ -519,8 +519,9 @@ pub struct Device {
     /// Since when `status` has been shown (for `stale`, when the silence crossed `staleAfterMs`).
     #[schema(required = true)]
     pub since: Option<Timestamp>,
-    /// The observed reporting interval in ms (a moving average of the gaps between its
-    /// readings); null until one gap was seen.
+    /// The observed reporting interval in ms: a moving average of the gaps between its
+    /// readings as the presence sweep sees them, so a device that reports faster than the
+    /// sweep period (5 s by default) shows about that period; null until one gap was seen.
     #[schema(required = true)]
     pub reporting_interval_ms: Option<i64>,
     /// The silence in ms after which it is shown `stale`: `bridge.presence_stale_intervals` x

@@ -23,6 +23,11 @@
 //! `statusSource` says which evidence the shown status comes from: `status` (the status topic)
 //! or `readings` (no status topic, or readings that stopped despite an explicit `online`).
 //!
+//! Live `status` events go out for every change of the shown status or its source, except a
+//! device's first sighting through its readings (its reading says it is there; at start-up
+//! every device is first seen): so a readings-only device sends `stale` when it goes quiet and
+//! `online` when it is back.
+//!
 //! # Observed interval
 //! A moving average (weight 1/4) of the gaps between the times a device was last heard from,
 //! as seen by successive sweeps. A gap shorter than the sweep period is not counted (several
@@ -262,16 +267,23 @@ impl Clock {
         }
     }
 
-    /// Re-evaluates; returns the change if the shown status or its source changed.
+    /// Re-evaluates; returns the change if the shown status or its source changed, except
+    /// when a device is first seen through its readings: its first reading already says it is
+    /// there (and at start-up every known device is seen for the first time), so readings
+    /// streams carry `status` events only for explicit statuses and for going stale and back.
     fn update(&mut self, id: &str, cfg: &PresenceConfig, now: i64) -> Option<StatusChange> {
         let (status, source, at) = self.evaluate(cfg, now);
         if (status, source) == self.shown {
             return None;
         }
+        let first_seen = self.shown.0 == DeviceStatus::Unknown && source == StatusSource::Readings;
         if status != self.shown.0 || self.since.is_none() {
             self.since = Some(at);
         }
         self.shown = (status, source);
+        if first_seen {
+            return None;
+        }
         Some(StatusChange {
             device_id: id.to_owned(),
             status,
@@ -553,12 +565,13 @@ mod tests {
     fn a_reporting_device_is_online_then_stale_then_online_again() {
         let mut b = board(60);
         let t0 = 1_000_000;
-        let c = sweep(&mut b, &[("d1", t0)], t0 + 10);
-        assert_eq!(c.len(), 1);
+        // First seen: online, with no event (its reading says it is there).
+        assert!(sweep(&mut b, &[("d1", t0)], t0 + 10).is_empty());
         assert_eq!(
-            (c[0].status, c[0].source, c[0].at_ms),
-            (DeviceStatus::Online, StatusSource::Readings, t0)
+            shown(&b, "d1"),
+            (DeviceStatus::Online, StatusSource::Readings)
         );
+        assert_eq!(b.devices["d1"].since, Some(t0));
         // Silent, but not for the minimum yet.
         assert!(sweep(&mut b, &[("d1", t0)], t0 + 59_999).is_empty());
         let c = sweep(&mut b, &[("d1", t0)], t0 + 60_000);
