@@ -134,6 +134,7 @@ impl AppConfig {
             }
         };
         self.live.validate().map_err(named)?;
+        self.bridge.validate().map_err(named)?;
         for (i, port) in self.serial.iter().enumerate() {
             port.validate(i).map_err(named)?;
         }
@@ -229,6 +230,28 @@ mod tests {
         assert_eq!(err.key, "log.level");
         let err = AppConfig::parse("[broker.limits]\nmax_connections = 0\n", None).unwrap_err();
         assert_eq!(err.key, "broker.limits.max_connections");
+        for bad in [
+            "presence_stale_after_min_s = 0",
+            "presence_stale_after_min_s = 2592001",
+        ] {
+            let err = AppConfig::parse(&format!("[bridge]\n{bad}\n"), None).unwrap_err();
+            assert_eq!(err.key, "bridge.presence_stale_after_min_s", "{err}");
+        }
+        for bad in [
+            "presence_stale_intervals = 0",
+            "presence_stale_intervals = 101",
+        ] {
+            let err = AppConfig::parse(&format!("[bridge]\n{bad}\n"), None).unwrap_err();
+            assert_eq!(err.key, "bridge.presence_stale_intervals", "{err}");
+        }
+        let err = AppConfig::parse("[bridge]\npresence_stale_intervals = -1\n", None).unwrap_err();
+        assert_eq!(err.key, "bridge.presence_stale_intervals", "{err}");
+        let ok = AppConfig::parse(
+            "[bridge]\npresence_stale_intervals = 5\npresence_stale_after_min_s = 1\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.bridge.presence_stale_after_min_s, 1);
     }
 
     #[test]

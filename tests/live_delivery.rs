@@ -34,11 +34,16 @@ impl Drop for TestHub {
 }
 
 async fn start_hub(live: LiveConfig) -> TestHub {
+    start_hub_with(live, BridgeConfig::default()).await
+}
+
+/// A hub with `bridge` settings (its `data_dir` and `flush_interval_ms` are the test's).
+async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
     let cfg = BridgeConfig {
         data_dir: dir.path().join("data"),
         flush_interval_ms: 2,
-        ..BridgeConfig::default()
+        ..bridge
     };
     let stop = CancellationToken::new();
     let bridge = edgewatch_bridge::start(cfg, stop.child_token())
@@ -749,6 +754,140 @@ async fn presence_changes_arrive_as_status_events_on_sse_and_websocket() {
         assert_eq!(v["type"], "status");
         assert_eq!(v["online"], status == "online");
     }
+}
+
+/// The entry of `device` in `GET /v1/devices`.
+async fn device_entry(addr: SocketAddr, device: &str) -> Value {
+    let v: Value = reqwest::get(format!("http://{addr}/v1/devices"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deviceId"] == device)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The next `status` event of `device` on `sse` (readings skipped), within `within`.
+async fn next_status(sse: &mut Sse, device: &str, within: Duration) -> Value {
+    timeout(within, async {
+        loop {
+            let ev = sse.next().await.expect("stream open");
+            if ev.event == "status" {
+                let v: Value = serde_json::from_str(&ev.data).unwrap();
+                if v["deviceId"] == device {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no status event for {device} within {within:?}"))
+}
+
+fn reading_of(device: &str, value: u32) -> Publish {
+    Publish {
+        topic: format!("sensors/{device}/temperature"),
+        payload: value.to_string().into(),
+        received_at_ms: now_ms(),
+    }
+}
+
+/// Issue 15: a device that reports readings but never publishes a status topic is `online`
+/// while it reports, turns `stale` after its silence threshold (here the configured minimum of
+/// 1 s: it reports every 200 ms, 3 x that is less) in `GET /v1/devices` and as a live
+/// `status` event, and `online` again (event and list) when it reports again. A device whose status topic says
+/// `offline` stays `offline` whatever its readings do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_turns_stale_and_online_again_when_it_reports() {
+    let hub = start_hub_with(
+        LiveConfig::default(),
+        BridgeConfig {
+            presence_stale_after_min_s: 1,
+            ..BridgeConfig::default()
+        },
+    )
+    .await;
+    let mut sse = Sse::open(
+        &format!("http://{}/v1/stream?filter=sensors/%23", hub.addr),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for i in 0..5 {
+        hub.feed.send(reading_of("quiet", i)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Reporting: online (its first reading made it known; no status event for that).
+    let d = device_entry(hub.addr, "quiet").await;
+    assert_eq!(d["status"], "online", "{d}");
+    assert_eq!(d["statusSource"], "readings", "{d}");
+    assert_eq!(d["online"], Value::Null, "never published a status: {d}");
+    assert_eq!(d["staleAfterMs"], 1000, "{d}");
+
+    // Silence: a `stale` event once the threshold is crossed, not before.
+    let silent_since = std::time::Instant::now();
+    let v = next_status(&mut sse, "quiet", Duration::from_secs(10)).await;
+    let waited = silent_since.elapsed();
+    assert_eq!(v["status"], "stale", "{v}");
+    assert_eq!(v["statusSource"], "readings", "{v}");
+    assert_eq!(v["online"], false, "{v}");
+    assert!(
+        waited >= Duration::from_millis(700),
+        "stale after {waited:?} of silence, before the 1 s threshold"
+    );
+    let at = edgewatch_protocol::timefmt::parse_time(v["at"].as_str().unwrap()).unwrap();
+    let seen = edgewatch_protocol::timefmt::parse_time(v["lastSeen"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        at - seen,
+        1000,
+        "stale exactly at lastSeen + threshold: {v}"
+    );
+    let d = device_entry(hub.addr, "quiet").await;
+    assert_eq!(d["status"], "stale", "{d}");
+    assert_eq!(d["statusSource"], "readings", "{d}");
+    assert_eq!(d["since"], v["at"], "{d}");
+
+    // It reports again: `online` again, live and in the list.
+    hub.feed.send(reading_of("quiet", 9)).await.unwrap();
+    let v = next_status(&mut sse, "quiet", Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "online", "{v}");
+    assert_eq!(v["statusSource"], "readings", "{v}");
+    assert_eq!(v["online"], true, "{v}");
+    assert_eq!(device_entry(hub.addr, "quiet").await["status"], "online");
+
+    // An explicit `offline` wins over readings, and silence does not turn it `stale`.
+    hub.feed.send(reading_of("wired", 1)).await.unwrap();
+    hub.feed
+        .send(Publish {
+            topic: "sensors/wired/status".into(),
+            payload: "offline".into(),
+            received_at_ms: now_ms(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = next_status(&mut sse, "wired", Duration::from_secs(10)).await;
+        if v["status"] == "offline" {
+            assert_eq!(v["statusSource"], "status", "{v}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no offline event");
+    }
+    hub.feed.send(reading_of("wired", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = device_entry(hub.addr, "wired").await;
+    assert_eq!(d["status"], "offline", "{d}");
+    assert_eq!(d["statusSource"], "status", "{d}");
+    assert_eq!(d["online"], false, "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::external::ExternalConfig;
+use crate::presence::PresenceConfig;
 use crate::store::{RetentionPolicy, StoreOptions};
 use crate::writer::WriterConfig;
+
+/// Largest `presence_stale_after_min_s`: 30 days.
+pub const MAX_PRESENCE_STALE_S: u64 = 30 * 86_400;
 
 /// Bridge settings. Every field has a default; unknown fields are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +73,12 @@ pub struct BridgeConfig {
     pub mqtt_subscribe: String,
     /// Unacknowledged publishes from the external broker we hold at most. Default 10000.
     pub mqtt_ack_queue: usize,
+    /// A device that reports readings is shown `stale` after this many of its observed
+    /// reporting intervals without a reading (see [`crate::presence`]). 1 to 100. Default 3.
+    pub presence_stale_intervals: u32,
+    /// ... and never before this many seconds of silence (also the threshold while its
+    /// interval is not known yet). 1 to 2592000 (30 days). Default 60.
+    pub presence_stale_after_min_s: u64,
 }
 
 impl Default for BridgeConfig {
@@ -95,6 +105,8 @@ impl Default for BridgeConfig {
             mqtt_client_id: "edgewatch-bridge".to_owned(),
             mqtt_subscribe: "sensors/#".to_owned(),
             mqtt_ack_queue: 10_000,
+            presence_stale_intervals: 3,
+            presence_stale_after_min_s: 60,
         }
     }
 }
@@ -134,6 +146,31 @@ impl BridgeConfig {
             retention: self.retention(),
             retention_interval: Duration::from_secs(self.retention_interval_s.max(1)),
         }
+    }
+
+    /// Presence settings from this config.
+    pub fn presence(&self) -> PresenceConfig {
+        PresenceConfig {
+            stale_after_min: Duration::from_secs(self.presence_stale_after_min_s.max(1)),
+            stale_intervals: self.presence_stale_intervals.max(1),
+        }
+    }
+
+    /// Checks what the types cannot; the message starts with the dotted key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.presence_stale_intervals) {
+            return Err(format!(
+                "bridge.presence_stale_intervals: must be 1 to 100, not {}",
+                self.presence_stale_intervals
+            ));
+        }
+        if !(1..=MAX_PRESENCE_STALE_S).contains(&self.presence_stale_after_min_s) {
+            return Err(format!(
+                "bridge.presence_stale_after_min_s: must be 1 to {MAX_PRESENCE_STALE_S} (30 days), not {}",
+                self.presence_stale_after_min_s
+            ));
+        }
+        Ok(())
     }
 
     /// External source settings, when `mqtt_url` is set.

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /v1/series` | every series with topic, unit, last value, last seen, count |
-//! | `GET /v1/devices` | devices with presence from `sensors/{deviceId}/status` |
+//! | `GET /v1/devices` | devices with their status (`online` / `stale` / `offline`), see [`crate::presence`] |
 //! | `GET /v1/readings?filter=&from=&to=&limit=&after=` | raw readings in seq order, paged by seq |
 //! | `GET /v1/rollups?filter=&from=&to=&step=` | min/max/avg/count/last per time bucket |
 //! | `GET /v1/rejects` | reject counters and the most recent rejects |
@@ -36,6 +36,7 @@ use utoipa::{IntoParams, ToResponse, ToSchema};
 use crate::config::BridgeConfig;
 use crate::ingest::Rejects;
 use crate::json_write;
+use crate::presence::{DeviceStatus, Presence as PresenceBoard, StatusSource};
 use crate::store::{
     ReadingQuery, RollupQuery, RollupSource, RowPage, SeriesRollup as StoredRollup, Store,
     StoreError, StoredReading,
@@ -81,6 +82,7 @@ pub struct AppState {
     queries: Arc<Semaphore>,
     max_page: usize,
     max_points: usize,
+    presence: PresenceBoard,
 }
 
 impl AppState {
@@ -98,7 +100,15 @@ impl AppState {
             queries: Arc::new(Semaphore::new(cfg.http_max_queries.max(1))),
             max_page: cfg.http_max_page.max(1),
             max_points: cfg.http_max_points.max(1),
+            presence: PresenceBoard::new(cfg.presence(), 1),
         }
+    }
+
+    /// Shows device status from `presence` (the hub's board, kept current by its sweep task)
+    /// instead of a board of this state's own, which `GET /v1/devices` alone keeps current.
+    pub fn with_presence(mut self, presence: PresenceBoard) -> Self {
+        self.presence = presence;
+        self
     }
 }
 
@@ -497,33 +507,37 @@ pub struct SeriesList {
     pub series: Vec<Series>,
 }
 
-/// Presence from `sensors/{deviceId}/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Presence {
-    /// Last status `online`.
-    Online,
-    /// Last status `offline` (or the last will).
-    Offline,
-    /// Never sent a status.
-    Unknown,
-}
-
-/// A device with its presence and metrics.
+/// A device with its status and metrics.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Device {
     /// Device id.
     pub device_id: String,
-    /// `online`, `offline`, or `unknown` when the device never published a status.
+    /// `online`; `stale` when nothing was heard from it for `staleAfterMs` (it reports readings
+    /// but they stopped); `offline` when its last status (or last will) is `offline`, which
+    /// wins; `unknown` when neither a status nor a reading is known.
     #[schema(inline)]
-    pub status: Presence,
+    pub status: DeviceStatus,
+    /// What `status` is derived from: `status` (its `sensors/{deviceId}/status` topic),
+    /// `readings` (when its readings arrived: a device without a status topic, or one that said
+    /// `online` and whose readings stopped), `none` with `unknown`.
+    #[schema(inline)]
+    pub status_source: StatusSource,
+    /// The last status the device published on `sensors/{deviceId}/status`: true for `online`;
     /// null when the device never published a status
     #[schema(required = true)]
     pub online: Option<bool>,
-    /// When the presence last changed.
+    /// Since when `status` has been shown (for `stale`, when the silence crossed `staleAfterMs`).
     #[schema(required = true)]
     pub since: Option<Timestamp>,
+    /// The observed reporting interval in ms: a moving average of the gaps between its
+    /// readings as the presence sweep sees them, so a device that reports faster than the
+    /// sweep period (5 s by default) shows about that period; null until one gap was seen.
+    #[schema(required = true)]
+    pub reporting_interval_ms: Option<i64>,
+    /// The silence in ms after which it is shown `stale`: `bridge.presence_stale_intervals` x
+    /// its reporting interval, at least `bridge.presence_stale_after_min_s`.
+    pub stale_after_ms: i64,
     /// Latest receive time over its series.
     #[schema(required = true)]
     pub last_seen: Option<Timestamp>,
@@ -811,7 +825,7 @@ async fn series(State(state): State<AppState>) -> Result<Json<SeriesList>, ApiEr
     Ok(Json(SeriesList { series }))
 }
 
-/// Devices with presence from `sensors/{deviceId}/status`
+/// Devices with their status: online, stale (its readings stopped) or offline
 #[utoipa::path(
     get,
     path = "/v1/devices",
@@ -819,27 +833,39 @@ async fn series(State(state): State<AppState>) -> Result<Json<SeriesList>, ApiEr
     tag = "history",
     responses(
         (status = 200, description = "Devices.", body = DeviceList, example = json!({"devices": [{
-            "deviceId": "d1", "status": "online", "online": true,
-            "since": "2026-11-28T09:00:00.000Z", "lastSeen": "2026-11-28T10:00:00.012Z",
+            "deviceId": "d1", "status": "online", "statusSource": "status", "online": true,
+            "since": "2026-11-28T09:00:00.000Z", "reportingIntervalMs": 10000,
+            "staleAfterMs": 60000, "lastSeen": "2026-11-28T10:00:00.012Z",
             "metrics": ["humidity", "temperature"]
+        }, {
+            "deviceId": "serial-1", "status": "stale", "statusSource": "readings", "online": null,
+            "since": "2026-11-28T10:03:00.000Z", "reportingIntervalMs": 60000,
+            "staleAfterMs": 180000, "lastSeen": "2026-11-28T10:00:00.000Z",
+            "metrics": ["temperature"]
         }]})),
         (status = 500, response = Internal),
         (status = 503, response = Overloaded),
     )
 )]
 async fn devices(State(state): State<AppState>) -> Result<Json<DeviceList>, ApiError> {
-    let list = query(&state, |s| s.devices()).await?;
+    let board = state.presence.clone();
+    let (list, shown) = query(&state, move |s| {
+        let list = s.devices()?;
+        let shown = board.describe(&s, &list)?;
+        Ok((list, shown))
+    })
+    .await?;
     let devices = list
         .iter()
-        .map(|d| Device {
+        .zip(shown)
+        .map(|(d, p)| Device {
             device_id: d.device_id.clone(),
-            status: match d.online {
-                Some(true) => Presence::Online,
-                Some(false) => Presence::Offline,
-                None => Presence::Unknown,
-            },
+            status: p.status,
+            status_source: p.source,
             online: d.online,
-            since: d.since_ms.map(Timestamp),
+            since: p.since_ms.map(Timestamp),
+            reporting_interval_ms: p.interval_ms,
+            stale_after_ms: p.stale_after_ms,
             last_seen: d.last_seen_ms.map(Timestamp),
             metrics: d.metrics.clone(),
         })

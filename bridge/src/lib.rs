@@ -7,6 +7,8 @@
 //!   logging, bounded ring), hand readings and presence to the writer.
 //! * [`external`]: the source that consumes an existing MQTT broker through rumqttc
 //!   (persistent session, QoS1, acks in order after commit, re-subscribe, backoff).
+//! * [`presence`]: what `GET /v1/devices` and the live `status` events show: `online`, `stale`
+//!   or `offline`, from the status topic and from when readings arrived; a periodic sweep.
 //! * [`writer`]: the one task that writes: bounded queue, group commit, ack after durable,
 //!   broadcast of committed batches.
 //! * [`store`]: the only module that names sled: event log, per-series index, catalogue,
@@ -31,6 +33,7 @@ pub mod ingest;
 mod json_write;
 pub mod live;
 pub mod metrics;
+pub mod presence;
 pub mod serial;
 mod server;
 mod split;
@@ -83,6 +86,7 @@ pub struct Hub {
     ingest: Ingest,
     committed: broadcast::Sender<CommittedBatch>,
     presence: broadcast::Sender<store::PresenceUpdate>,
+    board: presence::Presence,
     writer_task: JoinHandle<Result<(), writer::WriterError>>,
     writer_stop: CancellationToken,
     sources: TaskTracker,
@@ -104,17 +108,26 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub
     let w = writer::spawn_writer(store.clone(), cfg.writer(), writer_stop.clone());
     let rejects = Arc::new(ingest::Rejects::new(cfg.rejects_kept));
     let ingest = Ingest::new(w.handle, rejects, cfg.max_payload_bytes);
+    let board = presence::Presence::new(cfg.presence(), cfg.broadcast_capacity);
+    let statuses = w.presence.subscribe();
     let hub = Hub {
         store,
         ingest,
         committed: w.committed,
         presence: w.presence,
+        board,
         writer_task: w.task,
         writer_stop,
         sources: TaskTracker::new(),
         sources_stop: shutdown.child_token(),
         cfg,
     };
+    hub.sources.spawn(presence::run(
+        hub.board.clone(),
+        hub.store.clone(),
+        statuses,
+        hub.sources_stop.clone(),
+    ));
     if let Some(ext) = hub.cfg.external() {
         external::parse_mqtt_url(&ext.url)?;
         let (ingest, stop) = (hub.ingest.clone(), hub.sources_stop.clone());
@@ -160,6 +173,18 @@ impl Hub {
         self.presence.subscribe()
     }
 
+    /// Device presence as shown (`online` / `stale` / `offline`), kept current by a sweep
+    /// task of the hub.
+    pub fn device_presence(&self) -> &presence::Presence {
+        &self.board
+    }
+
+    /// A receiver of shown-status changes (live `status` events): explicit statuses and
+    /// devices going stale or coming back. Bounded like [`Hub::live`].
+    pub fn status_changes(&self) -> broadcast::Receiver<presence::StatusChange> {
+        self.board.subscribe()
+    }
+
     /// The HTTP handlers' state.
     pub fn app_state(&self) -> AppState {
         AppState::new(
@@ -168,6 +193,7 @@ impl Hub {
             Some(self.ingest_writer().clone()),
             &self.cfg,
         )
+        .with_presence(self.board.clone())
     }
 
     fn ingest_writer(&self) -> &WriterHandle {

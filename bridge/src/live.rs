@@ -29,7 +29,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
-use crate::store::{PresenceUpdate, ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
+use crate::presence::{DeviceStatus, StatusChange};
+use crate::store::{ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
 use crate::writer::CommittedBatch;
 
 /// Readings read from the log per replay step.
@@ -59,16 +60,19 @@ pub fn reading_event(r: &StoredReading, stats: &FanoutStats) -> Option<Arc<LiveE
     }
 }
 
-/// The JSON message of a presence change; `seq` is the log position it followed.
-pub fn status_event(p: &PresenceUpdate, seq: u64) -> Arc<LiveEvent> {
+/// The JSON message of a shown-status change (see [`crate::presence`]); `seq` is the log
+/// position it followed.
+pub fn status_event(p: &StatusChange, seq: u64) -> Arc<LiveEvent> {
     let topic = format!("sensors/{}/status", p.device_id);
     let json = json!({
         "type": "status",
         "topic": topic,
         "deviceId": p.device_id,
-        "online": p.online,
-        "status": if p.online { "online" } else { "offline" },
+        "online": p.status == DeviceStatus::Online,
+        "status": p.status.as_str(),
+        "statusSource": p.source.as_str(),
         "at": format_rfc3339(p.at_ms),
+        "lastSeen": p.last_seen_ms.map(format_rfc3339),
     });
     Arc::new(LiveEvent::new(
         seq,
@@ -140,12 +144,12 @@ async fn catch_up<L: CatchUpLog>(
     }
 }
 
-/// Feeds the fan-out from the writer's committed batches and presence changes until `stop`.
+/// Feeds the fan-out from the writer's committed batches and status changes until `stop`.
 pub async fn run_fanout(
     fanout: Fanout,
     store: Store,
     committed: broadcast::Receiver<CommittedBatch>,
-    presence: broadcast::Receiver<PresenceUpdate>,
+    presence: broadcast::Receiver<StatusChange>,
     stop: CancellationToken,
 ) {
     run_fanout_from(fanout, store, committed, presence, stop).await;
@@ -156,7 +160,7 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
     fanout: Fanout,
     log: L,
     mut committed: broadcast::Receiver<CommittedBatch>,
-    mut presence: broadcast::Receiver<PresenceUpdate>,
+    mut presence: broadcast::Receiver<StatusChange>,
     stop: CancellationToken,
 ) {
     let mut last = match log.last_seq() {
@@ -256,7 +260,7 @@ pub fn start(
         fanout.clone(),
         hub.store().clone(),
         hub.live(),
-        hub.presence(),
+        hub.status_changes(),
         stop.child_token(),
     ));
     let state = crate::watch::LiveState::new(

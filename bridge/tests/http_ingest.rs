@@ -216,8 +216,13 @@ async fn api_serves_series_devices_readings_rollups_and_errors() {
     let (_, _, b) = get(&hub, "/v1/devices", None).await;
     let v = json(&b);
     assert_eq!(v["devices"][0]["deviceId"], "d1");
-    assert_eq!(v["devices"][0]["status"], "unknown");
+    // d1 never published a status: its readings (just received) say it is online.
+    assert_eq!(v["devices"][0]["status"], "online");
+    assert_eq!(v["devices"][0]["statusSource"], "readings");
+    assert_eq!(v["devices"][0]["online"], serde_json::Value::Null);
+    // d2 said offline: that wins over its readings.
     assert_eq!(v["devices"][1]["status"], "offline");
+    assert_eq!(v["devices"][1]["statusSource"], "status");
     assert_eq!(v["devices"][1]["metrics"][0], "hum");
 
     // Paging by seq cursor, RFC 3339 and epoch-ms times.

@@ -80,6 +80,74 @@ test('the device goes offline when its connection drops (last will)', async () =
   await page.close();
 });
 
+test('a device whose readings stop turns stale; a stopped hub shows the connection lost, then recovers', async () => {
+  // Its own hub: a 1 s minimum silence, and it is stopped and restarted below.
+  const quiet = await new Hub({ bridge: ['presence_stale_after_min_s = 1'] }).start();
+  try {
+    const page = await openPage(browser.context, `${quiet.httpUrl}/`);
+    await page.waitForSelector('#connection[data-state="connected"]', { timeout: 10_000 });
+    assert.equal(await page.isHidden('#hub-lost'), true, 'no connection banner while connected');
+    // A sensor that never publishes a status topic (like the demo's serial sensor).
+    const sensor = await quiet.sensor('serial-1');
+    const status = page.locator('tr[data-key="sensors/serial-1/temperature"] .status');
+    for (let i = 0; i < 3; i++) {
+      await sensor.publish('temperature', 20 + i);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await waitFor(async () => (await status.textContent({ timeout: 1000 })) === 'online', { timeoutMs: 3000, what: 'serial-1 online while it reports' });
+    // Silent: stale after the 1 s threshold, on the hub and on the page.
+    const hubStatus = async () => (await quiet.api('/v1/devices')).devices.find((x) => x.deviceId === 'serial-1');
+    const d = await waitFor(async () => {
+      const x = await hubStatus();
+      return x?.status === 'stale' && x;
+    }, { timeoutMs: 5000, what: 'hub: GET /v1/devices shows serial-1 "stale" after 1 s without readings' });
+    assert.equal(d.statusSource, 'readings');
+    assert.equal(d.online, null, 'never published a status');
+    await waitFor(async () => (await status.textContent({ timeout: 1000 })) === 'stale', { timeoutMs: 3000, what: 'dashboard: serial-1 shown stale' });
+    assert.equal(await status.getAttribute('data-status'), 'stale');
+    await page.screenshot({ path: path.join(screenshotDir(), 'stale.png') });
+    // It reports again: online again.
+    await sensor.publish('temperature', 25);
+    await waitFor(async () => (await status.textContent({ timeout: 1000 })) === 'online', { timeoutMs: 3000, what: 'serial-1 online again after a reading' });
+    assert.deepEqual(page.errors, []);
+    await sensor.end();
+
+    // The hub goes away: a banner says the page is not live, and no device stays green.
+    const colors = () =>
+      page.evaluate(() => {
+        const probe = document.createElement('span');
+        probe.style.background = 'var(--online)';
+        document.body.append(probe);
+        const online = getComputedStyle(probe).backgroundColor;
+        probe.remove();
+        const dots = [...document.querySelectorAll('#devices-body .status')].map((el) => getComputedStyle(el, '::before').backgroundColor);
+        return { online, dots };
+      });
+    const before = await colors();
+    assert.ok(before.dots.includes(before.online), `a green device before the hub stops: ${JSON.stringify(before)}`);
+    await quiet.stop();
+    await page.waitForSelector('#hub-lost:not([hidden])', { timeout: 15_000 });
+    assert.match(await page.textContent('#hub-lost'), /Connection to the hub lost at .*not live/s);
+    assert.equal(await page.getAttribute('body', 'data-hub'), 'lost');
+    const lost = await colors();
+    assert.ok(lost.dots.length > 0 && lost.dots.every((c) => c !== lost.online), `no green device while the hub is unreachable: ${JSON.stringify(lost)}`);
+    const banner = await page.locator('#hub-lost').boundingBox();
+    assert.ok(banner && banner.height > 10 && banner.y < 200, `banner visible at the top: ${JSON.stringify(banner)}`);
+    await page.screenshot({ path: path.join(screenshotDir(), 'hub-lost.png') });
+
+    // The hub comes back: the banner goes, the list is live again.
+    await quiet.start();
+    await page.waitForSelector('#connection[data-state="connected"]', { timeout: 20_000 });
+    await page.waitForSelector('#hub-lost', { state: 'hidden', timeout: 5000 });
+    assert.equal(await page.getAttribute('body', 'data-hub'), 'live');
+    // serial-1 has been silent since before the restart: stale, from the hub's records.
+    await waitFor(async () => (await status.textContent({ timeout: 1000 })) === 'stale', { timeoutMs: 5000, what: 'serial-1 stale after the restart' });
+    await page.close();
+  } finally {
+    await quiet.dispose();
+  }
+});
+
 test('the chart has points from history and from live data', async () => {
   const d = await device('attic');
   // History: readings with event times over the last ten minutes.

@@ -26,7 +26,7 @@ const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', time
 
 /** One row per series (device + metric); devices known only by presence get a row too. */
 const rows = new Map(); // key → Row
-const devices = new Map(); // deviceId → { status, since }
+const devices = new Map(); // deviceId → { status, source, since }
 const view = { sort: 'device', dir: 1, filter: '', order: [] };
 let structureDirty = true; // rows added, filter or sort changed
 const dirtyRows = new Set();
@@ -67,7 +67,7 @@ function seriesRow(deviceId, metric) {
 function device(deviceId) {
   let d = devices.get(deviceId);
   if (!d) {
-    d = { status: 'unknown', since: null };
+    d = { status: 'unknown', source: 'none', since: null };
     devices.set(deviceId, d);
     if (![...rows.values()].some((r) => r.deviceId === deviceId)) {
       rows.set(`device:${deviceId}`, new Row(`device:${deviceId}`, deviceId, null));
@@ -106,6 +106,7 @@ function applyDevices(devs) {
       known.since = d.since;
       markDevice(d.deviceId);
     }
+    known.source = d.statusSource ?? known.source;
   }
 }
 
@@ -167,10 +168,18 @@ async function loadSparklines() {
 // ---- live data ------------------------------------------------------------------------------
 
 function onReading(r) {
+  const d = device(r.deviceId);
   // A device seen for the first time: fetch its presence (its status was set on connect).
-  if (device(r.deviceId).status === 'unknown' && !presenceAsked.has(r.deviceId)) {
+  if (d.status === 'unknown' && !presenceAsked.has(r.deviceId)) {
     presenceAsked.add(r.deviceId);
     refreshDevices();
+  }
+  // A device shown stale because its readings stopped is back: show it at once (the hub's
+  // `status` event follows within its sweep period). An explicit `offline` is not overridden.
+  if (d.status === 'stale' && d.source === 'readings') {
+    d.status = 'online';
+    d.since = r.receivedAt ?? new Date().toISOString();
+    markDevice(r.deviceId);
   }
   const row = seriesRow(r.deviceId, r.metric);
   const t = Date.parse(r.timestamp);
@@ -190,6 +199,7 @@ function onReading(r) {
 function onStatus(s) {
   const d = device(s.deviceId);
   d.status = s.status ?? (s.online ? 'online' : 'offline');
+  d.source = s.statusSource ?? d.source;
   d.since = s.at ?? new Date().toISOString();
   markDevice(s.deviceId);
   schedule();
@@ -205,7 +215,24 @@ client.addEventListener('state', (e) => {
 });
 client.addEventListener('reset', () => loadCatalogue().catch(reportError));
 
+/**
+ * The page's own link to the hub. While it is down, a banner says so and the device list is
+ * dimmed with grey status dots: what is on screen is the last data received, not live.
+ */
+const hubLink = { lostAt: null };
+function showHubLink(state, attempt) {
+  const lost = state === 'reconnecting' || state === 'closed' || (state === 'connecting' && attempt > 1);
+  if (lost && hubLink.lostAt === null) hubLink.lostAt = new Date();
+  if (!lost) hubLink.lostAt = null;
+  document.body.dataset.hub = lost ? 'lost' : state === 'connected' ? 'live' : 'connecting';
+  $('hub-lost').hidden = !lost;
+  if (!lost) return;
+  $('hub-lost-since').textContent = ` at ${hubLink.lostAt.toLocaleTimeString()}`;
+  $('hub-lost-retry').textContent = state === 'closed' ? 'Reload the page to reconnect.' : `Reconnecting${attempt > 1 ? ` (attempt ${attempt})` : ''}…`;
+}
+
 function showConnection({ state, transport, attempt }) {
+  showHubLink(state, attempt);
   const box = $('connection');
   box.dataset.state = state;
   box.dataset.transport = transport ?? '';

@@ -91,6 +91,7 @@
 //! read sled (lock-free) and see only whole batches; rows sealed meanwhile are recognised by
 //! their seq so nothing is counted twice.
 
+mod activity;
 mod chunks;
 mod codec;
 mod deliveries;
@@ -104,6 +105,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 
+pub use activity::SeriesActivity;
 pub use chunks::WriteCounters;
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};

@@ -76,14 +76,26 @@ pub enum ResetType {
     Reset,
 }
 
-/// `online` or `offline`.
+/// `online`, `stale` or `offline`.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnlineStatus {
-    /// The device said `online`.
+    /// The device said `online`, or it reports readings.
     Online,
+    /// Nothing heard from it for its threshold (its readings stopped).
+    Stale,
     /// The device said `offline`, or its last will did.
     Offline,
+}
+
+/// What a live status is derived from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusEventSource {
+    /// The device's `sensors/{deviceId}/status` topic.
+    Status,
+    /// When its readings arrived.
+    Readings,
 }
 
 /// A reading as delivered live (SSE `reading` event data, WebSocket `reading` message,
@@ -119,7 +131,8 @@ pub struct LiveReading {
     pub received_at: crate::http::Timestamp,
 }
 
-/// A device's presence changed (`sensors/{deviceId}/status`).
+/// A device's shown status changed: it published `sensors/{deviceId}/status`, or its readings
+/// stopped for its threshold (`stale`), or came back (`online`). See `GET /v1/devices`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusEvent {
@@ -132,13 +145,21 @@ pub struct StatusEvent {
     pub topic: String,
     /// Device id.
     pub device_id: String,
-    /// Whether the device is online.
+    /// Whether `status` is `online`.
     pub online: bool,
-    /// `online` or `offline`.
+    /// `online`, `stale` or `offline`.
     #[schema(inline)]
     pub status: OnlineStatus,
-    /// When the hub received the status.
+    /// What `status` is derived from: the status topic or the readings.
+    #[schema(inline)]
+    pub status_source: StatusEventSource,
+    /// When the change happened: the status's receive time, the receive time of the reading
+    /// that brought the device back, or when its silence crossed the threshold.
     pub at: crate::http::Timestamp,
+    /// Receive time of its latest reading as of the hub's last presence sweep (at most one
+    /// sweep period old); null if none is known.
+    #[schema(required = true)]
+    pub last_seen: Option<crate::http::Timestamp>,
 }
 
 /// Readings were dropped because the consumer was slow; replay after `resumeAfter` to fill the

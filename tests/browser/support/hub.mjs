@@ -52,7 +52,9 @@ export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 50, what = 'c
 }
 
 export class Hub {
-  constructor() {
+  /** `bridge`: extra `key = value` lines for the config's `[bridge]` section. */
+  constructor({ bridge = [] } = {}) {
+    this.bridgeConfig = bridge;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgewatch-browser-'));
     this.dataDir = path.join(this.dir, 'data');
     this.config = path.join(this.dir, 'edgewatch.toml');
@@ -80,6 +82,7 @@ export class Hub {
         '[broker.websocket]',
         'enabled = false',
         'listen = "127.0.0.1:0"',
+        ...(this.bridgeConfig.length ? ['[bridge]', ...this.bridgeConfig] : []),
         '',
       ].join('\n'),
     );
@@ -140,6 +143,20 @@ export class Hub {
       if (page.nextAfter === null || page.nextAfter === undefined || page.readings.length === 0) return out;
       after = page.nextAfter;
     }
+  }
+
+  /** A device that only publishes readings: no status topic, no last will (a serial sensor). */
+  async sensor(deviceId) {
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${this.mqttPort}`, {
+      clientId: `browser-test-sensor-${deviceId}-${process.pid}`,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+    });
+    return {
+      client,
+      publish: (metric, value, unit = 'C') => client.publishAsync(`sensors/${deviceId}/${metric}`, JSON.stringify({ value, unit }), { qos: 1 }),
+      end: () => client.endAsync(true).catch(() => {}),
+    };
   }
 
   /** An MQTT device: last will `offline` (retained) on its status topic, `online` on connect. */
