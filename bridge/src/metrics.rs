@@ -787,6 +787,49 @@ mod tests {
     }
 
     #[test]
+    fn budget_metrics_render() {
+        let mut out = String::new();
+        render_budget(&mut out, &BudgetStatus::default());
+        assert!(out.contains("edgewatch_retention_readings_removed_total{reason=\"age\"} 0\n"));
+        assert!(out.contains("edgewatch_disk_budget_bytes 0\n"));
+        assert!(!out.contains("edgewatch_disk_budget_exceeded"));
+        let status = BudgetStatus {
+            budget_bytes: Some(8 << 20),
+            live_limit_bytes: Some(4 << 20),
+            live: Some(crate::store::LiveBytes {
+                log: 3,
+                chunks: 2,
+                rollups: 1,
+            }),
+            file_bytes: 9 << 20,
+            kept_readings: 7,
+            floor_reached: false,
+            exceeded: true,
+            removed_for_age: 5,
+            removed_for_budget: 11,
+        };
+        let mut out = String::new();
+        render_budget(&mut out, &status);
+        for line in [
+            "edgewatch_retention_readings_removed_total{reason=\"age\"} 5",
+            "edgewatch_retention_readings_removed_total{reason=\"budget\"} 11",
+            "edgewatch_disk_budget_bytes 8388608",
+            "edgewatch_disk_budget_live_limit_bytes 4194304",
+            "edgewatch_disk_budget_kept_readings 7",
+            "edgewatch_disk_budget_exceeded 1",
+            "edgewatch_store_live_bytes{kind=\"log\"} 3",
+            "edgewatch_store_live_bytes{kind=\"chunk\"} 2",
+            "edgewatch_store_live_bytes{kind=\"rollup\"} 1",
+            "# TYPE edgewatch_store_live_bytes gauge",
+        ] {
+            assert!(
+                out.contains(&format!("{line}\n")),
+                "{line} missing in\n{out}"
+            );
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

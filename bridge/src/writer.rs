@@ -612,3 +612,58 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
         release,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LiveBytes;
+
+    /// The budget warning: once when the store goes over, again only after
+    /// [`BUDGET_WARN_AGAIN`] while it stays over, a line when it is back within it, and never
+    /// two lines within [`BUDGET_LOG_EVERY`].
+    #[test]
+    fn budget_lines_are_rate_limited() {
+        let over = BudgetStatus {
+            budget_bytes: Some(100),
+            live_limit_bytes: Some(50),
+            live: Some(LiveBytes {
+                log: 40,
+                ..LiveBytes::default()
+            }),
+            file_bytes: 150,
+            exceeded: true,
+            ..BudgetStatus::default()
+        };
+        let within = BudgetStatus {
+            exceeded: false,
+            file_bytes: 90,
+            ..over
+        };
+        let t0 = std::time::Instant::now();
+        let mut log = BudgetLog::default();
+        log.settled(&within, t0);
+        assert_eq!(log.last_line, None, "nothing to say");
+        log.settled(&over, t0);
+        assert_eq!((log.said_over, log.last_line), (true, Some(t0)));
+        let later = t0 + BUDGET_LOG_EVERY * 2;
+        log.settled(&over, later);
+        assert_eq!(
+            log.last_line,
+            Some(t0),
+            "not repeated before BUDGET_WARN_AGAIN"
+        );
+        let again = t0 + BUDGET_WARN_AGAIN;
+        log.settled(&over, again);
+        assert_eq!(log.last_line, Some(again));
+        log.settled(&within, again + BUDGET_LOG_EVERY / 2);
+        assert!(log.said_over, "too soon for another line");
+        let back = again + BUDGET_LOG_EVERY;
+        log.settled(&within, back);
+        assert_eq!((log.said_over, log.last_line), (false, Some(back)));
+        // No budget or live bytes not counted yet: nothing.
+        let mut quiet = BudgetLog::default();
+        quiet.settled(&BudgetStatus::default(), t0);
+        quiet.settled(&BudgetStatus { live: None, ..over }, t0);
+        assert_eq!(quiet.last_line, None);
+    }
+}
