@@ -697,7 +697,7 @@ fn render_budget(out: &mut String, b: &BudgetStatus) {
     gauge(
         out,
         "edgewatch_disk_budget_exceeded",
-        "1 when the last settled retention step left the database files (edgewatch_log_size_bytes) larger than the budget, or live bytes above their limit with only kept readings left to remove; else 0.",
+        "1 when the database files (edgewatch_log_size_bytes) are larger than the budget, or the last settled retention step left live bytes above their limit with only kept readings left to remove; else 0.",
         f64::from(u8::from(b.exceeded)),
     );
     if let Some(live) = b.live {

@@ -83,15 +83,15 @@ pub struct BudgetStatus {
     /// Live bytes after the last retention step (`None` until counted; only counted with a
     /// budget).
     pub live: Option<LiveBytes>,
-    /// Bytes of sled's files after the last retention step.
+    /// Bytes of sled's files now.
     pub file_bytes: u64,
     /// Readings the budget never removes at the moment (the newest ones).
     pub kept_readings: u64,
     /// The last settled step (nothing more to remove) left live bytes above their share of
     /// the budget because only the newest, kept readings were left to remove.
     pub floor_reached: bool,
-    /// The last settled step left the files or the live bytes above the budget's limits:
-    /// files larger than the budget, or [`BudgetStatus::floor_reached`].
+    /// The store is over its budget: the files are larger than the budget now, or
+    /// [`BudgetStatus::floor_reached`] (live bytes counted and a budget set; else `false`).
     pub exceeded: bool,
     /// Readings removed for their age since the store was opened.
     pub removed_for_age: u64,

@@ -1397,9 +1397,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a retention step in the [`BudgetStatus`]: what it removed, the live and file
-    /// bytes after it and, when it settled (nothing more to remove now), whether the store is
-    /// within its budget.
+    /// Records a retention step in the [`BudgetStatus`]: what it removed, the live bytes after
+    /// it and, when it settled (nothing more to remove now), whether it stopped at the floor.
     fn record_budget(
         &self,
         budget: Option<u64>,
@@ -1407,19 +1406,16 @@ impl Store {
         plan: Option<(budget::Plan, bool)>,
         outcome: &RetentionOutcome,
     ) -> Result<(), StoreError> {
-        let file_bytes = self.inner.db.size_on_disk()?;
         let readings: u64 = self.state()?.series.values().map(|s| s.count).sum();
         let mut status = self.inner.budget.lock().map_err(|_| StoreError::Poisoned)?;
         status.removed_for_budget += outcome.budget_deleted;
         status.removed_for_age += outcome.readings_deleted - outcome.budget_deleted;
         status.budget_bytes = budget;
         status.live_limit_bytes = budget.map(budget::live_limit);
-        status.file_bytes = file_bytes;
         status.live = live;
         let Some(b) = budget else {
             status.kept_readings = 0;
             status.floor_reached = false;
-            status.exceeded = false;
             return Ok(());
         };
         status.kept_readings = match (plan, live) {
@@ -1429,19 +1425,25 @@ impl Store {
         };
         if live.is_some() && !outcome.more {
             status.floor_reached = plan.is_some_and(|(_, reached)| reached);
-            status.exceeded = status.floor_reached || file_bytes > b;
         }
         Ok(())
     }
 
-    /// Where the store stands against its disk budget and what retention removed, as of the
-    /// last retention step.
+    /// Where the store stands against its disk budget: what retention removed and found at
+    /// its last step, with the files' size now.
     pub fn budget_status(&self) -> Result<BudgetStatus, StoreError> {
-        self.inner
+        let mut s = self
+            .inner
             .budget
             .lock()
             .map(|s| *s)
-            .map_err(|_| StoreError::Poisoned)
+            .map_err(|_| StoreError::Poisoned)?;
+        s.file_bytes = self.inner.db.size_on_disk()?;
+        s.exceeded = match (s.budget_bytes, s.live) {
+            (Some(b), Some(_)) => s.floor_reached || s.file_bytes > b,
+            _ => false,
+        };
+        Ok(s)
     }
 }
 
