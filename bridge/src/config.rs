@@ -42,8 +42,10 @@ pub struct BridgeConfig {
     /// Keep readings and rollups this many days (by receive time); 0 keeps them forever.
     /// Default 30.
     pub retention_days: u32,
-    /// Remove the oldest readings while the database is larger than this many MiB; 0 means no
-    /// budget. sled reclaims space lazily, so the size on disk lags deletions. Default 0.
+    /// Disk budget in MiB; 0 means no budget. Retention removes the oldest readings while the
+    /// store's live bytes (log blocks, sealed chunks, rollup pages; not the files, which lag
+    /// deletions as sled reclaims space lazily) are above half of it, never the newest readings
+    /// worth a quarter of it (`store::RetentionPolicy`). Default 0.
     pub disk_budget_mb: u64,
     /// Seconds between retention steps when there is nothing to remove. Default 10.
     pub retention_interval_s: u64,

@@ -20,6 +20,9 @@
 //! | `edgewatch_writer_commit_failures_total` | counter | writer |
 //! | `edgewatch_writer_queue_free` / `_capacity` | gauge | writer input queue |
 //! | `edgewatch_log_size_bytes`, `edgewatch_log_readings`, `edgewatch_series`, `edgewatch_last_seq` | gauge | store |
+//! | `edgewatch_retention_readings_removed_total{reason}` | counter | retention: readings removed since start, `age` or `budget` |
+//! | `edgewatch_store_live_bytes{kind}` | gauge | store: live bytes of `log` blocks, sealed `chunk`s and `rollup` pages, what the disk budget measures (only with a budget) |
+//! | `edgewatch_disk_budget_bytes`, `edgewatch_disk_budget_live_limit_bytes`, `edgewatch_disk_budget_kept_readings`, `edgewatch_disk_budget_exceeded` | gauge | retention: the budget, the share of it live bytes are kept under, the newest readings it never removes, 1 when files or live bytes stay above it (`edgewatch_log_size_bytes` is the files' size) |
 //! | `edgewatch_devices_online` | gauge | presence (`sensors/{deviceId}/status`) |
 //! | `edgewatch_live_connections{transport}` | gauge | SSE / WebSocket / long-poll |
 //! | `edgewatch_live_subscriptions`, `edgewatch_live_subscriptions_conflating`, `edgewatch_live_queue_depth_max` | gauge | fan-out (per-subscriber lag) |
@@ -65,7 +68,7 @@ use axum::Router;
 
 use crate::fanout::Fanout;
 use crate::ingest::Ingest;
-use crate::store::Store;
+use crate::store::{BudgetStatus, Store};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -517,6 +520,9 @@ impl Metrics {
                 w.chunk_rows,
             );
         }
+        if let Ok(b) = i.store.budget_status() {
+            render_budget(&mut out, &b);
+        }
         if let Ok(devices) = i.store.devices() {
             let online = devices.iter().filter(|d| d.online == Some(true)).count();
             gauge(
@@ -735,6 +741,59 @@ async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
     res
 }
 
+/// What retention removed and where the store stands against its disk budget.
+fn render_budget(out: &mut String, b: &BudgetStatus) {
+    labelled_counter(
+        out,
+        "edgewatch_retention_readings_removed_total",
+        "Readings retention removed since start, by reason (age: older than retention_days; budget: the oldest, to fit the disk budget).",
+        "reason",
+        &[("age", b.removed_for_age), ("budget", b.removed_for_budget)],
+    );
+    gauge(
+        out,
+        "edgewatch_disk_budget_bytes",
+        "The disk budget (disk_budget_mb) in bytes; 0: no budget.",
+        b.budget_bytes.unwrap_or(0) as f64,
+    );
+    let Some(budget) = b.budget_bytes else {
+        return;
+    };
+    gauge(
+        out,
+        "edgewatch_disk_budget_live_limit_bytes",
+        "Live bytes retention keeps the store under: a share of the budget, the rest is left for the database's own overhead and lag.",
+        b.live_limit_bytes.unwrap_or(budget) as f64,
+    );
+    gauge(
+        out,
+        "edgewatch_disk_budget_kept_readings",
+        "The newest readings the disk budget never removes.",
+        b.kept_readings as f64,
+    );
+    gauge(
+        out,
+        "edgewatch_disk_budget_exceeded",
+        "1 when the database files (edgewatch_log_size_bytes) are larger than the budget, or the last settled retention step left live bytes above their limit with only kept readings left to remove; else 0.",
+        f64::from(u8::from(b.exceeded)),
+    );
+    if let Some(live) = b.live {
+        head(
+            out,
+            "edgewatch_store_live_bytes",
+            "gauge",
+            "Bytes of values the store holds, by kind (log blocks, sealed chunks, rollup pages): what the disk budget measures. The files are larger: the database's framing and space it has not reclaimed yet.",
+        );
+        for (kind, v) in [
+            ("log", live.log),
+            ("chunk", live.chunks),
+            ("rollup", live.rollups),
+        ] {
+            let _ = writeln!(out, "edgewatch_store_live_bytes{{kind=\"{kind}\"}} {v}");
+        }
+    }
+}
+
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -802,6 +861,49 @@ mod tests {
         assert!(out.contains("x_bucket{route=\"/a\",le=\"+Inf\"} 3\n"));
         assert!(out.contains("x_sum{route=\"/a\"} 55.5\n"));
         assert!(out.contains("x_count{route=\"/a\"} 3\n"));
+    }
+
+    #[test]
+    fn budget_metrics_render() {
+        let mut out = String::new();
+        render_budget(&mut out, &BudgetStatus::default());
+        assert!(out.contains("edgewatch_retention_readings_removed_total{reason=\"age\"} 0\n"));
+        assert!(out.contains("edgewatch_disk_budget_bytes 0\n"));
+        assert!(!out.contains("edgewatch_disk_budget_exceeded"));
+        let status = BudgetStatus {
+            budget_bytes: Some(8 << 20),
+            live_limit_bytes: Some(4 << 20),
+            live: Some(crate::store::LiveBytes {
+                log: 3,
+                chunks: 2,
+                rollups: 1,
+            }),
+            file_bytes: 9 << 20,
+            kept_readings: 7,
+            floor_reached: false,
+            exceeded: true,
+            removed_for_age: 5,
+            removed_for_budget: 11,
+        };
+        let mut out = String::new();
+        render_budget(&mut out, &status);
+        for line in [
+            "edgewatch_retention_readings_removed_total{reason=\"age\"} 5",
+            "edgewatch_retention_readings_removed_total{reason=\"budget\"} 11",
+            "edgewatch_disk_budget_bytes 8388608",
+            "edgewatch_disk_budget_live_limit_bytes 4194304",
+            "edgewatch_disk_budget_kept_readings 7",
+            "edgewatch_disk_budget_exceeded 1",
+            "edgewatch_store_live_bytes{kind=\"log\"} 3",
+            "edgewatch_store_live_bytes{kind=\"chunk\"} 2",
+            "edgewatch_store_live_bytes{kind=\"rollup\"} 1",
+            "# TYPE edgewatch_store_live_bytes gauge",
+        ] {
+            assert!(
+                out.contains(&format!("{line}\n")),
+                "{line} missing in\n{out}"
+            );
+        }
     }
 
     #[test]

@@ -152,6 +152,10 @@ pub(super) struct State {
     pub(super) window: u64,
     /// What committed batches wrote since open.
     pub(super) written: WriteCounters,
+    /// Bytes of the rollup pages that committed seals overwrote, since open (the disk budget
+    /// counts live bytes from this and `written`). Staged seals add to it; a rollback takes
+    /// their share back.
+    pub(super) rollup_bytes_replaced: u64,
     /// Fingerprints of the last `window` stored readings.
     pub(super) recent: Recent,
     /// The external session's deliveries taken lately (recognising the broker's resends).
@@ -222,6 +226,8 @@ pub(super) struct StagedSeal {
     pub(super) chunk_bytes: u64,
     pub(super) pages: u64,
     pub(super) page_bytes: u64,
+    /// Bytes of the stored pages those pages replace.
+    pub(super) replaced_page_bytes: u64,
 }
 
 impl Series {
@@ -391,7 +397,10 @@ pub(super) fn stage_seals(
 ) -> Result<Vec<StagedSeal>, StoreError> {
     let mut seals = Vec::new();
     match stage_seals_into(tree, st, touched, next_seq, batch, &mut seals) {
-        Ok(()) => Ok(seals),
+        Ok(()) => {
+            st.rollup_bytes_replaced += seals.iter().map(|s| s.replaced_page_bytes).sum::<u64>();
+            Ok(seals)
+        }
         Err(e) => {
             // Nothing staged reaches sled: the series staged so far get their rows back.
             for seal in seals {
@@ -438,6 +447,7 @@ fn stage_seals_into(
         let mut sorted = s.open.clone();
         sorted.sort_by_key(|r| (r.ts, r.seq));
         let (mut chunks, mut chunk_bytes, mut pages, mut page_bytes) = (0, 0, 0, 0);
+        let mut replaced_page_bytes = 0;
         for run in split_runs(&sorted) {
             let first_seq = run.iter().map(|r| r.seq).min().unwrap_or(0);
             let chunk = codec::encode_chunk(run);
@@ -449,6 +459,7 @@ fn stage_seals_into(
             for (page_start, mut page) in rollup::pages_of(&sorted, res) {
                 let key = sid_time_key(res.tag(), sid, page_start);
                 if let Some(old) = tree.get(key)? {
+                    replaced_page_bytes += old.len() as u64;
                     rollup::decode_page(&old, page_start, res, |start, agg| {
                         page.entry(start)
                             .and_modify(|a| a.merge(&agg))
@@ -480,6 +491,7 @@ fn stage_seals_into(
             chunk_bytes,
             pages,
             page_bytes,
+            replaced_page_bytes,
         });
     }
     Ok(())
@@ -487,6 +499,8 @@ fn stage_seals_into(
 
 /// Puts memory back as it was before a batch that did not reach sled.
 pub(super) fn rollback(st: &mut State, undo: HashMap<u32, Undo>, seals: Vec<StagedSeal>) {
+    let replaced: u64 = seals.iter().map(|s| s.replaced_page_bytes).sum();
+    st.rollup_bytes_replaced = st.rollup_bytes_replaced.saturating_sub(replaced);
     let mut taken: HashMap<u32, Vec<Row>> = seals.into_iter().map(|s| (s.sid, s.taken)).collect();
     for (sid, u) in undo {
         if u.created {

@@ -27,6 +27,7 @@
 //! * `layout`: key tags and encodings, small records, finding the block that holds a seq.
 //! * `recent`: fingerprints of the last stored readings, the first test for a redelivery.
 //! * `deliveries`: the external session's recent deliveries, to recognise the broker's resends.
+//! * `budget`: live bytes and the disk budget's rule.
 //!
 //! # On-disk layout
 //!
@@ -81,7 +82,9 @@
 //! gone, walking in time order and stopping at the first chunk that still holds one (so a chunk
 //! of late readings can delay the removal of newer chunks until its own readings expire). Rows
 //! at or below `Zfloor` are hidden meanwhile. Rollup pages go when their whole span is older
-//! than the age limit.
+//! than the age limit. A disk budget is measured on the live bytes of blocks, chunks and pages,
+//! not on the size of sled's files (which lags deletions), and never removes the newest
+//! readings: see `budget`.
 //!
 //! # Concurrency
 //!
@@ -92,6 +95,7 @@
 //! their seq so nothing is counted twice.
 
 mod activity;
+mod budget;
 mod chunks;
 mod codec;
 mod deliveries;
@@ -106,6 +110,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 
 pub use activity::SeriesActivity;
+pub use budget::{BudgetStatus, LiveBytes, KEEP_SHARE_PERCENT, LIVE_SHARE_PERCENT};
 pub use chunks::WriteCounters;
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
@@ -486,6 +491,8 @@ pub struct StoreStats {
 pub struct RetentionOutcome {
     /// Log entries deleted.
     pub readings_deleted: u64,
+    /// Of those, deleted for the disk budget (the others for their age).
+    pub budget_deleted: u64,
     /// Rollup pages deleted.
     pub rollups_deleted: u64,
     /// Whether more old data is left (call again soon).
@@ -498,7 +505,9 @@ pub struct RetentionPolicy {
     /// Readings (by receive time) and rollup pages (by the end of the page's span) older than
     /// this are removed.
     pub max_age_ms: Option<i64>,
-    /// When the database is larger than this, the oldest readings are removed.
+    /// Disk budget: while the store's live bytes are above [`LIVE_SHARE_PERCENT`] of this,
+    /// the oldest readings are removed, except the newest that take up
+    /// [`KEEP_SHARE_PERCENT`] of it (see [`Store::retain_step`] and [`BudgetStatus`]).
     pub disk_budget_bytes: Option<u64>,
     /// At most this many log entries are removed per step (whole blocks; at least one block).
     pub step: usize,
@@ -509,6 +518,11 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     state: Mutex<State>,
+    /// Live byte count for the disk budget (only the retention task uses it; taken before
+    /// `state`, never after).
+    account: Mutex<budget::Account>,
+    /// What retention last found and removed, for `/metrics` and the log.
+    budget: Mutex<BudgetStatus>,
 }
 
 impl Inner {
@@ -653,6 +667,7 @@ impl Store {
             replay_from,
             window: opts.dedupe_window.max(1) as u64,
             written: WriteCounters::default(),
+            rollup_bytes_replaced: 0,
             recent: recent::Recent::new(opts.dedupe_window),
             deliveries: deliveries::Deliveries::load(&tree, deliveries::KEEP)?,
         };
@@ -662,6 +677,8 @@ impl Store {
                 db,
                 tree,
                 state: Mutex::new(st),
+                account: Mutex::new(budget::Account::default()),
+                budget: Mutex::new(BudgetStatus::default()),
             }),
         })
     }
@@ -1263,43 +1280,86 @@ impl Store {
         Ok((source, out))
     }
 
-    /// One small retention step: removes the oldest log blocks whose readings are all older
-    /// than the age limit (or the oldest blocks while over the disk budget), up to about
-    /// `policy.step` readings, then sealed chunks holding only removed readings and rollup
-    /// pages whose whole span is older than the age limit. Holds the write lock only for this
-    /// step, so ingest is delayed by at most one small batch.
+    /// One small retention step, oldest first and up to about `policy.step` readings: removes
+    /// the log blocks whose readings are all older than the age limit and, with a disk budget,
+    /// the oldest blocks while live bytes are above their share of the budget, never the newest
+    /// readings (the rule is in the `budget` module); then the sealed chunks holding only
+    /// removed readings and the rollup pages whose whole span is older than the age limit.
+    /// Never removes a reading applied after the step started. With a budget, the first steps
+    /// after open count the live bytes instead, in pieces (`more` set), and remove nothing.
+    /// Holds the write lock only to take a snapshot and to install the result, so ingest is
+    /// delayed by at most one small batch.
     pub fn retain_step(
         &self,
         now_ms: i64,
         policy: &RetentionPolicy,
     ) -> Result<RetentionOutcome, StoreError> {
-        let over_budget = match policy.disk_budget_bytes {
-            Some(b) => self.inner.db.size_on_disk()? > b,
-            None => false,
-        };
         let cutoff = policy.max_age_ms.map(|a| now_ms.saturating_sub(a));
-        if !over_budget && cutoff.is_none() {
+        let budget = policy.disk_budget_bytes;
+        if cutoff.is_none() && budget.is_none() {
             return Ok(RetentionOutcome::default());
+        }
+        let tree = &self.inner.tree;
+        let mut account = self
+            .inner
+            .account
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        if budget.is_some() && !account.is_counted() {
+            if !account.is_scanning() {
+                let st = self.state()?;
+                let sealed = st
+                    .series
+                    .iter()
+                    .map(|(sid, s)| (*sid, s.rec.sealed_through))
+                    .collect();
+                account.start_scan(marks_of(&st), st.next_seq, sealed);
+            }
+            if !account.scan_piece(tree)? {
+                self.record_budget(budget, None, None, &RetentionOutcome::default())?;
+                return Ok(RetentionOutcome {
+                    more: true,
+                    ..RetentionOutcome::default()
+                });
+            }
         }
         let step = policy.step.max(1) as u64;
         // Find what to delete without holding the state lock: the writer's `apply` waits on
         // it, and a sweep over every series' rollup pages took long enough to show as a
         // periodic stall of live delivery (p99 ~200 ms every `retention_interval_s`). Only this
         // task deletes, so the snapshot stays valid; series created meanwhile have nothing
-        // old to delete.
-        let (mut floor, sids) = {
+        // old to delete, and readings applied meanwhile (seq above `head`) are not touched.
+        let (mut floor, sids, head, readings, marks) = {
             let st = self.state()?;
-            (st.floor, st.series.keys().copied().collect::<Vec<u32>>())
+            (
+                st.floor,
+                st.series.keys().copied().collect::<Vec<u32>>(),
+                st.next_seq - 1,
+                st.series.values().map(|s| s.count).sum::<u64>(),
+                marks_of(&st),
+            )
         };
-        let tree = &self.inner.tree;
+        let plan = match (budget, account.live(&marks)) {
+            (Some(b), Some(live)) => budget::plan(b, &live, readings, head),
+            _ => None,
+        };
         let mut batch = Writes::default();
         let mut outcome = RetentionOutcome::default();
+        let mut freed = LiveBytes::default();
+        // Live bytes the budget's removals free: each block with its readings' share of chunks.
+        let mut freed_estimate = 0f64;
         let mut deleted: HashMap<u32, Vec<u64>> = HashMap::new();
         for r in tree.range(log_key(0)..=log_key(u64::MAX)) {
             let (k, v) = r?;
             let rows = codec::decode_block(&v, u64_from(&k[1..]))?;
+            let last = rows.last().map_or(0, |r| r.row.seq);
+            if last > head {
+                break;
+            }
             let expired = cutoff.is_some_and(|c| rows.iter().all(|r| r.row.recv < c));
-            if !(expired || over_budget) {
+            let for_budget = !expired
+                && plan.is_some_and(|p| freed_estimate < p.to_free as f64 && last <= p.keep_after);
+            if !(expired || for_budget) {
                 break;
             }
             if outcome.readings_deleted > 0 && outcome.readings_deleted + rows.len() as u64 > step {
@@ -1308,11 +1368,21 @@ impl Store {
             }
             batch.remove(k);
             outcome.readings_deleted += rows.len() as u64;
+            if for_budget {
+                outcome.budget_deleted += rows.len() as u64;
+            }
+            freed.log += v.len() as u64;
+            freed_estimate += v.len() as f64 * plan.map_or(1.0, |p| p.per_log_byte);
             for lr in rows {
                 floor = floor.max(lr.row.seq);
                 deleted.entry(lr.sid).or_default().push(lr.row.seq);
             }
         }
+        // Settled short of the budget: only kept readings (or none) were left to remove.
+        let floor_reached =
+            !outcome.more && plan.is_some_and(|p| freed_estimate < p.to_free as f64);
+        // Look again soon: the next step sees what this one freed, exactly.
+        outcome.more |= outcome.budget_deleted > 0;
         let mut chunks_deleted = 0u64;
         if outcome.readings_deleted > 0 {
             for sid in &sids {
@@ -1326,6 +1396,7 @@ impl Store {
                     }
                     batch.remove(k);
                     chunks_deleted += 1;
+                    freed.chunks += v.len() as u64;
                 }
             }
         }
@@ -1336,23 +1407,38 @@ impl Store {
                     let lo = sid_time_key(res.tag(), *sid, i64::MIN);
                     let hi = sid_time_key(res.tag(), *sid, last_start.saturating_add(1));
                     for r in tree.range(lo..hi) {
-                        let (k, _) = r?;
+                        let (k, v) = r?;
                         if outcome.rollups_deleted >= step {
                             outcome.more = true;
                             break 'res;
                         }
                         batch.remove(k);
                         outcome.rollups_deleted += 1;
+                        freed.rollups += v.len() as u64;
                     }
                 }
             }
         }
-        if outcome.readings_deleted == 0 && outcome.rollups_deleted == 0 && chunks_deleted == 0 {
-            return Ok(outcome);
+        if outcome.readings_deleted > 0 || outcome.rollups_deleted > 0 || chunks_deleted > 0 {
+            self.install_removal(batch, floor, &deleted)?;
+            account.deleted(freed);
         }
+        let live = account.live(&marks_of(&*self.state()?));
+        self.record_budget(budget, live, plan.map(|p| (p, floor_reached)), &outcome)?;
+        Ok(outcome)
+    }
+
+    /// Applies a retention step's deletions and updates the series they touched.
+    fn install_removal(
+        &self,
+        mut batch: Writes,
+        floor: u64,
+        deleted: &HashMap<u32, Vec<u64>>,
+    ) -> Result<(), StoreError> {
+        let tree = &self.inner.tree;
         let mut st = self.state()?;
         let mut updated = Vec::new();
-        for (sid, seqs) in &deleted {
+        for (sid, seqs) in deleted {
             if let Some(s) = st.series.get(sid) {
                 let sealed = seqs.iter().filter(|q| **q <= s.rec.sealed_through).count() as u64;
                 let mut rec = s.rec.clone();
@@ -1383,7 +1469,64 @@ impl Store {
                 }
             }
         }
-        Ok(outcome)
+        Ok(())
+    }
+
+    /// Records a retention step in the [`BudgetStatus`]: what it removed, the live bytes after
+    /// it and, when it settled (nothing more to remove now), whether it stopped at the floor.
+    fn record_budget(
+        &self,
+        budget: Option<u64>,
+        live: Option<LiveBytes>,
+        plan: Option<(budget::Plan, bool)>,
+        outcome: &RetentionOutcome,
+    ) -> Result<(), StoreError> {
+        let readings: u64 = self.state()?.series.values().map(|s| s.count).sum();
+        let mut status = self.inner.budget.lock().map_err(|_| StoreError::Poisoned)?;
+        status.removed_for_budget += outcome.budget_deleted;
+        status.removed_for_age += outcome.readings_deleted - outcome.budget_deleted;
+        status.budget_bytes = budget;
+        status.live_limit_bytes = budget.map(budget::live_limit);
+        status.live = live;
+        let Some(b) = budget else {
+            status.kept_readings = 0;
+            status.floor_reached = false;
+            return Ok(());
+        };
+        status.kept_readings = match (plan, live) {
+            (Some((p, _)), _) => p.kept,
+            (None, Some(l)) => budget::kept_readings(b, &l, readings),
+            (None, None) => 0,
+        };
+        if live.is_some() && !outcome.more {
+            status.floor_reached = plan.is_some_and(|(_, reached)| reached);
+        }
+        Ok(())
+    }
+
+    /// Where the store stands against its disk budget: what retention removed and found at
+    /// its last step, with the files' size now.
+    pub fn budget_status(&self) -> Result<BudgetStatus, StoreError> {
+        let mut s = self
+            .inner
+            .budget
+            .lock()
+            .map(|s| *s)
+            .map_err(|_| StoreError::Poisoned)?;
+        s.file_bytes = self.inner.db.size_on_disk()?;
+        s.exceeded = match (s.budget_bytes, s.live) {
+            (Some(b), Some(_)) => s.floor_reached || s.file_bytes > b,
+            _ => false,
+        };
+        Ok(s)
+    }
+}
+
+/// The counters live bytes are derived from.
+fn marks_of(st: &State) -> budget::Marks {
+    budget::Marks {
+        written: st.written,
+        rollup_bytes_replaced: st.rollup_bytes_replaced,
     }
 }
 
