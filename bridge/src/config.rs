@@ -73,7 +73,8 @@ pub struct BridgeConfig {
     pub mqtt_client_id: String,
     /// Topic filter subscribed on the external broker. Default `sensors/#`.
     pub mqtt_subscribe: String,
-    /// Unacknowledged publishes from the external broker we hold at most. Default 10000.
+    /// Unacknowledged publishes from the external broker we hold at most: our MQTT 5 Receive
+    /// Maximum, capped at 32767. Default 10000.
     pub mqtt_ack_queue: usize,
     /// A device that reports readings is shown `stale` after this many of its observed
     /// reporting intervals without a reading (see [`crate::presence`]). 1 to 100. Default 3.

@@ -1,7 +1,10 @@
 //! The external-broker source: an MQTT client (rumqttc) subscribed to an existing broker.
 //!
-//! * persistent session (`clean_session = false`) under a stable client id, so the broker keeps
-//!   QoS1 messages for us while we are away;
+//! * MQTT 5, persistent session (Clean Start 0, Session Expiry "never") under a stable client
+//!   id, so the broker keeps QoS1 messages for us while we are away; the external broker must
+//!   speak MQTT 5 (Mosquitto 1.6+, EMQX, HiveMQ, VerneMQ, NanoMQ do);
+//! * Receive Maximum = `ack_queue` (at most [`RECEIVE_MAXIMUM_CAP`]): the broker sends no more
+//!   unacknowledged publishes than that;
 //! * QoS1 subscription, re-sent after every ConnAck (rumqttc does not re-subscribe);
 //! * manual acks: each PUBACK is sent only once the publish is final (durable, a duplicate of
 //!   a durable reading, or rejected), and in receive order;
@@ -15,9 +18,9 @@
 //! loop never blocks on. It must not: rumqttc only sends queued acks while its event loop is
 //! polled, and under sustained load its loop reads up to 10 packets per ack it sends, so a
 //! receive loop that waited for ack space would deadlock (seen in tests: ~20k messages in).
-//! The FIFO is therefore bounded by the broker's in-flight window for our session (mosquitto
-//! `max_inflight_messages`, EMQX `max_inflight`), not by us; a warning is logged (at most every
-//! 10 s) while more than `ack_queue` acks are pending. The rumqttc request channel is
+//! The FIFO is bounded by our Receive Maximum instead, which the broker must keep to (MQTT 5
+//! section 4.9); a warning is logged (at most every 10 s) if more than `ack_queue` acks are
+//! pending all the same. The rumqttc request channel is
 //! `ack_queue` deep; the ack task awaits it while full, which is harmless because the receive
 //! loop keeps polling and so keeps draining it.
 //!
@@ -39,7 +42,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgewatch_protocol::timefmt::now_ms;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish as MqttPublish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::Outgoing;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -129,8 +135,111 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), ExternalError> {
     Ok((host.to_owned(), port))
 }
 
+/// A filter we never subscribe to: its UNSUBSCRIBE is a barrier. The broker handles a
+/// connection's packets in order, so its UNSUBACK proves that every PUBACK written before the
+/// UNSUBSCRIBE reached it and was applied (a PUBACK merely written can still be lost: a
+/// `kill -9` of the bridge resets the connection, and the broker drops what it had not read).
+pub const ACK_BARRIER_FILTER: &str = "$edgewatch/ack-barrier";
+
+/// Least time between two barriers.
+pub const ACK_BARRIER_INTERVAL: Duration = Duration::from_millis(100);
+
+/// PUBACKs handed to rumqttc, in order, until rumqttc says it wrote them
+/// (`Outgoing::PubAck`): packet id and digest.
+type AcksQueued = Arc<std::sync::Mutex<std::collections::VecDeque<(u16, u64)>>>;
+
+/// The digest stand-in of a PUBACK whose publish has no record in the store (rejected,
+/// ignored, a presence change): nothing to forget when it is confirmed.
+const NO_RECORD: u64 = 0;
+
+/// Where a barrier is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barrier {
+    None,
+    /// Handed to rumqttc, not written yet.
+    Requested,
+    /// Written with this packet id, after the first `covers` written PUBACKs.
+    Sent {
+        packet_id: u16,
+        covers: usize,
+    },
+}
+
+/// PUBACKs written on the current connection and not yet confirmed by a barrier.
+struct AcksWritten {
+    unconfirmed: std::collections::VecDeque<(u16, u64)>,
+    barrier: Barrier,
+    last_barrier: tokio::time::Instant,
+}
+
+impl Default for AcksWritten {
+    fn default() -> Self {
+        Self {
+            unconfirmed: std::collections::VecDeque::new(),
+            barrier: Barrier::None,
+            last_barrier: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl AcksWritten {
+    /// rumqttc wrote the PUBACK of `packet_id`.
+    fn written(&mut self, queued: &AcksQueued, packet_id: u16) {
+        let Ok(mut q) = queued.lock() else { return };
+        // rumqttc writes them in the order they were handed over; one it could not write
+        // (connection lost meanwhile) is skipped: its record stays, the broker resends.
+        while let Some((p, digest)) = q.pop_front() {
+            if p == packet_id {
+                self.unconfirmed.push_back((p, digest));
+                return;
+            }
+        }
+    }
+
+    /// When the next barrier is due, if one is.
+    fn barrier_due(&self) -> Option<tokio::time::Instant> {
+        (self.barrier == Barrier::None && !self.unconfirmed.is_empty())
+            .then(|| self.last_barrier + ACK_BARRIER_INTERVAL)
+    }
+
+    /// Hands a barrier to rumqttc.
+    fn request_barrier(&mut self, client: &AsyncClient) {
+        if client.try_unsubscribe(ACK_BARRIER_FILTER).is_ok() {
+            self.barrier = Barrier::Requested;
+        }
+        self.last_barrier = tokio::time::Instant::now();
+    }
+
+    /// rumqttc wrote an UNSUBSCRIBE.
+    fn barrier_written(&mut self, packet_id: u16) {
+        if self.barrier == Barrier::Requested {
+            self.barrier = Barrier::Sent {
+                packet_id,
+                covers: self.unconfirmed.len(),
+            };
+        }
+    }
+
+    /// The broker answered an UNSUBSCRIBE: the PUBACKs written before our barrier are
+    /// confirmed (packet id, digest or [`NO_RECORD`]).
+    fn unsuback(&mut self, packet_id: u16) -> Vec<(u16, u64)> {
+        match self.barrier {
+            Barrier::Sent {
+                packet_id: p,
+                covers,
+            } if p == packet_id => {
+                self.barrier = Barrier::None;
+                let n = covers.min(self.unconfirmed.len());
+                self.unconfirmed.drain(..n).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 struct PendingAck {
-    publish: rumqttc::Publish,
+    digest: u64,
+    publish: MqttPublish,
     epoch: u64,
     done: oneshot::Receiver<Outcome>,
 }
@@ -148,6 +257,11 @@ fn jittered(d: Duration) -> Duration {
     d / 2 + d / 2 * frac / 1000
 }
 
+/// The most publishes the broker may have in flight to us (MQTT 5 Receive Maximum): the
+/// store recognises a resend while its original is among the session's last 32,768 deliveries
+/// (see the store's `deliveries` module), so the window stays below that.
+pub const RECEIVE_MAXIMUM_CAP: u16 = 32_767;
+
 /// Consumes the external broker until `shutdown` is cancelled or the writer stops.
 pub async fn run_external(
     cfg: ExternalConfig,
@@ -155,37 +269,81 @@ pub async fn run_external(
     shutdown: CancellationToken,
 ) -> Result<(), ExternalError> {
     let (host, port) = parse_mqtt_url(&cfg.url)?;
+    let ack_queue = cfg.ack_queue.max(1);
+    let receive_maximum = ack_queue.min(usize::from(RECEIVE_MAXIMUM_CAP)) as u16;
     let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
-    opts.set_clean_session(false)
+    // MQTT 5, so that the broker keeps to our Receive Maximum: with 3.1.1 nothing bounds what
+    // it sends before our acknowledgements come back (Mosquitto 2.0 was seen with 50,000
+    // unacknowledged publishes in flight to one session, packet ids reused among them), and a
+    // resend could no longer be told by its packet id.
+    opts.set_clean_start(false)
+        .set_session_expiry_interval(Some(u32::MAX))
+        .set_receive_maximum(Some(receive_maximum))
         .set_manual_acks(true)
         .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-        .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
-    let ack_queue = cfg.ack_queue.max(1);
+        .set_max_packet_size(Some(
+            u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX),
+        ));
     let (client, mut eventloop) = AsyncClient::new(opts, ack_queue);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
     let pending = Arc::new(AtomicU64::new(0));
     let mut last_backlog_warn: Option<std::time::Instant> = None;
     let epoch = Arc::new(AtomicU64::new(0));
+    let queued = AcksQueued::default();
+    let mut written = AcksWritten::default();
+    // Between a CONNACK with session present and the broker's first publish without DUP.
+    let mut resending = false;
     let acker = tokio::spawn(send_acks(
         client.clone(),
         ack_rx,
         epoch.clone(),
         pending.clone(),
+        queued.clone(),
     ));
 
     let mut backoff = cfg.backoff_min;
     let mut current_epoch = 0u64;
-    info!(url = %cfg.url, client_id = %cfg.client_id, "connecting to external broker");
+    info!(url = %cfg.url, client_id = %cfg.client_id, receive_maximum, "connecting to external broker (MQTT 5)");
     loop {
+        let barrier_due = written.barrier_due();
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
             ev = eventloop.poll() => ev,
+            () = tokio::time::sleep_until(barrier_due.unwrap_or_else(tokio::time::Instant::now)), if barrier_due.is_some() => {
+                written.request_barrier(&client);
+                continue;
+            }
         };
         match event {
+            Ok(Event::Outgoing(Outgoing::PubAck(packet_id))) => {
+                written.written(&queued, packet_id);
+            }
+            Ok(Event::Outgoing(Outgoing::Unsubscribe(packet_id))) => {
+                written.barrier_written(packet_id);
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(ack))) => {
+                // Our PUBACKs go in receive order and a broker applies a PUBACK to the oldest
+                // unacknowledged publish with its packet id, so even where it reuses a packet
+                // id among unacknowledged publishes each confirmed PUBACK is the one we meant.
+                let acked: Vec<(u16, u64)> = written
+                    .unsuback(ack.pkid)
+                    .into_iter()
+                    .filter(|(_, digest)| *digest != NO_RECORD)
+                    .collect();
+                if !acked.is_empty() {
+                    ingest.writer().deliveries_acked(acked);
+                }
+            }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 current_epoch += 1;
                 epoch.store(current_epoch, Ordering::SeqCst);
                 backoff = cfg.backoff_min;
+                written = AcksWritten::default();
+                resending = ack.session_present;
+                if !ack.session_present {
+                    // The broker resends nothing from an earlier session.
+                    ingest.writer().delivery_session_lost();
+                }
                 info!(
                     session_present = ack.session_present,
                     "connected to external broker"
@@ -198,16 +356,30 @@ pub async fn run_external(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
+                    // MQTT requires UTF-8 topics; a broker that breaks that gets no answer
+                    // for this publish, and its resend is refused the same way.
+                    warn!(packet_id = p.pkid, "publish with a non-UTF-8 topic ignored");
+                    continue;
+                };
                 let (tx, rx) = oneshot::channel();
                 // QoS 0 has no packet id: nothing is resent, nothing to recognise.
-                let id = (p.qos != QoS::AtMostOnce).then(|| DeliveryId {
+                let digest = delivery_digest(&topic, &p.payload);
+                let qos1 = p.qos != QoS::AtMostOnce;
+                let resends_done = qos1 && resending && !p.dup;
+                if resends_done {
+                    resending = false;
+                }
+                let id = qos1.then_some(DeliveryId {
                     packet_id: p.pkid,
-                    digest: delivery_digest(&p.topic, &p.payload),
+                    digest,
                     redelivered: p.dup,
+                    connection: current_epoch,
+                    resends_done,
                 });
                 let delivery = Delivery {
                     publish: Publish {
-                        topic: p.topic.clone(),
+                        topic,
                         payload: p.payload.clone(),
                         received_at_ms: now_ms(),
                     },
@@ -220,11 +392,12 @@ pub async fn run_external(
                 {
                     warn!(
                         backlog,
-                        "many publishes awaiting acknowledgement; broker in-flight window is large"
+                        "more publishes awaiting acknowledgement than the Receive Maximum allows"
                     );
                     last_backlog_warn = Some(std::time::Instant::now());
                 }
                 let item = PendingAck {
+                    digest,
                     publish: p,
                     epoch: current_epoch,
                     done: rx,
@@ -261,6 +434,7 @@ async fn send_acks(
     mut rx: mpsc::UnboundedReceiver<PendingAck>,
     epoch: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
+    queued: AcksQueued,
 ) {
     while let Some(p) = rx.recv().await {
         let outcome = p.done.await;
@@ -269,12 +443,24 @@ async fn send_acks(
             continue; // the broker redelivers it on the new connection
         }
         match outcome {
-            Ok(_) => {
+            Ok(outcome) => {
+                // Only stored readings and duplicates have a delivery record in the store.
+                let recorded = matches!(outcome, Outcome::Stored(_) | Outcome::Duplicate)
+                    && p.publish.qos != QoS::AtMostOnce;
+                if p.publish.qos != QoS::AtMostOnce {
+                    // Queued before the request, so it is there when rumqttc says it wrote it.
+                    if let Ok(mut q) = queued.lock() {
+                        q.push_back((p.publish.pkid, if recorded { p.digest } else { NO_RECORD }));
+                    }
+                }
                 if client.ack(&p.publish).await.is_err() {
                     return;
                 }
             }
-            Err(_) => warn!(topic = %p.publish.topic, "publish not stored; left unacknowledged"),
+            Err(_) => warn!(
+                topic = %String::from_utf8_lossy(&p.publish.topic),
+                "publish not stored; left unacknowledged"
+            ),
         }
     }
 }

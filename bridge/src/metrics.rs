@@ -15,6 +15,7 @@
 //! | `edgewatch_readings_duplicate_total` | counter | writer (a resend of a stored reading) |
 //! | `edgewatch_presence_recorded_total` | counter | writer |
 //! | `edgewatch_writer_items_failed_total` | counter | writer (items of batches the store could not apply) |
+//! | `edgewatch_external_delivery_records` | gauge | store (external deliveries kept until the broker has their PUBACK) |
 //! | `edgewatch_writer_batch_size` | histogram | writer (items per commit) |
 //! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (from a batch's apply until the flush that covers it completes) |
 //! | `edgewatch_writer_commit_failures_total` | counter | writer |
@@ -466,6 +467,14 @@ impl Metrics {
             "Free slots in the writer's input queue.",
             w.free_slots() as f64,
         );
+        if let Ok(n) = i.store.delivery_records() {
+            gauge(
+                &mut out,
+                "edgewatch_external_delivery_records",
+                "External-broker deliveries remembered until the broker has their PUBACK.",
+                n as f64,
+            );
+        }
         gauge(
             &mut out,
             "edgewatch_writer_healthy",

@@ -39,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::WriterStats;
-use crate::store::{BudgetStatus, Origin, PresenceUpdate, RetentionPolicy, Store, StoredReading};
+use crate::store::{
+    AckedDeliveries, BudgetStatus, Origin, PresenceUpdate, RetentionPolicy, Store, StoredReading,
+};
 
 /// Most applied-but-not-durable items, in batches of `batch_max`.
 pub const UNFLUSHED_BATCHES: usize = 4;
@@ -104,9 +106,54 @@ pub struct WriterHandle {
     tx: mpsc::Sender<WriteCmd>,
     healthy: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
+    /// What the external source reported about its deliveries since the last batch; taken
+    /// by the next batch (see [`WriterHandle::deliveries_acked`]).
+    acked: Arc<std::sync::Mutex<AckedDeliveries>>,
 }
 
+/// How often an idle writer commits delivery acknowledgements on their own.
+const ACKED_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 impl WriterHandle {
+    /// The broker has the acknowledgements of these deliveries (packet id, digest): their
+    /// records go in the next batch (or within [`ACKED_COMMIT_INTERVAL`] when idle). Bounded
+    /// by what the source holds unacknowledged (its Receive Maximum) per barrier (every 100 ms).
+    pub fn deliveries_acked(&self, acked: impl IntoIterator<Item = (u16, u64)>) {
+        if let Ok(mut a) = self.acked.lock() {
+            a.acked.extend(acked);
+        }
+    }
+
+    /// The broker has no session for us any more: every delivery record goes.
+    pub fn delivery_session_lost(&self) {
+        if let Ok(mut a) = self.acked.lock() {
+            a.acked.clear();
+            a.session_lost = true;
+        }
+    }
+
+    fn has_acked(&self) -> bool {
+        self.acked.lock().is_ok_and(|a| !a.is_empty())
+    }
+
+    fn take_acked(&self) -> AckedDeliveries {
+        self.acked
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
+    }
+
+    /// Gives back what a failed batch took.
+    fn restore_acked(&self, back: AckedDeliveries) {
+        if let Ok(mut a) = self.acked.lock() {
+            if back.session_lost {
+                a.session_lost = true;
+                a.acked.clear();
+            } else if !a.session_lost {
+                a.acked.extend(back.acked);
+            }
+        }
+    }
     /// Queues a command, waiting while the queue is full (backpressure).
     pub async fn send(&self, cmd: WriteCmd) -> Result<(), WriterClosed> {
         self.tx.send(cmd).await.map_err(|_| WriterClosed)
@@ -225,6 +272,7 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
         tx,
         healthy: healthy.clone(),
         stats: stats.clone(),
+        acked: Arc::default(),
     };
     let out = Outputs {
         committed: committed.clone(),
@@ -232,7 +280,7 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
         healthy,
         stats,
     };
-    let task = tokio::spawn(run(store, cfg, rx, out, stop));
+    let task = tokio::spawn(run(store, cfg, rx, out, stop, handle.clone()));
     Writer {
         handle,
         committed,
@@ -247,6 +295,7 @@ async fn run(
     mut rx: mpsc::Receiver<WriteCmd>,
     out: Outputs,
     stop: CancellationToken,
+    input: WriterHandle,
 ) -> Result<(), WriterError> {
     let batch_max = cfg.batch_max.max(1);
     let max_unflushed = UNFLUSHED_BATCHES * batch_max;
@@ -259,6 +308,7 @@ async fn run(
     let mut flushing: Option<(Group, JoinHandle<Result<(), crate::store::StoreError>>)> = None;
     let mut pending = Group::default();
     let mut buf: Vec<WriteCmd> = Vec::with_capacity(batch_max);
+    let mut next_acked_commit = Instant::now() + ACKED_COMMIT_INTERVAL;
     loop {
         if flushing.is_none() && !pending.is_empty() && (input_done || Instant::now() >= next_flush)
         {
@@ -301,11 +351,22 @@ async fn run(
                     input_done = true;
                     continue;
                 }
-                if let Some((applied, release)) = apply(&store, std::mem::take(&mut buf), &out).await {
+                if let Some((applied, release)) = apply(&store, std::mem::take(&mut buf), &out, &input).await {
                     durable.publish(release, &out);
                     pending.add(applied);
                 }
                 buf.reserve(batch_max);
+                next_acked_commit = Instant::now() + ACKED_COMMIT_INTERVAL;
+            }
+            () = tokio::time::sleep_until(next_acked_commit), if !input_done => {
+                // Idle: commit what the external source acknowledged on its own.
+                if input.has_acked() {
+                    if let Some((applied, release)) = apply(&store, Vec::new(), &out, &input).await {
+                        durable.publish(release, &out);
+                        pending.add(applied);
+                    }
+                }
+                next_acked_commit = Instant::now() + ACKED_COMMIT_INTERVAL;
             }
             () = stop.cancelled(), if !closing => {
                 // Refuse new items, then drain what is queued.
@@ -564,10 +625,17 @@ struct Applied {
     started: std::time::Instant,
 }
 
-async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(Applied, Release)> {
+async fn apply(
+    store: &Store,
+    cmds: Vec<WriteCmd>,
+    out: &Outputs,
+    input: &WriterHandle,
+) -> Option<(Applied, Release)> {
     let started = std::time::Instant::now();
     let items = cmds.len();
-    out.stats.batch_size.observe(cmds.len() as f64);
+    if items > 0 {
+        out.stats.batch_size.observe(items as f64);
+    }
     let mut readings = Vec::new();
     let mut origins = Vec::new();
     let mut reading_acks = Vec::new();
@@ -591,19 +659,21 @@ async fn apply(store: &Store, cmds: Vec<WriteCmd>, out: &Outputs) -> Option<(App
         }
     }
     let s = store.clone();
+    let acked = input.take_acked();
     let applied = tokio::task::spawn_blocking(move || {
         let r = s
-            .apply_from(&readings, &origins, &presence)
+            .apply_from(&readings, &origins, &presence, &acked)
             .and_then(|seqs| Ok((seqs, s.seq_reserved()?)));
-        (r, readings, presence)
+        (r, readings, presence, acked)
     })
     .await;
     let (seqs, reserved, readings, presence) = match applied {
-        Ok((Ok((seqs, reserved)), readings, presence)) => (seqs, reserved, readings, presence),
-        Ok((Err(err), readings, presence)) => {
+        Ok((Ok((seqs, reserved)), readings, presence, _)) => (seqs, reserved, readings, presence),
+        Ok((Err(err), readings, presence, acked)) => {
             error!(%err, readings = readings.len(), "batch not stored; its items stay unacknowledged");
             out.failed();
             out.not_stored(readings.len() + presence.len());
+            input.restore_acked(acked);
             return None;
         }
         Err(err) => {

@@ -287,12 +287,39 @@ fn payload(kind: Payloads, k: usize, t: i64) -> Vec<u8> {
     }
 }
 
+/// Publishes `msgs` as [`publish_all`] does, at most `rate` per second when given (in slices
+/// of a tenth of a second, each from its own connection).
+async fn publish_paced(
+    port: u16,
+    client_id: &str,
+    msgs: Vec<(String, Vec<u8>)>,
+    rate: Option<u32>,
+) {
+    let Some(rate) = rate else {
+        return publish_all(port, client_id, msgs).await;
+    };
+    let slice = (rate as usize / 10).max(1);
+    let mut next = tokio::time::Instant::now();
+    let mut msgs = msgs.into_iter().peekable();
+    while msgs.peek().is_some() {
+        let part: Vec<_> = msgs.by_ref().take(slice).collect();
+        publish_all(port, client_id, part).await;
+        next += Duration::from_millis(100);
+        tokio::time::sleep_until(next).await;
+    }
+}
+
 /// `kill -9` of the bridge process at several points while 4 publishers send `4 x per_device`
 /// QoS 1 readings through Mosquitto; after the last restart the store holds each reading
 /// exactly once. The broker resends what was committed but not acknowledged (DUP set), and the
 /// store recognises those resends by their delivery (packet id, topic and payload), whatever
 /// the payload.
-async fn kill_9_at_several_points(kind: Payloads, per_device: usize, kill_at: &[u64]) {
+async fn kill_9_at_several_points(
+    kind: Payloads,
+    per_device: usize,
+    kill_at: &[u64],
+    per_publisher_rate: Option<u32>,
+) {
     common::init_logs();
     let broker = Mosquitto::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +340,7 @@ async fn kill_9_at_several_points(kind: Payloads, per_device: usize, kill_at: &[
             .map(|k| (format!("sensors/dev{d}/temp"), payload(kind, k, t)))
             .collect();
         pubs.push(tokio::spawn(async move {
-            publish_all(port, &format!("dev{d}"), msgs).await
+            publish_paced(port, &format!("dev{d}"), msgs, per_publisher_rate).await
         }));
     }
     for &at in kill_at {
@@ -332,11 +359,12 @@ async fn kill_9_at_several_points(kind: Payloads, per_device: usize, kill_at: &[
         p.await.expect("publisher");
     }
     let total = (devices * per_device + 1) as u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while stored_count(addr).await < total {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not everything arrived after the restarts"
+            "not everything arrived after the restarts: {} of {total} stored",
+            stored_count(addr).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -345,19 +373,25 @@ async fn kill_9_at_several_points(kind: Payloads, per_device: usize, kill_at: &[
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let all = store.log_after(0, total as usize + 100).unwrap();
     let mut per_device_count = std::collections::HashMap::<String, usize>::new();
-    let mut seen = HashSet::new();
+    let mut first_seq = std::collections::HashMap::new();
+    let mut twice = Vec::new();
     for r in &all {
         *per_device_count
             .entry(r.reading.device_id.clone())
             .or_default() += 1;
         if !matches!(kind, Payloads::Constant) && r.reading.device_id != "probe" {
-            assert!(
-                seen.insert((r.reading.device_id.clone(), r.reading.value.to_bits())),
-                "stored twice: {:?}",
-                r.reading
-            );
+            let key = (r.reading.device_id.clone(), r.reading.value.to_bits());
+            if let Some(seq) = first_seq.insert(key, r.seq) {
+                twice.push((seq, r.seq, r.reading.device_id.clone(), r.reading.value));
+            }
         }
     }
+    assert!(
+        twice.is_empty(),
+        "{} readings stored twice (first seq, second seq, device, value), e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
     eprintln!(
         "{kind:?}: {} readings stored for {total} published, kills after {kill_at:?} stored",
         all.len()
@@ -385,17 +419,22 @@ fn kill_points(per_device: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_stores_timestamped_readings_exactly_once() {
     let n = per_publisher();
-    kill_9_at_several_points(Payloads::Stamped, n, &kill_points(n)).await;
+    kill_9_at_several_points(Payloads::Stamped, n, &kill_points(n), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_stores_readings_without_timestamps_exactly_once() {
     let n = per_publisher();
-    kill_9_at_several_points(Payloads::Bare, n, &kill_points(n)).await;
+    kill_9_at_several_points(Payloads::Bare, n, &kill_points(n), None).await;
 }
 
+/// Identical payloads: only the packet id tells two of them apart, so this holds while the
+/// broker keeps packet ids unique among the publishes it has not seen acknowledged. Mosquitto
+/// 2.0 does not once more than 65,535 messages are queued for the session (seen: 200,000
+/// published at full speed, 1,997 of them then taken for resends); paced at 5,000/s per
+/// publisher the backlog stays well under that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_stores_identical_payloads_exactly_once() {
     let n = per_publisher();
-    kill_9_at_several_points(Payloads::Constant, n, &kill_points(n)).await;
+    kill_9_at_several_points(Payloads::Constant, n, &kill_points(n), Some(5_000)).await;
 }

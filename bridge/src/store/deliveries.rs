@@ -1,5 +1,5 @@
-//! Deliveries from an external broker's session that the store took, so that the broker's
-//! resend of one of them is recognised by what it is, whatever its payload.
+//! Deliveries from an external broker's session that the store took and that may still be
+//! resent, so that a resend is recognised by what it is, whatever its payload.
 //!
 //! A broker resends a QoS 1 PUBLISH that it has not seen acknowledged, with the same packet id
 //! and the DUP flag set, when our session reconnects (after a network fault, or after the
@@ -11,24 +11,29 @@
 //! remembered delivery is that delivery again: a duplicate, acknowledged and not stored.
 //!
 //! # How long a delivery is remembered
-//! A broker reuses a packet id once the PUBLISH that held it is acknowledged; Mosquitto, EMQX and
-//! rumqttd hand packet ids out in turn (1, 2, ... 65,535, 1, ...), so an id comes back 65,535
-//! deliveries later. The store remembers the last [`KEEP`] deliveries (32,768, half the id
-//! space): a resend is recognised while its original is among them, which holds whenever the
-//! broker's in-flight window for our session is below 32,768 (Mosquitto's
-//! `max_inflight_messages` defaults to 20, EMQX's `max_inflight` to 32), and a record is
-//! forgotten, durably, long before its packet id is handed out again. A new delivery that
-//! reuses a remembered packet id replaces that record at once (a broker that hands out the
-//! lowest free id). The one case this cannot tell apart: such a broker reuses an id for an
-//! identical topic and payload, and the bridge dies between receiving the new PUBLISH and
-//! committing it; its resend is then taken for the old one. No broker with ids in turn can get
-//! there.
+//! Until the broker has its acknowledgement. A PUBACK written to the connection is not yet
+//! that: a `kill -9` of the bridge resets the connection and the broker drops what it had not
+//! read (seen: thousands of PUBACKs). So the external source follows its PUBACKs with a barrier
+//! (an UNSUBSCRIBE the broker answers in order) and reports a delivery as acknowledged only
+//! once the barrier's answer came back ([`AckedDeliveries`]); the record is removed in the
+//! next commit. After a reconnect, the records that none of the broker's resends matched go as
+//! soon as its first new publish arrives ([`DeliveryId::resends_done`]): the broker has their
+//! PUBACKs. While a record is kept, its packet id and digest match one resend per connection
+//! (a broker may hold two identical publishes under one packet id). A session the broker no
+//! longer has (CONNACK with session present 0) resends nothing: every record goes. At most
+//! [`MAX_RECORDS`] are kept; beyond that the oldest go first.
+//!
+//! What this cannot tell apart: two publishes with the same packet id, topic and payload that
+//! the broker holds unacknowledged at once, one committed and one not, when the bridge dies.
+//! A broker keeps packet ids unique among unacknowledged publishes (MQTT 5 section 2.2.1), but
+//! Mosquitto 2.0 was seen reusing them once more than 65,535 messages were queued for the
+//! session; with identical payloads a few of those are then taken for resends. Distinct
+//! payloads (a timestamp, a counter, a changing value) are never confused.
 //!
 //! # On disk
-//! `P` + ordinal (u64 BE) -> packet id (u16 BE) + digest (u64 BE), one key per delivery. The
-//! ordinal orders the records, so [`Deliveries::load`] rebuilds the same window.
+//! `P` + ordinal (u64 BE) -> packet id (u16 BE) + digest (u64 BE), one key per delivery.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::layout::{u64_from, Writes};
 use super::StoreError;
@@ -36,8 +41,8 @@ use super::StoreError;
 /// Key tag of a delivery record.
 pub(super) const DELIVERY: u8 = b'P';
 
-/// Deliveries remembered (see the module documentation).
-pub(super) const KEEP: usize = 32_768;
+/// Most delivery records kept (about 60 bytes of memory each).
+pub(super) const MAX_RECORDS: usize = 1_000_000;
 
 /// One PUBLISH received from an external broker's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,30 @@ pub struct DeliveryId {
     pub digest: u64,
     /// Its DUP flag: the broker says it may have sent it before.
     pub redelivered: bool,
+    /// The connection it came on (numbered from 1 by the source, per process): a record
+    /// matches at most one resend per connection.
+    pub connection: u64,
+    /// The first publish without DUP on a resumed session: the broker has resent everything
+    /// it held unacknowledged (brokers resend before they send anything new), so the records
+    /// none of those resends matched are forgotten before this one is taken.
+    pub resends_done: bool,
+}
+
+/// What the external source says about deliveries since the last commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedDeliveries {
+    /// (packet id, digest) of deliveries whose PUBACK the broker has confirmed (a barrier
+    /// written after it was answered): one record of each goes.
+    pub acked: Vec<(u16, u64)>,
+    /// The broker has no session for us any more: it resends nothing, every record goes.
+    pub session_lost: bool,
+}
+
+impl AckedDeliveries {
+    /// Nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.acked.is_empty() && !self.session_lost
+    }
 }
 
 /// The digest of a delivery's topic and payload (64-bit FNV-1a; stable across builds, since it
@@ -69,42 +98,71 @@ fn key(ordinal: u64) -> [u8; 9] {
     k
 }
 
-fn value(packet_id: u16, digest: u64) -> [u8; 10] {
+fn value(id: (u16, u64)) -> [u8; 10] {
     let mut v = [0u8; 10];
-    v[..2].copy_from_slice(&packet_id.to_be_bytes());
-    v[2..].copy_from_slice(&digest.to_be_bytes());
+    v[..2].copy_from_slice(&id.0.to_be_bytes());
+    v[2..].copy_from_slice(&id.1.to_be_bytes());
     v
 }
 
+type Key = (u16, u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    ordinal: u64,
+    /// The connection whose resend it matched (0: none since it was loaded or taken).
+    matched_on: u64,
+    /// The connection it was taken on (0: loaded at open).
+    added_on: u64,
+}
+
 /// The remembered deliveries, in memory and on disk alike.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Deliveries {
-    keep: usize,
-    /// Packet id -> (ordinal, digest) of its latest delivery.
-    by_packet: HashMap<u16, (u64, u64)>,
-    /// (ordinal, packet id), oldest first; an entry whose packet id was taken by a newer
-    /// delivery is skipped when it leaves.
-    ring: VecDeque<(u64, u16)>,
+    by_id: HashMap<Key, Vec<Record>>,
+    /// Ordinal -> key, oldest first (for [`MAX_RECORDS`] and [`AckedDeliveries::session_lost`]).
+    order: BTreeMap<u64, Key>,
     next: u64,
 }
 
-/// What one commit adds: the records staged in its batch, applied to memory once it landed.
+/// What one commit changes: staged in its batch, applied to memory once it landed.
 #[derive(Debug, Default)]
 pub(super) struct Staged {
-    /// (ordinal, packet id, digest) of each record staged and not replaced within the commit.
-    added: Vec<(u64, u16, u64)>,
-    /// Ordinals handed out, replaced ones included.
-    count: u64,
+    added: Vec<(u64, Key, u64)>,
+    /// Key -> ordinals of the records staged for it (a resend in the same commit finds them).
+    added_by_id: HashMap<Key, Vec<u64>>,
+    matched: Vec<(Key, u64, u64)>,
+    matched_set: HashSet<u64>,
+    removed: Vec<(Key, u64)>,
+    removed_set: HashSet<u64>,
+}
+
+impl Staged {
+    fn is_removed(&self, ordinal: u64) -> bool {
+        self.removed_set.contains(&ordinal)
+    }
+
+    fn is_matched(&self, ordinal: u64) -> bool {
+        self.matched_set.contains(&ordinal)
+    }
+
+    fn remove(&mut self, id: Key, ordinal: u64) {
+        self.removed.push((id, ordinal));
+        self.removed_set.insert(ordinal);
+    }
+
+    fn set_matched(&mut self, id: Key, ordinal: u64, connection: u64) {
+        self.matched.push((id, ordinal, connection));
+        self.matched_set.insert(ordinal);
+    }
 }
 
 impl Deliveries {
-    /// Reads the records back (oldest first).
-    pub(super) fn load(tree: &sled::Tree, keep: usize) -> Result<Self, StoreError> {
+    /// Reads the records back.
+    pub(super) fn load(tree: &sled::Tree) -> Result<Self, StoreError> {
         let mut d = Deliveries {
-            keep: keep.max(1),
-            by_packet: HashMap::new(),
-            ring: VecDeque::new(),
             next: 1,
+            ..Deliveries::default()
         };
         for r in tree.scan_prefix([DELIVERY]) {
             let (k, v) = r?;
@@ -112,114 +170,136 @@ impl Deliveries {
                 return Err(StoreError::Corrupt { what: "delivery" });
             }
             let ordinal = u64_from(&k[1..]);
-            let packet_id = u16::from_be_bytes([v[0], v[1]]);
-            if let Some((old, _)) = d.by_packet.get(&packet_id) {
-                // Not written by this build (a commit removes the record it replaces), but
-                // harmless: the newer record wins.
-                let old = *old;
-                d.ring.retain(|(o, _)| *o != old);
-            }
-            d.remember(ordinal, packet_id, u64_from(&v[2..]));
+            let id = (u16::from_be_bytes([v[0], v[1]]), u64_from(&v[2..]));
+            d.insert(ordinal, id, 0);
             d.next = ordinal + 1;
         }
         Ok(d)
     }
 
-    fn remember(&mut self, ordinal: u64, packet_id: u16, digest: u64) {
-        self.by_packet.insert(packet_id, (ordinal, digest));
-        self.ring.push_back((ordinal, packet_id));
+    fn insert(&mut self, ordinal: u64, id: Key, added_on: u64) {
+        self.by_id.entry(id).or_default().push(Record {
+            ordinal,
+            matched_on: 0,
+            added_on,
+        });
+        self.order.insert(ordinal, id);
     }
 
-    /// Whether `id` is a resend of a remembered delivery, or of one staged earlier in the same
-    /// commit.
-    pub(super) fn is_resend(&self, id: &DeliveryId, staged: &Staged) -> bool {
-        if !id.redelivered {
-            return false;
-        }
-        let latest = staged
-            .added
-            .iter()
-            .rev()
-            .find(|(_, p, _)| *p == id.packet_id)
-            .map(|(_, _, d)| *d)
-            .or_else(|| self.by_packet.get(&id.packet_id).map(|(_, d)| *d));
-        latest == Some(id.digest)
+    /// Records kept now.
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
     }
 
-    /// Stages the record of a delivery taken in this commit.
-    pub(super) fn stage(&self, id: &DeliveryId, staged: &mut Staged, batch: &mut Writes) {
-        if let Some((ordinal, _, _)) = staged.added.iter().find(|a| a.1 == id.packet_id) {
-            // The broker reused the id within this commit: the newer record replaces it.
-            batch.remove(&key(*ordinal)[..]);
-            staged.added.retain(|a| a.1 != id.packet_id);
-        }
-        let ordinal = self.next + staged.count;
-        staged.count += 1;
-        batch.insert(&key(ordinal)[..], &value(id.packet_id, id.digest)[..]);
-        staged.added.push((ordinal, id.packet_id, id.digest));
-    }
-
-    /// Stages the removal of the records whose packet id a staged delivery took, and of the
-    /// oldest ones this commit pushes out of the window (the same ones [`Deliveries::commit`]
-    /// forgets).
-    pub(super) fn stage_removals(&self, staged: &Staged, batch: &mut Writes) {
-        if staged.added.is_empty() {
+    /// Stages what the external source reported: removals of acknowledged deliveries (the
+    /// oldest record of each), or of every record. Call before [`Deliveries::take`].
+    pub(super) fn stage_acked(&self, acked: &AckedDeliveries, staged: &mut Staged, b: &mut Writes) {
+        if acked.session_lost {
+            for (ordinal, id) in &self.order {
+                b.remove(&key(*ordinal)[..]);
+                staged.remove(*id, *ordinal);
+            }
             return;
         }
-        let mut fresh = 0usize;
-        for (_, packet_id, _) in &staged.added {
-            match self.by_packet.get(packet_id) {
-                Some((ordinal, _)) => batch.remove(&key(*ordinal)[..]),
-                None => fresh += 1,
+        for id in &acked.acked {
+            let Some(records) = self.by_id.get(id) else {
+                continue;
+            };
+            if let Some(r) = records.iter().find(|r| !staged.is_removed(r.ordinal)) {
+                b.remove(&key(r.ordinal)[..]);
+                staged.remove(*id, r.ordinal);
             }
         }
-        let mut over = (self.by_packet.len() + fresh).saturating_sub(self.keep);
-        for (ordinal, packet_id) in &self.ring {
+    }
+
+    /// Takes one delivery: `true` when it is the resend of a remembered one (a duplicate);
+    /// else its record is staged.
+    pub(super) fn take(&self, id: &DeliveryId, staged: &mut Staged, b: &mut Writes) -> bool {
+        let k = (id.packet_id, id.digest);
+        if id.resends_done {
+            // The broker has resent what it holds unacknowledged: a record that no resend
+            // matched on this connection (and that this connection did not add) has its
+            // PUBACK at the broker, which will never resend it.
+            for (rid, records) in &self.by_id {
+                for r in records {
+                    if r.matched_on != id.connection
+                        && r.added_on != id.connection
+                        && !staged.is_removed(r.ordinal)
+                        && !staged.is_matched(r.ordinal)
+                    {
+                        b.remove(&key(r.ordinal)[..]);
+                        staged.remove(*rid, r.ordinal);
+                    }
+                }
+            }
+        }
+        if id.redelivered {
+            let kept = self.by_id.get(&k).into_iter().flatten().find(|r| {
+                r.matched_on != id.connection
+                    && !staged.is_removed(r.ordinal)
+                    && !staged.is_matched(r.ordinal)
+            });
+            let new = || {
+                staged
+                    .added_by_id
+                    .get(&k)
+                    .into_iter()
+                    .flatten()
+                    .find(|o| !staged.is_matched(**o))
+                    .copied()
+            };
+            if let Some(ordinal) = kept.map(|r| r.ordinal).or_else(new) {
+                staged.set_matched(k, ordinal, id.connection);
+                return true;
+            }
+        }
+        let ordinal = self.next + staged.added.len() as u64;
+        b.insert(&key(ordinal)[..], &value(k)[..]);
+        staged.added.push((ordinal, k, id.connection));
+        staged.added_by_id.entry(k).or_default().push(ordinal);
+        false
+    }
+
+    /// Stages the removal of the oldest records beyond [`MAX_RECORDS`].
+    pub(super) fn stage_cap(&self, staged: &mut Staged, b: &mut Writes) {
+        let after = self.order.len() + staged.added.len() - staged.removed.len();
+        let mut over = after.saturating_sub(MAX_RECORDS);
+        for (ordinal, id) in &self.order {
             if over == 0 {
                 break;
             }
-            if staged.added.iter().any(|a| a.1 == *packet_id)
-                || !self.is_current(*ordinal, *packet_id)
-            {
-                continue;
+            if !staged.is_removed(*ordinal) {
+                b.remove(&key(*ordinal)[..]);
+                staged.remove(*id, *ordinal);
+                over -= 1;
             }
-            batch.remove(&key(*ordinal)[..]);
-            over -= 1;
         }
     }
 
-    fn is_current(&self, ordinal: u64, packet_id: u16) -> bool {
-        self.by_packet.get(&packet_id).map(|(o, _)| *o) == Some(ordinal)
-    }
-
-    /// The commit landed: remember its deliveries and forget what it removed.
+    /// The commit landed: apply what it staged.
     pub(super) fn commit(&mut self, staged: Staged) {
-        self.next += staged.count;
-        for (ordinal, packet_id, digest) in staged.added {
-            self.remember(ordinal, packet_id, digest);
-        }
-        while self.by_packet.len() > self.keep {
-            let Some((ordinal, packet_id)) = self.ring.pop_front() else {
-                break;
-            };
-            if self.is_current(ordinal, packet_id) {
-                self.by_packet.remove(&packet_id);
+        for (id, ordinal) in staged.removed {
+            self.order.remove(&ordinal);
+            if let Some(records) = self.by_id.get_mut(&id) {
+                records.retain(|r| r.ordinal != ordinal);
+                if records.is_empty() {
+                    self.by_id.remove(&id);
+                }
             }
         }
-        // Entries whose packet id a newer delivery took stay in the ring until they reach its
-        // front; with a broker that keeps reusing low ids they could pile up behind an old
-        // record, so the ring is compacted when it reaches twice the window.
-        if self.ring.len() > 2 * self.keep {
-            let by_packet = &self.by_packet;
-            self.ring
-                .retain(|(o, p)| by_packet.get(p).map(|(x, _)| x) == Some(o));
+        for (ordinal, id, connection) in staged.added {
+            self.insert(ordinal, id, connection);
+            self.next = ordinal + 1;
         }
-    }
-
-    /// Deliveries remembered now.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.by_packet.len()
+        for (id, ordinal, connection) in staged.matched {
+            if let Some(r) = self
+                .by_id
+                .get_mut(&id)
+                .and_then(|v| v.iter_mut().find(|r| r.ordinal == ordinal))
+            {
+                r.matched_on = connection;
+            }
+        }
     }
 }
 
@@ -227,11 +307,13 @@ impl Deliveries {
 mod tests {
     use super::*;
 
-    fn id(packet_id: u16, digest: u64, redelivered: bool) -> DeliveryId {
+    fn id(packet_id: u16, digest: u64, redelivered: bool, connection: u64) -> DeliveryId {
         DeliveryId {
             packet_id,
             digest,
             redelivered,
+            connection,
+            resends_done: false,
         }
     }
 
@@ -242,70 +324,178 @@ mod tests {
         (dir, t)
     }
 
-    fn commit(d: &mut Deliveries, tree: &sled::Tree, ids: &[DeliveryId]) {
+    /// One commit: `acked` first, then every delivery; returns which were resends.
+    fn commit(
+        d: &mut Deliveries,
+        tree: &sled::Tree,
+        acked: &AckedDeliveries,
+        ids: &[DeliveryId],
+    ) -> Vec<bool> {
         let mut staged = Staged::default();
-        let mut batch = Writes::default();
-        for i in ids {
-            d.stage(i, &mut staged, &mut batch);
-        }
-        d.stage_removals(&staged, &mut batch);
-        batch.apply(tree).unwrap();
+        let mut b = Writes::default();
+        d.stage_acked(acked, &mut staged, &mut b);
+        let out = ids.iter().map(|i| d.take(i, &mut staged, &mut b)).collect();
+        d.stage_cap(&mut staged, &mut b);
+        b.apply(tree).unwrap();
         d.commit(staged);
+        out
+    }
+
+    fn none() -> AckedDeliveries {
+        AckedDeliveries::default()
     }
 
     #[test]
     fn a_resend_is_recognised_by_packet_id_digest_and_dup_flag() {
         let (_dir, t) = tree();
-        let mut d = Deliveries::load(&t, 8).unwrap();
-        commit(&mut d, &t, &[id(1, 10, false), id(2, 20, false)]);
-        let none = Staged::default();
-        assert!(d.is_resend(&id(1, 10, true), &none));
-        assert!(
-            !d.is_resend(&id(1, 10, false), &none),
-            "no DUP: a new publish"
+        let mut d = Deliveries::load(&t).unwrap();
+        assert_eq!(
+            commit(
+                &mut d,
+                &t,
+                &none(),
+                &[id(1, 10, false, 1), id(2, 20, false, 1)]
+            ),
+            [false, false]
         );
-        assert!(!d.is_resend(&id(1, 11, true), &none), "other content");
-        assert!(!d.is_resend(&id(3, 10, true), &none), "other packet id");
-        // Within one commit too.
-        let mut staged = Staged::default();
-        let mut batch = Writes::default();
-        d.stage(&id(5, 50, false), &mut staged, &mut batch);
-        assert!(d.is_resend(&id(5, 50, true), &staged));
+        // After a reconnect: the resends of both, a new publish reusing id 1, and resends that
+        // match nothing.
+        let got = commit(
+            &mut d,
+            &t,
+            &none(),
+            &[
+                id(1, 10, true, 2),
+                id(1, 10, false, 2),
+                id(1, 11, true, 2),
+                id(3, 10, true, 2),
+                id(2, 20, true, 2),
+            ],
+        );
+        assert_eq!(got, [true, false, false, false, true]);
     }
 
     #[test]
-    fn the_window_survives_a_reopen_and_forgets_the_oldest() {
+    fn each_record_matches_one_resend_per_connection() {
         let (_dir, t) = tree();
-        let mut d = Deliveries::load(&t, 4).unwrap();
-        for p in 1..=6u16 {
-            commit(&mut d, &t, &[id(p, u64::from(p), false)]);
-        }
-        assert_eq!(d.len(), 4);
-        let d = Deliveries::load(&t, 4).unwrap();
-        assert_eq!(d.len(), 4);
+        let mut d = Deliveries::load(&t).unwrap();
+        // Two identical publishes under one packet id (a broker reusing ids in flight), and a
+        // third the bridge never committed.
+        commit(
+            &mut d,
+            &t,
+            &none(),
+            &[id(7, 70, false, 1), id(7, 70, false, 1)],
+        );
+        let resends = [id(7, 70, true, 2), id(7, 70, true, 2), id(7, 70, true, 2)];
+        assert_eq!(commit(&mut d, &t, &none(), &resends), [true, true, false]);
+        // On the next connection each record matches again (their PUBACKs may be lost again).
+        let again = [id(7, 70, true, 3), id(7, 70, true, 3)];
+        assert_eq!(commit(&mut d, &t, &none(), &again), [true, true]);
+    }
+
+    #[test]
+    fn a_resend_in_the_same_commit_as_its_original_is_recognised() {
+        let (_dir, t) = tree();
+        let mut d = Deliveries::load(&t).unwrap();
+        let got = commit(
+            &mut d,
+            &t,
+            &none(),
+            &[id(5, 50, false, 1), id(5, 50, true, 2)],
+        );
+        assert_eq!(got, [false, true]);
+    }
+
+    #[test]
+    fn acknowledged_deliveries_are_forgotten_durably() {
+        let (_dir, t) = tree();
+        let mut d = Deliveries::load(&t).unwrap();
+        commit(
+            &mut d,
+            &t,
+            &none(),
+            &[id(1, 10, false, 1), id(2, 20, false, 1)],
+        );
+        let acked = AckedDeliveries {
+            acked: vec![(1, 10)],
+            session_lost: false,
+        };
+        commit(&mut d, &t, &acked, &[]);
+        let d = Deliveries::load(&t).unwrap();
+        assert_eq!(d.len(), 1);
         assert_eq!(
             t.scan_prefix([DELIVERY]).count(),
-            4,
+            1,
             "disk holds what memory holds"
         );
-        let none = Staged::default();
-        assert!(!d.is_resend(&id(2, 2, true), &none));
-        assert!(d.is_resend(&id(3, 3, true), &none));
-        assert!(d.is_resend(&id(6, 6, true), &none));
+        let mut d = d;
+        assert_eq!(
+            commit(
+                &mut d,
+                &t,
+                &none(),
+                &[id(1, 10, true, 1), id(2, 20, true, 1)]
+            ),
+            [false, true]
+        );
     }
 
     #[test]
-    fn a_reused_packet_id_replaces_its_record() {
+    fn a_lost_session_forgets_everything() {
         let (_dir, t) = tree();
-        let mut d = Deliveries::load(&t, 4).unwrap();
-        commit(&mut d, &t, &[id(1, 10, false)]);
-        commit(&mut d, &t, &[id(1, 11, false)]);
-        let none = Staged::default();
-        assert!(!d.is_resend(&id(1, 10, true), &none));
-        assert!(d.is_resend(&id(1, 11, true), &none));
-        assert_eq!(t.scan_prefix([DELIVERY]).count(), 1);
-        let d = Deliveries::load(&t, 4).unwrap();
-        assert!(d.is_resend(&id(1, 11, true), &none));
+        let mut d = Deliveries::load(&t).unwrap();
+        commit(
+            &mut d,
+            &t,
+            &none(),
+            &[id(1, 10, false, 1), id(2, 20, false, 1)],
+        );
+        let lost = AckedDeliveries {
+            acked: vec![],
+            session_lost: true,
+        };
+        assert_eq!(commit(&mut d, &t, &lost, &[id(3, 30, false, 2)]), [false]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(Deliveries::load(&t).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_first_new_publish_after_the_resends_forgets_what_was_not_resent() {
+        let (_dir, t) = tree();
+        let mut d = Deliveries::load(&t).unwrap();
+        commit(
+            &mut d,
+            &t,
+            &none(),
+            &[
+                id(1, 10, false, 1),
+                id(2, 20, false, 1),
+                id(3, 30, false, 1),
+            ],
+        );
+        // Reopened: the broker resends 2 only (it has the PUBACKs of 1 and 3), then sends 4.
+        let mut d = Deliveries::load(&t).unwrap();
+        let first_new = DeliveryId {
+            resends_done: true,
+            ..id(4, 40, false, 1)
+        };
+        assert_eq!(
+            commit(&mut d, &t, &none(), &[id(2, 20, true, 1), first_new]),
+            [true, false]
+        );
+        assert_eq!(d.len(), 2, "2 (resent, still unacknowledged) and 4");
+        // A later publish reusing 1 with the same content, resent: not taken for the old one.
+        assert_eq!(
+            commit(
+                &mut d,
+                &t,
+                &none(),
+                &[id(1, 10, false, 1), id(1, 10, true, 2)]
+            ),
+            [false, true]
+        );
+        assert_eq!(Deliveries::load(&t).unwrap().len(), 3);
     }
 
     #[test]

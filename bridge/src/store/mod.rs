@@ -114,7 +114,7 @@ pub use budget::{BudgetStatus, LiveBytes, KEEP_SHARE_PERCENT, LIVE_SHARE_PERCENT
 pub use chunks::WriteCounters;
 use chunks::*;
 use codec::{LogRow, Malformed, Row, UnitOverride};
-pub use deliveries::{delivery_digest, DeliveryId};
+pub use deliveries::{delivery_digest, AckedDeliveries, DeliveryId};
 use layout::*;
 use rollup::{ceil_to, floor_to, Buckets, Resolution};
 pub use rollup::{Aggregate, HOUR_MS, MINUTE_MS};
@@ -669,7 +669,7 @@ impl Store {
             written: WriteCounters::default(),
             rollup_bytes_replaced: 0,
             recent: recent::Recent::new(opts.dedupe_window),
-            deliveries: deliveries::Deliveries::load(&tree, deliveries::KEEP)?,
+            deliveries: deliveries::Deliveries::load(&tree)?,
         };
         replay(&tree, &mut st)?;
         Ok(Store {
@@ -702,7 +702,7 @@ impl Store {
         readings: &[Reading],
         presence: &[PresenceUpdate],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        self.apply_from(readings, &[], presence)
+        self.apply_from(readings, &[], presence, &AckedDeliveries::default())
     }
 
     /// As [`Store::apply`], with each reading's [`Origin`] (`origins[i]` for `readings[i]`;
@@ -714,11 +714,15 @@ impl Store {
     ///   [`StoreOptions::dedupe_window`] readings.
     ///
     /// A reading whose event time is its receive time is never merged by content.
+    ///
+    /// `acked` lists the external deliveries whose acknowledgement the broker has: their
+    /// records are removed in this commit.
     pub fn apply_from(
         &self,
         readings: &[Reading],
         origins: &[Origin],
         presence: &[PresenceUpdate],
+        acked: &AckedDeliveries,
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let mut guard = self.state()?;
         let st = &mut *guard;
@@ -735,13 +739,12 @@ impl Store {
         let mut remembered = 0usize;
         let mut reserved = st.reserved;
         let mut taken = deliveries::Staged::default();
+        st.deliveries.stage_acked(acked, &mut taken, &mut batch);
 
         for (i, r) in readings.iter().enumerate() {
             let origin = origins.get(i).copied().unwrap_or(Origin::DEVICE_TIME);
             if let Some(id) = &origin.delivery {
-                let resend = st.deliveries.is_resend(id, &taken);
-                st.deliveries.stage(id, &mut taken, &mut batch);
-                if resend {
+                if st.deliveries.take(id, &mut taken, &mut batch) {
                     out.push(None);
                     continue;
                 }
@@ -830,7 +833,7 @@ impl Store {
             }
         }
         if failure.is_none() {
-            st.deliveries.stage_removals(&taken, &mut batch);
+            st.deliveries.stage_cap(&mut taken, &mut batch);
             let checkpoint = checkpoint_after(st, &undo, &seals, next_seq);
             if checkpoint != st.replay_from {
                 batch.insert(META_REPLAY, &checkpoint.to_be_bytes()[..]);
@@ -923,6 +926,12 @@ impl Store {
     /// [`Store::apply`] reserves again. Dropping the last handle does the same.
     pub fn release_reservation(&self) -> Result<(), StoreError> {
         self.inner.release_reservation()
+    }
+
+    /// External deliveries remembered to recognise the broker's resends (see
+    /// [`Store::apply_from`]).
+    pub fn delivery_records(&self) -> Result<usize, StoreError> {
+        Ok(self.state()?.deliveries.len())
     }
 
     /// Highest seq assigned so far (0 when none).
