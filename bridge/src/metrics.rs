@@ -844,8 +844,8 @@ fn escape(s: &str) -> String {
 fn process_rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // The page size is 4 KiB on the targets this runs on (x86_64, aarch64 Linux defaults).
-    Some(pages * 4096)
+    // In pages of the kernel's size: 4 KiB on x86_64, 16 KiB on a Raspberry Pi 5's kernel.
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 /// Entries of `/proc/self/fd` (Linux; `None` elsewhere).
@@ -855,6 +855,22 @@ fn process_open_fds() -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn resident_set_size_agrees_with_the_kernels_own_figure() {
+        // /proc/self/status gives VmRSS in kB whatever the page size.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let ours = super::process_rss_bytes().unwrap();
+        let theirs = kb * 1024;
+        // Both are read a moment apart: allow 8 MiB of movement.
+        assert!(ours.abs_diff(theirs) < 8 << 20, "{ours} vs {theirs}");
+    }
+
     use super::*;
 
     #[test]
