@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use edgewatch_bridge::watch::LiveConfig;
 use edgewatch_bridge::BridgeConfig;
 use edgewatch_broker::BrokerConfig;
+use edgewatch_protocol::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
 /// Everything in `edgewatch.toml`.
@@ -117,31 +118,24 @@ impl AppConfig {
 
     /// Checks what serde cannot.
     pub(crate) fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
-        self.broker.validate().map_err(|msg| {
-            let (key, message) = split_key(&msg);
-            ConfigError {
-                file: file.map(Path::to_path_buf),
-                key,
-                message,
-            }
-        })?;
-        let named = |msg: String| {
-            let (key, message) = split_key(&msg);
-            ConfigError {
-                file: file.map(Path::to_path_buf),
-                key,
-                message,
-            }
+        let named = |e: InvalidSetting| ConfigError {
+            file: file.map(Path::to_path_buf),
+            key: e.key,
+            message: e.message,
         };
+        self.broker.validate().map_err(named)?;
         self.live.validate().map_err(named)?;
         self.bridge.validate().map_err(named)?;
         for (i, port) in self.serial.iter().enumerate() {
             port.validate(i).map_err(named)?;
         }
         if self.bridge.http_listen.parse::<SocketAddr>().is_err() {
-            return Err(named(format!(
-                "bridge.http_listen: not an address: {:?} (expected e.g. 127.0.0.1:8080)",
-                self.bridge.http_listen
+            return Err(named(InvalidSetting::new(
+                "bridge.http_listen",
+                format!(
+                    "not an address: {:?} (expected e.g. 127.0.0.1:8080)",
+                    self.bridge.http_listen
+                ),
             )));
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -181,14 +175,6 @@ fn dotted_key(path: &str, message: &str) -> String {
         .to_owned()
 }
 
-/// Splits "a.b.c: message" as produced by the validators.
-fn split_key(msg: &str) -> (String, String) {
-    match msg.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') => (k.to_owned(), m.to_owned()),
-        _ => (String::new(), msg.to_owned()),
-    }
-}
-
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
         .map_or(0, |t| t.matches('\n').count() + 1)
@@ -199,6 +185,145 @@ mod tests {
     use super::*;
 
     const SHIPPED: &str = include_str!("../config/edgewatch.toml");
+
+    /// Every dotted key the config file can hold: the defaults serialized (lists of tables
+    /// as `key[]`), plus the optional keys the shipped file shows commented out.
+    fn schema_keys() -> std::collections::BTreeSet<String> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+            if !prefix.is_empty() {
+                out.insert(prefix.to_owned());
+            }
+            if let toml::Value::Array(items) = v {
+                for item in items {
+                    walk(prefix, item, out);
+                }
+            }
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        let mut cfg = AppConfig::default();
+        // One element in each list of tables, so their fields are in the schema.
+        cfg.serial
+            .push(edgewatch_bridge::serial::SerialPortConfig::new(
+                "/dev/ttyUSB0",
+                "d1",
+            ));
+        cfg.broker.users.push(edgewatch_broker::config::UserConfig {
+            username: "u".into(),
+            password_hash: "h".into(),
+        });
+        let v = toml::Value::try_from(&cfg).unwrap();
+        walk("", &v, &mut out);
+        let mut section = String::new();
+        for line in SHIPPED.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = h.trim_matches(|c| c == '[' || c == ']').to_owned();
+            } else if let Some((k, _)) = line.split_once(" = ") {
+                if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    out.insert(format!("{section}.{k}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// A key as written in a document, with list indexes dropped: `serial[0].baud` ->
+    /// `serial.baud`.
+    fn unindexed(key: &str) -> String {
+        let mut out = String::new();
+        let mut skip = false;
+        for c in key.chars() {
+            match c {
+                '[' => skip = true,
+                ']' => skip = false,
+                c if !skip => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every key a document, a comment, a log line or an error names exists in the schema.
+    #[test]
+    fn every_key_named_anywhere_exists() {
+        let schema = schema_keys();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![
+            root.join("README.md"),
+            root.join("ARCHITECTURE.md"),
+            root.join("config/edgewatch.toml"),
+        ];
+        for dir in [
+            "docs",
+            "src",
+            "bridge/src",
+            "bridge/src/store",
+            "bridge/src/watch",
+            "broker/src",
+        ] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if ["md", "rs", "json", "yaml", "toml"].contains(&ext) {
+                    files.push(p);
+                }
+            }
+        }
+        let mut checked = 0;
+        let mut missing = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            // `key`, "key" and [section] mentions of the four top-level sections.
+            for (i, _) in text.match_indices(['`', '"', '[']) {
+                let rest = &text[i + 1..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "._[]".contains(c)))
+                    .unwrap_or(rest.len());
+                let token = rest[..end].trim_end_matches(['.', ']']);
+                let Some((top, _)) = token.split_once('.') else {
+                    continue;
+                };
+                let top = unindexed(top);
+                if !["broker", "bridge", "live", "log", "serial"].contains(&top.as_str()) {
+                    continue;
+                }
+                // File names such as `bridge.rs` are not keys.
+                if token.ends_with(".rs") || token.ends_with(".toml") || token.ends_with(".md") {
+                    continue;
+                }
+                checked += 1;
+                let key = unindexed(token);
+                // Misspelt on purpose: the examples of the unknown-key error.
+                if ["broker.limits.max_conections", "broker.mqtt.listn"].contains(&token) {
+                    continue;
+                }
+                // `bridge.presence_stale_*` names a family of keys.
+                let family = key.ends_with('_') && schema.iter().any(|k| k.starts_with(&key));
+                if !family && !schema.contains(&key) {
+                    missing.push(format!("{}: {token}", f.display()));
+                }
+            }
+        }
+        assert!(
+            checked > 50,
+            "only {checked} keys found: is the walk broken?"
+        );
+        assert!(
+            missing.is_empty(),
+            "keys that do not exist:\n{}",
+            missing.join("\n")
+        );
+    }
 
     #[test]
     fn shipped_file_equals_defaults() {
@@ -230,6 +355,19 @@ mod tests {
         assert_eq!(err.key, "log.level");
         let err = AppConfig::parse("[broker.limits]\nmax_connections = 0\n", None).unwrap_err();
         assert_eq!(err.key, "broker.limits.max_connections");
+        // The keys of the other crates' checks, as the file spells them (they said
+        // the live section under bridge before, which does not exist).
+        let err =
+            AppConfig::parse("[live]\npublish_filters = [\"sensors/#/x\"]\n", None).unwrap_err();
+        assert_eq!(err.key, "live.publish_filters", "{err}");
+        let err = AppConfig::parse("[live.fanout]\nqueue_capacity = 0\n", None).unwrap_err();
+        assert_eq!(err.key, "live.fanout.queue_capacity", "{err}");
+        let err = AppConfig::parse(
+            "[[serial]]\npath = \"/dev/x\"\ndevice_id = \"d1\"\nbaud = 0\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "serial[0].baud", "{err}");
         for bad in [
             "presence_stale_after_min_s = 0",
             "presence_stale_after_min_s = 2592001",

@@ -115,8 +115,10 @@ pub(crate) async fn run_standalone(args: SerialArgs) -> anyhow::Result<()> {
         max_frame_len: 1024,
         reopen_delay_ms: 1000,
     };
-    port.validate(0)
-        .map_err(|e| anyhow::anyhow!(e.replace("serial[0].", "--")))?;
+    port.validate(0).map_err(|e| {
+        let flag = e.key.trim_start_matches("serial[0].").replace('_', "-");
+        anyhow::anyhow!("--{flag}: {}", e.message)
+    })?;
     let (host, mqtt_port) = edgewatch_sim::cli::parse_broker_url(&args.broker)
         .map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
     let client_id = format!("edgewatch-serial-{}", port.device_id);

@@ -1,5 +1,6 @@
 //! [`BridgeConfig`]: every setting of the bridge, the `[bridge]` section of the config file.
 
+use edgewatch_protocol::InvalidSetting;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -160,17 +161,20 @@ impl BridgeConfig {
     }
 
     /// Checks what the types cannot; the message starts with the dotted key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if !(1..=100).contains(&self.presence_stale_intervals) {
-            return Err(format!(
-                "bridge.presence_stale_intervals: must be 1 to 100, not {}",
-                self.presence_stale_intervals
+            return Err(InvalidSetting::new(
+                "bridge.presence_stale_intervals",
+                format!("must be 1 to 100, not {}", self.presence_stale_intervals),
             ));
         }
         if !(1..=MAX_PRESENCE_STALE_S).contains(&self.presence_stale_after_min_s) {
-            return Err(format!(
-                "bridge.presence_stale_after_min_s: must be 1 to {MAX_PRESENCE_STALE_S} (30 days), not {}",
-                self.presence_stale_after_min_s
+            return Err(InvalidSetting::new(
+                "bridge.presence_stale_after_min_s",
+                format!(
+                    "must be 1 to {MAX_PRESENCE_STALE_S} (30 days), not {}",
+                    self.presence_stale_after_min_s
+                ),
             ));
         }
         Ok(())

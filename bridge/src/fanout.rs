@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
-/// Fan-out settings (`[bridge.fanout]`).
+/// Fan-out settings (`[live.fanout]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FanoutConfig {

@@ -42,6 +42,7 @@
 //!
 //! Everything the reader logs is inside a `serial` span with the port path and device id.
 
+use edgewatch_protocol::InvalidSetting;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
@@ -153,35 +154,38 @@ impl SerialPortConfig {
 
     /// Checks what serde cannot. `index` is the entry's position in the `[[serial]]` list; the
     /// error starts with the key, e.g. `serial[0].baud: must be above 0`.
-    pub fn validate(&self, index: usize) -> Result<(), String> {
+    pub fn validate(&self, index: usize) -> Result<(), InvalidSetting> {
         let key = |field: &str| format!("serial[{index}].{field}");
+        let err = |field: &str, message: String| Err(InvalidSetting::new(key(field), message));
         if self.path.as_os_str().is_empty() {
-            return Err(format!("{}: must not be empty", key("path")));
+            return err("path", "must not be empty".to_owned());
         }
         if self.path.to_str().is_none() {
-            return Err(format!("{}: must be valid UTF-8", key("path")));
+            return err("path", "must be valid UTF-8".to_owned());
         }
         if self.baud == 0 {
-            return Err(format!("{}: must be above 0", key("baud")));
+            return err("baud", "must be above 0".to_owned());
         }
         if !is_valid_id(&self.device_id) {
-            return Err(format!(
-                "{}: invalid device id {:?}: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
-                key("device_id"),
-                self.device_id
-            ));
+            return err(
+                "device_id",
+                format!(
+                    "invalid device id {:?}: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+                    self.device_id
+                ),
+            );
         }
         if !(16..=1_048_576).contains(&self.max_frame_len) {
-            return Err(format!(
-                "{}: must be between 16 and 1048576 bytes",
-                key("max_frame_len")
-            ));
+            return err(
+                "max_frame_len",
+                "must be between 16 and 1048576 bytes".to_owned(),
+            );
         }
         if !(10..=3_600_000).contains(&self.reopen_delay_ms) {
-            return Err(format!(
-                "{}: must be between 10 and 3600000 milliseconds",
-                key("reopen_delay_ms")
-            ));
+            return err(
+                "reopen_delay_ms",
+                "must be between 10 and 3600000 milliseconds".to_owned(),
+            );
         }
         Ok(())
     }
@@ -793,11 +797,11 @@ mod tests {
             edit(&mut cfg);
             cfg.validate(3).unwrap_err()
         };
-        assert!(invalid(|c| c.path = PathBuf::new()).starts_with("serial[3].path: "));
-        assert!(invalid(|c| c.baud = 0).starts_with("serial[3].baud: "));
-        assert!(invalid(|c| c.device_id = "a b".into()).starts_with("serial[3].device_id: "));
-        assert!(invalid(|c| c.max_frame_len = 0).starts_with("serial[3].max_frame_len: "));
-        assert!(invalid(|c| c.reopen_delay_ms = 0).starts_with("serial[3].reopen_delay_ms: "));
+        assert!(invalid(|c| c.path = PathBuf::new()).key == "serial[3].path");
+        assert!(invalid(|c| c.baud = 0).key == "serial[3].baud");
+        assert!(invalid(|c| c.device_id = "a b".into()).key == "serial[3].device_id");
+        assert!(invalid(|c| c.max_frame_len = 0).key == "serial[3].max_frame_len");
+        assert!(invalid(|c| c.reopen_delay_ms = 0).key == "serial[3].reopen_delay_ms");
     }
 
     #[test]

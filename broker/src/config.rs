@@ -2,6 +2,7 @@
 //!
 //! Defaults written here equal the values in `config/edgewatch.toml`; a test checks that.
 
+use edgewatch_protocol::InvalidSetting;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -170,13 +171,16 @@ pub(crate) struct EffectiveListener {
 impl BrokerConfig {
     /// Checks values that serde cannot: hashes parse, TLS files exist, limits are sane.
     /// Errors name the dotted key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (i, u) in self.users.iter().enumerate() {
             if u.username.is_empty() {
-                return Err(format!("broker.users[{i}].username: must not be empty"));
+                return Err(InvalidSetting::new(
+                    format!("broker.users[{i}].username"),
+                    "must not be empty",
+                ));
             }
             crate::auth::validate_hash(&u.password_hash)
-                .map_err(|e| format!("broker.users[{i}].password_hash: {e}"))?;
+                .map_err(|e| InvalidSetting::new(format!("broker.users[{i}].password_hash"), e))?;
         }
         if self.tls.enabled {
             for (key, path) in [
@@ -184,43 +188,68 @@ impl BrokerConfig {
                 ("key_path", &self.tls.key_path),
             ] {
                 if !path.is_file() {
-                    return Err(format!(
-                        "broker.tls.{key}: file {} does not exist",
-                        path.display()
+                    return Err(InvalidSetting::new(
+                        format!("broker.tls.{key}"),
+                        format!("file {} does not exist", path.display()),
                     ));
                 }
             }
         }
         let l = &self.limits;
         if l.max_connections == 0 {
-            return Err("broker.limits.max_connections: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.limits.max_connections",
+                "must be at least 1",
+            ));
         }
         if l.max_packet_size < 64 {
-            return Err("broker.limits.max_packet_size: must be at least 64 bytes".into());
+            return Err(InvalidSetting::new(
+                "broker.limits.max_packet_size",
+                "must be at least 64 bytes",
+            ));
         }
         if l.max_inflight == 0 {
-            return Err("broker.limits.max_inflight: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.limits.max_inflight",
+                "must be at least 1",
+            ));
         }
         if l.keep_alive_min_secs > l.keep_alive_max_secs {
-            return Err(
-                "broker.limits.keep_alive_min_secs: larger than keep_alive_max_secs".into(),
-            );
+            return Err(InvalidSetting::new(
+                "broker.limits.keep_alive_min_secs",
+                "larger than keep_alive_max_secs",
+            ));
         }
         if l.ingest_backlog_max == 0 {
-            return Err("broker.limits.ingest_backlog_max: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.limits.ingest_backlog_max",
+                "must be at least 1",
+            ));
         }
         if l.keep_alive_max_secs == 0 {
-            return Err("broker.limits.keep_alive_max_secs: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.limits.keep_alive_max_secs",
+                "must be at least 1",
+            ));
         }
         let r = &self.router;
         if r.max_outgoing_packet_count == 0 {
-            return Err("broker.router.max_outgoing_packet_count: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.router.max_outgoing_packet_count",
+                "must be at least 1",
+            ));
         }
         if r.max_segment_size < 1024 {
-            return Err("broker.router.max_segment_size: must be at least 1024".into());
+            return Err(InvalidSetting::new(
+                "broker.router.max_segment_size",
+                "must be at least 1024",
+            ));
         }
         if r.max_segment_count == 0 {
-            return Err("broker.router.max_segment_count: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "broker.router.max_segment_count",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -369,13 +398,11 @@ mod tests {
         assert!(cfg
             .validate()
             .unwrap_err()
-            .starts_with("broker.users[0].password_hash"));
+            .key
+            .eq("broker.users[0].password_hash"));
         let mut cfg = BrokerConfig::default();
         cfg.tls.enabled = true;
         cfg.tls.cert_path = "/nonexistent.pem".into();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .starts_with("broker.tls.cert_path"));
+        assert!(cfg.validate().unwrap_err().key.eq("broker.tls.cert_path"));
     }
 }

@@ -55,9 +55,12 @@ impl std::fmt::Display for ListenerKind {
 /// Why the broker could not start or link.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The configuration is invalid; the message names the dotted key.
+    /// The configuration is invalid; the error names the dotted key.
     #[error("invalid broker configuration: {0}")]
-    Config(String),
+    Config(#[from] edgewatch_protocol::InvalidSetting),
+    /// The broker's own runtime could not be started.
+    #[error("cannot start the listener runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// An address could not be bound (typically: the port is already in use).
     #[error("cannot listen for {listener} on {addr} (port {port}): {source}", port = addr.port())]
     Bind {
@@ -168,7 +171,7 @@ impl Broker {
             .thread_name("mqtt-listener")
             .enable_all()
             .build()
-            .map_err(|e| BrokerError::Config(format!("cannot start the listener runtime: {e}")))?;
+            .map_err(BrokerError::Runtime)?;
 
         let settings: Vec<(EffectiveListener, rumqttd::ServerSettings)> = listeners
             .iter()

@@ -8,11 +8,13 @@
 //! * [`timefmt`]: event times: RFC 3339 and epoch milliseconds.
 //! * [`filter_index`]: a trie of subscribers' topic filters for cheap matching in the fan-out.
 //! * [`frame`]: the serial formats: postcard + COBS frames and `metric=value` text lines.
+//! * [`setting`]: [`InvalidSetting`], the typed error of every config check.
 
 pub mod filter_index;
 pub mod frame;
 pub mod payload;
 pub mod reading;
+pub mod setting;
 pub mod timefmt;
 pub mod topic;
 
@@ -22,6 +24,7 @@ pub use payload::{
     decode, decode_publish, is_reading_topic, CompactReading, DecodeError, Decoded, Inbound,
 };
 pub use reading::{Reading, SeriesKey, SeriesTopic};
+pub use setting::InvalidSetting;
 pub use timefmt::TimeError;
 pub use topic::{FilterError, TopicFilter};
 

@@ -116,7 +116,7 @@ fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), Refused> {
     Err(Refused(
         StatusCode::FORBIDDEN,
         "origin_not_allowed",
-        format!("origin {origin:?} is not in bridge.live.allowed_origins"),
+        format!("origin {origin:?} is not in live.allowed_origins"),
     ))
 }
 

@@ -17,6 +17,7 @@ mod poll;
 mod sse;
 pub mod ws;
 
+use edgewatch_protocol::InvalidSetting;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -35,7 +36,7 @@ use crate::fanout::FanoutConfig;
 use crate::live::LiveHub;
 use access::Caller;
 
-/// Settings of live delivery (`[bridge.live]`).
+/// Settings of live delivery (`[live]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveConfig {
@@ -87,17 +88,21 @@ impl Default for LiveConfig {
 
 impl LiveConfig {
     /// Checks the filters; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (key, list) in [
             ("read_filters", &self.read_filters),
             ("publish_filters", &self.publish_filters),
         ] {
             for f in list {
-                TopicFilter::parse(f).map_err(|e| format!("bridge.live.{key}: {e}"))?;
+                TopicFilter::parse(f)
+                    .map_err(|e| InvalidSetting::new(format!("live.{key}"), e.to_string()))?;
             }
         }
         if self.fanout.queue_capacity == 0 {
-            return Err("bridge.live.fanout.queue_capacity: must be at least 1".into());
+            return Err(InvalidSetting::new(
+                "live.fanout.queue_capacity",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -280,10 +280,10 @@ pub struct PollQuery {
     /// Seq cursor: deliver what matches after this seq (replayed from the log), then live.
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub since: Option<u64>,
-    /// Long-poll wait in seconds (default 25, at most `bridge.live.poll_max_timeout_secs`).
+    /// Long-poll wait in seconds (default 25, at most `live.poll_max_timeout_secs`).
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub timeout: Option<u64>,
-    /// Most readings in one answer (at most `bridge.live.poll_max_readings`).
+    /// Most readings in one answer (at most `live.poll_max_readings`).
     #[param(value_type = Option<CountParam>, inline)]
     pub limit: Option<u64>,
 }
@@ -302,10 +302,10 @@ pub struct WatchQuery {
     /// SSE resume cursor for clients that cannot set the `Last-Event-ID` header.
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub last_event_id: Option<u64>,
-    /// Long-poll wait in seconds (default 25, at most `bridge.live.poll_max_timeout_secs`).
+    /// Long-poll wait in seconds (default 25, at most `live.poll_max_timeout_secs`).
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub timeout: Option<u64>,
-    /// Long poll: most readings in one answer (at most `bridge.live.poll_max_readings`).
+    /// Long poll: most readings in one answer (at most `live.poll_max_readings`).
     #[param(value_type = Option<CountParam>, inline)]
     pub limit: Option<u64>,
 }
@@ -320,10 +320,10 @@ pub struct DeviceWatchQuery {
     /// SSE resume cursor for clients that cannot set the `Last-Event-ID` header.
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub last_event_id: Option<u64>,
-    /// Long-poll wait in seconds (default 25, at most `bridge.live.poll_max_timeout_secs`).
+    /// Long-poll wait in seconds (default 25, at most `live.poll_max_timeout_secs`).
     #[param(value_type = Option<UnsignedParam>, inline)]
     pub timeout: Option<u64>,
-    /// Long poll: most readings in one answer (at most `bridge.live.poll_max_readings`).
+    /// Long poll: most readings in one answer (at most `live.poll_max_readings`).
     #[param(value_type = Option<CountParam>, inline)]
     pub limit: Option<u64>,
 }

@@ -5,7 +5,7 @@
 //!   stored readings after that seq first);
 //! * `{"type":"unsubscribe","filter":"sensors/#"}`;
 //! * `{"type":"publish","topic":"sensors/d1/cmd","payload":"on"}` (into the broker; allowed
-//!   topics are `bridge.live.publish_filters`, default none);
+//!   topics are `live.publish_filters`, default none);
 //! * `{"type":"ping"}`.
 //!
 //! Server → client: `reading` (with `seq`), `status`, `subscribed {filter, cursor}`,
