@@ -157,23 +157,20 @@ pub fn decode_frame(frame: &[u8]) -> Result<CompactReading, FrameError> {
     }
 }
 
-/// CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR.
+/// CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR
+/// (the `crc` crate's CRC-16/IBM-3740, the same parameters under their catalogue name).
 pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0xFFFF;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    const CCITT_FALSE: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_IBM_3740);
+    CCITT_FALSE.checksum(data)
 }
 
 /// COBS (consistent overhead byte stuffing): the result contains no 0x00 byte.
+///
+/// Written here rather than taken from the `cobs` crate (0.3, already a dependency of
+/// postcard): the crate decodes broken input differently (a last block running past the end,
+/// zero bytes, some blocks after a full 254-byte run), which would change how a garbled serial
+/// frame is classified (`invalid_cobs` or `checksum`); found by a property test comparing both
+/// on arbitrary bytes. Valid frames encode identically.
 fn cobs_encode(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 254 + 2);
     let mut code_at = 0;
@@ -551,6 +548,24 @@ mod tests {
         assert_eq!(ours, theirs[..n]);
     }
 
+    // The hand-written CRC this module used before it took the `crc` crate, kept to prove the
+    // checksum on the wire did not change (`the_crc_crate_matches_the_old_code`).
+    /// CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR.
+    fn crc16_by_hand(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0xFFFF;
+        for &byte in data {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
     /// Independent COBS encoder, only for building test frames.
     fn cobs_encode_for_test(data: &[u8], out: &mut [u8]) -> usize {
         let mut code_at = 0;
@@ -782,6 +797,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_crc_crate_matches_the_old_code(data in prop::collection::vec(any::<u8>(), 0..1200)) {
+            prop_assert_eq!(crc16(&data), crc16_by_hand(&data));
+        }
+
         #[test]
         fn frame_encode_decode_round_trip(readings in prop::collection::vec(compact_strategy(), 1..5)) {
             let mut decoder = FrameDecoder::new(4096);
