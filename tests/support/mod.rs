@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -13,30 +13,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_edgewatch")
 }
 
-/// A free loopback port (bound then released; a small race is accepted). Chosen in
-/// 10000-19999, outside Linux's ephemeral range (32768-60999, used by outgoing connections,
-/// which other tests open by the hundred) and the range the broker itself uses for port 0.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for _ in 0..200 {
-        let n = seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed));
-        let port = 10_000 + (n % 10_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use edgewatch_testkit::free_port;
 
 /// A running `edgewatch run`, killed on drop.
 pub struct Hub {

@@ -28,22 +28,7 @@ pub fn base_time() -> i64 {
     now - now.rem_euclid(HOUR) - 3 * HOUR
 }
 
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// Polls `f` every 20 ms until it is true, failing after `limit`.
-pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use edgewatch_testkit::{free_port, wait_until};
 
 /// A Mosquitto broker on a free loopback port, killed on drop.
 pub struct Mosquitto {
