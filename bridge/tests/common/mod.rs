@@ -28,6 +28,8 @@ pub fn base_time() -> i64 {
     now - now.rem_euclid(HOUR) - 3 * HOUR
 }
 
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
 pub use edgewatch_testkit::{free_port, wait_until};
 
 /// A Mosquitto broker on a free loopback port, killed on drop.
