@@ -16,6 +16,7 @@
 //! | `edgewatch_presence_recorded_total` | counter | writer |
 //! | `edgewatch_writer_items_failed_total` | counter | writer (items of batches the store could not apply) |
 //! | `edgewatch_external_delivery_records` | gauge | store (external deliveries kept until the broker has their PUBACK) |
+//! | `edgewatch_external_delivery_records_evicted_total` | counter | store (records dropped at their bound) |
 //! | `edgewatch_writer_batch_size` | histogram | writer (items per commit) |
 //! | `edgewatch_writer_commit_duration_seconds` | histogram | writer (from a batch's apply until the flush that covers it completes) |
 //! | `edgewatch_writer_commit_failures_total` | counter | writer |
@@ -473,6 +474,14 @@ impl Metrics {
                 "edgewatch_external_delivery_records",
                 "External-broker deliveries remembered until the broker has their PUBACK.",
                 n as f64,
+            );
+        }
+        if let Ok(n) = i.store.delivery_records_evicted() {
+            counter(
+                &mut out,
+                "edgewatch_external_delivery_records_evicted_total",
+                "External-broker delivery records dropped at their bound of 1,000,000 (a resend of one would be stored again).",
+                n,
             );
         }
         gauge(

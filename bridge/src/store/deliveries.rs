@@ -119,6 +119,11 @@ struct Record {
 /// The remembered deliveries, in memory and on disk alike.
 #[derive(Debug, Default)]
 pub(super) struct Deliveries {
+    /// [`MAX_RECORDS`], smaller in tests.
+    max_records: usize,
+    /// Records pushed out by the bound since open (each one a resend that would no longer be
+    /// recognised).
+    pub(super) evicted: u64,
     by_id: HashMap<Key, Vec<Record>>,
     /// Ordinal -> key, oldest first (for [`MAX_RECORDS`] and [`AckedDeliveries::session_lost`]).
     order: BTreeMap<u64, Key>,
@@ -135,6 +140,8 @@ pub(super) struct Staged {
     matched_set: HashSet<u64>,
     removed: Vec<(Key, u64)>,
     removed_set: HashSet<u64>,
+    /// Of `removed`, those the bound pushed out.
+    evicted: u64,
 }
 
 impl Staged {
@@ -160,8 +167,13 @@ impl Staged {
 impl Deliveries {
     /// Reads the records back.
     pub(super) fn load(tree: &sled::Tree) -> Result<Self, StoreError> {
+        Self::load_bounded(tree, MAX_RECORDS)
+    }
+
+    fn load_bounded(tree: &sled::Tree, max_records: usize) -> Result<Self, StoreError> {
         let mut d = Deliveries {
             next: 1,
+            max_records: max_records.max(1),
             ..Deliveries::default()
         };
         for r in tree.scan_prefix([DELIVERY]) {
@@ -262,8 +274,8 @@ impl Deliveries {
 
     /// Stages the removal of the oldest records beyond [`MAX_RECORDS`].
     pub(super) fn stage_cap(&self, staged: &mut Staged, b: &mut Writes) {
-        let after = self.order.len() + staged.added.len() - staged.removed.len();
-        let mut over = after.saturating_sub(MAX_RECORDS);
+        let after = (self.order.len() + staged.added.len()).saturating_sub(staged.removed.len());
+        let mut over = after.saturating_sub(self.max_records);
         for (ordinal, id) in &self.order {
             if over == 0 {
                 break;
@@ -271,6 +283,7 @@ impl Deliveries {
             if !staged.is_removed(*ordinal) {
                 b.remove(&key(*ordinal)[..]);
                 staged.remove(*id, *ordinal);
+                staged.evicted += 1;
                 over -= 1;
             }
         }
@@ -278,6 +291,15 @@ impl Deliveries {
 
     /// The commit landed: apply what it staged.
     pub(super) fn commit(&mut self, staged: Staged) {
+        if staged.evicted > 0 && self.evicted == 0 {
+            tracing::warn!(
+                max = self.max_records,
+                "external delivery records reached their bound: the oldest are dropped, and a \
+                 broker resend of one of them would be stored again \
+                 (edgewatch_external_delivery_records_evicted_total)"
+            );
+        }
+        self.evicted += staged.evicted;
         for (id, ordinal) in staged.removed {
             self.order.remove(&ordinal);
             if let Some(records) = self.by_id.get_mut(&id) {
@@ -496,6 +518,25 @@ mod tests {
             [false, true]
         );
         assert_eq!(Deliveries::load(&t).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_and_counts_them() {
+        let (_dir, t) = tree();
+        let mut d = Deliveries::load_bounded(&t, 3).unwrap();
+        // Older records go (records of the commit under way are not candidates: a batch is
+        // far below the bound).
+        for p in 1..=5u16 {
+            commit(&mut d, &t, &none(), &[id(p, u64::from(p), false, 1)]);
+        }
+        assert_eq!((d.len(), d.evicted), (3, 2));
+        assert_eq!(t.scan_prefix([DELIVERY]).count(), 3);
+        // The oldest two are gone, the newest three still recognised.
+        let resends: Vec<_> = (1..=5u16).map(|p| id(p, u64::from(p), true, 2)).collect();
+        assert_eq!(
+            commit(&mut d, &t, &none(), &resends)[..],
+            [false, false, true, true, true]
+        );
     }
 
     #[test]

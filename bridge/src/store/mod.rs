@@ -934,6 +934,12 @@ impl Store {
         Ok(self.state()?.deliveries.len())
     }
 
+    /// External delivery records dropped by their bound since open (see
+    /// [`Store::delivery_records`]).
+    pub fn delivery_records_evicted(&self) -> Result<u64, StoreError> {
+        Ok(self.state()?.deliveries.evicted)
+    }
+
     /// Highest seq assigned so far (0 when none).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         Ok(self.state()?.next_seq - 1)
