@@ -89,7 +89,7 @@ pub(crate) fn main() -> ExitCode {
 }
 
 fn print_openapi() -> ExitCode {
-    let text = edgewatch_bridge::docs::openapi_json_text();
+    let text = edgewatch_bridge::http::docs::openapi_json_text();
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

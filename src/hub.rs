@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use edgewatch_bridge::http::live::PublishFn;
 use edgewatch_bridge::metrics::Sample;
-use edgewatch_bridge::watch::PublishFn;
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
 use futures::StreamExt;
@@ -162,9 +162,9 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     }
     let app = bridge
         .router()
-        .merge(edgewatch_bridge::watch::routes(live))
-        .merge(edgewatch_bridge::dashboard::routes())
-        .merge(edgewatch_bridge::docs::routes())
+        .merge(edgewatch_bridge::http::live::routes(live))
+        .merge(edgewatch_bridge::http::dashboard::routes())
+        .merge(edgewatch_bridge::http::docs::routes())
         .merge(metrics.routes());
     let app = edgewatch_bridge::http::trace_requests(metrics.track_http(app));
     let http_stop = stop.clone();

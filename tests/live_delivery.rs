@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgewatch_bridge::fanout::FanoutConfig;
-use edgewatch_bridge::watch::LiveConfig;
+use edgewatch_bridge::http::live::LiveConfig;
+use edgewatch_bridge::live::fanout::FanoutConfig;
 use edgewatch_bridge::{BridgeConfig, Publish};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -56,7 +56,7 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
     let (_fanout, state) = edgewatch_bridge::live::start(&bridge, live, stop.clone(), None);
     let app: axum::Router = bridge
         .router()
-        .merge(edgewatch_bridge::watch::routes(state));
+        .merge(edgewatch_bridge::http::live::routes(state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = stop.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::external::ExternalConfig;
+use crate::ingest::external::ExternalConfig;
 use crate::presence::PresenceConfig;
 use crate::store::{RetentionPolicy, StoreOptions};
 use crate::writer::WriterConfig;

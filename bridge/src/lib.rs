@@ -24,21 +24,15 @@
 //! * [`Hub`] (this file): starts and stops the parts together.
 
 pub mod config;
-pub mod dashboard;
-pub mod docs;
-pub mod external;
-pub mod fanout;
 pub mod http;
 pub mod ingest;
-mod json_write;
+mod json;
 pub mod live;
 pub mod metrics;
 pub mod presence;
 pub mod serial;
-mod server;
 mod split;
 pub mod store;
-pub mod watch;
 pub mod writer;
 
 use std::sync::Arc;
@@ -66,7 +60,7 @@ pub enum BridgeError {
     Store(#[from] StoreError),
     /// The external broker settings are invalid.
     #[error(transparent)]
-    External(#[from] external::ExternalError),
+    External(#[from] ingest::external::ExternalError),
     /// The writer failed at shutdown.
     #[error(transparent)]
     Writer(#[from] writer::WriterError),
@@ -129,10 +123,10 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub
         hub.sources_stop.clone(),
     ));
     if let Some(ext) = hub.cfg.external() {
-        external::parse_mqtt_url(&ext.url)?;
+        ingest::external::parse_mqtt_url(&ext.url)?;
         let (ingest, stop) = (hub.ingest.clone(), hub.sources_stop.clone());
         hub.sources.spawn(async move {
-            if let Err(err) = external::run_external(ext, ingest, stop).await {
+            if let Err(err) = ingest::external::run_external(ext, ingest, stop).await {
                 warn!(%err, "external source failed");
             }
         });

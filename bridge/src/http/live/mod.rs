@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::FanoutConfig;
+use crate::live::fanout::FanoutConfig;
 use crate::live::LiveHub;
 use access::Caller;
 

@@ -68,8 +68,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::fanout::Fanout;
 use crate::ingest::Ingest;
+use crate::live::fanout::Fanout;
 use crate::store::{BudgetStatus, Store};
 
 /// The content type of the text exposition format.
@@ -206,7 +206,7 @@ impl Transport {
     }
 }
 
-/// Open live connections by transport (held by [`crate::watch::LiveState`]).
+/// Open live connections by transport (held by [`crate::http::live::LiveState`]).
 #[derive(Debug, Default)]
 pub struct LiveMetrics {
     sse: AtomicI64,

@@ -1,6 +1,6 @@
 //! Ingest: the one seam every inbound publish goes through, whatever its source.
 //!
-//! A source (the embedded broker's in-process link, or [`crate::external`]) yields
+//! A source (the embedded broker's in-process link, or [`crate::ingest::external`]) yields
 //! [`Publish`]es (or [`Delivery`]s when it needs to know when an item is final). Ingest decodes
 //! each one with [`decode_publish`]: readings and presence changes go to the writer, rejects are
 //! counted per reason, logged without flooding (at most one warning per reason per
@@ -18,6 +18,8 @@
 //! # Backpressure
 //! Handing an item to the writer awaits while the writer's queue is full, so a source that is
 //! read by [`run_ingest`] is read no faster than the writer commits.
+
+pub mod external;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

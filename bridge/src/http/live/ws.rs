@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::Caller;
 use super::{read_filters, LiveError, LiveState, WatchParams};
-use crate::fanout::{LiveEvent, Stage};
+use crate::live::fanout::{LiveEvent, Stage};
 use crate::live::WatchItem;
 
 /// The subprotocol this endpoint speaks.

@@ -66,9 +66,9 @@ use crate::http::ErrorBody;
         asyncapi_yaml,
         asyncapi_json,
         docs_page,
-        crate::dashboard::index,
-        crate::dashboard::asset,
-        crate::dashboard::sdk,
+        crate::http::dashboard::index,
+        crate::http::dashboard::asset,
+        crate::http::dashboard::sdk,
     ),
     components(responses(
         crate::http::BadRequest,
@@ -84,8 +84,8 @@ use crate::http::ErrorBody;
 pub struct ApiDoc;
 
 /// What the derive macros cannot express:
-/// * the live routes: their handlers are private to [`crate::watch`], so
-///   [`crate::watch::openapi::LiveApi`] lists them there and is merged in here (paths and the
+/// * the live routes: their handlers are private to [`crate::http::live`], so
+///   [`crate::http::live::openapi::LiveApi`] lists them there and is merged in here (paths and the
 ///   schemas they reference);
 /// * an optional header is absent, never `null`: the macros make every `Option` nullable, so
 ///   `null` is dropped from header parameters' types.
@@ -98,7 +98,7 @@ impl Modify for Conventions {
         use utoipa::openapi::schema::{Schema, SchemaType, Type};
         use utoipa::openapi::RefOr;
 
-        doc.merge(crate::watch::openapi::LiveApi::openapi());
+        doc.merge(crate::http::live::openapi::LiveApi::openapi());
         let operations = doc
             .paths
             .paths
@@ -142,9 +142,9 @@ fn openapi_text() -> &'static str {
 }
 
 /// The AsyncAPI 3.0 document.
-pub const ASYNCAPI_YAML: &str = include_str!("../../docs/asyncapi.yaml");
+pub const ASYNCAPI_YAML: &str = include_str!("../../../docs/asyncapi.yaml");
 /// The `/docs` page.
-const DOCS_HTML: &str = include_str!("../assets/docs/index.html");
+const DOCS_HTML: &str = include_str!("../../assets/docs/index.html");
 
 /// The documentation routes.
 pub fn routes() -> Router {

@@ -13,10 +13,12 @@
 //!
 //! No hole is silent. When reading the log fails (the fan-out catching up, or a watch
 //! replaying after its cursor), the failure is logged with the seqs concerned, counted
-//! ([`FanoutStats::catchup_failures`](crate::fanout::FanoutStats)) and the subscribers
+//! ([`FanoutStats::catchup_failures`](crate::live::fanout::FanoutStats)) and the subscribers
 //! concerned get the same `gap` a slow consumer gets, whose `resume_after` is the last seq they
 //! received in order: replaying from the log after it (once the store answers again) fills
 //! the hole.
+
+pub mod fanout;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,7 +30,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
+use crate::live::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
 use crate::presence::{DeviceStatus, StatusChange};
 use crate::store::{ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
 use crate::writer::CommittedBatch;
@@ -39,7 +41,7 @@ const REPLAY_PAGE: usize = 500;
 /// The JSON message of a stored reading, shared by SSE, WebSocket and long polling; `None`
 /// (logged and counted in `stats`) when it cannot be written: nothing is sent in its place.
 pub fn reading_event(r: &StoredReading, stats: &FanoutStats) -> Option<Arc<LiveEvent>> {
-    match crate::json_write::reading_message(r) {
+    match crate::json::reading_message(r) {
         Ok(json) => Some(Arc::new(LiveEvent::new(
             r.seq,
             EventKind::Reading,
@@ -251,10 +253,10 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
 /// ending with `stop`) and returns it with the state of the live routes.
 pub fn start(
     hub: &crate::Hub,
-    cfg: crate::watch::LiveConfig,
+    cfg: crate::http::live::LiveConfig,
     stop: CancellationToken,
-    publisher: Option<crate::watch::PublishFn>,
-) -> (Fanout, crate::watch::LiveState) {
+    publisher: Option<crate::http::live::PublishFn>,
+) -> (Fanout, crate::http::live::LiveState) {
     let fanout = Fanout::new(cfg.fanout.clone());
     tokio::spawn(run_fanout(
         fanout.clone(),
@@ -263,7 +265,7 @@ pub fn start(
         hub.status_changes(),
         stop.child_token(),
     ));
-    let state = crate::watch::LiveState::new(
+    let state = crate::http::live::LiveState::new(
         LiveHub::new(fanout.clone(), hub.store().clone()),
         cfg,
         stop,
@@ -539,7 +541,7 @@ mod tests {
     use edgewatch_protocol::Reading;
 
     use super::*;
-    use crate::fanout::FanoutConfig;
+    use crate::live::fanout::FanoutConfig;
 
     /// The store, failing every read of readings while `failing` is set.
     #[derive(Debug, Clone)]

@@ -19,32 +19,32 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../assets/dashboard/app.js"),
+        include_bytes!("../../assets/dashboard/app.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../assets/dashboard/style.css"),
+        include_bytes!("../../assets/dashboard/style.css"),
     ),
     (
         "vendor/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../assets/dashboard/vendor/uPlot.iife.min.js"),
+        include_bytes!("../../assets/dashboard/vendor/uPlot.iife.min.js"),
     ),
     (
         "vendor/uPlot.min.css",
         "text/css; charset=utf-8",
-        include_bytes!("../assets/dashboard/vendor/uPlot.min.css"),
+        include_bytes!("../../assets/dashboard/vendor/uPlot.min.css"),
     ),
     (
         "vendor/uPlot.LICENSE",
         "text/plain; charset=utf-8",
-        include_bytes!("../assets/dashboard/vendor/uPlot.LICENSE"),
+        include_bytes!("../../assets/dashboard/vendor/uPlot.LICENSE"),
     ),
 ];
 
-const INDEX: &[u8] = include_bytes!("../assets/dashboard/index.html");
-const SDK: &[u8] = include_bytes!("../assets/sdk/edgewatch.js");
+const INDEX: &[u8] = include_bytes!("../../assets/dashboard/index.html");
+const SDK: &[u8] = include_bytes!("../../assets/sdk/edgewatch.js");
 
 /// The dashboard routes.
 pub fn routes() -> Router {

@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
-use crate::fanout::FanoutStats;
+use crate::live::fanout::FanoutStats;
 use crate::live::{Watch, WatchItem};
 use crate::metrics::{ConnectionGuard, Transport};
 
@@ -170,7 +170,7 @@ fn frames(
                 () = st.shutdown.as_mut() => return None,
                 item = st.watch.next() => {
                     if let WatchItem::Event(ev) = &item {
-                        st.stats.observe_written(crate::fanout::Stage::SseWrite, ev);
+                        st.stats.observe_written(crate::live::fanout::Stage::SseWrite, ev);
                     }
                     st.last_frame = tokio::time::Instant::now();
                     break to_frame(&item);
@@ -230,7 +230,7 @@ fn to_frame(item: &WatchItem) -> (Bytes, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::{EventKind, LiveEvent};
+    use crate::live::fanout::{EventKind, LiveEvent};
 
     #[test]
     fn frames_carry_event_id_and_data() {

@@ -9,7 +9,7 @@
 //!
 //! The output is the same JSON the documented types ([`crate::http::ReadingItem`],
 //! [`crate::http::ReadingPage`], [`crate::http::Rollups`],
-//! [`crate::watch::openapi::LiveReading`]) serialize to; tests hold them equal.
+//! [`crate::http::live::openapi::LiveReading`]) serialize to; tests hold them equal.
 
 use bytes::Bytes;
 use edgewatch_protocol::timefmt::{Rfc3339, Rfc3339Days};

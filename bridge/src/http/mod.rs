@@ -14,6 +14,11 @@
 //! History queries run on the blocking pool, at most `http_max_queries` at once; more get
 //! `503 Service Unavailable` with `Retry-After: 1` instead of queuing.
 
+pub mod dashboard;
+pub mod docs;
+pub mod live;
+mod server;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -35,7 +40,7 @@ use utoipa::{IntoParams, ToResponse, ToSchema};
 
 use crate::config::BridgeConfig;
 use crate::ingest::Rejects;
-use crate::json_write;
+use crate::json;
 use crate::presence::{DeviceStatus, Presence as PresenceBoard, StatusSource};
 use crate::store::{
     ReadingQuery, RollupQuery, RollupSource, RowPage, SeriesRollup as StoredRollup, Store,
@@ -155,7 +160,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::server::serve(listener, router, shutdown).await
+    crate::http::server::serve(listener, router, shutdown).await
 }
 
 /// The body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
@@ -396,8 +401,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<json_write::JsonError> for ApiError {
-    fn from(err: json_write::JsonError) -> Self {
+impl From<json::JsonError> for ApiError {
+    fn from(err: json::JsonError) -> Self {
         error!(%err, "history answer could not be written");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -1196,10 +1201,10 @@ impl Format {
         }
     }
 
-    fn render(self, page: &RowPage) -> Result<Vec<u8>, json_write::JsonError> {
+    fn render(self, page: &RowPage) -> Result<Vec<u8>, json::JsonError> {
         match self {
-            Format::Json => json_write::reading_page(page.iter(), page.next_after),
-            Format::Ndjson => json_write::reading_lines(page.iter()),
+            Format::Json => json::reading_page(page.iter(), page.next_after),
+            Format::Ndjson => json::reading_lines(page.iter()),
             Format::Csv => {
                 let mut body =
                     String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
@@ -1358,13 +1363,13 @@ async fn rollups(
         if total > max_points {
             return Ok(Err(total));
         }
-        let head = json_write::RollupsHead {
+        let head = json::RollupsHead {
             from_ms: from,
             to_ms: to,
             step_ms: step,
             source: source.into(),
         };
-        Ok(Ok(json_write::rollups(&head, &list)))
+        Ok(Ok(json::rollups(&head, &list)))
     })
     .await?
     .map_err(|total| {
@@ -1427,20 +1432,20 @@ mod tests {
         })
         .unwrap();
         let views = || readings.iter().map(crate::store::ReadingView::from);
-        let written = json_write::reading_page(views(), Some(7)).unwrap();
+        let written = json::reading_page(views(), Some(7)).unwrap();
         assert_eq!(String::from_utf8(written).unwrap(), documented);
         let lines: String = readings
             .iter()
             .map(|r| serde_json::to_string(&ReadingItem::from(r)).unwrap() + "\n")
             .collect();
         assert_eq!(
-            String::from_utf8(json_write::reading_lines(views()).unwrap()).unwrap(),
+            String::from_utf8(json::reading_lines(views()).unwrap()).unwrap(),
             lines
         );
         for r in &readings {
             let item = ReadingItem::from(r);
-            let live = crate::watch::openapi::LiveReading {
-                kind: crate::watch::openapi::ReadingType::Reading,
+            let live = crate::http::live::openapi::LiveReading {
+                kind: crate::http::live::openapi::ReadingType::Reading,
                 seq: item.seq,
                 topic: item.topic,
                 device_id: item.device_id,
@@ -1451,7 +1456,7 @@ mod tests {
                 received_at: item.received_at,
             };
             assert_eq!(
-                json_write::reading_message(r).unwrap(),
+                json::reading_message(r).unwrap(),
                 serde_json::to_string(&live).unwrap()
             );
         }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
-use crate::fanout::FanoutStats;
+use crate::live::fanout::FanoutStats;
 use crate::live::WatchItem;
 
 /// Default wait when `timeout` is not given, seconds.
@@ -166,7 +166,7 @@ fn push(item: WatchItem, items: &mut Vec<Value>, notices: &mut Vec<Value>, stats
                     return;
                 }
             };
-            if ev.kind == crate::fanout::EventKind::Reading {
+            if ev.kind == crate::live::fanout::EventKind::Reading {
                 items.push(v);
             } else {
                 notices.push(v);
