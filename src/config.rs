@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use edgewatch_bridge::http::live::LiveConfig;
+use edgewatch_bridge::live::LiveConfig;
 use edgewatch_bridge::BridgeConfig;
 use edgewatch_broker::BrokerConfig;
 use edgewatch_protocol::InvalidSetting;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edgewatch_bridge::http::live::PublishFn;
+use edgewatch_bridge::http::live::LiveState;
+use edgewatch_bridge::live::PublishFn;
 use edgewatch_bridge::metrics::Sample;
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
@@ -40,7 +41,7 @@ pub(crate) enum Source {
 /// A started hub.
 pub(crate) struct Running {
     broker: Option<Broker>,
-    bridge: edgewatch_bridge::Hub,
+    bridge: edgewatch_bridge::Bridge,
     stop: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     /// Where the HTTP server listens.
@@ -94,7 +95,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     };
     let stop = CancellationToken::new();
     // The bridge gets its own token: at stop, ingest must outlive the live streams until the
-    // broker's link is drained (`Running::stop`), and `Hub::shutdown` stops it.
+    // broker's link is drained (`Running::stop`), and `Bridge::shutdown` stops it.
     let bridge = edgewatch_bridge::start(cfg.bridge.clone(), CancellationToken::new())
         .await
         .context("starting the bridge")?;
@@ -126,9 +127,16 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
             .context("starting the MQTT listeners")?;
     }
 
-    let (fanout, live) =
-        edgewatch_bridge::live::start(&bridge, cfg.live.clone(), stop.clone(), publish.clone());
-    let mut metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
+    let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
+    let live = LiveState::new(
+        feed.clone(),
+        cfg.live.clone(),
+        stop.clone(),
+        publish.clone(),
+    );
+    let mut metrics = bridge
+        .metrics()
+        .with_live(feed.fanout().clone(), live.metrics.clone());
     if let Some(broker) = &broker {
         let connections = broker.connection_count();
         let gate = broker.ingest_gate().clone();
@@ -160,13 +168,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
                 read: Arc::new(move || skipped.skipped() as f64),
             });
     }
-    let app = bridge
-        .router()
-        .merge(edgewatch_bridge::http::live::routes(live))
-        .merge(edgewatch_bridge::http::dashboard::routes())
-        .merge(edgewatch_bridge::http::docs::routes())
-        .merge(metrics.routes());
-    let app = edgewatch_bridge::http::trace_requests(metrics.track_http(app));
+    let app = edgewatch_bridge::http::app(bridge.app_state(), Some(live), Some(&metrics));
     let http_stop = stop.clone();
     let http = tokio::spawn(edgewatch_bridge::http::serve(
         http_listener,

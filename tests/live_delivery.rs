@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgewatch_bridge::http::live::LiveConfig;
+use edgewatch_bridge::http::live::LiveState;
 use edgewatch_bridge::live::fanout::FanoutConfig;
+use edgewatch_bridge::live::LiveConfig;
 use edgewatch_bridge::{BridgeConfig, Publish};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -23,7 +24,7 @@ struct TestHub {
     addr: SocketAddr,
     feed: mpsc::Sender<Publish>,
     stop: CancellationToken,
-    _bridge: edgewatch_bridge::Hub,
+    _bridge: edgewatch_bridge::Bridge,
     _dir: tempfile::TempDir,
 }
 
@@ -53,10 +54,9 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
     bridge.run_source(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|p| (p, rx))
     }));
-    let (_fanout, state) = edgewatch_bridge::live::start(&bridge, live, stop.clone(), None);
-    let app: axum::Router = bridge
-        .router()
-        .merge(edgewatch_bridge::http::live::routes(state));
+    let live_feed = edgewatch_bridge::live::start(&bridge, &live.fanout, stop.child_token());
+    let state = LiveState::new(live_feed, live, stop.clone(), None);
+    let app = edgewatch_bridge::http::app(bridge.app_state(), Some(state), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = stop.clone();

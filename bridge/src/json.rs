@@ -9,7 +9,7 @@
 //!
 //! The output is the same JSON the documented types ([`crate::http::ReadingItem`],
 //! [`crate::http::ReadingPage`], [`crate::http::Rollups`],
-//! [`crate::http::live::openapi::LiveReading`]) serialize to; tests hold them equal.
+//! [`crate::http::live::schema::LiveReading`]) serialize to; tests hold them equal.
 
 use bytes::Bytes;
 use edgewatch_protocol::timefmt::{Rfc3339, Rfc3339Days};
@@ -210,7 +210,7 @@ pub(crate) struct RollupsHead {
     pub(crate) from_ms: i64,
     pub(crate) to_ms: i64,
     pub(crate) step_ms: i64,
-    pub(crate) source: crate::http::Source,
+    pub(crate) source: crate::store::RollupSource,
 }
 
 /// Series per thread below which a rollups answer is written on one thread.
@@ -231,7 +231,7 @@ pub(crate) fn rollups(
     open.extend_from_slice(b"\",\"stepMs\":");
     push_i64(&mut open, head.step_ms);
     open.extend_from_slice(b",\"source\":");
-    push_json(&mut open, &head.source)?;
+    push_json(&mut open, head.source.as_str())?;
     open.extend_from_slice(b",\"series\":[");
     let items: Vec<(usize, &SeriesRollup)> = series.iter().enumerate().collect();
     let written = crate::split::map(items, SERIES_PER_THREAD, |(i, s)| series_json(i > 0, s))?;
@@ -284,7 +284,7 @@ fn series_json(comma: bool, s: &SeriesRollup) -> Result<Bytes, JsonError> {
 mod tests {
     use super::*;
     use crate::http::{ReadingItem, ReadingPage, Rollups, Source, Timestamp};
-    use crate::store::Aggregate;
+    use crate::store::{Aggregate, RollupSource};
     use edgewatch_protocol::{Reading, SeriesKey};
     use proptest::prelude::*;
 
@@ -370,7 +370,7 @@ mod tests {
                 series: list.iter().map(crate::http::SeriesRollup::from).collect(),
             })
             .unwrap();
-            let head = RollupsHead { from_ms: from, to_ms: to, step_ms: step, source: Source::Minute };
+            let head = RollupsHead { from_ms: from, to_ms: to, step_ms: step, source: RollupSource::Minute };
             let written: Vec<u8> = rollups(&head, &list).unwrap().concat();
             prop_assert_eq!(String::from_utf8(written).unwrap(), documented);
         }

@@ -21,9 +21,10 @@
 //!   a serial port, publishes them into the broker, survives unplugs.
 //! * [`metrics`]: `GET /metrics` (Prometheus text format) and the HTTP request middleware.
 //! * [`docs`]: `GET /v1/openapi.json`, `GET /v1/asyncapi.yaml`, `GET /docs`.
-//! * [`Hub`] (this file): starts and stops the parts together.
+//! * [`Bridge`] (this file): starts and stops the parts together.
 
 pub mod config;
+pub mod histogram;
 pub mod http;
 pub mod ingest;
 mod json;
@@ -47,7 +48,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::BridgeConfig;
-pub use http::{router, AppState};
+pub use http::{app, AppState};
 pub use ingest::{run_ingest, Delivery, Ingest, Publish};
 pub use store::{Store, StoreError, StoredReading};
 pub use writer::{CommittedBatch, Outcome, WriterHandle};
@@ -69,12 +70,12 @@ pub enum BridgeError {
     Task(String),
 }
 
-/// How long [`Hub::shutdown`] waits for sources to stop before it stops the writer anyway.
+/// How long [`Bridge::shutdown`] waits for sources to stop before it stops the writer anyway.
 pub const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A running bridge: store, writer, ingest and any sources.
 #[derive(Debug)]
-pub struct Hub {
+pub struct Bridge {
     cfg: BridgeConfig,
     store: Store,
     ingest: Ingest,
@@ -89,9 +90,9 @@ pub struct Hub {
 
 /// Opens the store, starts the writer and, when `cfg.mqtt_url` is set, the external source.
 ///
-/// Cancelling `shutdown` stops the sources; call [`Hub::shutdown`] to drain the writer and
+/// Cancelling `shutdown` stops the sources; call [`Bridge::shutdown`] to drain the writer and
 /// flush.
-pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub, BridgeError> {
+pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Bridge, BridgeError> {
     let dir = cfg.data_dir.clone();
     let opts = cfg.store_options();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, &opts))
@@ -104,7 +105,7 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub
     let ingest = Ingest::new(w.handle, rejects, cfg.max_payload_bytes);
     let board = presence::Presence::new(cfg.presence(), cfg.broadcast_capacity);
     let statuses = w.presence.subscribe();
-    let hub = Hub {
+    let bridge = Bridge {
         store,
         ingest,
         committed: w.committed,
@@ -116,25 +117,25 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Hub
         sources_stop: shutdown.child_token(),
         cfg,
     };
-    hub.sources.spawn(presence::run(
-        hub.board.clone(),
-        hub.store.clone(),
+    bridge.sources.spawn(presence::run(
+        bridge.board.clone(),
+        bridge.store.clone(),
         statuses,
-        hub.sources_stop.clone(),
+        bridge.sources_stop.clone(),
     ));
-    if let Some(ext) = hub.cfg.external() {
+    if let Some(ext) = bridge.cfg.external() {
         ingest::external::parse_mqtt_url(&ext.url)?;
-        let (ingest, stop) = (hub.ingest.clone(), hub.sources_stop.clone());
-        hub.sources.spawn(async move {
+        let (ingest, stop) = (bridge.ingest.clone(), bridge.sources_stop.clone());
+        bridge.sources.spawn(async move {
             if let Err(err) = ingest::external::run_external(ext, ingest, stop).await {
                 warn!(%err, "external source failed");
             }
         });
     }
-    Ok(hub)
+    Ok(bridge)
 }
 
-impl Hub {
+impl Bridge {
     /// The ingest seam: `ingest().handle(delivery).await` feeds one publish.
     pub fn ingest(&self) -> &Ingest {
         &self.ingest
@@ -162,7 +163,7 @@ impl Hub {
     }
 
     /// A receiver of durable presence changes (live `status` events). Bounded like
-    /// [`Hub::live`].
+    /// [`Bridge::live`].
     pub fn presence(&self) -> broadcast::Receiver<store::PresenceUpdate> {
         self.presence.subscribe()
     }
@@ -174,7 +175,7 @@ impl Hub {
     }
 
     /// A receiver of shown-status changes (live `status` events): explicit statuses and
-    /// devices going stale or coming back. Bounded like [`Hub::live`].
+    /// devices going stale or coming back. Bounded like [`Bridge::live`].
     pub fn status_changes(&self) -> broadcast::Receiver<presence::StatusChange> {
         self.board.subscribe()
     }
@@ -194,9 +195,9 @@ impl Hub {
         self.ingest.writer()
     }
 
-    /// The API router.
+    /// The HTTP router without live routes and `/metrics` (see [`http::app`]).
     pub fn router(&self) -> axum::Router {
-        router(self.app_state())
+        app(self.app_state(), None, None)
     }
 
     /// Serves the API on `listener` until `shutdown` completes.

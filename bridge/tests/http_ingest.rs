@@ -8,14 +8,14 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
 use common::{base_time, bridge_config, HOUR};
-use edgewatch_bridge::{Delivery, Hub, Outcome, Publish};
+use edgewatch_bridge::{Bridge, Delivery, Outcome, Publish};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-async fn feed(hub: &Hub, topic: &str, payload: impl Into<Bytes>) -> Outcome {
+async fn feed(hub: &Bridge, topic: &str, payload: impl Into<Bytes>) -> Outcome {
     let (tx, rx) = oneshot::channel();
     let publish = Publish {
         topic: topic.to_owned(),
@@ -37,7 +37,7 @@ async fn feed(hub: &Hub, topic: &str, payload: impl Into<Bytes>) -> Outcome {
 }
 
 async fn get(
-    hub: &Hub,
+    hub: &Bridge,
     uri: &str,
     accept: Option<&str>,
 ) -> (StatusCode, axum::http::HeaderMap, Bytes) {
@@ -61,7 +61,7 @@ fn json(b: &Bytes) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
 }
 
-async fn hub_in(dir: &std::path::Path) -> Hub {
+async fn hub_in(dir: &std::path::Path) -> Bridge {
     edgewatch_bridge::start(bridge_config(dir), CancellationToken::new())
         .await
         .expect("start")

@@ -54,13 +54,13 @@ use crate::http::ErrorBody;
         (name = "dashboard", description = "Embedded dashboard and JS client."),
     ),
     paths(
-        crate::http::series,
-        crate::http::devices,
-        crate::http::readings,
-        crate::http::rollups,
-        crate::http::rejects,
-        crate::http::healthz,
-        crate::http::readyz,
+        crate::http::api::series,
+        crate::http::api::devices,
+        crate::http::api::readings,
+        crate::http::api::rollups,
+        crate::http::api::rejects,
+        crate::http::api::healthz,
+        crate::http::api::readyz,
         crate::metrics::scrape,
         openapi_json,
         asyncapi_yaml,
@@ -85,7 +85,7 @@ pub struct ApiDoc;
 
 /// What the derive macros cannot express:
 /// * the live routes: their handlers are private to [`crate::http::live`], so
-///   [`crate::http::live::openapi::LiveApi`] lists them there and is merged in here (paths and the
+///   [`crate::http::live::LiveApi`] lists them there and is merged in here (paths and the
 ///   schemas they reference);
 /// * an optional header is absent, never `null`: the macros make every `Option` nullable, so
 ///   `null` is dropped from header parameters' types.
@@ -98,7 +98,7 @@ impl Modify for Conventions {
         use utoipa::openapi::schema::{Schema, SchemaType, Type};
         use utoipa::openapi::RefOr;
 
-        doc.merge(crate::http::live::openapi::LiveApi::openapi());
+        doc.merge(crate::http::live::LiveApi::openapi());
         let operations = doc
             .paths
             .paths

@@ -205,7 +205,7 @@ impl Rejects {
 
 /// Ingest counters. Every publish seen is counted in `received` and then in exactly one of
 /// `readings`, `presence`, `ignored` or the rejects (by reason); the writer then counts each
-/// reading stored, duplicate or failed ([`crate::metrics::WriteOutcomes`]).
+/// reading stored, duplicate or failed ([`crate::writer::WriteOutcomes`]).
 #[derive(Debug, Default)]
 pub struct IngestCounters {
     /// Publishes seen.

@@ -34,7 +34,7 @@ use edgewatch_protocol::{FilterIndex, TopicFilter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::metrics::{Histogram, LATENCY_BUCKETS};
+use crate::histogram::{Histogram, LATENCY_BUCKETS};
 
 /// Fan-out settings (`[live.fanout]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

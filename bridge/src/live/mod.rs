@@ -1,7 +1,7 @@
 //! Resumable live streams: "what matches my filters after seq N", replayed from the event log
 //! and then continued from the fan-out, with no hole and no duplicate at the seam.
 //!
-//! [`LiveHub::watch`] first subscribes to the fan-out (so every event committed from then on
+//! [`LiveFeed::watch`] first subscribes to the fan-out (so every event committed from then on
 //! is queued), then reads the log's last seq `B`. Everything up to `B` is replayed from the
 //! log in pages; everything after `B` arrives live. Events that show up on both sides (the
 //! fan-out task may still be publishing seqs ≤ `B`) are dropped by seq, so each reading is
@@ -18,6 +18,11 @@
 //! received in order: replaying from the log after it (once the store answers again) fills
 //! the hole.
 
+mod config;
+pub mod connections;
+
+pub use config::{LiveConfig, PublishFn};
+
 pub mod fanout;
 
 use std::collections::VecDeque;
@@ -30,10 +35,10 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::fanout::{Delivery, EventKind, Fanout, FanoutStats, LiveEvent, Subscription};
 use crate::presence::{DeviceStatus, StatusChange};
 use crate::store::{ReadingPage, ReadingQuery, Store, StoreError, StoredReading};
 use crate::writer::CommittedBatch;
+use fanout::{Delivery, EventKind, Fanout, FanoutConfig, FanoutStats, LiveEvent, Subscription};
 
 /// Readings read from the log per replay step.
 const REPLAY_PAGE: usize = 500;
@@ -249,29 +254,18 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
     }
 }
 
-/// Starts the fan-out for `hub` (a task fed by its committed batches and presence changes,
-/// ending with `stop`) and returns it with the state of the live routes.
-pub fn start(
-    hub: &crate::Hub,
-    cfg: crate::http::live::LiveConfig,
-    stop: CancellationToken,
-    publisher: Option<crate::http::live::PublishFn>,
-) -> (Fanout, crate::http::live::LiveState) {
-    let fanout = Fanout::new(cfg.fanout.clone());
+/// Starts the fan-out for `bridge` (a task fed by its committed batches and status changes,
+/// ending with `stop`) and returns the feed that opens resumable watches on it.
+pub fn start(bridge: &crate::Bridge, cfg: &FanoutConfig, stop: CancellationToken) -> LiveFeed {
+    let fanout = Fanout::new(cfg.clone());
     tokio::spawn(run_fanout(
         fanout.clone(),
-        hub.store().clone(),
-        hub.live(),
-        hub.status_changes(),
-        stop.child_token(),
-    ));
-    let state = crate::http::live::LiveState::new(
-        LiveHub::new(fanout.clone(), hub.store().clone()),
-        cfg,
+        bridge.store().clone(),
+        bridge.live(),
+        bridge.status_changes(),
         stop,
-        publisher,
-    );
-    (fanout, state)
+    ));
+    LiveFeed::new(fanout, bridge.store().clone())
 }
 
 /// Why a watch could not be opened.
@@ -309,12 +303,12 @@ pub enum WatchItem {
 
 /// Opens resumable watches.
 #[derive(Debug, Clone)]
-pub struct LiveHub<L = Store> {
+pub struct LiveFeed<L = Store> {
     fanout: Fanout,
     store: L,
 }
 
-impl<L: CatchUpLog> LiveHub<L> {
+impl<L: CatchUpLog> LiveFeed<L> {
     /// A hub over `fanout` and the log in `store`.
     pub fn new(fanout: Fanout, store: L) -> Self {
         Self { fanout, store }
@@ -631,7 +625,7 @@ mod tests {
         let store = hub.store().clone();
         commit(&store, 1, 3);
         let fanout = Fanout::new(FanoutConfig::default());
-        let live_hub = LiveHub::new(fanout.clone(), store.clone());
+        let live_hub = LiveFeed::new(fanout.clone(), store.clone());
         let filters = vec![TopicFilter::parse("sensors/#").unwrap()];
         let mut live = live_hub.watch(filters.clone(), None).await.unwrap();
         assert_eq!(live.cursor(), 3);
@@ -730,7 +724,7 @@ mod tests {
             store: store.clone(),
             failing: failing.clone(),
         };
-        let live_hub = LiveHub::new(fanout.clone(), log);
+        let live_hub = LiveFeed::new(fanout.clone(), log);
         let filters = vec![TopicFilter::parse("sensors/#").unwrap()];
         let mut w = live_hub.watch(filters.clone(), Some(2)).await.unwrap();
 

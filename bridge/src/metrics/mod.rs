@@ -57,7 +57,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -68,190 +68,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::histogram::{Histogram, LATENCY_BUCKETS};
 use crate::ingest::Ingest;
+use crate::live::connections::{LiveMetrics, Transport};
 use crate::live::fanout::Fanout;
 use crate::store::{BudgetStatus, Store};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Latency buckets, seconds.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-/// Batch size buckets, items.
-pub const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
-];
-
-/// A histogram with fixed buckets, updated with atomics.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Non-cumulative counts per bucket; the last one is `+Inf`.
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// Sum in millionths of the unit (microseconds for seconds).
-    sum_micro: AtomicU64,
-}
-
-impl Histogram {
-    /// An empty histogram over `bounds` (ascending upper bounds).
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micro: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micro = (v.max(0.0) * 1e6) as u64;
-        self.sum_micro.fetch_add(micro, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cum += c.load(Ordering::Relaxed);
-            let le = match self.bounds.get(i) {
-                Some(b) => format!("{b}"),
-                None => "+Inf".to_owned(),
-            };
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cum}");
-    }
-}
-
-/// The writer's measurements (kept by [`crate::writer`]).
-#[derive(Debug)]
-pub struct WriterStats {
-    /// Items (readings and presence changes) per committed batch.
-    pub batch_size: Histogram,
-    /// Time from handing a batch to the store to durable, seconds.
-    pub commit_seconds: Histogram,
-    /// Batches that failed to apply or flush.
-    pub commit_failures: AtomicU64,
-    /// How each item handed to the writer ended.
-    pub outcomes: WriteOutcomes,
-}
-
-/// How the items handed to the writer ended, counted when their batch is applied (an item
-/// counted `stored` is acknowledged once the flush that follows completes).
-#[derive(Debug, Default)]
-pub struct WriteOutcomes {
-    /// Readings stored, each with its seq.
-    pub stored: AtomicU64,
-    /// Readings recognised as a resend of a stored reading, not stored again.
-    pub duplicates: AtomicU64,
-    /// Presence changes recorded.
-    pub presence: AtomicU64,
-    /// Items of batches the store failed to apply (left unacknowledged; a QoS 1 sender
-    /// resends them).
-    pub failed: AtomicU64,
-}
-
-impl Default for WriterStats {
-    fn default() -> Self {
-        Self {
-            batch_size: Histogram::new(BATCH_BUCKETS),
-            commit_seconds: Histogram::new(LATENCY_BUCKETS),
-            commit_failures: AtomicU64::new(0),
-            outcomes: WriteOutcomes::default(),
-        }
-    }
-}
-
-/// A live transport, for the `transport` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// Server-Sent Events.
-    Sse,
-    /// WebSocket.
-    Ws,
-    /// Long poll (a request in progress).
-    Poll,
-}
-
-impl Transport {
-    fn label(self) -> &'static str {
-        match self {
-            Transport::Sse => "sse",
-            Transport::Ws => "ws",
-            Transport::Poll => "poll",
-        }
-    }
-}
-
-/// Open live connections by transport (held by [`crate::http::live::LiveState`]).
-#[derive(Debug, Default)]
-pub struct LiveMetrics {
-    sse: AtomicI64,
-    ws: AtomicI64,
-    poll: AtomicI64,
-}
-
-impl LiveMetrics {
-    fn gauge(&self, t: Transport) -> &AtomicI64 {
-        match t {
-            Transport::Sse => &self.sse,
-            Transport::Ws => &self.ws,
-            Transport::Poll => &self.poll,
-        }
-    }
-
-    /// Counts one open connection until the guard is dropped.
-    pub fn open(self: &Arc<Self>, t: Transport) -> ConnectionGuard {
-        self.gauge(t).fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard {
-            metrics: self.clone(),
-            transport: t,
-        }
-    }
-
-    /// Open connections of transport `t`.
-    pub fn connections(&self, t: Transport) -> i64 {
-        self.gauge(t).load(Ordering::Relaxed)
-    }
-}
-
-/// Decrements its transport's gauge on drop.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    metrics: Arc<LiveMetrics>,
-    transport: Transport,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.metrics
-            .gauge(self.transport)
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Per-route HTTP request counts and latencies.
 #[derive(Debug, Default)]
@@ -314,7 +138,7 @@ impl std::fmt::Debug for Sample {
 }
 
 impl Metrics {
-    /// Metrics over the store and ingest of a hub (see [`crate::Hub::metrics`]).
+    /// Metrics over the store and ingest of a hub (see [`crate::Bridge::metrics`]).
     pub fn new(store: Store, ingest: Ingest) -> Self {
         Self {
             inner: Arc::new(Inner {

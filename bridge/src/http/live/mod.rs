@@ -12,12 +12,11 @@
 //! what is decided in [`access`].
 
 pub mod access;
-pub mod openapi;
 mod poll;
+pub mod schema;
 mod sse;
 pub mod ws;
 
-use edgewatch_protocol::InvalidSetting;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -25,98 +24,19 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
 use edgewatch_protocol::TopicFilter;
-use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::fanout::FanoutConfig;
-use crate::live::LiveHub;
+use crate::live::LiveFeed;
+use crate::live::{LiveConfig, PublishFn};
 use access::Caller;
-
-/// Settings of live delivery (`[live]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LiveConfig {
-    /// Per-subscriber queues and slow-consumer policy.
-    pub fanout: FanoutConfig,
-    /// SSE comment heartbeat interval, seconds.
-    pub sse_heartbeat_secs: u64,
-    /// The `retry:` hint sent to SSE clients, milliseconds.
-    pub sse_retry_ms: u64,
-    /// Interval of server pings on WebSocket connections, seconds.
-    pub ws_ping_secs: u64,
-    /// A WebSocket with no frame from the client (not even a pong) for this long is closed.
-    pub ws_idle_timeout_secs: u64,
-    /// Largest WebSocket message accepted from a client, bytes.
-    pub ws_max_message_bytes: usize,
-    /// Longest `timeout` a long poll may ask for, seconds.
-    pub poll_max_timeout_secs: u64,
-    /// Most readings one long-poll answer carries.
-    pub poll_max_readings: usize,
-    /// Origins allowed to open SSE / WebSocket streams from a browser. Empty: same-origin
-    /// only (and non-browser clients, which send no Origin); `"*"`: any.
-    pub allowed_origins: Vec<String>,
-    /// Topic filters anonymous callers may read.
-    pub read_filters: Vec<String>,
-    /// Topic filters anonymous callers may publish to over WebSocket (default: none).
-    pub publish_filters: Vec<String>,
-    /// Concurrent live connections (SSE + WebSocket + long polls); more get 503.
-    pub max_connections: usize,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            fanout: FanoutConfig::default(),
-            sse_heartbeat_secs: 15,
-            sse_retry_ms: 2_000,
-            ws_ping_secs: 20,
-            ws_idle_timeout_secs: 60,
-            ws_max_message_bytes: 65_536,
-            poll_max_timeout_secs: 60,
-            poll_max_readings: 1_000,
-            allowed_origins: Vec::new(),
-            read_filters: vec!["sensors/#".to_owned()],
-            publish_filters: Vec::new(),
-            max_connections: 20_000,
-        }
-    }
-}
-
-impl LiveConfig {
-    /// Checks the filters; errors name the key.
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        for (key, list) in [
-            ("read_filters", &self.read_filters),
-            ("publish_filters", &self.publish_filters),
-        ] {
-            for f in list {
-                TopicFilter::parse(f)
-                    .map_err(|e| InvalidSetting::new(format!("live.{key}"), e.to_string()))?;
-            }
-        }
-        if self.fanout.queue_capacity == 0 {
-            return Err(InvalidSetting::new(
-                "live.fanout.queue_capacity",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Publishes into the broker on behalf of a WebSocket client.
-pub type PublishFn =
-    Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// State of the live routes.
 #[derive(Clone)]
 pub struct LiveState {
     /// Opens watches.
-    pub hub: LiveHub,
+    pub feed: LiveFeed,
     /// Settings.
     pub cfg: Arc<LiveConfig>,
     /// Cancelled at shutdown: every stream ends.
@@ -126,7 +46,7 @@ pub struct LiveState {
     /// Open live connections.
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Open connections by transport, for `/metrics`.
-    pub metrics: Arc<crate::metrics::LiveMetrics>,
+    pub metrics: Arc<crate::live::connections::LiveMetrics>,
     read_filters: Vec<TopicFilter>,
     publish_filters: Vec<TopicFilter>,
 }
@@ -143,7 +63,7 @@ impl LiveState {
     /// State for the live routes. Invalid configured filters are skipped with an error log
     /// (`LiveConfig::validate` reports them at startup).
     pub fn new(
-        hub: LiveHub,
+        feed: LiveFeed,
         cfg: LiveConfig,
         shutdown: CancellationToken,
         publisher: Option<PublishFn>,
@@ -164,13 +84,18 @@ impl LiveState {
             publish_filters: parse(&cfg.publish_filters),
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
             metrics: Arc::default(),
-            hub,
+            feed,
             cfg: Arc::new(cfg),
             shutdown,
             publisher,
         }
     }
 }
+
+/// The handlers of [`routes`].
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(poll::poll, sse::stream, ws::upgrade, watch, watch_device))]
+pub struct LiveApi;
 
 /// The live routes.
 pub fn routes(state: LiveState) -> Router {
@@ -353,13 +278,13 @@ const WATCH_PARAMS: &[&str] = &["filter", "since", "lastEventId", "timeout", "li
     path = "/v1/watch",
     operation_id = "watch",
     tag = "live",
-    params(openapi::WatchQuery),
-    extensions(("x-websocket" = json!(openapi::websocket_extension()))),
+    params(schema::WatchQuery),
+    extensions(("x-websocket" = json!(ws::websocket_extension()))),
     responses(
         (status = 101, description = "Switching protocols (WebSocket)."),
         (status = 200, description = "Long-poll answer, or an SSE stream when asked for.", content(
-            (openapi::PollResult = "application/json"),
-            (openapi::EventStream = "text/event-stream", example = json!(openapi::EVENT_STREAM_EXAMPLE)),
+            (schema::PollResult = "application/json"),
+            (schema::EventStream = "text/event-stream", example = json!(schema::EVENT_STREAM_EXAMPLE)),
         )),
         (status = 400, response = crate::http::BadRequest),
         (status = 403, response = crate::http::Forbidden),
@@ -383,14 +308,14 @@ async fn watch(
     tag = "live",
     params(
         ("deviceId" = String, Path, description = "Device id: 1-64 of `A-Z a-z 0-9 _ . : -`."),
-        openapi::DeviceWatchQuery,
+        schema::DeviceWatchQuery,
     ),
-    extensions(("x-websocket" = json!(openapi::websocket_extension()))),
+    extensions(("x-websocket" = json!(ws::websocket_extension()))),
     responses(
         (status = 101, description = "Switching protocols (WebSocket)."),
         (status = 200, description = "Long-poll answer, or an SSE stream when asked for.", content(
-            (openapi::PollResult = "application/json"),
-            (openapi::EventStream = "text/event-stream", example = json!(openapi::EVENT_STREAM_EXAMPLE)),
+            (schema::PollResult = "application/json"),
+            (schema::EventStream = "text/event-stream", example = json!(schema::EVENT_STREAM_EXAMPLE)),
         )),
         (status = 400, response = crate::http::BadRequest),
         (status = 403, response = crate::http::Forbidden),

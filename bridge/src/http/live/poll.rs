@@ -30,9 +30,9 @@ const DEFAULT_TIMEOUT_SECS: u64 = 25;
     path = "/v1/poll",
     operation_id = "poll",
     tag = "live",
-    params(super::openapi::PollQuery),
+    params(super::schema::PollQuery),
     responses(
-        (status = 200, description = "Readings and notices.", body = super::openapi::PollResult),
+        (status = 200, description = "Readings and notices.", body = super::schema::PollResult),
         (status = 400, response = crate::http::BadRequest),
         (status = 403, response = crate::http::Forbidden),
         (status = 500, response = crate::http::Internal),
@@ -103,9 +103,11 @@ async fn answer(
         .clone()
         .try_acquire_owned()
         .map_err(|_| LiveError::busy())?;
-    let _open = state.metrics.open(crate::metrics::Transport::Poll);
+    let _open = state
+        .metrics
+        .open(crate::live::connections::Transport::Poll);
     let mut watch = state
-        .hub
+        .feed
         .watch(filters, since)
         .await
         .map_err(|e| LiveError::internal(e.to_string()))?;
@@ -114,7 +116,7 @@ async fn answer(
     let mut notices = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     // Whatever is ready now (replay included); else wait for the first live item.
-    let stats = state.hub.fanout().stats();
+    let stats = state.feed.fanout().stats();
     collect_ready(&mut watch, &mut items, &mut notices, limit, stats).await;
     if items.is_empty() && timeout > 0 {
         let first = tokio::select! {

@@ -22,9 +22,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::access::Caller;
 use super::{parse_cursor, read_filters, LiveError, LiveState, WatchParams};
+use crate::live::connections::{ConnectionGuard, Transport};
 use crate::live::fanout::FanoutStats;
 use crate::live::{Watch, WatchItem};
-use crate::metrics::{ConnectionGuard, Transport};
 
 /// Server-Sent Events stream of matching readings
 #[utoipa::path(
@@ -33,13 +33,13 @@ use crate::metrics::{ConnectionGuard, Transport};
     operation_id = "stream",
     tag = "live",
     params(
-        super::openapi::StreamQuery,
+        super::schema::StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume cursor (sent by `EventSource` on reconnect)."),
     ),
     responses(
         (status = 200,
             description = "`text/event-stream`. Events: `reading` (id = seq, data = LiveReading), `status` (StatusEvent), `gap` (GapEvent), `reset` (ResetEvent) and `error` (`{\"type\":\"error\",\"code\":\"lagging\",...}`) just before the server ends a lagging stream. The first frame carries `retry:`; comment heartbeats every `sse_heartbeat_secs`. See the AsyncAPI document, channel `sse`.",
-            content((super::openapi::EventStream = "text/event-stream", example = json!(super::openapi::EVENT_STREAM_EXAMPLE)))),
+            content((super::schema::EventStream = "text/event-stream", example = json!(super::schema::EVENT_STREAM_EXAMPLE)))),
         (status = 400, response = crate::http::BadRequest),
         (status = 403, response = crate::http::Forbidden),
         (status = 500, response = crate::http::Internal),
@@ -92,7 +92,7 @@ async fn open(
         .try_acquire_owned()
         .map_err(|_| LiveError::busy())?;
     let watch = state
-        .hub
+        .feed
         .watch(filters, since)
         .await
         .map_err(|e| LiveError::internal(e.to_string()))?;
@@ -102,7 +102,7 @@ async fn open(
         state.cfg.sse_retry_ms
     ));
     let heartbeat = Duration::from_secs(state.cfg.sse_heartbeat_secs.max(1));
-    let stats = state.hub.fanout().stats_arc();
+    let stats = state.feed.fanout().stats_arc();
     let body = Body::from_stream(frames(
         hello,
         watch,

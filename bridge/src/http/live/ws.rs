@@ -68,8 +68,8 @@ const WRITE_BATCH_BYTES: usize = 4 * 1024;
     path = "/v1/ws",
     operation_id = "websocket",
     tag = "live",
-    params(super::openapi::WsQuery),
-    extensions(("x-websocket" = json!(super::openapi::websocket_extension()))),
+    params(super::schema::WsQuery),
+    extensions(("x-websocket" = json!(websocket_extension()))),
     responses(
         (status = 101, description = "Switching protocols."),
         (status = 400, description = "Invalid parameter, or an invalid upgrade request (code `not_websocket`).",
@@ -128,7 +128,7 @@ pub(super) async fn upgrade_with(
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return LiveError::busy().into_response();
     };
-    let open = state.metrics.open(crate::metrics::Transport::Ws);
+    let open = state.metrics.open(crate::live::connections::Transport::Ws);
     let max = state.cfg.ws_max_message_bytes;
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max)
@@ -322,7 +322,7 @@ impl Connection {
             }
         }
         sink.flush().await.map_err(|_| ())?;
-        let stats = self.state.hub.fanout().stats();
+        let stats = self.state.feed.fanout().stats();
         for ev in written.drain(..) {
             stats.observe_written(Stage::WsWrite, &ev);
         }
@@ -381,7 +381,7 @@ impl Connection {
         if let Some(old) = self.subs.remove(&key) {
             old.cancel();
         }
-        let watch = match self.state.hub.watch(vec![filter], since).await {
+        let watch = match self.state.feed.watch(vec![filter], since).await {
             Ok(w) => w,
             Err(err) => return error("internal", &err.to_string()),
         };
@@ -461,4 +461,25 @@ fn error(code: &str, message: &str) -> String {
 
 fn error_from(e: &LiveError) -> String {
     e.body().to_string()
+}
+
+/// The `x-websocket` extension of every route that accepts a WebSocket upgrade: OpenAPI has
+/// no way to describe the protocol after `101 Switching Protocols`, so this points at the
+/// AsyncAPI channel and lists the close codes.
+pub fn websocket_extension() -> serde_json::Value {
+    serde_json::json!({
+        "subprotocol": SUBPROTOCOL,
+        "description": format!(
+            "Send `Upgrade: websocket` (subprotocol `{SUBPROTOCOL}`). Messages are described in /v1/asyncapi.yaml (channel `ws`)."
+        ),
+        "asyncapi": "/v1/asyncapi.yaml#/channels/ws",
+        "closeCodes": {
+            "1000": "normal",
+            "1001": "hub shutting down",
+            "1009": "message too big",
+            "1011": "internal error",
+            CLOSE_LAGGING.to_string(): "too slow (sustained lag)",
+            CLOSE_IDLE.to_string(): "idle timeout",
+        }
+    })
 }

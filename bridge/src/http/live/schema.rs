@@ -1,48 +1,14 @@
-//! The live routes in the OpenAPI document: [`LiveApi`] lists the handlers of this module
-//! (each carries its `#[utoipa::path]`), and the types below describe what they answer.
+//! What the live routes answer, for the OpenAPI document ([`super::LiveApi`] lists the
+//! handlers; each carries its `#[utoipa::path]`).
 //!
 //! The live messages are encoded once per reading by the fan-out (shared by every transport),
 //! so the types here state their wire shape for the description; `tests/api_docs.rs` checks
 //! real long-poll answers and real SSE and WebSocket messages against it.
 
 use serde::Serialize;
-use serde_json::{json, Value};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
-use super::ws::{CLOSE_IDLE, CLOSE_LAGGING, SUBPROTOCOL};
 use crate::http::{CountParam, UnsignedParam};
-
-/// The handlers of [`super::routes`].
-#[derive(Debug, OpenApi)]
-#[openapi(paths(
-    super::poll::poll,
-    super::sse::stream,
-    super::ws::upgrade,
-    super::watch,
-    super::watch_device
-))]
-pub struct LiveApi;
-
-/// The `x-websocket` extension of every route that accepts a WebSocket upgrade: OpenAPI has
-/// no way to describe the protocol after `101 Switching Protocols`, so this points at the
-/// AsyncAPI channel and lists the close codes.
-pub fn websocket_extension() -> Value {
-    json!({
-        "subprotocol": SUBPROTOCOL,
-        "description": format!(
-            "Send `Upgrade: websocket` (subprotocol `{SUBPROTOCOL}`). Messages are described in /v1/asyncapi.yaml (channel `ws`)."
-        ),
-        "asyncapi": "/v1/asyncapi.yaml#/channels/ws",
-        "closeCodes": {
-            "1000": "normal",
-            "1001": "hub shutting down",
-            "1009": "message too big",
-            "1011": "internal error",
-            CLOSE_LAGGING.to_string(): "too slow (sustained lag)",
-            CLOSE_IDLE.to_string(): "idle timeout",
-        }
-    })
-}
 
 /// `reading`.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]

@@ -26,6 +26,9 @@
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
+mod stats;
+pub use stats::{WriteOutcomes, WriterStats};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,7 +41,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::metrics::WriterStats;
 use crate::store::{
     AckedDeliveries, BudgetStatus, Origin, PresenceUpdate, RetentionPolicy, Store, StoredReading,
 };

@@ -1,0 +1,74 @@
+//! Open live connections by transport (SSE, WebSocket, long poll), counted by the transports
+//! and read by [`crate::metrics`].
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A live transport, for the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+    /// Long poll (a request in progress).
+    Poll,
+}
+
+impl Transport {
+    /// The `transport` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// Open live connections by transport (held by [`crate::http::live::LiveState`]).
+#[derive(Debug, Default)]
+pub struct LiveMetrics {
+    sse: AtomicI64,
+    ws: AtomicI64,
+    poll: AtomicI64,
+}
+
+impl LiveMetrics {
+    fn gauge(&self, t: Transport) -> &AtomicI64 {
+        match t {
+            Transport::Sse => &self.sse,
+            Transport::Ws => &self.ws,
+            Transport::Poll => &self.poll,
+        }
+    }
+
+    /// Counts one open connection until the guard is dropped.
+    pub fn open(self: &Arc<Self>, t: Transport) -> ConnectionGuard {
+        self.gauge(t).fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+            transport: t,
+        }
+    }
+
+    /// Open connections of transport `t`.
+    pub fn connections(&self, t: Transport) -> i64 {
+        self.gauge(t).load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements its transport's gauge on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: Arc<LiveMetrics>,
+    transport: Transport,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge(self.transport)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
