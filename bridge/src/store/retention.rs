@@ -85,7 +85,7 @@ impl Store {
                 .collect();
             account.start_scan(marks_of(&st), st.next_seq, sealed);
         }
-        Ok(account.scan_piece(&self.inner.tree)?)
+        account.scan_piece(&self.inner.tree)
     }
 
     /// What a retention step works from, taken under the state lock.
