@@ -37,6 +37,7 @@
 //! long a delivery is remembered.
 
 use std::hash::{BuildHasher, Hasher};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,11 +272,63 @@ pub async fn run_external(
     let (host, port) = parse_mqtt_url(&cfg.url)?;
     let ack_queue = cfg.ack_queue.max(1);
     let receive_maximum = ack_queue.min(usize::from(RECEIVE_MAXIMUM_CAP)) as u16;
+    let opts = session_options(&cfg, host, port, receive_maximum);
+    let (client, mut eventloop) = AsyncClient::new(opts, ack_queue);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
+    let mut session = Session {
+        backoff: cfg.backoff_min,
+        client,
+        ingest,
+        ack_queue,
+        ack_tx,
+        pending: Arc::new(AtomicU64::new(0)),
+        last_backlog_warn: None,
+        epoch: Arc::new(AtomicU64::new(0)),
+        current_epoch: 0,
+        queued: AcksQueued::default(),
+        written: AcksWritten::default(),
+        resending: false,
+        cfg,
+    };
+    let acker = tokio::spawn(send_acks(
+        session.client.clone(),
+        ack_rx,
+        session.epoch.clone(),
+        session.pending.clone(),
+        session.queued.clone(),
+    ));
+    info!(url = %session.cfg.url, client_id = %session.cfg.client_id, receive_maximum, "connecting to external broker (MQTT 5)");
+    loop {
+        let barrier_due = session.written.barrier_due();
+        let event = tokio::select! {
+            () = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+            () = tokio::time::sleep_until(barrier_due.unwrap_or_else(tokio::time::Instant::now)), if barrier_due.is_some() => {
+                session.written.request_barrier(&session.client);
+                continue;
+            }
+        };
+        if session.handle(event, &shutdown).await.is_break() {
+            break;
+        }
+    }
+    drop(session);
+    acker.abort();
+    info!("external source stopped");
+    Ok(())
+}
+
+/// The client options: MQTT 5, so that the broker keeps to our Receive Maximum. With 3.1.1
+/// nothing bounds what it sends before our acknowledgements come back (Mosquitto 2.0 was
+/// seen with 50,000 unacknowledged publishes in flight to one session, packet ids reused
+/// among them), and a resend could no longer be told by its packet id.
+fn session_options(
+    cfg: &ExternalConfig,
+    host: String,
+    port: u16,
+    receive_maximum: u16,
+) -> MqttOptions {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
-    // MQTT 5, so that the broker keeps to our Receive Maximum: with 3.1.1 nothing bounds what
-    // it sends before our acknowledgements come back (Mosquitto 2.0 was seen with 50,000
-    // unacknowledged publishes in flight to one session, packet ids reused among them), and a
-    // resend could no longer be told by its packet id.
     opts.set_clean_start(false)
         .set_session_expiry_interval(Some(u32::MAX))
         .set_receive_maximum(Some(receive_maximum))
@@ -284,149 +337,164 @@ pub async fn run_external(
         .set_max_packet_size(Some(
             u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX),
         ));
-    let (client, mut eventloop) = AsyncClient::new(opts, ack_queue);
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
-    let pending = Arc::new(AtomicU64::new(0));
-    let mut last_backlog_warn: Option<std::time::Instant> = None;
-    let epoch = Arc::new(AtomicU64::new(0));
-    let queued = AcksQueued::default();
-    let mut written = AcksWritten::default();
-    // Between a CONNACK with session present and the broker's first publish without DUP.
-    let mut resending = false;
-    let acker = tokio::spawn(send_acks(
-        client.clone(),
-        ack_rx,
-        epoch.clone(),
-        pending.clone(),
-        queued.clone(),
-    ));
+    opts
+}
 
-    let mut backoff = cfg.backoff_min;
-    let mut current_epoch = 0u64;
-    info!(url = %cfg.url, client_id = %cfg.client_id, receive_maximum, "connecting to external broker (MQTT 5)");
-    loop {
-        let barrier_due = written.barrier_due();
-        let event = tokio::select! {
-            () = shutdown.cancelled() => break,
-            ev = eventloop.poll() => ev,
-            () = tokio::time::sleep_until(barrier_due.unwrap_or_else(tokio::time::Instant::now)), if barrier_due.is_some() => {
-                written.request_barrier(&client);
-                continue;
-            }
-        };
+/// The source's side of the session with the external broker.
+struct Session {
+    cfg: ExternalConfig,
+    client: AsyncClient,
+    ingest: Ingest,
+    ack_queue: usize,
+    /// Deliveries in receive order, to the task that acknowledges them after their commit.
+    ack_tx: mpsc::UnboundedSender<PendingAck>,
+    /// Deliveries handed to ingest and not yet acknowledged.
+    pending: Arc<AtomicU64>,
+    last_backlog_warn: Option<std::time::Instant>,
+    /// Connections so far: acknowledgements of an earlier connection are not sent.
+    epoch: Arc<AtomicU64>,
+    current_epoch: u64,
+    queued: AcksQueued,
+    written: AcksWritten,
+    /// Between a CONNACK with session present and the broker's first publish without DUP.
+    resending: bool,
+    backoff: Duration,
+}
+
+impl Session {
+    /// Handles one event of the client's event loop; `Break` ends the source.
+    async fn handle(
+        &mut self,
+        event: Result<Event, rumqttc::v5::ConnectionError>,
+        shutdown: &CancellationToken,
+    ) -> ControlFlow<()> {
         match event {
             Ok(Event::Outgoing(Outgoing::PubAck(packet_id))) => {
-                written.written(&queued, packet_id);
+                self.written.written(&self.queued, packet_id);
             }
             Ok(Event::Outgoing(Outgoing::Unsubscribe(packet_id))) => {
-                written.barrier_written(packet_id);
+                self.written.barrier_written(packet_id);
             }
-            Ok(Event::Incoming(Packet::UnsubAck(ack))) => {
-                // Our PUBACKs go in receive order and a broker applies a PUBACK to the oldest
-                // unacknowledged publish with its packet id, so even where it reuses a packet
-                // id among unacknowledged publishes each confirmed PUBACK is the one we meant.
-                let acked: Vec<(u16, u64)> = written
-                    .unsuback(ack.pkid)
-                    .into_iter()
-                    .filter(|(_, digest)| *digest != NO_RECORD)
-                    .collect();
-                if !acked.is_empty() {
-                    ingest.writer().deliveries_acked(acked);
-                }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                current_epoch += 1;
-                epoch.store(current_epoch, Ordering::SeqCst);
-                backoff = cfg.backoff_min;
-                written = AcksWritten::default();
-                resending = ack.session_present;
-                if !ack.session_present {
-                    // The broker resends nothing from an earlier session.
-                    ingest.writer().delivery_session_lost();
-                }
-                info!(
-                    session_present = ack.session_present,
-                    "connected to external broker"
-                );
-                if let Err(err) = client
-                    .subscribe(cfg.subscribe.clone(), QoS::AtLeastOnce)
-                    .await
-                {
-                    warn!(%err, "could not queue subscribe");
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
-                    // MQTT requires UTF-8 topics; a broker that breaks that gets no answer
-                    // for this publish, and its resend is refused the same way.
-                    warn!(packet_id = p.pkid, "publish with a non-UTF-8 topic ignored");
-                    continue;
-                };
-                let (tx, rx) = oneshot::channel();
-                // QoS 0 has no packet id: nothing is resent, nothing to recognise.
-                let digest = delivery_digest(&topic, &p.payload);
-                let qos1 = p.qos != QoS::AtMostOnce;
-                let resends_done = qos1 && resending && !p.dup;
-                if resends_done {
-                    resending = false;
-                }
-                let id = qos1.then_some(DeliveryId {
-                    packet_id: p.pkid,
-                    digest,
-                    redelivered: p.dup,
-                    connection: current_epoch,
-                    resends_done,
-                });
-                let delivery = Delivery {
-                    publish: Publish {
-                        topic,
-                        payload: p.payload.clone(),
-                        received_at_ms: now_ms(),
-                    },
-                    ack: Some(tx),
-                    id,
-                };
-                let backlog = pending.fetch_add(1, Ordering::Relaxed) + 1;
-                if backlog > ack_queue as u64
-                    && last_backlog_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-                {
-                    warn!(
-                        backlog,
-                        "more publishes awaiting acknowledgement than the Receive Maximum allows"
-                    );
-                    last_backlog_warn = Some(std::time::Instant::now());
-                }
-                let item = PendingAck {
-                    digest,
-                    publish: p,
-                    epoch: current_epoch,
-                    done: rx,
-                };
-                if ack_tx.send(item).is_err() {
-                    break;
-                }
-                if ingest.handle(delivery).await.is_err() {
-                    warn!("writer stopped; leaving the external broker");
-                    break;
-                }
-            }
+            Ok(Event::Incoming(Packet::UnsubAck(ack))) => self.barrier_confirmed(ack.pkid),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => self.connected(ack.session_present).await,
+            Ok(Event::Incoming(Packet::Publish(p))) => return self.publish(p).await,
             Ok(Event::Incoming(Packet::SubAck(_))) => debug!("subscribed"),
             Ok(_) => {}
             Err(err) => {
-                let delay = jittered(backoff);
+                let delay = jittered(self.backoff);
                 warn!(%err, retry_in_ms = delay.as_millis() as u64, "external broker connection error");
                 tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => return ControlFlow::Break(()),
                     () = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(cfg.backoff_max);
+                self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
             }
         }
+        ControlFlow::Continue(())
     }
-    drop(ack_tx);
-    acker.abort();
-    info!("external source stopped");
-    Ok(())
+
+    /// Our PUBACKs go in receive order and a broker applies a PUBACK to the oldest
+    /// unacknowledged publish with its packet id, so even where it reuses a packet id among
+    /// unacknowledged publishes each confirmed PUBACK is the one we meant.
+    fn barrier_confirmed(&mut self, packet_id: u16) {
+        let acked: Vec<(u16, u64)> = self
+            .written
+            .unsuback(packet_id)
+            .into_iter()
+            .filter(|(_, digest)| *digest != NO_RECORD)
+            .collect();
+        if !acked.is_empty() {
+            self.ingest.writer().deliveries_acked(acked);
+        }
+    }
+
+    async fn connected(&mut self, session_present: bool) {
+        self.current_epoch += 1;
+        self.epoch.store(self.current_epoch, Ordering::SeqCst);
+        self.backoff = self.cfg.backoff_min;
+        self.written = AcksWritten::default();
+        self.resending = session_present;
+        if !session_present {
+            // The broker resends nothing from an earlier session.
+            self.ingest.writer().delivery_session_lost();
+        }
+        info!(session_present, "connected to external broker");
+        if let Err(err) = self
+            .client
+            .subscribe(self.cfg.subscribe.clone(), QoS::AtLeastOnce)
+            .await
+        {
+            warn!(%err, "could not queue subscribe");
+        }
+    }
+
+    /// Hands one publish to ingest, queued for its acknowledgement after the commit.
+    async fn publish(&mut self, p: MqttPublish) -> ControlFlow<()> {
+        let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
+            // MQTT requires UTF-8 topics; a broker that breaks that gets no answer for this
+            // publish, and its resend is refused the same way.
+            warn!(packet_id = p.pkid, "publish with a non-UTF-8 topic ignored");
+            return ControlFlow::Continue(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let digest = delivery_digest(&topic, &p.payload);
+        let delivery = Delivery {
+            publish: Publish {
+                topic,
+                payload: p.payload.clone(),
+                received_at_ms: now_ms(),
+            },
+            ack: Some(tx),
+            id: self.delivery_id(&p, digest),
+        };
+        self.count_pending();
+        let item = PendingAck {
+            digest,
+            publish: p,
+            epoch: self.current_epoch,
+            done: rx,
+        };
+        if self.ack_tx.send(item).is_err() {
+            return ControlFlow::Break(());
+        }
+        if self.ingest.handle(delivery).await.is_err() {
+            warn!("writer stopped; leaving the external broker");
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// What the store needs to recognise a resend; QoS 0 has no packet id: nothing is
+    /// resent, nothing to recognise.
+    fn delivery_id(&mut self, p: &MqttPublish, digest: u64) -> Option<DeliveryId> {
+        let qos1 = p.qos != QoS::AtMostOnce;
+        let resends_done = qos1 && self.resending && !p.dup;
+        if resends_done {
+            self.resending = false;
+        }
+        qos1.then_some(DeliveryId {
+            packet_id: p.pkid,
+            digest,
+            redelivered: p.dup,
+            connection: self.current_epoch,
+            resends_done,
+        })
+    }
+
+    fn count_pending(&mut self) {
+        let backlog = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        if backlog > self.ack_queue as u64
+            && self
+                .last_backlog_warn
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            warn!(
+                backlog,
+                "more publishes awaiting acknowledgement than the Receive Maximum allows"
+            );
+            self.last_backlog_warn = Some(std::time::Instant::now());
+        }
+    }
 }
 
 async fn send_acks(

@@ -26,7 +26,12 @@
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
+mod handle;
+mod retention;
 mod stats;
+
+pub use handle::WriterHandle;
+use retention::{retention_step, BudgetLog};
 pub use stats::{WriteOutcomes, WriterStats};
 
 use std::collections::VecDeque;
@@ -102,119 +107,8 @@ pub enum WriterError {
     FinalFlush(#[from] crate::store::StoreError),
 }
 
-/// Sending side of the writer's bounded input queue. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct WriterHandle {
-    tx: mpsc::Sender<WriteCmd>,
-    healthy: Arc<AtomicBool>,
-    stats: Arc<WriterStats>,
-    /// What the external source reported about its deliveries since the last batch; taken
-    /// by the next batch (see [`WriterHandle::deliveries_acked`]).
-    acked: Arc<std::sync::Mutex<AckedDeliveries>>,
-}
-
 /// How often an idle writer commits delivery acknowledgements on their own.
 const ACKED_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-
-impl WriterHandle {
-    /// The broker has the acknowledgements of these deliveries (packet id, digest): their
-    /// records go in the next batch (or within [`ACKED_COMMIT_INTERVAL`] when idle). Bounded
-    /// by what the source holds unacknowledged (its Receive Maximum) per barrier (every 100 ms).
-    pub fn deliveries_acked(&self, acked: impl IntoIterator<Item = (u16, u64)>) {
-        if let Ok(mut a) = self.acked.lock() {
-            a.acked.extend(acked);
-        }
-    }
-
-    /// The broker has no session for us any more: every delivery record goes.
-    pub fn delivery_session_lost(&self) {
-        if let Ok(mut a) = self.acked.lock() {
-            a.acked.clear();
-            a.session_lost = true;
-        }
-    }
-
-    fn has_acked(&self) -> bool {
-        self.acked.lock().is_ok_and(|a| !a.is_empty())
-    }
-
-    fn take_acked(&self) -> AckedDeliveries {
-        self.acked
-            .lock()
-            .map(|mut a| std::mem::take(&mut *a))
-            .unwrap_or_default()
-    }
-
-    /// Gives back what a failed batch took.
-    fn restore_acked(&self, back: AckedDeliveries) {
-        if let Ok(mut a) = self.acked.lock() {
-            if back.session_lost {
-                a.session_lost = true;
-                a.acked.clear();
-            } else if !a.session_lost {
-                a.acked.extend(back.acked);
-            }
-        }
-    }
-    /// Queues a command, waiting while the queue is full (backpressure).
-    pub async fn send(&self, cmd: WriteCmd) -> Result<(), WriterClosed> {
-        self.tx.send(cmd).await.map_err(|_| WriterClosed)
-    }
-
-    /// Queues a reading that carries its device's event time; `done` is completed once it is
-    /// durable (or found a duplicate).
-    pub async fn write(
-        &self,
-        reading: Reading,
-        done: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<(), WriterClosed> {
-        self.write_from(reading, Origin::DEVICE_TIME, done).await
-    }
-
-    /// Queues a reading with its [`Origin`] (see [`Store::apply_from`]).
-    pub async fn write_from(
-        &self,
-        reading: Reading,
-        origin: Origin,
-        done: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<(), WriterClosed> {
-        self.send(WriteCmd::Reading {
-            reading,
-            origin,
-            done,
-        })
-        .await
-    }
-
-    /// Queues a presence change.
-    pub async fn set_presence(
-        &self,
-        update: PresenceUpdate,
-        done: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<(), WriterClosed> {
-        self.send(WriteCmd::Presence { update, done }).await
-    }
-
-    /// Free slots in the input queue right now.
-    pub fn free_slots(&self) -> usize {
-        self.tx.capacity()
-    }
-
-    /// Total input queue capacity.
-    pub fn queue_capacity(&self) -> usize {
-        self.tx.max_capacity()
-    }
-
-    /// Batch size and commit latency measurements.
-    pub fn stats(&self) -> &Arc<WriterStats> {
-        &self.stats
-    }
-
-    /// `false` after the last commit failed (until one succeeds), or once the writer stopped.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
-    }
-}
 
 /// Writer settings.
 #[derive(Debug, Clone)]
@@ -332,21 +226,7 @@ async fn run(
             biased;
             done = async { (&mut flushing.as_mut().expect("guarded").1).await }, if flushing.is_some() => {
                 let (group, _) = flushing.take().expect("guarded");
-                match done {
-                    Ok(Ok(())) => {
-                        out.healthy.store(true, Ordering::Relaxed);
-                        durable.flushed(group.reserved, &out);
-                        group.acknowledge(&out.stats);
-                    }
-                    Ok(Err(err)) => {
-                        error!(%err, readings = group.readings, "flush failed; the batches' items stay unacknowledged");
-                        out.failed();
-                    }
-                    Err(err) => {
-                        error!(%err, readings = group.readings, "flush task failed; the batches' items stay unacknowledged");
-                        out.failed();
-                    }
-                }
+                flush_done(group, done, &mut durable, &out);
             }
             n = rx.recv_many(&mut buf, room), if room > 0 => {
                 if n == 0 {
@@ -394,111 +274,28 @@ async fn run(
     released.map_err(WriterError::from)
 }
 
-async fn retention_step(
-    store: &Store,
-    policy: Option<RetentionPolicy>,
-    budget_log: &mut BudgetLog,
-) -> bool {
-    let Some(policy) = policy else { return false };
-    let s = store.clone();
-    let now = edgewatch_protocol::timefmt::now_ms();
-    match tokio::task::spawn_blocking(move || s.retain_step(now, &policy)).await {
-        Ok(Ok(o)) => {
-            if o.readings_deleted + o.rollups_deleted > 0 {
-                debug!(
-                    readings = o.readings_deleted,
-                    for_budget = o.budget_deleted,
-                    rollups = o.rollups_deleted,
-                    "retention step"
-                );
-            }
-            if !o.more {
-                if let Ok(status) = store.budget_status() {
-                    budget_log.settled(&status, std::time::Instant::now());
-                }
-            }
-            o.more
+/// A flush ended: acknowledge its group's items once it succeeded; else they stay
+/// unacknowledged (their senders resend).
+fn flush_done(
+    group: Group,
+    done: Result<Result<(), crate::store::StoreError>, tokio::task::JoinError>,
+    durable: &mut Durability,
+    out: &Outputs,
+) {
+    match done {
+        Ok(Ok(())) => {
+            out.healthy.store(true, Ordering::Relaxed);
+            durable.flushed(group.reserved, out);
+            group.acknowledge(&out.stats);
         }
         Ok(Err(err)) => {
-            warn!(%err, "retention step failed");
-            false
+            error!(%err, readings = group.readings, "flush failed; the batches' items stay unacknowledged");
+            out.failed();
         }
         Err(err) => {
-            error!(%err, "retention step panicked");
-            false
+            error!(%err, readings = group.readings, "flush task failed; the batches' items stay unacknowledged");
+            out.failed();
         }
-    }
-}
-
-/// Least time between two log lines about the disk budget.
-const BUDGET_LOG_EVERY: Duration = Duration::from_secs(60);
-/// While the store stays over its disk budget, the warning is repeated this often.
-const BUDGET_WARN_AGAIN: Duration = Duration::from_secs(600);
-
-/// What the writer said about the disk budget, so it warns when the store goes over it, again
-/// every [`BUDGET_WARN_AGAIN`] while it stays over, and says when it is back within it; never
-/// more than one line per [`BUDGET_LOG_EVERY`].
-#[derive(Debug, Default)]
-struct BudgetLog {
-    /// Whether the last line said "over".
-    said_over: bool,
-    last_line: Option<std::time::Instant>,
-}
-
-impl BudgetLog {
-    /// A retention step settled with `s`; logs what changed.
-    fn settled(&mut self, s: &BudgetStatus, now: std::time::Instant) {
-        let (Some(budget), Some(live_limit), Some(live)) =
-            (s.budget_bytes, s.live_limit_bytes, s.live)
-        else {
-            return;
-        };
-        let since = self.last_line.map(|t| now.saturating_duration_since(t));
-        if since.is_some_and(|d| d < BUDGET_LOG_EVERY) {
-            return;
-        }
-        if !s.exceeded {
-            if self.said_over {
-                info!(
-                    budget_bytes = budget,
-                    live_bytes = live.total(),
-                    file_bytes = s.file_bytes,
-                    "disk budget: the store is within its budget again"
-                );
-                self.said_over = false;
-                self.last_line = Some(now);
-            }
-            return;
-        }
-        if self.said_over && since.is_some_and(|d| d < BUDGET_WARN_AGAIN) {
-            return;
-        }
-        if s.floor_reached {
-            warn!(
-                budget_bytes = budget,
-                live_bytes = live.total(),
-                live_limit,
-                log_bytes = live.log,
-                chunk_bytes = live.chunks,
-                rollup_bytes = live.rollups,
-                file_bytes = s.file_bytes,
-                kept_readings = s.kept_readings,
-                "disk budget: cannot get live data under its share of the budget; what is left \
-                 to remove is the newest readings, which the budget keeps, and rollup pages, \
-                 which only retention_days removes. Raise disk_budget_mb or lower retention_days"
-            );
-        } else {
-            warn!(
-                budget_bytes = budget,
-                live_bytes = live.total(),
-                live_limit,
-                file_bytes = s.file_bytes,
-                "disk budget: the database files are larger than the budget although live data \
-                 fits its share; sled gives deleted space back lazily, so they may stay larger"
-            );
-        }
-        self.said_over = true;
-        self.last_line = Some(now);
     }
 }
 
@@ -627,6 +424,40 @@ struct Applied {
     started: std::time::Instant,
 }
 
+/// A batch of commands, by kind, in input order.
+#[derive(Default)]
+struct Commands {
+    readings: Vec<Reading>,
+    origins: Vec<Origin>,
+    reading_acks: Vec<Option<oneshot::Sender<Outcome>>>,
+    presence: Vec<PresenceUpdate>,
+    presence_acks: Vec<Option<oneshot::Sender<Outcome>>>,
+}
+
+impl From<Vec<WriteCmd>> for Commands {
+    fn from(cmds: Vec<WriteCmd>) -> Self {
+        let mut c = Commands::default();
+        for cmd in cmds {
+            match cmd {
+                WriteCmd::Reading {
+                    reading,
+                    origin,
+                    done,
+                } => {
+                    c.readings.push(reading);
+                    c.origins.push(origin);
+                    c.reading_acks.push(done);
+                }
+                WriteCmd::Presence { update, done } => {
+                    c.presence.push(update);
+                    c.presence_acks.push(done);
+                }
+            }
+        }
+        c
+    }
+}
+
 async fn apply(
     store: &Store,
     cmds: Vec<WriteCmd>,
@@ -638,28 +469,13 @@ async fn apply(
     if items > 0 {
         out.stats.batch_size.observe(items as f64);
     }
-    let mut readings = Vec::new();
-    let mut origins = Vec::new();
-    let mut reading_acks = Vec::new();
-    let mut presence = Vec::new();
-    let mut presence_acks = Vec::new();
-    for cmd in cmds {
-        match cmd {
-            WriteCmd::Reading {
-                reading,
-                origin,
-                done,
-            } => {
-                readings.push(reading);
-                origins.push(origin);
-                reading_acks.push(done);
-            }
-            WriteCmd::Presence { update, done } => {
-                presence.push(update);
-                presence_acks.push(done);
-            }
-        }
-    }
+    let Commands {
+        readings,
+        origins,
+        reading_acks,
+        presence,
+        presence_acks,
+    } = Commands::from(cmds);
     let s = store.clone();
     let acked = input.take_acked();
     let applied = tokio::task::spawn_blocking(move || {
@@ -725,59 +541,4 @@ async fn apply(
         },
         release,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::LiveBytes;
-
-    /// The budget warning: once when the store goes over, again only after
-    /// [`BUDGET_WARN_AGAIN`] while it stays over, a line when it is back within it, and never
-    /// two lines within [`BUDGET_LOG_EVERY`].
-    #[test]
-    fn budget_lines_are_rate_limited() {
-        let over = BudgetStatus {
-            budget_bytes: Some(100),
-            live_limit_bytes: Some(50),
-            live: Some(LiveBytes {
-                log: 40,
-                ..LiveBytes::default()
-            }),
-            file_bytes: 150,
-            exceeded: true,
-            ..BudgetStatus::default()
-        };
-        let within = BudgetStatus {
-            exceeded: false,
-            file_bytes: 90,
-            ..over
-        };
-        let t0 = std::time::Instant::now();
-        let mut log = BudgetLog::default();
-        log.settled(&within, t0);
-        assert_eq!(log.last_line, None, "nothing to say");
-        log.settled(&over, t0);
-        assert_eq!((log.said_over, log.last_line), (true, Some(t0)));
-        let later = t0 + BUDGET_LOG_EVERY * 2;
-        log.settled(&over, later);
-        assert_eq!(
-            log.last_line,
-            Some(t0),
-            "not repeated before BUDGET_WARN_AGAIN"
-        );
-        let again = t0 + BUDGET_WARN_AGAIN;
-        log.settled(&over, again);
-        assert_eq!(log.last_line, Some(again));
-        log.settled(&within, again + BUDGET_LOG_EVERY / 2);
-        assert!(log.said_over, "too soon for another line");
-        let back = again + BUDGET_LOG_EVERY;
-        log.settled(&within, back);
-        assert_eq!((log.said_over, log.last_line), (false, Some(back)));
-        // No budget or live bytes not counted yet: nothing.
-        let mut quiet = BudgetLog::default();
-        quiet.settled(&BudgetStatus::default(), t0);
-        quiet.settled(&BudgetStatus { live: None, ..over }, t0);
-        assert_eq!(quiet.last_line, None);
-    }
 }
