@@ -22,18 +22,16 @@
 //!    whose conflation map would exceed `conflate_max_topics`, is closed
 //!    ([`Delivery::Closed`]) and its transport disconnects the client.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use edgewatch_protocol::{FilterIndex, TopicFilter};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
+pub use super::event::{Delivery, EventKind, LiveEvent};
+use super::queue::{PushOutcome, Queue};
 use crate::histogram::{Histogram, LATENCY_BUCKETS};
 
 /// Fan-out settings (`[live.fanout]`).
@@ -56,104 +54,6 @@ impl Default for FanoutConfig {
             lag_timeout_secs: 30,
         }
     }
-}
-
-/// What an event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A stored reading (has a `seq`).
-    Reading,
-    /// A device presence change (`sensors/{deviceId}/status`).
-    Status,
-}
-
-/// One live event, serialized once and shared by every subscriber it goes to.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
-    /// The reading's global sequence number (status events carry the last seq committed
-    /// before them, which is a valid resume cursor).
-    pub seq: u64,
-    /// Reading or status.
-    pub kind: EventKind,
-    /// The topic filters are matched against.
-    pub topic: Arc<str>,
-    /// The JSON message, with a `type` field (`reading` / `status`).
-    pub json: Arc<str>,
-    /// When the event was made (just before the fan-out queued it): the start of the
-    /// fan-out-to-socket stage measured in [`FanoutStats`].
-    pub made_at: Instant,
-    /// The SSE frame, formatted by the first stream that writes it.
-    sse: OnceLock<Bytes>,
-    /// The WebSocket text message, copied once by the first connection that writes it.
-    ws: OnceLock<Utf8Bytes>,
-}
-
-impl PartialEq for LiveEvent {
-    fn eq(&self, other: &Self) -> bool {
-        (self.seq, self.kind, &self.topic, &self.json)
-            == (other.seq, other.kind, &other.topic, &other.json)
-    }
-}
-
-impl LiveEvent {
-    /// An event made now.
-    pub fn new(seq: u64, kind: EventKind, topic: Arc<str>, json: Arc<str>) -> Self {
-        Self {
-            seq,
-            kind,
-            topic,
-            json,
-            made_at: Instant::now(),
-            sse: OnceLock::new(),
-            ws: OnceLock::new(),
-        }
-    }
-
-    /// The WebSocket text message of this event (its JSON), made once and then shared by
-    /// every connection it goes to (a clone is a reference count, not a copy).
-    pub fn ws_text(&self) -> Utf8Bytes {
-        self.ws
-            .get_or_init(|| Utf8Bytes::from(String::from(&*self.json)))
-            .clone()
-    }
-
-    /// The Server-Sent Events frame of this event (`event:`, `id:` for readings, `data:`),
-    /// formatted once and then shared by every stream it goes to.
-    pub fn sse_frame(&self) -> Bytes {
-        self.sse
-            .get_or_init(|| {
-                // The JSON is compact (no newline), so it fits one `data:` line.
-                let mut f = String::with_capacity(self.json.len() + 48);
-                match self.kind {
-                    EventKind::Reading => {
-                        let _ = write!(f, "event: reading\nid: {}\n", self.seq);
-                    }
-                    EventKind::Status => f.push_str("event: status\n"),
-                }
-                f.push_str("data: ");
-                f.push_str(&self.json);
-                f.push_str("\n\n");
-                Bytes::from(f)
-            })
-            .clone()
-    }
-}
-
-/// What a subscription yields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Delivery {
-    /// The next event.
-    Event(Arc<LiveEvent>),
-    /// Events were dropped: the consumer was too slow. `resume_after` is the last seq
-    /// delivered before the hole.
-    Gap {
-        /// Replay from the log after this seq to fill the hole.
-        resume_after: u64,
-        /// How many events were dropped (superseded while conflated).
-        dropped: u64,
-    },
-    /// The subscription was closed because the consumer lagged for too long.
-    Closed,
 }
 
 /// Counters and stage timings, for metrics.
@@ -292,12 +192,13 @@ impl Fanout {
             return out;
         };
         for q in queues.values() {
-            let Ok(st) = q.state.lock() else { continue };
-            let depth = st.items.len() + st.conflation.as_ref().map_or(0, |c| c.latest.len());
+            let Some((depth, conflating)) = q.depth() else {
+                continue;
+            };
             out.subscriptions += 1;
             out.total_depth += depth;
             out.max_depth = out.max_depth.max(depth);
-            if st.conflation.is_some() {
+            if conflating {
                 out.conflating += 1;
             }
         }
@@ -465,147 +366,6 @@ struct PublishTimer<'a>(Instant, &'a Histogram);
 impl Drop for PublishTimer<'_> {
     fn drop(&mut self) {
         self.1.observe(self.0.elapsed().as_secs_f64());
-    }
-}
-
-enum PushOutcome {
-    Queued,
-    Conflated { superseded: bool },
-    ClosedNow,
-    Closed,
-}
-
-#[derive(Debug)]
-struct Queue {
-    state: Mutex<QueueState>,
-    notify: Notify,
-}
-
-#[derive(Debug)]
-struct QueueState {
-    items: VecDeque<Arc<LiveEvent>>,
-    capacity: usize,
-    /// Seq of the last event queued in order (the resume cursor if a hole starts now).
-    last_in_order: u64,
-    conflation: Option<Conflation>,
-    closed: bool,
-}
-
-#[derive(Debug)]
-struct Conflation {
-    since: Instant,
-    resume_after: u64,
-    latest: HashMap<Arc<str>, Arc<LiveEvent>>,
-    dropped: u64,
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::new(QueueState {
-                items: VecDeque::with_capacity(capacity.min(64)),
-                capacity: capacity.max(1),
-                last_in_order: 0,
-                conflation: None,
-                closed: false,
-            }),
-            notify: Notify::new(),
-        }
-    }
-
-    fn push(
-        &self,
-        ev: &Arc<LiveEvent>,
-        now: Instant,
-        max_topics: usize,
-        lag_timeout: Duration,
-    ) -> PushOutcome {
-        let Ok(mut st) = self.state.lock() else {
-            return PushOutcome::Closed;
-        };
-        if st.closed {
-            return PushOutcome::Closed;
-        }
-        let outcome = if st.conflation.is_none() && st.items.len() < st.capacity {
-            st.items.push_back(ev.clone());
-            if ev.kind == EventKind::Reading {
-                st.last_in_order = ev.seq;
-            }
-            PushOutcome::Queued
-        } else {
-            let resume_after = st.last_in_order;
-            let c = st.conflation.get_or_insert_with(|| Conflation {
-                since: now,
-                resume_after,
-                latest: HashMap::new(),
-                dropped: 0,
-            });
-            let superseded = c.latest.insert(ev.topic.clone(), ev.clone()).is_some()
-                // Only readings count as lost data; a superseded status is just old news.
-                && ev.kind == EventKind::Reading;
-            if superseded {
-                c.dropped += 1;
-            }
-            if c.latest.len() > max_topics || now.duration_since(c.since) > lag_timeout {
-                st.closed = true;
-                st.items.clear();
-                st.conflation = None;
-                drop(st);
-                self.notify.notify_one();
-                return PushOutcome::ClosedNow;
-            }
-            PushOutcome::Conflated { superseded }
-        };
-        drop(st);
-        self.notify.notify_one();
-        outcome
-    }
-
-    /// Starts conflation (whose end is a gap) unless already conflating; false when closed.
-    fn open_hole(&self, now: Instant) -> bool {
-        let Ok(mut st) = self.state.lock() else {
-            return false;
-        };
-        if st.closed {
-            return false;
-        }
-        if st.conflation.is_none() {
-            let resume_after = st.last_in_order;
-            st.conflation = Some(Conflation {
-                since: now,
-                resume_after,
-                latest: HashMap::new(),
-                dropped: 0,
-            });
-        }
-        drop(st);
-        self.notify.notify_one();
-        true
-    }
-
-    fn pop(&self) -> Option<Delivery> {
-        let Ok(mut st) = self.state.lock() else {
-            return Some(Delivery::Closed);
-        };
-        if let Some(ev) = st.items.pop_front() {
-            return Some(Delivery::Event(ev));
-        }
-        if st.closed {
-            return Some(Delivery::Closed);
-        }
-        let c = st.conflation.take()?;
-        // Everything conflated is a hole in the sequence, even when nothing was superseded:
-        // the events kept are not contiguous with what came before.
-        let mut latest: Vec<Arc<LiveEvent>> = c.latest.into_values().collect();
-        latest.sort_by_key(|e| e.seq);
-        if let Some(last) = latest.last() {
-            st.last_in_order = last.seq;
-        }
-        st.items.extend(latest);
-        Some(Delivery::Gap {
-            resume_after: c.resume_after,
-            dropped: c.dropped,
-        })
     }
 }
 

@@ -23,7 +23,9 @@ pub mod connections;
 
 pub use config::{LiveConfig, PublishFn};
 
+mod event;
 pub mod fanout;
+mod queue;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
