@@ -206,24 +206,7 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
                     last = last.max(r.seq);
                 }
             }
-            Ok(batch) => {
-                if let Some(first) = batch.first() {
-                    let waited_ms = now_ms().saturating_sub(first.reading.received_at_ms);
-                    fanout
-                        .stats()
-                        .link_to_fanout
-                        .observe(waited_ms.max(0) as f64 / 1000.0);
-                }
-                let events: Vec<_> = batch
-                    .iter()
-                    .filter(|r| r.seq > last)
-                    .filter_map(|r| reading_event(r, fanout.stats()))
-                    .collect();
-                if let Some(r) = batch.last() {
-                    last = last.max(r.seq);
-                }
-                fanout.publish(&events);
-            }
+            Ok(batch) => publish_batch(&fanout, &batch, &mut last),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
@@ -231,28 +214,54 @@ pub(crate) async fn run_fanout_from<L: CatchUpLog>(
                     "fan-out fell behind the writer; replaying from the log"
                 );
                 // Catch up from the log; later batches that overlap are filtered by seq.
-                if let Err(err) = catch_up(&fanout, &log, &mut last).await {
-                    // What is missing is after `last`, up to at most the log's end now; the
-                    // batches still in the channel deliver what they hold of it. Every
-                    // subscriber may be concerned: each is sent a gap to resume from.
-                    fanout
-                        .stats()
-                        .catchup_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    let subscribers = fanout.open_hole();
-                    let log_end = log.last_seq().ok();
-                    tracing::error!(
-                        %err,
-                        after = last,
-                        log_end,
-                        subscribers,
-                        "fan-out could not catch up from the log: readings after `after` may be \
-                         missing from live streams; every subscriber is sent a gap to resume from"
-                    );
-                }
+                catch_up_or_open_hole(&fanout, &log, &mut last).await;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Publishes a committed batch's readings after `last` (the ones a catch-up has not
+/// published already).
+fn publish_batch(fanout: &Fanout, batch: &[StoredReading], last: &mut u64) {
+    if let Some(first) = batch.first() {
+        let waited_ms = now_ms().saturating_sub(first.reading.received_at_ms);
+        fanout
+            .stats()
+            .link_to_fanout
+            .observe(waited_ms.max(0) as f64 / 1000.0);
+    }
+    let events: Vec<_> = batch
+        .iter()
+        .filter(|r| r.seq > *last)
+        .filter_map(|r| reading_event(r, fanout.stats()))
+        .collect();
+    if let Some(r) = batch.last() {
+        *last = (*last).max(r.seq);
+    }
+    fanout.publish(&events);
+}
+
+/// Replays what the fan-out missed from the log. If the log cannot answer, what is missing
+/// is after `last`, up to at most the log's end now (the batches still in the channel
+/// deliver what they hold of it); every subscriber may be concerned, so each is sent a gap
+/// to resume from.
+async fn catch_up_or_open_hole<L: CatchUpLog>(fanout: &Fanout, log: &L, last: &mut u64) {
+    if let Err(err) = catch_up(fanout, log, last).await {
+        fanout
+            .stats()
+            .catchup_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let subscribers = fanout.open_hole();
+        let log_end = log.last_seq().ok();
+        tracing::error!(
+            %err,
+            after = *last,
+            log_end,
+            subscribers,
+            "fan-out could not catch up from the log: readings after `after` may be \
+             missing from live streams; every subscriber is sent a gap to resume from"
+        );
     }
 }
 
