@@ -1,27 +1,29 @@
 //! The edgewatch bridge: takes inbound MQTT publishes, stores every reading once, in order, in
-//! an append-only event log on sled with a global `seq`, and serves history over HTTP.
+//! an append-only event log on sled with a global `seq`, and serves history and live streams
+//! over HTTP.
 //!
-//! # Layout
-//! * [`config`]: [`BridgeConfig`], every setting (the `[bridge]` section of the config file).
-//! * [`ingest`]: the one seam for inbound publishes: decode, reject (counted, rate-limited
-//!   logging, bounded ring), hand readings and presence to the writer.
-//! * [`external`]: the source that consumes an existing MQTT broker through rumqttc
-//!   (persistent session, QoS1, acks in order after commit, re-subscribe, backoff).
-//! * [`presence`]: what `GET /v1/devices` and the live `status` events show: `online`, `stale`
-//!   or `offline`, from the status topic and from when readings arrived; a periodic sweep.
-//! * [`writer`]: the one task that writes: bounded queue, group commit, ack after durable,
-//!   broadcast of committed batches.
-//! * [`store`]: the only module that names sled: event log, per-series index, catalogue,
-//!   presence, 1-minute and 1-hour rollups, dedupe, retention.
-//! * [`http`]: the axum router: `/v1/series`, `/v1/devices`, `/v1/readings`, `/v1/rollups`,
-//!   `/v1/rejects`, `/healthz`, `/readyz`.
-//! * `server`: the HTTP/1 server: accept loop, orderly stop, event streams written straight
-//!   to the socket (no hyper buffers per stream), everything else through hyper.
-//! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
-//!   a serial port, publishes them into the broker, survives unplugs.
-//! * [`metrics`]: `GET /metrics` (Prometheus text format) and the HTTP request middleware.
-//! * [`docs`]: `GET /v1/openapi.json`, `GET /v1/asyncapi.yaml`, `GET /docs`.
-//! * [`Bridge`] (this file): starts and stops the parts together.
+//! # Layout: one module per stage of the data flow (ARCHITECTURE.md)
+//! * [`ingest`]: where a reading is decoded. The one seam for inbound publishes (the
+//!   embedded broker's link, [`ingest::external`] for an existing MQTT broker): decode, reject
+//!   (counted, kept in a bounded ring), hand readings and presence to the writer.
+//! * [`writer`]: the one task that writes: bounded queue, group commit, acknowledgement after
+//!   the flush, broadcast of committed batches.
+//! * [`store`]: where a reading is stored, the only module that names sled: event log,
+//!   per-series chunks, catalogue, presence, rollups, dedupe, delivery records, retention.
+//! * [`presence`]: `online` / `stale` / `offline` per device, kept current by a sweep.
+//! * [`live`]: where a reading is fanned out: [`live::fanout`] (filter trie, bounded
+//!   per-subscriber queues, conflation, gaps) and [`live::LiveFeed`] (resumable watches: replay
+//!   from the log after a seq, then live).
+//! * [`http`]: where a reading is written to a browser or an app: [`http::app`] builds the
+//!   whole router; the history API ([`http::api`]), the live transports ([`http::live`]: SSE,
+//!   WebSocket, long poll, access), the dashboard, the API descriptions and the HTTP/1 server
+//!   that writes event streams straight to the socket.
+//! * [`metrics`]: `GET /metrics`, read from the stages' own counters at scrape time.
+//! * [`config`]: [`BridgeConfig`], the `[bridge]` section.
+//! * leaves shared by several stages: [`histogram`] (the latency and batch-size histogram),
+//!   `json` (the JSON wire format of readings and rollups, written straight into a buffer),
+//!   `split` (a parallel map over the cores).
+//! * [`Bridge`] (this file): starts and stops ingest, writer, presence and sources together.
 
 pub mod config;
 pub mod histogram;

@@ -171,6 +171,8 @@ pub(crate) struct EffectiveListener {
 impl BrokerConfig {
     /// Checks values that serde cannot: hashes parse, TLS files exist, limits are sane.
     /// Errors name the dotted key.
+    ///
+    /// Long: one check per setting, in the order of the config file.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (i, u) in self.users.iter().enumerate() {
             if u.username.is_empty() {

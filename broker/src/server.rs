@@ -149,6 +149,9 @@ impl Broker {
     /// Validates `cfg`, bind-checks every listener and starts the router, without listening
     /// yet. Links opened now ([`Broker::subscribe`]) see every publish from the first device
     /// on: rumqttd forwards a publish only to the subscriptions that exist when it arrives.
+    ///
+    /// Long: the start sequence in order (validate, bind-check, router, runtime); each step
+    /// is a few lines, and splitting them would hide the order that matters here.
     pub fn prepare(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
         let listeners = bind_check(cfg.effective_listeners())?;

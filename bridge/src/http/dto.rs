@@ -1,5 +1,5 @@
 //! The JSON answers of the HTTP API, as documented types (`utoipa` schemas). Large answers
-//! are written by [`crate::json`] instead of through these types; tests hold both equal.
+//! are written by the crate's `json` module instead of through these types; tests hold both equal.
 
 use edgewatch_protocol::timefmt::Rfc3339;
 use serde::Serialize;

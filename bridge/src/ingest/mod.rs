@@ -2,7 +2,7 @@
 //!
 //! A source (the embedded broker's in-process link, or [`crate::ingest::external`]) yields
 //! [`Publish`]es (or [`Delivery`]s when it needs to know when an item is final). Ingest decodes
-//! each one with [`decode_publish`]: readings and presence changes go to the writer, rejects are
+//! each one with [`edgewatch_protocol::payload::decode`]: readings and presence changes go to the writer, rejects are
 //! counted per reason, logged without flooding (at most one warning per reason per
 //! [`REJECT_LOG_INTERVAL`], with the number suppressed since) and kept in a bounded ring for
 //! `GET /v1/rejects`. A bad payload never stops ingest.

@@ -30,7 +30,7 @@ pub struct LiveEvent {
     /// The JSON message, with a `type` field (`reading` / `status`).
     pub json: Arc<str>,
     /// When the event was made (just before the fan-out queued it): the start of the
-    /// fan-out-to-socket stage measured in [`FanoutStats`].
+    /// fan-out-to-socket stage measured in [`FanoutStats`](super::fanout::FanoutStats).
     pub made_at: Instant,
     /// The SSE frame, formatted by the first stream that writes it.
     sse: OnceLock<Bytes>,

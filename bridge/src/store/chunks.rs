@@ -413,6 +413,10 @@ pub(super) fn stage_seals(
     }
 }
 
+/// Stages the seals of every series due for sealing into `batch` (see [`stage_seals`]).
+///
+/// Long: the seal of one series is one sequence (sort, cut, encode, merge into rollup
+/// pages, stage) whose steps share the staged state; it reads best in order.
 fn stage_seals_into(
     tree: &sled::Tree,
     st: &mut State,

@@ -259,6 +259,9 @@ fn decode_block_opt(b: &[u8], first_seq: u64) -> Option<Vec<LogRow>> {
 // ---------- chunks ----------
 
 /// Encodes rows of one series; they must be sorted by (event time, seq) and non-empty.
+///
+/// Long: one pass writing the chunk format field by field, the mirror of `decode_chunk_opt`;
+/// split, the two would no longer read side by side.
 pub(crate) fn encode_chunk(rows: &[Row]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + rows.len() * 5);
     out.push(CHUNK_VERSION);
@@ -365,6 +368,9 @@ pub(crate) fn decode_chunk(b: &[u8]) -> Result<Vec<Row>, Malformed> {
     decode_chunk_opt(b).ok_or(Malformed("chunk"))
 }
 
+/// Decodes a chunk, `None` when it is malformed.
+///
+/// Long: one pass reading the chunk format field by field, the mirror of `encode_chunk`.
 fn decode_chunk_opt(b: &[u8]) -> Option<Vec<Row>> {
     let version = *b.first()?;
     if version != CHUNK_VERSION && version != CHUNK_VERSION_1 {

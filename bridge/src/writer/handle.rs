@@ -16,7 +16,7 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     /// The broker has the acknowledgements of these deliveries (packet id, digest): their
-    /// records go in the next batch (or within [`ACKED_COMMIT_INTERVAL`] when idle). Bounded
+    /// records go in the next batch (or within `ACKED_COMMIT_INTERVAL` (1 s) when idle). Bounded
     /// by what the source holds unacknowledged (its Receive Maximum) per barrier (every 100 ms).
     pub fn deliveries_acked(&self, acked: impl IntoIterator<Item = (u16, u64)>) {
         if let Ok(mut a) = self.acked.lock() {

@@ -185,6 +185,11 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
     }
 }
 
+/// The writer's task.
+///
+/// Long: one `select!` loop over the writer's inputs (flush done, commands, idle acked
+/// commits, stop, flush and retention timers); each arm is a call or two, and the loop's
+/// state (flushing, pending, closing) reads best in one place.
 async fn run(
     store: Store,
     cfg: WriterConfig,
@@ -458,6 +463,10 @@ impl From<Vec<WriteCmd>> for Commands {
     }
 }
 
+/// Applies one batch on the blocking pool and sorts its outcomes: acknowledgements for after
+/// the flush, stored readings for the live side.
+///
+/// Long: the outcomes of a batch are matched to their commands in one pass.
 async fn apply(
     store: &Store,
     cmds: Vec<WriteCmd>,
