@@ -1,7 +1,5 @@
 //! Fleets against real brokers: the embedded edgewatch broker and Mosquitto.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -9,8 +7,8 @@ use edgewatch_broker::{Broker, BrokerConfig, ListenerKind};
 use edgewatch_protocol::payload::{decode_publish, Inbound};
 use edgewatch_protocol::timefmt::now_ms;
 use edgewatch_sim::{run_fleet, Faults, FleetConfig, Format, TopicShape};
+use edgewatch_testkit::Mosquitto;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{free_port, mosquitto_available, Mosquitto};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -97,10 +95,10 @@ async fn two_hundred_devices_every_acknowledged_reading_arrives_once() {
 /// The same simulator against Mosquitto, binary payloads on the shared topics, QoS 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_against_mosquitto() {
-    if !mosquitto_available("fleet_against_mosquitto") {
+    if !Mosquitto::installed("fleet_against_mosquitto") {
         return;
     }
-    let mosquitto = Mosquitto::start(free_port());
+    let mosquitto = Mosquitto::start();
     let cfg = FleetConfig {
         broker_port: mosquitto.port,
         devices: 50,
@@ -138,11 +136,11 @@ async fn fleet_against_mosquitto() {
 /// the original timestamps; with QoS 1 nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_with_qos1() {
-    if !mosquitto_available("broker_restart_loses_nothing_with_qos1") {
+    if !Mosquitto::installed("broker_restart_loses_nothing_with_qos1") {
         return;
     }
-    let port = free_port();
-    let mut mosquitto = Mosquitto::start(port);
+    let mut mosquitto = Mosquitto::start();
+    let port = mosquitto.port;
 
     // An observer with a persistent session: Mosquitto keeps its subscription and queues
     // readings for it across the restart.

@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::Sse;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 struct TestHub {
@@ -91,66 +93,6 @@ async fn publish(feed: mpsc::Sender<Publish>, n: usize, per_sec: u64) {
         if let Some(p) = pause {
             if i % 10 == 9 {
                 tokio::time::sleep(p * 10).await;
-            }
-        }
-    }
-}
-
-/// A minimal SSE reader: yields (event, id, data) for each event.
-struct Sse {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: String,
-}
-
-#[derive(Debug, Default, Clone)]
-struct SseEvent {
-    event: String,
-    id: Option<String>,
-    data: String,
-}
-
-impl Sse {
-    async fn open(url: &str, last_event_id: Option<u64>) -> Result<Sse, reqwest::Response> {
-        let client = reqwest::Client::new();
-        let mut req = client.get(url).header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
-        }
-        let res = req.send().await.unwrap();
-        if !res.status().is_success() {
-            return Err(res);
-        }
-        Ok(Sse {
-            body: Box::pin(res.bytes_stream()),
-            buf: String::new(),
-        })
-    }
-
-    /// Next event (comments and retry-only frames skipped); None at the end of the stream.
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent::default();
-                let mut has_data = false;
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                        has_data = true;
-                    }
-                }
-                if has_data {
-                    return Some(ev);
-                }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return None,
             }
         }
     }

@@ -1,13 +1,11 @@
 //! `/metrics` through a real hub: the exposition parses as Prometheus text format and its
 //! counters move as readings flow, are rejected, and as clients stream and query.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{loopback_config, start_hub};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use support::{loopback_config, Hub};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +153,7 @@ async fn scrape(base: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_readings_flow() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let base = hub.http();
 
     let (types, before) = scrape(&base).await;

@@ -1,16 +1,17 @@
 //! The bridge against a real Mosquitto (Debian package, started on a free port) with real
 //! rumqttc publishers: exactly-once storage, and a SIGKILLed bridge process that loses nothing.
 
-mod common;
-
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{base_time, bridge_config, http_get, publish_all, wait_until, Mosquitto};
+use crate::bridge_config;
 use edgewatch_bridge::store::{ReadingQuery, RollupQuery, Store, StoreOptions};
 use edgewatch_protocol::TopicFilter;
+use edgewatch_testkit::{
+    base_time, http_get, init_logs, publish_all, wait_until, Mosquitto, Process,
+};
 use tokio_util::sync::CancellationToken;
 
 fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
@@ -27,7 +28,7 @@ fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Publishes one fixed probe until `stored()` says it arrived: proves the subscription is live.
-async fn probe_until_stored<F: FnMut() -> bool>(port: u16, mut stored: F) {
+async fn probe_until_stored<F: FnMut() -> bool>(broker: SocketAddr, mut stored: F) {
     let probe = || {
         vec![(
             "sensors/probe/x".to_owned(),
@@ -36,7 +37,7 @@ async fn probe_until_stored<F: FnMut() -> bool>(port: u16, mut stored: F) {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        publish_all(port, "probe", probe()).await;
+        publish_all(broker, "probe", probe()).await;
         for _ in 0..25 {
             if stored() {
                 return;
@@ -76,8 +77,8 @@ fn assert_exactly_once(store: &Store, expected: usize, crashed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
+    init_logs();
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = bridge_config(dir.path());
     cfg.mqtt_url = Some(broker.url());
@@ -86,15 +87,15 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
         .await
         .unwrap();
     let store = hub.store().clone();
-    probe_until_stored(broker.port, || store.last_seq().unwrap_or(0) >= 1).await;
+    probe_until_stored(broker.addr(), || store.last_seq().unwrap_or(0) >= 1).await;
 
     let t = base_time();
     let (devices, per_device) = (50usize, 2000usize);
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         pubs.push(tokio::spawn(async move {
-            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+            publish_all(broker, &format!("dev{d}"), messages(d, per_device, t)).await
         }));
     }
     for p in pubs {
@@ -159,46 +160,28 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
     }
 }
 
-struct Node(Child);
+/// The bridge as its own process (`edgewatch-bridge-node DIR URL`), killed on drop.
+struct Node(Process);
 
 impl Node {
-    fn start(dir: &std::path::Path, url: &str) -> (Node, std::net::SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgewatch-bridge-node"))
-            .arg(dir)
-            .arg(url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bridge node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("bridge node became ready");
+    fn start(dir: &std::path::Path, url: &str) -> (Node, SocketAddr) {
+        let mut p = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_edgewatch-bridge-node"))
+                .arg(dir)
+                .arg(url),
+        );
+        let line = p.line_starting_with("ready ", Duration::from_secs(30));
         let addr = line
             .trim()
             .strip_prefix("ready ")
             .expect("ready line")
             .parse()
             .expect("addr");
-        (Node(child), addr)
+        (Node(p), addr)
     }
 
     fn kill9(mut self) {
-        self.0.kill().expect("SIGKILL");
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.kill();
     }
 }
 
@@ -215,13 +198,13 @@ async fn stored_count(addr: std::net::SocketAddr) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
+    init_logs();
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let (node, addr) = Node::start(dir.path(), &broker.url());
     let probe_addr = addr;
     let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.port, || {
+    probe_until_stored(broker.addr(), || {
         tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
     })
     .await;
@@ -230,9 +213,9 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (devices, per_device) = (10usize, 2000usize);
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         pubs.push(tokio::spawn(async move {
-            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+            publish_all(broker, &format!("dev{d}"), messages(d, per_device, t)).await
         }));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -290,20 +273,20 @@ fn payload(kind: Payloads, k: usize, t: i64) -> Vec<u8> {
 /// Publishes `msgs` as [`publish_all`] does, at most `rate` per second when given (in slices
 /// of a tenth of a second, each from its own connection).
 async fn publish_paced(
-    port: u16,
+    broker: SocketAddr,
     client_id: &str,
     msgs: Vec<(String, Vec<u8>)>,
     rate: Option<u32>,
 ) {
     let Some(rate) = rate else {
-        return publish_all(port, client_id, msgs).await;
+        return publish_all(broker, client_id, msgs).await;
     };
     let slice = (rate as usize / 10).max(1);
     let mut next = tokio::time::Instant::now();
     let mut msgs = msgs.into_iter().peekable();
     while msgs.peek().is_some() {
         let part: Vec<_> = msgs.by_ref().take(slice).collect();
-        publish_all(port, client_id, part).await;
+        publish_all(broker, client_id, part).await;
         next += Duration::from_millis(100);
         tokio::time::sleep_until(next).await;
     }
@@ -320,13 +303,13 @@ async fn kill_9_at_several_points(
     kill_at: &[u64],
     per_publisher_rate: Option<u32>,
 ) {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
+    init_logs();
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let (mut node, mut addr) = Node::start(dir.path(), &broker.url());
     let probe_addr = addr;
     let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.port, || {
+    probe_until_stored(broker.addr(), || {
         tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
     })
     .await;
@@ -335,12 +318,12 @@ async fn kill_9_at_several_points(
     let devices = 4usize;
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         let msgs = (0..per_device)
             .map(|k| (format!("sensors/dev{d}/temp"), payload(kind, k, t)))
             .collect();
         pubs.push(tokio::spawn(async move {
-            publish_paced(port, &format!("dev{d}"), msgs, per_publisher_rate).await
+            publish_paced(broker, &format!("dev{d}"), msgs, per_publisher_rate).await
         }));
     }
     for &at in kill_at {

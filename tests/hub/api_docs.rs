@@ -9,15 +9,13 @@
 //! The schemas are checked with a small JSON Schema validator below (the subset the two
 //! documents use); the official validators run in `scripts/api-test`.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{loopback_config, start_hub};
 use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
-use support::{loopback_config, Hub};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -213,7 +211,7 @@ async fn get_checked(doc: &Value, base: &str, doc_path: &str, url_path: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_descriptions_match_the_running_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(
+    let hub = start_hub(
         &loopback_config(dir.path(), "[live]\npoll_max_timeout_secs = 2\n"),
         &[],
     );

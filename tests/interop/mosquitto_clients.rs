@@ -1,18 +1,16 @@
 //! Debian's mosquitto_pub / mosquitto_sub against the real `edgewatch run`, plain and TLS.
 //! `scripts/test` installs mosquitto-clients; without it these tests fail, not skip.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{loopback_config, Hub};
+use crate::support::{loopback_config, start_hub};
 
 /// Starts `mosquitto_sub` for one message, then publishes until it arrives (the subscription
 /// may take a moment), and returns what the subscriber printed.
 fn round_trip(sub_args: &[String], pub_args: &[String]) -> String {
     assert!(
-        support::have("mosquitto_sub"),
+        crate::support::have("mosquitto_sub"),
         "mosquitto-clients not installed (scripts/test installs it)"
     );
     let sub = Command::new("mosquitto_sub")
@@ -58,7 +56,7 @@ fn host_port(addr: std::net::SocketAddr) -> Vec<String> {
 #[test]
 fn mosquitto_clients_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let hp = host_port(hub.addr("mqtt"));
     let got = round_trip(&hp, &hp);
     assert_eq!(got.trim(), "sensors/d1/temperature 21.5");
@@ -69,7 +67,7 @@ fn mosquitto_clients_mqtt5_publisher_to_mqtt311_subscriber() {
     // (mosquitto's clients refuse `-k 0` themselves; keep-alive 0 is tested with rumqttc in
     // broker/tests/broker.rs.)
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let sub = host_port(hub.addr("mqtt"));
     let mut publ = host_port(hub.addr("mqtt5"));
     publ.extend(["-V".into(), "mqttv5".into()]);
@@ -103,13 +101,13 @@ fn mosquitto_clients_round_trip_over_tls() {
         .status()
         .unwrap();
     assert!(st.success(), "openssl could not make a test certificate");
-    let tls_port = support::free_port();
+    let tls_port = crate::support::free_port();
     let extra = format!(
         "[broker.tls]\nenabled = true\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = {:?}\nkey_path = {:?}\n",
         cert.display().to_string(),
         key.display().to_string()
     );
-    let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), &extra), &[]);
     // By host name: clients send the name as SNI, and rustls refuses an IP address there.
     let mut args = vec![
         "-h".into(),

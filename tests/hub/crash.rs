@@ -2,12 +2,10 @@
 //! acknowledged and the writer had not yet made durable. This test measures it and checks it
 //! against that bound; the README quotes the figure.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{loopback_config_fixed_ports, start_hub, stored};
 use edgewatch_sim::{Faults, FleetConfig};
-use support::{loopback_config_fixed_ports, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Readings the hub can hold between the broker's acknowledgement and a durable commit:
@@ -20,7 +18,7 @@ const BOUND: u64 = 4_096 + 8_192 + 4 * 1_000 + 1_000;
 async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durable() {
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config_fixed_ports(dir.path(), "");
-    let mut hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let mqtt = hub.addr("mqtt");
     let fleet = FleetConfig {
         broker_host: mqtt.ip().to_string(),
@@ -34,11 +32,9 @@ async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durab
     };
     let run = tokio::spawn(edgewatch_sim::run_fleet(fleet, CancellationToken::new()));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    hub.child.kill().unwrap(); // SIGKILL
-    let _ = hub.child.wait();
-    drop(hub);
+    hub.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.unsent, 0, "{report:?}");
     // Let the last readings settle, then compare.

@@ -5,16 +5,14 @@
 //! `EDGEWATCH_BUDGET_READINGS` sets how many readings the two big runs write (default
 //! 400,000, the run; about 3 s each in a debug build).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{base_time, wait_until, HOUR};
 use edgewatch_bridge::store::{
     BudgetStatus, RetentionPolicy, Store, StoreOptions, KEEP_SHARE_PERCENT,
 };
 use edgewatch_bridge::writer::{spawn_writer, WriterConfig};
 use edgewatch_protocol::Reading;
+use edgewatch_testkit::{base_time, wait_until, HOUR};
 use tokio_util::sync::CancellationToken;
 
 const MB: u64 = 1024 * 1024;

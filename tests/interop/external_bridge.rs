@@ -2,50 +2,10 @@
 //! scripts/test): readings published to Mosquitto are stored and served, and the bridge
 //! picks up again after Mosquitto restarts.
 
-mod support;
-
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{stored, stored_values, Hub};
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(dir: &std::path::Path, port: u16) -> Mosquitto {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("mosquitto is not installed (scripts/test installs it)");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Mosquitto(child)
-}
+use crate::support::{spawn_hub, stored, stored_values, Mosquitto};
 
 fn publish(port: u16, topic: &str, payload: &str) {
     let st = Command::new("mosquitto_pub")
@@ -80,8 +40,8 @@ async fn wait_stored(http: &str, want: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let broker = mosquitto(dir.path(), port);
+    let mut broker = Mosquitto::start();
+    let port = broker.port;
     let config = dir.path().join("edgewatch.toml");
     std::fs::write(
         &config,
@@ -92,7 +52,7 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
     )
     .unwrap();
     let url = format!("mqtt://127.0.0.1:{port}");
-    let hub = Hub::spawn(&[
+    let hub = spawn_hub(&[
         "bridge".to_owned(),
         "--mqtt".to_owned(),
         url,
@@ -117,8 +77,8 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
 
     // Mosquitto restarts (persistent session kept on disk): the bridge reconnects,
     // re-subscribes and stores what is published afterwards, plus anything queued for it.
-    drop(broker);
-    let _broker = mosquitto(dir.path(), port);
+    broker.kill();
+    broker.start_again();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 20..40 {
         publish(
