@@ -71,6 +71,21 @@ impl Hub {
         self.process.stderr()
     }
 
+    /// Waits (at most `limit`) for a log line that contains `needle`, and returns it; earlier
+    /// lines are skipped. Blocks the thread (in a multi-thread tokio test, wrap it in
+    /// `tokio::task::block_in_place`).
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr().recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line with {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits (at most 20 s) for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         self.process.terminate(Duration::from_secs(20))

@@ -75,7 +75,8 @@ impl Mosquitto {
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n\
              persistence_location {dir}/\nmax_queued_messages 1000000\n\
-             max_inflight_messages 1000\nmax_connections -1\nlog_type error\n",
+             max_inflight_messages 1000\nmax_connections -1\nlog_type error\n\
+             log_type subscribe\nlog_dest stderr\n",
             port = self.port,
             dir = self.dir.path().display()
         );
@@ -91,6 +92,26 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Waits (at most `limit`) until the client `client_id` subscribes to `filter` (Mosquitto
+    /// logs each subscription), so that what is published next reaches it. Blocks the thread.
+    pub fn wait_subscribed(&self, client_id: &str, filter: &str, limit: Duration) {
+        let p = self.process.as_ref().expect("mosquitto is running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // `TIME: CLIENT_ID QOS FILTER`
+            match p.stderr().recv_timeout(left) {
+                Ok(line) => {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    if words.get(1) == Some(&client_id) && words.last() == Some(&filter) {
+                        return;
+                    }
+                }
+                Err(_) => panic!("{client_id} did not subscribe to {filter} within {limit:?}"),
+            }
         }
     }
 

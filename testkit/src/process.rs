@@ -85,6 +85,29 @@ impl Process {
         }
     }
 
+    /// Waits (at most `limit`) for the process to exit by itself; panics if it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("wait for the child") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            // A child's exit has no event to await here (std has no wait with a timeout).
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines the process writes on standard output, as they come (those not yet taken by
+    /// [`Process::line_starting_with`]).
+    pub fn stdout(&self) -> &mpsc::Receiver<String> {
+        &self.stdout
+    }
+
     /// Lines the process writes on standard error, as they come.
     pub fn stderr(&self) -> &mpsc::Receiver<String> {
         &self.stderr

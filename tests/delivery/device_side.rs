@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    get_json, loopback_config, loopback_config_fixed_ports, spawn_hub, start_hub, stored, Sse,
+    get_json, loopback_config, loopback_config_fixed_ports, poll_until, settle, spawn_hub,
+    start_hub, stored, wait_for, Sse,
 };
 use edgewatch_sim::{Faults, FleetConfig};
 use serde_json::Value;
@@ -12,14 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Waits (bounded) until the store holds `want` readings; returns what it holds.
 async fn wait_stored(http: &str, want: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = stored(http).await;
-        if n == want || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(within, || stored(http), |n| *n == want).await
 }
 
 fn fleet(mqtt: std::net::SocketAddr, devices: u32, interval_ms: u64, secs: u64) -> FleetConfig {
@@ -59,12 +53,26 @@ async fn hub_restart_mid_run_devices_deliver_their_buffers_and_nothing_is_lost()
     let mqtt = hub.addr("mqtt");
     let cfg = fleet(mqtt, 20, 100, 10);
     let run = tokio::spawn(edgewatch_sim::run_fleet(cfg, CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Mid-run: every device is connected and has readings stored.
+    let devices = format!("{}/v1/devices", hub.http());
+    wait_for(Duration::from_secs(30), "all 20 devices stored", || async {
+        let n = get_json(&devices).await["devices"]
+            .as_array()
+            .unwrap()
+            .len();
+        if n == 20 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await;
     let status = tokio::task::spawn_blocking(move || hub.terminate())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    // Down for a moment while the devices keep sampling into their offline buffers.
+    // Down for a moment while the devices keep sampling into their offline buffers: the
+    // outage is the behaviour under test.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hub = start_hub(&config, &[]);
     let report = run.await.unwrap().unwrap();
@@ -122,7 +130,7 @@ async fn serial_sensor_on_a_pty_reaches_store_and_sse_and_survives_an_unplug() {
 
     // Unplug: the emulator goes away; plug a new one in on the same path.
     drop(emulator);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| hub.wait_for_log("serial port lost", Duration::from_secs(20)));
     let replugged = edgewatch_sim::spawn_serial_emulator(edgewatch_sim::SerialConfig {
         device_id: "bench-1".to_owned(),
         interval: Duration::from_millis(200),
@@ -167,21 +175,24 @@ async fn demo_starts_serves_the_dashboard_and_stores_all_twenty_devices_within_t
     let page = reqwest::get(format!("{http}/")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<html"));
-    let ids = loop {
-        let v = get_json(&format!("{http}/v1/series")).await;
-        let mut ids: Vec<String> = v["series"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["deviceId"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        if ids.len() >= 20 || started.elapsed() > Duration::from_secs(10) {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let series = format!("{http}/v1/series");
+    let ids = poll_until(
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || async {
+            let v = get_json(&series).await;
+            let mut ids: Vec<String> = v["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["deviceId"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        },
+        |ids| ids.len() >= 20,
+    )
+    .await;
     assert_eq!(
         ids.len(),
         20,
@@ -214,15 +225,10 @@ async fn overload_slows_qos1_devices_instead_of_losing_acknowledged_readings() {
         .unwrap();
     let http = hub.http();
     // Settle: the count stops moving.
-    let mut n = stored(&http).await;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let m = stored(&http).await;
-        if m == n {
-            break;
-        }
-        n = m;
-    }
+    let n = settle(Duration::from_secs(30), Duration::from_millis(500), || {
+        stored(&http)
+    })
+    .await;
     assert!(report.acknowledged > 1_000, "{report:?}");
     assert!(
         n >= report.acknowledged,

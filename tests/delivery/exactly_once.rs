@@ -4,46 +4,35 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{loopback_config, metric_sums, publish_all, start_hub, stored};
+use crate::support::{loopback_config, metric_sums, poll_until, publish_all, start_hub, stored};
 
-/// Waits (bounded) until `GET /v1/series` counts at least `want` readings, then a little
-/// longer (so an excess would show); returns the count.
-async fn settle_stored(http: &str, want: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = stored(http).await;
-        if n >= want {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return stored(http).await;
-        }
-        if Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits (bounded) until ingest has handled all `received` publishes (after that nothing more
+/// can be stored, so an excess would show), then until `GET /v1/series` counts at least `want`
+/// readings; returns the count.
+async fn settle_stored(http: &str, received: f64, want: u64) -> u64 {
+    quiet_metrics(http, received).await;
+    poll_until(Duration::from_secs(30), || stored(http), |n| *n >= want).await
 }
 
 /// Waits (bounded) until the accounting has taken in `received` publishes and nothing is in
 /// flight to the writer.
 async fn quiet_metrics(http: &str, received: f64) -> std::collections::HashMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = metric_sums(http).await;
-        let handled = m["edgewatch_readings_stored_total"]
-            + m["edgewatch_readings_duplicate_total"]
-            + m["edgewatch_presence_recorded_total"]
-            + m["edgewatch_readings_rejected_total"]
-            + m["edgewatch_publishes_ignored_total"]
-            + m["edgewatch_writer_items_failed_total"];
-        if (m["edgewatch_publishes_received_total"] >= received && handled >= received)
-            || Instant::now() > deadline
-        {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        Duration::from_secs(30),
+        || metric_sums(http),
+        |m| {
+            let handled = m["edgewatch_readings_stored_total"]
+                + m["edgewatch_readings_duplicate_total"]
+                + m["edgewatch_presence_recorded_total"]
+                + m["edgewatch_readings_rejected_total"]
+                + m["edgewatch_publishes_ignored_total"]
+                + m["edgewatch_writer_items_failed_total"];
+            m["edgewatch_publishes_received_total"] >= received && handled >= received
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +49,7 @@ async fn a_burst_of_equal_readings_without_timestamps_is_stored_in_full() {
         })
         .collect();
     publish_all(hub.addr("mqtt"), "burst", burst).await;
-    assert_eq!(settle_stored(&http, 1000).await, 1000);
+    assert_eq!(settle_stored(&http, 1000.0, 1000).await, 1000);
     let m = quiet_metrics(&http, 1000.0).await;
     assert_eq!(m["edgewatch_readings_stored_total"], 1000.0);
     assert_eq!(m["edgewatch_readings_duplicate_total"], 0.0);
@@ -121,7 +110,7 @@ async fn every_publish_is_accounted_for_after_a_mixed_load() {
     let total = msgs.len();
     assert_eq!(total, 300 + 5 + 25 + 2 + 30);
     publish_all(hub.addr("mqtt"), "mixed", msgs).await;
-    assert_eq!(settle_stored(&http, 301).await, 301);
+    assert_eq!(settle_stored(&http, total as f64, 301).await, 301);
     let m = quiet_metrics(&http, total as f64).await;
     let received = m["edgewatch_publishes_received_total"];
     let parts = [
@@ -219,7 +208,7 @@ async fn a_device_resend_with_dup_is_recognised_when_it_carries_its_timestamp() 
     })
     .await
     .unwrap();
-    assert_eq!(settle_stored(&http, 3).await, 3);
+    assert_eq!(settle_stored(&http, 4.0, 3).await, 3);
     let m = quiet_metrics(&http, 4.0).await;
     assert_eq!(m["edgewatch_readings_duplicate_total"], 1.0);
     let count = |topic: &'static str| {

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{loopback_config, start_hub};
+use crate::support::{get_json, loopback_config, start_hub, wait_for};
 use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
@@ -297,23 +297,14 @@ async fn api_descriptions_match_the_running_hub() {
     .await;
     publish("sensors/d1/status", "online", true).await;
     publish("sensors/d1/humidity", "wet", false).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = reqwest::get(format!("{base}/v1/readings"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["readings"].as_array().unwrap().len() == 3 {
-            break;
+    wait_for(Duration::from_secs(20), "3 readings stored", || async {
+        let v = get_json(&format!("{base}/v1/readings")).await;
+        match v["readings"].as_array().unwrap().len() {
+            3 => Ok(()),
+            n => Err(n),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readings not stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     // Real HTTP answers validate against the OpenAPI schemas.
     for (doc_path, url) in [

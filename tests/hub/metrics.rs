@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{loopback_config, start_hub};
+use crate::support::{loopback_config, start_hub, wait_for};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 /// One sample: metric name, labels, value.
@@ -222,8 +222,7 @@ async fn metrics_move_as_readings_flow() {
         .await
         .unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let after = loop {
+    let after = wait_for(Duration::from_secs(20), "the counters to move", || async {
         let (_, s) = scrape(&base).await;
         if value(&s, "edgewatch_readings_ingested_total", &[]) == Some(21.0)
             && value(&s, "edgewatch_last_seq", &[]) == Some(21.0)
@@ -233,14 +232,12 @@ async fn metrics_move_as_readings_flow() {
             // The publishing client is connected.
             && value(&s, "edgewatch_mqtt_connections", &[]) == Some(1.0)
         {
-            break s;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "counters did not move: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let rejected: f64 = after
         .iter()
         .filter(|s| s.name == "edgewatch_readings_rejected_total")
@@ -320,16 +317,14 @@ async fn metrics_move_as_readings_flow() {
     );
 
     drop(sse);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for(Duration::from_secs(10), "the SSE gauge to drop", || async {
         let (_, s) = scrape(&base).await;
-        if value(&s, "edgewatch_live_connections", &[("transport", "sse")]) == Some(0.0) {
-            break;
+        let sse = value(&s, "edgewatch_live_connections", &[("transport", "sse")]);
+        if sse == Some(0.0) {
+            Ok(())
+        } else {
+            Err(sse)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SSE gauge did not drop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

@@ -3,9 +3,9 @@
 //! picks up again after Mosquitto restarts.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{spawn_hub, stored, stored_values, Mosquitto};
+use crate::support::{poll_until, spawn_hub, stored, stored_values, Mosquitto};
 
 fn publish(port: u16, topic: &str, payload: &str) {
     let st = Command::new("mosquitto_pub")
@@ -27,14 +27,7 @@ fn publish(port: u16, topic: &str, payload: &str) {
 }
 
 async fn wait_stored(http: &str, want: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = stored(http).await;
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(Duration::from_secs(30), || stored(http), |n| *n >= want).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,8 +57,8 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
         "no embedded broker in bridge mode"
     );
     let http = hub.http();
-    // The bridge subscribes after it connects; give it a moment, then publish.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The bridge subscribes after it connects: publish once it has.
+    broker.wait_subscribed("edgewatch-test", "sensors/#", Duration::from_secs(20));
     for i in 0..20 {
         publish(
             port,
@@ -79,7 +72,7 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
     // re-subscribes and stores what is published afterwards, plus anything queued for it.
     broker.kill();
     broker.start_again();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.wait_subscribed("edgewatch-test", "sensors/#", Duration::from_secs(30));
     for i in 20..40 {
         publish(
             port,

@@ -7,7 +7,7 @@ use std::path::Path;
 pub use edgewatch_testkit::{
     free_port, get_json, have, loopback_config, loopback_config_fixed_ports, metric_sums,
     poll_until, publish_all, settle, stored, stored_values, wait_for, wait_until, Hub, Mosquitto,
-    Sse, SseEvent,
+    Process, Sse, SseEvent,
 };
 
 /// Path of the binary under test.
