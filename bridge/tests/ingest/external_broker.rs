@@ -10,7 +10,7 @@ use crate::bridge_config;
 use edgewatch_bridge::store::{ReadingQuery, RollupQuery, Store, StoreOptions};
 use edgewatch_protocol::TopicFilter;
 use edgewatch_testkit::{
-    base_time, http_get, init_logs, publish_all, wait_until, Mosquitto, Process,
+    base_time, http_get, init_logs, publish_all, wait_for, wait_until, Mosquitto, Process,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -27,28 +27,17 @@ fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Publishes one fixed probe until `stored()` says it arrived: proves the subscription is live.
-async fn probe_until_stored<F: FnMut() -> bool>(broker: SocketAddr, mut stored: F) {
-    let probe = || {
-        vec![(
-            "sensors/probe/x".to_owned(),
-            br#"{"value":1,"timestamp":1700000000000}"#.to_vec(),
-        )]
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        publish_all(broker, "probe", probe()).await;
-        for _ in 0..25 {
-            if stored() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bridge never subscribed"
-        );
-    }
+/// Waits until the bridge `client_id` has subscribed at `broker`, then publishes one fixed
+/// probe and waits until `stored()` says it arrived: proves the subscription is live.
+async fn probe_until_stored<F: FnMut() -> bool>(broker: &Mosquitto, client_id: &str, stored: F) {
+    let limit = Duration::from_secs(30);
+    tokio::task::block_in_place(|| broker.wait_subscribed(client_id, "sensors/#", limit));
+    let probe = vec![(
+        "sensors/probe/x".to_owned(),
+        br#"{"value":1,"timestamp":1700000000000}"#.to_vec(),
+    )];
+    publish_all(broker.addr(), "probe", probe).await;
+    wait_until(limit, "the probe stored", stored).await;
 }
 
 /// Every stored reading exactly once, in strictly increasing seq (without gaps unless
@@ -87,7 +76,10 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
         .await
         .unwrap();
     let store = hub.store().clone();
-    probe_until_stored(broker.addr(), || store.last_seq().unwrap_or(0) >= 1).await;
+    probe_until_stored(&broker, "bridge-under-test", || {
+        store.last_seq().unwrap_or(0) >= 1
+    })
+    .await;
 
     let t = base_time();
     let (devices, per_device) = (50usize, 2000usize);
@@ -120,7 +112,8 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
         n >= total as u64
     })
     .await;
-    // Nothing more arrives (no duplicates trickling in).
+    // Nothing more arrives (no duplicates trickling in): a window for what must not come, which
+    // no event marks the end of.
     tokio::time::sleep(Duration::from_millis(500)).await;
     hub.shutdown().await.unwrap();
     assert_exactly_once(&store, total, false);
@@ -163,6 +156,9 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
 /// The bridge as its own process (`edgewatch-bridge-node DIR URL`), killed on drop.
 struct Node(Process);
 
+/// The MQTT client id of `edgewatch-bridge-node` (its default).
+const NODE_CLIENT_ID: &str = "edgewatch-bridge";
+
 impl Node {
     fn start(dir: &std::path::Path, url: &str) -> (Node, SocketAddr) {
         let mut p = Process::spawn(
@@ -196,6 +192,17 @@ async fn stored_count(addr: std::net::SocketAddr) -> u64 {
     })
 }
 
+/// Waits (at most `limit`) until the bridge at `addr` has stored at least `want` readings.
+async fn at_least_stored(addr: SocketAddr, want: u64, limit: Duration) {
+    wait_for(limit, &format!("{want} readings stored"), || async {
+        match stored_count(addr).await {
+            n if n >= want => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     init_logs();
@@ -204,7 +211,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (node, addr) = Node::start(dir.path(), &broker.url());
     let probe_addr = addr;
     let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.addr(), || {
+    probe_until_stored(&broker, NODE_CLIENT_ID, || {
         tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
     })
     .await;
@@ -218,14 +225,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
             publish_all(broker, &format!("dev{d}"), messages(d, per_device, t)).await
         }));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while stored_count(addr).await < 4000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bridge did not make progress"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    at_least_stored(addr, 4000, Duration::from_secs(120)).await;
     node.kill9();
     for p in pubs {
         p.await.expect("publisher");
@@ -233,14 +233,8 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let total = devices * per_device + 1;
 
     let (node, addr) = Node::start(dir.path(), &broker.url());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    while stored_count(addr).await < total as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not everything arrived after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    at_least_stored(addr, total as u64, Duration::from_secs(240)).await;
+    // A window for what must not come (duplicates trickling in): no event marks its end.
     tokio::time::sleep(Duration::from_millis(500)).await;
     node.kill9();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
@@ -288,6 +282,7 @@ async fn publish_paced(
         let part: Vec<_> = msgs.by_ref().take(slice).collect();
         publish_all(broker, client_id, part).await;
         next += Duration::from_millis(100);
+        // The publishing rate is the behaviour asked for (see `Payloads::Constant`).
         tokio::time::sleep_until(next).await;
     }
 }
@@ -309,7 +304,7 @@ async fn kill_9_at_several_points(
     let (mut node, mut addr) = Node::start(dir.path(), &broker.url());
     let probe_addr = addr;
     let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.addr(), || {
+    probe_until_stored(&broker, NODE_CLIENT_ID, || {
         tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
     })
     .await;
@@ -327,14 +322,7 @@ async fn kill_9_at_several_points(
         }));
     }
     for &at in kill_at {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while stored_count(addr).await < at {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "bridge did not make progress"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        at_least_stored(addr, at, Duration::from_secs(120)).await;
         node.kill9();
         (node, addr) = Node::start(dir.path(), &broker.url());
     }
@@ -342,15 +330,8 @@ async fn kill_9_at_several_points(
         p.await.expect("publisher");
     }
     let total = (devices * per_device + 1) as u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while stored_count(addr).await < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not everything arrived after the restarts: {} of {total} stored",
-            stored_count(addr).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    at_least_stored(addr, total, Duration::from_secs(120)).await;
+    // A window for what must not come (resends stored twice): no event marks its end.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     node.kill9();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();

@@ -230,7 +230,8 @@ async fn writer_keeps_the_budget_while_readings_flow() {
         settled(&store)
     })
     .await;
-    // Let a few more steps run: nothing more goes.
+    // Let a few more steps run (every 100 ms): nothing more goes. A window for what must not
+    // happen; the writer exposes no count of its steps to wait for instead.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left = check_left(&store, t0, total, 50_000.min(total));
     show("writer, after the run", &store.budget_status().unwrap());
@@ -243,6 +244,7 @@ async fn writer_keeps_the_budget_while_readings_flow() {
         store.last_seq().unwrap() == total + 2000
     })
     .await;
+    // Again a few steps, for what must not go.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = check_left(&store, t0, total + 2000, 50_000.min(total) + 2000);
     assert!(after.len() + 5000 >= left.len(), "no runaway");
