@@ -219,26 +219,17 @@ async fn api_descriptions_match_the_running_hub() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
 
     // Served documents are the ones in docs/.
-    let served = reqwest::get(format!("{base}/v1/openapi.json"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        served,
-        std::fs::read_to_string(root.join("docs/openapi.json")).unwrap()
-    );
-    let served_async = reqwest::get(format!("{base}/v1/asyncapi.yaml"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        served_async,
-        std::fs::read_to_string(root.join("docs/asyncapi.yaml")).unwrap()
-    );
+    let served_doc = |name: &'static str| {
+        let url = format!("{base}/v1/{name}");
+        async move {
+            let served = reqwest::get(url).await.unwrap().text().await.unwrap();
+            let file = std::fs::read_to_string(root.join("docs").join(name)).unwrap();
+            assert_eq!(served, file, "served {name} is docs/{name}");
+            served
+        }
+    };
+    let served = served_doc("openapi.json").await;
+    let served_async = served_doc("asyncapi.yaml").await;
     let docs_page = reqwest::get(format!("{base}/docs")).await.unwrap();
     assert_eq!(docs_page.status(), 200);
     let page = docs_page.text().await.unwrap();

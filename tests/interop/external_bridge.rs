@@ -26,6 +26,17 @@ fn publish(port: u16, topic: &str, payload: &str) {
     assert!(st.success());
 }
 
+/// Publishes readings `{"value":i,"unit":"C"}` of ext1's temperature, one per `i`.
+fn publish_values(port: u16, values: std::ops::Range<u32>) {
+    for i in values {
+        publish(
+            port,
+            "sensors/ext1/temperature",
+            &format!("{{\"value\":{i},\"unit\":\"C\"}}"),
+        );
+    }
+}
+
 async fn wait_stored(http: &str, want: u64) -> u64 {
     poll_until(Duration::from_secs(30), || stored(http), |n| *n >= want).await
 }
@@ -59,13 +70,7 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
     let http = hub.http();
     // The bridge subscribes after it connects: publish once it has.
     broker.wait_subscribed("edgewatch-test", "sensors/#", Duration::from_secs(20));
-    for i in 0..20 {
-        publish(
-            port,
-            "sensors/ext1/temperature",
-            &format!("{{\"value\":{i},\"unit\":\"C\"}}"),
-        );
-    }
+    publish_values(port, 0..20);
     assert_eq!(wait_stored(&http, 20).await, 20);
 
     // Mosquitto restarts (persistent session kept on disk): the bridge reconnects,
@@ -73,13 +78,7 @@ async fn bridge_mode_stores_what_an_external_broker_relays_and_survives_its_rest
     broker.kill();
     broker.start_again();
     broker.wait_subscribed("edgewatch-test", "sensors/#", Duration::from_secs(30));
-    for i in 20..40 {
-        publish(
-            port,
-            "sensors/ext1/temperature",
-            &format!("{{\"value\":{i},\"unit\":\"C\"}}"),
-        );
-    }
+    publish_values(port, 20..40);
     assert_eq!(wait_stored(&http, 40).await, 40);
     let values = stored_values(&http, "sensors/ext1/%23").await;
     assert_eq!(values, (0..40).map(f64::from).collect::<Vec<_>>());

@@ -192,6 +192,17 @@ async fn stored_count(addr: std::net::SocketAddr) -> u64 {
     })
 }
 
+/// Starts a bridge node on `dir` against `broker`, and waits until its probe is stored.
+async fn start_probed_node(dir: &std::path::Path, broker: &Mosquitto) -> (Node, SocketAddr) {
+    let (node, addr) = Node::start(dir, &broker.url());
+    let rt = tokio::runtime::Handle::current();
+    probe_until_stored(broker, NODE_CLIENT_ID, || {
+        tokio::task::block_in_place(|| rt.block_on(stored_count(addr))) >= 1
+    })
+    .await;
+    (node, addr)
+}
+
 /// Waits (at most `limit`) until the bridge at `addr` has stored at least `want` readings.
 async fn at_least_stored(addr: SocketAddr, want: u64, limit: Duration) {
     wait_for(limit, &format!("{want} readings stored"), || async {
@@ -208,13 +219,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     init_logs();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (node, addr) = Node::start(dir.path(), &broker.url());
-    let probe_addr = addr;
-    let rt = tokio::runtime::Handle::current();
-    probe_until_stored(&broker, NODE_CLIENT_ID, || {
-        tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
-    })
-    .await;
+    let (node, addr) = start_probed_node(dir.path(), &broker).await;
 
     let t = base_time();
     let (devices, per_device) = (10usize, 2000usize);
@@ -301,13 +306,7 @@ async fn kill_9_at_several_points(
     init_logs();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (mut node, mut addr) = Node::start(dir.path(), &broker.url());
-    let probe_addr = addr;
-    let rt = tokio::runtime::Handle::current();
-    probe_until_stored(&broker, NODE_CLIENT_ID, || {
-        tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
-    })
-    .await;
+    let (mut node, mut addr) = start_probed_node(dir.path(), &broker).await;
 
     let t = base_time();
     let devices = 4usize;
