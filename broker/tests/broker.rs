@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use edgewatch_broker::config::UserConfig;
 use edgewatch_broker::{Broker, BrokerConfig, ListenerKind};
+use edgewatch_testkit::wait_until;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::time::timeout;
 
@@ -40,6 +41,21 @@ async fn connack(ev: &mut EventLoop) -> Result<rumqttc::ConnectReturnCode, Strin
     }
 }
 
+/// Subscribes `client` to `filter` and polls `ev` until the SUBACK: from then on the broker
+/// routes what is published to `filter` to this client.
+async fn subscribed(client: &AsyncClient, ev: &mut EventLoop, filter: &str) {
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = timeout(WAIT, ev.poll())
+            .await
+            .expect("SUBACK in time")
+            .expect("connection open")
+        {
+            return;
+        }
+    }
+}
+
 /// Drives an event loop in the background, forwarding incoming publishes.
 fn drive(mut ev: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -71,15 +87,8 @@ async fn ten_thousand_qos1_readings_reach_mqtt_subscriber_and_link_in_order() {
 
     let (sub, mut sub_ev) = AsyncClient::new(options("sub", addr), 100);
     connack(&mut sub_ev).await.unwrap();
-    sub.subscribe("sensors/#", QoS::AtLeastOnce).await.unwrap();
     // Wait for the SUBACK before publishing.
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) =
-            timeout(WAIT, sub_ev.poll()).await.unwrap().unwrap()
-        {
-            break;
-        }
-    }
+    subscribed(&sub, &mut sub_ev, "sensors/#").await;
     let mut sub_rx = drive(sub_ev);
 
     let (publisher, pub_ev) = AsyncClient::new(options("pub", addr), 100);
@@ -205,14 +214,12 @@ async fn keep_alive_zero_is_accepted_and_not_timed_out() {
         connack(&mut ev).await.unwrap(),
         rumqttc::ConnectReturnCode::Success
     );
-    let mut rx = drive(ev);
+    // Four seconds of silence are the behaviour under test (rumqttd's keep-alive timer runs
+    // on its own threads, on real time).
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Still connected: a subscribe + publish round trip works on the same connection.
-    client
-        .subscribe("sensors/ka0/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    subscribed(&client, &mut ev, "sensors/ka0/#").await;
+    let mut rx = drive(ev);
     client
         .publish("sensors/ka0/t", QoS::AtLeastOnce, false, "1")
         .await
@@ -236,12 +243,8 @@ async fn mqtt_over_websocket_round_trips() {
         connack(&mut ev).await.unwrap(),
         rumqttc::ConnectReturnCode::Success
     );
+    subscribed(&client, &mut ev, "sensors/#").await;
     let mut rx = drive(ev);
-    client
-        .subscribe("sensors/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     client
         .publish("sensors/ws1/temperature", QoS::AtLeastOnce, false, "19.5")
         .await
@@ -342,11 +345,10 @@ async fn connected_clients_are_counted_until_they_leave() {
         while ev.poll().await.is_ok() {}
     })
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while broker.connections() != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "still counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(WAIT, "the connection no longer counted", || {
+        broker.connections() == 0
+    })
+    .await;
 }
 
 /// QoS 0 publishes sent faster than the bridge's link is read overflow rumqttd's bounded

@@ -1,16 +1,15 @@
 //! Fleets against real brokers: the embedded edgewatch broker and Mosquitto.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgewatch_broker::{Broker, BrokerConfig, ListenerKind};
 use edgewatch_protocol::payload::{decode_publish, Inbound};
 use edgewatch_protocol::timefmt::now_ms;
 use edgewatch_sim::{run_fleet, Faults, FleetConfig, Format, TopicShape};
+use edgewatch_testkit::{poll_until, wait_until, Mosquitto};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{free_port, mosquitto_available, Mosquitto};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -97,10 +96,10 @@ async fn two_hundred_devices_every_acknowledged_reading_arrives_once() {
 /// The same simulator against Mosquitto, binary payloads on the shared topics, QoS 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_against_mosquitto() {
-    if !mosquitto_available("fleet_against_mosquitto") {
+    if !Mosquitto::installed("fleet_against_mosquitto") {
         return;
     }
-    let mosquitto = Mosquitto::start(free_port());
+    let mosquitto = Mosquitto::start();
     let cfg = FleetConfig {
         broker_port: mosquitto.port,
         devices: 50,
@@ -134,15 +133,18 @@ async fn fleet_against_mosquitto() {
     assert!(report.achieved_rate > 1000.0, "{report}");
 }
 
+/// A reading the observer received: device, metric, timestamp, arrival time (ms).
+type Arrival = (String, String, i64, i64);
+
 /// Issue 6: the broker restarts mid-run; devices reconnect and deliver what they buffered, with
 /// the original timestamps; with QoS 1 nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_with_qos1() {
-    if !mosquitto_available("broker_restart_loses_nothing_with_qos1") {
+    if !Mosquitto::installed("broker_restart_loses_nothing_with_qos1") {
         return;
     }
-    let port = free_port();
-    let mut mosquitto = Mosquitto::start(port);
+    let mut mosquitto = Mosquitto::start();
+    let port = mosquitto.port;
 
     // An observer with a persistent session: Mosquitto keeps its subscription and queues
     // readings for it across the restart.
@@ -151,11 +153,13 @@ async fn broker_restart_loses_nothing_with_qos1() {
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let observer_stop = CancellationToken::new();
     let (sub_tx, sub_rx) = tokio::sync::oneshot::channel();
+    // What the observer received, shared so the test can wait on it.
+    let seen: Arc<Mutex<Vec<Arrival>>> = Arc::default();
     let observer = {
         let stop = observer_stop.clone();
+        let seen = seen.clone();
         tokio::spawn(async move {
             let mut sub_tx = Some(sub_tx);
-            let mut seen: Vec<(String, String, i64, i64)> = Vec::new();
             loop {
                 let event = tokio::select! {
                     () = stop.cancelled() => break,
@@ -175,14 +179,14 @@ async fn broker_restart_loses_nothing_with_qos1() {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Some((d, m, ts)) = key_of(&p.topic, &p.payload) {
-                            seen.push((d, m, ts, now_ms()));
+                            seen.lock().unwrap().push((d, m, ts, now_ms()));
                         }
                     }
                     Ok(_) => {}
+                    // Broker down: rumqttc reconnects on the next poll; pace the retries.
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-            seen
         })
     };
     timeout(Duration::from_secs(10), sub_rx)
@@ -203,10 +207,20 @@ async fn broker_restart_loses_nothing_with_qos1() {
         ..FleetConfig::default()
     };
     let fleet = tokio::spawn(run_fleet(cfg, CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Mid-run: every device is connected and its readings arrive.
+    wait_until(
+        Duration::from_secs(20),
+        "readings from all 20 devices",
+        || {
+            let seen = seen.lock().unwrap();
+            seen.iter().map(|(d, ..)| d).collect::<HashSet<_>>().len() == 20
+        },
+    )
+    .await;
     let down_ms = now_ms();
     let restarted = tokio::task::spawn_blocking(move || {
         mosquitto.stop();
+        // The outage is the behaviour under test: devices buffer what they sample meanwhile.
         std::thread::sleep(Duration::from_millis(1500));
         mosquitto.start_again();
         mosquitto
@@ -219,13 +233,28 @@ async fn broker_restart_loses_nothing_with_qos1() {
     println!("{report}");
     // Keep Mosquitto running (dropping it kills it) until the observer is done.
     let _mosquitto = restarted.await.expect("mosquitto restarted");
-    // Let the observer take what Mosquitto queued for it, then stop it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the observer take what Mosquitto queued for it (bounded: the assertions below say
+    // what is missing), then stop it.
+    let distinct_seen = || {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .map(|(d, m, ts, _)| (d.clone(), m.clone(), *ts))
+            .collect::<HashSet<_>>()
+            .len() as u64
+    };
+    let all = poll_until(
+        Duration::from_secs(20),
+        || std::future::ready(distinct_seen()),
+        |n| *n >= report.sampled,
+    )
+    .await;
+    println!("observer has {all} of {} sampled", report.sampled);
     observer_stop.cancel();
-    let seen = timeout(Duration::from_secs(10), observer)
+    timeout(Duration::from_secs(10), observer)
         .await
         .unwrap()
         .unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
 
     assert!(
         report.reconnects >= 20,

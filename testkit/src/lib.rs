@@ -1,68 +1,29 @@
-//! What every edgewatch test crate shares (a dev-dependency only): free loopback ports that do
-//! not collide with the ones the kernel hands out, and waits that are always bounded.
+//! What every edgewatch test crate shares (a dev-dependency only).
+//!
+//! # Layout
+//! * `ports`: free loopback ports that do not collide with the ones the kernel hands out.
+//! * `wait`: waits on a condition, always bounded.
+//! * `process`: a child process killed on drop, its output read line by line.
+//! * `hub`: the `edgewatch` binary, started and waited for (`edgewatch ready ...`).
+//! * `mosquitto`: a real Mosquitto (Debian package) on a free port.
+//! * `mqtt`: publishing through a real MQTT connection.
+//! * `http`: HTTP and SSE clients, and what the hub's HTTP API counts.
+//! * `readings`: readings for store and writer tests, and test log output.
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+mod http;
+mod hub;
+mod mosquitto;
+mod mqtt;
+mod ports;
+mod process;
+mod readings;
+mod wait;
 
-/// A free loopback port (bound, then released: a small race is accepted). Chosen in
-/// 10000-19999, outside Linux's ephemeral range (32768-60999, used by outgoing connections,
-/// which tests open by the hundred, and by listeners bound to port 0), so a port picked here
-/// and bound a moment later, or kept across a restart of the process that holds it, is not
-/// taken in between by an outgoing connection.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for _ in 0..200 {
-        let n = seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed));
-        let port = 10_000 + (n % 10_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
-
-/// Polls `f` every 20 ms until it is true; panics naming `what` after `limit`.
-pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_free_and_outside_the_ephemeral_range() {
-        for _ in 0..20 {
-            let p = free_port();
-            assert!((10_000..20_000).contains(&p), "{p}");
-            TcpListener::bind(("127.0.0.1", p)).expect("still free");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_wait_ends_when_the_condition_holds() {
-        let mut n = 0;
-        wait_until(Duration::from_secs(5), "three polls", || {
-            n += 1;
-            n >= 3
-        })
-        .await;
-        assert_eq!(n, 3);
-    }
-}
+pub use http::{get_json, http_get, metric_sums, stored, stored_values, Sse, SseEvent};
+pub use hub::{loopback_config, loopback_config_fixed_ports, Hub};
+pub use mosquitto::Mosquitto;
+pub use mqtt::publish_all;
+pub use ports::free_port;
+pub use process::{have, wait_listening, Process};
+pub use readings::{base_time, init_logs, reading, HOUR};
+pub use wait::{poll_until, settle, wait_for, wait_until};

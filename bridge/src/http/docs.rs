@@ -13,7 +13,7 @@
 //! added by [`Conventions`]. `edgewatch openapi` prints the document; `docs/openapi.json` is
 //! that output, and a test fails when the committed file differs from what the code generates
 //! (`UPDATE_DOCS=1 cargo test -p edgewatch-bridge openapi` rewrites it). The AsyncAPI document
-//! is written by hand in `docs/` and compiled in. `tests/api_docs.rs` checks that every route
+//! is written by hand in `docs/` and compiled in. `tests/hub/api_docs.rs` checks that every route
 //! the router registers is described and that real responses and real WebSocket / SSE
 //! messages validate against the schemas, and `scripts/api-test` runs the official validators
 //! and schemathesis.

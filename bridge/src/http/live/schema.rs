@@ -2,7 +2,7 @@
 //! handlers; each carries its `#[utoipa::path]`).
 //!
 //! The live messages are encoded once per reading by the fan-out (shared by every transport),
-//! so the types here state their wire shape for the description; `tests/api_docs.rs` checks
+//! so the types here state their wire shape for the description; `tests/hub/api_docs.rs` checks
 //! real long-poll answers and real SSE and WebSocket messages against it.
 
 use serde::Serialize;

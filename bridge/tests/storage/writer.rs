@@ -1,14 +1,12 @@
 //! The writer on a real store: live publication does not wait for the disk, acknowledgements
 //! do, and an orderly stop flushes and releases the seq reservation.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{base_time, reading};
 use edgewatch_bridge::store::{Store, StoreOptions};
 use edgewatch_bridge::writer::{spawn_writer, WriterConfig};
 use edgewatch_bridge::Outcome;
+use edgewatch_testkit::{base_time, reading};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 

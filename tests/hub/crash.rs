@@ -2,12 +2,10 @@
 //! acknowledged and the writer had not yet made durable. This test measures it and checks it
 //! against that bound; the README quotes the figure.
 
-mod support;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
+use crate::support::{loopback_config_fixed_ports, poll_until, settle, start_hub, stored};
 use edgewatch_sim::{Faults, FleetConfig};
-use support::{loopback_config_fixed_ports, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Readings the hub can hold between the broker's acknowledgement and a durable commit:
@@ -20,7 +18,7 @@ const BOUND: u64 = 4_096 + 8_192 + 4 * 1_000 + 1_000;
 async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durable() {
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config_fixed_ports(dir.path(), "");
-    let mut hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let mqtt = hub.addr("mqtt");
     let fleet = FleetConfig {
         broker_host: mqtt.ip().to_string(),
@@ -33,27 +31,19 @@ async fn kill_9_under_load_loses_at_most_what_was_acknowledged_but_not_yet_durab
         ..FleetConfig::default()
     };
     let run = tokio::spawn(edgewatch_sim::run_fleet(fleet, CancellationToken::new()));
+    // Three seconds of load before the kill: the scenario the README quotes figures for.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    hub.child.kill().unwrap(); // SIGKILL
-    let _ = hub.child.wait();
-    drop(hub);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let hub = Hub::start(&config, &[]);
+    hub.kill9();
+    let hub = start_hub(&config, &[]);
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.unsent, 0, "{report:?}");
-    // Let the last readings settle, then compare.
+    // Let the last readings settle (the count stops moving), then compare.
     let http = hub.http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = stored(&http).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let m = stored(&http).await;
-        if (m == n && m > 0) || Instant::now() > deadline {
-            n = m;
-            break;
-        }
-        n = m;
-    }
+    poll_until(Duration::from_secs(30), || stored(&http), |n| *n > 0).await;
+    let n = settle(Duration::from_secs(30), Duration::from_millis(500), || {
+        stored(&http)
+    })
+    .await;
     let lost = report.acknowledged.saturating_sub(n);
     println!(
         "kill -9 under load: acknowledged {}, stored {n}, lost {lost} (bound {BOUND}); rate {:.0}/s",

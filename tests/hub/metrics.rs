@@ -1,13 +1,11 @@
 //! `/metrics` through a real hub: the exposition parses as Prometheus text format and its
 //! counters move as readings flow, are rejected, and as clients stream and query.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{loopback_config, start_hub, wait_for};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use support::{loopback_config, Hub};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +153,7 @@ async fn scrape(base: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_readings_flow() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let base = hub.http();
 
     let (types, before) = scrape(&base).await;
@@ -224,8 +222,7 @@ async fn metrics_move_as_readings_flow() {
         .await
         .unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let after = loop {
+    let after = wait_for(Duration::from_secs(20), "the counters to move", || async {
         let (_, s) = scrape(&base).await;
         if value(&s, "edgewatch_readings_ingested_total", &[]) == Some(21.0)
             && value(&s, "edgewatch_last_seq", &[]) == Some(21.0)
@@ -235,14 +232,12 @@ async fn metrics_move_as_readings_flow() {
             // The publishing client is connected.
             && value(&s, "edgewatch_mqtt_connections", &[]) == Some(1.0)
         {
-            break s;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "counters did not move: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let rejected: f64 = after
         .iter()
         .filter(|s| s.name == "edgewatch_readings_rejected_total")
@@ -322,16 +317,14 @@ async fn metrics_move_as_readings_flow() {
     );
 
     drop(sse);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for(Duration::from_secs(10), "the SSE gauge to drop", || async {
         let (_, s) = scrape(&base).await;
-        if value(&s, "edgewatch_live_connections", &[("transport", "sse")]) == Some(0.0) {
-            break;
+        let sse = value(&s, "edgewatch_live_connections", &[("transport", "sse")]);
+        if sse == Some(0.0) {
+            Ok(())
+        } else {
+            Err(sse)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SSE gauge did not drop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

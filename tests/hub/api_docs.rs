@@ -9,15 +9,13 @@
 //! The schemas are checked with a small JSON Schema validator below (the subset the two
 //! documents use); the official validators run in `scripts/api-test`.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{get_json, loopback_config, start_hub, wait_for};
 use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
-use support::{loopback_config, Hub};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -213,7 +211,7 @@ async fn get_checked(doc: &Value, base: &str, doc_path: &str, url_path: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_descriptions_match_the_running_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(
+    let hub = start_hub(
         &loopback_config(dir.path(), "[live]\npoll_max_timeout_secs = 2\n"),
         &[],
     );
@@ -221,26 +219,17 @@ async fn api_descriptions_match_the_running_hub() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
 
     // Served documents are the ones in docs/.
-    let served = reqwest::get(format!("{base}/v1/openapi.json"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        served,
-        std::fs::read_to_string(root.join("docs/openapi.json")).unwrap()
-    );
-    let served_async = reqwest::get(format!("{base}/v1/asyncapi.yaml"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        served_async,
-        std::fs::read_to_string(root.join("docs/asyncapi.yaml")).unwrap()
-    );
+    let served_doc = |name: &'static str| {
+        let url = format!("{base}/v1/{name}");
+        async move {
+            let served = reqwest::get(url).await.unwrap().text().await.unwrap();
+            let file = std::fs::read_to_string(root.join("docs").join(name)).unwrap();
+            assert_eq!(served, file, "served {name} is docs/{name}");
+            served
+        }
+    };
+    let served = served_doc("openapi.json").await;
+    let served_async = served_doc("asyncapi.yaml").await;
     let docs_page = reqwest::get(format!("{base}/docs")).await.unwrap();
     assert_eq!(docs_page.status(), 200);
     let page = docs_page.text().await.unwrap();
@@ -299,23 +288,14 @@ async fn api_descriptions_match_the_running_hub() {
     .await;
     publish("sensors/d1/status", "online", true).await;
     publish("sensors/d1/humidity", "wet", false).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = reqwest::get(format!("{base}/v1/readings"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["readings"].as_array().unwrap().len() == 3 {
-            break;
+    wait_for(Duration::from_secs(20), "3 readings stored", || async {
+        let v = get_json(&format!("{base}/v1/readings")).await;
+        match v["readings"].as_array().unwrap().len() {
+            3 => Ok(()),
+            n => Err(n),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readings not stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     // Real HTTP answers validate against the OpenAPI schemas.
     for (doc_path, url) in [

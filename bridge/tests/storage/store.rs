@@ -1,13 +1,11 @@
 //! The store on a real sled database in a temp dir.
 
-mod common;
-
-use common::{base_time, reading, HOUR};
 use edgewatch_bridge::store::{
     PresenceUpdate, ReadingQuery, ReadingView, RetentionPolicy, RollupQuery, RollupSource, Store,
     StoreOptions,
 };
 use edgewatch_protocol::TopicFilter;
+use edgewatch_testkit::{base_time, reading, HOUR};
 
 fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, &StoreOptions::default()).expect("open store")

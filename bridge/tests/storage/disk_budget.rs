@@ -5,16 +5,14 @@
 //! `EDGEWATCH_BUDGET_READINGS` sets how many readings the two big runs write (default
 //! 400,000, the run; about 3 s each in a debug build).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{base_time, wait_until, HOUR};
 use edgewatch_bridge::store::{
     BudgetStatus, RetentionPolicy, Store, StoreOptions, KEEP_SHARE_PERCENT,
 };
 use edgewatch_bridge::writer::{spawn_writer, WriterConfig};
 use edgewatch_protocol::Reading;
+use edgewatch_testkit::{base_time, wait_until, HOUR};
 use tokio_util::sync::CancellationToken;
 
 const MB: u64 = 1024 * 1024;
@@ -232,7 +230,8 @@ async fn writer_keeps_the_budget_while_readings_flow() {
         settled(&store)
     })
     .await;
-    // Let a few more steps run: nothing more goes.
+    // Let a few more steps run (every 100 ms): nothing more goes. A window for what must not
+    // happen; the writer exposes no count of its steps to wait for instead.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left = check_left(&store, t0, total, 50_000.min(total));
     show("writer, after the run", &store.budget_status().unwrap());
@@ -245,6 +244,7 @@ async fn writer_keeps_the_budget_while_readings_flow() {
         store.last_seq().unwrap() == total + 2000
     })
     .await;
+    // Again a few steps, for what must not go.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = check_left(&store, t0, total + 2000, 50_000.min(total) + 2000);
     assert!(after.len() + 5000 >= left.len(), "no runaway");

@@ -1,14 +1,13 @@
 //! The hub fed through the ingest seam, queried through the router (`oneshot`) and a real port.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::bridge_config;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
-use common::{base_time, bridge_config, HOUR};
 use edgewatch_bridge::{Bridge, Delivery, Outcome, Publish};
+use edgewatch_testkit::{base_time, http_get, HOUR};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -352,7 +351,7 @@ async fn api_serves_series_devices_readings_rollups_and_errors() {
             async move { stop.cancelled().await },
         ))
     };
-    let (s, body) = common::http_get(addr, "/v1/readings?filter=sensors/d2/hum").await;
+    let (s, body) = http_get(addr, "/v1/readings?filter=sensors/d2/hum").await;
     assert_eq!(s, 200);
     assert_eq!(json(&Bytes::from(body))["readings"][0]["seq"], 241);
     stop.cancel();

@@ -2,110 +2,43 @@
 //! are never merged (readings without a device timestamp included), a resend of a timestamped
 //! reading is stored once, and every publish ingest takes is accounted for in `/metrics`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{loopback_config, stored, Hub};
+use crate::support::{loopback_config, metric_sums, poll_until, publish_all, start_hub, stored};
 
-/// Sums every sample of each metric name (labels ignored).
-async fn metrics(http: &str) -> std::collections::HashMap<String, f64> {
-    let text = reqwest::get(format!("{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut out = std::collections::HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name_labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = name_labels.split('{').next().unwrap_or_default().to_owned();
-        if let Ok(v) = value.parse::<f64>() {
-            *out.entry(name).or_insert(0.0) += v;
-        }
-    }
-    out
-}
-
-/// Publishes every `(topic, payload)` at QoS 1 from one client with a wide in-flight window
-/// and waits (bounded) until the broker acknowledged all of them.
-async fn publish_all(mqtt: SocketAddr, client_id: &str, msgs: Vec<(String, Vec<u8>)>) {
-    let mut opts = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
-    opts.set_inflight(200)
-        .set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    let n = msgs.len();
-    let sender = tokio::spawn(async move {
-        for (topic, payload) in msgs {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-        }
-        client
-    });
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked < n {
-        let ev = tokio::time::timeout_at(deadline.into(), eventloop.poll())
-            .await
-            .expect("every publish acknowledged in time")
-            .expect("connection to the hub's broker");
-        if let Event::Incoming(Packet::PubAck(_)) = ev {
-            acked += 1;
-        }
-    }
-    let client = sender.await.unwrap();
-    let _ = client.disconnect().await;
-}
-
-/// Waits (bounded) until `GET /v1/series` counts at least `want` readings, then a little
-/// longer (so an excess would show); returns the count.
-async fn settle_stored(http: &str, want: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = stored(http).await;
-        if n >= want {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return stored(http).await;
-        }
-        if Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits (bounded) until ingest has handled all `received` publishes (after that nothing more
+/// can be stored, so an excess would show), then until `GET /v1/series` counts at least `want`
+/// readings; returns the count.
+async fn settle_stored(http: &str, received: f64, want: u64) -> u64 {
+    quiet_metrics(http, received).await;
+    poll_until(Duration::from_secs(30), || stored(http), |n| *n >= want).await
 }
 
 /// Waits (bounded) until the accounting has taken in `received` publishes and nothing is in
 /// flight to the writer.
 async fn quiet_metrics(http: &str, received: f64) -> std::collections::HashMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = metrics(http).await;
-        let handled = m["edgewatch_readings_stored_total"]
-            + m["edgewatch_readings_duplicate_total"]
-            + m["edgewatch_presence_recorded_total"]
-            + m["edgewatch_readings_rejected_total"]
-            + m["edgewatch_publishes_ignored_total"]
-            + m["edgewatch_writer_items_failed_total"];
-        if (m["edgewatch_publishes_received_total"] >= received && handled >= received)
-            || Instant::now() > deadline
-        {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        Duration::from_secs(30),
+        || metric_sums(http),
+        |m| {
+            let handled = m["edgewatch_readings_stored_total"]
+                + m["edgewatch_readings_duplicate_total"]
+                + m["edgewatch_presence_recorded_total"]
+                + m["edgewatch_readings_rejected_total"]
+                + m["edgewatch_publishes_ignored_total"]
+                + m["edgewatch_writer_items_failed_total"];
+            m["edgewatch_publishes_received_total"] >= received && handled >= received
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_equal_readings_without_timestamps_is_stored_in_full() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let http = hub.http();
     let burst = (0..1000)
         .map(|_| {
@@ -116,7 +49,7 @@ async fn a_burst_of_equal_readings_without_timestamps_is_stored_in_full() {
         })
         .collect();
     publish_all(hub.addr("mqtt"), "burst", burst).await;
-    assert_eq!(settle_stored(&http, 1000).await, 1000);
+    assert_eq!(settle_stored(&http, 1000.0, 1000).await, 1000);
     let m = quiet_metrics(&http, 1000.0).await;
     assert_eq!(m["edgewatch_readings_stored_total"], 1000.0);
     assert_eq!(m["edgewatch_readings_duplicate_total"], 0.0);
@@ -125,7 +58,7 @@ async fn a_burst_of_equal_readings_without_timestamps_is_stored_in_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_publish_is_accounted_for_after_a_mixed_load() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let http = hub.http();
     let mut msgs: Vec<(String, Vec<u8>)> = Vec::new();
     // 300 good readings: 200 without a timestamp (equal values), 100 with distinct ones.
@@ -177,7 +110,7 @@ async fn every_publish_is_accounted_for_after_a_mixed_load() {
     let total = msgs.len();
     assert_eq!(total, 300 + 5 + 25 + 2 + 30);
     publish_all(hub.addr("mqtt"), "mixed", msgs).await;
-    assert_eq!(settle_stored(&http, 301).await, 301);
+    assert_eq!(settle_stored(&http, total as f64, 301).await, 301);
     let m = quiet_metrics(&http, total as f64).await;
     let received = m["edgewatch_publishes_received_total"];
     let parts = [
@@ -257,7 +190,7 @@ impl RawClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_resend_with_dup_is_recognised_when_it_carries_its_timestamp() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let http = hub.http();
     let mqtt = hub.addr("mqtt");
     let (stamped, bare) = tokio::task::spawn_blocking(move || {
@@ -275,13 +208,13 @@ async fn a_device_resend_with_dup_is_recognised_when_it_carries_its_timestamp() 
     })
     .await
     .unwrap();
-    assert_eq!(settle_stored(&http, 3).await, 3);
+    assert_eq!(settle_stored(&http, 4.0, 3).await, 3);
     let m = quiet_metrics(&http, 4.0).await;
     assert_eq!(m["edgewatch_readings_duplicate_total"], 1.0);
     let count = |topic: &'static str| {
         let http = http.clone();
         async move {
-            let v = support::get_json(&format!("{http}/v1/series")).await;
+            let v = crate::support::get_json(&format!("{http}/v1/series")).await;
             v["series"]
                 .as_array()
                 .unwrap()

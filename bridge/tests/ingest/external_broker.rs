@@ -1,16 +1,17 @@
 //! The bridge against a real Mosquitto (Debian package, started on a free port) with real
 //! rumqttc publishers: exactly-once storage, and a SIGKILLed bridge process that loses nothing.
 
-mod common;
-
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{base_time, bridge_config, http_get, publish_all, wait_until, Mosquitto};
+use crate::bridge_config;
 use edgewatch_bridge::store::{ReadingQuery, RollupQuery, Store, StoreOptions};
 use edgewatch_protocol::TopicFilter;
+use edgewatch_testkit::{
+    base_time, http_get, init_logs, publish_all, wait_for, wait_until, Mosquitto, Process,
+};
 use tokio_util::sync::CancellationToken;
 
 fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
@@ -26,28 +27,17 @@ fn messages(device: usize, n: usize, t: i64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Publishes one fixed probe until `stored()` says it arrived: proves the subscription is live.
-async fn probe_until_stored<F: FnMut() -> bool>(port: u16, mut stored: F) {
-    let probe = || {
-        vec![(
-            "sensors/probe/x".to_owned(),
-            br#"{"value":1,"timestamp":1700000000000}"#.to_vec(),
-        )]
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        publish_all(port, "probe", probe()).await;
-        for _ in 0..25 {
-            if stored() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bridge never subscribed"
-        );
-    }
+/// Waits until the bridge `client_id` has subscribed at `broker`, then publishes one fixed
+/// probe and waits until `stored()` says it arrived: proves the subscription is live.
+async fn probe_until_stored<F: FnMut() -> bool>(broker: &Mosquitto, client_id: &str, stored: F) {
+    let limit = Duration::from_secs(30);
+    tokio::task::block_in_place(|| broker.wait_subscribed(client_id, "sensors/#", limit));
+    let probe = vec![(
+        "sensors/probe/x".to_owned(),
+        br#"{"value":1,"timestamp":1700000000000}"#.to_vec(),
+    )];
+    publish_all(broker.addr(), "probe", probe).await;
+    wait_until(limit, "the probe stored", stored).await;
 }
 
 /// Every stored reading exactly once, in strictly increasing seq (without gaps unless
@@ -76,8 +66,8 @@ fn assert_exactly_once(store: &Store, expected: usize, crashed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
+    init_logs();
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = bridge_config(dir.path());
     cfg.mqtt_url = Some(broker.url());
@@ -86,15 +76,18 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
         .await
         .unwrap();
     let store = hub.store().clone();
-    probe_until_stored(broker.port, || store.last_seq().unwrap_or(0) >= 1).await;
+    probe_until_stored(&broker, "bridge-under-test", || {
+        store.last_seq().unwrap_or(0) >= 1
+    })
+    .await;
 
     let t = base_time();
     let (devices, per_device) = (50usize, 2000usize);
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         pubs.push(tokio::spawn(async move {
-            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+            publish_all(broker, &format!("dev{d}"), messages(d, per_device, t)).await
         }));
     }
     for p in pubs {
@@ -119,7 +112,8 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
         n >= total as u64
     })
     .await;
-    // Nothing more arrives (no duplicates trickling in).
+    // Nothing more arrives (no duplicates trickling in): a window for what must not come, which
+    // no event marks the end of.
     tokio::time::sleep(Duration::from_millis(500)).await;
     hub.shutdown().await.unwrap();
     assert_exactly_once(&store, total, false);
@@ -159,46 +153,31 @@ async fn fifty_publishers_hundred_thousand_readings_stored_exactly_once() {
     }
 }
 
-struct Node(Child);
+/// The bridge as its own process (`edgewatch-bridge-node DIR URL`), killed on drop.
+struct Node(Process);
+
+/// The MQTT client id of `edgewatch-bridge-node` (its default).
+const NODE_CLIENT_ID: &str = "edgewatch-bridge";
 
 impl Node {
-    fn start(dir: &std::path::Path, url: &str) -> (Node, std::net::SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgewatch-bridge-node"))
-            .arg(dir)
-            .arg(url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bridge node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("bridge node became ready");
+    fn start(dir: &std::path::Path, url: &str) -> (Node, SocketAddr) {
+        let mut p = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_edgewatch-bridge-node"))
+                .arg(dir)
+                .arg(url),
+        );
+        let line = p.line_starting_with("ready ", Duration::from_secs(30));
         let addr = line
             .trim()
             .strip_prefix("ready ")
             .expect("ready line")
             .parse()
             .expect("addr");
-        (Node(child), addr)
+        (Node(p), addr)
     }
 
     fn kill9(mut self) {
-        self.0.kill().expect("SIGKILL");
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.kill();
     }
 }
 
@@ -213,36 +192,45 @@ async fn stored_count(addr: std::net::SocketAddr) -> u64 {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, addr) = Node::start(dir.path(), &broker.url());
-    let probe_addr = addr;
+/// Starts a bridge node on `dir` against `broker`, and waits until its probe is stored.
+async fn start_probed_node(dir: &std::path::Path, broker: &Mosquitto) -> (Node, SocketAddr) {
+    let (node, addr) = Node::start(dir, &broker.url());
     let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.port, || {
-        tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
+    probe_until_stored(broker, NODE_CLIENT_ID, || {
+        tokio::task::block_in_place(|| rt.block_on(stored_count(addr))) >= 1
     })
     .await;
+    (node, addr)
+}
+
+/// Waits (at most `limit`) until the bridge at `addr` has stored at least `want` readings.
+async fn at_least_stored(addr: SocketAddr, want: u64, limit: Duration) {
+    wait_for(limit, &format!("{want} readings stored"), || async {
+        match stored_count(addr).await {
+            n if n >= want => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
+    init_logs();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, addr) = start_probed_node(dir.path(), &broker).await;
 
     let t = base_time();
     let (devices, per_device) = (10usize, 2000usize);
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         pubs.push(tokio::spawn(async move {
-            publish_all(port, &format!("dev{d}"), messages(d, per_device, t)).await
+            publish_all(broker, &format!("dev{d}"), messages(d, per_device, t)).await
         }));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while stored_count(addr).await < 4000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bridge did not make progress"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    at_least_stored(addr, 4000, Duration::from_secs(120)).await;
     node.kill9();
     for p in pubs {
         p.await.expect("publisher");
@@ -250,14 +238,8 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let total = devices * per_device + 1;
 
     let (node, addr) = Node::start(dir.path(), &broker.url());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    while stored_count(addr).await < total as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not everything arrived after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    at_least_stored(addr, total as u64, Duration::from_secs(240)).await;
+    // A window for what must not come (duplicates trickling in): no event marks its end.
     tokio::time::sleep(Duration::from_millis(500)).await;
     node.kill9();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
@@ -290,21 +272,22 @@ fn payload(kind: Payloads, k: usize, t: i64) -> Vec<u8> {
 /// Publishes `msgs` as [`publish_all`] does, at most `rate` per second when given (in slices
 /// of a tenth of a second, each from its own connection).
 async fn publish_paced(
-    port: u16,
+    broker: SocketAddr,
     client_id: &str,
     msgs: Vec<(String, Vec<u8>)>,
     rate: Option<u32>,
 ) {
     let Some(rate) = rate else {
-        return publish_all(port, client_id, msgs).await;
+        return publish_all(broker, client_id, msgs).await;
     };
     let slice = (rate as usize / 10).max(1);
     let mut next = tokio::time::Instant::now();
     let mut msgs = msgs.into_iter().peekable();
     while msgs.peek().is_some() {
         let part: Vec<_> = msgs.by_ref().take(slice).collect();
-        publish_all(port, client_id, part).await;
+        publish_all(broker, client_id, part).await;
         next += Duration::from_millis(100);
+        // The publishing rate is the behaviour asked for (see `Payloads::Constant`).
         tokio::time::sleep_until(next).await;
     }
 }
@@ -320,38 +303,25 @@ async fn kill_9_at_several_points(
     kill_at: &[u64],
     per_publisher_rate: Option<u32>,
 ) {
-    common::init_logs();
-    let broker = Mosquitto::start().await;
+    init_logs();
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (mut node, mut addr) = Node::start(dir.path(), &broker.url());
-    let probe_addr = addr;
-    let rt = tokio::runtime::Handle::current();
-    probe_until_stored(broker.port, || {
-        tokio::task::block_in_place(|| rt.block_on(stored_count(probe_addr))) >= 1
-    })
-    .await;
+    let (mut node, mut addr) = start_probed_node(dir.path(), &broker).await;
 
     let t = base_time();
     let devices = 4usize;
     let mut pubs = Vec::new();
     for d in 0..devices {
-        let port = broker.port;
+        let broker = broker.addr();
         let msgs = (0..per_device)
             .map(|k| (format!("sensors/dev{d}/temp"), payload(kind, k, t)))
             .collect();
         pubs.push(tokio::spawn(async move {
-            publish_paced(port, &format!("dev{d}"), msgs, per_publisher_rate).await
+            publish_paced(broker, &format!("dev{d}"), msgs, per_publisher_rate).await
         }));
     }
     for &at in kill_at {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while stored_count(addr).await < at {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "bridge did not make progress"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        at_least_stored(addr, at, Duration::from_secs(120)).await;
         node.kill9();
         (node, addr) = Node::start(dir.path(), &broker.url());
     }
@@ -359,15 +329,8 @@ async fn kill_9_at_several_points(
         p.await.expect("publisher");
     }
     let total = (devices * per_device + 1) as u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while stored_count(addr).await < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not everything arrived after the restarts: {} of {total} stored",
-            stored_count(addr).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    at_least_stored(addr, total, Duration::from_secs(120)).await;
+    // A window for what must not come (resends stored twice): no event marks its end.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     node.kill9();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();

@@ -1,49 +1,42 @@
 //! Debian's mosquitto_pub / mosquitto_sub against the real `edgewatch run`, plain and TLS.
 //! `scripts/test` installs mosquitto-clients; without it these tests fail, not skip.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{loopback_config, Hub};
+use crate::support::{free_port, have, loopback_config, start_hub, Process};
 
-/// Starts `mosquitto_sub` for one message, then publishes until it arrives (the subscription
-/// may take a moment), and returns what the subscriber printed.
+/// Starts `mosquitto_sub` for one message, publishes once it has its SUBACK (`-d` prints
+/// `Subscribed ...`), and returns the message line the subscriber printed.
 fn round_trip(sub_args: &[String], pub_args: &[String]) -> String {
     assert!(
-        support::have("mosquitto_sub"),
+        have("mosquitto_sub"),
         "mosquitto-clients not installed (scripts/test installs it)"
     );
-    let sub = Command::new("mosquitto_sub")
-        .args(sub_args)
-        .args(["-t", "sensors/#", "-v", "-C", "1", "-W", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = sub.id();
-    let waiter = std::thread::spawn(move || sub.wait_with_output().unwrap());
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let st = Command::new("mosquitto_pub")
-            .args(pub_args)
-            .args(["-t", "sensors/d1/temperature", "-m", "21.5", "-q", "1"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mosquitto_pub failed");
-        if waiter.is_finished() {
-            break;
-        }
-    }
-    let out = waiter.join().unwrap();
-    let _ = pid;
-    assert!(
-        out.status.success(),
-        "mosquitto_sub: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let limit = Duration::from_secs(20);
+    // `stdbuf -oL`: its debug lines go through stdio, which would hold them back in a pipe.
+    let mut sub = Process::spawn(
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(sub_args)
+            .args(["-d", "-t", "sensors/#", "-v", "-C", "1", "-W", "20"]),
     );
-    String::from_utf8(out.stdout).unwrap()
+    sub.line_starting_with("Subscribed", limit);
+    let st = Command::new("mosquitto_pub")
+        .args(pub_args)
+        .args(["-t", "sensors/d1/temperature", "-m", "21.5", "-q", "1"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mosquitto_pub failed");
+    // The message line: `-v` prints `TOPIC PAYLOAD`; debug lines start with `Client `.
+    let got = sub.line_starting_with("sensors/", limit);
+    let status = sub.wait_exit(limit);
+    assert!(
+        status.success(),
+        "mosquitto_sub: {}",
+        sub.stderr().try_iter().collect::<Vec<_>>().join("\n")
+    );
+    got
 }
 
 fn host_port(addr: std::net::SocketAddr) -> Vec<String> {
@@ -58,7 +51,7 @@ fn host_port(addr: std::net::SocketAddr) -> Vec<String> {
 #[test]
 fn mosquitto_clients_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let hp = host_port(hub.addr("mqtt"));
     let got = round_trip(&hp, &hp);
     assert_eq!(got.trim(), "sensors/d1/temperature 21.5");
@@ -69,7 +62,7 @@ fn mosquitto_clients_mqtt5_publisher_to_mqtt311_subscriber() {
     // (mosquitto's clients refuse `-k 0` themselves; keep-alive 0 is tested with rumqttc in
     // broker/tests/broker.rs.)
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let sub = host_port(hub.addr("mqtt"));
     let mut publ = host_port(hub.addr("mqtt5"));
     publ.extend(["-V".into(), "mqttv5".into()]);
@@ -103,13 +96,13 @@ fn mosquitto_clients_round_trip_over_tls() {
         .status()
         .unwrap();
     assert!(st.success(), "openssl could not make a test certificate");
-    let tls_port = support::free_port();
+    let tls_port = free_port();
     let extra = format!(
         "[broker.tls]\nenabled = true\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = {:?}\nkey_path = {:?}\n",
         cert.display().to_string(),
         key.display().to_string()
     );
-    let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), &extra), &[]);
     // By host name: clients send the name as SNI, and rustls refuses an IP address there.
     let mut args = vec![
         "-h".into(),

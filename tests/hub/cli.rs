@@ -1,11 +1,9 @@
 //! The command line: config checking, startup errors, orderly stop, password hashing.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::{bin, loopback_config, Hub};
+use crate::support::{bin, loopback_config, start_hub};
 
 #[test]
 fn check_config_names_a_misspelled_key_and_exits_2() {
@@ -80,7 +78,7 @@ fn port_in_use_fails_startup_naming_the_port() {
 #[test]
 fn sigterm_stops_with_status_0() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let status = hub.terminate();
     assert_eq!(status.code(), Some(0));
 }
@@ -125,7 +123,7 @@ async fn json_logs_name_the_device_of_a_reject() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), "[log]\njson = true\n"), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), "[log]\njson = true\n"), &[]);
     let mut opts = MqttOptions::new("json-log-test", "127.0.0.1", hub.addr("mqtt").port());
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
@@ -147,7 +145,7 @@ async fn json_logs_name_the_device_of_a_reject() {
     let mut seen = Vec::new();
     while !want.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = hub.stderr.recv_timeout(left).unwrap_or_else(|_| {
+        let line = hub.stderr().recv_timeout(left).unwrap_or_else(|_| {
             panic!(
                 "no reject line for {want:?}; lines seen:\n{}",
                 seen.join("\n")

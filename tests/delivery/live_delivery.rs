@@ -18,14 +18,37 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::{wait_until, Sse};
+
 const WAIT: Duration = Duration::from_secs(60);
 
 struct TestHub {
     addr: SocketAddr,
     feed: mpsc::Sender<Publish>,
     stop: CancellationToken,
-    _bridge: edgewatch_bridge::Bridge,
+    bridge: edgewatch_bridge::Bridge,
+    fanout: edgewatch_bridge::live::fanout::Fanout,
     _dir: tempfile::TempDir,
+}
+
+impl TestHub {
+    /// Waits until `n` live clients (SSE, WebSocket or long poll) are subscribed to the
+    /// fan-out: from then on they get every reading committed.
+    async fn subscribed(&self, n: usize) {
+        wait_until(WAIT, &format!("{n} live subscriptions"), || {
+            self.fanout.subscriptions() >= n
+        })
+        .await;
+    }
+
+    /// Waits until the store holds `n` readings.
+    async fn stored(&self, n: u64) {
+        let store = self.bridge.store().clone();
+        wait_until(WAIT, &format!("{n} readings stored"), || {
+            store.last_seq().unwrap() >= n
+        })
+        .await;
+    }
 }
 
 impl Drop for TestHub {
@@ -55,6 +78,7 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
         rx.recv().await.map(|p| (p, rx))
     }));
     let live_feed = edgewatch_bridge::live::start(&bridge, &live.fanout, stop.child_token());
+    let fanout = live_feed.fanout().clone();
     let state = LiveState::new(live_feed, live, stop.clone(), None);
     let app = edgewatch_bridge::http::app(bridge.app_state(), Some(state), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,7 +92,8 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
         addr,
         feed,
         stop,
-        _bridge: bridge,
+        bridge,
+        fanout,
         _dir: dir,
     }
 }
@@ -89,68 +114,9 @@ async fn publish(feed: mpsc::Sender<Publish>, n: usize, per_sec: u64) {
         };
         feed.send(p).await.unwrap();
         if let Some(p) = pause {
+            // A publishing rate is the behaviour these callers ask for.
             if i % 10 == 9 {
                 tokio::time::sleep(p * 10).await;
-            }
-        }
-    }
-}
-
-/// A minimal SSE reader: yields (event, id, data) for each event.
-struct Sse {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: String,
-}
-
-#[derive(Debug, Default, Clone)]
-struct SseEvent {
-    event: String,
-    id: Option<String>,
-    data: String,
-}
-
-impl Sse {
-    async fn open(url: &str, last_event_id: Option<u64>) -> Result<Sse, reqwest::Response> {
-        let client = reqwest::Client::new();
-        let mut req = client.get(url).header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
-        }
-        let res = req.send().await.unwrap();
-        if !res.status().is_success() {
-            return Err(res);
-        }
-        Ok(Sse {
-            body: Box::pin(res.bytes_stream()),
-            buf: String::new(),
-        })
-    }
-
-    /// Next event (comments and retry-only frames skipped); None at the end of the stream.
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent::default();
-                let mut has_data = false;
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                        has_data = true;
-                    }
-                }
-                if has_data {
-                    return Some(ev);
-                }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return None,
             }
         }
     }
@@ -296,7 +262,9 @@ async fn websocket_resume_across_100_forced_disconnects_delivers_each_reading_on
     assert_eq!(seqs, expected, "every reading exactly once, in seq order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The wait of an empty poll runs on paused time (a current-thread runtime): its 1 s is a tokio
+/// timer in this process.
+#[tokio::test]
 async fn long_poll_pages_through_everything_and_waits_for_new() {
     let hub = start_hub(LiveConfig::default()).await;
     publish(hub.feed.clone(), 2_500, 0).await;
@@ -320,7 +288,8 @@ async fn long_poll_pages_through_everything_and_waits_for_new() {
     }
     assert_eq!(seqs, (1..=2_500).collect::<Vec<u64>>());
     // Nothing new: the poll waits, then answers empty with the same cursor.
-    let started = std::time::Instant::now();
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
     let v: Value = client
         .get(format!("{base}&since={since}&timeout=1"))
         .send()
@@ -330,6 +299,9 @@ async fn long_poll_pages_through_everything_and_waits_for_new() {
         .await
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(900));
+    // Back to real time: a new reading is answered after its commit, which waits on sled's own
+    // flush thread; paused time would jump past that wait.
+    tokio::time::resume();
     assert_eq!(v["readings"].as_array().unwrap().len(), 0);
     assert_eq!(v["next"].as_u64(), Some(since));
     // A poll waiting when a reading arrives answers at once.
@@ -343,7 +315,7 @@ async fn long_poll_pages_through_everything_and_waits_for_new() {
             .await
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.subscribed(1).await;
     feed.send(Publish {
         topic: "sensors/d1/temperature".into(),
         payload: "99.5".into(),
@@ -413,7 +385,7 @@ async fn slow_client_gets_a_gap_then_is_disconnected_while_a_fast_one_keeps_pace
     let url = format!("http://{}/v1/stream?filter=sensors/%23", hub.addr);
     let mut fast = Sse::open(&url, None).await.unwrap();
     let mut slow = raw_sse(hub.addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.subscribed(2).await;
 
     // The fast client reads everything, in order, with no gap, and reports its progress.
     let (progress_tx, progress) = tokio::sync::watch::channel(0u64);
@@ -486,6 +458,8 @@ async fn slow_client_gets_a_gap_then_is_disconnected_while_a_fast_one_keeps_pace
     let stalled = std::time::Instant::now();
     while stalled.elapsed() < Duration::from_secs(8) {
         burst(200).await;
+        // A trickle past the 6 s lag timeout, on real time (real sockets whose kernel buffers
+        // fill): the pacing is the behaviour under test.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (text, closed) = read_for(&mut slow, Duration::from_secs(30)).await;
@@ -558,8 +532,8 @@ async fn a_thousand_sse_and_a_thousand_websocket_clients_each_get_every_reading(
             .await
             .expect("clients did not all connect");
     }
-    // SSE subscribes when its response starts; give the last ones a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SSE subscribes when its response starts: wait for the last ones too.
+    hub.subscribed(2 * CLIENTS).await;
     publish(hub.feed.clone(), BURST, 0).await;
     for t in tasks {
         let n = timeout(WAIT, t)
@@ -660,7 +634,10 @@ async fn bad_input_gets_clear_errors_and_the_hub_carries_on() {
     assert_eq!(res.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The idle part runs on paused time (a current-thread runtime): the heartbeat timer and the
+/// 2.6 s window are tokio timers in this process, so the clock jumps from beat to beat while
+/// the hub and the client are both idle, and the count of beats is exact.
+#[tokio::test]
 async fn sse_sends_headers_retry_hint_and_comment_heartbeats_when_idle() {
     let hub = start_hub(LiveConfig {
         sse_heartbeat_secs: 1,
@@ -669,6 +646,7 @@ async fn sse_sends_headers_retry_hint_and_comment_heartbeats_when_idle() {
     })
     .await;
     let mut stream = raw_sse(hub.addr).await;
+    tokio::time::pause();
     let (text, ended) = read_for(&mut stream, Duration::from_millis(2600)).await;
     assert!(!ended, "stream ended early: {text}");
     let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
@@ -680,6 +658,9 @@ async fn sse_sends_headers_retry_hint_and_comment_heartbeats_when_idle() {
     // Nothing was published: after 2.6 s of silence, two heartbeats at a 1 s interval.
     let beats = text.matches(":\n\n").count();
     assert!((2..=3).contains(&beats), "{beats} heartbeats in {text:?}");
+    // Back to real time: a reading is sent live after its commit, which waits on sled's own
+    // flush thread; paused time would jump past that wait.
+    tokio::time::resume();
     // A reading arrives as an `id:`-carrying `reading` frame.
     hub.feed
         .send(Publish {
@@ -734,7 +715,7 @@ async fn presence_changes_arrive_as_status_events_on_sse_and_websocket() {
     .await
     .unwrap();
     assert_eq!(ws_next_json(&mut ws).await.unwrap()["type"], "subscribed");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    hub.subscribed(2).await;
     for status in ["online", "offline"] {
         hub.feed
             .send(Publish {
@@ -819,8 +800,11 @@ async fn a_silent_device_turns_stale_and_online_again_when_it_reports() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    hub.subscribed(1).await;
 
+    // Real time, not paused: presence compares wall-clock timestamps (`lastSeen`, `at`), which
+    // tokio's paused clock does not move. The 200 ms between readings is the behaviour under
+    // test: a device reporting well within its 1 s threshold.
     for i in 0..5 {
         hub.feed.send(reading_of("quiet", i)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -883,6 +867,7 @@ async fn a_silent_device_turns_stale_and_online_again_when_it_reports() {
         assert!(tokio::time::Instant::now() < deadline, "no offline event");
     }
     hub.feed.send(reading_of("wired", 2)).await.unwrap();
+    // Silence past the 1 s threshold is the behaviour under test: nothing turns it `stale`.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = device_entry(hub.addr, "wired").await;
     assert_eq!(d["status"], "offline", "{d}");
@@ -894,7 +879,7 @@ async fn a_silent_device_turns_stale_and_online_again_when_it_reports() {
 async fn watch_route_answers_websocket_sse_or_long_poll_as_the_client_asks() {
     let hub = start_hub(LiveConfig::default()).await;
     publish(hub.feed.clone(), 20, 0).await; // d0..d9, values 0..19
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.stored(20).await;
     let url = format!("http://{}/v1/sensors/d3/watch", hub.addr);
 
     // Plain GET: a long poll; `since=0` replays what is stored for d3.
@@ -951,6 +936,7 @@ async fn send_in_pieces(
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     for (i, piece) in pieces.iter().enumerate() {
         if i > 0 {
+            // Slowloris pacing: the pause between pieces is the behaviour under test.
             tokio::time::sleep(pause).await;
         }
         stream.write_all(piece).await.unwrap();

@@ -1,25 +1,19 @@
 //! The device side against the real hub binary: a simulated fleet, a hub restart under load,
 //! a serial sensor on a pseudo-terminal, and the one-command demo.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    get_json, loopback_config, loopback_config_fixed_ports, poll_until, settle, spawn_hub,
+    start_hub, stored, wait_for, Sse,
+};
 use edgewatch_sim::{Faults, FleetConfig};
 use serde_json::Value;
-use support::{get_json, loopback_config, loopback_config_fixed_ports, stored, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// Waits (bounded) until the store holds `want` readings; returns what it holds.
 async fn wait_stored(http: &str, want: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = stored(http).await;
-        if n == want || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(within, || stored(http), |n| *n == want).await
 }
 
 fn fleet(mqtt: std::net::SocketAddr, devices: u32, interval_ms: u64, secs: u64) -> FleetConfig {
@@ -38,7 +32,7 @@ fn fleet(mqtt: std::net::SocketAddr, devices: u32, interval_ms: u64, secs: u64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_devices_for_ten_seconds_stored_exactly_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&loopback_config(dir.path(), ""), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
     let cfg = fleet(hub.addr("mqtt"), 200, 1000, 10);
     let report = edgewatch_sim::run_fleet(cfg, CancellationToken::new())
         .await
@@ -55,18 +49,32 @@ async fn two_hundred_devices_for_ten_seconds_stored_exactly_what_was_acknowledge
 async fn hub_restart_mid_run_devices_deliver_their_buffers_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config_fixed_ports(dir.path(), "");
-    let hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let mqtt = hub.addr("mqtt");
     let cfg = fleet(mqtt, 20, 100, 10);
     let run = tokio::spawn(edgewatch_sim::run_fleet(cfg, CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Mid-run: every device is connected and has readings stored.
+    let devices = format!("{}/v1/devices", hub.http());
+    wait_for(Duration::from_secs(30), "all 20 devices stored", || async {
+        let n = get_json(&devices).await["devices"]
+            .as_array()
+            .unwrap()
+            .len();
+        if n == 20 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })
+    .await;
     let status = tokio::task::spawn_blocking(move || hub.terminate())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    // Down for a moment while the devices keep sampling into their offline buffers.
+    // Down for a moment while the devices keep sampling into their offline buffers: the
+    // outage is the behaviour under test.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let report = run.await.unwrap().unwrap();
     assert!(report.reconnects >= 20, "{report:?}");
     assert_eq!(report.dropped, 0, "{report:?}");
@@ -79,35 +87,13 @@ async fn hub_restart_mid_run_devices_deliver_their_buffers_and_nothing_is_lost()
     );
 }
 
-/// Reads SSE events from `url` until `pred` accepts one (bounded).
-async fn sse_until(url: &str, within: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
-    use futures::StreamExt;
-    let res = reqwest::Client::new()
-        .get(url)
-        .header("accept", "text/event-stream")
-        .send()
+/// Reads SSE events from `url` until `pred` accepts one's data (bounded).
+async fn sse_until(url: &str, within: Duration, pred: impl FnMut(&Value) -> bool) -> Value {
+    Sse::open(url, None)
         .await
-        .unwrap();
-    let mut body = res.bytes_stream();
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let v: Value = serde_json::from_str(data).unwrap();
-                if pred(&v) {
-                    return v;
-                }
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("no matching SSE event in time")
-            .expect("stream ended")
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
+        .expect("SSE stream opens")
+        .until(within, pred)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +116,7 @@ async fn serial_sensor_on_a_pty_reaches_store_and_sse_and_survives_an_unplug() {
     let config = loopback_config(dir.path(), "");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{extra}{text}")).unwrap();
-    let hub = Hub::start(&config, &[]);
+    let hub = start_hub(&config, &[]);
     let http = hub.http();
 
     let stream = format!("{http}/v1/stream?filter=sensors/bench-1/%23");
@@ -144,7 +130,7 @@ async fn serial_sensor_on_a_pty_reaches_store_and_sse_and_survives_an_unplug() {
 
     // Unplug: the emulator goes away; plug a new one in on the same path.
     drop(emulator);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| hub.wait_for_log("serial port lost", Duration::from_secs(20)));
     let replugged = edgewatch_sim::spawn_serial_emulator(edgewatch_sim::SerialConfig {
         device_id: "bench-1".to_owned(),
         interval: Duration::from_millis(200),
@@ -173,7 +159,7 @@ async fn demo_starts_serves_the_dashboard_and_stores_all_twenty_devices_within_t
         "--data-dir",
         &dir.path().join("data").display().to_string(),
         "--mqtt-listen",
-        &format!("127.0.0.1:{}", support::free_port()),
+        &format!("127.0.0.1:{}", crate::support::free_port()),
         "--http-listen",
         "127.0.0.1:0",
     ]
@@ -184,26 +170,29 @@ async fn demo_starts_serves_the_dashboard_and_stores_all_twenty_devices_within_t
     let mut args = args;
     args.extend(["--config".to_owned(), config.display().to_string()]);
     let started = Instant::now();
-    let hub = Hub::spawn(&args);
+    let hub = spawn_hub(&args);
     let http = hub.http();
     let page = reqwest::get(format!("{http}/")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<html"));
-    let ids = loop {
-        let v = get_json(&format!("{http}/v1/series")).await;
-        let mut ids: Vec<String> = v["series"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["deviceId"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        if ids.len() >= 20 || started.elapsed() > Duration::from_secs(10) {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let series = format!("{http}/v1/series");
+    let ids = poll_until(
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || async {
+            let v = get_json(&series).await;
+            let mut ids: Vec<String> = v["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["deviceId"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        },
+        |ids| ids.len() >= 20,
+    )
+    .await;
     assert_eq!(
         ids.len(),
         20,
@@ -228,7 +217,7 @@ async fn overload_slows_qos1_devices_instead_of_losing_acknowledged_readings() {
         "[broker.limits]\ningest_backlog_max = {limits}\nmax_inflight = 10\n\
          [broker.router]\nmax_segment_size = 1048576\nmax_segment_count = 2\n"
     );
-    let hub = Hub::start(&loopback_config(dir.path(), &extra), &[]);
+    let hub = start_hub(&loopback_config(dir.path(), &extra), &[]);
     let mut cfg = fleet(hub.addr("mqtt"), 100, 1, 6);
     cfg.rate = Some(200_000.0); // far more than the store takes
     let report = edgewatch_sim::run_fleet(cfg, CancellationToken::new())
@@ -236,15 +225,10 @@ async fn overload_slows_qos1_devices_instead_of_losing_acknowledged_readings() {
         .unwrap();
     let http = hub.http();
     // Settle: the count stops moving.
-    let mut n = stored(&http).await;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let m = stored(&http).await;
-        if m == n {
-            break;
-        }
-        n = m;
-    }
+    let n = settle(Duration::from_secs(30), Duration::from_millis(500), || {
+        stored(&http)
+    })
+    .await;
     assert!(report.acknowledged > 1_000, "{report:?}");
     assert!(
         n >= report.acknowledged,
