@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edgewatch_bridge::serial::{
-    run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats,
-};
+use edgewatch_serial::{run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Running;

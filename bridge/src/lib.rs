@@ -17,8 +17,6 @@
 //!   `/v1/rejects`, `/healthz`, `/readyz`.
 //! * `server`: the HTTP/1 server: accept loop, orderly stop, event streams written straight
 //!   to the socket (no hyper buffers per stream), everything else through hyper.
-//! * [`serial`]: the only module that names tokio-serial: reads COBS frames or text lines from
-//!   a serial port, publishes them into the broker, survives unplugs.
 //! * [`metrics`]: `GET /metrics` (Prometheus text format) and the HTTP request middleware.
 //! * [`docs`]: `GET /v1/openapi.json`, `GET /v1/asyncapi.yaml`, `GET /docs`.
 //! * [`Hub`] (this file): starts and stops the parts together.
@@ -34,7 +32,6 @@ mod json_write;
 pub mod live;
 pub mod metrics;
 pub mod presence;
-pub mod serial;
 mod server;
 mod split;
 pub mod store;
