@@ -25,7 +25,7 @@ pub(crate) struct AppConfig {
     /// `[live]`: live delivery over SSE, WebSocket and long polling.
     pub(crate) live: LiveConfig,
     /// `[[serial]]`: serial sensors read by `edgewatch run`.
-    pub(crate) serial: Vec<edgewatch_bridge::serial::SerialPortConfig>,
+    pub(crate) serial: Vec<edgewatch_serial::SerialPortConfig>,
     /// `[log]`: logging.
     pub(crate) log: LogConfig,
 }
@@ -212,11 +212,10 @@ mod tests {
         let mut out = std::collections::BTreeSet::new();
         let mut cfg = AppConfig::default();
         // One element in each list of tables, so their fields are in the schema.
-        cfg.serial
-            .push(edgewatch_bridge::serial::SerialPortConfig::new(
-                "/dev/ttyUSB0",
-                "d1",
-            ));
+        cfg.serial.push(edgewatch_serial::SerialPortConfig::new(
+            "/dev/ttyUSB0",
+            "d1",
+        ));
         cfg.broker.users.push(edgewatch_broker::config::UserConfig {
             username: "u".into(),
             password_hash: "h".into(),

@@ -36,7 +36,7 @@ pub(crate) async fn run(cfg: AppConfig) -> anyhow::Result<()> {
     };
     let fleet_stop = stop.clone();
     let fleet_task = tokio::spawn(async move { edgewatch_sim::run_fleet(fleet, fleet_stop).await });
-    let serial = crate::serial::spawn_demo_sensor(&running, stop.clone())?;
+    let serial = crate::serial::spawn_demo_sensor(running.publish.clone(), stop.clone())?;
 
     println!(
         "demo: {MQTT_SENSORS} simulated MQTT sensors on mqtt://{mqtt} and 1 serial sensor on {}",

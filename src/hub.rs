@@ -202,7 +202,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         http_addr,
         publish: running_publish,
     };
-    crate::serial::spawn_configured(&running, &cfg.serial, &running.stop)?;
+    crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
     Ok(running)
 }
 

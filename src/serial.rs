@@ -7,25 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edgewatch_bridge::serial::{
-    run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats,
-};
+use edgewatch_serial::{run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Running;
-
-/// Starts a reader for each configured port, publishing into the embedded broker.
+/// Starts a reader for each configured port, publishing with `publish` (the embedded broker's
+/// publisher; `None` without an embedded broker, which is an error unless `ports` is empty).
+/// The readers stop when `stop` is cancelled.
 pub(crate) fn spawn_configured(
-    running: &Running,
+    publish: Option<SerialPublish>,
     ports: &[SerialPortConfig],
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     if ports.is_empty() {
         return Ok(());
     }
-    let publish = running
-        .publish
-        .clone()
+    let publish = publish
         .context("[[serial]] ports need the embedded broker (not available with `bridge`)")?;
     for port in ports {
         tracing::info!(port = %port.path.display(), device = %port.device_id, "serial port configured");
@@ -40,9 +36,10 @@ pub(crate) fn spawn_configured(
 }
 
 /// The demo's serial sensor: emulated firmware on a pseudo-terminal, read by a real serial
-/// reader. Returns the terminal's path; both end when `stop` is cancelled.
+/// reader publishing with `publish` (as in [`spawn_configured`]). Returns the terminal's path;
+/// both end when `stop` is cancelled.
 pub(crate) fn spawn_demo_sensor(
-    running: &Running,
+    publish: Option<SerialPublish>,
     stop: CancellationToken,
 ) -> anyhow::Result<PathBuf> {
     let emulator = edgewatch_sim::spawn_serial_emulator(edgewatch_sim::SerialConfig {
@@ -60,7 +57,7 @@ pub(crate) fn spawn_demo_sensor(
         max_frame_len: 1024,
         reopen_delay_ms: 1000,
     };
-    spawn_configured(running, std::slice::from_ref(&port), &stop)?;
+    spawn_configured(publish, std::slice::from_ref(&port), &stop)?;
     // Keep the emulator alive until the demo stops.
     tokio::spawn(async move {
         stop.cancelled().await;

@@ -33,7 +33,6 @@ mod json;
 pub mod live;
 pub mod metrics;
 pub mod presence;
-pub mod serial;
 mod split;
 pub mod store;
 pub mod writer;

@@ -18,7 +18,7 @@
 //! a reading whose PUBACK was lost in the failure is sent twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +29,10 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Pa
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::FleetShared;
+use crate::config::FleetConfig;
 use crate::payload::{encode_reading, reading_topic, status_topic};
 use crate::report::FleetStats;
-use crate::signal::Signal;
+use crate::signal::{MetricSpec, Signal};
 
 /// Requests a device hands to rumqttc before it has written them (rumqttc's request channel).
 /// Small, so that readings wait in the device's own buffer, whose policy we control.
@@ -40,6 +40,47 @@ pub(crate) const REQUEST_CHANNEL_CAPACITY: usize = 64;
 
 /// Readings a device sends in one wake-up when it is behind its schedule (then it skips ahead).
 const MAX_CATCH_UP: u32 = 1000;
+
+/// What every device task shares: configuration, counters and the run's limits.
+#[derive(Debug)]
+pub(crate) struct FleetShared {
+    pub(crate) config: FleetConfig,
+    pub(crate) specs: Vec<MetricSpec>,
+    pub(crate) stats: FleetStats,
+    pub(crate) interval: Duration,
+    /// When sampling stops (`duration`).
+    pub(crate) deadline: Option<Instant>,
+    /// Readings left to produce (`max`).
+    budget: Option<AtomicU64>,
+}
+
+impl FleetShared {
+    /// The shared state of a run of `config` that starts now.
+    pub(crate) fn new(config: FleetConfig) -> Self {
+        FleetShared {
+            specs: config
+                .metrics
+                .iter()
+                .map(|m| MetricSpec::for_name(m))
+                .collect(),
+            stats: FleetStats::default(),
+            interval: config.effective_interval(),
+            deadline: config.duration.map(|d| Instant::now() + d),
+            budget: config.max.map(AtomicU64::new),
+            config,
+        }
+    }
+
+    /// Takes one reading from the `max` budget; false when it is used up.
+    pub(crate) fn claim_budget(&self) -> bool {
+        match &self.budget {
+            None => true,
+            Some(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+}
 
 /// One reading waiting to be delivered.
 #[derive(Debug, Clone, Copy)]

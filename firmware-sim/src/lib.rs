@@ -12,8 +12,10 @@
 //! # Layout
 //! * `signal`: seeded per-metric signals (daily cycle, noise, drift, spikes, faults).
 //! * `payload`: topic and payload bytes of a reading (JSON, number, postcard).
-//! * `device`: one device task: connection, sampling schedule, bounded offline buffer.
-//! * `fleet`: [`FleetConfig`], staggered start of all devices, run limits, progress line.
+//! * `config`: [`FleetConfig`], what a fleet run is asked to do, and its checks.
+//! * `device`: one device task: connection, sampling schedule, bounded offline buffer; the
+//!   state every device of a run shares.
+//! * `fleet`: [`run_fleet`]: staggered start of all devices, run limits, progress line.
 //! * `verify`: the `--verify` subscriber: exactly-once check and latency percentiles.
 //! * `report`: shared counters, the final [`Report`] and the process CPU time.
 //! * `serial_emulator`: a sensor writing COBS frames or text lines to a pty.
@@ -29,6 +31,7 @@
 //! | serial pty | the kernel's pty buffer | queued bytes discarded, reading counted `dropped` |
 
 pub mod cli;
+mod config;
 mod device;
 pub mod fleet;
 pub mod payload;

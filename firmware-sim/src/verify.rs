@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use edgewatch_protocol::payload::{decode_publish, Inbound};
 use edgewatch_protocol::timefmt::now_ms;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::FleetConfig;
-use crate::payload::Format;
 use crate::report::{Percentiles, VerifyReport};
 use crate::SimError;
 
@@ -123,6 +121,26 @@ impl Tally {
     }
 }
 
+/// What the verifying subscriber needs: the broker, and how to recognise the fleet's readings.
+#[derive(Debug, Clone)]
+pub(crate) struct VerifyTarget {
+    /// Broker host name or address.
+    pub(crate) broker_host: String,
+    /// Broker MQTT port.
+    pub(crate) broker_port: u16,
+    /// MQTT username.
+    pub(crate) username: Option<String>,
+    /// MQTT password.
+    pub(crate) password: Option<String>,
+    /// The fleet's device ids are `{id_prefix}-N`; the subscriber is `{id_prefix}-verify`.
+    pub(crate) id_prefix: String,
+    /// The metric names the devices report.
+    pub(crate) metrics: Vec<String>,
+    /// Whether readings carry the device's timestamp (every format but `number`); without it
+    /// readings are only counted (no duplicates, no latency).
+    pub(crate) timestamps: bool,
+}
+
 /// The running verifying subscriber.
 #[derive(Debug)]
 pub(crate) struct Verifier {
@@ -133,32 +151,17 @@ pub(crate) struct Verifier {
 
 impl Verifier {
     /// Connects and subscribes; returns once the broker acknowledged the subscription.
-    pub(crate) async fn start(cfg: &FleetConfig) -> Result<Verifier, SimError> {
-        let client_id = format!("{}-verify", cfg.id_prefix);
-        let mut opts = MqttOptions::new(&client_id, &cfg.broker_host, cfg.broker_port);
+    pub(crate) async fn start(target: VerifyTarget) -> Result<Verifier, SimError> {
+        let client_id = format!("{}-verify", target.id_prefix);
+        let mut opts = MqttOptions::new(&client_id, &target.broker_host, target.broker_port);
         opts.set_clean_session(false)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(64 * 1024, 64 * 1024);
-        if let Some(user) = &cfg.username {
-            opts.set_credentials(user, cfg.password.as_deref().unwrap_or(""));
+        if let Some(user) = &target.username {
+            opts.set_credentials(user, target.password.as_deref().unwrap_or(""));
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 16);
-        let subscribe = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client
-                            .subscribe("sensors/#", QoS::AtLeastOnce)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        };
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client, &mut eventloop)).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return Err(SimError::Verify { reason }),
             Err(_) => {
@@ -169,10 +172,10 @@ impl Verifier {
         }
         let progress = Arc::new(Progress::default());
         let stop = CancellationToken::new();
-        let mut tally = Tally {
-            prefix: cfg.id_prefix.clone(),
-            metrics: cfg.metrics.clone(),
-            timestamps: cfg.format != Format::Number,
+        let tally = Tally {
+            prefix: target.id_prefix,
+            metrics: target.metrics,
+            timestamps: target.timestamps,
             since_ms: now_ms() - 1000,
             seen: HashSet::new(),
             duplicates: 0,
@@ -180,36 +183,13 @@ impl Verifier {
             histogram: vec![0; HISTOGRAM_MS + 1],
             max_latency: 0,
         };
-        let task = {
-            let (progress, stop) = (progress.clone(), stop.clone());
-            tokio::spawn(async move {
-                loop {
-                    let event = tokio::select! {
-                        () = stop.cancelled() => break,
-                        event = eventloop.poll() => event,
-                    };
-                    match event {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            tally.record(&p.topic, &p.payload, &progress);
-                        }
-                        Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                            let _ = client.try_subscribe("sensors/#", QoS::AtLeastOnce);
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "verify subscriber disconnected");
-                            // Reconnect quickly: devices back off longer than this.
-                            tokio::select! {
-                                () = stop.cancelled() => break,
-                                () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                            }
-                        }
-                    }
-                }
-                let _ = client.try_disconnect();
-                tally
-            })
-        };
+        let task = tokio::spawn(collect(
+            client,
+            eventloop,
+            tally,
+            progress.clone(),
+            stop.clone(),
+        ));
         Ok(Verifier {
             progress,
             stop,
@@ -253,4 +233,59 @@ impl Verifier {
             untracked: tally.untracked,
         }
     }
+}
+
+/// Polls until the broker acknowledged the `sensors/#` subscription (subscribing after each
+/// CONNACK); the error in words.
+async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> Result<(), String> {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client
+                    .subscribe("sensors/#", QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The subscriber task: records every publish in `tally` until `stop` is cancelled, then
+/// disconnects and returns the tally. Reconnects (and re-subscribes when the session is gone)
+/// after a connection error.
+async fn collect(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    mut tally: Tally,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Tally {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                tally.record(&p.topic, &p.payload, &progress);
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                let _ = client.try_subscribe("sensors/#", QoS::AtLeastOnce);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "verify subscriber disconnected");
+                // Reconnect quickly: devices back off longer than this.
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    tally
 }

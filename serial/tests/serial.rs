@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgewatch_bridge::serial::{
-    run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats,
-};
+use edgewatch_serial::{run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats};
 use edgewatch_sim::{spawn_serial_emulator, Faults, SerialConfig, SerialEmulator};
 use futures::FutureExt;
 use serde_json::Value;
@@ -28,7 +26,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "edgewatch_bridge=debug".into()),
+                .unwrap_or_else(|_| "edgewatch_serial=debug".into()),
         )
         .with_test_writer()
         .try_init();
