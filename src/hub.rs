@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use edgewatch_bridge::http::live::LiveState;
 use edgewatch_bridge::live::PublishFn;
-use edgewatch_bridge::metrics::Sample;
+use edgewatch_bridge::metrics::{Metrics, Sample};
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
 use futures::StreamExt;
@@ -66,21 +66,8 @@ impl Running {
 
 /// Starts every part and prints the ready line.
 pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<Running> {
-    let http_addr: SocketAddr = cfg
-        .bridge
-        .http_listen
-        .parse()
-        .context("bridge.http_listen is not an address")?;
     // Bind HTTP first: a port in use fails before anything else starts.
-    let http_listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for HTTP on {http_addr} (port {})",
-                http_addr.port()
-            )
-        })?;
-    let http_addr = http_listener.local_addr()?;
+    let (http_listener, http_addr) = bind_http(&cfg.bridge.http_listen).await?;
 
     let broker = match &source {
         Source::Embedded => {
@@ -100,32 +87,11 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         .await
         .context("starting the bridge")?;
 
-    let mut publish: Option<PublishFn> = None;
     let mut broker = broker;
-    if let Some(broker) = &mut broker {
-        let link = broker
-            .ingest_link("edgewatch-bridge", LINK_CAPACITY)
-            .await
-            .context("linking the bridge to the broker")?;
-        bridge.run_source(link.map(|p| Publish {
-            topic: p.topic,
-            payload: p.payload,
-            received_at_ms: p.received_at_ms,
-        }));
-        let publisher = broker
-            .publisher("edgewatch-publisher")
-            .await
-            .context("opening the publish link")?;
-        publish = Some(Arc::new(move |topic, payload| {
-            let publisher = publisher.clone();
-            Box::pin(async move { publisher.publish(topic, payload).await })
-        }));
-        // Only now do devices get in: the bridge's subscription sees their first publish.
-        broker
-            .listen()
-            .await
-            .context("starting the MQTT listeners")?;
-    }
+    let publish = match &mut broker {
+        Some(broker) => Some(link_and_listen(broker, &bridge).await?),
+        None => None,
+    };
 
     let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
     let live = LiveState::new(
@@ -138,35 +104,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         .metrics()
         .with_live(feed.fanout().clone(), live.metrics.clone());
     if let Some(broker) = &broker {
-        let connections = broker.connection_count();
-        let gate = broker.ingest_gate().clone();
-        let held = gate.clone();
-        let skipped = gate.clone();
-        metrics = metrics
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_connections",
-                help: "MQTT clients connected to the embedded broker.",
-                kind: "gauge",
-                read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_ingest_backlog",
-                help: "Publishes the broker accepted that the bridge has not taken yet.",
-                kind: "gauge",
-                read: Arc::new(move || gate.backlog() as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_held_acks_total",
-                help: "PUBACKs held back because the bridge was behind (backpressure).",
-                kind: "counter",
-                read: Arc::new(move || held.held_acks() as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_ingest_skipped_total",
-                help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
-                kind: "counter",
-                read: Arc::new(move || skipped.skipped() as f64),
-            });
+        metrics = with_broker_samples(metrics, broker);
     }
     let app = edgewatch_bridge::http::app(bridge.app_state(), Some(live), Some(&metrics));
     let http_stop = stop.clone();
@@ -178,6 +116,97 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         },
     ));
 
+    print_ready(broker.as_ref(), http_addr, &source);
+    let running = Running {
+        broker,
+        bridge,
+        stop,
+        http,
+        http_addr,
+        publish,
+    };
+    crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
+    Ok(running)
+}
+
+/// Binds the HTTP listener on `listen` (`bridge.http_listen`).
+async fn bind_http(listen: &str) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let addr: SocketAddr = listen
+        .parse()
+        .context("bridge.http_listen is not an address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {addr} (port {})", addr.port()))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Links the bridge to the embedded broker (every publish goes to ingest), opens the publish
+/// link (serial readers, WebSocket clients), and only then lets devices in: the bridge's
+/// subscription sees their first publish.
+async fn link_and_listen(
+    broker: &mut Broker,
+    bridge: &edgewatch_bridge::Bridge,
+) -> anyhow::Result<PublishFn> {
+    let link = broker
+        .ingest_link("edgewatch-bridge", LINK_CAPACITY)
+        .await
+        .context("linking the bridge to the broker")?;
+    bridge.run_source(link.map(|p| Publish {
+        topic: p.topic,
+        payload: p.payload,
+        received_at_ms: p.received_at_ms,
+    }));
+    let publisher = broker
+        .publisher("edgewatch-publisher")
+        .await
+        .context("opening the publish link")?;
+    let publish: PublishFn = Arc::new(move |topic, payload| {
+        let publisher = publisher.clone();
+        Box::pin(async move { publisher.publish(topic, payload).await })
+    });
+    broker
+        .listen()
+        .await
+        .context("starting the MQTT listeners")?;
+    Ok(publish)
+}
+
+/// The embedded broker's values in `/metrics`.
+fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
+    let connections = broker.connection_count();
+    let gate = broker.ingest_gate().clone();
+    let held = gate.clone();
+    let skipped = gate.clone();
+    metrics
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_connections",
+            help: "MQTT clients connected to the embedded broker.",
+            kind: "gauge",
+            read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_ingest_backlog",
+            help: "Publishes the broker accepted that the bridge has not taken yet.",
+            kind: "gauge",
+            read: Arc::new(move || gate.backlog() as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_held_acks_total",
+            help: "PUBACKs held back because the bridge was behind (backpressure).",
+            kind: "counter",
+            read: Arc::new(move || held.held_acks() as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_ingest_skipped_total",
+            help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
+            kind: "counter",
+            read: Arc::new(move || skipped.skipped() as f64),
+        })
+}
+
+/// One machine-readable line on stdout (scripts and tests wait for it), then the dashboard.
+fn print_ready(broker: Option<&Broker>, http_addr: SocketAddr, source: &Source) {
     let mut listeners: Vec<String> = broker
         .iter()
         .flat_map(|b| {
@@ -187,23 +216,11 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         })
         .collect();
     listeners.push(format!("http={http_addr}"));
-    if let Source::External(url) = &source {
+    if let Source::External(url) = source {
         listeners.push(format!("upstream={url}"));
     }
-    let running_publish = publish;
-    // One machine-readable line on stdout: scripts and tests wait for it.
     println!("edgewatch ready {}", listeners.join(" "));
     println!("dashboard: http://{http_addr}/");
-    let running = Running {
-        broker,
-        bridge,
-        stop,
-        http,
-        http_addr,
-        publish: running_publish,
-    };
-    crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
-    Ok(running)
 }
 
 impl Running {
