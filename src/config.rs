@@ -262,16 +262,18 @@ mod tests {
             root.join("ARCHITECTURE.md"),
             root.join("config/edgewatch.toml"),
         ];
-        for dir in [
-            "docs",
-            "src",
-            "bridge/src",
-            "bridge/src/store",
-            "bridge/src/watch",
-            "broker/src",
-        ] {
-            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+        let mut dirs: Vec<std::path::PathBuf> =
+            ["docs", "src", "bridge/src", "broker/src", "serial/src"]
+                .iter()
+                .map(|d| root.join(d))
+                .collect();
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
                 let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
                 let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
                 if ["md", "rs", "json", "yaml", "toml"].contains(&ext) {
                     files.push(p);
