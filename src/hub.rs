@@ -81,7 +81,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         })?;
     let http_addr = http_listener.local_addr()?;
 
-    let broker = match &source {
+    let mut broker = match &source {
         Source::Embedded => {
             cfg.bridge.mqtt_url = None;
             // Listening starts once the bridge's link exists (below).
@@ -98,67 +98,77 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let bridge = edgewatch_bridge::start(cfg.bridge.clone(), CancellationToken::new())
         .await
         .context("starting the bridge")?;
+    let publish = match &mut broker {
+        Some(broker) => Some(link_broker(broker, &bridge).await?),
+        None => None,
+    };
+    let http = spawn_http(
+        &cfg,
+        &bridge,
+        broker.as_ref(),
+        &stop,
+        publish.clone(),
+        http_listener,
+    );
+    print_ready(broker.as_ref(), http_addr, &source);
+    let running = Running {
+        broker,
+        bridge,
+        stop,
+        http,
+        http_addr,
+        publish,
+    };
+    crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
+    Ok(running)
+}
 
-    let mut publish: Option<PublishFn> = None;
-    let mut broker = broker;
-    if let Some(broker) = &mut broker {
-        let link = broker
-            .ingest_link("edgewatch-bridge", LINK_CAPACITY)
-            .await
-            .context("linking the bridge to the broker")?;
-        bridge.run_source(link.map(|p| Publish {
-            topic: p.topic,
-            payload: p.payload,
-            received_at_ms: p.received_at_ms,
-        }));
-        let publisher = broker
-            .publisher("edgewatch-publisher")
-            .await
-            .context("opening the publish link")?;
-        publish = Some(Arc::new(move |topic, payload| {
-            let publisher = publisher.clone();
-            Box::pin(async move { publisher.publish(topic, payload).await })
-        }));
-        // Only now do devices get in: the bridge's subscription sees their first publish.
-        broker
-            .listen()
-            .await
-            .context("starting the MQTT listeners")?;
-    }
+/// Links the bridge to the embedded broker (its in-process link feeds ingest), opens the
+/// publish link, then lets devices in. Returns the function that publishes into the broker.
+async fn link_broker(
+    broker: &mut Broker,
+    bridge: &edgewatch_bridge::Hub,
+) -> anyhow::Result<PublishFn> {
+    let link = broker
+        .ingest_link("edgewatch-bridge", LINK_CAPACITY)
+        .await
+        .context("linking the bridge to the broker")?;
+    bridge.run_source(link.map(|p| Publish {
+        topic: p.topic,
+        payload: p.payload,
+        received_at_ms: p.received_at_ms,
+    }));
+    let publisher = broker
+        .publisher("edgewatch-publisher")
+        .await
+        .context("opening the publish link")?;
+    let publish: PublishFn = Arc::new(move |topic, payload| {
+        let publisher = publisher.clone();
+        Box::pin(async move { publisher.publish(topic, payload).await })
+    });
+    // Only now do devices get in: the bridge's subscription sees their first publish.
+    broker
+        .listen()
+        .await
+        .context("starting the MQTT listeners")?;
+    Ok(publish)
+}
 
+/// Starts the fan-out and serves HTTP (API, live routes, dashboard, API descriptions,
+/// `/metrics`) on `listener` until `stop` is cancelled.
+fn spawn_http(
+    cfg: &AppConfig,
+    bridge: &edgewatch_bridge::Hub,
+    broker: Option<&Broker>,
+    stop: &CancellationToken,
+    publish: Option<PublishFn>,
+    listener: tokio::net::TcpListener,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let (fanout, live) =
-        edgewatch_bridge::live::start(&bridge, cfg.live.clone(), stop.clone(), publish.clone());
+        edgewatch_bridge::live::start(bridge, cfg.live.clone(), stop.clone(), publish);
     let mut metrics = bridge.metrics().with_live(fanout, live.metrics.clone());
-    if let Some(broker) = &broker {
-        let connections = broker.connection_count();
-        let gate = broker.ingest_gate().clone();
-        let held = gate.clone();
-        let skipped = gate.clone();
-        metrics = metrics
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_connections",
-                help: "MQTT clients connected to the embedded broker.",
-                kind: "gauge",
-                read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_ingest_backlog",
-                help: "Publishes the broker accepted that the bridge has not taken yet.",
-                kind: "gauge",
-                read: Arc::new(move || gate.backlog() as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_held_acks_total",
-                help: "PUBACKs held back because the bridge was behind (backpressure).",
-                kind: "counter",
-                read: Arc::new(move || held.held_acks() as f64),
-            })
-            .with_sample(Sample {
-                name: "edgewatch_mqtt_ingest_skipped_total",
-                help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
-                kind: "counter",
-                read: Arc::new(move || skipped.skipped() as f64),
-            });
+    if let Some(broker) = broker {
+        metrics = with_broker_metrics(metrics, broker);
     }
     let app = bridge
         .router()
@@ -168,14 +178,50 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         .merge(metrics.routes());
     let app = edgewatch_bridge::http::trace_requests(metrics.track_http(app));
     let http_stop = stop.clone();
-    let http = tokio::spawn(edgewatch_bridge::http::serve(
-        http_listener,
-        app,
-        async move {
-            http_stop.cancelled().await;
-        },
-    ));
+    tokio::spawn(edgewatch_bridge::http::serve(listener, app, async move {
+        http_stop.cancelled().await;
+    }))
+}
 
+/// The embedded broker's figures on `/metrics`: connections, ingest backlog, held acks,
+/// skipped publishes.
+fn with_broker_metrics(
+    metrics: edgewatch_bridge::metrics::Metrics,
+    broker: &Broker,
+) -> edgewatch_bridge::metrics::Metrics {
+    let connections = broker.connection_count();
+    let gate = broker.ingest_gate().clone();
+    let held = gate.clone();
+    let skipped = gate.clone();
+    metrics
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_connections",
+            help: "MQTT clients connected to the embedded broker.",
+            kind: "gauge",
+            read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_ingest_backlog",
+            help: "Publishes the broker accepted that the bridge has not taken yet.",
+            kind: "gauge",
+            read: Arc::new(move || gate.backlog() as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_held_acks_total",
+            help: "PUBACKs held back because the bridge was behind (backpressure).",
+            kind: "counter",
+            read: Arc::new(move || held.held_acks() as f64),
+        })
+        .with_sample(Sample {
+            name: "edgewatch_mqtt_ingest_skipped_total",
+            help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
+            kind: "counter",
+            read: Arc::new(move || skipped.skipped() as f64),
+        })
+}
+
+/// One machine-readable line on stdout (scripts and tests wait for it), then the dashboard URL.
+fn print_ready(broker: Option<&Broker>, http_addr: SocketAddr, source: &Source) {
     let mut listeners: Vec<String> = broker
         .iter()
         .flat_map(|b| {
@@ -185,23 +231,11 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         })
         .collect();
     listeners.push(format!("http={http_addr}"));
-    if let Source::External(url) = &source {
+    if let Source::External(url) = source {
         listeners.push(format!("upstream={url}"));
     }
-    let running_publish = publish;
-    // One machine-readable line on stdout: scripts and tests wait for it.
     println!("edgewatch ready {}", listeners.join(" "));
     println!("dashboard: http://{http_addr}/");
-    let running = Running {
-        broker,
-        bridge,
-        stop,
-        http,
-        http_addr,
-        publish: running_publish,
-    };
-    crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
-    Ok(running)
 }
 
 impl Running {

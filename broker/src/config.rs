@@ -195,6 +195,11 @@ impl BrokerConfig {
                 }
             }
         }
+        self.validate_limits()
+    }
+
+    /// The `broker.limits` and `broker.router` part of [`BrokerConfig::validate`].
+    fn validate_limits(&self) -> Result<(), InvalidSetting> {
         let l = &self.limits;
         if l.max_connections == 0 {
             return Err(InvalidSetting::new(
