@@ -104,25 +104,7 @@ async fn run(args: Args) -> Result<()> {
             bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
         }
     }
-    let mut p = if args.smoke {
-        Params::smoke()
-    } else if args.quick {
-        Params::quick()
-    } else {
-        Params::full()
-    };
-    if let Some(runs) = args.runs {
-        p.runs = runs.max(1);
-        if p.mode == "full" {
-            p.repeat_runs = p.runs;
-        }
-    }
-    if !args.latency_rates.is_empty() {
-        p.latency_device_rates.clone_from(&args.latency_rates);
-    }
-    if !args.latency_clients.is_empty() {
-        p.latency_clients = Some(args.latency_clients.clone());
-    }
+    let p = params(&args);
     let selected: Vec<&str> = if args.smoke && args.scenarios.is_empty() {
         vec!["relay"]
     } else if args.scenarios.is_empty() {
@@ -153,38 +135,7 @@ async fn run(args: Args) -> Result<()> {
     if args.keep {
         println!("work directory (kept): {}", work.display());
     }
-    let commit = {
-        let rev = command_output("git", &["rev-parse", "--short", "HEAD"]);
-        let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"])
-            .trim()
-            .is_empty();
-        format!("{}{}", rev.trim(), if dirty { "-dirty" } else { "" })
-    };
-    let meta = Meta {
-        date: load::rfc3339_ms(load::unix_ms_now()),
-        commit,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        mode: p.mode.to_owned(),
-        load_average_at_start: std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        edgewatch_bin: edgewatch.display().to_string(),
-        mosquitto_bin: mosquitto
-            .as_ref()
-            .map(|m| m.display().to_string())
-            .unwrap_or_default(),
-        mosquitto_version: mosquitto
-            .as_ref()
-            .map(|m| {
-                command_output(&m.display().to_string(), &["-h"])
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .unwrap_or_default(),
-    };
+    let meta = meta(p.mode, &edgewatch, mosquitto.as_deref());
     println!(
         "edgewatch-bench: {} mode, {} runs per figure, {} cores, load average {}",
         p.mode, p.runs, meta.cores, meta.load_average_at_start
@@ -203,39 +154,109 @@ async fn run(args: Args) -> Result<()> {
     let mut report = Report::default();
     let started = Instant::now();
     for s in &selected {
-        println!("== {s}");
-        let t = Instant::now();
-        let result = match *s {
-            "relay" if args.smoke => scenarios::relay(&ctx, &mut report, &[QoS::AtMostOnce]).await,
-            "relay" => {
-                scenarios::relay(&ctx, &mut report, &[QoS::AtMostOnce, QoS::AtLeastOnce]).await
-            }
-            "fullpath" => scenarios::fullpath(&ctx, &mut report).await,
-            "latency" => scenarios::latency(&ctx, &mut report).await,
-            "fanout" => scenarios::fanout(&ctx, &mut report).await,
-            "history" => scenarios::history(&ctx, &mut report).await,
-            "store" => store::store(&ctx, &mut report).await,
-            "sim" => scenarios::sim(&ctx, &mut report).await,
-            "footprint" => {
-                let r = scenarios::binary_sizes(&ctx, &mut report);
-                if r.is_ok() && !selected.contains(&"fullpath") {
-                    println!("  (RSS figures come from the fullpath scenario)");
-                }
-                r
-            }
-            _ => unreachable!("checked above"),
-        };
-        report
-            .scenario_secs
-            .insert((*s).to_owned(), t.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            println!("  scenario {s} failed: {e:#}");
-            report.push(report::Figure::new(s, "-", "FAILED", "-", vec![]).note(format!("{e:#}")));
-        }
+        run_scenario(&ctx, &args, &selected, s, &mut report).await;
     }
     ctx.push_fresh_rss(&mut report);
     report.print_table(&meta);
     println!("total {:.0} s", started.elapsed().as_secs_f64());
+    write_results(&args, &report, &meta, &selected)?;
+    if report.figures.iter().any(|f| f.metric == "FAILED") {
+        bail!("a scenario failed");
+    }
+    Ok(())
+}
+
+/// The mode's sizes and times, with the command line's overrides.
+fn params(args: &Args) -> Params {
+    let mut p = if args.smoke {
+        Params::smoke()
+    } else if args.quick {
+        Params::quick()
+    } else {
+        Params::full()
+    };
+    if let Some(runs) = args.runs {
+        p.runs = runs.max(1);
+        if p.mode == "full" {
+            p.repeat_runs = p.runs;
+        }
+    }
+    if !args.latency_rates.is_empty() {
+        p.latency_device_rates.clone_from(&args.latency_rates);
+    }
+    if !args.latency_clients.is_empty() {
+        p.latency_clients = Some(args.latency_clients.clone());
+    }
+    p
+}
+
+/// What the results record about this run: date, commit, machine, binaries.
+fn meta(mode: &str, edgewatch: &std::path::Path, mosquitto: Option<&std::path::Path>) -> Meta {
+    let commit = {
+        let rev = command_output("git", &["rev-parse", "--short", "HEAD"]);
+        let dirty = !command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .trim()
+            .is_empty();
+        format!("{}{}", rev.trim(), if dirty { "-dirty" } else { "" })
+    };
+    Meta {
+        date: load::rfc3339_ms(load::unix_ms_now()),
+        commit,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mode: mode.to_owned(),
+        load_average_at_start: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        edgewatch_bin: edgewatch.display().to_string(),
+        mosquitto_bin: mosquitto
+            .map(|m| m.display().to_string())
+            .unwrap_or_default(),
+        mosquitto_version: mosquitto
+            .map(|m| {
+                command_output(&m.display().to_string(), &["-h"])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs scenario `s`, records how long it took, and turns a failure into a `FAILED` figure.
+async fn run_scenario(ctx: &Ctx, args: &Args, selected: &[&str], s: &str, report: &mut Report) {
+    println!("== {s}");
+    let t = Instant::now();
+    let result = match s {
+        "relay" if args.smoke => scenarios::relay(ctx, report, &[QoS::AtMostOnce]).await,
+        "relay" => scenarios::relay(ctx, report, &[QoS::AtMostOnce, QoS::AtLeastOnce]).await,
+        "fullpath" => scenarios::fullpath(ctx, report).await,
+        "latency" => scenarios::latency(ctx, report).await,
+        "fanout" => scenarios::fanout(ctx, report).await,
+        "history" => scenarios::history(ctx, report).await,
+        "store" => store::store(ctx, report).await,
+        "sim" => scenarios::sim(ctx, report).await,
+        "footprint" => {
+            let r = scenarios::binary_sizes(ctx, report);
+            if r.is_ok() && !selected.contains(&"fullpath") {
+                println!("  (RSS figures come from the fullpath scenario)");
+            }
+            r
+        }
+        _ => unreachable!("checked above"),
+    };
+    report
+        .scenario_secs
+        .insert(s.to_owned(), t.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        println!("  scenario {s} failed: {e:#}");
+        report.push(report::Figure::new(s, "-", "FAILED", "-", vec![]).note(format!("{e:#}")));
+    }
+}
+
+/// Writes the JSON results and the markdown table, and (except in --smoke) the pictures.
+fn write_results(args: &Args, report: &Report, meta: &Meta, selected: &[&str]) -> Result<()> {
     let out = if args.smoke {
         args.out.join("smoke")
     } else {
@@ -245,17 +266,14 @@ async fn run(args: Args) -> Result<()> {
     // run's `all.json` and `table.md` alone.
     let whole = selected.len() == SCENARIOS.len() || args.smoke;
     let all_name = if whole { "all" } else { "subset" };
-    report.write_json(&out, &meta, &selected, all_name)?;
+    report.write_json(&out, meta, selected, all_name)?;
     let table = if whole { "table.md" } else { "table-subset.md" };
-    report.write_markdown(&out.join(table), &meta)?;
+    report.write_markdown(&out.join(table), meta)?;
     println!("results: {}/*.json", out.display());
     if !args.smoke {
-        for svg in report.write_svgs(&args.svg_dir, &meta)? {
+        for svg in report.write_svgs(&args.svg_dir, meta)? {
             println!("picture: {svg}");
         }
-    }
-    if report.figures.iter().any(|f| f.metric == "FAILED") {
-        bail!("a scenario failed");
     }
     Ok(())
 }

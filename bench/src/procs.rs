@@ -115,16 +115,11 @@ pub(crate) async fn start_edgewatch(
     }
 }
 
-async fn start_edgewatch_once(
-    bin: &Path,
-    work: &Path,
-    data_dir: &Path,
-    tuning: &EdgewatchTuning,
-) -> Result<Server> {
-    std::fs::create_dir_all(work)?;
-    let config = work.join("edgewatch.toml");
+/// The config of an edgewatch under test: MQTT 3.1.1 only, anonymous, ports chosen by the OS,
+/// logging at `warn`.
+fn edgewatch_config(data_dir: &Path, tuning: &EdgewatchTuning) -> String {
     let max_conn = tuning.max_live_connections.unwrap_or(20_000);
-    let text = format!(
+    format!(
         r#"[broker]
 allow_anonymous = true
 [broker.mqtt]
@@ -147,7 +142,18 @@ max_connections = {max_conn}
 level = "warn"
 "#,
         data = data_dir.display(),
-    );
+    )
+}
+
+async fn start_edgewatch_once(
+    bin: &Path,
+    work: &Path,
+    data_dir: &Path,
+    tuning: &EdgewatchTuning,
+) -> Result<Server> {
+    std::fs::create_dir_all(work)?;
+    let config = work.join("edgewatch.toml");
+    let text = edgewatch_config(data_dir, tuning);
     std::fs::write(&config, text)?;
     let stderr = std::fs::OpenOptions::new()
         .create(true)

@@ -337,19 +337,9 @@ fn throughput_svg(path: &Path, bars: &[&Figure], meta: &Meta) -> Result<()> {
     Ok(())
 }
 
-fn latency_svg(
-    path: &Path,
-    rate: u64,
-    curves: &BTreeMap<String, Vec<(String, f64)>>,
-    meta: &Meta,
-) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let labels: Vec<String> = curves
-        .values()
-        .next()
-        .map(|v| v.iter().map(|(l, _)| l.clone()).collect())
-        .unwrap_or_default();
+/// The y range of the latency picture (log scale): twice the largest latency down to half the
+/// smallest positive one (at least 0.001 ms before halving).
+fn latency_y_range(curves: &BTreeMap<String, Vec<(String, f64)>>) -> (f64, f64) {
     let ymax = curves
         .values()
         .flatten()
@@ -365,6 +355,23 @@ fn latency_svg(
         .fold(ymax, f64::min)
         .max(0.001)
         / 2.0;
+    (ymin, ymax)
+}
+
+fn latency_svg(
+    path: &Path,
+    rate: u64,
+    curves: &BTreeMap<String, Vec<(String, f64)>>,
+    meta: &Meta,
+) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let labels: Vec<String> = curves
+        .values()
+        .next()
+        .map(|v| v.iter().map(|(l, _)| l.clone()).collect())
+        .unwrap_or_default();
+    let (ymin, ymax) = latency_y_range(curves);
     let nx = labels.len().max(2) as f64 - 1.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(

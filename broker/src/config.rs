@@ -171,8 +171,6 @@ pub(crate) struct EffectiveListener {
 impl BrokerConfig {
     /// Checks values that serde cannot: hashes parse, TLS files exist, limits are sane.
     /// Errors name the dotted key.
-    ///
-    /// Long: one check per setting, in the order of the config file.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (i, u) in self.users.iter().enumerate() {
             if u.username.is_empty() {
@@ -197,6 +195,11 @@ impl BrokerConfig {
                 }
             }
         }
+        self.validate_limits()
+    }
+
+    /// The `broker.limits` and `broker.router` part of [`BrokerConfig::validate`].
+    fn validate_limits(&self) -> Result<(), InvalidSetting> {
         let l = &self.limits;
         if l.max_connections == 0 {
             return Err(InvalidSetting::new(

@@ -149,9 +149,6 @@ impl Broker {
     /// Validates `cfg`, bind-checks every listener and starts the router, without listening
     /// yet. Links opened now ([`Broker::subscribe`]) see every publish from the first device
     /// on: rumqttd forwards a publish only to the subscriptions that exist when it arrives.
-    ///
-    /// Long: the start sequence in order (validate, bind-check, router, runtime); each step
-    /// is a few lines, and splitting them would hide the order that matters here.
     pub fn prepare(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
         let listeners = bind_check(cfg.effective_listeners())?;
@@ -163,18 +160,7 @@ impl Broker {
             min_secs: cfg.limits.keep_alive_min_secs,
             max_secs: cfg.limits.keep_alive_max_secs,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            // Connections waiting on backpressure (`crate::backpressure`) park a thread each
-            // (asleep on a condition variable, woken when the bridge catches up). With too few,
-            // held acknowledgements used up every thread and new connections stalled (1,000
-            // devices at full rate got 630 connected); threads are made on demand and end
-            // after 10 s idle.
-            .max_blocking_threads(1024)
-            .thread_name("mqtt-listener")
-            .enable_all()
-            .build()
-            .map_err(BrokerError::Runtime)?;
+        let runtime = listener_runtime()?;
 
         let settings: Vec<(EffectiveListener, rumqttd::ServerSettings)> = listeners
             .iter()
@@ -490,4 +476,20 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The broker's own runtime, where the listeners and their connections run.
+fn listener_runtime() -> Result<tokio::runtime::Runtime, BrokerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Connections waiting on backpressure (`crate::backpressure`) park a thread each
+        // (asleep on a condition variable, woken when the bridge catches up). With too few,
+        // held acknowledgements used up every thread and new connections stalled (1,000
+        // devices at full rate got 630 connected); threads are made on demand and end after
+        // 10 s idle.
+        .max_blocking_threads(1024)
+        .thread_name("mqtt-listener")
+        .enable_all()
+        .build()
+        .map_err(BrokerError::Runtime)
 }

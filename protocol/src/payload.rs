@@ -880,6 +880,8 @@ mod tests {
         );
     }
 
+    // Long on purpose: one list of every rejected payload and the error it gives, read top to
+    // bottom like a table.
     #[test]
     fn payload_errors() {
         let t = "sensors/d1/temperature";
