@@ -1,5 +1,5 @@
-//! The load generator (rumqttc publishers) and the receivers (MQTT, SSE, WebSocket) that count
-//! deliveries and measure publish-to-receive latency.
+//! The load generator (rumqttc publishers) and the latency clock; the receivers are in
+//! [`crate::receivers`], the raw-socket devices in [`crate::devices`].
 //!
 //! Latency: every payload's `value` is the send time in microseconds since the harness started
 //! (one monotonic clock in this process); a receiver subtracts it from its own receive time.
@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
@@ -27,13 +26,13 @@ pub(crate) fn now_us() -> u64 {
 
 /// The wall-clock time (Unix ms) of a [`now_us`] reading, to compare with the hub's
 /// `receivedAt` (same machine, same clock; millisecond resolution).
-fn wall_ms_of(us: u64) -> i64 {
+pub(crate) fn wall_ms_of(us: u64) -> i64 {
     clock().1 + (us / 1000) as i64
 }
 
 /// Unix ms of an RFC 3339 UTC time with milliseconds as the hub writes it
 /// (`2026-11-29T12:00:00.123Z`).
-fn parse_rfc3339_ms(s: &[u8]) -> Option<i64> {
+pub(crate) fn parse_rfc3339_ms(s: &[u8]) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let b = s.get(r)?;
         b.iter().try_fold(0i64, |n, c| {
@@ -289,7 +288,7 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    fn record(&self, data: &[u8]) {
+    pub(crate) fn record(&self, data: &[u8]) {
         self.count.fetch_add(1, Ordering::Relaxed);
         if self.recording.load(Ordering::Relaxed) {
             if let Some(sent) = value_of(data) {
@@ -336,14 +335,14 @@ impl Probe {
 }
 
 /// The hub's `receivedAt` of a JSON reading, Unix ms.
-fn received_at_of(data: &[u8]) -> Option<i64> {
+pub(crate) fn received_at_of(data: &[u8]) -> Option<i64> {
     const KEY: &[u8] = b"\"receivedAt\":\"";
     let at = find(data, KEY)? + KEY.len();
     parse_rfc3339_ms(data.get(at..at + 24)?)
 }
 
 /// The integer part of the `"value":` field of a JSON reading.
-fn value_of(data: &[u8]) -> Option<u64> {
+pub(crate) fn value_of(data: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"value\":";
     let at = find(data, KEY)? + KEY.len();
     let digits = data[at..]
@@ -353,495 +352,8 @@ fn value_of(data: &[u8]) -> Option<u64> {
     Some(digits)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A receiver task; aborted when dropped.
-#[derive(Debug)]
-pub(crate) struct Receiver {
-    pub(crate) probe: Arc<Probe>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An MQTT subscriber on `sensors/#`.
-pub(crate) async fn mqtt_subscriber(broker: SocketAddr, qos: QoS, tag: &str) -> Result<Receiver> {
-    mqtt_watch(broker, qos, tag, "sensors/#").await
-}
-
-/// An MQTT subscriber on `filter`.
-pub(crate) async fn mqtt_watch(
-    broker: SocketAddr,
-    qos: QoS,
-    tag: &str,
-    filter: &str,
-) -> Result<Receiver> {
-    let probe = Arc::new(Probe::default());
-    let mut opts = MqttOptions::new(
-        format!("bench-sub-{tag}"),
-        broker.ip().to_string(),
-        broker.port(),
-    );
-    opts.set_keep_alive(Duration::from_secs(60))
-        .set_clean_session(true)
-        .set_max_packet_size(1 << 20, 1 << 16);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    client.subscribe(filter, qos).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let p = probe.clone();
-    let task = tokio::spawn(async move {
-        let _client = client;
-        let mut tx = Some(tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(publish))) => p.record(&publish.payload),
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    p.connected.store(1, Ordering::Relaxed);
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .context("MQTT subscriber not subscribed within 10 s")??;
-    Ok(Receiver { probe, task })
-}
-
-/// An SSE client on `/v1/stream?filter=sensors/%23`. Returns once the response headers arrived.
-pub(crate) async fn sse_client(http: &reqwest::Client, base: &str) -> Result<Receiver> {
-    let probe = Arc::new(Probe::default());
-    let resp = http
-        .get(format!("{base}/v1/stream?filter=sensors/%23"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("SSE: HTTP {}", resp.status());
-    }
-    probe.connected.store(1, Ordering::Relaxed);
-    let p = probe.clone();
-    let task = tokio::spawn(async move {
-        let mut stream = resp.bytes_stream();
-        let mut line: Vec<u8> = Vec::with_capacity(512);
-        while let Some(Ok(chunk)) = stream.next().await {
-            let mut rest: &[u8] = &chunk;
-            while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-                line.extend_from_slice(&rest[..nl]);
-                if line.starts_with(b"data: ") && find(&line, b"\"type\":\"reading\"").is_some() {
-                    p.record(&line);
-                }
-                line.clear();
-                rest = &rest[nl + 1..];
-            }
-            line.extend_from_slice(rest);
-        }
-    });
-    Ok(Receiver { probe, task })
-}
-
-/// A WebSocket client on `/v1/ws` subscribed to `sensors/#`. Returns once `subscribed` arrived.
-pub(crate) async fn ws_client(http_addr: SocketAddr) -> Result<Receiver> {
-    ws_watch(http_addr, "sensors/#").await
-}
-
-/// A WebSocket client on `/v1/ws` subscribed to `filter`, with small buffers (tungstenite's
-/// default read buffer is 128 KiB per connection, too much for thousands in one process).
-/// Returns once `subscribed` arrived.
-pub(crate) async fn ws_watch(http_addr: SocketAddr, filter: &str) -> Result<Receiver> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-    use tokio_tungstenite::tungstenite::Message;
-    let probe = Arc::new(Probe::default());
-    let mut request = format!("ws://{http_addr}/v1/ws").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "edgewatch.v1".parse()?);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
-    let subscribe = serde_json::json!({"type": "subscribe", "filter": filter}).to_string();
-    ws.send(Message::text(subscribe)).await?;
-    let subscribed = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(msg) = ws.next().await {
-            if let Message::Text(t) = msg? {
-                if t.as_str().contains("\"subscribed\"") {
-                    return Ok(());
-                }
-            }
-        }
-        bail!("WebSocket closed before `subscribed`")
-    })
-    .await;
-    subscribed.context("no `subscribed` within 30 s")??;
-    probe.connected.store(1, Ordering::Relaxed);
-    let p = probe.clone();
-    let task = tokio::spawn(async move {
-        while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(t) => {
-                    let b = t.as_bytes();
-                    if find(b, b"\"type\":\"reading\"").is_some() {
-                        p.record(b);
-                    }
-                }
-                Message::Ping(data) => {
-                    let _ = ws.send(Message::Pong(data)).await;
-                }
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-    });
-    Ok(Receiver { probe, task })
-}
-
-/// The MQTT remaining-length varint of `n`, appended to `out`.
-fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-/// A length-prefixed MQTT string.
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// An MQTT 3.1.1 CONNECT with a clean session and a 60 s keep-alive.
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 + client_id.len());
-    put_str(&mut body, b"MQTT");
-    body.push(4); // protocol level 3.1.1
-    body.push(0x02); // clean session
-    body.extend_from_slice(&60u16.to_be_bytes());
-    put_str(&mut body, client_id.as_bytes());
-    let mut out = vec![0x10];
-    put_remaining_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
-
-/// An MQTT QoS 0 PUBLISH of `payload` to `topic`, written into `out` (cleared first).
-fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
-    out.clear();
-    out.push(0x30);
-    put_remaining_length(out, 2 + topic.len() + payload.len());
-    put_str(out, topic.as_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// One device of a [`DeviceFleet`]: its connection and topic.
-struct Device {
-    tcp: tokio::net::TcpStream,
-    topic: String,
-    id: String,
-}
-
-/// Devices that each publish QoS 0 readings to `sensors/d{k}/temperature` at a fixed rate,
-/// spread evenly in time: reading `i` of the whole fleet is due at `i / (devices * rate)` s
-/// and comes from device `i % devices`. One task drives every connection over raw MQTT 3.1.1
-/// (a CONNECT, then PUBLISH packets), so the generator costs little CPU next to the hub on a
-/// small machine, and each reading's `value` (the send time, µs) is taken right before its
-/// packet is written to the socket. Stopped when dropped.
-#[derive(Debug)]
-pub(crate) struct DeviceFleet {
-    pub(crate) stats: Arc<LoadStats>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for DeviceFleet {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl DeviceFleet {
-    /// Connects `devices` devices (each CONNACKed); publishing starts when [`Self::run`] is
-    /// called.
-    pub(crate) async fn connect(
-        broker: SocketAddr,
-        devices: usize,
-        tag: &str,
-    ) -> Result<Vec<DeviceConn>> {
-        let conns: Vec<Result<DeviceConn>> = futures::stream::iter(0..devices)
-            .map(|k| async move {
-                let mut tcp = tokio::net::TcpStream::connect(broker).await?;
-                tcp.set_nodelay(true)?;
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                tcp.write_all(&connect_packet(&format!("bench-{tag}-d{k}")))
-                    .await?;
-                let mut connack = [0u8; 4];
-                tokio::time::timeout(Duration::from_secs(30), tcp.read_exact(&mut connack))
-                    .await
-                    .context("no CONNACK within 30 s")??;
-                if connack[0] != 0x20 || connack[3] != 0 {
-                    bail!("device d{k}: CONNACK refused: {connack:?}");
-                }
-                Ok(DeviceConn(Device {
-                    tcp,
-                    topic: format!("sensors/d{k}/temperature"),
-                    id: format!("d{k}"),
-                }))
-            })
-            .buffered(64)
-            .collect()
-            .await;
-        conns.into_iter().collect()
-    }
-
-    /// Starts publishing `per_device_rate` readings/s from each of `devices` for at most
-    /// `duration`.
-    pub(crate) fn run(devices: Vec<DeviceConn>, per_device_rate: f64, duration: Duration) -> Self {
-        let stats = Arc::new(LoadStats::default());
-        let stats2 = stats.clone();
-        let task = tokio::spawn(async move {
-            drive_devices(devices, per_device_rate, duration, &stats2).await;
-        });
-        Self { stats, task }
-    }
-}
-
-/// A connected device, ready to publish.
-#[derive(Debug)]
-pub(crate) struct DeviceConn(Device);
-
-impl std::fmt::Debug for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device")
-            .field("topic", &self.topic)
-            .finish()
-    }
-}
-
-async fn drive_devices(
-    mut devices: Vec<DeviceConn>,
-    per_device_rate: f64,
-    duration: Duration,
-    stats: &LoadStats,
-) {
-    use tokio::io::AsyncWriteExt;
-    if devices.is_empty() {
-        return;
-    }
-    let n_devices = devices.len() as u64;
-    let total_rate = per_device_rate * n_devices as f64;
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut next_ping = started + Duration::from_secs(30);
-    let mut sent: u64 = 0;
-    let mut packet = Vec::with_capacity(256);
-    let mut payload = String::with_capacity(160);
-    let mut ts_cache = (i64::MIN, String::new());
-    loop {
-        ticker.tick().await;
-        let elapsed = started.elapsed();
-        if elapsed >= duration {
-            return;
-        }
-        if Instant::now() >= next_ping {
-            next_ping += Duration::from_secs(30);
-            for d in &mut devices {
-                if d.0.tcp.write_all(&[0xC0, 0x00]).await.is_err() {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let due = (elapsed.as_secs_f64() * total_rate) as u64;
-        while sent < due {
-            let d = &mut devices[(sent % n_devices) as usize].0;
-            let ms = unix_ms_now();
-            if ts_cache.0 != ms {
-                ts_cache = (ms, rfc3339_ms(ms));
-            }
-            payload.clear();
-            use std::fmt::Write as _;
-            let _ = write!(
-                payload,
-                r#"{{"deviceId":"{}","value":{},"unit":"C","timestamp":"{}"}}"#,
-                d.id,
-                now_us(),
-                ts_cache.1
-            );
-            publish_packet(&mut packet, &d.topic, payload.as_bytes());
-            // Small packets almost always fit the socket buffer: no await in the common case.
-            let written = match d.tcp.try_write(&packet) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    sent += 1;
-                    continue;
-                }
-            };
-            if written < packet.len() && d.tcp.write_all(&packet[written..]).await.is_err() {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            sent += 1;
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Splits a chunked HTTP/1.1 body into lines (without `\n` or a trailing `\r`).
-#[derive(Debug, Default)]
-struct ChunkedLines {
-    /// Bytes left in the current chunk; `None` while reading a chunk-size line.
-    remaining: Option<usize>,
-    /// Bytes of `\r\n` still to skip after a chunk's data.
-    skip: usize,
-    size_line: Vec<u8>,
-    line: Vec<u8>,
-}
-
-impl ChunkedLines {
-    /// Feeds body bytes; calls `on_line` for every complete line of the decoded data.
-    fn feed(&mut self, mut data: &[u8], on_line: &mut impl FnMut(&[u8])) {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            match self.remaining {
-                None => {
-                    let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                        self.size_line.extend_from_slice(data);
-                        return;
-                    };
-                    self.size_line.extend_from_slice(&data[..nl]);
-                    data = &data[nl + 1..];
-                    let hex: Vec<u8> = self
-                        .size_line
-                        .iter()
-                        .copied()
-                        .take_while(u8::is_ascii_hexdigit)
-                        .collect();
-                    self.size_line.clear();
-                    let size = std::str::from_utf8(&hex)
-                        .ok()
-                        .and_then(|h| usize::from_str_radix(h, 16).ok())
-                        .unwrap_or(0);
-                    self.remaining = Some(size);
-                }
-                Some(0) => {
-                    // End of a chunk: its CRLF follows.
-                    self.remaining = None;
-                    self.skip = 2;
-                }
-                Some(left) => {
-                    let n = left.min(data.len());
-                    self.lines(&data[..n], on_line);
-                    self.remaining = Some(left - n);
-                    data = &data[n..];
-                }
-            }
-        }
-    }
-
-    fn lines(&mut self, mut data: &[u8], on_line: &mut impl FnMut(&[u8])) {
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&data[..nl]);
-            let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-            on_line(line);
-            self.line.clear();
-            data = &data[nl + 1..];
-        }
-        self.line.extend_from_slice(data);
-    }
-}
-
-/// Percent-encodes the characters of a topic filter that are special in a query string.
-pub(crate) fn encode_filter(filter: &str) -> String {
-    filter.replace('#', "%23").replace('+', "%2B")
-}
-
-/// A lean SSE client on `/v1/stream?filter=..` over a plain TCP connection (one HTTP/1.1
-/// request, chunked body decoded here): cheap enough to run thousands next to the hub.
-/// Returns once the response head arrived.
-pub(crate) async fn sse_watch(http_addr: SocketAddr, filter: &str) -> Result<Receiver> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = Arc::new(Probe::default());
-    let mut tcp = tokio::net::TcpStream::connect(http_addr).await?;
-    tcp.set_nodelay(true)?;
-    let request = format!(
-        "GET /v1/stream?filter={} HTTP/1.1\r\nHost: {http_addr}\r\nAccept: text/event-stream\r\n\r\n",
-        encode_filter(filter)
-    );
-    tcp.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = vec![0u8; 2048];
-    let body_start = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let n = tcp.read(&mut buf).await?;
-            if n == 0 {
-                bail!("SSE: connection closed before the response head");
-            }
-            head.extend_from_slice(&buf[..n]);
-            if let Some(end) = find(&head, b"\r\n\r\n") {
-                return Ok(end + 4);
-            }
-            if head.len() > 16 * 1024 {
-                bail!("SSE: response head over 16 KiB");
-            }
-        }
-    })
-    .await
-    .context("SSE: no response head within 30 s")??;
-    if !head.starts_with(b"HTTP/1.1 200") {
-        let status = String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned();
-        bail!("SSE: {status}");
-    }
-    let chunked = find(&head.to_ascii_lowercase(), b"transfer-encoding: chunked").is_some();
-    probe.connected.store(1, Ordering::Relaxed);
-    let p = probe.clone();
-    let task = tokio::spawn(async move {
-        let mut on_line = |line: &[u8]| {
-            if line.starts_with(b"data: ") && find(line, b"\"type\":\"reading\"").is_some() {
-                p.record(line);
-            }
-        };
-        let mut decoder = ChunkedLines::default();
-        let mut feed = |data: &[u8], decoder: &mut ChunkedLines| {
-            if chunked {
-                decoder.feed(data, &mut on_line);
-            } else {
-                decoder.lines(data, &mut on_line);
-            }
-        };
-        feed(&head[body_start..], &mut decoder);
-        drop(head);
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => feed(&buf[..n], &mut decoder),
-            }
-        }
-    });
-    Ok(Receiver { probe, task })
 }
 
 #[cfg(test)]
@@ -879,49 +391,5 @@ mod tests {
         assert_eq!(value_of(br#"{"a":1,"value":12345,"x":2}"#), Some(12345));
         assert_eq!(value_of(br#"{"value":987.0}"#), Some(987));
         assert_eq!(value_of(b"{}"), None);
-    }
-
-    #[test]
-    fn mqtt_remaining_length() {
-        let enc = |n| {
-            let mut v = Vec::new();
-            put_remaining_length(&mut v, n);
-            v
-        };
-        assert_eq!(enc(0), [0]);
-        assert_eq!(enc(127), [0x7f]);
-        assert_eq!(enc(128), [0x80, 0x01]);
-        assert_eq!(enc(16_383), [0xff, 0x7f]);
-        assert_eq!(enc(16_384), [0x80, 0x80, 0x01]);
-        let mut p = Vec::new();
-        publish_packet(&mut p, "a/b", b"12");
-        assert_eq!(p, [0x30, 7, 0, 3, b'a', b'/', b'b', b'1', b'2']);
-    }
-
-    #[test]
-    fn chunked_lines_survive_any_split() {
-        let body = b"1c\r\nretry: 2000\r\n: edgewatch\r\n\r\n\r\n2f\r\nevent: reading\ndata: {\"type\":\"reading\"}\nid: 7\n\n\r\n0\r\n\r\n";
-        let mut want = Vec::new();
-        let mut whole = ChunkedLines::default();
-        whole.feed(body, &mut |l: &[u8]| want.push(l.to_vec()));
-        assert_eq!(
-            want,
-            [
-                &b"retry: 2000"[..],
-                b": edgewatch",
-                b"",
-                b"event: reading",
-                b"data: {\"type\":\"reading\"}",
-                b"id: 7",
-                b""
-            ]
-        );
-        for cut in 0..body.len() {
-            let mut got = Vec::new();
-            let mut d = ChunkedLines::default();
-            d.feed(&body[..cut], &mut |l: &[u8]| got.push(l.to_vec()));
-            d.feed(&body[cut..], &mut |l: &[u8]| got.push(l.to_vec()));
-            assert_eq!(got, want, "split at {cut}");
-        }
     }
 }

@@ -1,7 +1,9 @@
 //! `edgewatch-bench`: edgewatch side by side with Mosquitto on this machine. See BENCHMARKS.md.
 
+mod devices;
 mod load;
 mod procs;
+mod receivers;
 mod report;
 mod scenarios;
 mod store;

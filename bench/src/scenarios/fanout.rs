@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::{open_receivers, Client, Ctx, Window};
-use crate::load::{self, Probe};
+use crate::load::Probe;
 use crate::procs::{self, EdgewatchTuning};
 use crate::report::{Figure, Report};
 
@@ -68,8 +68,13 @@ async fn fanout_run(ctx: &Ctx, client: Client, run: usize, runs: &mut FanoutRuns
         .push(rss1.saturating_sub(rss0) as f64 / n as f64);
     let probes: Vec<&Probe> = watchers.iter().map(|r| &*r.probe).collect();
     let devices = p.fanout_devices.max(1);
-    let conns = load::DeviceFleet::connect(server.mqtt, devices, &format!("fan{run}")).await?;
-    let fleet = load::DeviceFleet::run(conns, p.fanout_rate / devices as f64, p.warmup + p.measure);
+    let conns =
+        crate::devices::DeviceFleet::connect(server.mqtt, devices, &format!("fan{run}")).await?;
+    let fleet = crate::devices::DeviceFleet::run(
+        conns,
+        p.fanout_rate / devices as f64,
+        p.warmup + p.measure,
+    );
     tokio::time::sleep(p.warmup).await;
     let w = Window::open(&server, &probes);
     tokio::time::sleep(p.measure).await;

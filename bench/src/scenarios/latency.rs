@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 
 use super::{open_receivers, Client, Ctx, Window};
-use crate::load::{self, Probe, Receiver};
+use crate::load::Probe;
 use crate::procs::{Server, Target};
+use crate::receivers::Receiver;
 use crate::report::{percentile_ms, Figure, Report};
 
 const LATENCY_POINTS: [(&str, f64); 5] = [
@@ -135,8 +136,8 @@ async fn latency_run(
     })
     .await
     .with_context(|| format!("opening {subs} {} subscribers", client.name()))?;
-    let conns = load::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
-    let fleet = load::DeviceFleet::run(conns, load.device_rate, p.warmup + p.measure);
+    let conns = crate::devices::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
+    let fleet = crate::devices::DeviceFleet::run(conns, load.device_rate, p.warmup + p.measure);
     tokio::time::sleep(p.warmup).await;
     for r in &receivers {
         r.probe.start_recording();

@@ -28,8 +28,9 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use rumqttc::QoS;
 
-use crate::load::{self, LoadSpec, Probe, Receiver, Shape};
+use crate::load::{LoadSpec, Probe, Shape};
 use crate::procs::{self, EdgewatchTuning, Server, Target};
+use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
 
 pub(crate) use fanout::fanout;
@@ -327,10 +328,11 @@ async fn open_receivers(
             async move {
                 match client {
                     Client::Mqtt => {
-                        load::mqtt_watch(mqtt, QoS::AtMostOnce, &format!("{tag}-{k}"), &f).await
+                        receivers::mqtt_watch(mqtt, QoS::AtMostOnce, &format!("{tag}-{k}"), &f)
+                            .await
                     }
-                    Client::Sse => load::sse_watch(http.context("http")?, &f).await,
-                    Client::WebSocket => load::ws_watch(http.context("http")?, &f).await,
+                    Client::Sse => receivers::sse_watch(http.context("http")?, &f).await,
+                    Client::WebSocket => receivers::ws_watch(http.context("http")?, &f).await,
                 }
             }
         })

@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use rumqttc::QoS;
 
 use super::{mib, qos_name, Ctx, Window};
-use crate::load::{self, Fleet, Probe, Receiver};
+use crate::load::{Fleet, Probe};
 use crate::procs::{Server, Target};
+use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
 
 /// relay: N publishers -> 1 MQTT subscriber, max rate, QoS0 and QoS1.
@@ -22,7 +23,8 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                 .await?;
             let (mut rates, mut sut, mut gen, mut per10k) = (vec![], vec![], vec![], vec![]);
             for run in 0..p.runs {
-                let sub = load::mqtt_subscriber(server.mqtt, qos, &format!("relay{run}")).await?;
+                let sub =
+                    receivers::mqtt_subscriber(server.mqtt, qos, &format!("relay{run}")).await?;
                 let spec = ctx.live_spec(p.relay_publishers, qos, None, p.warmup + p.measure);
                 let fleet = Fleet::start(server.mqtt, &spec, &format!("relay{run}")).await?;
                 tokio::time::sleep(p.warmup).await;
@@ -187,11 +189,11 @@ async fn fullpath_run(
     let idle = mib(server.rss_kib());
     let receivers: Vec<Receiver> = match target {
         Target::Mosquitto => {
-            vec![load::mqtt_subscriber(server.mqtt, qos, &format!("full{run}")).await?]
+            vec![receivers::mqtt_subscriber(server.mqtt, qos, &format!("full{run}")).await?]
         }
         Target::Edgewatch => vec![
-            load::sse_client(&ctx.http, &server.http_base()).await?,
-            load::ws_client(server.http.context("http")?).await?,
+            receivers::sse_client(&ctx.http, &server.http_base()).await?,
+            receivers::ws_client(server.http.context("http")?).await?,
         ],
     };
     let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
