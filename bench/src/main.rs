@@ -1,4 +1,14 @@
 //! `edgewatch-bench`: edgewatch side by side with Mosquitto on this machine. See BENCHMARKS.md.
+//!
+//! # Layout
+//! * `scenarios`: one module per scenario (relay, fullpath and latency, fan-out, history,
+//!   store, footprint, sim), each a sequence of named steps.
+//! * `load`: the rumqttc publishers and the clock latencies are measured with.
+//! * `receivers`: MQTT, SSE, WebSocket and watch receivers that count deliveries.
+//! * `devices`: raw-socket MQTT devices for the connection-count scenarios.
+//! * `procs`: starting edgewatch and Mosquitto, sampling their CPU and memory.
+//! * `store`: the store alone, in process.
+//! * `report`: the JSON result, the Markdown table and the SVG charts.
 
 mod devices;
 mod load;
