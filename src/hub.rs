@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use edgewatch_bridge::http::live::LiveState;
 use edgewatch_bridge::live::PublishFn;
-use edgewatch_bridge::metrics::{Metrics, Sample};
+use edgewatch_bridge::metrics::{Metrics, Sample, SampleKind};
 use edgewatch_bridge::Publish;
 use edgewatch_broker::{Broker, ListenerKind};
 use futures::StreamExt;
@@ -182,25 +182,25 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
         .with_sample(Sample {
             name: "edgewatch_mqtt_connections",
             help: "MQTT clients connected to the embedded broker.",
-            kind: "gauge",
+            kind: SampleKind::Gauge,
             read: Arc::new(move || connections.load(Ordering::Relaxed).max(0) as f64),
         })
         .with_sample(Sample {
             name: "edgewatch_mqtt_ingest_backlog",
             help: "Publishes the broker accepted that the bridge has not taken yet.",
-            kind: "gauge",
+            kind: SampleKind::Gauge,
             read: Arc::new(move || gate.backlog() as f64),
         })
         .with_sample(Sample {
             name: "edgewatch_mqtt_held_acks_total",
             help: "PUBACKs held back because the bridge was behind (backpressure).",
-            kind: "counter",
+            kind: SampleKind::Counter,
             read: Arc::new(move || held.held_acks() as f64),
         })
         .with_sample(Sample {
             name: "edgewatch_mqtt_ingest_skipped_total",
             help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
-            kind: "counter",
+            kind: SampleKind::Counter,
             read: Arc::new(move || skipped.skipped() as f64),
         })
 }

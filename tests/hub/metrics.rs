@@ -328,3 +328,32 @@ async fn metrics_move_as_readings_flow() {
     })
     .await;
 }
+
+/// Made-up HTTP methods are counted under one `method="other"` label set: a client sending
+/// many of them cannot grow `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(&loopback_config(dir.path(), ""), &[]);
+    let base = hub.http();
+    let client = reqwest::Client::new();
+    for i in 0..100 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, format!("{base}/v1/series"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (_, samples) = scrape(&base).await;
+    let series: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "edgewatch_http_requests_total"
+                && s.labels.get("route").map(String::as_str) == Some("/v1/series")
+        })
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].labels["method"], "other");
+    assert_eq!(series[0].value, 100.0);
+}

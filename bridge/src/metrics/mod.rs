@@ -1,8 +1,20 @@
 //! Operational metrics in the Prometheus text exposition format (version 0.0.4) at
 //! `GET /metrics`.
 //!
-//! The parts keep their own cheap counters (atomics); this module only reads them at scrape
-//! time and renders them, so nothing here sits on the ingest path. What is measured:
+//! The parts keep their own cheap counters (atomics and [`crate::histogram::Histogram`]); this
+//! module reads them at scrape time, so nothing here sits on the ingest or live path. The
+//! registry, label families and the text encoding are the Prometheus project's client library
+//! (`prometheus-client`, issue #16 point 3; before/after figures in BENCHMARKS.md, "/metrics:
+//! library vs hand-written"):
+//! * `collect`: the collectors that read the store, ingest, writer, fan-out and the values
+//!   added with [`Metrics::with_sample`], at each scrape;
+//! * `store`: the store's collector (log, writes, retention and disk budget, devices);
+//! * `http`: the per-request middleware and its two label families (bounded labels);
+//! * `process`: resident memory and open file descriptors from `/proc/self`.
+//!
+//! Counters are registered under their family name (without `_total`) and exposed, as
+//! before, as `name_total` with `# TYPE name_total counter`: the library's 0.0.4 encoder adds
+//! the suffix. What is measured:
 //!
 //! | metric | type | source |
 //! | --- | --- | --- |
@@ -55,51 +67,29 @@
 //! `edgewatch_mqtt_ingest_skipped_total` (publishes the broker dropped before the bridge read
 //! them).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+mod collect;
+mod http;
+mod process;
+mod store;
 
-use axum::extract::{MatchedPath, Request, State};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::registry::Registry;
 
-use crate::histogram::{Histogram, LATENCY_BUCKETS};
 use crate::ingest::Ingest;
-use crate::live::connections::{LiveMetrics, Transport};
+use crate::live::connections::LiveMetrics;
 use crate::live::fanout::Fanout;
-use crate::store::{BudgetStatus, Store};
+use crate::store::Store;
+use collect::Sources;
 
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Per-route HTTP request counts and latencies.
-#[derive(Debug, Default)]
-pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
-}
-
-impl HttpMetrics {
-    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_owned(), method.to_owned(), status))
-                .or_insert(0) += 1;
-        }
-        let h = match self.latency.lock() {
-            Ok(mut m) => m
-                .entry(route.to_owned())
-                .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
-                .clone(),
-            Err(_) => return,
-        };
-        h.observe(seconds);
-    }
-}
+/// The content type of the text exposition format (version 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Everything `/metrics` reports. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -109,30 +99,42 @@ pub struct Metrics {
 
 #[derive(Debug)]
 struct Inner {
-    store: Store,
-    ingest: Ingest,
-    live: OnceLock<(Fanout, Arc<LiveMetrics>)>,
-    http: HttpMetrics,
-    samples: Mutex<Vec<Sample>>,
+    /// Built once in [`Metrics::new`]: collectors only, read at each scrape. Parts added later
+    /// ([`Metrics::with_live`], [`Metrics::with_sample`]) go into `sources`, which the
+    /// collectors read, so the registry itself is never changed after start.
+    registry: Registry,
+    sources: Arc<Sources>,
+    http: Arc<http::HttpMetrics>,
 }
 
 /// A value owned elsewhere (the embedded broker), read at each scrape.
 #[derive(Clone)]
 pub struct Sample {
-    /// Metric name, following Prometheus conventions.
+    /// Metric name as exposed, following Prometheus conventions (a counter's ends in
+    /// `_total`).
     pub name: &'static str,
     /// `# HELP` text.
     pub help: &'static str,
-    /// `gauge` or `counter`.
-    pub kind: &'static str,
+    /// Gauge or counter.
+    pub kind: SampleKind,
     /// Reads the current value.
     pub read: Arc<dyn Fn() -> f64 + Send + Sync>,
+}
+
+/// What a [`Sample`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    /// A value that goes up and down.
+    Gauge,
+    /// A count since start; the name ends in `_total`.
+    Counter,
 }
 
 impl std::fmt::Debug for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sample")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
@@ -140,13 +142,26 @@ impl std::fmt::Debug for Sample {
 impl Metrics {
     /// Metrics over the store and ingest of a hub (see [`crate::Bridge::metrics`]).
     pub fn new(store: Store, ingest: Ingest) -> Self {
+        let sources = Arc::new(Sources {
+            store,
+            ingest,
+            live: OnceLock::new(),
+            samples: Mutex::new(Vec::new()),
+        });
+        let http = Arc::new(http::HttpMetrics::default());
+        let mut registry = Registry::default();
+        // In this order in the exposition.
+        registry.register_collector(Box::new(collect::Pipeline(sources.clone())));
+        registry.register_collector(Box::new(store::Storage(sources.clone())));
+        registry.register_collector(Box::new(collect::Live(sources.clone())));
+        registry.register_collector(Box::new(http::HttpCollector(http.clone())));
+        registry.register_collector(Box::new(collect::Samples(sources.clone())));
+        registry.register_collector(Box::new(process::Process));
         Self {
             inner: Arc::new(Inner {
-                store,
-                ingest,
-                live: OnceLock::new(),
-                http: HttpMetrics::default(),
-                samples: Mutex::new(Vec::new()),
+                registry,
+                sources,
+                http,
             }),
         }
     }
@@ -154,13 +169,18 @@ impl Metrics {
     /// Adds the live side: the fan-out and the per-transport connection gauges (once; later
     /// calls are ignored).
     pub fn with_live(self, fanout: Fanout, live: Arc<LiveMetrics>) -> Self {
-        let _ = self.inner.live.set((fanout, live));
+        let _ = self.inner.sources.live.set((fanout, live));
         self
     }
 
     /// Adds a value owned elsewhere, read at each scrape.
     pub fn with_sample(self, sample: Sample) -> Self {
-        if let Ok(mut samples) = self.inner.samples.lock() {
+        debug_assert!(
+            sample.kind != SampleKind::Counter || sample.name.ends_with("_total"),
+            "counter {} must end in _total",
+            sample.name
+        );
+        if let Ok(mut samples) = self.inner.sources.samples.lock() {
             samples.push(sample);
         }
         self
@@ -176,371 +196,18 @@ impl Metrics {
     /// Adds the request-counting middleware to every route of `router` (call it on the
     /// fully merged router so `MatchedPath` names the route).
     pub fn track_http(&self, router: Router) -> Router {
-        router.layer(axum::middleware::from_fn_with_state(self.clone(), track))
+        router.layer(axum::middleware::from_fn_with_state(
+            self.inner.http.clone(),
+            http::track,
+        ))
     }
 
     /// Renders the exposition text.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let i = &self.inner;
-        let c = i.ingest.counters();
-        counters(
-            &mut out,
-            &[
-                (
-                    "edgewatch_publishes_received_total",
-                    "Inbound MQTT publishes seen by ingest.",
-                    &c.received,
-                ),
-                (
-                    "edgewatch_readings_ingested_total",
-                    "Readings decoded and handed to the writer.",
-                    &c.readings,
-                ),
-                (
-                    "edgewatch_presence_changes_total",
-                    "Device presence changes (sensors/{deviceId}/status) handed to the writer.",
-                    &c.presence,
-                ),
-                (
-                    "edgewatch_publishes_ignored_total",
-                    "Inbound publishes on topics outside sensors/ (not readings; not stored).",
-                    &c.ignored,
-                ),
-            ],
-        );
-        let o = &i.ingest.writer().stats().outcomes;
-        counters(
-            &mut out,
-            &[
-                (
-                    "edgewatch_readings_stored_total",
-                    "Readings stored in the event log, each with a new seq.",
-                    &o.stored,
-                ),
-                (
-                    "edgewatch_readings_duplicate_total",
-                    "Readings recognised as a resend of a stored reading and not stored again.",
-                    &o.duplicates,
-                ),
-                (
-                    "edgewatch_presence_recorded_total",
-                    "Presence changes recorded by the writer.",
-                    &o.presence,
-                ),
-                (
-                    "edgewatch_writer_items_failed_total",
-                    "Items of writer batches the store could not apply (left unacknowledged).",
-                    &o.failed,
-                ),
-            ],
-        );
-        let rejects = i.ingest.rejects().snapshot();
-        head(
-            &mut out,
-            "edgewatch_readings_rejected_total",
-            "counter",
-            "Inbound publishes rejected, by reason.",
-        );
-        if rejects.by_reason.is_empty() {
-            let _ = writeln!(
-                out,
-                "edgewatch_readings_rejected_total{{reason=\"none\"}} 0"
-            );
-        }
-        for (reason, n) in &rejects.by_reason {
-            let _ = writeln!(
-                out,
-                "edgewatch_readings_rejected_total{{reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
-
-        let w = i.ingest.writer();
-        let ws = w.stats();
-        head(
-            &mut out,
-            "edgewatch_writer_batch_size",
-            "histogram",
-            "Items (readings and presence changes) per committed writer batch.",
-        );
-        ws.batch_size
-            .render(&mut out, "edgewatch_writer_batch_size", "");
-        head(
-            &mut out,
-            "edgewatch_writer_commit_duration_seconds",
-            "histogram",
-            "Time to apply a batch to the log and make it durable.",
-        );
-        ws.commit_seconds
-            .render(&mut out, "edgewatch_writer_commit_duration_seconds", "");
-        counter(
-            &mut out,
-            "edgewatch_writer_commit_failures_total",
-            "Writer batches that could not be stored.",
-            ws.commit_failures.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "edgewatch_writer_queue_capacity",
-            "Capacity of the writer's input queue, commands.",
-            w.queue_capacity() as f64,
-        );
-        gauge(
-            &mut out,
-            "edgewatch_writer_queue_free",
-            "Free slots in the writer's input queue.",
-            w.free_slots() as f64,
-        );
-        if let Ok(n) = i.store.delivery_records() {
-            gauge(
-                &mut out,
-                "edgewatch_external_delivery_records",
-                "External-broker deliveries remembered until the broker has their PUBACK.",
-                n as f64,
-            );
-        }
-        if let Ok(n) = i.store.delivery_records_evicted() {
-            counter(
-                &mut out,
-                "edgewatch_external_delivery_records_evicted_total",
-                "External-broker delivery records dropped at their bound of 1,000,000 (a resend of one would be stored again).",
-                n,
-            );
-        }
-        gauge(
-            &mut out,
-            "edgewatch_writer_healthy",
-            "1 while the writer is committing, 0 after a failed commit.",
-            f64::from(u8::from(w.is_healthy())),
-        );
-
-        if let Ok(s) = i.store.stats() {
-            gauge(
-                &mut out,
-                "edgewatch_log_size_bytes",
-                "Bytes the event log database occupies on disk.",
-                s.size_on_disk as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_log_readings",
-                "Readings currently kept in the event log.",
-                s.readings as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_series",
-                "Stored series (device, metric).",
-                s.series as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_last_seq",
-                "Highest sequence number assigned.",
-                s.last_seq as f64,
-            );
-            let w = s.written;
-            labelled_counter(
-                &mut out,
-                "edgewatch_store_written_bytes_total",
-                "Bytes of values committed to the database since start, by kind (log blocks, sealed chunks, rollup pages; the database adds its own framing).",
-                "kind",
-                &[("log", w.log_bytes), ("chunk", w.chunk_bytes), ("rollup", w.rollup_bytes)],
-            );
-            labelled_counter(
-                &mut out,
-                "edgewatch_store_written_values_total",
-                "Values committed to the database since start, by kind (a seal writes one or more chunks and rewrites the rollup pages its readings fall in).",
-                "kind",
-                &[("log", w.log_blocks), ("chunk", w.chunks), ("rollup", w.rollup_pages)],
-            );
-            counter(
-                &mut out,
-                "edgewatch_store_sealed_readings_total",
-                "Readings moved from open chunks into sealed chunks since start.",
-                w.chunk_rows,
-            );
-        }
-        if let Ok(b) = i.store.budget_status() {
-            render_budget(&mut out, &b);
-        }
-        if let Ok(devices) = i.store.devices() {
-            let online = devices.iter().filter(|d| d.online == Some(true)).count();
-            gauge(
-                &mut out,
-                "edgewatch_devices_online",
-                "Devices whose last status (sensors/{deviceId}/status) is online.",
-                online as f64,
-            );
-        }
-
-        if let Some((fanout, live)) = i.live.get() {
-            head(
-                &mut out,
-                "edgewatch_live_connections",
-                "gauge",
-                "Open live connections by transport.",
-            );
-            for t in [Transport::Sse, Transport::Ws, Transport::Poll] {
-                let _ = writeln!(
-                    out,
-                    "edgewatch_live_connections{{transport=\"{}\"}} {}",
-                    t.label(),
-                    live.connections(t)
-                );
-            }
-            let q = fanout.queue_stats();
-            gauge(
-                &mut out,
-                "edgewatch_live_subscriptions",
-                "Open fan-out subscriptions.",
-                q.subscriptions as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_live_subscriptions_conflating",
-                "Subscriptions currently lagging (conflating to the latest value per topic).",
-                q.conflating as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_live_queue_depth_max",
-                "Deepest subscriber queue, events (the worst per-subscriber lag).",
-                q.max_depth as f64,
-            );
-            gauge(
-                &mut out,
-                "edgewatch_live_queue_depth_sum",
-                "Events queued over all subscribers.",
-                q.total_depth as f64,
-            );
-            let st = fanout.stats();
-            counters(
-                &mut out,
-                &[
-                    (
-                        "edgewatch_live_events_delivered_total",
-                        "Events queued to live subscribers.",
-                        &st.delivered,
-                    ),
-                    (
-                        "edgewatch_live_conflated_dropped_total",
-                        "Readings dropped for slow subscribers (superseded while conflated).",
-                        &st.dropped,
-                    ),
-                    (
-                        "edgewatch_live_gaps_total",
-                        "Gap notices sent to slow subscribers.",
-                        &st.gaps,
-                    ),
-                    (
-                        "edgewatch_live_lag_disconnects_total",
-                        "Subscribers disconnected for sustained lag.",
-                        &st.lag_disconnects,
-                    ),
-                    (
-                        "edgewatch_live_catchup_failures_total",
-                        "Reads of the log for live delivery (fan-out catch-up, watch replay) that failed; the subscribers concerned were sent a gap.",
-                        &st.catchup_failures,
-                    ),
-                    (
-                        "edgewatch_live_events_unencodable_total",
-                        "Readings whose live event could not be serialized, so were not sent (logged).",
-                        &st.unencodable,
-                    ),
-                ],
-            );
-            for (name, help, h) in [
-                (
-                    "edgewatch_live_link_to_fanout_seconds",
-                    "Broker link to committed reading at the fan-out (ingest, group commit, fsync).",
-                    &st.link_to_fanout,
-                ),
-                (
-                    "edgewatch_live_publish_seconds",
-                    "One fan-out publish call (match and queue a committed batch).",
-                    &st.publish_seconds,
-                ),
-            ] {
-                head(&mut out, name, "histogram", help);
-                h.render(&mut out, name, "");
-            }
-            head(
-                &mut out,
-                "edgewatch_live_fanout_to_write_seconds",
-                "histogram",
-                "Live reading made by the fan-out to written by its transport.",
-            );
-            st.sse_write.render(
-                &mut out,
-                "edgewatch_live_fanout_to_write_seconds",
-                "transport=\"sse\"",
-            );
-            st.ws_write.render(
-                &mut out,
-                "edgewatch_live_fanout_to_write_seconds",
-                "transport=\"ws\"",
-            );
-        }
-
-        head(
-            &mut out,
-            "edgewatch_http_requests_total",
-            "counter",
-            "HTTP requests by matched route, method and status.",
-        );
-        if let Ok(m) = i.http.requests.lock() {
-            for ((route, method, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "edgewatch_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                    escape(route),
-                    escape(method)
-                );
-            }
-        }
-        head(
-            &mut out,
-            "edgewatch_http_request_duration_seconds",
-            "histogram",
-            "Time to the response head by matched route (streams: time to open).",
-        );
-        let hist: Vec<(String, Arc<Histogram>)> = match i.http.latency.lock() {
-            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(_) => Vec::new(),
-        };
-        for (route, h) in hist {
-            h.render(
-                &mut out,
-                "edgewatch_http_request_duration_seconds",
-                &format!("route=\"{}\"", escape(&route)),
-            );
-        }
-
-        if let Ok(samples) = i.samples.lock() {
-            for sample in samples.iter() {
-                head(&mut out, sample.name, sample.kind, sample.help);
-                let _ = writeln!(out, "{} {}", sample.name, (sample.read)());
-            }
-        }
-
-        if let Some(rss) = process_rss_bytes() {
-            gauge(
-                &mut out,
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                rss as f64,
-            );
-        }
-        if let Some(fds) = process_open_fds() {
-            gauge(
-                &mut out,
-                "process_open_fds",
-                "Number of open file descriptors.",
-                fds as f64,
-            );
-        }
+        let mut out = String::with_capacity(48 * 1024);
+        // Writing to a String does not fail and the collectors only write, so an error
+        // cannot happen here; were one to, the text so far is still served.
+        let _ = prometheus_text::encode(&mut out, &self.inner.registry);
         out
     }
 }
@@ -565,207 +232,117 @@ async fn scrape(State(m): State<Metrics>) -> Response {
     }
 }
 
-/// Counts one request under its matched route (`unmatched` for the fallback).
-async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let start = Instant::now();
-    let res = next.run(req).await;
-    m.inner.http.record(
-        &route,
-        &method,
-        res.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    res
-}
-
-/// What retention removed and where the store stands against its disk budget.
-fn render_budget(out: &mut String, b: &BudgetStatus) {
-    labelled_counter(
-        out,
-        "edgewatch_retention_readings_removed_total",
-        "Readings retention removed since start, by reason (age: older than retention_days; budget: the oldest, to fit the disk budget).",
-        "reason",
-        &[("age", b.removed_for_age), ("budget", b.removed_for_budget)],
-    );
-    gauge(
-        out,
-        "edgewatch_disk_budget_bytes",
-        "The disk budget (disk_budget_mb) in bytes; 0: no budget.",
-        b.budget_bytes.unwrap_or(0) as f64,
-    );
-    let Some(budget) = b.budget_bytes else {
-        return;
-    };
-    gauge(
-        out,
-        "edgewatch_disk_budget_live_limit_bytes",
-        "Live bytes retention keeps the store under: a share of the budget, the rest is left for the database's own overhead and lag.",
-        b.live_limit_bytes.unwrap_or(budget) as f64,
-    );
-    gauge(
-        out,
-        "edgewatch_disk_budget_kept_readings",
-        "The newest readings the disk budget never removes.",
-        b.kept_readings as f64,
-    );
-    gauge(
-        out,
-        "edgewatch_disk_budget_exceeded",
-        "1 when the database files (edgewatch_log_size_bytes) are larger than the budget, or the last settled retention step left live bytes above their limit with only kept readings left to remove; else 0.",
-        f64::from(u8::from(b.exceeded)),
-    );
-    if let Some(live) = b.live {
-        head(
-            out,
-            "edgewatch_store_live_bytes",
-            "gauge",
-            "Bytes of values the store holds, by kind (log blocks, sealed chunks, rollup pages): what the disk budget measures. The files are larger: the database's framing and space it has not reclaimed yet.",
-        );
-        for (kind, v) in [
-            ("log", live.log),
-            ("chunk", live.chunks),
-            ("rollup", live.rollups),
-        ] {
-            let _ = writeln!(out, "edgewatch_store_live_bytes{{kind=\"{kind}\"}} {v}");
-        }
-    }
-}
-
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    head(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-/// One counter with a label: `name{label="value"} n` per item.
-fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, items: &[(&str, u64)]) {
-    head(out, name, "counter", help);
-    for (value, n) in items {
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
-    }
-}
-
-/// Several counters read from atomics: `(name, help, value)`.
-fn counters(out: &mut String, list: &[(&str, &str, &AtomicU64)]) {
-    for (name, help, v) in list {
-        counter(out, name, help, v.load(Ordering::Relaxed));
-    }
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    head(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-/// Escapes a label value (backslash, quote, newline).
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
-fn process_rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // In pages of the kernel's size: 4 KiB on x86_64, 16 KiB on a Raspberry Pi 5's kernel.
-    Some(pages * rustix::param::page_size() as u64)
-}
-
-/// Entries of `/proc/self/fd` (Linux; `None` elsewhere).
-fn process_open_fds() -> Option<usize> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn resident_set_size_agrees_with_the_kernels_own_figure() {
-        // /proc/self/status gives VmRSS in kB whatever the page size.
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        let ours = super::process_rss_bytes().unwrap();
-        let theirs = kb * 1024;
-        // Both are read a moment apart: allow 8 MiB of movement.
-        assert!(ours.abs_diff(theirs) < 8 << 20, "{ours} vs {theirs}");
-    }
+    use std::collections::BTreeMap;
+
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::live::fanout::FanoutConfig;
 
-    #[test]
-    fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::new(&[1.0, 10.0]);
-        h.observe(0.5);
-        h.observe(5.0);
-        h.observe(50.0);
-        let mut out = String::new();
-        h.render(&mut out, "x", "route=\"/a\"");
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"1\"} 1\n"));
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"10\"} 2\n"));
-        assert!(out.contains("x_bucket{route=\"/a\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_sum{route=\"/a\"} 55.5\n"));
-        assert!(out.contains("x_count{route=\"/a\"} 3\n"));
-    }
+    /// Every family and its type as the hand-written exposition had them before the client
+    /// library (issue #16 point 3): names, `_total` suffixes and types must not move. With a
+    /// disk budget, `edgewatch_disk_budget_*` and `edgewatch_store_live_bytes` join them.
+    const FAMILIES: &[(&str, &str)] = &[
+        ("edgewatch_devices_online", "gauge"),
+        ("edgewatch_disk_budget_bytes", "gauge"),
+        ("edgewatch_external_delivery_records", "gauge"),
+        (
+            "edgewatch_external_delivery_records_evicted_total",
+            "counter",
+        ),
+        ("edgewatch_http_request_duration_seconds", "histogram"),
+        ("edgewatch_http_requests_total", "counter"),
+        ("edgewatch_last_seq", "gauge"),
+        ("edgewatch_live_catchup_failures_total", "counter"),
+        ("edgewatch_live_conflated_dropped_total", "counter"),
+        ("edgewatch_live_connections", "gauge"),
+        ("edgewatch_live_events_delivered_total", "counter"),
+        ("edgewatch_live_events_unencodable_total", "counter"),
+        ("edgewatch_live_fanout_to_write_seconds", "histogram"),
+        ("edgewatch_live_gaps_total", "counter"),
+        ("edgewatch_live_lag_disconnects_total", "counter"),
+        ("edgewatch_live_link_to_fanout_seconds", "histogram"),
+        ("edgewatch_live_publish_seconds", "histogram"),
+        ("edgewatch_live_queue_depth_max", "gauge"),
+        ("edgewatch_live_queue_depth_sum", "gauge"),
+        ("edgewatch_live_subscriptions", "gauge"),
+        ("edgewatch_live_subscriptions_conflating", "gauge"),
+        ("edgewatch_log_readings", "gauge"),
+        ("edgewatch_log_size_bytes", "gauge"),
+        ("edgewatch_mqtt_connections", "gauge"),
+        ("edgewatch_mqtt_held_acks_total", "counter"),
+        ("edgewatch_presence_changes_total", "counter"),
+        ("edgewatch_presence_recorded_total", "counter"),
+        ("edgewatch_publishes_ignored_total", "counter"),
+        ("edgewatch_publishes_received_total", "counter"),
+        ("edgewatch_readings_duplicate_total", "counter"),
+        ("edgewatch_readings_ingested_total", "counter"),
+        ("edgewatch_readings_rejected_total", "counter"),
+        ("edgewatch_readings_stored_total", "counter"),
+        ("edgewatch_retention_readings_removed_total", "counter"),
+        ("edgewatch_series", "gauge"),
+        ("edgewatch_store_sealed_readings_total", "counter"),
+        ("edgewatch_store_written_bytes_total", "counter"),
+        ("edgewatch_store_written_values_total", "counter"),
+        ("edgewatch_writer_batch_size", "histogram"),
+        ("edgewatch_writer_commit_duration_seconds", "histogram"),
+        ("edgewatch_writer_commit_failures_total", "counter"),
+        ("edgewatch_writer_healthy", "gauge"),
+        ("edgewatch_writer_items_failed_total", "counter"),
+        ("edgewatch_writer_queue_capacity", "gauge"),
+        ("edgewatch_writer_queue_free", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+    ];
 
-    #[test]
-    fn budget_metrics_render() {
-        let mut out = String::new();
-        render_budget(&mut out, &BudgetStatus::default());
-        assert!(out.contains("edgewatch_retention_readings_removed_total{reason=\"age\"} 0\n"));
-        assert!(out.contains("edgewatch_disk_budget_bytes 0\n"));
-        assert!(!out.contains("edgewatch_disk_budget_exceeded"));
-        let status = BudgetStatus {
-            budget_bytes: Some(8 << 20),
-            live_limit_bytes: Some(4 << 20),
-            live: Some(crate::store::LiveBytes {
-                log: 3,
-                chunks: 2,
-                rollups: 1,
-            }),
-            file_bytes: 9 << 20,
-            kept_readings: 7,
-            floor_reached: false,
-            exceeded: true,
-            removed_for_age: 5,
-            removed_for_budget: 11,
+    #[tokio::test]
+    async fn names_and_types_are_those_of_the_hand_written_exposition() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::BridgeConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
         };
-        let mut out = String::new();
-        render_budget(&mut out, &status);
+        let hub = crate::start(cfg, CancellationToken::new()).await.unwrap();
+        let metrics = hub
+            .metrics()
+            .with_live(Fanout::new(FanoutConfig::default()), Arc::default())
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_connections",
+                help: "MQTT clients connected to the embedded broker.",
+                kind: SampleKind::Gauge,
+                read: Arc::new(|| 2.0),
+            })
+            .with_sample(Sample {
+                name: "edgewatch_mqtt_held_acks_total",
+                help: "PUBACKs held back because the bridge was behind (backpressure).",
+                kind: SampleKind::Counter,
+                read: Arc::new(|| 7.0),
+            });
+        let text = metrics.render();
+        let types: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+            .collect();
+        let expected: BTreeMap<&str, &str> = FAMILIES.iter().copied().collect();
+        assert_eq!(types, expected, "{text}");
         for line in [
-            "edgewatch_retention_readings_removed_total{reason=\"age\"} 5",
-            "edgewatch_retention_readings_removed_total{reason=\"budget\"} 11",
-            "edgewatch_disk_budget_bytes 8388608",
-            "edgewatch_disk_budget_live_limit_bytes 4194304",
-            "edgewatch_disk_budget_kept_readings 7",
-            "edgewatch_disk_budget_exceeded 1",
-            "edgewatch_store_live_bytes{kind=\"log\"} 3",
-            "edgewatch_store_live_bytes{kind=\"chunk\"} 2",
-            "edgewatch_store_live_bytes{kind=\"rollup\"} 1",
-            "# TYPE edgewatch_store_live_bytes gauge",
+            "# HELP edgewatch_readings_ingested_total Readings decoded and handed to the writer.",
+            "edgewatch_readings_ingested_total 0",
+            "edgewatch_readings_rejected_total{reason=\"none\"} 0",
+            "edgewatch_mqtt_connections 2.0",
+            "edgewatch_mqtt_held_acks_total 7.0",
+            "edgewatch_live_connections{transport=\"poll\"} 0",
+            "edgewatch_live_fanout_to_write_seconds_bucket{transport=\"ws\",le=\"0.0005\"} 0",
+            "edgewatch_writer_batch_size_bucket{le=\"2500\"} 0",
+            "edgewatch_writer_commit_duration_seconds_count 0",
         ] {
             assert!(
-                out.contains(&format!("{line}\n")),
-                "{line} missing in\n{out}"
+                text.contains(&format!("{line}\n")),
+                "{line} missing in\n{text}"
             );
         }
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        hub.shutdown().await.unwrap();
     }
 }
