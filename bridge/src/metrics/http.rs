@@ -4,7 +4,9 @@
 //! Per request: two lookups in the client library's `Family` (a read lock and a hash each;
 //! a write lock only the first time a label set is seen), one atomic counter increment and
 //! one observation of our atomic histogram. No allocation: the route is axum's `MatchedPath`
-//! (a shared `Arc<str>`, cloned by reference count), the method a `&'static str`. Every label
+//! (a shared `Arc<str>`, cloned by reference count), the method a `&'static str`. Measured
+//! (`metrics_bench`, BENCHMARKS.md): 664 ns per request for the whole middleware, against
+//! 892 ns for the hand-written maps it replaced (two mutexes, three strings). Every label
 //! is bounded, so a client cannot grow `/metrics`: the route is one the router declares or
 //! `unmatched`, the method one of the nine of RFC 9110 and RFC 5789 or `other`, the status
 //! one of hyper's 100-999.
