@@ -83,7 +83,8 @@ fn cobs_frames_through_a_pty_survive_close_and_reopen() {
             && matches!(m.as_deref(), Some("temperature" | "humidity"))
             && v.is_finite()));
 
-    // Unplug: nobody reads for a while; then the port is opened again.
+    // Unplug: nobody reads for a while (the scenario under test); then the port is opened
+    // again.
     std::thread::sleep(Duration::from_millis(400));
     let second = read_readings(emulator.path(), SerialFormat::Cobs, 10);
     assert!(second.readings.len() >= 10);
@@ -111,12 +112,22 @@ fn a_reader_that_never_comes_back_does_not_block_the_emulator() {
     })
     .unwrap();
     // Nobody reads: the pty fills up; the emulator keeps running and counts drops.
-    std::thread::sleep(Duration::from_secs(2));
-    let before = emulator.counts();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        emulator.counts().written + emulator.counts().dropped > before.written + before.dropped
-    );
+    let progressed = |at_least: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = emulator.counts();
+            if c.dropped > 0 && c.written + c.dropped > at_least {
+                return c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the emulator stopped making progress: {c:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = progressed(0);
+    progressed(before.written + before.dropped);
     // And a late reader still gets readings.
     let seen = read_readings(emulator.path(), SerialFormat::Cobs, 5);
     assert!(seen.readings.len() >= 5);

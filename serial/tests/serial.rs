@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use edgewatch_serial::{run_serial, SerialFormat, SerialPortConfig, SerialPublish, SerialStats};
 use edgewatch_sim::{spawn_serial_emulator, Faults, SerialConfig, SerialEmulator};
+use edgewatch_testkit::{init_logs, wait_until};
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -21,16 +22,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const STOP_LIMIT: Duration = Duration::from_secs(2);
 
 type Published = mpsc::UnboundedReceiver<(String, Bytes)>;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "edgewatch_serial=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn emulator(
     device_id: &str,
@@ -134,18 +125,6 @@ async fn publish_from(rx: &mut Published, device_id: &str) -> (String, Value) {
     }
 }
 
-/// Polls `f` every 10 ms until it is true, failing after [`WAIT`].
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Checks a reading's topic and payload: device, metric, unit and a number value.
 fn check_reading(topic: &str, payload: &Value, device_id: &str, with_timestamp: bool) {
     let metric = topic
@@ -184,7 +163,7 @@ fn symlink_to(link: &Path, target: &Path) {
 
 #[tokio::test]
 async fn cobs_frames_are_published() {
-    init_tracing();
+    init_logs();
     let emu = emulator(
         "serial-7",
         edgewatch_sim::SerialFormat::Cobs,
@@ -210,7 +189,7 @@ async fn cobs_frames_are_published() {
 
 #[tokio::test]
 async fn lines_are_published_with_the_ports_device_id() {
-    init_tracing();
+    init_logs();
     let emu = emulator(
         "ignored",
         edgewatch_sim::SerialFormat::Lines,
@@ -231,7 +210,7 @@ async fn lines_are_published_with_the_ports_device_id() {
 
 #[tokio::test]
 async fn garbage_is_counted_and_good_readings_still_arrive() {
-    init_tracing();
+    init_logs();
     for (format, emu_format, with_timestamp) in [
         (SerialFormat::Cobs, edgewatch_sim::SerialFormat::Cobs, true),
         (
@@ -248,7 +227,7 @@ async fn garbage_is_counted_and_good_readings_still_arrive() {
             check_reading(topic, payload, "noisy", with_timestamp);
         }
         let stats = reader.stats.clone();
-        wait_until("garbage to be counted", || stats.error_total() >= 4).await;
+        wait_until(WAIT, "garbage to be counted", || stats.error_total() >= 4).await;
         let injected = emu.counts().injected;
         let stats = reader.stop().await.snapshot();
         assert!(injected >= 4, "{injected}");
@@ -285,7 +264,7 @@ async fn garbage_is_counted_and_good_readings_still_arrive() {
 
 #[tokio::test]
 async fn oversize_frames_are_skipped() {
-    init_tracing();
+    init_logs();
     // Frames with a 60-character metric are about 100 bytes, temperature frames about 40.
     let long_metric = "m".repeat(60);
     let emu = emulator(
@@ -304,7 +283,7 @@ async fn oversize_frames_are_skipped() {
         check_reading(&topic, &payload, "s1", true);
     }
     let stats = reader.stats.clone();
-    wait_until("oversize frames to be counted", || {
+    wait_until(WAIT, "oversize frames to be counted", || {
         stats.errors().get("too_long").copied().unwrap_or(0) >= 3
     })
     .await;
@@ -317,7 +296,7 @@ async fn oversize_frames_are_skipped() {
 
 #[tokio::test]
 async fn unplug_and_replug_on_the_same_path() {
-    init_tracing();
+    init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("ttyEMU0");
     let first = emulator(
@@ -336,8 +315,13 @@ async fn unplug_and_replug_on_the_same_path() {
     // Unplug: the pty goes away; the reader sees EIO or end of file.
     drop(first);
     let stats = reader.stats.clone();
-    wait_until("the reader to notice the unplug", || !stats.connected()).await;
+    wait_until(WAIT, "the reader to notice the unplug", || {
+        !stats.connected()
+    })
+    .await;
     // The port stays away for a while: the reader keeps retrying without delivering anything.
+    // A window for what must not happen (a delivery or a reconnect): there is no event to wait
+    // for instead.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!stats.connected());
     while let Ok((topic, _)) = rx.try_recv() {
@@ -365,11 +349,12 @@ async fn unplug_and_replug_on_the_same_path() {
 
 #[tokio::test]
 async fn port_missing_at_start_is_waited_for() {
-    init_tracing();
+    init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("ttyLATE");
     let (publish, mut rx) = collector();
     let reader = start(port(&link, "late", SerialFormat::Lines), publish);
+    // A window for what must not happen: no connection, no reading while the port is missing.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!reader.stats.connected());
     assert!(rx.try_recv().is_err());
@@ -390,7 +375,7 @@ async fn port_missing_at_start_is_waited_for() {
 
 #[tokio::test]
 async fn publish_failures_are_counted_and_reading_goes_on() {
-    init_tracing();
+    init_logs();
     let emu = emulator(
         "s2",
         edgewatch_sim::SerialFormat::Cobs,
@@ -401,7 +386,7 @@ async fn publish_failures_are_counted_and_reading_goes_on() {
         Arc::new(|_, _| async { Err("broker is down".to_owned()) }.boxed());
     let reader = start(port(emu.path(), "s2", SerialFormat::Cobs), publish);
     let stats = reader.stats.clone();
-    wait_until("failed publishes", || stats.publish_errors() >= 10).await;
+    wait_until(WAIT, "failed publishes", || stats.publish_errors() >= 10).await;
     let stats = reader.stop().await.snapshot();
     assert_eq!(stats.published, 0);
     assert!(stats.frames_ok >= 10, "{stats:?}");
@@ -409,7 +394,7 @@ async fn publish_failures_are_counted_and_reading_goes_on() {
 
 #[tokio::test]
 async fn cancellation_stops_the_reader_promptly() {
-    init_tracing();
+    init_logs();
     // While reading.
     let emu = emulator(
         "s3",
@@ -426,7 +411,7 @@ async fn cancellation_stops_the_reader_promptly() {
     let stuck: SerialPublish = Arc::new(|_, _| futures::future::pending().boxed());
     let reader = start(port(emu.path(), "s3", SerialFormat::Cobs), stuck);
     let stats = reader.stats.clone();
-    wait_until("a decoded frame", || stats.frames_ok() >= 1).await;
+    wait_until(WAIT, "a decoded frame", || stats.frames_ok() >= 1).await;
     reader.stop().await;
 
     // While waiting to reopen a missing port, with a long delay.
@@ -440,6 +425,8 @@ async fn cancellation_stops_the_reader_promptly() {
     };
     let (publish, _rx) = collector();
     let reader = start(cfg, publish);
+    // Time for the first open to fail, so that the stop lands in the 60 s reopen delay (a
+    // failed open is logged, not counted: nothing to wait for instead).
     tokio::time::sleep(Duration::from_millis(100)).await;
     reader.stop().await;
 }
