@@ -101,38 +101,82 @@ impl<K: Eq + Hash + Clone> FilterIndex<K> {
     }
 
     /// Removes `key` from `filter`; false if it was not there. Empty branches are pruned.
+    ///
+    /// Iterative: a filter of any depth is removed without recursion (the depth of a filter
+    /// is the client's choice; the HTTP side also bounds it, see
+    /// [`TopicFilter::parse_bounded`]).
     pub fn remove(&mut self, filter: &TopicFilter, key: &K) -> bool {
         let levels: Vec<&str> = filter.levels().collect();
-        let removed = Self::remove_at(&mut self.root, &levels, key);
-        self.len -= usize::from(removed);
+        // The path below the root, as far as it exists, ending at the node holding `key`.
+        let Some((last, path)) = levels.split_last() else {
+            return false;
+        };
+        let mut node = &mut self.root;
+        for level in path {
+            if *level == "#" {
+                return false;
+            }
+            let next = if *level == "+" {
+                node.plus.as_deref_mut()
+            } else {
+                node.children.get_mut(*level)
+            };
+            let Some(next) = next else {
+                return false;
+            };
+            node = next;
+        }
+        let removed = if *last == "#" {
+            node.hash.remove(key)
+        } else {
+            let child = if *last == "+" {
+                node.plus.as_deref_mut()
+            } else {
+                node.children.get_mut(*last)
+            };
+            child.is_some_and(|c| c.exact.remove(key))
+        };
+        if removed {
+            self.len -= 1;
+            self.prune(&levels);
+        }
         removed
     }
 
-    fn remove_at(node: &mut Node<K>, levels: &[&str], key: &K) -> bool {
-        let Some((&level, rest)) = levels.split_first() else {
-            return node.exact.remove(key);
+    /// Drops the empty nodes along `levels`, deepest first, each found from the root again (the
+    /// depth is bounded where filters enter, so this stays cheap).
+    fn prune(&mut self, levels: &[&str]) {
+        let steps = match levels.last() {
+            Some(&"#") => levels.len() - 1,
+            _ => levels.len(),
         };
-        if level == "#" {
-            return node.hash.remove(key);
-        }
-        if level == "+" {
-            let Some(child) = node.plus.as_deref_mut() else {
-                return false;
-            };
-            let removed = Self::remove_at(child, rest, key);
-            if child.is_empty() {
-                node.plus = None;
+        for depth in (1..=steps).rev() {
+            let mut node = &mut self.root;
+            for level in &levels[..depth - 1] {
+                let next = if *level == "+" {
+                    node.plus.as_deref_mut()
+                } else {
+                    node.children.get_mut(*level)
+                };
+                match next {
+                    Some(next) => node = next,
+                    None => return,
+                }
             }
-            removed
-        } else {
-            let Some(child) = node.children.get_mut(level) else {
-                return false;
+            let level = levels[depth - 1];
+            let empty = if level == "+" {
+                node.plus.as_deref().is_some_and(Node::is_empty)
+            } else {
+                node.children.get(level).is_some_and(Node::is_empty)
             };
-            let removed = Self::remove_at(child, rest, key);
-            if child.is_empty() {
+            if !empty {
+                return;
+            }
+            if level == "+" {
+                node.plus = None;
+            } else {
                 node.children.remove(level);
             }
-            removed
         }
     }
 
@@ -245,5 +289,47 @@ mod tests {
             for (i, p) in &parsed { idx.remove(p, i); }
             prop_assert!(idx.is_empty());
         }
+    }
+
+    /// Removing a filter does not recurse: one of 3,000 levels is inserted and removed on a
+    /// thread with a 64 KiB stack (the recursive removal overflowed a tokio worker's stack with
+    /// 7,000 levels), and the emptied branches are pruned deepest first, so dropping them does
+    /// not recurse either.
+    #[test]
+    fn a_deep_filter_is_removed_without_recursion() {
+        let filter = TopicFilter::parse(&format!("sensors{}", "/".repeat(2_999))).unwrap();
+        let plus = TopicFilter::parse(&format!("a{}/#", "/+".repeat(2_000))).unwrap();
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut index = FilterIndex::new();
+                assert!(index.insert(&filter, 1u32));
+                assert!(index.insert(&plus, 2u32));
+                assert!(index.remove(&filter, &1));
+                assert!(!index.remove(&filter, &1));
+                assert!(index.remove(&plus, &2));
+                assert!(index.is_empty());
+                assert!(index.root.is_empty(), "every branch pruned");
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+    }
+
+    /// Removal prunes exactly the branches left empty: siblings and shared prefixes stay.
+    #[test]
+    fn removal_prunes_only_empty_branches() {
+        let f = |s: &str| TopicFilter::parse(s).unwrap();
+        let mut index = FilterIndex::new();
+        index.insert(&f("a/b/c"), 1u32);
+        index.insert(&f("a/b"), 2);
+        index.insert(&f("a/+/#"), 3);
+        assert!(index.remove(&f("a/b/c"), &1));
+        assert_eq!(index.matches("a/b"), [2, 3].into_iter().collect());
+        assert!(index.remove(&f("a/+/#"), &3));
+        assert_eq!(index.matches("a/b"), [2].into_iter().collect());
+        assert!(index.root.children["a"].plus.is_none());
+        assert!(index.remove(&f("a/b"), &2));
+        assert!(index.root.is_empty());
     }
 }

@@ -26,7 +26,7 @@ pub use payload::{
 pub use reading::{Reading, SeriesKey, SeriesTopic};
 pub use setting::InvalidSetting;
 pub use timefmt::TimeError;
-pub use topic::{FilterError, TopicFilter};
+pub use topic::{FilterError, TopicFilter, MAX_FILTER_BYTES, MAX_FILTER_LEVELS};
 
 /// How many characters of an offending input error messages quote.
 pub(crate) const QUOTE_LIMIT: usize = 64;

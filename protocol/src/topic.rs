@@ -22,6 +22,16 @@ use crate::quote;
 /// Longest topic name or filter MQTT can carry: its length is a 16-bit prefix.
 pub const MAX_TOPIC_LEN: usize = 65_535;
 
+/// Most bytes of a topic filter a client gives the hub's HTTP side (live streams, history) or
+/// the config: [`TopicFilter::parse_bounded`]. The readings' own topics are short
+/// (`sensors/{deviceId}/{metric}`); the bound keeps what one request may make the hub hold and
+/// walk small.
+pub const MAX_FILTER_BYTES: usize = 1024;
+
+/// Most levels of a topic filter a client gives the hub's HTTP side or the config: see
+/// [`MAX_FILTER_BYTES`]. Matching work and the depth of the live filter index follow it.
+pub const MAX_FILTER_LEVELS: usize = 32;
+
 /// Why a topic filter or a topic name was rejected.
 ///
 /// Every message names the input (truncated to 64 characters) and what was wrong with it.
@@ -42,6 +52,18 @@ pub enum FilterError {
         input: String,
         /// Its length in bytes.
         len: usize,
+    },
+    /// More bytes or levels than a bounded parse allows ([`TopicFilter::parse_bounded`]).
+    #[error("invalid topic filter {filter:?}: {count} {what}, the maximum is {max}")]
+    OverBound {
+        /// The filter (truncated).
+        filter: String,
+        /// `"bytes"` or `"levels"`.
+        what: &'static str,
+        /// How many it has.
+        count: usize,
+        /// How many are allowed.
+        max: usize,
     },
     /// Contains a NUL character, which MQTT forbids in UTF-8 strings.
     #[error("invalid {kind} {input:?}: NUL character at byte {position}")]
@@ -97,6 +119,8 @@ impl FilterError {
         match self {
             FilterError::Empty { .. } => "empty",
             FilterError::TooLong { .. } => "too_long",
+            FilterError::OverBound { what: "levels", .. } => "too_many_levels",
+            FilterError::OverBound { .. } => "too_long",
             FilterError::NulChar { .. } => "nul_char",
             FilterError::PartialWildcard { .. } => "partial_wildcard",
             FilterError::HashNotLast { .. } => "hash_not_last",
@@ -182,6 +206,30 @@ impl TopicFilter {
         Ok(TopicFilter {
             filter: s.to_owned(),
         })
+    }
+
+    /// Parses like [`TopicFilter::parse`], refusing filters of more than [`MAX_FILTER_BYTES`]
+    /// bytes or [`MAX_FILTER_LEVELS`] levels: every filter the hub takes from an HTTP or
+    /// WebSocket client or from the config goes through here.
+    pub fn parse_bounded(s: &str) -> Result<TopicFilter, FilterError> {
+        let levels = s.split('/').count();
+        if levels > MAX_FILTER_LEVELS {
+            return Err(FilterError::OverBound {
+                filter: quote(s),
+                what: "levels",
+                count: levels,
+                max: MAX_FILTER_LEVELS,
+            });
+        }
+        if s.len() > MAX_FILTER_BYTES {
+            return Err(FilterError::OverBound {
+                filter: quote(s),
+                what: "bytes",
+                count: s.len(),
+                max: MAX_FILTER_BYTES,
+            });
+        }
+        Self::parse(s)
     }
 
     /// Whether the topic name `topic` matches this filter.
@@ -490,5 +538,33 @@ mod tests {
             }
             let _ = validate_topic_name(&s);
         }
+    }
+
+    #[test]
+    fn bounded_parse_refuses_long_and_deep_filters() {
+        let levels = |n: usize| format!("sensors{}", "/+".repeat(n - 1));
+        assert!(TopicFilter::parse_bounded(&levels(32)).is_ok());
+        let err = TopicFilter::parse_bounded(&levels(33)).unwrap_err();
+        assert_eq!(err.reason(), "too_many_levels");
+        assert!(
+            err.to_string().contains("33 levels, the maximum is 32"),
+            "{err}"
+        );
+        let deep = format!("sensors{}", "/".repeat(7000));
+        assert_eq!(
+            TopicFilter::parse_bounded(&deep).unwrap_err().reason(),
+            "too_many_levels"
+        );
+        let long = format!("sensors/{}", "x".repeat(1100));
+        let err = TopicFilter::parse_bounded(&long).unwrap_err();
+        assert_eq!(err.reason(), "too_long");
+        assert!(
+            err.to_string().contains("1108 bytes, the maximum is 1024"),
+            "{err}"
+        );
+        assert!(
+            TopicFilter::parse(&long).is_ok(),
+            "the unbounded parse keeps MQTT's limit"
+        );
     }
 }

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{wait_until, Sse};
+use edgewatch_testkit::http_get;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -1158,4 +1159,66 @@ async fn a_stream_whose_client_went_away_frees_its_slot() {
             "slot not freed: {text}"
         );
     }
+}
+
+/// A filter of thousands of empty levels (the input that once overflowed a worker's stack when
+/// its subscription was dropped, killing the process) is refused on every entry point with a
+/// 400 or a WebSocket error, bounds at 32 levels, and the hub carries on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_filters_are_refused_everywhere_and_the_hub_carries_on() {
+    let hub = start_hub(LiveConfig::default()).await;
+    let deep = format!("sensors{}", "/".repeat(7000));
+    for route in [
+        "/v1/poll?timeout=0&filter=",
+        "/v1/stream?filter=",
+        "/v1/watch?timeout=0&filter=",
+        "/v1/readings?filter=",
+        "/v1/rollups?filter=",
+    ] {
+        let (status, body) = http_get(hub.addr, &format!("{route}{deep}")).await;
+        assert_eq!(status, 400, "{route}: {body}");
+        assert!(
+            body.contains("7001 levels, the maximum is 32"),
+            "{route}: {body}"
+        );
+    }
+    // 32 levels are fine, 33 are not.
+    let levels = |n: usize| format!("sensors{}", "/%2B".repeat(n - 1));
+    let (status, body) = http_get(
+        hub.addr,
+        &format!("/v1/poll?timeout=0&filter={}", levels(32)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(
+        hub.addr,
+        &format!("/v1/poll?timeout=0&filter={}", levels(33)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // WebSocket: an error message for the deep filter; the connection stays usable.
+    let mut ws = ws_connect(hub.addr).await;
+    let sub = serde_json::json!({"type": "subscribe", "filter": deep});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    let answer = timeout(Duration::from_secs(10), ws_next_json(&mut ws))
+        .await
+        .expect("an answer")
+        .expect("a message");
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["code"], "bad_filter", "{answer}");
+    let sub = serde_json::json!({"type": "subscribe", "filter": "sensors/#"});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    let answer = timeout(Duration::from_secs(10), ws_next_json(&mut ws))
+        .await
+        .expect("an answer")
+        .expect("a message");
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+
+    let (status, _) = http_get(hub.addr, "/v1/poll?timeout=0&filter=sensors/%23").await;
+    assert_eq!(status, 200);
 }

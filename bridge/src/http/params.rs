@@ -167,7 +167,7 @@ pub(crate) fn parse_params(
         }
         match k.as_str() {
             "filter" => {
-                let f = TopicFilter::parse(v)
+                let f = TopicFilter::parse_bounded(v)
                     .map_err(|e| ApiError::bad("bad_filter", format!("parameter filter: {e}")))?;
                 p.filters.push(f);
             }

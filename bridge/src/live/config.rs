@@ -68,7 +68,7 @@ impl LiveConfig {
             ("publish_filters", &self.publish_filters),
         ] {
             for f in list {
-                TopicFilter::parse(f)
+                TopicFilter::parse_bounded(f)
                     .map_err(|e| InvalidSetting::new(format!("live.{key}"), e.to_string()))?;
             }
         }

@@ -70,7 +70,7 @@ impl LiveState {
     ) -> Self {
         let parse = |list: &[String]| -> Vec<TopicFilter> {
             list.iter()
-                .filter_map(|f| match TopicFilter::parse(f) {
+                .filter_map(|f| match TopicFilter::parse_bounded(f) {
                     Ok(f) => Some(f),
                     Err(err) => {
                         tracing::error!(%err, "ignoring invalid configured filter");
@@ -195,14 +195,15 @@ pub(crate) fn read_filters(
 ) -> Result<Vec<TopicFilter>, LiveError> {
     let mut out = Vec::new();
     for f in raw {
-        let parsed = TopicFilter::parse(f)
+        let parsed = TopicFilter::parse_bounded(f)
             .map_err(|e| LiveError::bad("bad_filter", format!("parameter filter: {e}")))?;
         out.push(parsed);
     }
     if out.is_empty() {
         match default {
             Some(d) => out.push(
-                TopicFilter::parse(d).map_err(|e| LiveError::bad("bad_filter", e.to_string()))?,
+                TopicFilter::parse_bounded(d)
+                    .map_err(|e| LiveError::bad("bad_filter", e.to_string()))?,
             ),
             None => {
                 return Err(LiveError::bad(
