@@ -109,8 +109,7 @@ fn show(what: &str, s: &BudgetStatus) {
 /// is left is the newest readings without a hole, at least the newest `newest` of them with
 /// their values, every reading removed is counted, and live bytes are within their share.
 fn check_left(store: &Store, t0: i64, head: u64, newest: u64) -> Vec<u64> {
-    let s = store.budget_status().unwrap();
-    let seqs = seqs_in_log(store);
+    let (s, seqs) = quiet_snapshot(store);
     assert_eq!(store.last_seq().unwrap(), head);
     let first = seqs.first().copied().unwrap_or(head + 1);
     assert_eq!(
@@ -124,7 +123,7 @@ fn check_left(store: &Store, t0: i64, head: u64, newest: u64) -> Vec<u64> {
         "every reading removed is counted, and only those"
     );
     assert_eq!(s.removed_for_age, 0);
-    let counted: u64 = store.series().unwrap().iter().map(|s| s.count).sum();
+    let counted = series_count(store);
     assert_eq!(
         counted,
         seqs.len() as u64,
@@ -144,6 +143,31 @@ fn check_left(store: &Store, t0: i64, head: u64, newest: u64) -> Vec<u64> {
     assert!(live.total() <= limit, "live bytes fit: {live:?} > {limit}");
     assert!(!s.floor_reached);
     seqs
+}
+
+fn series_count(store: &Store) -> u64 {
+    store.series().unwrap().iter().map(|s| s.count).sum()
+}
+
+/// The budget status and the log's seqs at one quiet moment: a writer's retention step may
+/// run between reading the one and the other (it may remove more when later readings push
+/// live bytes over the limit), so both are read again until no step ran in between (the
+/// status's removal count, the log and the series counts unchanged across the reads).
+fn quiet_snapshot(store: &Store) -> (BudgetStatus, Vec<u64>) {
+    for _ in 0..100 {
+        let before = store.budget_status().unwrap();
+        let seqs = seqs_in_log(store);
+        let counted = series_count(store);
+        let after = store.budget_status().unwrap();
+        if before.removed_for_budget == after.removed_for_budget
+            && seqs == seqs_in_log(store)
+            && counted == series_count(store)
+        {
+            return (after, seqs);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("retention never paused for long enough to read the store");
 }
 
 /// The run on the store API: budget 8 MiB, 400,000 readings in batches of 1,000 with a
