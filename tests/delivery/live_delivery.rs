@@ -198,6 +198,17 @@ where
     }
 }
 
+/// The next JSON message, within 10 s.
+async fn ws_answer<S>(ws: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    timeout(Duration::from_secs(10), ws_next_json(ws))
+        .await
+        .expect("an answer in time")
+        .expect("a message")
+}
+
 async fn ws_next_json<S>(ws: &mut S) -> Option<Value>
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -1203,20 +1214,14 @@ async fn deep_filters_are_refused_everywhere_and_the_hub_carries_on() {
     ws.send(Message::Text(sub.to_string().into()))
         .await
         .unwrap();
-    let answer = timeout(Duration::from_secs(10), ws_next_json(&mut ws))
-        .await
-        .expect("an answer")
-        .expect("a message");
+    let answer = ws_answer(&mut ws).await;
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["code"], "bad_filter", "{answer}");
     let sub = serde_json::json!({"type": "subscribe", "filter": "sensors/#"});
     ws.send(Message::Text(sub.to_string().into()))
         .await
         .unwrap();
-    let answer = timeout(Duration::from_secs(10), ws_next_json(&mut ws))
-        .await
-        .expect("an answer")
-        .expect("a message");
+    let answer = ws_answer(&mut ws).await;
     assert_eq!(answer["type"], "subscribed", "{answer}");
 
     let (status, _) = http_get(hub.addr, "/v1/poll?timeout=0&filter=sensors/%23").await;
