@@ -137,7 +137,9 @@ fn init_logging(level: &str, json: bool) {
         filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")))
             .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
     let filter = env.and(no_broker_spans);
-    let registry = tracing_subscriber::registry();
+    // The per-address MQTT limits learn each connection's address from rumqttd's accept
+    // event, whatever the log level (see `edgewatch_broker::peer`).
+    let registry = tracing_subscriber::registry().with(edgewatch_broker::peer::accept_tap());
     if json {
         let layer = tracing_subscriber::fmt::layer()
             .json()

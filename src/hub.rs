@@ -17,7 +17,7 @@ use edgewatch_bridge::http::live::LiveState;
 use edgewatch_bridge::live::PublishFn;
 use edgewatch_bridge::metrics::{Metrics, Sample, SampleKind};
 use edgewatch_bridge::Publish;
-use edgewatch_broker::{Broker, ListenerKind};
+use edgewatch_broker::{Broker, IngestGate, ListenerKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -176,9 +176,8 @@ async fn link_and_listen(
 fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
     let connections = broker.connection_count();
     let gate = broker.ingest_gate().clone();
-    let held = gate.clone();
-    let skipped = gate.clone();
-    metrics
+    let peers = broker.peers().clone();
+    let metrics = metrics
         .with_sample(Sample {
             name: "edgewatch_mqtt_connections",
             help: "MQTT clients connected to the embedded broker.",
@@ -189,20 +188,79 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
             name: "edgewatch_mqtt_ingest_backlog",
             help: "Publishes the broker accepted that the bridge has not taken yet.",
             kind: SampleKind::Gauge,
-            read: Arc::new(move || gate.backlog() as f64),
+            read: gate_reading(&gate, IngestGate::backlog),
         })
-        .with_sample(Sample {
-            name: "edgewatch_mqtt_held_acks_total",
-            help: "PUBACKs held back because the bridge was behind (backpressure).",
-            kind: SampleKind::Counter,
-            read: Arc::new(move || held.held_acks() as f64),
+        .with_sample(counter(
+            "edgewatch_mqtt_connections_refused_per_ip_total",
+            "MQTT connections closed at CONNECT because their address had broker.limits.max_connections_per_ip already.",
+            Arc::new(move || peers.refused() as f64),
+        ));
+    let gate_counters: [(&str, &str, GateValue); 5] = [
+        ("edgewatch_mqtt_held_acks_total", "PUBACKs held back because the bridge was behind (backpressure).", IngestGate::held_acks),
+        ("edgewatch_mqtt_ingest_skipped_total", "Publishes the broker accepted and dropped before the bridge read them (its log for the bridge overflowed).", IngestGate::skipped),
+        ("edgewatch_mqtt_qos0_shed_total", "QoS 0 publishes dropped by the broker because the bridge was behind (backlog above half of broker.limits.ingest_backlog_max).", IngestGate::shed),
+        ("edgewatch_mqtt_backlog_disconnects_total", "MQTT connections closed at a QoS 1/2 publish because the bridge was far behind (backlog at twice broker.limits.ingest_backlog_max; the device resends).", IngestGate::refused),
+        ("edgewatch_mqtt_ack_stall_disconnects_total", "MQTT connections closed because an acknowledgement waited longer than broker.limits.ack_stall_max_secs for the bridge (the device resends).", IngestGate::stall_disconnects),
+    ];
+    let logins: [(&'static str, &'static str, &'static [&'static str]); 3] = [
+        ("edgewatch_mqtt_logins_accepted_total", "MQTT logins accepted (password checked, or remembered from a recent check).", &["accepted", "remembered"]),
+        ("edgewatch_mqtt_login_failures_total", "MQTT logins refused after a password check (wrong password or unknown user).", &["wrong"]),
+        ("edgewatch_mqtt_logins_throttled_total", "MQTT logins refused without a password check: address or username in backoff after failures, or too many checks waiting.", &["backoff", "busy"]),
+    ];
+    let metrics = gate_counters
+        .into_iter()
+        .fold(metrics, |m, (name, help, read)| {
+            m.with_sample(counter(name, help, gate_reading(&gate, read)))
+        });
+    logins
+        .into_iter()
+        .fold(metrics, |m, (name, help, verdicts)| {
+            m.with_sample(login_sample(broker, name, help, verdicts))
         })
-        .with_sample(Sample {
-            name: "edgewatch_mqtt_ingest_skipped_total",
-            help: "Publishes the broker accepted and dropped before the bridge read them (sustained QoS 0 overload).",
-            kind: SampleKind::Counter,
-            read: Arc::new(move || skipped.skipped() as f64),
-        })
+}
+
+/// A value of the ingest gate.
+type GateValue = fn(&IngestGate) -> u64;
+
+/// A counter sample.
+fn counter(
+    name: &'static str,
+    help: &'static str,
+    read: Arc<dyn Fn() -> f64 + Send + Sync>,
+) -> Sample {
+    Sample {
+        name,
+        help,
+        kind: SampleKind::Counter,
+        read,
+    }
+}
+
+/// Reads one of the ingest gate's values.
+fn gate_reading(
+    gate: &Arc<IngestGate>,
+    read: fn(&IngestGate) -> u64,
+) -> Arc<dyn Fn() -> f64 + Send + Sync> {
+    let gate = gate.clone();
+    Arc::new(move || read(&gate) as f64)
+}
+
+/// A counter of the broker's logins whose verdict is one of `verdicts`.
+fn login_sample(
+    broker: &Broker,
+    name: &'static str,
+    help: &'static str,
+    verdicts: &'static [&'static str],
+) -> Sample {
+    let stats = broker.login_stats().clone();
+    let read = move || {
+        let counts = stats.snapshot().into_iter();
+        counts
+            .filter(|(verdict, _)| verdicts.contains(verdict))
+            .map(|(_, n)| n as f64)
+            .sum()
+    };
+    counter(name, help, Arc::new(read))
 }
 
 /// One machine-readable line on stdout (scripts and tests wait for it), then the dashboard.

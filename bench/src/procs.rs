@@ -133,6 +133,7 @@ enabled = false
 listen = "127.0.0.1:0"
 [broker.limits]
 max_connections = 20000
+max_connections_per_ip = 20000
 [bridge]
 data_dir = "{data}"
 http_listen = "127.0.0.1:0"

@@ -149,6 +149,7 @@ impl BridgeConfig {
             broadcast_capacity: self.broadcast_capacity.max(1),
             retention: self.retention(),
             retention_interval: Duration::from_secs(self.retention_interval_s.max(1)),
+            stall: crate::writer::Stall::from_env(),
         }
     }
 

@@ -1,44 +1,26 @@
 //! Device authentication: username/password entries whose passwords are stored as argon2
-//! hashes (PHC strings, as printed by `edgewatch passwd`).
+//! hashes (PHC strings, as printed by `edgewatch passwd`), checked through the login limiter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use crate::login::{LoginGate, LoginLimits, LoginStats};
+pub use crate::password::{hash_password, validate_hash, verify_password};
+use crate::peer::Peers;
 
-/// Hashes `password` with argon2id and a random salt; the result is a PHC string
-/// (`$argon2id$v=19$...`) that goes into `[[broker.users]] password_hash`.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash password: {e}"))
-}
-
-/// Checks `password` against a PHC hash string. A malformed hash never matches.
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Checks that `phc` is a well-formed password hash; the error says what is wrong.
-pub fn validate_hash(phc: &str) -> Result<(), String> {
-    PasswordHash::new(phc)
-        .map(|_| ())
-        .map_err(|e| format!("not a password hash ({e}); generate one with `edgewatch passwd`"))
-}
-
-/// The configured device credentials: username → argon2 hash. Cheap to clone.
-#[derive(Clone, Default)]
+/// The configured device credentials: username → argon2 hash, with the login limiter
+/// ([`crate::login`]) in front of every check. Cheap to clone; clones share the limiter.
+#[derive(Clone)]
 pub struct Credentials {
     users: Arc<HashMap<String, String>>,
+    gate: Arc<LoginGate>,
+    peers: Option<Arc<Peers>>,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self::new([])
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -51,11 +33,27 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Builds the table from `(username, hash)` pairs.
+    /// Builds the table from `(username, hash)` pairs, with default login limits.
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self::with_limits(pairs, LoginLimits::default())
+    }
+
+    /// Builds the table from `(username, hash)` pairs, with these login limits.
+    pub fn with_limits(
+        pairs: impl IntoIterator<Item = (String, String)>,
+        limits: LoginLimits,
+    ) -> Self {
         Self {
             users: Arc::new(pairs.into_iter().collect()),
+            gate: Arc::new(LoginGate::new(limits)),
+            peers: None,
         }
+    }
+
+    /// Takes client addresses from `peers`, for the per-address part of the limits.
+    pub fn with_peers(mut self, peers: Arc<Peers>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// True when no user is configured (anonymous access).
@@ -63,20 +61,22 @@ impl Credentials {
         self.users.is_empty()
     }
 
-    /// Checks a login. Runs argon2 (tens of milliseconds) on a blocking thread so the
-    /// listener's runtime keeps serving other connections meanwhile.
-    pub async fn check(&self, username: String, password: String) -> bool {
-        let Some(hash) = self.users.get(&username).cloned() else {
-            tracing::warn!(%username, "MQTT login refused: unknown user");
-            return false;
-        };
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            tracing::warn!(%username, "MQTT login refused: wrong password");
+    /// Logins by outcome, for metrics.
+    pub fn stats(&self) -> Arc<LoginStats> {
+        self.gate.stats()
+    }
+
+    /// Checks a login of `client_id`. Runs argon2 (tens of milliseconds) on the limiter's
+    /// threads so the listener's runtime keeps serving other connections meanwhile.
+    pub async fn check(&self, client_id: &str, username: String, password: String) -> bool {
+        let ip = self.peers.as_ref().and_then(|p| p.ip_of(client_id));
+        let hash = self.users.get(&username).cloned();
+        let verdict = self.gate.check(ip, &username, password, hash).await;
+        if !verdict.accepted() {
+            // Refusals in a flood are throttled by the backoff; a log line each is affordable.
+            tracing::warn!(%username, %client_id, ?ip, reason = verdict.as_str(), "MQTT login refused");
         }
-        ok
+        verdict.accepted()
     }
 }
 
@@ -98,8 +98,8 @@ mod tests {
     #[tokio::test]
     async fn credentials_check() {
         let creds = Credentials::new([("d1".to_owned(), hash_password("pw").unwrap())]);
-        assert!(creds.check("d1".into(), "pw".into()).await);
-        assert!(!creds.check("d1".into(), "px".into()).await);
-        assert!(!creds.check("d2".into(), "pw".into()).await);
+        assert!(creds.check("c1", "d1".into(), "pw".into()).await);
+        assert!(!creds.check("c1", "d1".into(), "px".into()).await);
+        assert!(!creds.check("c2", "d2".into(), "pw".into()).await);
     }
 }

@@ -7,25 +7,48 @@
 //!
 //! [`IngestGate`] counts the publishes that the broker accepted (from devices,
 //! seen by our codec wrapper, and from in-process publishers) against those the bridge took
-//! from its link. While the difference, the backlog, is above `ingest_backlog_max`, every
-//! PUBACK the broker writes waits (up to [`MAX_ACK_WAIT`] each, on the broker's own threads,
-//! whose other tasks move to another worker meanwhile),
-//! so QoS 1 devices run into their in-flight window and stop sending until the bridge catches
-//! up. QoS 0 publishes are not acknowledged and cannot be slowed this way (pausing the
-//! connection's reads instead stalled the router in a test: the paused connections stop taking
-//! its notifications): under sustained overload they are the ones the broker may drop, as MQTT
-//! allows for "at most once". rumqttd then drops the oldest unread publishes of the bridge's
-//! link (it logs "Read cursor start jumped"); the link never sees them, and the counters would
-//! show a backlog forever, holding every later PUBACK. The link therefore watches the
-//! offsets of its commit log: a jump is exactly the publishes dropped, which leave the backlog
-//! and are counted as skipped (`edgewatch_mqtt_ingest_skipped_total`).
+//! from its link. The difference is the backlog.
+//!
+//! * While the backlog is above `ingest_backlog_max`, every PUBACK the broker writes waits
+//!   (on the broker's own threads, whose other tasks move to another worker meanwhile), for as
+//!   long as it takes: QoS 1 devices run into their in-flight window and stop sending until the
+//!   bridge catches up. A PUBACK is never released because time passed: that is what lost
+//!   acknowledged readings when the writer stalled (a slow or full disk). If one waits longer
+//!   than `ack_stall_max_secs`, its connection is closed instead: the device was not told the
+//!   reading arrived, so it sends it again when it reconnects.
+//! * QoS 0 publishes cannot be slowed (nothing acknowledges them) and pausing a connection's
+//!   reads stalled the router in a test. So while the backlog is above half the limit, the
+//!   codec drops QoS 0 publishes before the router sees them, counted in
+//!   `edgewatch_mqtt_qos0_shed_total`: "at most once", as MQTT allows. A QoS 0 flood therefore
+//!   keeps the backlog near half the limit and never holds anyone's acknowledgements, and it
+//!   cannot push acknowledged QoS 1 readings out of the router's log.
+//! * QoS 1 devices whose acknowledgements are held still have their in-flight window of
+//!   publishes to send; with many devices that could overflow the router's log too. So a QoS
+//!   1/2 publish that arrives while the backlog is at twice the limit closes its connection
+//!   before the router sees it (unacknowledged: the device resends it after reconnecting),
+//!   counted in `edgewatch_mqtt_backlog_disconnects_total`. The router's log for the bridge
+//!   (`max_segment_size` x `max_segment_count`) must hold twice the limit of publishes.
+//!
+//! Should rumqttd still drop the oldest unread publishes of the bridge's link (it logs "Read
+//! cursor start jumped": only if the backlog limit is set above what the router's log holds),
+//! the link never sees them, and the counters would show a backlog forever. The link therefore
+//! watches the offsets of its commit log: a jump is exactly the publishes dropped, which leave
+//! the backlog and are counted as skipped (`edgewatch_mqtt_ingest_skipped_total`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The longest a single PUBACK is held back, so a stalled bridge cannot freeze devices forever.
-pub const MAX_ACK_WAIT: Duration = Duration::from_secs(1);
+/// What becomes of a publish a device sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// It goes to the router.
+    Admitted,
+    /// A QoS 0 publish, dropped.
+    Shed,
+    /// A QoS 1/2 publish: its connection is closed, unacknowledged.
+    Refused,
+}
 
 /// Shared counters between the broker's codec and the bridge's link.
 #[derive(Debug)]
@@ -37,6 +60,14 @@ pub struct IngestGate {
     held_acks: AtomicU64,
     /// Publishes admitted that never reached the link (dropped by the broker under overload).
     skipped: AtomicU64,
+    /// QoS 0 publishes dropped by the codec because the backlog was above half the limit.
+    shed: AtomicU64,
+    /// Connections closed because a PUBACK waited longer than `stall_max`.
+    stall_disconnects: AtomicU64,
+    /// QoS 1/2 publishes refused (connection closed) at twice the backlog limit.
+    refused: AtomicU64,
+    /// The longest one PUBACK waits before its connection is closed instead.
+    stall_max: Duration,
     /// Acknowledgements waiting right now; the link wakes them when the backlog is back
     /// under the limit, instead of each polling the counters.
     waiting: AtomicU64,
@@ -44,9 +75,14 @@ pub struct IngestGate {
 }
 
 impl IngestGate {
-    /// A gate that holds acknowledgements while more than `max_backlog` publishes wait.
-    pub fn new(max_backlog: u64) -> Self {
+    /// A gate that holds acknowledgements while more than `max_backlog` publishes wait, each
+    /// at most `stall_max` (then the connection is closed instead).
+    pub fn new(max_backlog: u64, stall_max: Duration) -> Self {
         Self {
+            shed: AtomicU64::new(0),
+            stall_disconnects: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            stall_max,
             admitted: AtomicU64::new(0),
             drained: AtomicU64::new(0),
             max_backlog: max_backlog.max(1),
@@ -63,6 +99,40 @@ impl IngestGate {
         if topic.first().is_some_and(|b| *b != b'$') {
             self.admitted.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Decides a publish a device sent (see the module doc): a QoS 0 publish is shed while
+    /// the backlog is above half the limit; a QoS 1/2 publish closes its connection while the
+    /// backlog is at twice the limit (the device resends after reconnecting); anything else is
+    /// admitted and counted.
+    pub(crate) fn admit_publish(&self, topic: &[u8], qos: u8) -> Admission {
+        let backlog = self.backlog();
+        if qos == 0 && backlog > self.max_backlog / 2 {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return Admission::Shed;
+        }
+        if qos > 0 && backlog >= self.max_backlog.saturating_mul(2) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Admission::Refused;
+        }
+        self.admitted(topic);
+        Admission::Admitted
+    }
+
+    /// QoS 1/2 publishes whose connection was closed because the backlog was at twice the
+    /// limit.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// QoS 0 publishes dropped because the bridge was behind.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because a PUBACK waited longer than the stall bound.
+    pub fn stall_disconnects(&self) -> u64 {
+        self.stall_disconnects.load(Ordering::Relaxed)
     }
 
     /// Counts a publish the bridge took from its link.
@@ -100,14 +170,19 @@ impl IngestGate {
         self.drained_many(n);
     }
 
-    /// Blocks the calling (broker) thread while the backlog is above the limit, at most
-    /// [`MAX_ACK_WAIT`]. Called right before a PUBACK is written.
-    pub(crate) fn wait_for_room(&self) {
+    /// Blocks the calling (broker) thread while the backlog is above the limit. Called right
+    /// before a PUBACK is written; `false` when it waited the stall bound in vain and the
+    /// connection must be closed instead.
+    pub(crate) fn wait_for_room(&self) -> bool {
         if self.backlog() <= self.max_backlog {
-            return;
+            return true;
         }
         self.held_acks.fetch_add(1, Ordering::Relaxed);
-        self.wait();
+        let room = self.wait();
+        if !room {
+            self.stall_disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        room
     }
 
     /// Wakes waiting acknowledgements if the backlog is back under the limit. Cheap when
@@ -122,14 +197,19 @@ impl IngestGate {
         }
     }
 
-    fn wait(&self) {
+    /// Waits for room, at most `stall_max`; whether there is room.
+    fn wait(&self) -> bool {
         let wait = || {
             let started = Instant::now();
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let mut guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
-            while self.backlog() > self.max_backlog {
-                let Some(left) = MAX_ACK_WAIT.checked_sub(started.elapsed()) else {
-                    break;
+            // Decided once, when the loop ends: the backlog may rise again right after.
+            let room = loop {
+                if self.backlog() <= self.max_backlog {
+                    break true;
+                }
+                let Some(left) = self.stall_max.checked_sub(started.elapsed()) else {
+                    break false;
                 };
                 // No wake-up is missed: the waiter registers, then checks the backlog under the
                 // lock; the link counts, then checks `waiting` and notifies under the lock.
@@ -137,19 +217,20 @@ impl IngestGate {
                     Ok((g, _)) => g,
                     Err(e) => e.into_inner().0,
                 };
-            }
+            };
             drop(guard);
             let others = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
             if others > 0 && self.backlog() <= self.max_backlog {
                 self.room.1.notify_one();
             }
+            room
         };
         // On the broker's multi-threaded runtime, hand this worker's other tasks (subscribers,
         // other connections) to another thread while this connection waits; elsewhere (unit
         // tests) just wait.
         match tokio::runtime::Handle::try_current() {
             Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait);
+                tokio::task::block_in_place(wait)
             }
             _ => wait(),
         }
@@ -162,7 +243,8 @@ mod tests {
 
     #[test]
     fn counts_only_what_the_bridge_receives_and_waits_while_behind() {
-        let gate = IngestGate::new(2);
+        let stall_max = Duration::from_millis(300);
+        let gate = IngestGate::new(2, stall_max);
         for _ in 0..2 {
             gate.admitted(b"sensors/d1/t");
         }
@@ -170,18 +252,47 @@ mod tests {
         gate.admitted(b"$SYS/broker/uptime"); // ...but those starting with `$`
         assert_eq!(gate.backlog(), 3);
         let started = Instant::now();
-        gate.wait_for_room(); // over the limit: waits the maximum
-        assert!(started.elapsed() >= MAX_ACK_WAIT);
-        assert_eq!(gate.held_acks(), 1);
+        // Over the limit and nobody drains: waits the stall bound, then says "disconnect"
+        // rather than letting the acknowledgement go.
+        assert!(!gate.wait_for_room());
+        assert!(started.elapsed() >= stall_max);
+        assert_eq!((gate.held_acks(), gate.stall_disconnects()), (1, 1));
         gate.drained();
         let started = Instant::now();
-        gate.wait_for_room(); // at the limit: no wait
+        assert!(gate.wait_for_room()); // at the limit: no wait
         assert!(started.elapsed() < Duration::from_millis(100));
     }
 
     #[test]
+    fn qos0_is_shed_above_half_the_limit_and_qos1_refused_at_twice_the_limit() {
+        let gate = IngestGate::new(4, Duration::from_secs(1));
+        let t = b"sensors/d1/t";
+        for _ in 0..2 {
+            assert_eq!(gate.admit_publish(t, 0), Admission::Admitted);
+        }
+        assert_eq!(gate.admit_publish(t, 0), Admission::Admitted, "at half");
+        assert_eq!(
+            gate.admit_publish(t, 0),
+            Admission::Shed,
+            "above half: shed"
+        );
+        for _ in 0..5 {
+            assert_eq!(gate.admit_publish(t, 1), Admission::Admitted, "QoS 1");
+        }
+        assert_eq!(gate.backlog(), 8);
+        assert_eq!(
+            gate.admit_publish(t, 1),
+            Admission::Refused,
+            "at twice the limit"
+        );
+        assert_eq!((gate.shed(), gate.refused()), (1, 1));
+        gate.drained_many(6);
+        assert_eq!(gate.admit_publish(t, 0), Admission::Admitted);
+    }
+
+    #[test]
     fn a_held_ack_is_released_as_soon_as_the_link_catches_up() {
-        let gate = std::sync::Arc::new(IngestGate::new(2));
+        let gate = std::sync::Arc::new(IngestGate::new(2, Duration::from_secs(30)));
         for _ in 0..4 {
             gate.admitted(b"sensors/d1/t");
         }
@@ -192,7 +303,7 @@ mod tests {
                 let gate = gate.clone();
                 std::thread::spawn(move || {
                     let started = Instant::now();
-                    gate.wait_for_room();
+                    assert!(gate.wait_for_room());
                     started.elapsed()
                 })
             })
@@ -205,13 +316,13 @@ mod tests {
         for waiter in waiters {
             let waited = waiter.join().unwrap();
             assert!(waited >= Duration::from_millis(50), "{waited:?}");
-            assert!(waited < MAX_ACK_WAIT / 2, "woken late: {waited:?}");
+            assert!(waited < Duration::from_secs(10), "woken late: {waited:?}");
         }
     }
 
     #[test]
     fn dropped_publishes_leave_the_backlog_and_are_counted() {
-        let gate = IngestGate::new(2);
+        let gate = IngestGate::new(2, Duration::from_secs(1));
         for _ in 0..5 {
             gate.admitted(b"sensors/d1/t");
         }

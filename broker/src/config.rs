@@ -117,9 +117,24 @@ pub struct LimitsConfig {
     /// A client asking for a longer keep-alive gets this one, in seconds (MQTT 5 clients are
     /// told through the CONNACK's server keep-alive).
     pub keep_alive_max_secs: u16,
-    /// Publishes on `sensors/…` the broker may hold for the bridge before it starts holding
-    /// PUBACKs back (up to 1 s each), so QoS 1 devices slow down to what the store takes.
+    /// Publishes the broker may hold for the bridge before it holds PUBACKs back (for as long
+    /// as the bridge needs, up to `ack_stall_max_secs`), so QoS 1 devices slow down to what
+    /// the store takes; above half of it, QoS 0 publishes are dropped.
     pub ingest_backlog_max: u64,
+    /// MQTT connections one IP address may have open (CONNECT sent) at once.
+    pub max_connections_per_ip: u32,
+    /// Password checks (argon2, about 19 MiB each) running at once.
+    pub login_concurrency: usize,
+    /// Logins waiting for a password check; more are refused at once.
+    pub login_queue_max: usize,
+    /// How long a successful login is remembered, so it is not checked again, in seconds
+    /// (0: never).
+    pub login_cache_secs: u64,
+    /// The longest backoff of an address or username after repeated failed logins, seconds.
+    pub login_backoff_max_secs: u64,
+    /// The longest a PUBACK waits for the bridge (a stalled writer) before the connection is
+    /// closed instead, seconds: the device then sends its reading again.
+    pub ack_stall_max_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -132,6 +147,12 @@ impl Default for LimitsConfig {
             keep_alive_min_secs: 5,
             keep_alive_max_secs: 65_535,
             ingest_backlog_max: 50_000,
+            max_connections_per_ip: 1_024,
+            login_concurrency: 2,
+            login_queue_max: 64,
+            login_cache_secs: 600,
+            login_backoff_max_secs: 30,
+            ack_stall_max_secs: 60,
         }
     }
 }
@@ -179,7 +200,7 @@ impl BrokerConfig {
                     "must not be empty",
                 ));
             }
-            crate::auth::validate_hash(&u.password_hash)
+            crate::password::validate_hash(&u.password_hash)
                 .map_err(|e| InvalidSetting::new(format!("broker.users[{i}].password_hash"), e))?;
         }
         if self.tls.enabled {
@@ -230,6 +251,19 @@ impl BrokerConfig {
                 "broker.limits.ingest_backlog_max",
                 "must be at least 1",
             ));
+        }
+        for (key, value) in [
+            ("max_connections_per_ip", l.max_connections_per_ip as usize),
+            ("login_concurrency", l.login_concurrency),
+            ("login_queue_max", l.login_queue_max),
+            ("ack_stall_max_secs", l.ack_stall_max_secs as usize),
+        ] {
+            if value == 0 {
+                return Err(InvalidSetting::new(
+                    format!("broker.limits.{key}"),
+                    "must be at least 1",
+                ));
+            }
         }
         if l.keep_alive_max_secs == 0 {
             return Err(InvalidSetting::new(
@@ -323,9 +357,9 @@ impl BrokerConfig {
         };
         if !credentials.is_empty() {
             let creds = credentials.clone();
-            connections.set_auth_handler(move |_client_id, user, pass| {
+            connections.set_auth_handler(move |client_id, user, pass| {
                 let creds = creds.clone();
-                async move { creds.check(user, pass).await }
+                async move { creds.check(&client_id, user, pass).await }
             });
         }
         let tls = (listener.kind == crate::ListenerKind::Tls).then(|| rumqttd::TlsConfig::Rustls {
@@ -344,10 +378,18 @@ impl BrokerConfig {
 
     /// The users as a credentials table.
     pub fn credentials(&self) -> crate::Credentials {
-        crate::Credentials::new(
+        let l = &self.limits;
+        let limits = crate::login::LoginLimits {
+            concurrency: l.login_concurrency,
+            queue_max: l.login_queue_max,
+            cache_secs: l.login_cache_secs,
+            backoff_max_secs: l.login_backoff_max_secs,
+        };
+        crate::Credentials::with_limits(
             self.users
                 .iter()
                 .map(|u| (u.username.clone(), u.password_hash.clone())),
+            limits,
         )
     }
 }

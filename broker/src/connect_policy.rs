@@ -19,7 +19,9 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::backpressure::IngestGate;
+use crate::backpressure::{Admission, IngestGate};
+use crate::peer::{PeerSlot, Peers};
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{Error, Packet, Protocol};
@@ -62,6 +64,12 @@ pub struct PolicyProtocol<P> {
     connections: Option<Arc<AtomicI64>>,
     /// Whether this connection's CONNECT was counted.
     counted: AtomicBool,
+    /// Connections per address, when addresses are known (see [`crate::peer`]).
+    peers: Option<Arc<Peers>>,
+    /// This connection's peer, taken from the accept loop when the codec is cloned for it.
+    peer: Option<SocketAddr>,
+    /// This connection's place in `peers`, from its CONNECT on.
+    slot: Option<PeerSlot>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -82,6 +90,11 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             gate: self.gate.clone(),
             connections: self.connections.clone(),
             counted: AtomicBool::new(false),
+            peers: self.peers.clone(),
+            // rumqttd clones the codec in its accept loop right after accepting (and logging)
+            // the connection this clone is for.
+            peer: crate::peer::take_accepted(),
+            slot: None,
         }
     }
 }
@@ -97,6 +110,9 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             gate: None,
             connections: None,
             counted: AtomicBool::new(false),
+            peers: None,
+            peer: None,
+            slot: None,
         }
     }
 }
@@ -112,6 +128,9 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             gate: None,
             connections: None,
             counted: AtomicBool::new(false),
+            peers: None,
+            peer: None,
+            slot: None,
         }
     }
 }
@@ -123,6 +142,12 @@ impl<P> PolicyProtocol<P> {
         self
     }
 
+    /// Applies the per-address connection cap of `peers` (when the address is known).
+    pub fn with_peers(mut self, peers: Arc<Peers>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
     /// Counts connected clients in `n`.
     pub fn with_connection_count(mut self, n: Arc<AtomicI64>) -> Self {
         self.connections = Some(n);
@@ -130,13 +155,54 @@ impl<P> PolicyProtocol<P> {
     }
 }
 
+impl<P> PolicyProtocol<P> {
+    /// Takes this connection's place among its address's connections, or refuses it.
+    fn admit_peer(&mut self, client_id: &str) -> Result<(), Error> {
+        let (Some(peers), Some(peer), None) = (&self.peers, self.peer, &self.slot) else {
+            return Ok(());
+        };
+        match peers.admit(peer.ip(), client_id) {
+            Some(slot) => {
+                self.slot = Some(slot);
+                Ok(())
+            }
+            None => {
+                let refused = peers.refused();
+                if refused.is_power_of_two() || refused % 1_000 == 0 {
+                    tracing::warn!(%peer, %client_id, refused, "MQTT connection refused: too many connections from this address (broker.limits.max_connections_per_ip)");
+                }
+                // Closes the connection before rumqttd handles the CONNECT.
+                Err(Error::InvalidConnectReturnCode(0x97))
+            }
+        }
+    }
+}
+
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let mut packet = self.inner.read_mut(stream, max_size)?;
-        if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
-            gate.admitted(&publish.topic);
-        }
+        let mut packet = loop {
+            // The fixed header's first byte: rumqttd keeps a publish's QoS to itself.
+            let first = stream.first().copied().unwrap_or(0);
+            let packet = self.inner.read_mut(stream, max_size)?;
+            if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
+                match gate.admit_publish(&publish.topic, publish_qos(first)) {
+                    Admission::Admitted => {}
+                    // Shed while the bridge is behind (see `crate::backpressure`): the next
+                    // packet, if its bytes are here, else rumqttd reads more and calls again.
+                    Admission::Shed => continue,
+                    Admission::Refused => {
+                        let n = gate.refused();
+                        if n.is_power_of_two() || n % 1_000 == 0 {
+                            tracing::warn!(refused = n, "closing an MQTT connection: the bridge is far behind (twice broker.limits.ingest_backlog_max); the device resends its unacknowledged readings after reconnecting");
+                        }
+                        return Err(Error::InvalidReason(0x97));
+                    }
+                }
+            }
+            break packet;
+        };
         if let Packet::Connect(connect, ..) = &mut packet {
+            self.admit_peer(&connect.client_id)?;
             if let Some(n) = &self.connections {
                 if !self.counted.swap(true, Ordering::Relaxed) {
                     n.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +231,10 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         if let (Packet::PubAck(..), Some(gate)) = (&packet, &self.gate) {
             // Runs on the broker's own runtime, outside rumqttd's locks: holding the ack here
             // pauses only this connection's task (see `crate::backpressure`).
-            gate.wait_for_room();
+            if !gate.wait_for_room() {
+                tracing::warn!("closing an MQTT connection whose acknowledgement waited longer than broker.limits.ack_stall_max_secs for the bridge: the device sends the reading again when it reconnects");
+                return Err(Error::InvalidReason(0x89));
+            }
         }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {
@@ -178,6 +247,11 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         }
         self.inner.write(packet, write)
     }
+}
+
+/// The QoS of a PUBLISH from the first byte of its fixed header.
+fn publish_qos(first: u8) -> u8 {
+    (first >> 1) & 0b11
 }
 
 #[cfg(test)]
@@ -199,5 +273,13 @@ mod tests {
             max_secs: 10,
         };
         assert_eq!(p.effective(1), 1);
+    }
+
+    #[test]
+    fn publish_qos_is_read_from_the_fixed_header() {
+        assert_eq!(publish_qos(0x30), 0);
+        assert_eq!(publish_qos(0x32), 1);
+        assert_eq!(publish_qos(0x3B), 1); // dup, QoS 1, retain
+        assert_eq!(publish_qos(0x34), 2);
     }
 }

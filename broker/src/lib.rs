@@ -7,6 +7,11 @@
 //! * [`config`]: our own [`BrokerConfig`] (serde, unknown keys rejected) and its mapping to
 //!   rumqttd's configuration, with router settings that work.
 //! * [`auth`]: device credentials: argon2 password hashes checked through rumqttd's auth hook.
+//! * [`password`]: argon2id password hashes.
+//! * [`login`]: login limiting: bounded argon2 checks, backoff per address and username, a
+//!   dummy check for unknown usernames, remembered successes.
+//! * [`peer`]: each connection's peer address (rumqttd does not give it out) and the
+//!   per-address connection cap.
 //! * [`backpressure`]: holds PUBACKs while the bridge is behind, so QoS 1 devices slow down
 //!   instead of readings piling up (and being dropped) in rumqttd's memory.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
@@ -25,7 +30,10 @@ pub mod backpressure;
 pub mod config;
 pub mod connect_policy;
 pub mod link;
+pub mod login;
 mod nodelay;
+pub mod password;
+pub mod peer;
 pub mod server;
 
 pub use auth::{hash_password, verify_password, Credentials};

@@ -112,6 +112,20 @@ pub struct Broker {
     gate: Arc<crate::IngestGate>,
     /// Connected MQTT clients over all listeners.
     connections: Arc<std::sync::atomic::AtomicI64>,
+    /// Connections per address.
+    peers: Arc<crate::peer::Peers>,
+    /// Logins by outcome.
+    login_stats: Arc<crate::login::LoginStats>,
+}
+
+/// Runs one of rumqttd's servers (a listener) until it fails, which is logged.
+async fn serve<P>(mut server: Server<P>, link: LinkType, (kind, addr): (ListenerKind, SocketAddr))
+where
+    P: rumqttd::protocol::Protocol + Clone + Send + 'static,
+{
+    if let Err(err) = server.start(link).await {
+        tracing::error!(listener = %kind, %addr, error = %err, "MQTT listener stopped");
+    }
 }
 
 /// Spawns every listener on the broker's runtime.
@@ -155,7 +169,9 @@ impl Broker {
         announce_security(cfg, &listeners);
 
         let router_tx = Router::new(0, cfg.rumqttd_router()).spawn();
-        let credentials = cfg.credentials();
+        let peers = Arc::new(crate::peer::Peers::new(cfg.limits.max_connections_per_ip));
+        let credentials = cfg.credentials().with_peers(peers.clone());
+        let login_stats = credentials.stats();
         let policy = KeepAlivePolicy {
             min_secs: cfg.limits.keep_alive_min_secs,
             max_secs: cfg.limits.keep_alive_max_secs,
@@ -166,41 +182,43 @@ impl Broker {
             .iter()
             .map(|l| (l.clone(), cfg.rumqttd_server(l, &credentials)))
             .collect();
-        let gate = Arc::new(crate::IngestGate::new(cfg.limits.ingest_backlog_max));
-        let servers_gate = gate.clone();
+        let gate = Arc::new(crate::IngestGate::new(
+            cfg.limits.ingest_backlog_max,
+            Duration::from_secs(cfg.limits.ack_stall_max_secs),
+        ));
         let connections = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let servers_connections = connections.clone();
+        let v4 = PolicyProtocol::v4(policy)
+            .with_gate(gate.clone())
+            .with_connection_count(connections.clone())
+            .with_peers(peers.clone());
+        let v5 = PolicyProtocol::v5(policy)
+            .with_gate(gate.clone())
+            .with_connection_count(connections.clone())
+            .with_peers(peers.clone());
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
             settings
                 .into_iter()
                 .map(|(listener, settings)| {
-                    let router_tx = servers_tx.clone();
-                    let gate = servers_gate.clone();
-                    let count = servers_connections.clone();
-                    let v4 = PolicyProtocol::v4(policy)
-                        .with_gate(gate.clone())
-                        .with_connection_count(count.clone());
-                    let v5 = PolicyProtocol::v5(policy).with_gate(gate).with_connection_count(count);
+                    let tx = servers_tx.clone();
                     let (kind, addr) = (listener.kind, listener.addr);
-                    let task = runtime.spawn(async move {
-                        let result = match kind {
-                            ListenerKind::Mqtt | ListenerKind::Tls => {
-                                Server::new(settings, router_tx, v4).start(LinkType::Remote).await
-                            }
-                            ListenerKind::Mqtt5 => {
-                                Server::new(settings, router_tx, v5).start(LinkType::Remote).await
-                            }
-                            ListenerKind::WebSocket => {
-                                Server::new(settings, router_tx, v4)
-                                    .start(LinkType::Websocket)
-                                    .await
-                            }
-                        };
-                        if let Err(err) = result {
-                            tracing::error!(listener = %kind, %addr, error = %err, "MQTT listener stopped");
-                        }
-                    });
+                    let task = match kind {
+                        ListenerKind::Mqtt | ListenerKind::Tls => runtime.spawn(serve(
+                            Server::new(settings, tx, v4.clone()),
+                            LinkType::Remote,
+                            (kind, addr),
+                        )),
+                        ListenerKind::Mqtt5 => runtime.spawn(serve(
+                            Server::new(settings, tx, v5.clone()),
+                            LinkType::Remote,
+                            (kind, addr),
+                        )),
+                        ListenerKind::WebSocket => runtime.spawn(serve(
+                            Server::new(settings, tx, v4.clone()),
+                            LinkType::Websocket,
+                            (kind, addr),
+                        )),
+                    };
                     (listener, task)
                 })
                 .collect()
@@ -220,6 +238,8 @@ impl Broker {
             links,
             gate,
             connections,
+            peers,
+            login_stats,
         })
     }
 
@@ -316,6 +336,16 @@ impl Broker {
     /// The backpressure gate (backlog and held acknowledgements, for metrics).
     pub fn ingest_gate(&self) -> &Arc<crate::IngestGate> {
         &self.gate
+    }
+
+    /// Connections per address (the per-address cap and its refusals), for metrics.
+    pub fn peers(&self) -> &Arc<crate::peer::Peers> {
+        &self.peers
+    }
+
+    /// Logins by outcome, for metrics.
+    pub fn login_stats(&self) -> &Arc<crate::login::LoginStats> {
+        &self.login_stats
     }
 
     /// Opens an in-process link for publishing into the broker.

@@ -281,6 +281,9 @@ async fn wrong_password_is_refused_and_right_one_connects() {
         Ok(rumqttc::ConnectReturnCode::Success)
     ));
 
+    // The failure put `sensor-1` into a backoff (100 ms after a first failure) during which
+    // its logins are refused without a check; a device retries after it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let mut good = options("good", addr);
     good.set_credentials("sensor-1", "s3cret");
     let (_c, mut ev) = AsyncClient::new(good, 10);

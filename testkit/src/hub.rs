@@ -34,13 +34,25 @@ impl Hub {
         Hub::spawn(program, &args)
     }
 
+    /// Starts `PROGRAM run --config FILE` with these environment variables added, and waits
+    /// for its ready line.
+    pub fn start_with_env(program: impl AsRef<OsStr>, config: &Path, env: &[(&str, &str)]) -> Hub {
+        let mut command = Command::new(program);
+        command.arg("run").arg("--config").arg(config);
+        command.envs(env.iter().copied());
+        Hub::spawn_command(command)
+    }
+
     /// Starts `PROGRAM ARGS...` and waits for its ready line.
     pub fn spawn<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Hub {
-        let mut process = Process::spawn(
-            Command::new(program)
-                .args(args)
-                .env("EDGEWATCH_LOG", "info"),
-        );
+        let mut command = Command::new(program);
+        command.args(args);
+        Hub::spawn_command(command)
+    }
+
+    /// Starts `command` (logging at info) and waits for its ready line.
+    fn spawn_command(mut command: Command) -> Hub {
+        let mut process = Process::spawn(command.env("EDGEWATCH_LOG", "info"));
         let ready = process.line_starting_with("edgewatch ready", READY);
         let listeners = ready
             .split_whitespace()

@@ -8,3 +8,4 @@ mod api_docs;
 mod cli;
 mod crash;
 mod metrics;
+mod stall;

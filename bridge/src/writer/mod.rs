@@ -127,6 +127,32 @@ pub struct WriterConfig {
     pub retention: Option<RetentionPolicy>,
     /// Time between retention steps when there is nothing more to remove.
     pub retention_interval: Duration,
+    /// A test seam: stall once, as a slow or full disk would.
+    pub stall: Option<Stall>,
+}
+
+/// A one-time stall of the writer, for tests of what a slow disk does upstream: once
+/// `after_readings` readings are stored, the writer takes nothing for `duration`. Set from
+/// the environment variable `EDGEWATCH_TEST_WRITER_STALL=<after_readings>:<milliseconds>`
+/// ([`Stall::from_env`]); never set in normal operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// Readings stored before the stall.
+    pub after_readings: u64,
+    /// How long the writer stalls.
+    pub duration: Duration,
+}
+
+impl Stall {
+    /// The stall asked for by `EDGEWATCH_TEST_WRITER_STALL`, if any (malformed: none).
+    pub fn from_env() -> Option<Stall> {
+        let value = std::env::var("EDGEWATCH_TEST_WRITER_STALL").ok()?;
+        let (after, ms) = value.split_once(':')?;
+        Some(Stall {
+            after_readings: after.trim().parse().ok()?,
+            duration: Duration::from_millis(ms.trim().parse().ok()?),
+        })
+    }
 }
 
 impl Default for WriterConfig {
@@ -138,6 +164,7 @@ impl Default for WriterConfig {
             broadcast_capacity: 1024,
             retention: None,
             retention_interval: Duration::from_secs(10),
+            stall: None,
         }
     }
 }
@@ -210,6 +237,7 @@ async fn run(
     let mut pending = Group::default();
     let mut buf: Vec<WriteCmd> = Vec::with_capacity(batch_max);
     let mut next_acked_commit = Instant::now() + ACKED_COMMIT_INTERVAL;
+    let mut stall = cfg.stall;
     loop {
         if flushing.is_none() && !pending.is_empty() && (input_done || Instant::now() >= next_flush)
         {
@@ -237,6 +265,11 @@ async fn run(
                 if n == 0 {
                     input_done = true;
                     continue;
+                }
+                let stored = out.stats.outcomes.stored.load(Ordering::Relaxed);
+                if let Some(s) = stall.take_if(|s| stored >= s.after_readings) {
+                    warn!(?s, "test seam: the writer stalls (EDGEWATCH_TEST_WRITER_STALL)");
+                    tokio::time::sleep(s.duration).await;
                 }
                 if let Some((applied, release)) = apply(&store, std::mem::take(&mut buf), &out, &input).await {
                     durable.publish(release, &out);

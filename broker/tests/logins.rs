@@ -1,0 +1,166 @@
+//! Login limiting and the per-address connection cap against the real embedded broker, with
+//! raw MQTT connections from chosen loopback addresses (127.0.0.1 and 127.0.0.2 are both
+//! this machine).
+//!
+//! The per-address parts need the accept tap, so every test here installs it as the global
+//! subscriber (one per test binary: the first test to run wins, the others find it there).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use edgewatch_broker::config::UserConfig;
+use edgewatch_broker::{Broker, BrokerConfig, ListenerKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn install_tap() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(edgewatch_broker::peer::accept_tap())
+        .try_init();
+}
+
+fn config() -> BrokerConfig {
+    let mut cfg = BrokerConfig::default();
+    cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.mqtt5.enabled = false;
+    cfg.websocket.enabled = false;
+    cfg
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s), with a login when given.
+fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    let field = |s: &str, out: &mut Vec<u8>| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    let flags = 0x02 | if login.is_some() { 0xC0 } else { 0 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
+    field(client_id, &mut body);
+    if let Some((user, pass)) = login {
+        field(user, &mut body);
+        field(pass, &mut body);
+    }
+    assert!(body.len() < 128, "one-byte remaining length");
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Connects from `from` and returns the CONNACK return code, or `None` when the broker closed
+/// the connection without one. The connection is returned too, to keep it open.
+async fn connect_from(
+    from: IpAddr,
+    broker: SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> (Option<u8>, TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut tcp = socket.connect(broker).await.unwrap();
+    tcp.write_all(&connect_packet(client_id, login))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    let code = match timeout(WAIT, tcp.read_exact(&mut connack)).await {
+        Ok(Ok(_)) if connack[0] == 0x20 => Some(connack[3]),
+        Ok(_) => None,
+        Err(_) => panic!("no CONNACK and no close from the broker within {WAIT:?}"),
+    };
+    (code, tcp)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_cap_are_closed_and_others_still_connect() {
+    install_tap();
+    let mut cfg = config();
+    cfg.limits.max_connections_per_ip = 2;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+
+    let (a, _keep_a) = connect_from(ip("127.0.0.1"), addr, "a", None).await;
+    let (b, keep_b) = connect_from(ip("127.0.0.1"), addr, "b", None).await;
+    assert_eq!((a, b), (Some(0), Some(0)));
+    // This also proves the broker learns each connection's address from rumqttd (the tap):
+    // were it unknown, no per-address cap would apply and this one would connect.
+    let (c, _) = connect_from(ip("127.0.0.1"), addr, "c", None).await;
+    assert_eq!(c, None, "a third connection from 127.0.0.1 was accepted");
+    assert_eq!(broker.peers().refused(), 1);
+    let (d, _keep_d) = connect_from(ip("127.0.0.2"), addr, "d", None).await;
+    assert_eq!(d, Some(0), "another address has its own count");
+
+    // A place is freed when its connection ends.
+    drop(keep_b);
+    edgewatch_testkit::wait_until(WAIT, "the closed connection to stop counting", || {
+        broker.peers().connections_from(ip("127.0.0.1")) == 1
+    })
+    .await;
+    let (e, _keep_e) = connect_from(ip("127.0.0.1"), addr, "e", None).await;
+    assert_eq!(e, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_flood_is_throttled_and_a_right_login_gets_through() {
+    install_tap();
+    let mut cfg = config();
+    for (user, pass) in [("d1", "right-1"), ("d2", "right-2")] {
+        cfg.users.push(UserConfig {
+            username: user.into(),
+            password_hash: edgewatch_broker::hash_password(pass).unwrap(),
+        });
+    }
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    let (ok, _d1) = connect_from(ip("127.0.0.1"), addr, "d1-a", Some(("d1", "right-1"))).await;
+    assert_eq!(ok, Some(0));
+
+    // 200 wrong logins for d1 at once from 127.0.0.1.
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let id = format!("x{i}");
+                connect_from(ip("127.0.0.1"), addr, &id, Some(("d1", "guess")))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    // Meanwhile a device of another address logs in for the first time, and d1's own device
+    // (same address and username as the flood) reconnects.
+    let (d2, _d2) = connect_from(ip("127.0.0.2"), addr, "d2-a", Some(("d2", "right-2"))).await;
+    assert_eq!(
+        d2,
+        Some(0),
+        "a right login from another address was refused"
+    );
+    let (d1, _d1b) = connect_from(ip("127.0.0.1"), addr, "d1-b", Some(("d1", "right-1"))).await;
+    assert_eq!(
+        d1,
+        Some(0),
+        "a remembered right login was refused during the flood"
+    );
+    for attempt in flood {
+        assert_ne!(
+            attempt.await.unwrap(),
+            Some(0),
+            "a wrong password connected"
+        );
+    }
+
+    let counts: std::collections::HashMap<_, _> =
+        broker.login_stats().snapshot().into_iter().collect();
+    // At most four checks of one address at a time and a backoff after the first failures:
+    // only a few of the 200 cost a password check.
+    assert!(counts["wrong"] <= 12, "{counts:?}");
+    assert!(counts["backoff"] + counts["busy"] >= 188, "{counts:?}");
+    assert_eq!(counts["remembered"], 1, "{counts:?}");
+    assert_eq!(counts["accepted"], 2, "{counts:?}");
+}
