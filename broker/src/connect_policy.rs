@@ -183,6 +183,11 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         let mut packet = loop {
             // The fixed header's first byte: rumqttd keeps a publish's QoS to itself.
             let first = stream.first().copied().unwrap_or(0);
+            if self.v5 && V5_UNREACHABLE.contains(&(first >> 4)) {
+                // rumqttd's MQTT 5 decoder panics (`unreachable!`) on these with a body; a
+                // client never sends them: a protocol error, the connection is closed.
+                return Err(Error::InvalidPacketType(first >> 4));
+            }
             let packet = self.inner.read_mut(stream, max_size)?;
             if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
                 match gate.admit_publish(&publish.topic, publish_qos(first)) {
@@ -248,6 +253,10 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         self.inner.write(packet, write)
     }
 }
+
+/// Packet types a client never sends that rumqttd 0.20's MQTT 5 decoder panics on when they
+/// have a body: CONNACK and UNSUBACK (found by `broker/tests/codec_fuzz.rs`).
+const V5_UNREACHABLE: [u8; 2] = [2, 11];
 
 /// The QoS of a PUBLISH from the first byte of its fixed header.
 fn publish_qos(first: u8) -> u8 {

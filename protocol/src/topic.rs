@@ -538,6 +538,15 @@ mod tests {
             }
             let _ = validate_topic_name(&s);
         }
+
+        #[test]
+        fn bounded_parse_never_panics_and_keeps_its_bounds(s in "[a/+#$ ]{0,3000}") {
+            if let Ok(f) = TopicFilter::parse_bounded(&s) {
+                prop_assert!(s.len() <= MAX_FILTER_BYTES);
+                prop_assert!(s.split('/').count() <= MAX_FILTER_LEVELS);
+                let _ = f.matches(&s);
+            }
+        }
     }
 
     #[test]
