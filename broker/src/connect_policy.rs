@@ -93,7 +93,8 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             peers: self.peers.clone(),
             // rumqttd clones the codec in its accept loop right after accepting (and logging)
             // the connection this clone is for.
-            peer: crate::peer::take_accepted(),
+            peer: crate::peer::take_accepted()
+                .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr))),
             slot: None,
         }
     }

@@ -18,6 +18,8 @@
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
 //! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
 //!   runtime, waits for readiness and stops them.
+//! * `front`: our accept loop in front of rumqttd's WebSocket and TLS listeners, whose
+//!   handshakes rumqttd performs one at a time with no time limit.
 //! * `nodelay`: TCP_NODELAY for rumqttd's accepted sockets (inherited from the listener).
 //! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
 //!   and a publisher handle.
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod backpressure;
 pub mod config;
 pub mod connect_policy;
+mod front;
 pub mod link;
 pub mod login;
 mod nodelay;

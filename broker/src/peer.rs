@@ -97,6 +97,8 @@ pub struct Peers {
 
 #[derive(Debug, Default)]
 struct PeerState {
+    /// Loopback address of a fronted connection (see [`crate::front`]) → the real client.
+    proxied: HashMap<SocketAddr, SocketAddr>,
     per_ip: HashMap<IpAddr, u32>,
     /// Client id → (address, connections with that id). Entries go with their connections.
     clients: HashMap<String, (IpAddr, u32)>,
@@ -145,6 +147,25 @@ impl Peers {
         })
     }
 
+    /// Records that rumqttd's connection from `local` (a fronted connection) is `client`'s,
+    /// for as long as the returned guard lives.
+    pub(crate) fn register_proxied(
+        self: &Arc<Self>,
+        local: SocketAddr,
+        client: SocketAddr,
+    ) -> Proxied {
+        self.lock().proxied.insert(local, client);
+        Proxied {
+            peers: self.clone(),
+            local,
+        }
+    }
+
+    /// The real client behind `addr` if it is a fronted connection, else `addr`.
+    pub(crate) fn resolve(&self, addr: SocketAddr) -> SocketAddr {
+        self.lock().proxied.get(&addr).copied().unwrap_or(addr)
+    }
+
     /// The address the client with this id connected from (the latest, if several).
     pub fn ip_of(&self, client_id: &str) -> Option<IpAddr> {
         self.lock().clients.get(client_id).map(|(ip, _)| *ip)
@@ -157,6 +178,19 @@ impl Peers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PeerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A fronted connection's entry in [`Peers`]; removed on drop.
+#[derive(Debug)]
+pub(crate) struct Proxied {
+    peers: Arc<Peers>,
+    local: SocketAddr,
+}
+
+impl Drop for Proxied {
+    fn drop(&mut self) {
+        self.peers.lock().proxied.remove(&self.local);
     }
 }
 

@@ -118,6 +118,67 @@ pub struct Broker {
     login_stats: Arc<crate::login::LoginStats>,
 }
 
+/// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
+/// public address and the internal loopback listener rumqttd serves (see [`crate::front`]).
+fn listener_settings(
+    cfg: &BrokerConfig,
+    public: &EffectiveListener,
+    credentials: &crate::Credentials,
+    peers: &Arc<crate::peer::Peers>,
+) -> Result<crate::front::ListenerSettings, BrokerError> {
+    let handshake = match public.kind {
+        ListenerKind::Mqtt | ListenerKind::Mqtt5 => {
+            return Ok((
+                public.clone(),
+                cfg.rumqttd_server(public, credentials),
+                None,
+            ));
+        }
+        ListenerKind::WebSocket => crate::front::Handshake::WebSocket,
+        ListenerKind::Tls => {
+            let acceptor = crate::front::tls_acceptor(&cfg.tls.cert_path, &cfg.tls.key_path)
+                .map_err(|reason| BrokerError::NotReady {
+                    listener: public.kind,
+                    addr: public.addr,
+                    reason,
+                })?;
+            crate::front::Handshake::Tls(acceptor)
+        }
+    };
+    let loopback = if public.addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let internal = bind_check(vec![EffectiveListener {
+        kind: public.kind,
+        addr: loopback.parse().expect("a loopback address"),
+    }])?
+    .remove(0);
+    let mut settings = cfg.rumqttd_server(&internal, credentials);
+    settings.tls = None; // the front terminates TLS
+    let front = crate::front::Front {
+        upstream: internal.addr,
+        handshake,
+        timeout: Duration::from_millis(u64::from(cfg.limits.connect_timeout_ms)),
+        peers: peers.clone(),
+    };
+    Ok((public.clone(), settings, Some((front, internal))))
+}
+
+/// Attaches the broker's shared state to a codec.
+fn attach<P>(
+    codec: PolicyProtocol<P>,
+    gate: &Arc<crate::IngestGate>,
+    connections: &Arc<std::sync::atomic::AtomicI64>,
+    peers: &Arc<crate::peer::Peers>,
+) -> PolicyProtocol<P> {
+    codec
+        .with_gate(gate.clone())
+        .with_connection_count(connections.clone())
+        .with_peers(peers.clone())
+}
+
 /// Runs one of rumqttd's servers (a listener) until it fails, which is logged.
 async fn serve<P>(mut server: Server<P>, link: LinkType, (kind, addr): (ListenerKind, SocketAddr))
 where
@@ -178,28 +239,24 @@ impl Broker {
         };
         let runtime = listener_runtime()?;
 
-        let settings: Vec<(EffectiveListener, rumqttd::ServerSettings)> = listeners
-            .iter()
-            .map(|l| (l.clone(), cfg.rumqttd_server(l, &credentials)))
-            .collect();
+        let mut settings = Vec::new();
+        for l in &listeners {
+            settings.push(listener_settings(cfg, l, &credentials, &peers)?);
+        }
         let gate = Arc::new(crate::IngestGate::new(
             cfg.limits.ingest_backlog_max,
             Duration::from_secs(cfg.limits.ack_stall_max_secs),
         ));
         let connections = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let v4 = PolicyProtocol::v4(policy)
-            .with_gate(gate.clone())
-            .with_connection_count(connections.clone())
-            .with_peers(peers.clone());
-        let v5 = PolicyProtocol::v5(policy)
-            .with_gate(gate.clone())
-            .with_connection_count(connections.clone())
-            .with_peers(peers.clone());
+        let v4 = attach(PolicyProtocol::v4(policy), &gate, &connections, &peers);
+        let v5 = attach(PolicyProtocol::v5(policy), &gate, &connections, &peers);
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
-            settings
+            let fronts = crate::front::spawn_fronts(runtime, &settings);
+            let servers: Vec<_> = settings
                 .into_iter()
-                .map(|(listener, settings)| {
+                .map(|(public, settings, front)| {
+                    let listener = front.map_or(public, |(_, internal)| internal);
                     let tx = servers_tx.clone();
                     let (kind, addr) = (listener.kind, listener.addr);
                     let task = match kind {
@@ -221,7 +278,9 @@ impl Broker {
                     };
                     (listener, task)
                 })
-                .collect()
+                .collect();
+            // rumqttd's servers first: `listen` waits for each in order.
+            servers.into_iter().chain(fronts).collect()
         });
 
         let links: Arc<LinkFactory> = Arc::new(move |client_id: &str| {

@@ -232,9 +232,14 @@ async fn keep_alive_zero_is_accepted_and_not_timed_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_over_websocket_round_trips() {
-    let broker = Broker::start(&test_config()).await.unwrap();
+async fn mqtt_over_websocket_round_trips_while_another_connection_idles() {
+    let mut cfg = test_config();
+    cfg.limits.connect_timeout_ms = 1_000;
+    let broker = Broker::start(&cfg).await.unwrap();
     let addr = broker.addr(ListenerKind::WebSocket).unwrap();
+    // A connection that never sends its handshake: rumqttd alone handshakes one connection at
+    // a time, so this stopped every later WebSocket client; our front times it out instead.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut o = MqttOptions::new("ws-client", format!("ws://{addr}/mqtt"), addr.port());
     o.set_transport(rumqttc::Transport::ws());
     o.set_keep_alive(Duration::from_secs(30));
@@ -252,6 +257,12 @@ async fn mqtt_over_websocket_round_trips() {
     let p = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(p.topic, "sensors/ws1/temperature");
     assert_eq!(&p.payload[..], b"19.5");
+    let mut buf = [0u8; 16];
+    let closed = timeout(WAIT, tokio::io::AsyncReadExt::read(&mut idle, &mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was not closed: {closed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

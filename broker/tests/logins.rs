@@ -164,3 +164,75 @@ async fn a_wrong_password_flood_is_throttled_and_a_right_login_gets_through() {
     assert_eq!(counts["remembered"], 1, "{counts:?}");
     assert_eq!(counts["accepted"], 2, "{counts:?}");
 }
+
+/// Connects over MQTT-over-WebSocket from `from` (a hand-made handshake and masked binary
+/// frames) and returns the CONNACK return code, or `None` when refused or closed.
+async fn ws_connect_from(
+    from: IpAddr,
+    broker: SocketAddr,
+    client_id: &str,
+) -> (Option<u8>, TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut tcp = socket.connect(broker).await.unwrap();
+    let head = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {broker}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match timeout(WAIT, tcp.read_exact(&mut byte)).await {
+            Ok(Ok(_)) => response.push(byte[0]),
+            _ => return (None, tcp),
+        }
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let packet = connect_packet(client_id, None);
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | packet.len() as u8];
+    frame.extend(mask);
+    frame.extend(packet.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    // An unmasked binary frame from the server: 0x82, length 4, the CONNACK.
+    let mut reply = [0u8; 6];
+    let code = match timeout(WAIT, tcp.read_exact(&mut reply)).await {
+        Ok(Ok(_)) if reply[2] == 0x20 => Some(reply[5]),
+        _ => None,
+    };
+    (code, tcp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_count_under_their_own_address_not_the_fronts() {
+    install_tap();
+    let mut cfg = config();
+    cfg.websocket.enabled = true;
+    cfg.websocket.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.limits.max_connections_per_ip = 1;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let (tcp, ws) = (
+        broker.addr(ListenerKind::Mqtt).unwrap(),
+        broker.addr(ListenerKind::WebSocket).unwrap(),
+    );
+    let (a, _keep_a) = connect_from(ip("127.0.0.1"), tcp, "a", None).await;
+    assert_eq!(a, Some(0));
+    // Through the front, rumqttd sees loopback; the connection must count as 127.0.0.2's.
+    let (b, _keep_b) = ws_connect_from(ip("127.0.0.2"), ws, "b").await;
+    assert_eq!(
+        b,
+        Some(0),
+        "a WebSocket client was counted under another address"
+    );
+    let (c, _) = ws_connect_from(ip("127.0.0.2"), ws, "c").await;
+    assert_eq!(
+        c, None,
+        "the per-address cap does not apply through the front"
+    );
+}

@@ -103,6 +103,11 @@ fn mosquitto_clients_round_trip_over_tls() {
         key.display().to_string()
     );
     let hub = start_hub(&loopback_config(dir.path(), &extra), &[]);
+    // A connection that never starts its TLS handshake: rumqttd alone handshakes one
+    // connection at a time with no time limit, so this stopped every later TLS client; our
+    // front handshakes each connection on its own and closes this one after
+    // `connect_timeout_ms`.
+    let mut idle = std::net::TcpStream::connect(hub.addr("tls")).unwrap();
     // By host name: clients send the name as SNI, and rustls refuses an IP address there.
     let mut args = vec![
         "-h".into(),
@@ -120,4 +125,15 @@ fn mosquitto_clients_round_trip_over_tls() {
         .output()
         .unwrap();
     assert!(!plain.status.success());
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = std::io::Read::read(&mut idle, &mut buf);
+    assert!(
+        matches!(closed, Ok(0))
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the idle connection was not closed: {closed:?}"
+    );
 }
