@@ -14,12 +14,18 @@
 //! It also feeds the [`IngestGate`]: it counts the publishes devices send and holds PUBACKs
 //! back while the bridge is behind (see [`crate::backpressure`]).
 //!
+//! It applies the caps on what a client can make the broker keep and the per-client rate
+//! limit ([`crate::client_limits`]): refused filters, bounded topics, retained caps, dropped or
+//! delayed publishes.
+//!
 //! This wrapper is also where per-topic authorization will go.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::backpressure::IngestGate;
+use crate::caps::BrokerCaps;
+use crate::client_limits::{ClientLimits, Inbound};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{Error, Packet, Protocol};
@@ -62,6 +68,8 @@ pub struct PolicyProtocol<P> {
     connections: Option<Arc<AtomicI64>>,
     /// Whether this connection's CONNECT was counted.
     counted: AtomicBool,
+    /// Caps and rate limit, when configured (per connection: fresh in each clone).
+    limits: Option<ClientLimits>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -82,6 +90,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             gate: self.gate.clone(),
             connections: self.connections.clone(),
             counted: AtomicBool::new(false),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -97,6 +106,7 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             gate: None,
             connections: None,
             counted: AtomicBool::new(false),
+            limits: None,
         }
     }
 }
@@ -112,6 +122,7 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             gate: None,
             connections: None,
             counted: AtomicBool::new(false),
+            limits: None,
         }
     }
 }
@@ -120,6 +131,12 @@ impl<P> PolicyProtocol<P> {
     /// Attaches the bridge's backpressure gate.
     pub fn with_gate(mut self, gate: Arc<IngestGate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Applies the caps and rate limit of `caps` to every connection.
+    pub fn with_caps(mut self, caps: Arc<BrokerCaps>) -> Self {
+        self.limits = Some(ClientLimits::new(caps));
         self
     }
 
@@ -132,7 +149,18 @@ impl<P> PolicyProtocol<P> {
 
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let mut packet = self.inner.read_mut(stream, max_size)?;
+        let mut packet = loop {
+            // The first byte holds a publish's QoS, which rumqttd's `Publish` keeps private.
+            let header = stream.first().copied().unwrap_or(0);
+            let mut packet = self.inner.read_mut(stream, max_size)?;
+            let verdict = match &mut self.limits {
+                Some(l) => l.inbound(&mut packet, header, self.v5)?,
+                None => Inbound::Pass,
+            };
+            if verdict == Inbound::Pass {
+                break packet;
+            }
+        };
         if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
             gate.admitted(&publish.topic);
         }
@@ -166,6 +194,9 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             // Runs on the broker's own runtime, outside rumqttd's locks: holding the ack here
             // pauses only this connection's task (see `crate::backpressure`).
             gate.wait_for_room();
+        }
+        if let Some(limits) = &self.limits {
+            limits.outbound(&mut packet);
         }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {

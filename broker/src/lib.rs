@@ -11,6 +11,9 @@
 //!   instead of readings piling up (and being dropped) in rumqttd's memory.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
+//! * [`caps`], [`subscriptions`], [`rate`], [`client_limits`]: caps on what clients make the
+//!   broker keep (filters, topics, retained messages) and per-client publish rates, applied by
+//!   the codec wrapper; what rumqttd keeps and never frees is described in [`caps`].
 //! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
 //!   runtime, waits for readiness and stops them.
 //! * `nodelay`: TCP_NODELAY for rumqttd's accepted sockets (inherited from the listener).
@@ -22,11 +25,15 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod caps;
+pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
 pub mod link;
 mod nodelay;
+pub mod rate;
 pub mod server;
+pub mod subscriptions;
 
 pub use auth::{hash_password, verify_password, Credentials};
 pub use backpressure::IngestGate;

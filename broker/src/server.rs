@@ -112,6 +112,8 @@ pub struct Broker {
     gate: Arc<crate::IngestGate>,
     /// Connected MQTT clients over all listeners.
     connections: Arc<std::sync::atomic::AtomicI64>,
+    /// Caps on client state and rates, with their counters.
+    caps: Arc<crate::caps::BrokerCaps>,
 }
 
 /// Spawns every listener on the broker's runtime.
@@ -170,6 +172,8 @@ impl Broker {
         let servers_gate = gate.clone();
         let connections = Arc::new(std::sync::atomic::AtomicI64::new(0));
         let servers_connections = connections.clone();
+        let caps = Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into()));
+        let servers_caps = caps.clone();
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
             settings
@@ -180,8 +184,12 @@ impl Broker {
                     let count = servers_connections.clone();
                     let v4 = PolicyProtocol::v4(policy)
                         .with_gate(gate.clone())
-                        .with_connection_count(count.clone());
-                    let v5 = PolicyProtocol::v5(policy).with_gate(gate).with_connection_count(count);
+                        .with_connection_count(count.clone())
+                        .with_caps(servers_caps.clone());
+                    let v5 = PolicyProtocol::v5(policy)
+                        .with_gate(gate)
+                        .with_connection_count(count)
+                        .with_caps(servers_caps.clone());
                     let (kind, addr) = (listener.kind, listener.addr);
                     let task = runtime.spawn(async move {
                         let result = match kind {
@@ -220,6 +228,7 @@ impl Broker {
             links,
             gate,
             connections,
+            caps,
         })
     }
 
@@ -311,6 +320,11 @@ impl Broker {
     /// A shared handle on the connected-client count, for metrics.
     pub fn connection_count(&self) -> Arc<std::sync::atomic::AtomicI64> {
         self.connections.clone()
+    }
+
+    /// The caps on client state and rates, with their counters (for metrics).
+    pub fn caps(&self) -> &Arc<crate::caps::BrokerCaps> {
+        &self.caps
     }
 
     /// The backpressure gate (backlog and held acknowledgements, for metrics).
