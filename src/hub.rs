@@ -178,6 +178,19 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
     let gate = broker.ingest_gate().clone();
     let held = gate.clone();
     let skipped = gate.clone();
+    let metrics = broker.caps().samples().into_iter().fold(metrics, |m, s| {
+        let kind = if s.counter {
+            SampleKind::Counter
+        } else {
+            SampleKind::Gauge
+        };
+        m.with_sample(Sample {
+            name: s.name,
+            help: s.help,
+            kind,
+            read: s.read.into(),
+        })
+    });
     metrics
         .with_sample(Sample {
             name: "edgewatch_mqtt_connections",

@@ -29,7 +29,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use edgewatch_protocol::{MAX_FILTER_BYTES, MAX_FILTER_LEVELS};
@@ -223,6 +223,119 @@ impl BrokerCaps {
     }
 }
 
+/// One value of [`BrokerCaps::samples`] for `/metrics`.
+pub struct CapSample {
+    /// Metric name (a counter's ends in `_total`).
+    pub name: &'static str,
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// Counter (else gauge).
+    pub counter: bool,
+    /// Reads the current value.
+    pub read: Box<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for CapSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapSample")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl BrokerCaps {
+    /// The counters and ledger sizes, for the composition to expose in `/metrics`.
+    pub fn samples(self: &Arc<Self>) -> Vec<CapSample> {
+        type Pick = fn(&CapCounters) -> &AtomicU64;
+        let counters: [(&'static str, &'static str, Pick); 7] = [
+            (
+                "edgewatch_mqtt_subscriptions_refused_total",
+                "MQTT filters refused in a SUBACK by a subscription cap (per client or distinct filters).",
+                |c| &c.subscriptions_refused,
+            ),
+            (
+                "edgewatch_mqtt_filters_refused_total",
+                "MQTT filters refused in a SUBACK for being over 1 KiB or 32 levels.",
+                |c| &c.filters_refused,
+            ),
+            (
+                "edgewatch_mqtt_topics_refused_total",
+                "MQTT connections closed for a publish or will topic over max_topic_bytes or max_topic_levels.",
+                |c| &c.topics_refused,
+            ),
+            (
+                "edgewatch_mqtt_new_topics_refused_total",
+                "MQTT publishes refused for a new topic outside sensors/ past max_topics_outside_readings.",
+                |c| &c.new_topics_refused,
+            ),
+            (
+                "edgewatch_mqtt_retain_refused_total",
+                "Retained MQTT publishes delivered but not retained (a retained-message cap).",
+                |c| &c.retain_refused,
+            ),
+            (
+                "edgewatch_mqtt_rate_dropped_total",
+                "QoS 0 MQTT publishes dropped by the per-client rate limit.",
+                |c| &c.rate_dropped,
+            ),
+            (
+                "edgewatch_mqtt_rate_delayed_total",
+                "QoS 1/2 MQTT publishes delayed by the per-client rate limit.",
+                |c| &c.rate_delayed,
+            ),
+        ];
+        let mut out: Vec<CapSample> = counters
+            .into_iter()
+            .map(|(name, help, pick)| {
+                let caps = self.clone();
+                CapSample {
+                    name,
+                    help,
+                    counter: true,
+                    read: Box::new(move || pick(&caps.counters).load(Ordering::Relaxed) as f64),
+                }
+            })
+            .collect();
+        out.extend(self.gauge_samples());
+        out
+    }
+
+    fn gauge_samples(self: &Arc<Self>) -> impl Iterator<Item = CapSample> + '_ {
+        type Read = fn(&BrokerCaps) -> f64;
+        let gauges: [(&'static str, &'static str, Read); 4] = [
+            (
+                "edgewatch_mqtt_retained_messages",
+                "Retained messages the broker holds.",
+                |c| c.retained().0 as f64,
+            ),
+            (
+                "edgewatch_mqtt_retained_bytes",
+                "Bytes (topic + payload) of the retained messages the broker holds.",
+                |c| c.retained().1 as f64,
+            ),
+            (
+                "edgewatch_mqtt_filters",
+                "Distinct filters MQTT clients subscribed to since start (kept by the broker).",
+                |c| c.filters() as f64,
+            ),
+            (
+                "edgewatch_mqtt_topics_outside_readings",
+                "Distinct topics outside sensors/ published to since start (kept by the broker).",
+                |c| c.topics_outside_readings() as f64,
+            ),
+        ];
+        gauges.into_iter().map(|(name, help, read)| {
+            let caps = self.clone();
+            CapSample {
+                name,
+                help,
+                counter: false,
+                read: Box::new(move || read(&caps)),
+            }
+        })
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -262,5 +375,55 @@ impl Throttle {
                 Some(self.suppressed.swap(0, Ordering::Relaxed))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> BrokerCaps {
+        let mut caps = Caps::from(&LimitsConfig::default());
+        caps.max_retained_messages = 2;
+        caps.max_retained_bytes = 30;
+        caps.max_retained_payload_bytes = 10;
+        caps.max_topics_outside_readings = 1;
+        BrokerCaps::new(caps)
+    }
+
+    #[test]
+    fn retained_ledger_follows_rumqttd_and_refuses_past_each_cap() {
+        let c = caps();
+        assert!(c.retain(b"a/1", 5, true)); // 8 bytes
+        assert!(c.retain(b"a/1", 9, true)); // replaced: 12 bytes
+        assert_eq!(c.retained(), (1, 12));
+        assert!(!c.retain(b"a/2", 11, true)); // payload over 10
+        assert!(c.retain(b"a/2", 10, true)); // 13 more bytes
+        assert!(!c.retain(b"a/3", 1, true)); // a third message
+        assert!(c.retain(b"a/3", 1, false)); // not retained: nothing to refuse
+        assert!(c.retain(b"a/1", 0, false)); // an empty payload clears, retained or not
+        assert_eq!(c.retained(), (1, 13));
+        assert!(!c.retain(b"a/long-topic", 10, true)); // 13 + 22 bytes > 30
+        assert!(c.retain(b"a/3", 10, true));
+        assert_eq!(c.retained(), (2, 26));
+        assert_eq!(c.counters.retain_refused.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn topics_outside_readings_are_capped_and_bounds_count_levels() {
+        let c = caps();
+        assert!(c.admit_topic(b"tele/a"));
+        assert!(c.admit_topic(b"tele/a"));
+        assert!(!c.admit_topic(b"tele/b"));
+        assert!(c.admit_topic(b"sensors/d1/t"));
+        assert!(c.admit_topic(b"$SYS/x"));
+        assert_eq!(c.topics_outside_readings(), 1);
+        let sixteen = vec!["l"; 16].join("/");
+        assert!(c.topic_within_bounds(sixteen.as_bytes()));
+        assert!(!c.topic_within_bounds(format!("{sixteen}/l").as_bytes()));
+        assert!(c.topic_within_bounds("t".repeat(256).as_bytes()));
+        assert!(!c.topic_within_bounds("t".repeat(257).as_bytes()));
+        assert!(filter_within_bounds(&vec!["+"; 32].join("/")));
+        assert!(!filter_within_bounds(&vec!["+"; 33].join("/")));
     }
 }
