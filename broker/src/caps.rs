@@ -172,14 +172,14 @@ impl BrokerCaps {
     /// clears the topic, a retained one sets it. Returns whether the retain flag may stay;
     /// false (counted) when keeping it would pass a retained-message cap.
     pub fn retain(&self, topic: &[u8], payload_len: usize, retain: bool) -> bool {
+        if payload_len > 0 && !retain {
+            return true; // most publishes: no lock
+        }
         let mut ledger = lock(&self.retained);
         if payload_len == 0 {
             if let Some(old) = ledger.topics.remove(topic) {
                 ledger.bytes -= old;
             }
-            return true;
-        }
-        if !retain {
             return true;
         }
         let size = (topic.len() + payload_len) as u64;

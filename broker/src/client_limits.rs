@@ -13,14 +13,19 @@
 //!   the rate limit drops (QoS 0) or delays (QoS 1/2); a retained publish that does not fit the
 //!   retained caps loses its retain flag and is still delivered.
 //!
+//! An MQTT 5 publish that names its topic by alias only is checked against the topic the alias
+//! stands for (kept per connection, like rumqttd does).
+//!
 //! A dropped packet is taken out of the read buffer and the codec reads the next one, so
 //! rumqttd never sees it and nothing is written back.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttd::protocol::{Error, Packet, Publish};
+use bytes::Bytes;
+use rumqttd::protocol::{Error, Packet, Publish, PublishProperties};
 
 use crate::caps::BrokerCaps;
 use crate::rate::{PublishRate, RateVerdict};
@@ -41,6 +46,8 @@ pub struct ClientLimits {
     caps: Arc<BrokerCaps>,
     subscriptions: ConnectionSubscriptions,
     rate: PublishRate,
+    /// MQTT 5 topic aliases this client set: alias → topic (copied, at most rumqttd's 4,096).
+    aliases: HashMap<u16, Bytes>,
 }
 
 impl Clone for ClientLimits {
@@ -61,6 +68,7 @@ impl ClientLimits {
             caps,
             subscriptions: ConnectionSubscriptions::default(),
             rate,
+            aliases: HashMap::new(),
         }
     }
 
@@ -68,7 +76,10 @@ impl ClientLimits {
     /// publish's QoS is not public in rumqttd's `Publish`). An error closes the connection.
     pub fn inbound(&mut self, packet: &mut Packet, header: u8, v5: bool) -> Result<Inbound, Error> {
         match packet {
-            Packet::Publish(publish, _) => self.publish(publish, (header >> 1) & 0b11),
+            Packet::Publish(publish, props) => {
+                let topic = self.resolve_alias(publish, props.as_ref());
+                self.publish(publish, topic, (header >> 1) & 0b11)
+            }
             Packet::Subscribe(sub, _) => {
                 self.subscriptions.filter(sub, &self.caps, v5);
                 Ok(Inbound::Pass)
@@ -111,29 +122,43 @@ impl ClientLimits {
         Err(Error::BoundaryCrossed(topic.len()))
     }
 
-    fn publish(&mut self, publish: &mut Publish, qos: u8) -> Result<Inbound, Error> {
+    /// The topic a publish goes to: its own, or the one its MQTT 5 alias stands for.
+    fn resolve_alias(&mut self, publish: &Publish, props: Option<&PublishProperties>) -> Bytes {
+        let Some(alias) = props.and_then(|p| p.topic_alias) else {
+            return publish.topic.clone();
+        };
+        if publish.topic.is_empty() {
+            // Unknown alias: rumqttd closes the connection.
+            return self.aliases.get(&alias).cloned().unwrap_or_default();
+        }
+        if (1..=4096).contains(&alias) {
+            self.aliases
+                .insert(alias, Bytes::copy_from_slice(&publish.topic));
+        }
+        publish.topic.clone()
+    }
+
+    fn publish(&mut self, publish: &mut Publish, topic: Bytes, qos: u8) -> Result<Inbound, Error> {
         let c = &self.caps.counters;
-        self.topic_bounds(&publish.topic)?;
-        if !self.caps.admit_topic(&publish.topic) {
+        self.topic_bounds(&topic)?;
+        if !self.caps.admit_topic(&topic) {
             c.new_topics_refused.fetch_add(1, Ordering::Relaxed);
             self.caps.warn(
                 "new topic refused: max_topics_outside_readings reached",
-                &publish.topic,
+                &topic,
             );
             return match qos {
                 0 => Ok(Inbound::Drop),
-                _ => Err(Error::BoundaryCrossed(publish.topic.len())),
+                _ => Err(Error::BoundaryCrossed(topic.len())),
             };
         }
-        let bytes = publish.topic.len() + publish.payload.len();
+        let bytes = topic.len() + publish.payload.len();
         match self.rate.publish(bytes, qos, Instant::now()) {
             RateVerdict::Pass => {}
             RateVerdict::Drop => {
                 c.rate_dropped.fetch_add(1, Ordering::Relaxed);
-                self.caps.warn(
-                    "QoS 0 publish dropped: client over its rate",
-                    &publish.topic,
-                );
+                self.caps
+                    .warn("QoS 0 publish dropped: client over its rate", &topic);
                 return Ok(Inbound::Drop);
             }
             RateVerdict::Delay(wait) => {
@@ -143,7 +168,7 @@ impl ClientLimits {
         }
         if !self
             .caps
-            .retain(&publish.topic, publish.payload.len(), publish.retain)
+            .retain(&topic, publish.payload.len(), publish.retain)
         {
             publish.retain = false;
         }

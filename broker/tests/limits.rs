@@ -370,3 +370,47 @@ async fn over_its_rate_a_client_loses_qos0_and_waits_for_qos1() {
     assert_eq!(got.len() as u64, 2 * RATE);
     assert!(broker.caps().counters.rate_delayed.load(Ordering::Relaxed) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_topic_alias_is_accounted_as_its_topic() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as E5, MqttOptions as Opt5};
+
+    let mut cfg = test_config();
+    cfg.limits.max_retained_messages = 2;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt5).unwrap();
+    let mut o = Opt5::new("v5-alias", addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(10));
+    let (client, mut ev) = Client5::new(o, 10);
+    let alias = |n| PublishProperties {
+        topic_alias: Some(n),
+        ..Default::default()
+    };
+    // c/1 retained, then replaced through its alias (still one message), then c/2: fits.
+    let sends = [
+        ("c/1", "a", Some(1)),
+        ("", "b", Some(1)),
+        ("c/2", "c", None),
+    ];
+    for (topic, payload, a) in sends {
+        let props = a.map(alias).unwrap_or_default();
+        client
+            .publish_with_properties(topic, Q5::AtLeastOnce, true, payload, props)
+            .await
+            .unwrap();
+        timeout(WAIT, async {
+            loop {
+                if let E5::Incoming(P5::PubAck(_)) = ev.poll().await.unwrap() {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let caps = broker.caps();
+    assert_eq!(caps.counters.retain_refused.load(Ordering::Relaxed), 0);
+    assert_eq!(caps.retained(), (2, 8));
+}
