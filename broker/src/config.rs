@@ -166,7 +166,7 @@ impl Default for LimitsConfig {
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
             max_retained_payload_bytes: 64 * 1024,
-            max_publishes_per_sec_per_client: 100_000,
+            max_publishes_per_sec_per_client: 250_000,
             max_publish_bytes_per_sec_per_client: 64 * 1024 * 1024,
         }
     }

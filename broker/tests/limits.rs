@@ -414,3 +414,57 @@ async fn an_mqtt5_topic_alias_is_accounted_as_its_topic() {
     assert_eq!(caps.counters.retain_refused.load(Ordering::Relaxed), 0);
     assert_eq!(caps.retained(), (2, 8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_will_is_bounded_and_accounted_like_a_publish() {
+    let mut cfg = test_config();
+    cfg.limits.max_retained_messages = 1;
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    // A will topic over the bound: the connection is closed before its CONNACK.
+    let mut o = options("long-will", addr);
+    o.set_last_will(rumqttc::LastWill::new(
+        "w".repeat(300),
+        "x",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let (_client, mut ev) = AsyncClient::new(o, 10);
+    let acked = poll_until(&mut ev, |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+    assert!(acked.is_err(), "connection should close, got {acked:?}");
+    assert_eq!(
+        broker
+            .caps()
+            .counters
+            .topics_refused
+            .load(Ordering::Relaxed),
+        1
+    );
+    // A retained will takes its place in the retained ledger when its client connects; a
+    // second one does not fit and loses its retain flag.
+    for (i, topic) in ["sensors/d1/status", "sensors/d2/status"]
+        .iter()
+        .enumerate()
+    {
+        let mut o = options(&format!("will{i}"), addr);
+        o.set_last_will(rumqttc::LastWill::new(
+            *topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (_client, mut ev) = AsyncClient::new(o, 10);
+        poll_until(&mut ev, |p| matches!(p, Packet::ConnAck(_)).then_some(()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(broker.caps().retained(), (1, 24));
+    assert_eq!(
+        broker
+            .caps()
+            .counters
+            .retain_refused
+            .load(Ordering::Relaxed),
+        1
+    );
+}
