@@ -126,6 +126,28 @@ async fn filters_over_the_cap_or_bounds_are_refused_in_place_and_the_rest_work()
     .await
     .unwrap();
     assert_eq!(codes, [C::Success(QoS::AtMostOnce)]);
+
+    // Every filter refused: rumqttd gets an empty SUBSCRIBE, the client a full SUBACK.
+    client.subscribe("a/9", QoS::AtMostOnce).await.unwrap();
+    let codes = poll_until(&mut ev, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(codes, [C::Failure]);
+    // The connection carries on.
+    client
+        .publish("a/3", QoS::AtLeastOnce, false, "again")
+        .await
+        .unwrap();
+    let got = poll_until(&mut ev, |p| match p {
+        Packet::Publish(p) => Some(p.payload),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(&got[..], b"again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
