@@ -177,6 +177,19 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
     let connections = broker.connection_count();
     let gate = broker.ingest_gate().clone();
     let peers = broker.peers().clone();
+    let metrics = broker.caps().samples().into_iter().fold(metrics, |m, s| {
+        let kind = if s.counter {
+            SampleKind::Counter
+        } else {
+            SampleKind::Gauge
+        };
+        m.with_sample(Sample {
+            name: s.name,
+            help: s.help,
+            kind,
+            read: s.read.into(),
+        })
+    });
     let metrics = metrics
         .with_sample(Sample {
             name: "edgewatch_mqtt_connections",

@@ -135,6 +135,32 @@ pub struct LimitsConfig {
     /// The longest a PUBACK waits for the bridge (a stalled writer) before the connection is
     /// closed instead, seconds: the device then sends its reading again.
     pub ack_stall_max_secs: u64,
+    /// Filters one MQTT connection may hold; more in a SUBSCRIBE are refused in the SUBACK
+    /// (0x80; MQTT 5: 0x97 quota exceeded). Filters over 1 KiB or 32 levels are always refused.
+    pub max_subscriptions_per_client: usize,
+    /// Distinct filters MQTT clients may subscribe to over the broker's life (rumqttd keeps a
+    /// commit log per filter and never frees it); a new one past this is refused like above.
+    pub max_filters: usize,
+    /// Longest topic of a publish or last will, in bytes; a longer one closes the connection.
+    pub max_topic_bytes: usize,
+    /// Most levels in a topic of a publish or last will; a deeper one closes the connection.
+    pub max_topic_levels: usize,
+    /// Distinct topics outside `sensors/` clients may publish to over the broker's life
+    /// (rumqttd caches every topic); a publish to a new one past this is dropped (QoS 0) or
+    /// closes the connection (QoS 1/2, not acknowledged).
+    pub max_topics_outside_readings: usize,
+    /// Retained messages kept at once; a retained publish past this is delivered, not retained.
+    pub max_retained_messages: usize,
+    /// Bytes (topic + payload) of all retained messages together; as above.
+    pub max_retained_bytes: u64,
+    /// Largest payload retained; a larger retained publish is delivered, not retained.
+    pub max_retained_payload_bytes: usize,
+    /// Publishes per second one MQTT connection may send (0: unlimited); over it QoS 0
+    /// publishes are dropped, QoS 1/2 ones delayed (up to 1 s each).
+    pub max_publishes_per_sec_per_client: u64,
+    /// Publish bytes (topic + payload) per second one MQTT connection may send (0: unlimited);
+    /// as above.
+    pub max_publish_bytes_per_sec_per_client: u64,
 }
 
 impl Default for LimitsConfig {
@@ -153,6 +179,16 @@ impl Default for LimitsConfig {
             login_cache_secs: 600,
             login_backoff_max_secs: 30,
             ack_stall_max_secs: 60,
+            max_subscriptions_per_client: 100,
+            max_filters: 10_000,
+            max_topic_bytes: 256,
+            max_topic_levels: 16,
+            max_topics_outside_readings: 10_000,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 16 * 1024 * 1024,
+            max_retained_payload_bytes: 64 * 1024,
+            max_publishes_per_sec_per_client: 250_000,
+            max_publish_bytes_per_sec_per_client: 64 * 1024 * 1024,
         }
     }
 }
@@ -179,6 +215,37 @@ impl Default for RouterConfig {
             max_segment_size: 16 * 1024 * 1024,
             max_segment_count: 4,
         }
+    }
+}
+
+/// The kinds of listener the broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// MQTT 3.1.1 over TCP.
+    Mqtt,
+    /// MQTT 5 over TCP.
+    Mqtt5,
+    /// MQTT 3.1.1 over WebSocket.
+    WebSocket,
+    /// MQTT 3.1.1 over TLS.
+    Tls,
+}
+
+impl ListenerKind {
+    /// The config section name of this listener (`broker.<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Mqtt5 => "mqtt5",
+            Self::WebSocket => "websocket",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -216,7 +283,53 @@ impl BrokerConfig {
                 }
             }
         }
-        self.validate_limits()
+        self.validate_limits()?;
+        self.validate_caps()
+    }
+
+    /// The caps on client state and rates in `broker.limits` (see [`crate::caps`]).
+    fn validate_caps(&self) -> Result<(), InvalidSetting> {
+        let l = &self.limits;
+        let at_least_one: [(&str, u64); 7] = [
+            (
+                "max_subscriptions_per_client",
+                l.max_subscriptions_per_client as u64,
+            ),
+            ("max_filters", l.max_filters as u64),
+            ("max_topic_levels", l.max_topic_levels as u64),
+            (
+                "max_topics_outside_readings",
+                l.max_topics_outside_readings as u64,
+            ),
+            ("max_retained_messages", l.max_retained_messages as u64),
+            ("max_retained_bytes", l.max_retained_bytes),
+            (
+                "max_retained_payload_bytes",
+                l.max_retained_payload_bytes as u64,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(InvalidSetting::new(
+                    format!("broker.limits.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        // `sensors/{deviceId}/{metric}` with ids of up to 64 bytes must fit.
+        if l.max_topic_bytes < 140 || l.max_topic_bytes > 65_535 {
+            return Err(InvalidSetting::new(
+                "broker.limits.max_topic_bytes",
+                "must be between 140 and 65535",
+            ));
+        }
+        if l.max_topic_levels < 3 {
+            return Err(InvalidSetting::new(
+                "broker.limits.max_topic_levels",
+                "must be at least 3 (sensors/{deviceId}/{metric})",
+            ));
+        }
+        Ok(())
     }
 
     /// The `broker.limits` and `broker.router` part of [`BrokerConfig::validate`].
@@ -451,5 +564,23 @@ mod tests {
         cfg.tls.enabled = true;
         cfg.tls.cert_path = "/nonexistent.pem".into();
         assert!(cfg.validate().unwrap_err().key.eq("broker.tls.cert_path"));
+        let mut cfg = BrokerConfig::default();
+        cfg.limits.max_topic_bytes = 100;
+        assert_eq!(
+            cfg.validate().unwrap_err().key,
+            "broker.limits.max_topic_bytes"
+        );
+        let mut cfg = BrokerConfig::default();
+        cfg.limits.max_retained_bytes = 0;
+        assert_eq!(
+            cfg.validate().unwrap_err().key,
+            "broker.limits.max_retained_bytes"
+        );
+        let mut cfg = BrokerConfig::default();
+        cfg.limits.max_topic_levels = 2;
+        assert_eq!(
+            cfg.validate().unwrap_err().key,
+            "broker.limits.max_topic_levels"
+        );
     }
 }

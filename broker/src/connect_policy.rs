@@ -14,12 +14,18 @@
 //! It also feeds the [`IngestGate`]: it counts the publishes devices send and holds PUBACKs
 //! back while the bridge is behind (see [`crate::backpressure`]).
 //!
+//! It applies the caps on what a client can make the broker keep and the per-client rate
+//! limit ([`crate::client_limits`]): refused filters, bounded topics, retained caps, dropped or
+//! delayed publishes.
+//!
 //! This wrapper is also where per-topic authorization will go.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::backpressure::{Admission, IngestGate};
+use crate::caps::BrokerCaps;
+use crate::client_limits::{ClientLimits, Inbound};
 use crate::peer::{PeerSlot, Peers};
 use std::net::SocketAddr;
 
@@ -70,6 +76,8 @@ pub struct PolicyProtocol<P> {
     peer: Option<SocketAddr>,
     /// This connection's place in `peers`, from its CONNECT on.
     slot: Option<PeerSlot>,
+    /// Caps and rate limit, when configured (per connection: fresh in each clone).
+    limits: Option<ClientLimits>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -96,6 +104,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             peer: crate::peer::take_accepted()
                 .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr))),
             slot: None,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -114,6 +123,7 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             peers: None,
             peer: None,
             slot: None,
+            limits: None,
         }
     }
 }
@@ -132,6 +142,7 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             peers: None,
             peer: None,
             slot: None,
+            limits: None,
         }
     }
 }
@@ -146,6 +157,12 @@ impl<P> PolicyProtocol<P> {
     /// Applies the per-address connection cap of `peers` (when the address is known).
     pub fn with_peers(mut self, peers: Arc<Peers>) -> Self {
         self.peers = Some(peers);
+        self
+    }
+
+    /// Applies the caps and rate limit of `caps` to every connection.
+    pub fn with_caps(mut self, caps: Arc<BrokerCaps>) -> Self {
+        self.limits = Some(ClientLimits::new(caps));
         self
     }
 
@@ -182,16 +199,24 @@ impl<P> PolicyProtocol<P> {
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         let mut packet = loop {
-            // The fixed header's first byte: rumqttd keeps a publish's QoS to itself.
-            let first = stream.first().copied().unwrap_or(0);
-            if self.v5 && V5_UNREACHABLE.contains(&(first >> 4)) {
+            // The fixed header's first byte: a publish's QoS, which rumqttd's `Publish` keeps
+            // private.
+            let header = stream.first().copied().unwrap_or(0);
+            if self.v5 && V5_UNREACHABLE.contains(&(header >> 4)) {
                 // rumqttd's MQTT 5 decoder panics (`unreachable!`) on these with a body; a
                 // client never sends them: a protocol error, the connection is closed.
-                return Err(Error::InvalidPacketType(first >> 4));
+                return Err(Error::InvalidPacketType(header >> 4));
             }
-            let packet = self.inner.read_mut(stream, max_size)?;
+            let mut packet = self.inner.read_mut(stream, max_size)?;
+            let verdict = match &mut self.limits {
+                Some(l) => l.inbound(&mut packet, header, self.v5)?,
+                None => Inbound::Pass,
+            };
+            if verdict != Inbound::Pass {
+                continue;
+            }
             if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
-                match gate.admit_publish(&publish.topic, publish_qos(first)) {
+                match gate.admit_publish(&publish.topic, publish_qos(header)) {
                     Admission::Admitted => {}
                     // Shed while the bridge is behind (see `crate::backpressure`): the next
                     // packet, if its bytes are here, else rumqttd reads more and calls again.
@@ -241,6 +266,9 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 tracing::warn!("closing an MQTT connection whose acknowledgement waited longer than broker.limits.ack_stall_max_secs for the bridge: the device sends the reading again when it reconnects");
                 return Err(Error::InvalidReason(0x89));
             }
+        }
+        if let Some(limits) = &self.limits {
+            limits.outbound(&mut packet);
         }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {

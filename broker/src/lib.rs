@@ -16,6 +16,9 @@
 //!   instead of readings piling up (and being dropped) in rumqttd's memory.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
+//! * [`caps`], [`subscriptions`], [`rate`], [`client_limits`]: caps on what clients make the
+//!   broker keep (filters, topics, retained messages) and per-client publish rates, applied by
+//!   the codec wrapper; what rumqttd keeps and never frees is described in [`caps`].
 //! * [`server`]: binds and bind-checks listeners, runs rumqttd's router and servers on our tokio
 //!   runtime, waits for readiness and stops them.
 //! * `front`: our accept loop in front of rumqttd's WebSocket and TLS listeners, whose
@@ -29,6 +32,8 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod caps;
+pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
 mod front;
@@ -37,10 +42,13 @@ pub mod login;
 mod nodelay;
 pub mod password;
 pub mod peer;
+pub mod rate;
 pub mod server;
+pub mod subscriptions;
 
 pub use auth::{hash_password, verify_password, Credentials};
 pub use backpressure::IngestGate;
+pub use config::ListenerKind;
 pub use config::{BrokerConfig, ListenerConfig};
 pub use link::{InboundPublish, InboundStream, LinkPublisher};
-pub use server::{Broker, BrokerError, ListenerKind};
+pub use server::{Broker, BrokerError};

@@ -14,43 +14,12 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{LinkType, Router, Server};
 use tokio::task::JoinHandle;
 
-use crate::config::{BrokerConfig, EffectiveListener};
+use crate::config::{BrokerConfig, EffectiveListener, ListenerKind};
 use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
 use crate::link::{InboundStream, LinkPublisher};
 
 /// How long a listener may take to accept its first connection after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The kinds of listener the broker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ListenerKind {
-    /// MQTT 3.1.1 over TCP.
-    Mqtt,
-    /// MQTT 5 over TCP.
-    Mqtt5,
-    /// MQTT 3.1.1 over WebSocket.
-    WebSocket,
-    /// MQTT 3.1.1 over TLS.
-    Tls,
-}
-
-impl ListenerKind {
-    /// The config section name of this listener (`broker.<name>`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Mqtt => "mqtt",
-            Self::Mqtt5 => "mqtt5",
-            Self::WebSocket => "websocket",
-            Self::Tls => "tls",
-        }
-    }
-}
-
-impl std::fmt::Display for ListenerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Why the broker could not start or link.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +85,8 @@ pub struct Broker {
     peers: Arc<crate::peer::Peers>,
     /// Logins by outcome.
     login_stats: Arc<crate::login::LoginStats>,
+    /// Caps on client state and rates, with their counters.
+    caps: Arc<crate::caps::BrokerCaps>,
 }
 
 /// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
@@ -166,17 +137,35 @@ fn listener_settings(
     Ok((public.clone(), settings, Some((front, internal))))
 }
 
-/// Attaches the broker's shared state to a codec.
-fn attach<P>(
-    codec: PolicyProtocol<P>,
-    gate: &Arc<crate::IngestGate>,
-    connections: &Arc<std::sync::atomic::AtomicI64>,
-    peers: &Arc<crate::peer::Peers>,
-) -> PolicyProtocol<P> {
-    codec
-        .with_gate(gate.clone())
-        .with_connection_count(connections.clone())
-        .with_peers(peers.clone())
+/// What every connection's codec shares.
+struct Shared {
+    gate: Arc<crate::IngestGate>,
+    connections: Arc<std::sync::atomic::AtomicI64>,
+    peers: Arc<crate::peer::Peers>,
+    caps: Arc<crate::caps::BrokerCaps>,
+}
+
+impl Shared {
+    fn new(cfg: &BrokerConfig, peers: Arc<crate::peer::Peers>) -> Self {
+        Self {
+            gate: Arc::new(crate::IngestGate::new(
+                cfg.limits.ingest_backlog_max,
+                Duration::from_secs(cfg.limits.ack_stall_max_secs),
+            )),
+            connections: Arc::default(),
+            peers,
+            caps: Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into())),
+        }
+    }
+
+    /// `codec` with the shared state attached.
+    fn attach<P>(&self, codec: PolicyProtocol<P>) -> PolicyProtocol<P> {
+        codec
+            .with_gate(self.gate.clone())
+            .with_connection_count(self.connections.clone())
+            .with_peers(self.peers.clone())
+            .with_caps(self.caps.clone())
+    }
 }
 
 /// Runs one of rumqttd's servers (a listener) until it fails, which is logged.
@@ -243,13 +232,11 @@ impl Broker {
         for l in &listeners {
             settings.push(listener_settings(cfg, l, &credentials, &peers)?);
         }
-        let gate = Arc::new(crate::IngestGate::new(
-            cfg.limits.ingest_backlog_max,
-            Duration::from_secs(cfg.limits.ack_stall_max_secs),
-        ));
-        let connections = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let v4 = attach(PolicyProtocol::v4(policy), &gate, &connections, &peers);
-        let v5 = attach(PolicyProtocol::v5(policy), &gate, &connections, &peers);
+        let shared = Shared::new(cfg, peers.clone());
+        let (v4, v5) = (
+            shared.attach(PolicyProtocol::v4(policy)),
+            shared.attach(PolicyProtocol::v5(policy)),
+        );
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
             let fronts = crate::front::spawn_fronts(runtime, &settings);
@@ -295,10 +282,11 @@ impl Broker {
             runtime: Some(runtime),
             spawn: Some(spawn),
             links,
-            gate,
-            connections,
+            gate: shared.gate,
+            connections: shared.connections,
             peers,
             login_stats,
+            caps: shared.caps,
         })
     }
 
@@ -390,6 +378,11 @@ impl Broker {
     /// A shared handle on the connected-client count, for metrics.
     pub fn connection_count(&self) -> Arc<std::sync::atomic::AtomicI64> {
         self.connections.clone()
+    }
+
+    /// The caps on client state and rates, with their counters (for metrics).
+    pub fn caps(&self) -> &Arc<crate::caps::BrokerCaps> {
+        &self.caps
     }
 
     /// The backpressure gate (backlog and held acknowledgements, for metrics).

@@ -174,6 +174,22 @@ async fn metrics_move_as_readings_flow() {
     assert!(value(&before, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert_eq!(value(&before, "edgewatch_mqtt_connections", &[]), Some(0.0));
     assert_eq!(types["edgewatch_mqtt_held_acks_total"], "counter");
+    for counter in [
+        "edgewatch_mqtt_subscriptions_refused_total",
+        "edgewatch_mqtt_filters_refused_total",
+        "edgewatch_mqtt_topics_refused_total",
+        "edgewatch_mqtt_new_topics_refused_total",
+        "edgewatch_mqtt_retain_refused_total",
+        "edgewatch_mqtt_rate_dropped_total",
+        "edgewatch_mqtt_rate_delayed_total",
+    ] {
+        assert_eq!(types[counter], "counter", "{counter}");
+        assert_eq!(value(&before, counter, &[]), Some(0.0), "{counter}");
+    }
+    assert_eq!(
+        value(&before, "edgewatch_mqtt_retained_messages", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         value(&before, "edgewatch_mqtt_ingest_skipped_total", &[]),
         Some(0.0)

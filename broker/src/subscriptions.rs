@@ -1,0 +1,219 @@
+//! One connection's subscriptions, bounded: refused filters are taken out of a SUBSCRIBE
+//! before rumqttd sees it, and their failure codes put back into the SUBACK for that packet
+//! id at their positions, so the client gets one code per filter it sent, in order.
+//!
+//! A filter is refused when it is longer than [`crate::caps::MAX_FILTER_BYTES`] or deeper than
+//! [`crate::caps::MAX_FILTER_LEVELS`] (MQTT 5: 0x8F topic filter invalid), when the connection
+//! already holds `max_subscriptions_per_client` other filters, or when it would be a new
+//! distinct filter past `max_filters` (MQTT 5: 0x97 quota exceeded). MQTT 3.1.1 has one
+//! failure code, 0x80. Subscribing again to a filter the connection holds is always granted.
+//!
+//! The count is per connection: a persistent session (clean session false) that reconnects
+//! gets its old subscriptions back from rumqttd and a fresh count here, so across reconnects
+//! it can hold more than the per-client cap; `max_filters` still bounds the distinct filters
+//! the broker keeps for everyone together.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use rumqttd::protocol::{SubAck, Subscribe, SubscribeReasonCode};
+
+use crate::caps::{filter_within_bounds, BrokerCaps};
+
+/// Failure codes to insert into a SUBACK: (position in the client's SUBSCRIBE, code).
+type Refusals = Vec<(usize, SubscribeReasonCode)>;
+
+/// At most this many SUBSCRIBEs with refusals wait for their SUBACK; older entries are
+/// dropped (a client that pipelines more only gets short SUBACKs for them).
+const MAX_PENDING: usize = 64;
+
+/// The filters one connection was granted.
+#[derive(Debug, Default)]
+pub struct ConnectionSubscriptions {
+    granted: HashSet<String>,
+    /// SUBSCRIBEs with refused filters, waiting for their SUBACK (packet id, refusals).
+    pending: Mutex<Vec<(u16, Refusals)>>,
+}
+
+impl ConnectionSubscriptions {
+    /// Takes refused filters out of `sub`, remembering their codes for its SUBACK.
+    pub fn filter(&mut self, sub: &mut Subscribe, caps: &BrokerCaps, v5: bool) {
+        let max = caps.caps.max_subscriptions_per_client;
+        let mut refusals = Refusals::new();
+        let mut position = 0;
+        sub.filters.retain(|f| {
+            let at = position;
+            position += 1;
+            let refusal = if !filter_within_bounds(&f.path) {
+                caps.counters
+                    .filters_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                caps.warn("filter refused: too long or too deep", f.path.as_bytes());
+                Some(SubscribeReasonCode::TopicFilterInvalid)
+            } else if self.granted.contains(&f.path) {
+                None
+            } else if self.granted.len() >= max || !caps.admit_filter(&f.path) {
+                caps.counters
+                    .subscriptions_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                caps.warn("filter refused: subscription cap", f.path.as_bytes());
+                Some(SubscribeReasonCode::QuotaExceeded)
+            } else {
+                self.granted.insert(f.path.clone());
+                None
+            };
+            match refusal {
+                Some(code) => {
+                    refusals.push((
+                        at,
+                        if v5 {
+                            code
+                        } else {
+                            SubscribeReasonCode::Failure
+                        },
+                    ));
+                    false
+                }
+                None => true,
+            }
+        });
+        if !refusals.is_empty() {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.len() >= MAX_PENDING {
+                pending.remove(0);
+            }
+            pending.push((sub.pkid, refusals));
+        }
+    }
+
+    /// Frees the connection's slots of unsubscribed filters.
+    pub fn unsubscribe(&mut self, filters: &[String]) {
+        for f in filters {
+            self.granted.remove(f);
+        }
+    }
+
+    /// Puts the refused filters' codes back into the SUBACK for their SUBSCRIBE.
+    pub fn complete(&self, ack: &mut SubAck) {
+        let refusals = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.iter().position(|(pkid, _)| *pkid == ack.pkid) {
+                Some(i) => pending.remove(i).1,
+                None => return,
+            }
+        };
+        for (at, code) in refusals {
+            let at = at.min(ack.return_codes.len());
+            ack.return_codes.insert(at, code);
+        }
+    }
+
+    /// Filters this connection holds.
+    pub fn len(&self) -> usize {
+        self.granted.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.granted.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::{Caps, MAX_FILTER_LEVELS};
+    use crate::config::LimitsConfig;
+    use rumqttd::protocol::{Filter, QoS, RetainForwardRule};
+
+    fn caps(per_client: usize, distinct: usize) -> BrokerCaps {
+        let mut caps = Caps::from(&LimitsConfig::default());
+        caps.max_subscriptions_per_client = per_client;
+        caps.max_filters = distinct;
+        BrokerCaps::new(caps)
+    }
+
+    fn subscribe(pkid: u16, paths: &[String]) -> Subscribe {
+        let filters = paths
+            .iter()
+            .map(|p| Filter {
+                path: p.clone(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            })
+            .collect();
+        Subscribe { pkid, filters }
+    }
+
+    /// What rumqttd answers for the filters it was given.
+    fn router_ack(sub: &Subscribe) -> SubAck {
+        SubAck {
+            pkid: sub.pkid,
+            return_codes: sub
+                .filters
+                .iter()
+                .map(|_| SubscribeReasonCode::QoS1)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn excess_and_invalid_filters_are_refused_in_place() {
+        let caps = caps(3, 100);
+        let mut conn = ConnectionSubscriptions::default();
+        let deep = vec!["a"; MAX_FILTER_LEVELS + 1].join("/");
+        let paths: Vec<String> = ["a/1", "a/2", &deep, "a/3", "a/4", "a/1"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let mut sub = subscribe(7, &paths);
+        conn.filter(&mut sub, &caps, true);
+        let kept: Vec<&str> = sub.filters.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(kept, ["a/1", "a/2", "a/3", "a/1"]);
+        let mut ack = router_ack(&sub);
+        conn.complete(&mut ack);
+        use SubscribeReasonCode::*;
+        assert_eq!(
+            ack.return_codes,
+            [QoS1, QoS1, TopicFilterInvalid, QoS1, QuotaExceeded, QoS1]
+        );
+        assert_eq!(caps.counters.filters_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            caps.counters.subscriptions_refused.load(Ordering::Relaxed),
+            1
+        );
+
+        // After an unsubscribe the slot is free again; v4 gets 0x80 for every refusal.
+        conn.unsubscribe(&["a/2".to_owned()]);
+        let mut sub = subscribe(8, &["a/4".into(), "a/5".into()]);
+        conn.filter(&mut sub, &caps, false);
+        let mut ack = router_ack(&sub);
+        conn.complete(&mut ack);
+        assert_eq!(ack.return_codes, [QoS1, Failure]);
+        assert_eq!(conn.len(), 3);
+    }
+
+    #[test]
+    fn every_filter_refused_leaves_an_empty_subscribe_and_a_full_suback() {
+        let caps = caps(100, 1);
+        let mut a = ConnectionSubscriptions::default();
+        let mut sub = subscribe(1, &["x/1".into()]);
+        a.filter(&mut sub, &caps, true);
+        let mut b = ConnectionSubscriptions::default();
+        let mut sub = subscribe(2, &["x/2".into(), "x/3".into()]);
+        b.filter(&mut sub, &caps, true);
+        assert!(sub.filters.is_empty());
+        let mut ack = router_ack(&sub);
+        b.complete(&mut ack);
+        use SubscribeReasonCode::*;
+        assert_eq!(ack.return_codes, [QuotaExceeded, QuotaExceeded]);
+        // An existing filter is still open to others.
+        let mut sub = subscribe(3, &["x/1".into()]);
+        b.filter(&mut sub, &caps, true);
+        assert_eq!(sub.filters.len(), 1);
+        assert_eq!(caps.filters(), 1);
+    }
+}
