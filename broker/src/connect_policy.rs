@@ -76,6 +76,8 @@ pub struct PolicyProtocol<P> {
     peer: Option<SocketAddr>,
     /// This connection's place in `peers`, from its CONNECT on.
     slot: Option<PeerSlot>,
+    /// Set once we closed the connection (see `close`).
+    closing: bool,
     /// Caps and rate limit, when configured (per connection: fresh in each clone).
     limits: Option<ClientLimits>,
 }
@@ -104,6 +106,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             peer: crate::peer::take_accepted()
                 .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr))),
             slot: None,
+            closing: false,
             limits: self.limits.clone(),
         }
     }
@@ -123,6 +126,7 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             peers: None,
             peer: None,
             slot: None,
+            closing: false,
             limits: None,
         }
     }
@@ -142,6 +146,7 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             peers: None,
             peer: None,
             slot: None,
+            closing: false,
             limits: None,
         }
     }
@@ -174,6 +179,22 @@ impl<P> PolicyProtocol<P> {
 }
 
 impl<P> PolicyProtocol<P> {
+    /// Closes the connection after the packets already read from it, for `why`.
+    ///
+    /// Returning an error from `read_mut` would make rumqttd drop every packet of the batch it
+    /// is reading, also publishes read before this one and already counted by the ingest gate
+    /// (whose backlog would then never come down). A DISCONNECT in their place lets the router
+    /// take those first and then end the connection; nothing after it is read. rumqttd then
+    /// discards the client's last will, as for any DISCONNECT.
+    fn close(&mut self, why: Error) -> Result<Packet, Error> {
+        tracing::debug!(%why, "closing an MQTT connection after its packets so far");
+        self.closing = true;
+        let disconnect = rumqttd::protocol::Disconnect {
+            reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+        };
+        Ok(Packet::Disconnect(disconnect, None))
+    }
+
     /// Takes this connection's place among its address's connections, or refuses it.
     fn admit_peer(&mut self, client_id: &str) -> Result<(), Error> {
         let (Some(peers), Some(peer), None) = (&self.peers, self.peer, &self.slot) else {
@@ -199,21 +220,30 @@ impl<P> PolicyProtocol<P> {
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         let mut packet = loop {
+            if self.closing {
+                // Closed by us (see `close`): what the client still sends is not read.
+                stream.clear();
+                return Err(Error::InsufficientBytes(1));
+            }
             // The fixed header's first byte: a publish's QoS, which rumqttd's `Publish` keeps
             // private.
             let header = stream.first().copied().unwrap_or(0);
             if self.v5 && V5_UNREACHABLE.contains(&(header >> 4)) {
                 // rumqttd's MQTT 5 decoder panics (`unreachable!`) on these with a body; a
                 // client never sends them: a protocol error, the connection is closed.
-                return Err(Error::InvalidPacketType(header >> 4));
+                stream.clear();
+                return self.close(Error::InvalidPacketType(header >> 4));
             }
             let mut packet = self.inner.read_mut(stream, max_size)?;
             let verdict = match &mut self.limits {
-                Some(l) => l.inbound(&mut packet, header, self.v5)?,
-                None => Inbound::Pass,
+                Some(l) => l.inbound(&mut packet, header, self.v5),
+                None => Ok(Inbound::Pass),
             };
-            if verdict != Inbound::Pass {
-                continue;
+            match verdict {
+                Ok(Inbound::Pass) => {}
+                Ok(_) => continue,
+                Err(err) if matches!(packet, Packet::Connect(..)) => return Err(err),
+                Err(err) => return self.close(err),
             }
             if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
                 match gate.admit_publish(&publish.topic, publish_qos(header)) {
@@ -226,7 +256,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                         if n.is_power_of_two() || n % 1_000 == 0 {
                             tracing::warn!(refused = n, "closing an MQTT connection: the bridge is far behind (twice broker.limits.ingest_backlog_max); the device resends its unacknowledged readings after reconnecting");
                         }
-                        return Err(Error::InvalidReason(0x97));
+                        return self.close(Error::InvalidReason(0x97));
                     }
                 }
             }
