@@ -284,3 +284,29 @@ async fn websocket_subscriptions_over_the_cap_get_an_error_and_the_connection_st
     );
     assert_eq!(hub.live_metrics.ws_subscriptions_refused(), 1);
 }
+
+/// The head timeout bounds heads only: a long poll answered after it, an open WebSocket and an
+/// open event stream outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_open_streams_outlive_the_head_timeout() {
+    let hub = start_hub_with(LiveConfig::default(), small_limits()).await;
+    let mut ws = ws_connect(hub.addr).await;
+    let sse = "GET /v1/stream?filter=sensors/%23 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
+    let mut stream = connect_from([127, 0, 0, 10], hub.addr).await;
+    stream.write_all(sse.as_bytes()).await.unwrap();
+    let (status, body) = http_get(hub.addr, "/v1/poll?filter=sensors/%23&timeout=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        say(&mut ws, serde_json::json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+    // The stream sent its head and is still open: a read now only waits.
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 "), "{:?}", &buf[..n]);
+    let more = timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+    assert!(
+        !matches!(more, Ok(Ok(0)) | Ok(Err(_))),
+        "event stream closed"
+    );
+}
