@@ -139,12 +139,10 @@ async fn connection(conn: Conn, mut router: Router, closing: CancellationToken) 
     let mut request = match first {
         First::Gone => return,
         First::TimedOut => {
-            let guard = permit.guard();
-            guard.refused(
-                &guard.counts.head_timeouts,
-                "http_header_timeout_secs",
-                peer.ip(),
-            );
+            // Counted, not warned about: browsers open spare connections that stay idle.
+            let timeouts = &permit.guard().counts.head_timeouts;
+            timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "no request head in time: connection closed");
             return;
         }
         First::Other(prefix) => {
