@@ -76,7 +76,7 @@ pub struct BridgeConfig {
     /// it; the wait for the next request on an idle keep-alive connection counts too, so it
     /// is also the idle timeout. The connection is closed. Default 10.
     pub http_header_timeout_secs: u64,
-    /// Largest request head (request line and headers), bytes, at least 8192; larger gets
+    /// Largest request head (request line and headers), bytes, 8192 to 1048576; larger gets
     /// `431`. With `http_max_connections`, it bounds the memory of heads in flight. Default
     /// 16384.
     pub http_max_head_bytes: usize,
@@ -193,6 +193,7 @@ impl BridgeConfig {
 
     /// Checks what the types cannot; the message starts with the dotted key.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.validate_http()?;
         if !(1..=100).contains(&self.presence_stale_intervals) {
             return Err(InvalidSetting::new(
                 "bridge.presence_stale_intervals",
@@ -211,6 +212,39 @@ impl BridgeConfig {
         Ok(())
     }
 
+    /// The HTTP limits: caps and the timeout at least 1, a head buffer hyper accepts, no
+    /// empty host name.
+    fn validate_http(&self) -> Result<(), InvalidSetting> {
+        for (key, v) in [
+            ("http_max_connections", self.http_max_connections as u64),
+            (
+                "http_max_connections_per_ip",
+                self.http_max_connections_per_ip as u64,
+            ),
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(InvalidSetting::new(
+                    format!("bridge.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if !(8192..=1 << 20).contains(&self.http_max_head_bytes) {
+            return Err(InvalidSetting::new(
+                "bridge.http_max_head_bytes",
+                format!("must be 8192 to 1048576, not {}", self.http_max_head_bytes),
+            ));
+        }
+        if self.http_allowed_hosts.iter().any(|h| h.trim().is_empty()) {
+            return Err(InvalidSetting::new(
+                "bridge.http_allowed_hosts",
+                "a host name is empty",
+            ));
+        }
+        Ok(())
+    }
+
     /// External source settings, when `mqtt_url` is set.
     pub fn external(&self) -> Option<ExternalConfig> {
         let url = self.mqtt_url.clone()?;
@@ -220,5 +254,41 @@ impl BridgeConfig {
         c.ack_queue = self.mqtt_ack_queue.max(1);
         c.max_packet_bytes = c.max_packet_bytes.max(self.max_payload_bytes + 1024);
         Some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_limits_are_checked() {
+        assert!(BridgeConfig::default().validate().is_ok());
+        let bad = [
+            BridgeConfig {
+                http_max_connections: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_max_connections_per_ip: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_header_timeout_secs: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_max_head_bytes: 8191,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_allowed_hosts: vec![" ".to_owned()],
+                ..BridgeConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = cfg.validate().unwrap_err();
+            assert!(err.to_string().starts_with("bridge.http_"), "{err}");
+        }
     }
 }
