@@ -67,7 +67,8 @@ pub struct BridgeConfig {
     /// Most points (series x buckets) a rollup query may return (more is `413`). Default 200000.
     pub http_max_points: usize,
     /// Open HTTP connections (every kind: requests, event streams, WebSockets); a connection
-    /// over the cap gets a minimal `503` and is closed. Default 4096.
+    /// over the cap gets a minimal `503` and is closed. At most half the process's open-file
+    /// limit (lowered with a warning at start). Default 4096.
     pub http_max_connections: usize,
     /// Open HTTP connections from one client address (an IPv6 client: its /64); over it, as
     /// above. Default 256.

@@ -36,6 +36,7 @@ pub(crate) const MIN_HEAD_BYTES: usize = 8192;
 #[derive(Debug)]
 pub struct HttpGuard {
     max_connections: usize,
+    configured_connections: usize,
     max_per_client: usize,
     pub(crate) header_timeout: Duration,
     pub(crate) max_head_bytes: usize,
@@ -50,10 +51,14 @@ pub struct HttpGuard {
 }
 
 impl HttpGuard {
-    /// The limits of `cfg` (`bridge.http_*`).
+    /// The limits of `cfg` (`bridge.http_*`). The global cap is at most half the process's
+    /// open-file limit, so HTTP alone can never take the descriptors MQTT devices and the
+    /// store need (over the limit, `accept` fails for every listener).
     pub fn new(cfg: &BridgeConfig) -> Self {
+        let fd_limit = open_file_limit();
         Self {
-            max_connections: cfg.http_max_connections.max(1),
+            max_connections: connection_cap(cfg.http_max_connections, fd_limit),
+            configured_connections: cfg.http_max_connections,
             max_per_client: cfg.http_max_connections_per_ip.max(1),
             header_timeout: Duration::from_secs(cfg.http_header_timeout_secs.max(1)),
             max_head_bytes: cfg.http_max_head_bytes.max(MIN_HEAD_BYTES),
@@ -143,6 +148,38 @@ impl HttpGuard {
         let mut table = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         table.take(client_of(ip), now, self.rate_per_sec, self.rate_burst)
     }
+}
+
+impl HttpGuard {
+    /// Logs the global cap when the open-file limit lowered it (once, when serving starts).
+    pub(crate) fn log_cap(&self) {
+        if self.max_connections < self.configured_connections {
+            tracing::warn!(
+                configured = self.configured_connections,
+                effective = self.max_connections,
+                open_file_limit = ?open_file_limit(),
+                "bridge.http_max_connections lowered to half the open-file limit (raise the limit, e.g. LimitNOFILE in systemd)"
+            );
+        }
+    }
+}
+
+/// `configured`, but at most half of `fd_limit` (and at least 1).
+fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    let half = fd_limit.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX));
+    configured.min(half).max(1)
+}
+
+/// The soft limit on open files of this process (`/proc/self/limits`; `None` elsewhere or
+/// when unlimited).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A connection's slot; freed on drop.
@@ -372,6 +409,16 @@ mod tests {
             assert!(!hosts.allows(no), "{no}");
         }
         assert!(Hosts::new(&["*".to_owned()]).allows("evil.example"));
+    }
+
+    #[test]
+    fn the_global_cap_leaves_half_the_open_files() {
+        assert_eq!(connection_cap(4096, Some(1024)), 512);
+        assert_eq!(connection_cap(4096, Some(20_000)), 4096);
+        assert_eq!(connection_cap(4096, None), 4096);
+        assert_eq!(connection_cap(4096, Some(1)), 1);
+        // This process has a limit on Linux.
+        assert!(open_file_limit().is_some_and(|n| n > 0));
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub(crate) async fn serve(
     // Turns the handlers into routes once; each connection then holds a reference to the
     // shared route table, not its own copy (about 14 KiB per connection otherwise).
     let router = router.with_state(());
+    guard.log_cap();
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut shutdown = pin!(shutdown);
