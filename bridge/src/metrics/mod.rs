@@ -257,7 +257,8 @@ mod tests {
 
     /// Every family and its type as the hand-written exposition had them before the client
     /// library (issue #16 point 3): names, `_total` suffixes and types must not move. With a
-    /// disk budget, `edgewatch_disk_budget_*` and `edgewatch_store_live_bytes` join them.
+    /// disk budget, `edgewatch_disk_budget_*` and `edgewatch_store_live_bytes` join them. The
+    /// HTTP limits' families came later (issue #17).
     const FAMILIES: &[(&str, &str)] = &[
         ("edgewatch_devices_online", "gauge"),
         ("edgewatch_disk_budget_bytes", "gauge"),
@@ -266,7 +267,10 @@ mod tests {
             "edgewatch_external_delivery_records_evicted_total",
             "counter",
         ),
+        ("edgewatch_http_connections", "gauge"),
+        ("edgewatch_http_connections_refused_total", "counter"),
         ("edgewatch_http_request_duration_seconds", "histogram"),
+        ("edgewatch_http_requests_refused_total", "counter"),
         ("edgewatch_http_requests_total", "counter"),
         ("edgewatch_last_seq", "gauge"),
         ("edgewatch_live_catchup_failures_total", "counter"),
@@ -283,6 +287,7 @@ mod tests {
         ("edgewatch_live_queue_depth_sum", "gauge"),
         ("edgewatch_live_subscriptions", "gauge"),
         ("edgewatch_live_subscriptions_conflating", "gauge"),
+        ("edgewatch_live_ws_subscriptions_refused_total", "counter"),
         ("edgewatch_log_readings", "gauge"),
         ("edgewatch_log_size_bytes", "gauge"),
         ("edgewatch_mqtt_connections", "gauge"),
