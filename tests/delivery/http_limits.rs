@@ -114,18 +114,23 @@ async fn connections_over_the_caps_get_503_and_idle_ones_close_after_the_timeout
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
     let hub = start_hub_with(LiveConfig::default(), small_limits()).await;
-    let first = "GET /v1/stream?filter=sensors/%23 HTTP/1.1\r\nAccept: text/event-stream\r\n";
+    // About 10 s of trickling at 8 bytes per 200 ms: the 1 s timeout fires long before, even
+    // on a loaded machine.
+    let first = format!(
+        "GET /v1/stream?filter=sensors/%23 HTTP/1.1\r\nAccept: text/event-stream\r\n{}",
+        "X-Pad: 0123456789\r\n".repeat(20)
+    );
     let long = format!("GET /healthz HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(9000));
     let keep = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     let mut tasks = Vec::new();
     for (name, prefix, trickle) in [
-        ("first head", String::new(), first.to_owned()),
+        ("first head", String::new(), first.clone()),
         (
             "long head",
             long[..8500].to_owned(),
             long[8500..].to_owned(),
         ),
-        ("second request", keep.to_owned(), first.to_owned()),
+        ("second request", keep.to_owned(), first.clone()),
         ("idle keep-alive", keep.to_owned(), String::new()),
     ] {
         let addr = hub.addr;
