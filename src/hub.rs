@@ -108,9 +108,10 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     }
     let app = edgewatch_bridge::http::app(bridge.app_state(), Some(live), Some(&metrics));
     let http_stop = stop.clone();
-    let http = tokio::spawn(edgewatch_bridge::http::serve(
+    let http = tokio::spawn(edgewatch_bridge::http::serve_guarded(
         http_listener,
         app,
+        bridge.http_guard(),
         async move {
             http_stop.cancelled().await;
         },

@@ -137,6 +137,10 @@ max_connections_per_ip = 20000
 [bridge]
 data_dir = "{data}"
 http_listen = "127.0.0.1:0"
+# The fan-out scenario's 10,000 watchers all come from 127.0.0.1, opened at once.
+http_max_connections = 30000
+http_max_connections_per_ip = 30000
+http_rate_per_sec = 0
 [live]
 max_connections = {max_conn}
 [log]

@@ -66,6 +66,31 @@ pub struct BridgeConfig {
     pub http_max_page: usize,
     /// Most points (series x buckets) a rollup query may return (more is `413`). Default 200000.
     pub http_max_points: usize,
+    /// Open HTTP connections (every kind: requests, event streams, WebSockets); a connection
+    /// over the cap gets a minimal `503` and is closed. At most half the process's open-file
+    /// limit (lowered with a warning at start). Default 4096.
+    pub http_max_connections: usize,
+    /// Open HTTP connections from one client address (an IPv6 client: its /64); over it, as
+    /// above. Default 256.
+    pub http_max_connections_per_ip: usize,
+    /// Seconds a request head may take to arrive, on every connection and every request of
+    /// it; the wait for the next request on an idle keep-alive connection counts too, so it
+    /// is also the idle timeout. The connection is closed. Default 10.
+    pub http_header_timeout_secs: u64,
+    /// Largest request head (request line and headers), bytes, 8192 to 1048576; larger gets
+    /// `431`. With `http_max_connections`, it bounds the memory of heads in flight. Default
+    /// 16384.
+    pub http_max_head_bytes: usize,
+    /// Requests per second per client address (token bucket; an IPv6 client: its /64); over
+    /// it: `429` with `Retry-After`. 0: no limit. Default 200.
+    pub http_rate_per_sec: u32,
+    /// Requests a client may send at once above the rate (the bucket's size). Default 1000.
+    pub http_rate_burst: u32,
+    /// Host names the HTTP server answers to (DNS rebinding defence), e.g. `hub.example.lan`
+    /// or `*.example.lan`; `"*"` allows any. IP literals, `localhost` (and `*.localhost`), this
+    /// machine's host name and `{hostname}.local` are always allowed; other names get `421`.
+    /// Default empty.
+    pub http_allowed_hosts: Vec<String>,
     /// External broker to consume, `mqtt://host:port`; unset when the embedded broker feeds
     /// the bridge. Default unset.
     pub mqtt_url: Option<String>,
@@ -105,6 +130,13 @@ impl Default for BridgeConfig {
             http_max_queries: 32,
             http_max_page: 10_000,
             http_max_points: 200_000,
+            http_max_connections: 4096,
+            http_max_connections_per_ip: 256,
+            http_header_timeout_secs: 10,
+            http_max_head_bytes: 16 * 1024,
+            http_rate_per_sec: 200,
+            http_rate_burst: 1000,
+            http_allowed_hosts: Vec::new(),
             mqtt_url: None,
             mqtt_client_id: "edgewatch-bridge".to_owned(),
             mqtt_subscribe: "sensors/#".to_owned(),
@@ -163,6 +195,7 @@ impl BridgeConfig {
 
     /// Checks what the types cannot; the message starts with the dotted key.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.validate_http()?;
         if !(1..=100).contains(&self.presence_stale_intervals) {
             return Err(InvalidSetting::new(
                 "bridge.presence_stale_intervals",
@@ -181,6 +214,39 @@ impl BridgeConfig {
         Ok(())
     }
 
+    /// The HTTP limits: caps and the timeout at least 1, a head buffer hyper accepts, no
+    /// empty host name.
+    fn validate_http(&self) -> Result<(), InvalidSetting> {
+        for (key, v) in [
+            ("http_max_connections", self.http_max_connections as u64),
+            (
+                "http_max_connections_per_ip",
+                self.http_max_connections_per_ip as u64,
+            ),
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(InvalidSetting::new(
+                    format!("bridge.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if !(8192..=1 << 20).contains(&self.http_max_head_bytes) {
+            return Err(InvalidSetting::new(
+                "bridge.http_max_head_bytes",
+                format!("must be 8192 to 1048576, not {}", self.http_max_head_bytes),
+            ));
+        }
+        if self.http_allowed_hosts.iter().any(|h| h.trim().is_empty()) {
+            return Err(InvalidSetting::new(
+                "bridge.http_allowed_hosts",
+                "a host name is empty",
+            ));
+        }
+        Ok(())
+    }
+
     /// External source settings, when `mqtt_url` is set.
     pub fn external(&self) -> Option<ExternalConfig> {
         let url = self.mqtt_url.clone()?;
@@ -190,5 +256,41 @@ impl BridgeConfig {
         c.ack_queue = self.mqtt_ack_queue.max(1);
         c.max_packet_bytes = c.max_packet_bytes.max(self.max_payload_bytes + 1024);
         Some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_limits_are_checked() {
+        assert!(BridgeConfig::default().validate().is_ok());
+        let bad = [
+            BridgeConfig {
+                http_max_connections: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_max_connections_per_ip: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_header_timeout_secs: 0,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_max_head_bytes: 8191,
+                ..BridgeConfig::default()
+            },
+            BridgeConfig {
+                http_allowed_hosts: vec![" ".to_owned()],
+                ..BridgeConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = cfg.validate().unwrap_err();
+            assert!(err.to_string().starts_with("bridge.http_"), "{err}");
+        }
     }
 }

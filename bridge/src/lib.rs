@@ -83,6 +83,7 @@ pub struct Bridge {
     committed: broadcast::Sender<CommittedBatch>,
     presence: broadcast::Sender<store::PresenceUpdate>,
     board: presence::Presence,
+    http_guard: Arc<http::guard::HttpGuard>,
     writer_task: JoinHandle<Result<(), writer::WriterError>>,
     writer_stop: CancellationToken,
     sources: TaskTracker,
@@ -112,6 +113,7 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Bri
         committed: w.committed,
         presence: w.presence,
         board,
+        http_guard: Arc::new(http::guard::HttpGuard::new(&cfg)),
         writer_task: w.task,
         writer_stop,
         sources: TaskTracker::new(),
@@ -190,6 +192,13 @@ impl Bridge {
             &self.cfg,
         )
         .with_presence(self.board.clone())
+        .with_guard(self.http_guard.clone())
+    }
+
+    /// The HTTP limits of this hub (`bridge.http_*`): serve with them
+    /// ([`http::serve_guarded`]) so `/metrics` counts the connections they refuse.
+    pub fn http_guard(&self) -> Arc<http::guard::HttpGuard> {
+        self.http_guard.clone()
     }
 
     fn ingest_writer(&self) -> &WriterHandle {
@@ -207,13 +216,14 @@ impl Bridge {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        http::serve(listener, self.router(), shutdown).await
+        http::serve_guarded(listener, self.router(), self.http_guard(), shutdown).await
     }
 
     /// The `/metrics` registry over this hub's store, ingest and writer; add the live side
     /// with [`metrics::Metrics::with_live`].
     pub fn metrics(&self) -> metrics::Metrics {
         metrics::Metrics::new(self.store.clone(), self.ingest.clone())
+            .with_http_counts(self.http_guard.counts())
     }
 
     /// The config the hub runs with.

@@ -23,12 +23,13 @@ use edgewatch_testkit::http_get;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct TestHub {
-    addr: SocketAddr,
+pub(crate) struct TestHub {
+    pub(crate) addr: SocketAddr,
     feed: mpsc::Sender<Publish>,
     stop: CancellationToken,
-    bridge: edgewatch_bridge::Bridge,
+    pub(crate) bridge: edgewatch_bridge::Bridge,
     fanout: edgewatch_bridge::live::fanout::Fanout,
+    pub(crate) live_metrics: std::sync::Arc<edgewatch_bridge::live::connections::LiveMetrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -63,7 +64,7 @@ async fn start_hub(live: LiveConfig) -> TestHub {
 }
 
 /// A hub with `bridge` settings (its `data_dir` and `flush_interval_ms` are the test's).
-async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
+pub(crate) async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
     let cfg = BridgeConfig {
         data_dir: dir.path().join("data"),
@@ -81,13 +82,15 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
     let live_feed = edgewatch_bridge::live::start(&bridge, &live.fanout, stop.child_token());
     let fanout = live_feed.fanout().clone();
     let state = LiveState::new(live_feed, live, stop.clone(), None);
+    let live_metrics = state.metrics.clone();
     let app = edgewatch_bridge::http::app(bridge.app_state(), Some(state), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = stop.clone();
+    let guard = bridge.http_guard();
     tokio::spawn(async move {
-        let _ =
-            edgewatch_bridge::http::serve(listener, app, async move { s.cancelled().await }).await;
+        let shutdown = async move { s.cancelled().await };
+        let _ = edgewatch_bridge::http::serve_guarded(listener, app, guard, shutdown).await;
     });
     TestHub {
         addr,
@@ -95,6 +98,7 @@ async fn start_hub_with(live: LiveConfig, bridge: BridgeConfig) -> TestHub {
         stop,
         bridge,
         fanout,
+        live_metrics,
         _dir: dir,
     }
 }
@@ -168,7 +172,7 @@ async fn sse_resume_across_100_forced_disconnects_delivers_each_reading_once_in_
     assert_eq!(seqs, expected, "every reading exactly once, in seq order");
 }
 
-async fn ws_connect(
+pub(crate) async fn ws_connect(
     addr: SocketAddr,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
@@ -199,7 +203,7 @@ where
 }
 
 /// The next JSON message, within 10 s.
-async fn ws_answer<S>(ws: &mut S) -> Value
+pub(crate) async fn ws_answer<S>(ws: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -499,7 +503,14 @@ async fn slow_client_gets_a_gap_then_is_disconnected_while_a_fast_one_keeps_pace
 async fn a_thousand_sse_and_a_thousand_websocket_clients_each_get_every_reading() {
     const CLIENTS: usize = 1_000;
     const BURST: usize = 200;
-    let hub = start_hub(LiveConfig::default()).await;
+    // 2,000 connections from one address, opened at once: above the per-address defaults.
+    let bridge = BridgeConfig {
+        http_max_connections: 10_000,
+        http_max_connections_per_ip: 10_000,
+        http_rate_per_sec: 0,
+        ..BridgeConfig::default()
+    };
+    let hub = start_hub_with(LiveConfig::default(), bridge).await;
     let url = format!("http://{}/v1/stream?filter=sensors/%23", hub.addr);
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(2 * CLIENTS);

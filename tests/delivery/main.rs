@@ -7,4 +7,5 @@ mod support;
 
 mod device_side;
 mod exactly_once;
+mod http_limits;
 mod live_delivery;

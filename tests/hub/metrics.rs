@@ -247,6 +247,10 @@ async fn metrics_move_as_readings_flow() {
             && value(&s, "edgewatch_live_events_delivered_total", &[]) == Some(21.0)
             // The publishing client is connected.
             && value(&s, "edgewatch_mqtt_connections", &[]) == Some(1.0)
+            // The commit's duration is observed once its flush completes, which may be after
+            // the fan-out delivered it.
+            && value(&s, "edgewatch_writer_commit_duration_seconds_count", &[]).unwrap_or(0.0)
+                >= 1.0
         {
             Ok(s)
         } else {

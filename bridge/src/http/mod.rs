@@ -19,8 +19,10 @@ pub mod dashboard;
 pub mod docs;
 pub mod dto;
 mod error;
+pub mod guard;
 pub mod live;
 pub mod params;
+mod replay;
 mod server;
 
 pub use dto::*;
@@ -56,6 +58,7 @@ pub struct AppState {
     max_page: usize,
     max_points: usize,
     presence: PresenceBoard,
+    guard: Arc<guard::HttpGuard>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             max_page: cfg.http_max_page.max(1),
             max_points: cfg.http_max_points.max(1),
             presence: PresenceBoard::new(cfg.presence(), 1),
+            guard: Arc::new(guard::HttpGuard::new(cfg)),
         }
     }
 
@@ -83,6 +87,13 @@ impl AppState {
         self.presence = presence;
         self
     }
+
+    /// Holds requests to `guard` (the hub's, shared with its server and `/metrics`) instead
+    /// of limits of this state's own.
+    pub fn with_guard(mut self, guard: Arc<guard::HttpGuard>) -> Self {
+        self.guard = guard;
+        self
+    }
 }
 
 /// Everything the hub serves over HTTP, as one router: the history and operations API, the
@@ -90,12 +101,15 @@ impl AppState {
 /// `GET /metrics` and the per-request counters; request tracing outermost. The binary serves
 /// it; in-process tests call it the same way.
 pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metrics>) -> Router {
+    let guard = api.guard.clone();
     let mut app = api_routes(api)
         .merge(dashboard::routes())
         .merge(docs::routes());
     if let Some(live) = live {
         app = app.merge(live::routes(live));
     }
+    // Host and rate first: no handler (nor its Origin check) sees a refused request.
+    app = app.layer(axum::middleware::from_fn_with_state(guard, guard::check));
     if let Some(metrics) = metrics {
         app = metrics.track_http(app.merge(metrics.routes()));
     }
@@ -139,11 +153,24 @@ fn trace_requests(router: Router) -> Router {
 }
 
 /// Serves `router` on an already bound listener until `shutdown` completes (see
-/// `server.rs`: event streams skip hyper's per-connection buffers).
+/// `server.rs`: event streams skip hyper's per-connection buffers), with the default
+/// connection limits and timeouts (`bridge.http_*`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::server::serve(listener, router, shutdown).await
+    let guard = Arc::new(guard::HttpGuard::new(&BridgeConfig::default()));
+    serve_guarded(listener, router, guard, shutdown).await
+}
+
+/// [`serve`] with the connection limits and timeouts of `guard` (the one the router's
+/// [`AppState`] holds, so `/metrics` counts its refusals).
+pub async fn serve_guarded(
+    listener: TcpListener,
+    router: Router,
+    guard: Arc<guard::HttpGuard>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::http::server::serve(listener, router, guard, shutdown).await
 }

@@ -20,47 +20,54 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use axum::Router;
 use bytes::Bytes;
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
+use super::guard::{HttpGuard, Permit};
+use super::replay::Replay;
+
 /// Largest first request head read before deciding; a longer one goes to hyper as it is.
 const HEAD_MAX: usize = 8 * 1024;
 /// First size of the head buffer; doubled up to [`HEAD_MAX`] while the head is incomplete.
 const HEAD_FIRST: usize = 1024;
-/// How long the first request head may take to arrive before the connection goes to hyper
-/// as it is (hyper's own header timeout is 30 s when it has a timer; ours has none, as
-/// before).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed in the first request head; with more, the request goes to hyper (whose
 /// limit is 100).
 const HEAD_MAX_HEADERS: usize = 64;
+/// What a connection over a cap gets before it is closed (written once, without waiting).
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many HTTP connections; retry\"}}";
 /// Body frames gathered into one write when the body has several ready.
 const BATCH: usize = 16;
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
 /// hyper finish its connections' requests in flight (idle keep-alive connections close), and
 /// waits for every connection to end. Event streams end when their bodies do (the live
-/// routes end them at shutdown).
+/// routes end them at shutdown). A connection over `guard`'s caps gets [`REFUSED`] and is
+/// closed at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    guard: Arc<HttpGuard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     // Turns the handlers into routes once; each connection then holds a reference to the
     // shared route table, not its own copy (about 14 KiB per connection otherwise).
     let router = router.with_state(());
+    guard.log_cap();
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut shutdown = pin!(shutdown);
@@ -68,19 +75,27 @@ pub(crate) async fn serve(
         let tcp = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => tcp,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_failed(err).await;
                     continue;
                 }
             },
         };
+        let (tcp, peer) = tcp;
+        let Some(permit) = guard.admit(peer.ip()) else {
+            // Best effort: the socket takes these bytes at once or the client goes without.
+            let _ = tcp.try_write(REFUSED);
+            drop(tcp);
+            continue;
+        };
         // Live streams write small frames: without TCP_NODELAY each would wait for the
         // client's delayed ACK (up to 40 ms on Linux).
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
-        connections.spawn(connection(tcp, router.clone(), closing.clone()));
+        let conn = Conn { tcp, peer, permit };
+        connections.spawn(connection(conn, router.clone(), closing.clone()));
     }
     drop(listener);
     closing.cancel();
@@ -104,49 +119,69 @@ async fn accept_failed(err: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// An accepted connection: the socket, the peer's address and its slot under the caps
+/// (held as long as the socket, also after a WebSocket upgrade).
+#[derive(Debug)]
+struct Conn {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+}
+
 /// One accepted connection. Everything but the event-stream phase is boxed, so the task of
-/// an open event stream is no bigger than that phase needs.
-async fn connection(tcp: TcpStream, mut router: Router, closing: CancellationToken) {
+/// an open event stream is no bigger than that phase needs. A first request head that does
+/// not arrive within `bridge.http_header_timeout_secs` closes the connection.
+async fn connection(conn: Conn, mut router: Router, closing: CancellationToken) {
+    let Conn { tcp, peer, permit } = conn;
     let first = tokio::select! {
         () = closing.cancelled() => return,
-        first = Box::pin(read_head(&tcp)) => first,
+        first = Box::pin(read_head(&tcp, permit.guard().header_timeout)) => first,
     };
-    let request = match first {
+    let mut request = match first {
         First::Gone => return,
+        First::TimedOut => {
+            // Counted, not warned about: browsers open spare connections that stay idle.
+            let timeouts = &permit.guard().counts.head_timeouts;
+            timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "no request head in time: connection closed");
+            return;
+        }
         First::Other(prefix) => {
-            Box::pin(serve_hyper(Replay::new(prefix, tcp), router, closing)).await;
+            let io = Replay::new(prefix, tcp, permit);
+            Box::pin(serve_hyper(io, peer, router, closing)).await;
             return;
         }
         First::Stream(request) => request,
     };
+    request.extensions_mut().insert(ConnectInfo(peer));
     // The router answers this request like any other (its service is always ready).
     let Ok(response) = Box::pin(router.call(*request)).await;
     drop((router, closing));
     write_response(tcp, response).await;
+    drop(permit);
 }
 
 /// What the first request head of a connection asks for.
 enum First {
     /// The peer closed (or failed) before sending a whole head.
     Gone,
+    /// The head did not arrive in time.
+    TimedOut,
     /// Not for the lean path: these bytes, then the rest of the connection, go to hyper.
     Other(Vec<u8>),
     /// An event-stream request, complete (a `GET` carries no body here).
     Stream(Box<Request<Body>>),
 }
 
-/// Reads the first request head, at most [`HEAD_MAX`] bytes within [`HEAD_TIMEOUT`].
-async fn read_head(tcp: &TcpStream) -> First {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+/// Reads the first request head, at most [`HEAD_MAX`] bytes within `timeout`.
+async fn read_head(tcp: &TcpStream, timeout: Duration) -> First {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; HEAD_FIRST];
     let mut len = 0;
     loop {
         let ready = tokio::select! {
             ready = tcp.readable() => ready,
-            () = tokio::time::sleep_until(deadline) => {
-                buf.truncate(len);
-                return First::Other(buf);
-            }
+            () = tokio::time::sleep_until(deadline) => return First::TimedOut,
         };
         if ready.is_err() {
             return First::Gone;
@@ -237,10 +272,21 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A connection served by hyper as before: keep-alive, upgrades; at shutdown, requests in
-/// flight finish and the connection closes.
-async fn serve_hyper(io: Replay, router: Router, closing: CancellationToken) {
-    let service = hyper_util::service::TowerToHyperService::new(router);
-    let conn = hyper::server::conn::http1::Builder::new()
+/// flight finish and the connection closes. Every request head (and the wait for it on an
+/// idle connection) has `bridge.http_header_timeout_secs`; the read buffer, and so a head,
+/// is at most `bridge.http_max_head_bytes` (larger: 431).
+async fn serve_hyper(io: Replay, peer: SocketAddr, router: Router, closing: CancellationToken) {
+    let guard = io.permit.guard();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(guard.header_timeout)
+        .max_buf_size(guard.max_head_bytes);
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(req)
+    });
+    let conn = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = pin!(conn);
@@ -253,72 +299,6 @@ async fn serve_hyper(io: Replay, router: Router, closing: CancellationToken) {
     };
     if let Err(err) = result {
         tracing::trace!(%err, "HTTP connection ended with an error");
-    }
-}
-
-/// The socket with the bytes already read from it in front. Once they have been read it
-/// holds no buffer.
-#[derive(Debug)]
-struct Replay {
-    prefix: Vec<u8>,
-    at: usize,
-    io: TcpStream,
-}
-
-impl Replay {
-    fn new(prefix: Vec<u8>, io: TcpStream) -> Self {
-        Self { prefix, at: 0, io }
-    }
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -682,6 +662,23 @@ mod tests {
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     }
 
+    fn permit() -> Permit {
+        let guard = Arc::new(HttpGuard::new(&crate::config::BridgeConfig::default()));
+        guard.admit([127, 0, 0, 1].into()).unwrap()
+    }
+
+    #[test]
+    fn the_refusal_is_well_formed() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
+    }
+
     /// A local socket pair: (server side, client side).
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -733,25 +730,6 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn replay_reads_the_prefix_then_the_socket_and_frees_the_prefix() {
-        use tokio::io::AsyncReadExt;
-        let (server, mut client) = pair().await;
-        client.write_all(b" world").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut replay = Replay::new(b"hello".to_vec(), server);
-        let mut first = [0u8; 3];
-        replay.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"hel");
-        let mut rest = String::new();
-        tokio::time::timeout(Duration::from_secs(10), replay.read_to_string(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(rest, "lo world");
-        assert_eq!(replay.prefix.capacity(), 0);
-    }
-
     #[test]
     fn the_task_of_an_open_stream_stays_small() {
         // The task of an open event stream holds the socket, the body, the frame batch and
@@ -763,8 +741,14 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (server, _client) = pair().await;
-            let task = connection(server, Router::new(), CancellationToken::new());
+            let (tcp, _client) = pair().await;
+            let peer = tcp.peer_addr().unwrap();
+            let conn = Conn {
+                tcp,
+                peer,
+                permit: permit(),
+            };
+            let task = connection(conn, Router::new(), CancellationToken::new());
             let size = std::mem::size_of_val(&task);
             assert!(size <= 2048, "connection future: {size} bytes");
         });

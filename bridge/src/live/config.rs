@@ -26,6 +26,9 @@ pub struct LiveConfig {
     pub ws_idle_timeout_secs: u64,
     /// Largest WebSocket message accepted from a client, bytes.
     pub ws_max_message_bytes: usize,
+    /// Subscriptions one WebSocket connection may hold; a subscribe over it gets an `error`
+    /// (`too_many_subscriptions`) and the connection stays open.
+    pub ws_max_subscriptions: usize,
     /// Longest `timeout` a long poll may ask for, seconds.
     pub poll_max_timeout_secs: u64,
     /// Most readings one long-poll answer carries.
@@ -50,6 +53,7 @@ impl Default for LiveConfig {
             ws_ping_secs: 20,
             ws_idle_timeout_secs: 60,
             ws_max_message_bytes: 65_536,
+            ws_max_subscriptions: 256,
             poll_max_timeout_secs: 60,
             poll_max_readings: 1_000,
             allowed_origins: Vec::new(),

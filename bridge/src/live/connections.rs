@@ -1,7 +1,7 @@
 //! Open live connections by transport (SSE, WebSocket, long poll), counted by the transports
 //! and read by [`crate::metrics`].
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A live transport, for the `transport` label.
@@ -32,6 +32,7 @@ pub struct LiveMetrics {
     sse: AtomicI64,
     ws: AtomicI64,
     poll: AtomicI64,
+    ws_subscriptions_refused: AtomicU64,
 }
 
 impl LiveMetrics {
@@ -50,6 +51,17 @@ impl LiveMetrics {
             metrics: self.clone(),
             transport: t,
         }
+    }
+
+    /// Counts a WebSocket subscribe refused at `live.ws_max_subscriptions`.
+    pub fn ws_subscription_refused(&self) {
+        self.ws_subscriptions_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// WebSocket subscribes refused at `live.ws_max_subscriptions` since start.
+    pub fn ws_subscriptions_refused(&self) -> u64 {
+        self.ws_subscriptions_refused.load(Ordering::Relaxed)
     }
 
     /// Open connections of transport `t`.

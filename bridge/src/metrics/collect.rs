@@ -27,6 +27,7 @@ pub(super) struct Sources {
     pub(super) store: Store,
     pub(super) ingest: Ingest,
     pub(super) live: OnceLock<(Fanout, Arc<LiveMetrics>)>,
+    pub(super) http_counts: OnceLock<Arc<super::HttpCounts>>,
     /// std Mutex: pushed to at start-up, read by scrapes; never held across `.await`.
     pub(super) samples: Mutex<Vec<Sample>>,
 }
@@ -166,6 +167,12 @@ impl Collector for Live {
             "Open live connections by transport.",
             "transport",
             &by_transport,
+        )?;
+        counter(
+            &mut enc,
+            "edgewatch_live_ws_subscriptions_refused_total",
+            "WebSocket subscribe messages refused at live.ws_max_subscriptions (answered with an error; the connection stays open).",
+            live.ws_subscriptions_refused(),
         )?;
         let q = fanout.queue_stats();
         for (name, help, v) in [

@@ -163,6 +163,58 @@ impl Collector for HttpCollector {
     }
 }
 
+/// Open HTTP connections and the refusals of the HTTP limits (kept by `crate::http::guard`,
+/// which counts into this).
+#[derive(Debug, Default)]
+pub struct HttpCounts {
+    pub(crate) open: std::sync::atomic::AtomicUsize,
+    pub(crate) refused_global: std::sync::atomic::AtomicU64,
+    pub(crate) refused_per_ip: std::sync::atomic::AtomicU64,
+    pub(crate) head_timeouts: std::sync::atomic::AtomicU64,
+    pub(crate) rate_limited: std::sync::atomic::AtomicU64,
+    pub(crate) host_refused: std::sync::atomic::AtomicU64,
+}
+
+/// The HTTP limits' counts, once [`super::Metrics::with_http_counts`] added them.
+#[derive(Debug)]
+pub(super) struct Guard(pub(super) Arc<super::collect::Sources>);
+
+impl Collector for Guard {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(c) = self.0.http_counts.get() else {
+            return Ok(());
+        };
+        super::collect::gauge(
+            &mut enc,
+            "edgewatch_http_connections",
+            "Open HTTP connections (requests, event streams, WebSockets).",
+            c.open.load(Relaxed) as i64,
+        )?;
+        super::collect::labelled_counter(
+            &mut enc,
+            "edgewatch_http_connections_refused_total",
+            "HTTP connections closed at a cap (global, per_ip) or because their first request head did not arrive in time (head_timeout).",
+            "reason",
+            &[
+                ("global", c.refused_global.load(Relaxed)),
+                ("per_ip", c.refused_per_ip.load(Relaxed)),
+                ("head_timeout", c.head_timeouts.load(Relaxed)),
+            ],
+        )?;
+        super::collect::labelled_counter(
+            &mut enc,
+            "edgewatch_http_requests_refused_total",
+            "HTTP requests refused before a handler: rate (429, bridge.http_rate_per_sec) or host (421, bridge.http_allowed_hosts).",
+            "reason",
+            &[
+                ("rate", c.rate_limited.load(Relaxed)),
+                ("host", c.host_refused.load(Relaxed)),
+            ],
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;

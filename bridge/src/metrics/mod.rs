@@ -46,6 +46,10 @@
 //! | `edgewatch_live_link_to_fanout_seconds`, `edgewatch_live_publish_seconds`, `edgewatch_live_fanout_to_write_seconds{transport}` | histogram | stages of live latency (link → stored, at the fan-out → queued → written) |
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
+//! | `edgewatch_http_connections` | gauge | HTTP server: open connections (every kind) |
+//! | `edgewatch_http_connections_refused_total{reason}` | counter | HTTP server: connections closed at `global` (`bridge.http_max_connections`) or `per_ip` cap, or when their first request head did not arrive in time (`head_timeout`) |
+//! | `edgewatch_http_requests_refused_total{reason}` | counter | HTTP requests refused before a handler: `rate` (429) or `host` (421) |
+//! | `edgewatch_live_ws_subscriptions_refused_total` | counter | WebSocket subscribes over `live.ws_max_subscriptions` |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
 //!
 //! # Accounting
@@ -87,6 +91,7 @@ use crate::live::connections::LiveMetrics;
 use crate::live::fanout::Fanout;
 use crate::store::Store;
 use collect::Sources;
+pub use http::HttpCounts;
 
 /// The content type of the text exposition format (version 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -146,6 +151,7 @@ impl Metrics {
             store,
             ingest,
             live: OnceLock::new(),
+            http_counts: OnceLock::new(),
             samples: Mutex::new(Vec::new()),
         });
         let http = Arc::new(http::HttpMetrics::default());
@@ -155,6 +161,7 @@ impl Metrics {
         registry.register_collector(Box::new(store::Storage(sources.clone())));
         registry.register_collector(Box::new(collect::Live(sources.clone())));
         registry.register_collector(Box::new(http::HttpCollector(http.clone())));
+        registry.register_collector(Box::new(http::Guard(sources.clone())));
         registry.register_collector(Box::new(collect::Samples(sources.clone())));
         registry.register_collector(Box::new(process::Process));
         Self {
@@ -170,6 +177,13 @@ impl Metrics {
     /// calls are ignored).
     pub fn with_live(self, fanout: Fanout, live: Arc<LiveMetrics>) -> Self {
         let _ = self.inner.sources.live.set((fanout, live));
+        self
+    }
+
+    /// Adds the HTTP limits' counts (`crate::http::guard::HttpGuard::counts`; once, later
+    /// calls are ignored).
+    pub fn with_http_counts(self, counts: Arc<HttpCounts>) -> Self {
+        let _ = self.inner.sources.http_counts.set(counts);
         self
     }
 
@@ -243,7 +257,8 @@ mod tests {
 
     /// Every family and its type as the hand-written exposition had them before the client
     /// library (issue #16 point 3): names, `_total` suffixes and types must not move. With a
-    /// disk budget, `edgewatch_disk_budget_*` and `edgewatch_store_live_bytes` join them.
+    /// disk budget, `edgewatch_disk_budget_*` and `edgewatch_store_live_bytes` join them. The
+    /// HTTP limits' families came later (issue #17).
     const FAMILIES: &[(&str, &str)] = &[
         ("edgewatch_devices_online", "gauge"),
         ("edgewatch_disk_budget_bytes", "gauge"),
@@ -252,7 +267,10 @@ mod tests {
             "edgewatch_external_delivery_records_evicted_total",
             "counter",
         ),
+        ("edgewatch_http_connections", "gauge"),
+        ("edgewatch_http_connections_refused_total", "counter"),
         ("edgewatch_http_request_duration_seconds", "histogram"),
+        ("edgewatch_http_requests_refused_total", "counter"),
         ("edgewatch_http_requests_total", "counter"),
         ("edgewatch_last_seq", "gauge"),
         ("edgewatch_live_catchup_failures_total", "counter"),
@@ -269,6 +287,7 @@ mod tests {
         ("edgewatch_live_queue_depth_sum", "gauge"),
         ("edgewatch_live_subscriptions", "gauge"),
         ("edgewatch_live_subscriptions_conflating", "gauge"),
+        ("edgewatch_live_ws_subscriptions_refused_total", "counter"),
         ("edgewatch_log_readings", "gauge"),
         ("edgewatch_log_size_bytes", "gauge"),
         ("edgewatch_mqtt_connections", "gauge"),

@@ -368,6 +368,32 @@ pub(crate) fn decode_chunk(b: &[u8]) -> Result<Vec<Row>, Malformed> {
     decode_chunk_opt(b).ok_or(Malformed("chunk"))
 }
 
+/// The largest seq in a chunk, read without decoding its rows (the times are skipped, the seq
+/// column read; nothing is allocated).
+pub(crate) fn chunk_max_seq(b: &[u8]) -> Result<u64, Malformed> {
+    let malformed = || Malformed("chunk");
+    let version = *b.first().ok_or_else(malformed)?;
+    if version != CHUNK_VERSION && version != CHUNK_VERSION_1 {
+        return Err(malformed());
+    }
+    let mut pos = 1;
+    let n = get_varint(b, &mut pos).ok_or_else(malformed)?;
+    if n == 0 || n > (b.len() / 4) as u64 {
+        return Err(malformed());
+    }
+    for _ in 0..n {
+        get_varint(b, &mut pos).ok_or_else(malformed)?;
+    }
+    let mut seq = get_varint(b, &mut pos).ok_or_else(malformed)?;
+    let (mut max, mut step) = (seq, 0i64);
+    for _ in 1..n {
+        step = step.wrapping_add(get_i(b, &mut pos).ok_or_else(malformed)?);
+        seq = seq.wrapping_add(step as u64);
+        max = max.max(seq);
+    }
+    Ok(max)
+}
+
 /// Decodes a chunk, `None` when it is malformed.
 ///
 /// Long: one pass reading the chunk format field by field, the mirror of `encode_chunk`.
@@ -637,6 +663,10 @@ mod tests {
             .collect();
         rows.push(row(u64::MAX, i64::MAX, i64::MIN, 1.5, None));
         let b = encode_chunk(&rows);
+        assert_eq!(chunk_max_seq(&b), Ok(u64::MAX));
+        rows.pop();
+        assert_eq!(chunk_max_seq(&encode_chunk(&rows)), Ok(1000));
+        rows.push(row(u64::MAX, i64::MAX, i64::MIN, 1.5, None));
         let back = decode_chunk(&b).expect("decodes");
         assert_eq!(back.len(), rows.len());
         for (a, b) in back.iter().zip(&rows) {

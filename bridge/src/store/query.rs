@@ -219,30 +219,7 @@ impl Store {
             self.walk_log(q.after, limit, &names)?
         } else {
             // Selective query: chunks and open rows per series, keep the smallest seqs.
-            let keep = limit + 1;
-            let mut picked: Vec<(u64, usize, Row)> = Vec::new();
-            let prune = |v: &mut Vec<(u64, usize, Row)>| {
-                if v.len() > keep {
-                    v.select_nth_unstable_by_key(keep - 1, |e| e.0);
-                    v.truncate(keep);
-                }
-            };
-            for (i, s) in snaps.iter().enumerate() {
-                self.sealed_rows(s.sid, from, to, floor, s.sealed_through, |row| {
-                    if row.seq > q.after {
-                        picked.push((row.seq, i, row));
-                    }
-                })?;
-                for row in &s.open {
-                    if row.seq > q.after {
-                        picked.push((row.seq, i, row.clone()));
-                    }
-                }
-                if picked.len() > 4 * keep + 4096 {
-                    prune(&mut picked);
-                }
-            }
-            prune(&mut picked);
+            let mut picked = self.page_rows(&snaps, (from, to), floor, q.after, limit + 1)?;
             picked.sort_unstable_by_key(|e| e.0);
             picked
                 .into_iter()
@@ -256,6 +233,97 @@ impl Store {
             None
         };
         Ok(RowPage { rows, next_after })
+    }
+
+    /// The `keep` rows with the smallest seqs after `after` of the series in `snaps`, with
+    /// event times in `[from, to)`, as (seq, index in `snaps`, row), in no order.
+    ///
+    /// Reads at most what it keeps plus one chunk's worth per chunk it has to look into: a
+    /// series' sealed chunks are decoded one at a time in order of their first seq (their
+    /// keys carry it), and once `keep` rows are held, a chunk whose first seq is above the
+    /// largest held cannot add one, nor can any after it. The chunks of one seal cover
+    /// interleaved seqs, so a page may decode the other chunks of the seals it reads from.
+    /// Of the chunks that start before the cursor (`after`), only the seq column is read,
+    /// and only those holding a seq after it are decoded.
+    fn page_rows(
+        &self,
+        snaps: &[SeriesSnapshot],
+        (from, to): (i64, i64),
+        floor: u64,
+        after: u64,
+        keep: usize,
+    ) -> Result<Vec<(u64, usize, Row)>, StoreError> {
+        let mut picked: Vec<(u64, usize, Row)> = Vec::with_capacity(keep.min(4096) + 1);
+        let prune = |v: &mut Vec<(u64, usize, Row)>| {
+            if v.len() > keep {
+                v.select_nth_unstable_by_key(keep - 1, |e| e.0);
+                v.truncate(keep);
+            }
+        };
+        // The largest seq held once `keep` are held: nothing above it can be returned.
+        let bar = |v: &[(u64, usize, Row)]| {
+            (v.len() >= keep).then(|| v.iter().map(|e| e.0).max().unwrap_or(0))
+        };
+        let lower = after.max(floor);
+        for (i, s) in snaps.iter().enumerate() {
+            for row in &s.open {
+                if row.seq > after && row.ts >= from && row.ts < to {
+                    picked.push((row.seq, i, row.clone()));
+                }
+            }
+            prune(&mut picked);
+            for (first_seq, key) in self.chunk_keys_by_seq(s.sid, from, to)? {
+                if first_seq > s.sealed_through || bar(&picked).is_some_and(|b| first_seq > b) {
+                    break;
+                }
+                let Some(chunk) = self.inner.tree.get(key)? else {
+                    continue; // removed by retention since the listing
+                };
+                // Before the cursor: skipped when its seq column says it holds nothing after it.
+                if first_seq <= lower && codec::chunk_max_seq(&chunk)? <= lower {
+                    continue;
+                }
+                #[cfg(test)]
+                tests::CHUNKS_DECODED.with(|n| n.set(n.get() + 1));
+                for row in codec::decode_chunk(&chunk)? {
+                    if row.ts >= from
+                        && row.ts < to
+                        && row.seq > lower
+                        && row.seq <= s.sealed_through
+                    {
+                        picked.push((row.seq, i, row));
+                    }
+                }
+                prune(&mut picked);
+            }
+        }
+        Ok(picked)
+    }
+
+    /// The keys of one series' sealed chunks that may hold event times in `[from, to)`,
+    /// sorted by the first seq each chunk holds (keys only: no chunk is decoded).
+    fn chunk_keys_by_seq(
+        &self,
+        sid: u32,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let lo = chunk_key(sid, from.saturating_sub(CHUNK_SPAN_MS), 0);
+        let hi = chunk_key(sid, to, 0);
+        let mut keys = Vec::new();
+        for k in self.inner.tree.range(lo..hi).keys() {
+            let k = k?;
+            let first_seq = k
+                .get(13..21)
+                .map(u64_from)
+                .ok_or(StoreError::Corrupt { what: "chunk key" })?;
+            keys.push((first_seq, k));
+        }
+        keys.sort_unstable_by_key(|e| e.0);
+        Ok(keys)
     }
 
     /// Adds the stored pages of `res` with bucket starts in `[from, to)` into step buckets.
@@ -357,5 +425,115 @@ impl Store {
         })?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok((source, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        /// Sealed chunks decoded by page queries on this thread.
+        pub(super) static CHUNKS_DECODED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn reading(device: &str, i: i64) -> Reading {
+        // Every 7th reading arrives 20 minutes late: chunks of one seal interleave in seq.
+        let late = if i % 7 == 3 { 20 * 60_000 } else { 0 };
+        Reading {
+            device_id: device.to_owned(),
+            metric: "t".to_owned(),
+            value: i as f64,
+            unit: None,
+            timestamp_ms: T0 + i * 1000 - late,
+            received_at_ms: T0 + i * 1000,
+        }
+    }
+
+    /// Two series of 30,000 readings each, interleaved.
+    fn big_store(dir: &std::path::Path) -> Store {
+        let store = Store::open(dir, &StoreOptions::default()).unwrap();
+        for b in 0..60 {
+            let batch: Vec<Reading> = (b * 500..(b + 1) * 500)
+                .flat_map(|i| [reading("d1", i), reading("d2", i)])
+                .collect();
+            store.append_batch(&batch).unwrap();
+        }
+        store
+    }
+
+    fn query(store: &Store, from: i64, to: i64, after: u64, limit: usize) -> (Vec<u64>, u64) {
+        CHUNKS_DECODED.with(|n| n.set(0));
+        let q = ReadingQuery {
+            filters: vec![TopicFilter::parse("sensors/d1/#").unwrap()],
+            from_ms: Some(from),
+            to_ms: Some(to),
+            after,
+            limit,
+        };
+        let page = store.reading_rows(&q).unwrap();
+        let seqs = page.rows.iter().map(|(_, r)| r.seq).collect();
+        (seqs, CHUNKS_DECODED.with(Cell::get))
+    }
+
+    /// What a page must hold: d1's readings (odd seqs) in the time range, after the cursor.
+    fn expected(store: &Store, from: i64, to: i64, after: u64, limit: usize) -> Vec<u64> {
+        store
+            .log_after(after, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.reading.device_id == "d1")
+            .filter(|s| (from..to).contains(&s.reading.timestamp_ms))
+            .map(|s| s.seq)
+            .take(limit)
+            .collect()
+    }
+
+    /// `from=0&limit=1` on a large series decodes a chunk or two, not the series (it read all
+    /// 675,766 readings of a series into memory before).
+    #[test]
+    fn a_small_page_of_a_large_series_reads_a_few_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = big_store(dir.path());
+        let sealed = store.series().unwrap()[0].count;
+        assert_eq!(sealed, 30_000);
+        let (seqs, decoded) = query(&store, 0, i64::MAX, 0, 1);
+        assert_eq!(seqs, [1]);
+        assert!(decoded <= 3, "{decoded} chunks decoded for one reading");
+        let (seqs, decoded) = query(&store, 0, i64::MAX, 0, 1000);
+        assert_eq!(seqs, expected(&store, 0, i64::MAX, 0, 1000));
+        // 1,000 readings are 2 seals' worth (512 each) of d1; their chunks, and one more.
+        assert!(decoded <= 8, "{decoded} chunks decoded for 1,000 readings");
+        // Deep in the series: the chunks before the cursor are skipped by their seqs.
+        let (seqs, decoded) = query(&store, 0, i64::MAX, 50_000, 10);
+        assert_eq!(seqs, expected(&store, 0, i64::MAX, 50_000, 10));
+        assert!(
+            decoded <= 4,
+            "{decoded} chunks decoded for 10 readings after 50,000"
+        );
+    }
+
+    /// Pages are what the log says they are, whatever the cursor, range and size.
+    #[test]
+    fn pages_match_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = big_store(dir.path());
+        let mid = T0 + 10_000 * 1000;
+        for (from, to) in [(0, i64::MAX), (mid, mid + 3_600_000), (mid, mid + 1)] {
+            for after in [0, 1_001, 30_000, 59_990, 70_000] {
+                for limit in [1, 10, 700] {
+                    let (seqs, _) = query(&store, from, to, after, limit);
+                    let want = expected(&store, from, to, after, limit);
+                    assert_eq!(
+                        seqs, want,
+                        "from {from} to {to} after {after} limit {limit}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -380,6 +380,15 @@ impl Connection {
         let key = filter.as_str().to_owned();
         if let Some(old) = self.subs.remove(&key) {
             old.cancel();
+        } else if self.subs.len() >= self.state.cfg.ws_max_subscriptions {
+            self.state.metrics.ws_subscription_refused();
+            return error(
+                "too_many_subscriptions",
+                &format!(
+                    "at most {} subscriptions per connection (live.ws_max_subscriptions); unsubscribe first",
+                    self.state.cfg.ws_max_subscriptions
+                ),
+            );
         }
         let watch = match self.state.feed.watch(vec![filter], since).await {
             Ok(w) => w,
