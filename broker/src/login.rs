@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -300,8 +300,10 @@ struct Job {
     answer: tokio::sync::oneshot::Sender<bool>,
 }
 
-/// Dedicated threads that run argon2 checks, fed by a bounded queue. A thread reuses its
-/// own memory from one check to the next, so the hub holds `concurrency` × 19 MiB at most.
+/// Dedicated threads that run argon2 checks, fed by a bounded queue. A thread keeps the
+/// algorithm's memory from one check to the next (see
+/// [`crate::password::verify_with_memory`]): a thread that has checked a password holds
+/// 19 MiB from then on, so the hub holds `concurrency` × 19 MiB at most.
 struct Verifier {
     jobs: std::sync::mpsc::SyncSender<Job>,
 }
@@ -310,13 +312,11 @@ impl Verifier {
     fn start(concurrency: usize, queue_max: usize) -> Self {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue_max);
         let rx = Arc::new(Mutex::new(rx));
-        let dummy = Arc::new(OnceLock::new());
         for i in 0..concurrency {
             let rx = rx.clone();
-            let dummy = dummy.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("login-check-{i}"))
-                .spawn(move || verify_jobs(&rx, &dummy));
+                .spawn(move || verify_jobs(&rx));
             if let Err(err) = spawned {
                 tracing::error!(%err, "cannot start a login check thread");
             }
@@ -337,7 +337,9 @@ impl Verifier {
     }
 }
 
-fn verify_jobs(rx: &Mutex<std::sync::mpsc::Receiver<Job>>, dummy: &OnceLock<String>) {
+fn verify_jobs(rx: &Mutex<std::sync::mpsc::Receiver<Job>>) {
+    // The algorithm's memory, kept from one check to the next (see `verify_with_memory`).
+    let mut memory = Vec::new();
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -347,10 +349,9 @@ fn verify_jobs(rx: &Mutex<std::sync::mpsc::Receiver<Job>>, dummy: &OnceLock<Stri
             }
         };
         let ok = match &job.hash {
-            Some(hash) => crate::password::verify_password(&job.password, hash),
+            Some(hash) => crate::password::verify_with_memory(&job.password, hash, &mut memory),
             None => {
-                let dummy = dummy.get_or_init(dummy_hash);
-                crate::password::verify_password(&job.password, dummy);
+                crate::password::verify_with_memory(&job.password, DUMMY_HASH, &mut memory);
                 false
             }
         };
@@ -358,13 +359,12 @@ fn verify_jobs(rx: &Mutex<std::sync::mpsc::Receiver<Job>>, dummy: &OnceLock<Stri
     }
 }
 
-/// A hash of a random password, checked for unknown usernames so they cost what known ones do.
-fn dummy_hash() -> String {
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    crate::password::hash_password(&secret).unwrap_or_default()
-}
+/// The hash checked for unknown usernames, so they cost what known ones do: the parameters
+/// `edgewatch passwd` uses (argon2id, 19 MiB, 2 passes). Its password does not matter (the
+/// result is "wrong" whatever it is), so it is a constant rather than made at start, which
+/// would cost a 19 MiB allocation outside the check threads' kept memory.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$kTANZo1/7sBDnQyS5dWj2w$pECe4TOCojUJGmYLBNv2ngzPYNIjS0A869ls7gjKQ9k";
 
 #[cfg(test)]
 mod tests {
@@ -425,6 +425,14 @@ mod tests {
         assert_eq!(counts["remembered"], 2);
         assert_eq!(counts["wrong"], 1);
         assert_eq!(counts["backoff"], 2);
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_parameters_of_real_ones() {
+        let real = crate::password::hash_password("x").unwrap();
+        let params = |phc: &str| phc.split('$').nth(3).unwrap().to_owned();
+        assert_eq!(params(DUMMY_HASH), params(&real));
+        assert!(crate::password::validate_hash(DUMMY_HASH).is_ok());
     }
 
     #[tokio::test]
