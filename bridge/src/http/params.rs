@@ -255,3 +255,60 @@ pub fn auto_step(span_ms: i64) -> i64 {
             ((want + day - 1) / day) * day
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Keys the endpoints take, a few they do not, and arbitrary ones.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("filter".to_owned()),
+            Just("from".to_owned()),
+            Just("to".to_owned()),
+            Just("limit".to_owned()),
+            Just("after".to_owned()),
+            Just("step".to_owned()),
+            "\\PC{0,12}",
+        ]
+    }
+
+    /// Values near what the parsers take (numbers, durations, times, filters) and arbitrary.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            "-?[0-9]{0,25}(ms|s|m|h|d)?",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})?",
+            "[a+#/$]{0,2000}",
+            "\\PC{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+        /// Any query string gives parameters or a 400 with a reason, never a panic, and what
+        /// is accepted keeps the documented bounds.
+        #[test]
+        fn query_parameters_never_panic(pairs in prop::collection::vec((key(), value()), 0..8)) {
+            match ReadingsQuery::parse(&pairs) {
+                Ok(q) => {
+                    prop_assert!(q.limit.is_none_or(|n| n > 0));
+                    if let (Some(f), Some(t)) = (q.from, q.to) {
+                        prop_assert!(f < t);
+                    }
+                    for f in &q.filter {
+                        prop_assert!(f.as_str().len() <= edgewatch_protocol::topic::MAX_FILTER_BYTES);
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST),
+            }
+            match RollupsQuery::parse(&pairs) {
+                Ok(q) => prop_assert!(q.step.is_none_or(|s| s > 0)),
+                Err(e) => prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST),
+            }
+        }
+    }
+}
