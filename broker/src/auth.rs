@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::login::{LoginGate, LoginLimits, LoginStats};
+use crate::login::{LoginGate, LoginLimits, LoginStats, Verdict};
 pub use crate::password::{hash_password, validate_hash, verify_password};
 use crate::peer::Peers;
 
@@ -15,6 +15,10 @@ pub struct Credentials {
     users: Arc<HashMap<String, String>>,
     gate: Arc<LoginGate>,
     peers: Option<Arc<Peers>>,
+    /// What our codec puts in place of the password of a login it decided (see
+    /// [`crate::connect_policy`]): rumqttd's auth hook then only compares it. Random per
+    /// process; a client that sends it as its password is checked like any other.
+    ticket: Arc<str>,
 }
 
 impl Default for Credentials {
@@ -43,10 +47,17 @@ impl Credentials {
         pairs: impl IntoIterator<Item = (String, String)>,
         limits: LoginLimits,
     ) -> Self {
+        let mut random = [0u8; 32];
+        argon2::password_hash::rand_core::RngCore::fill_bytes(
+            &mut argon2::password_hash::rand_core::OsRng,
+            &mut random,
+        );
+        let ticket: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Self {
             users: Arc::new(pairs.into_iter().collect()),
             gate: Arc::new(LoginGate::new(limits)),
             peers: None,
+            ticket: ticket.into(),
         }
     }
 
@@ -66,17 +77,41 @@ impl Credentials {
         self.gate.stats()
     }
 
-    /// Checks a login of `client_id`. Runs argon2 (tens of milliseconds) on the limiter's
-    /// threads so the listener's runtime keeps serving other connections meanwhile.
-    pub async fn check(&self, client_id: &str, username: String, password: String) -> bool {
-        let ip = self.peers.as_ref().and_then(|p| p.ip_of(client_id));
-        let hash = self.users.get(&username).cloned();
-        let verdict = self.gate.check(ip, &username, password, hash).await;
+    /// Decides a login of `client_id` from `ip` (when known). Runs argon2 (tens of
+    /// milliseconds) on the limiter's threads.
+    pub async fn decide(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        client_id: &str,
+        username: &str,
+        password: String,
+    ) -> Verdict {
+        let ip = ip.or_else(|| self.peers.as_ref().and_then(|p| p.ip_of(client_id)));
+        let hash = self.users.get(username).cloned();
+        let verdict = self.gate.check(ip, username, password, hash).await;
         if !verdict.accepted() {
             // Refusals in a flood are throttled by the backoff; a log line each is affordable.
             tracing::warn!(%username, %client_id, ?ip, reason = verdict.as_str(), "MQTT login refused");
         }
-        verdict.accepted()
+        verdict
+    }
+
+    /// Checks a login of `client_id`, whose address is looked up among the connections.
+    pub async fn check(&self, client_id: &str, username: String, password: String) -> bool {
+        self.decide(None, client_id, &username, password)
+            .await
+            .accepted()
+    }
+
+    /// The stand-in password of a login our codec decided.
+    pub(crate) fn ticket(&self) -> &str {
+        &self.ticket
+    }
+
+    /// Whether `password` is the stand-in of a login our codec accepted.
+    pub(crate) fn ticket_ok(&self, password: &str) -> bool {
+        let (a, b) = (password.as_bytes(), self.ticket.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 

@@ -470,9 +470,11 @@ impl BrokerConfig {
         };
         if !credentials.is_empty() {
             let creds = credentials.clone();
-            connections.set_auth_handler(move |client_id, user, pass| {
-                let creds = creds.clone();
-                async move { creds.check(&client_id, user, pass).await }
+            // Our codec decides every login when it reads the CONNECT and leaves its ticket
+            // in place of an accepted password (see `crate::connect_policy`).
+            connections.set_auth_handler(move |_client_id, _user, pass| {
+                let ok = creds.ticket_ok(&pass);
+                async move { ok }
             });
         }
         let tls = (listener.kind == crate::ListenerKind::Tls).then(|| rumqttd::TlsConfig::Rustls {

@@ -23,10 +23,13 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::auth::Credentials;
 use crate::backpressure::{Admission, IngestGate};
 use crate::caps::BrokerCaps;
 use crate::client_limits::{ClientLimits, Inbound};
+use crate::login::Verdict;
 use crate::peer::{PeerSlot, Peers};
+use rumqttd::protocol::ConnectReturnCode;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
@@ -78,6 +81,10 @@ pub struct PolicyProtocol<P> {
     slot: Option<PeerSlot>,
     /// Set once we closed the connection (see `close`).
     closing: bool,
+    /// Device accounts, when logins are required: the codec decides each login.
+    credentials: Option<Credentials>,
+    /// The CONNACK code of a login refused by us (see `decide_login`).
+    refused: Option<ConnectReturnCode>,
     /// Caps and rate limit, when configured (per connection: fresh in each clone).
     limits: Option<ClientLimits>,
 }
@@ -107,6 +114,8 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
                 .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr))),
             slot: None,
             closing: false,
+            credentials: self.credentials.clone(),
+            refused: None,
             limits: self.limits.clone(),
         }
     }
@@ -127,6 +136,8 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             peer: None,
             slot: None,
             closing: false,
+            credentials: None,
+            refused: None,
             limits: None,
         }
     }
@@ -147,6 +158,8 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             peer: None,
             slot: None,
             closing: false,
+            credentials: None,
+            refused: None,
             limits: None,
         }
     }
@@ -156,6 +169,12 @@ impl<P> PolicyProtocol<P> {
     /// Attaches the bridge's backpressure gate.
     pub fn with_gate(mut self, gate: Arc<IngestGate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Decides logins against `credentials` (when it has users).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = (!credentials.is_empty()).then_some(credentials);
         self
     }
 
@@ -193,6 +212,54 @@ impl<P> PolicyProtocol<P> {
             reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
         };
         Ok(Packet::Disconnect(disconnect, None))
+    }
+
+    /// Decides the login of a CONNECT here rather than in rumqttd's auth hook, which can only
+    /// close a refused connection without a CONNACK (clients then report "connection lost"
+    /// and retry at once). An accepted login's password is replaced by the credentials'
+    /// ticket, which the hook accepts. A refused CONNECT is rewritten to what rumqttd itself
+    /// refuses with a CONNACK (no client id with a persistent session: code 2) and `write`
+    /// turns that CONNACK's code into the refusal: 3.1.1 4 (bad username or password), 5 (not
+    /// authorised: no login) or 3 (server unavailable: too many checks waiting); MQTT 5 0x86,
+    /// 0x87 or 0x89. The refused client never reaches rumqttd's router, so it cannot take over
+    /// the session of the client id it named.
+    fn decide_login(&mut self, packet: &mut Packet) {
+        let (Some(credentials), Packet::Connect(connect, _, _, _, login)) =
+            (&self.credentials, packet)
+        else {
+            return;
+        };
+        let code = match login.as_mut() {
+            None => Some(ConnectReturnCode::NotAuthorized),
+            Some(login) => {
+                let password = std::mem::take(&mut login.password);
+                let decide = credentials.decide(
+                    self.peer.map(|p| p.ip()),
+                    &connect.client_id,
+                    &login.username,
+                    password,
+                );
+                let verdict = wait(decide);
+                login.password = credentials.ticket().to_owned();
+                match verdict {
+                    v if v.accepted() => None,
+                    Verdict::Busy if self.v5 => Some(ConnectReturnCode::ServerBusy),
+                    Verdict::Busy => Some(ConnectReturnCode::ServiceUnavailable),
+                    _ => Some(ConnectReturnCode::BadUserNamePassword),
+                }
+            }
+        };
+        if let Some(code) = code {
+            let password = credentials.ticket().to_owned();
+            let username = login
+                .as_ref()
+                .map(|l| l.username.clone())
+                .unwrap_or_default();
+            *login = Some(rumqttd::protocol::Login { username, password });
+            connect.client_id.clear();
+            connect.clean_session = false;
+            self.refused = Some(code);
+        }
     }
 
     /// Takes this connection's place among its address's connections, or refuses it.
@@ -285,6 +352,8 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                     .store(u32::from(effective) + 1, Ordering::Relaxed);
             }
         }
+        // After the per-address cap: a refused connection costs no password check.
+        self.decide_login(&mut packet);
         Ok(packet)
     }
 
@@ -300,6 +369,9 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         if let Some(limits) = &self.limits {
             limits.outbound(&mut packet);
         }
+        if let (Packet::ConnAck(ack, _), Some(code)) = (&mut packet, self.refused) {
+            ack.code = code;
+        }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {
                 let announce = self.announce_keep_alive.swap(0, Ordering::Relaxed);
@@ -310,6 +382,18 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             }
         }
         self.inner.write(packet, write)
+    }
+}
+
+/// Runs `future` to completion from the codec (which is not async): on the broker's
+/// multi-threaded runtime this worker hands its other tasks over first, as the PUBACK hold
+/// does; elsewhere (unit tests) it just blocks.
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| rt.block_on(future))
+        }
+        _ => futures::executor::block_on(future),
     }
 }
 

@@ -6,7 +6,9 @@
 //! # Layout
 //! * [`config`]: our own [`BrokerConfig`] (serde, unknown keys rejected) and its mapping to
 //!   rumqttd's configuration, with router settings that work.
-//! * [`auth`]: device credentials: argon2 password hashes checked through rumqttd's auth hook.
+//! * [`auth`]: device credentials: argon2 password hashes. Our codec decides each login when
+//!   it reads the CONNECT, so a refused one gets a CONNACK with its reason (rumqttd's auth hook
+//!   could only close the connection).
 //! * [`password`]: argon2id password hashes.
 //! * [`login`]: login limiting: bounded argon2 checks, backoff per address and username, a
 //!   dummy check for unknown usernames, remembered successes.

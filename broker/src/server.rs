@@ -143,11 +143,17 @@ struct Shared {
     connections: Arc<std::sync::atomic::AtomicI64>,
     peers: Arc<crate::peer::Peers>,
     caps: Arc<crate::caps::BrokerCaps>,
+    credentials: crate::Credentials,
 }
 
 impl Shared {
-    fn new(cfg: &BrokerConfig, peers: Arc<crate::peer::Peers>) -> Self {
+    fn new(
+        cfg: &BrokerConfig,
+        peers: Arc<crate::peer::Peers>,
+        credentials: crate::Credentials,
+    ) -> Self {
         Self {
+            credentials,
             gate: Arc::new(crate::IngestGate::new(
                 cfg.limits.ingest_backlog_max,
                 Duration::from_secs(cfg.limits.ack_stall_max_secs),
@@ -165,6 +171,7 @@ impl Shared {
             .with_connection_count(self.connections.clone())
             .with_peers(self.peers.clone())
             .with_caps(self.caps.clone())
+            .with_credentials(self.credentials.clone())
     }
 }
 
@@ -232,7 +239,7 @@ impl Broker {
         for l in &listeners {
             settings.push(listener_settings(cfg, l, &credentials, &peers)?);
         }
-        let shared = Shared::new(cfg, peers.clone());
+        let shared = Shared::new(cfg, peers.clone(), credentials.clone());
         let (v4, v5) = (
             shared.attach(PolicyProtocol::v4(policy)),
             shared.attach(PolicyProtocol::v5(policy)),

@@ -236,3 +236,94 @@ async fn websocket_clients_count_under_their_own_address_not_the_fronts() {
         "the per-address cap does not apply through the front"
     );
 }
+
+/// An MQTT 5 CONNECT (clean start, keep-alive 60 s, no properties), with a login when given.
+fn connect_packet_v5(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    let v4 = connect_packet(client_id, login);
+    // Same layout with protocol level 5 and an empty property list after the keep-alive.
+    let mut body = v4[2..].to_vec();
+    body[6] = 5;
+    body.insert(10, 0);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// Sends `connect` from 127.0.0.1 and returns the CONNACK's code (3.1.1 return code or MQTT 5
+/// reason code), or `None` when the broker closed without one.
+async fn connack_code(broker: SocketAddr, connect: &[u8]) -> Option<u8> {
+    let mut tcp = TcpStream::connect(broker).await.unwrap();
+    tcp.write_all(connect).await.unwrap();
+    let mut head = [0u8; 4];
+    match timeout(WAIT, tcp.read_exact(&mut head)).await {
+        Ok(Ok(_)) if head[0] == 0x20 => Some(head[3]),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_gets_a_connack_saying_why() {
+    install_tap();
+    let mut cfg = config();
+    cfg.mqtt5.enabled = true;
+    cfg.mqtt5.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.users.push(UserConfig {
+        username: "d1".into(),
+        password_hash: edgewatch_broker::hash_password("right-1").unwrap(),
+    });
+    let broker = Broker::start(&cfg).await.unwrap();
+    let (v4, v5) = (
+        broker.addr(ListenerKind::Mqtt).unwrap(),
+        broker.addr(ListenerKind::Mqtt5).unwrap(),
+    );
+    let right = Some(("d1", "right-1"));
+    assert_eq!(connack_code(v4, &connect_packet("a", right)).await, Some(0));
+    assert_eq!(
+        connack_code(v5, &connect_packet_v5("b", right)).await,
+        Some(0)
+    );
+    // 3.1.1: 4 bad user name or password, 5 not authorised (no login at all).
+    let wrong = Some(("d1", "guess"));
+    assert_eq!(connack_code(v4, &connect_packet("c", wrong)).await, Some(4));
+    assert_eq!(connack_code(v4, &connect_packet("d", None)).await, Some(5));
+    let unknown = Some(("nobody", "x"));
+    assert_eq!(
+        connack_code(v4, &connect_packet("e", unknown)).await,
+        Some(4)
+    );
+    // MQTT 5: 0x86 and 0x87.
+    assert_eq!(
+        connack_code(v5, &connect_packet_v5("f", wrong)).await,
+        Some(0x86)
+    );
+    assert_eq!(
+        connack_code(v5, &connect_packet_v5("g", None)).await,
+        Some(0x87)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_does_not_take_over_the_session_it_names() {
+    install_tap();
+    let mut cfg = config();
+    cfg.users.push(UserConfig {
+        username: "d1".into(),
+        password_hash: edgewatch_broker::hash_password("right-1").unwrap(),
+    });
+    let broker = Broker::start(&cfg).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    let from = ip("127.0.0.1");
+    let (ok, mut device) = connect_from(from, addr, "sensor-1", Some(("d1", "right-1"))).await;
+    assert_eq!(ok, Some(0));
+    // Someone else names the device's client id with a wrong password.
+    let (refused, _) = connect_from(ip("127.0.0.2"), addr, "sensor-1", Some(("d1", "x"))).await;
+    assert_eq!(refused, Some(4));
+    // The device is still connected: a PINGREQ is answered.
+    device.write_all(&[0xC0, 0x00]).await.unwrap();
+    let mut pong = [0u8; 2];
+    timeout(WAIT, device.read_exact(&mut pong))
+        .await
+        .expect("PINGRESP in time")
+        .expect("the device's connection was taken over");
+    assert_eq!(pong, [0xD0, 0x00]);
+}

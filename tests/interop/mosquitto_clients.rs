@@ -137,3 +137,39 @@ fn mosquitto_clients_round_trip_over_tls() {
         "the idle connection was not closed: {closed:?}"
     );
 }
+
+#[test]
+fn mosquitto_clients_say_why_a_login_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = edgewatch_broker::hash_password("right-1").unwrap();
+    let extra = format!("[[broker.users]]\nusername = \"d1\"\npassword_hash = \"{hash}\"\n");
+    let hub = start_hub(&loopback_config(dir.path(), &extra), &[]);
+    let publish = |version: &str, login: &[&str]| {
+        let out = Command::new("mosquitto_pub")
+            .args(host_port(hub.addr(version)))
+            .args([
+                "-V",
+                if version == "mqtt5" {
+                    "mqttv5"
+                } else {
+                    "mqttv311"
+                },
+            ])
+            .args(login)
+            .args(["-t", "sensors/d1/temperature", "-m", "21.5", "-q", "1"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_lowercase(),
+        )
+    };
+    assert!(publish("mqtt", &["-u", "d1", "-P", "right-1"]).0);
+    // Before, a refused login closed the socket with no CONNACK: "The connection was lost".
+    let (ok, said) = publish("mqtt", &["-u", "d1", "-P", "wrong"]);
+    assert!(!ok && said.contains("bad user name or password"), "{said}");
+    let (ok, said) = publish("mqtt", &[]);
+    assert!(!ok && said.contains("not authorised"), "{said}");
+    let (ok, said) = publish("mqtt5", &["-u", "d1", "-P", "wrong"]);
+    assert!(!ok && said.contains("bad user name or password"), "{said}");
+}
