@@ -219,6 +219,7 @@ mod tests {
         cfg.broker.users.push(edgewatch_broker::config::UserConfig {
             username: "u".into(),
             password_hash: "h".into(),
+            role: None,
         });
         let v = toml::Value::try_from(&cfg).unwrap();
         walk("", &v, &mut out);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::login::{LoginGate, LoginLimits, LoginStats, Verdict};
 pub use crate::password::{hash_password, validate_hash, verify_password};
 use crate::peer::Peers;
+use edgewatch_protocol::permissions::{Grants, Permissions};
 
 /// The configured device credentials: username → argon2 hash, with the login limiter
 /// ([`crate::login`]) in front of every check. Cheap to clone; clones share the limiter.
@@ -19,6 +20,8 @@ pub struct Credentials {
     /// [`crate::connect_policy`]): rumqttd's auth hook then only compares it. Random per
     /// process; a client that sends it as its password is checked like any other.
     ticket: Arc<str>,
+    /// What each account may read and publish; an account not in it: everything.
+    grants: Arc<HashMap<String, Grants>>,
 }
 
 impl Default for Credentials {
@@ -58,7 +61,23 @@ impl Credentials {
             gate: Arc::new(LoginGate::new(limits)),
             peers: None,
             ticket: ticket.into(),
+            grants: Arc::default(),
         }
+    }
+
+    /// What each account may read and publish (an account not named: everything).
+    pub fn with_grants(mut self, grants: HashMap<String, Grants>) -> Self {
+        self.grants = Arc::new(grants);
+        self
+    }
+
+    /// The permissions of an account logged in as `username` with `client_id`; `None` when
+    /// it may do everything.
+    pub fn permissions(&self, username: &str, client_id: &str) -> Option<Permissions> {
+        self.grants
+            .get(username)
+            .filter(|g| **g != Grants::all())
+            .map(|g| g.for_principal(username, client_id))
     }
 
     /// Takes client addresses from `peers`, for the per-address part of the limits.

@@ -88,6 +88,10 @@ pub struct CapCounters {
     pub rate_dropped: AtomicU64,
     /// QoS 1/2 publishes delayed by the per-client rate limit.
     pub rate_delayed: AtomicU64,
+    /// Filters refused in a SUBACK because the account may not read them.
+    pub subscriptions_denied: AtomicU64,
+    /// Publishes (and wills) dropped because the account may not publish to their topic.
+    pub publishes_denied: AtomicU64,
 }
 
 /// Retained messages the broker holds: topic → bytes (topic + payload).
@@ -247,7 +251,17 @@ impl BrokerCaps {
     /// The counters and ledger sizes, for the composition to expose in `/metrics`.
     pub fn samples(self: &Arc<Self>) -> Vec<CapSample> {
         type Pick = fn(&CapCounters) -> &AtomicU64;
-        let counters: [(&'static str, &'static str, Pick); 7] = [
+        let counters: [(&'static str, &'static str, Pick); 9] = [
+            (
+                "edgewatch_mqtt_subscriptions_denied_total",
+                "MQTT filters refused in a SUBACK because the account's role may not read them.",
+                |c| &c.subscriptions_denied,
+            ),
+            (
+                "edgewatch_mqtt_publishes_denied_total",
+                "MQTT publishes and last wills dropped because the account's role may not publish to their topic.",
+                |c| &c.publishes_denied,
+            ),
             (
                 "edgewatch_mqtt_subscriptions_refused_total",
                 "MQTT filters refused in a SUBACK by a subscription cap (per client or distinct filters).",

@@ -58,6 +58,11 @@ impl Clone for ClientLimits {
 }
 
 impl ClientLimits {
+    /// The broker's caps and counters.
+    pub fn caps(&self) -> &BrokerCaps {
+        &self.caps
+    }
+
     pub fn new(caps: Arc<BrokerCaps>) -> Self {
         let rate = PublishRate::new(
             caps.caps.max_publishes_per_sec,
@@ -74,14 +79,20 @@ impl ClientLimits {
 
     /// Applies the caps to a packet read from the client; `header` is its first byte (the
     /// publish's QoS is not public in rumqttd's `Publish`). An error closes the connection.
-    pub fn inbound(&mut self, packet: &mut Packet, header: u8, v5: bool) -> Result<Inbound, Error> {
+    pub fn inbound(
+        &mut self,
+        packet: &mut Packet,
+        header: u8,
+        v5: bool,
+        may_read: &dyn Fn(&str) -> bool,
+    ) -> Result<Inbound, Error> {
         match packet {
             Packet::Publish(publish, props) => {
                 let topic = self.resolve_alias(publish, props.as_ref());
                 self.publish(publish, topic, (header >> 1) & 0b11)
             }
             Packet::Subscribe(sub, _) => {
-                self.subscriptions.filter(sub, &self.caps, v5);
+                self.subscriptions.filter(sub, &self.caps, v5, may_read);
                 Ok(Inbound::Pass)
             }
             Packet::Unsubscribe(unsub, _) => {

@@ -2,7 +2,9 @@
 //!
 //! Defaults written here equal the values in `config/edgewatch.toml`; a test checks that.
 
+use edgewatch_protocol::permissions::Grants;
 use edgewatch_protocol::InvalidSetting;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -25,6 +27,8 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// Device accounts. Passwords are argon2 hashes printed by `edgewatch passwd`.
     pub users: Vec<UserConfig>,
+    /// Roles by name: what their accounts may read and publish.
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
     /// Connection limits.
     pub limits: LimitsConfig,
     /// rumqttd router sizing.
@@ -40,6 +44,7 @@ impl Default for BrokerConfig {
             tls: TlsListenerConfig::default(),
             allow_anonymous: false,
             users: Vec::new(),
+            roles: Default::default(),
             limits: LimitsConfig::default(),
             router: RouterConfig::default(),
         }
@@ -98,6 +103,21 @@ pub struct UserConfig {
     pub username: String,
     /// argon2 PHC hash of the password (`edgewatch passwd` prints one).
     pub password_hash: String,
+    /// The role (`[broker.roles.NAME]`) giving what this account may read and publish;
+    /// without one, everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// What the accounts of a role may read and publish: topic filters, with `%u` for the
+/// username and `%c` for the client id (e.g. `publish = ["sensors/%u/#"]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    /// Filters its accounts may subscribe to (a subscription must be covered by one).
+    pub read: Vec<String>,
+    /// Filters of the topics its accounts may publish to (the will included).
+    pub publish: Vec<String>,
 }
 
 /// Limits applied to every MQTT connection.
@@ -269,7 +289,14 @@ impl BrokerConfig {
             }
             crate::password::validate_hash(&u.password_hash)
                 .map_err(|e| InvalidSetting::new(format!("broker.users[{i}].password_hash"), e))?;
+            if let Some(role) = u.role.as_ref().filter(|r| !self.roles.contains_key(*r)) {
+                return Err(InvalidSetting::new(
+                    format!("broker.users[{i}].role"),
+                    format!("no role {role:?} in [broker.roles]"),
+                ));
+            }
         }
+        self.role_grants()?;
         if self.tls.enabled {
             for (key, path) in [
                 ("cert_path", &self.tls.cert_path),
@@ -491,6 +518,36 @@ impl BrokerConfig {
         }
     }
 
+    /// Each role's grants; the error names the role's key.
+    fn role_grants(&self) -> Result<BTreeMap<&str, Grants>, InvalidSetting> {
+        self.roles
+            .iter()
+            .map(|(name, role)| {
+                Grants::new(role.read.clone(), role.publish.clone())
+                    .map(|g| (name.as_str(), g))
+                    .map_err(|e| InvalidSetting::new(format!("broker.roles.{name}"), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// What each account may read and publish (accounts without a role: everything).
+    fn user_grants(&self) -> HashMap<String, Grants> {
+        let roles = self.role_grants().unwrap_or_default();
+        self.users
+            .iter()
+            .map(|u| {
+                let grants = match &u.role {
+                    Some(role) => roles
+                        .get(role.as_str())
+                        .cloned()
+                        .unwrap_or_else(Grants::none),
+                    None => Grants::all(),
+                };
+                (u.username.clone(), grants)
+            })
+            .collect()
+    }
+
     /// The users as a credentials table.
     pub fn credentials(&self) -> crate::Credentials {
         let l = &self.limits;
@@ -506,12 +563,40 @@ impl BrokerConfig {
                 .map(|u| (u.username.clone(), u.password_hash.clone())),
             limits,
         )
+        .with_grants(self.user_grants())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_checked_and_resolve_per_account() {
+        let mut cfg = BrokerConfig::default();
+        let hash = crate::password::hash_password("pw").unwrap();
+        cfg.users.push(UserConfig {
+            username: "sensor-1".into(),
+            password_hash: hash.clone(),
+            role: Some("device".into()),
+        });
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, "broker.users[0].role", "{err}");
+        cfg.roles.insert(
+            "device".into(),
+            RoleConfig {
+                read: vec![],
+                publish: vec!["sensors/%u/#/x".into()],
+            },
+        );
+        assert_eq!(cfg.validate().unwrap_err().key, "broker.roles.device");
+        cfg.roles.get_mut("device").unwrap().publish = vec!["sensors/%u/#".into()];
+        cfg.validate().unwrap();
+        let creds = cfg.credentials();
+        let p = creds.permissions("sensor-1", "c1").expect("restricted");
+        assert!(p.may_publish("sensors/sensor-1/t") && !p.may_publish("sensors/x/t"));
+        assert!(creds.permissions("someone-else", "c").is_none());
+    }
 
     #[test]
     fn secure_default_narrows_to_loopback() {
@@ -528,6 +613,7 @@ mod tests {
             users: vec![UserConfig {
                 username: "d1".into(),
                 password_hash: crate::hash_password("pw").unwrap(),
+                role: None,
             }],
             ..Default::default()
         };
@@ -556,6 +642,7 @@ mod tests {
         cfg.users.push(UserConfig {
             username: "u".into(),
             password_hash: "plain".into(),
+            role: None,
         });
         assert!(cfg
             .validate()

@@ -29,8 +29,11 @@ use crate::caps::BrokerCaps;
 use crate::client_limits::{ClientLimits, Inbound};
 use crate::login::Verdict;
 use crate::peer::{PeerSlot, Peers};
+use edgewatch_protocol::permissions::Permissions;
+use edgewatch_protocol::TopicFilter;
 use rumqttd::protocol::ConnectReturnCode;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{Error, Packet, Protocol};
@@ -85,6 +88,10 @@ pub struct PolicyProtocol<P> {
     credentials: Option<Credentials>,
     /// The CONNACK code of a login refused by us (see `decide_login`).
     refused: Option<ConnectReturnCode>,
+    /// What the logged-in account may read and publish; `None`: everything.
+    permissions: Option<Permissions>,
+    /// Packet ids of denied QoS 1/2 publishes whose MQTT 5 PUBACK says so (0x87).
+    denied: Mutex<Vec<u16>>,
     /// Caps and rate limit, when configured (per connection: fresh in each clone).
     limits: Option<ClientLimits>,
 }
@@ -116,6 +123,8 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
             closing: false,
             credentials: self.credentials.clone(),
             refused: None,
+            permissions: None,
+            denied: Mutex::default(),
             limits: self.limits.clone(),
         }
     }
@@ -138,6 +147,8 @@ impl PolicyProtocol<rumqttd::protocol::v4::V4> {
             closing: false,
             credentials: None,
             refused: None,
+            permissions: None,
+            denied: Mutex::default(),
             limits: None,
         }
     }
@@ -160,6 +171,8 @@ impl PolicyProtocol<rumqttd::protocol::v5::V5> {
             closing: false,
             credentials: None,
             refused: None,
+            permissions: None,
+            denied: Mutex::default(),
             limits: None,
         }
     }
@@ -224,7 +237,7 @@ impl<P> PolicyProtocol<P> {
     /// 0x87 or 0x89. The refused client never reaches rumqttd's router, so it cannot take over
     /// the session of the client id it named.
     fn decide_login(&mut self, packet: &mut Packet) {
-        let (Some(credentials), Packet::Connect(connect, _, _, _, login)) =
+        let (Some(credentials), Packet::Connect(connect, _, will, _, login)) =
             (&self.credentials, packet)
         else {
             return;
@@ -242,13 +255,29 @@ impl<P> PolicyProtocol<P> {
                 let verdict = wait(decide);
                 login.password = credentials.ticket().to_owned();
                 match verdict {
-                    v if v.accepted() => None,
+                    v if v.accepted() => {
+                        self.permissions =
+                            credentials.permissions(&login.username, &connect.client_id);
+                        None
+                    }
                     Verdict::Busy if self.v5 => Some(ConnectReturnCode::ServerBusy),
                     Verdict::Busy => Some(ConnectReturnCode::ServiceUnavailable),
                     _ => Some(ConnectReturnCode::BadUserNamePassword),
                 }
             }
         };
+        let will_denied = will.as_ref().is_some_and(|w| {
+            let permissions = self.permissions.as_ref();
+            permissions.is_some_and(|p| !p.may_publish(&String::from_utf8_lossy(&w.topic)))
+        });
+        if will_denied {
+            // The will would publish where the account may not: it is dropped.
+            self.deny(
+                "last will dropped",
+                will.as_ref().map_or(&[][..], |w| &w.topic),
+            );
+            *will = None;
+        }
         if let Some(code) = code {
             let password = credentials.ticket().to_owned();
             let username = login
@@ -259,6 +288,73 @@ impl<P> PolicyProtocol<P> {
             connect.client_id.clear();
             connect.clean_session = false;
             self.refused = Some(code);
+        }
+    }
+
+    /// Applies the account's publish permission to a PUBLISH; `false` drops it. A denied QoS 0
+    /// publish is dropped; a denied QoS 1/2 one is acknowledged (as Mosquitto does; MQTT 5:
+    /// reason 0x87 not authorized) but goes nowhere: its topic becomes `$edgewatch/denied`,
+    /// which no one may subscribe to and the bridge does not receive, with an empty payload.
+    fn permit_publish(&mut self, packet: &mut Packet, qos: u8, pkid: Option<u16>) -> bool {
+        let (Some(permissions), Packet::Publish(publish, props)) = (&self.permissions, packet)
+        else {
+            return true;
+        };
+        // An alias-only publish (empty topic) is refused: its topic is not checked here.
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+        if !topic.is_empty() && permissions.may_publish(topic) {
+            return true;
+        }
+        let shown = publish.topic.clone();
+        self.deny("publish denied", &shown);
+        if qos == 0 {
+            return false;
+        }
+        publish.topic = bytes::Bytes::from_static(DENIED_TOPIC.as_bytes());
+        publish.payload = bytes::Bytes::new();
+        publish.retain = false;
+        if let Some(props) = props {
+            props.topic_alias = None;
+        }
+        if let Some(pkid) = pkid {
+            let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+            if denied.len() >= 64 {
+                denied.remove(0);
+            }
+            denied.push(pkid);
+        }
+        true
+    }
+
+    /// What the ingest gate says of a packet (see `crate::backpressure`).
+    fn backlog_admission(&self, packet: &Packet, header: u8) -> Next {
+        let (Packet::Publish(publish, _), Some(gate)) = (packet, &self.gate) else {
+            return Next::Keep;
+        };
+        match gate.admit_publish(&publish.topic, publish_qos(header)) {
+            Admission::Admitted => Next::Keep,
+            // Shed while the bridge is behind: the next packet, if its bytes are here, else
+            // rumqttd reads more and calls again.
+            Admission::Shed => Next::Skip,
+            Admission::Refused => {
+                let n = gate.refused();
+                if n.is_power_of_two() || n % 1_000 == 0 {
+                    tracing::warn!(refused = n, "closing an MQTT connection: the bridge is far behind (twice broker.limits.ingest_backlog_max); the device resends its unacknowledged readings after reconnecting");
+                }
+                Next::Close(Error::InvalidReason(0x97))
+            }
+        }
+    }
+
+    /// Counts and logs (rate-limited) something the account's permissions refused.
+    fn deny(&self, what: &str, topic: &[u8]) {
+        if let Some(limits) = &self.limits {
+            limits
+                .caps()
+                .counters
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            limits.caps().warn(what, topic);
         }
     }
 
@@ -301,9 +397,22 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 stream.clear();
                 return self.close(Error::InvalidPacketType(header >> 4));
             }
+            // rumqttd keeps a publish's packet id private too: read it from the bytes when a
+            // denied publish may need it for its PUBACK.
+            let pkid = match self.permissions {
+                Some(_) if self.v5 && header >> 4 == 3 => publish_pkid(stream),
+                _ => None,
+            };
             let mut packet = self.inner.read_mut(stream, max_size)?;
+            if !self.permit_publish(&mut packet, publish_qos(header), pkid) {
+                continue;
+            }
+            let permissions = self.permissions.as_ref();
+            let may_read = |filter: &str| {
+                permissions.is_none_or(|p| TopicFilter::parse(filter).is_ok_and(|f| p.may_read(&f)))
+            };
             let verdict = match &mut self.limits {
-                Some(l) => l.inbound(&mut packet, header, self.v5),
+                Some(l) => l.inbound(&mut packet, header, self.v5, &may_read),
                 None => Ok(Inbound::Pass),
             };
             match verdict {
@@ -312,20 +421,10 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 Err(err) if matches!(packet, Packet::Connect(..)) => return Err(err),
                 Err(err) => return self.close(err),
             }
-            if let (Packet::Publish(publish, _), Some(gate)) = (&packet, &self.gate) {
-                match gate.admit_publish(&publish.topic, publish_qos(header)) {
-                    Admission::Admitted => {}
-                    // Shed while the bridge is behind (see `crate::backpressure`): the next
-                    // packet, if its bytes are here, else rumqttd reads more and calls again.
-                    Admission::Shed => continue,
-                    Admission::Refused => {
-                        let n = gate.refused();
-                        if n.is_power_of_two() || n % 1_000 == 0 {
-                            tracing::warn!(refused = n, "closing an MQTT connection: the bridge is far behind (twice broker.limits.ingest_backlog_max); the device resends its unacknowledged readings after reconnecting");
-                        }
-                        return self.close(Error::InvalidReason(0x97));
-                    }
-                }
+            match self.backlog_admission(&packet, header) {
+                Next::Keep => {}
+                Next::Skip => continue,
+                Next::Close(err) => return self.close(err),
             }
             break packet;
         };
@@ -372,6 +471,13 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         if let (Packet::ConnAck(ack, _), Some(code)) = (&mut packet, self.refused) {
             ack.code = code;
         }
+        if let Packet::PubAck(ack, _) = &mut packet {
+            let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = denied.iter().position(|pkid| *pkid == ack.pkid) {
+                denied.remove(i);
+                ack.reason = rumqttd::protocol::PubAckReason::NotAuthorized;
+            }
+        }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {
                 let announce = self.announce_keep_alive.swap(0, Ordering::Relaxed);
@@ -397,9 +503,42 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+/// What becomes of a packet read.
+enum Next {
+    /// It goes to rumqttd.
+    Keep,
+    /// It is dropped; read the next one.
+    Skip,
+    /// The connection ends after the packets before it.
+    Close(Error),
+}
+
+/// Where a denied QoS 1/2 publish goes: a `$` topic, which `#` does not match (the bridge
+/// and wildcard subscribers never see it) and which no restricted account may subscribe to.
+const DENIED_TOPIC: &str = "$edgewatch/denied";
+
 /// Packet types a client never sends that rumqttd 0.20's MQTT 5 decoder panics on when they
 /// have a body: CONNACK and UNSUBACK (found by `broker/tests/codec_fuzz.rs`).
 const V5_UNREACHABLE: [u8; 2] = [2, 11];
+
+/// The packet id of the QoS 1/2 PUBLISH at the start of `bytes`, if its bytes are there.
+fn publish_pkid(bytes: &[u8]) -> Option<u16> {
+    if publish_qos(*bytes.first()?) == 0 {
+        return None;
+    }
+    // The remaining length: 1 to 4 bytes, 7 bits each, high bit set on all but the last.
+    let mut at = 1;
+    while bytes.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    at += 1;
+    let topic_len = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+    let id = at + 2 + topic_len;
+    Some(u16::from_be_bytes([*bytes.get(id)?, *bytes.get(id + 1)?]))
+}
 
 /// The QoS of a PUBLISH from the first byte of its fixed header.
 fn publish_qos(first: u8) -> u8 {
@@ -425,6 +564,22 @@ mod tests {
             max_secs: 10,
         };
         assert_eq!(p.effective(1), 1);
+    }
+
+    #[test]
+    fn publish_pkid_is_read_from_the_bytes() {
+        // QoS 1, remaining length 15, topic "sensors/a", packet id 0x0102, payload "21".
+        assert_eq!(
+            publish_pkid(b"\x32\x0f\x00\x09sensors/a\x01\x0221"),
+            Some(0x0102)
+        );
+        assert_eq!(publish_pkid(b"\x30\x0d\x00\x09sensors/a21"), None, "QoS 0");
+        assert_eq!(publish_pkid(b"\x32\x0f\x00\x09sens"), None, "cut short");
+        assert_eq!(
+            publish_pkid(b"\x32\x80\x80\x80\x80\x01"),
+            None,
+            "bad length"
+        );
     }
 
     #[test]

@@ -38,7 +38,13 @@ pub struct ConnectionSubscriptions {
 
 impl ConnectionSubscriptions {
     /// Takes refused filters out of `sub`, remembering their codes for its SUBACK.
-    pub fn filter(&mut self, sub: &mut Subscribe, caps: &BrokerCaps, v5: bool) {
+    pub fn filter(
+        &mut self,
+        sub: &mut Subscribe,
+        caps: &BrokerCaps,
+        v5: bool,
+        may_read: &dyn Fn(&str) -> bool,
+    ) {
         let max = caps.caps.max_subscriptions_per_client;
         let mut refusals = Refusals::new();
         let mut position = 0;
@@ -51,6 +57,15 @@ impl ConnectionSubscriptions {
                     .fetch_add(1, Ordering::Relaxed);
                 caps.warn("filter refused: too long or too deep", f.path.as_bytes());
                 Some(SubscribeReasonCode::TopicFilterInvalid)
+            } else if !may_read(&f.path) {
+                caps.counters
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                caps.warn(
+                    "filter refused: not permitted to this account",
+                    f.path.as_bytes(),
+                );
+                Some(SubscribeReasonCode::NotAuthorized)
             } else if self.granted.contains(&f.path) {
                 None
             } else if self.granted.len() >= max || !caps.admit_filter(&f.path) {
@@ -170,7 +185,7 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         let mut sub = subscribe(7, &paths);
-        conn.filter(&mut sub, &caps, true);
+        conn.filter(&mut sub, &caps, true, &|_| true);
         let kept: Vec<&str> = sub.filters.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(kept, ["a/1", "a/2", "a/3", "a/1"]);
         let mut ack = router_ack(&sub);
@@ -189,7 +204,7 @@ mod tests {
         // After an unsubscribe the slot is free again; v4 gets 0x80 for every refusal.
         conn.unsubscribe(&["a/2".to_owned()]);
         let mut sub = subscribe(8, &["a/4".into(), "a/5".into()]);
-        conn.filter(&mut sub, &caps, false);
+        conn.filter(&mut sub, &caps, false, &|_| true);
         let mut ack = router_ack(&sub);
         conn.complete(&mut ack);
         assert_eq!(ack.return_codes, [QoS1, Failure]);
@@ -201,10 +216,10 @@ mod tests {
         let caps = caps(100, 1);
         let mut a = ConnectionSubscriptions::default();
         let mut sub = subscribe(1, &["x/1".into()]);
-        a.filter(&mut sub, &caps, true);
+        a.filter(&mut sub, &caps, true, &|_| true);
         let mut b = ConnectionSubscriptions::default();
         let mut sub = subscribe(2, &["x/2".into(), "x/3".into()]);
-        b.filter(&mut sub, &caps, true);
+        b.filter(&mut sub, &caps, true, &|_| true);
         assert!(sub.filters.is_empty());
         let mut ack = router_ack(&sub);
         b.complete(&mut ack);
@@ -212,7 +227,7 @@ mod tests {
         assert_eq!(ack.return_codes, [QuotaExceeded, QuotaExceeded]);
         // An existing filter is still open to others.
         let mut sub = subscribe(3, &["x/1".into()]);
-        b.filter(&mut sub, &caps, true);
+        b.filter(&mut sub, &caps, true, &|_| true);
         assert_eq!(sub.filters.len(), 1);
         assert_eq!(caps.filters(), 1);
     }

@@ -271,6 +271,7 @@ async fn wrong_password_is_refused_and_right_one_connects() {
     cfg.users.push(UserConfig {
         username: "sensor-1".into(),
         password_hash: edgewatch_broker::hash_password("s3cret").unwrap(),
+        role: None,
     });
     let broker = Broker::start(&cfg).await.unwrap();
     let addr = broker.addr(ListenerKind::Mqtt).unwrap();

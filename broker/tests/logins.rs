@@ -115,6 +115,7 @@ async fn a_wrong_password_flood_is_throttled_and_a_right_login_gets_through() {
         cfg.users.push(UserConfig {
             username: user.into(),
             password_hash: edgewatch_broker::hash_password(pass).unwrap(),
+            role: None,
         });
     }
     let broker = Broker::start(&cfg).await.unwrap();
@@ -270,6 +271,7 @@ async fn a_refused_login_gets_a_connack_saying_why() {
     cfg.users.push(UserConfig {
         username: "d1".into(),
         password_hash: edgewatch_broker::hash_password("right-1").unwrap(),
+        role: None,
     });
     let broker = Broker::start(&cfg).await.unwrap();
     let (v4, v5) = (
@@ -309,6 +311,7 @@ async fn a_refused_login_does_not_take_over_the_session_it_names() {
     cfg.users.push(UserConfig {
         username: "d1".into(),
         password_hash: edgewatch_broker::hash_password("right-1").unwrap(),
+        role: None,
     });
     let broker = Broker::start(&cfg).await.unwrap();
     let addr = broker.addr(ListenerKind::Mqtt).unwrap();
@@ -326,4 +329,176 @@ async fn a_refused_login_does_not_take_over_the_session_it_names() {
         .expect("PINGRESP in time")
         .expect("the device's connection was taken over");
     assert_eq!(pong, [0xD0, 0x00]);
+}
+
+/// Sends `packet` on `tcp` and reads one packet back: (first byte, body), or `None` when
+/// nothing came within `limit` (or the connection closed).
+async fn exchange(tcp: &mut TcpStream, packet: &[u8], limit: Duration) -> Option<(u8, Vec<u8>)> {
+    tcp.write_all(packet).await.ok()?;
+    read_one(tcp, limit).await
+}
+
+/// Reads one MQTT packet: (first byte, body).
+async fn read_one(tcp: &mut TcpStream, limit: Duration) -> Option<(u8, Vec<u8>)> {
+    timeout(limit, async {
+        let mut first = [0u8; 1];
+        tcp.read_exact(&mut first).await.ok()?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            tcp.read_exact(&mut b).await.ok()?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        tcp.read_exact(&mut body).await.ok()?;
+        Some((first[0], body))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A QoS 1 PUBLISH (MQTT 5 with an empty property list when `v5`).
+fn publish_packet(topic: &str, payload: &[u8], pkid: u16, v5: bool) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend(topic.as_bytes());
+    body.extend(pkid.to_be_bytes());
+    if v5 {
+        body.push(0);
+    }
+    body.extend(payload);
+    let mut packet = vec![0x32, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// A SUBSCRIBE of `filters` at QoS 1 (MQTT 5 with an empty property list when `v5`).
+fn subscribe_packet(filters: &[&str], v5: bool) -> Vec<u8> {
+    let mut body = 7u16.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    for f in filters {
+        body.extend((f.len() as u16).to_be_bytes());
+        body.extend(f.as_bytes());
+        body.push(1);
+    }
+    let mut packet = vec![0x82, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+fn permissions_config() -> BrokerConfig {
+    let mut cfg = config();
+    cfg.mqtt5.enabled = true;
+    cfg.mqtt5.listen = "127.0.0.1:0".parse().unwrap();
+    let toml = r#"
+        [device]
+        publish = ["sensors/%u/#"]
+        [viewer]
+        read = ["sensors/+/temperature"]
+    "#;
+    cfg.roles = toml::from_str(toml).unwrap();
+    for (user, role) in [
+        ("sensor-1", Some("device")),
+        ("app", Some("viewer")),
+        ("admin", None),
+    ] {
+        cfg.users.push(UserConfig {
+            username: user.into(),
+            password_hash: edgewatch_broker::hash_password("pw").unwrap(),
+            role: role.map(str::to_owned),
+        });
+    }
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_publish_and_subscribe_only_where_their_role_allows() {
+    install_tap();
+    let broker = Broker::start(&permissions_config()).await.unwrap();
+    let (v4, v5) = (
+        broker.addr(ListenerKind::Mqtt).unwrap(),
+        broker.addr(ListenerKind::Mqtt5).unwrap(),
+    );
+    let short = Duration::from_millis(500);
+    // The admin (no role) watches everything.
+    let (code, mut admin) = connect_from(ip("127.0.0.1"), v4, "admin", Some(("admin", "pw"))).await;
+    assert_eq!(code, Some(0));
+    let (kind, _) = exchange(&mut admin, &subscribe_packet(&["sensors/#"], false), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(kind, 0x90, "SUBACK");
+
+    // A device publishes under its own name: acknowledged and delivered.
+    let (code, mut device) = connect_from(ip("127.0.0.1"), v4, "d", Some(("sensor-1", "pw"))).await;
+    assert_eq!(code, Some(0));
+    let own = publish_packet("sensors/sensor-1/temperature", b"21.5", 1, false);
+    assert_eq!(
+        exchange(&mut device, &own, WAIT).await.unwrap().0,
+        0x40,
+        "PUBACK"
+    );
+    let (kind, body) = read_one(&mut admin, WAIT).await.expect("delivered");
+    assert_eq!(kind & 0xf0, 0x30);
+    assert!(String::from_utf8_lossy(&body).contains("sensors/sensor-1/temperature"));
+    // Under another device's name: acknowledged (3.1.1 has no refusal) but not delivered.
+    let other = publish_packet("sensors/sensor-2/temperature", b"99", 2, false);
+    assert_eq!(
+        exchange(&mut device, &other, WAIT).await.unwrap().0,
+        0x40,
+        "PUBACK"
+    );
+    assert!(
+        read_one(&mut admin, short).await.is_none(),
+        "a denied publish was delivered"
+    );
+
+    // MQTT 5: the PUBACK says 0x87 not authorized.
+    let (code, mut device5) = {
+        let socket = TcpSocket::new_v4().unwrap();
+        let mut tcp = socket.connect(v5).await.unwrap();
+        let code = exchange(
+            &mut tcp,
+            &connect_packet_v5("d5", Some(("sensor-1", "pw"))),
+            WAIT,
+        )
+        .await
+        .map(|(_, body)| body[1]);
+        (code, tcp)
+    };
+    assert_eq!(code, Some(0));
+    let other5 = publish_packet("sensors/sensor-2/temperature", b"99", 3, true);
+    let (kind, body) = exchange(&mut device5, &other5, WAIT).await.unwrap();
+    assert_eq!((kind, body[2]), (0x40, 0x87), "MQTT 5 PUBACK reason");
+    assert!(read_one(&mut admin, short).await.is_none());
+
+    // A viewer gets its readable filter and a failure for the rest, in order.
+    let (code, mut app) = connect_from(ip("127.0.0.1"), v4, "app", Some(("app", "pw"))).await;
+    assert_eq!(code, Some(0));
+    let filters = [
+        "sensors/+/temperature",
+        "sensors/#",
+        "sensors/sensor-1/temperature",
+    ];
+    let (kind, body) = exchange(&mut app, &subscribe_packet(&filters, false), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (kind, &body[2..]),
+        (0x90, &[1u8, 0x80, 1][..]),
+        "SUBACK codes"
+    );
+    let counters: std::collections::HashMap<_, _> = broker
+        .caps()
+        .samples()
+        .into_iter()
+        .map(|s| (s.name, (s.read)()))
+        .collect();
+    assert_eq!(counters["edgewatch_mqtt_publishes_denied_total"], 2.0);
+    assert_eq!(counters["edgewatch_mqtt_subscriptions_denied_total"], 1.0);
 }

@@ -3,6 +3,8 @@
 //! # Layout
 //! * [`reading`]: the [`Reading`] a sensor reports, and the series it belongs to.
 //! * [`topic`]: MQTT topic names and topic filters: parsing and matching.
+//! * [`permissions`]: who may read and publish what (grants with `%u`/`%c`), asked by every
+//!   transport.
 //! * [`payload`]: decoding an MQTT publish (topic + payload bytes) into a [`Reading`] or a
 //!   device presence change.
 //! * [`timefmt`]: event times: RFC 3339 and epoch milliseconds.
@@ -13,6 +15,7 @@
 pub mod filter_index;
 pub mod frame;
 pub mod payload;
+pub mod permissions;
 pub mod reading;
 pub mod setting;
 pub mod timefmt;

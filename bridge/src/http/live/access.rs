@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use edgewatch_protocol::permissions::covers;
 use edgewatch_protocol::TopicFilter;
 use serde_json::json;
 
@@ -38,31 +39,6 @@ impl Caller {
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|g| g.matches(topic))
     }
-}
-
-/// Whether granted filter `g` matches every topic that requested filter `r` matches.
-fn covers(g: &TopicFilter, r: &TopicFilter) -> bool {
-    let gl: Vec<&str> = g.levels().collect();
-    let rl: Vec<&str> = r.levels().collect();
-    for (i, gv) in gl.iter().enumerate() {
-        if *gv == "#" {
-            // `$` topics are not matched by a leading wildcard.
-            return !(i == 0 && rl.first().is_some_and(|l| l.starts_with('$')));
-        }
-        let Some(rv) = rl.get(i) else { return false };
-        match (*gv, *rv) {
-            (_, "#") => return false,
-            ("+", rv) => {
-                if i == 0 && rv.starts_with('$') {
-                    return false;
-                }
-            }
-            (_, "+") => return false,
-            (a, b) if a == b => {}
-            _ => return false,
-        }
-    }
-    gl.len() == rl.len()
 }
 
 /// A refused request: JSON error body.
