@@ -219,8 +219,9 @@ mod tests {
         cfg.broker.users.push(edgewatch_broker::config::UserConfig {
             username: "u".into(),
             password_hash: "h".into(),
-            role: None,
+            role: Some("device".into()),
         });
+        cfg.broker.roles.insert("device".into(), Default::default());
         let v = toml::Value::try_from(&cfg).unwrap();
         walk("", &v, &mut out);
         let mut section = String::new();
@@ -309,8 +310,10 @@ mod tests {
                 if ["broker.limits.max_conections", "broker.mqtt.listn"].contains(&token) {
                     continue;
                 }
-                // `bridge.presence_stale_*` names a family of keys.
-                let family = key.ends_with('_') && schema.iter().any(|k| k.starts_with(&key));
+                // `bridge.presence_stale_*` names a family of keys; a role's name is the
+                // operator's (`broker.roles.NAME`, `broker.roles.device`).
+                let family = key.ends_with('_') && schema.iter().any(|k| k.starts_with(&key))
+                    || key.starts_with("broker.roles.");
                 if !family && !schema.contains(&key) {
                     missing.push(format!("{}: {token}", f.display()));
                 }
