@@ -502,3 +502,49 @@ async fn accounts_publish_and_subscribe_only_where_their_role_allows() {
     assert_eq!(counters["edgewatch_mqtt_publishes_denied_total"], 2.0);
     assert_eq!(counters["edgewatch_mqtt_subscriptions_denied_total"], 1.0);
 }
+
+/// An MQTT 3.1.1 CONNECT with a login and a QoS 0 last will.
+fn connect_with_will(client_id: &str, login: (&str, &str), will: (&str, &str)) -> Vec<u8> {
+    let field = |s: &str, out: &mut Vec<u8>| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC6, 0, 60];
+    for s in [client_id, will.0, will.1, login.0, login.1] {
+        field(s, &mut body);
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_outside_the_accounts_topics_is_dropped() {
+    install_tap();
+    let broker = Broker::start(&permissions_config()).await.unwrap();
+    let v4 = broker.addr(ListenerKind::Mqtt).unwrap();
+    let (code, mut admin) = connect_from(ip("127.0.0.1"), v4, "admin", Some(("admin", "pw"))).await;
+    assert_eq!(code, Some(0));
+    let (kind, _) = exchange(&mut admin, &subscribe_packet(&["sensors/#"], false), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(kind, 0x90);
+    let login = ("sensor-1", "pw");
+    for (id, will_topic) in [
+        ("w1", "sensors/sensor-2/status"),
+        ("w2", "sensors/sensor-1/status"),
+    ] {
+        let mut tcp = TcpStream::connect(v4).await.unwrap();
+        let connect = connect_with_will(id, login, (will_topic, "offline"));
+        let (kind, body) = exchange(&mut tcp, &connect, WAIT).await.unwrap();
+        assert_eq!((kind, body[1]), (0x20, 0), "CONNACK");
+        // Gone without a DISCONNECT: the broker publishes the will, if it kept it.
+        drop(tcp);
+    }
+    let (kind, body) = read_one(&mut admin, WAIT).await.expect("the allowed will");
+    assert_eq!(kind & 0xf0, 0x30);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(text.contains("sensors/sensor-1/status"), "{text}");
+    let more = read_one(&mut admin, Duration::from_millis(500)).await;
+    assert!(more.is_none(), "the denied will was published: {more:?}");
+}
