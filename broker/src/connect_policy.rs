@@ -105,63 +105,46 @@ impl<P> Drop for PolicyProtocol<P> {
 }
 
 impl<P: Clone> Clone for PolicyProtocol<P> {
+    /// A codec for a new connection: the shared parts are shared, the per-connection state
+    /// starts fresh.
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            policy: self.policy,
-            announce_keep_alive: AtomicU32::new(0),
-            v5: self.v5,
-            gate: self.gate.clone(),
-            connections: self.connections.clone(),
-            counted: AtomicBool::new(false),
-            peers: self.peers.clone(),
-            // rumqttd clones the codec in its accept loop right after accepting (and logging)
-            // the connection this clone is for.
-            peer: crate::peer::take_accepted()
-                .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr))),
-            slot: None,
-            closing: false,
-            credentials: self.credentials.clone(),
-            refused: None,
-            permissions: None,
-            denied: Mutex::default(),
-            limits: self.limits.clone(),
-        }
+        // rumqttd clones the codec in its accept loop right after accepting (and logging) the
+        // connection this clone is for.
+        let peer = crate::peer::take_accepted()
+            .map(|addr| self.peers.as_ref().map_or(addr, |p| p.resolve(addr)));
+        let mut codec = Self::fresh(self.inner.clone(), self.v5, self.policy);
+        codec.gate.clone_from(&self.gate);
+        codec.connections.clone_from(&self.connections);
+        codec.peers.clone_from(&self.peers);
+        codec.peer = peer;
+        codec.credentials.clone_from(&self.credentials);
+        codec.limits.clone_from(&self.limits);
+        codec
     }
 }
 
 impl PolicyProtocol<rumqttd::protocol::v4::V4> {
     /// MQTT 3.1.1.
     pub fn v4(policy: KeepAlivePolicy) -> Self {
-        Self {
-            inner: rumqttd::protocol::v4::V4,
-            policy,
-            announce_keep_alive: AtomicU32::new(0),
-            v5: false,
-            gate: None,
-            connections: None,
-            counted: AtomicBool::new(false),
-            peers: None,
-            peer: None,
-            slot: None,
-            closing: false,
-            credentials: None,
-            refused: None,
-            permissions: None,
-            denied: Mutex::default(),
-            limits: None,
-        }
+        Self::fresh(rumqttd::protocol::v4::V4, false, policy)
     }
 }
 
 impl PolicyProtocol<rumqttd::protocol::v5::V5> {
     /// MQTT 5.
     pub fn v5(policy: KeepAlivePolicy) -> Self {
+        Self::fresh(rumqttd::protocol::v5::V5, true, policy)
+    }
+}
+
+impl<P> PolicyProtocol<P> {
+    /// A codec with nothing attached and no connection state.
+    fn fresh(inner: P, v5: bool, policy: KeepAlivePolicy) -> Self {
         Self {
-            inner: rumqttd::protocol::v5::V5,
+            inner,
             policy,
             announce_keep_alive: AtomicU32::new(0),
-            v5: true,
+            v5,
             gate: None,
             connections: None,
             counted: AtomicBool::new(false),
@@ -471,7 +454,8 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         if let (Packet::ConnAck(ack, _), Some(code)) = (&mut packet, self.refused) {
             ack.code = code;
         }
-        if let Packet::PubAck(ack, _) = &mut packet {
+        if let (Packet::PubAck(ack, _), Some(_)) = (&mut packet, &self.permissions) {
+            // Only restricted accounts have denied publishes: no lock on other PUBACKs.
             let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(i) = denied.iter().position(|pkid| *pkid == ack.pkid) {
                 denied.remove(i);

@@ -1,6 +1,8 @@
 //! The embedded broker with real MQTT clients on free loopback ports.
 
-use std::net::SocketAddr;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::Duration;
 
 use edgewatch_broker::config::UserConfig;
@@ -9,23 +11,7 @@ use edgewatch_testkit::wait_until;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A broker with every plain listener on a free loopback port.
-fn test_config() -> BrokerConfig {
-    let mut cfg = BrokerConfig::default();
-    for l in [&mut cfg.mqtt, &mut cfg.mqtt5, &mut cfg.websocket] {
-        l.enabled = true;
-        l.listen = "127.0.0.1:0".parse().unwrap();
-    }
-    cfg
-}
-
-fn options(id: &str, addr: SocketAddr) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o
-}
+use support::{options, test_config, WAIT};
 
 /// Polls until the CONNACK; returns its return code.
 async fn connack(ev: &mut EventLoop) -> Result<rumqttc::ConnectReturnCode, String> {

@@ -1,30 +1,18 @@
 //! The caps on client state and the per-client rate limit (`broker::caps`, issue #17), with
 //! real MQTT clients against the embedded broker on free loopback ports.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edgewatch_broker::{Broker, BrokerConfig, InboundStream, ListenerKind};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
+use edgewatch_broker::{Broker, InboundStream, ListenerKind};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeFilter};
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn test_config() -> BrokerConfig {
-    let mut cfg = BrokerConfig::default();
-    for l in [&mut cfg.mqtt, &mut cfg.mqtt5, &mut cfg.websocket] {
-        l.enabled = true;
-        l.listen = "127.0.0.1:0".parse().unwrap();
-    }
-    cfg
-}
-
-fn options(id: &str, addr: SocketAddr) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o
-}
+use support::{options, test_config, WAIT};
 
 /// Polls `ev` until `pick` returns something, or the connection fails (`Err`).
 async fn poll_until<T>(
