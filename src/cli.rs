@@ -50,10 +50,33 @@ enum Command {
     /// Print the OpenAPI 3.1 document of the HTTP API (what `/v1/openapi.json` serves;
     /// `docs/openapi.json` is this output).
     Openapi,
+    /// App tokens for the HTTP API and live streams (`[[auth.tokens]]`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Hash a device password for `[[broker.users]]` (reads the password from standard input).
     Passwd {
         /// The MQTT username; with it, a ready-to-paste `[[broker.users]]` entry is printed.
         username: Option<String>,
+    },
+}
+
+/// `edgewatch token ...`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new app token: prints the token once and the `[[auth.tokens]]` entry to paste into the config, which holds only its hash.
+    Create {
+        /// The token's name, shown in logs and `GET /v1/me`.
+        #[arg(long, default_value = "app")]
+        name: String,
+        /// A topic filter it may read (repeat for more), e.g. 'sensors/+/temperature'.
+        #[arg(long = "read", value_name = "FILTER")]
+        read: Vec<String>,
+        /// A topic filter it may publish to over WebSocket (repeat for more).
+        #[arg(long = "publish", value_name = "FILTER")]
+        publish: Vec<String>,
+        /// Allow `GET /metrics`.
+        #[arg(long)]
+        metrics: bool,
     },
 }
 
@@ -83,6 +106,12 @@ pub(crate) fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Openapi => print_openapi(),
         Command::Passwd { username } => passwd(username.as_deref()),
+        Command::Token(TokenCommand::Create {
+            name,
+            read,
+            publish,
+            metrics,
+        }) => token_create(&name, &read, &publish, metrics),
         Command::Sim(args) => sim(args),
         Command::Serial(args) => serial(args),
     }
@@ -309,6 +338,43 @@ fn passwd(username: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn token_create(name: &str, read: &[String], publish: &[String], metrics: bool) -> ExitCode {
+    use edgewatch_bridge::http::auth::{tokens, AuthConfig, TokenConfig};
+    let (token, hash) = tokens::generate();
+    let entry = TokenConfig {
+        name: name.to_owned(),
+        hash,
+        read: read.to_vec(),
+        publish: publish.to_vec(),
+        metrics,
+    };
+    // The same checks as the config file: a bad filter is said now, not at the hub's start.
+    let check = AuthConfig {
+        tokens: vec![entry.clone()],
+        ..AuthConfig::default()
+    };
+    if let Err(err) = check.validate() {
+        let key = err.key.replace("auth.tokens[0].", "--");
+        eprintln!("error: {key}: {}", err.message);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let list = |l: &[String]| {
+        let items: Vec<String> = l.iter().map(|f| toml_string(f)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    eprintln!("The token (shown once; the config keeps only its hash):");
+    println!("{token}");
+    eprintln!("\nAdd to the config file:");
+    println!(
+        "\n[[auth.tokens]]\nname = {}\nhash = {}\nread = {}\npublish = {}\nmetrics = {metrics}",
+        toml_string(name),
+        toml_string(&entry.hash),
+        list(read),
+        list(publish)
+    );
+    ExitCode::SUCCESS
 }
 
 fn toml_string(s: &str) -> String {

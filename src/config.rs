@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgewatch_bridge::http::auth::AuthConfig;
 use edgewatch_bridge::live::LiveConfig;
 use edgewatch_bridge::BridgeConfig;
 use edgewatch_broker::BrokerConfig;
@@ -24,6 +25,8 @@ pub(crate) struct AppConfig {
     pub(crate) bridge: BridgeConfig,
     /// `[live]`: live delivery over SSE, WebSocket and long polling.
     pub(crate) live: LiveConfig,
+    /// `[auth]`: who may use the HTTP side (tokens, JWT, sessions, anonymous access).
+    pub(crate) auth: AuthConfig,
     /// `[[serial]]`: serial sensors read by `edgewatch run`.
     pub(crate) serial: Vec<edgewatch_serial::SerialPortConfig>,
     /// `[log]`: logging.
@@ -126,6 +129,7 @@ impl AppConfig {
         self.broker.validate().map_err(named)?;
         self.live.validate().map_err(named)?;
         self.bridge.validate().map_err(named)?;
+        self.auth.validate().map_err(named)?;
         for (i, port) in self.serial.iter().enumerate() {
             port.validate(i).map_err(named)?;
         }

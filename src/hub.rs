@@ -67,7 +67,8 @@ impl Running {
 /// Starts every part and prints the ready line.
 pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<Running> {
     // Bind HTTP first: a port in use fails before anything else starts.
-    let (http_listener, http_addr) = bind_http(&cfg.bridge.http_listen).await?;
+    let access = crate::http_access::HttpAccess::of(&cfg);
+    let (http_listener, http_addr) = bind_http(&cfg.bridge.http_listen, access).await?;
 
     let broker = match &source {
         Source::Embedded => {
@@ -94,19 +95,26 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     };
 
     let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
+    let authority = crate::http_access::authority(
+        &cfg,
+        broker.as_ref().map(|b| b.credentials().clone()),
+        false,
+    )?;
     let live = LiveState::new(
         feed.clone(),
         cfg.live.clone(),
         stop.clone(),
         publish.clone(),
-    );
+    )
+    .with_authority(authority.clone());
     let mut metrics = bridge
         .metrics()
         .with_live(feed.fanout().clone(), live.metrics.clone());
     if let Some(broker) = &broker {
         metrics = with_broker_samples(metrics, broker);
     }
-    let app = edgewatch_bridge::http::app(bridge.app_state(), Some(live), Some(&metrics));
+    let api = bridge.app_state().with_authority(authority);
+    let app = edgewatch_bridge::http::app(api, Some(live), Some(&metrics));
     let http_stop = stop.clone();
     let http = tokio::spawn(edgewatch_bridge::http::serve_guarded(
         http_listener,
@@ -117,7 +125,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         },
     ));
 
-    print_ready(broker.as_ref(), http_addr, &source);
+    print_ready(broker.as_ref(), http_addr, &source, access);
     let running = Running {
         broker,
         bridge,
@@ -131,10 +139,14 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
 }
 
 /// Binds the HTTP listener on `listen` (`bridge.http_listen`).
-async fn bind_http(listen: &str) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+async fn bind_http(
+    listen: &str,
+    access: crate::http_access::HttpAccess,
+) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
     let addr: SocketAddr = listen
         .parse()
         .context("bridge.http_listen is not an address")?;
+    let addr = crate::http_access::http_bind_addr(addr, access);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {addr} (port {})", addr.port()))?;
@@ -278,7 +290,12 @@ fn login_sample(
 }
 
 /// One machine-readable line on stdout (scripts and tests wait for it), then the dashboard.
-fn print_ready(broker: Option<&Broker>, http_addr: SocketAddr, source: &Source) {
+fn print_ready(
+    broker: Option<&Broker>,
+    http_addr: SocketAddr,
+    source: &Source,
+    access: crate::http_access::HttpAccess,
+) {
     let mut listeners: Vec<String> = broker
         .iter()
         .flat_map(|b| {
@@ -288,6 +305,7 @@ fn print_ready(broker: Option<&Broker>, http_addr: SocketAddr, source: &Source) 
         })
         .collect();
     listeners.push(format!("http={http_addr}"));
+    listeners.push(format!("http_access={}", access.as_str()));
     if let Source::External(url) = source {
         listeners.push(format!("upstream={url}"));
     }

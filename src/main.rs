@@ -6,9 +6,11 @@
 //! parts from the member crates, and stops them in order.
 //!
 //! # Layout
-//! * `cli`: the clap command line (`run`, `bridge`, `demo`, `sim`, `check-config`, `passwd`).
+//! * `cli`: the clap command line (`run`, `bridge`, `demo`, `sim`, `check-config`, `passwd`,
+//!   `token create`).
 //! * `config`: the whole `edgewatch.toml` (file, environment and flag overrides) with errors
 //!   that name the dotted key and the file.
+//! * `http_access`: who may use HTTP (`[auth]`, accounts), and loopback-only without credentials.
 //! * `hub`: starts the broker, the bridge, the fan-out and HTTP, and stops them on a signal.
 //! * `demo`: the hub plus a simulated fleet and an emulated serial sensor.
 //! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
@@ -17,6 +19,7 @@
 mod cli;
 mod config;
 mod demo;
+mod http_access;
 mod hub;
 mod serial;
 mod signals;

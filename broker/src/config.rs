@@ -118,6 +118,9 @@ pub struct RoleConfig {
     pub read: Vec<String>,
     /// Filters of the topics its accounts may publish to (the will included).
     pub publish: Vec<String>,
+    /// Whether its accounts may read the hub's `GET /metrics` (an account without a role
+    /// may). Default false.
+    pub metrics: bool,
 }
 
 /// Limits applied to every MQTT connection.
@@ -548,6 +551,18 @@ impl BrokerConfig {
             .collect()
     }
 
+    /// Whether the account `username` may read `GET /metrics`: no role, or a role with
+    /// `metrics = true`.
+    pub fn may_read_metrics(&self, username: &str) -> bool {
+        self.users
+            .iter()
+            .find(|u| u.username == username)
+            .is_some_and(|u| match &u.role {
+                None => true,
+                Some(role) => self.roles.get(role).is_some_and(|r| r.metrics),
+            })
+    }
+
     /// The users as a credentials table.
     pub fn credentials(&self) -> crate::Credentials {
         let l = &self.limits;
@@ -587,6 +602,7 @@ mod tests {
             RoleConfig {
                 read: vec![],
                 publish: vec!["sensors/%u/#/x".into()],
+                metrics: false,
             },
         );
         assert_eq!(cfg.validate().unwrap_err().key, "broker.roles.device");

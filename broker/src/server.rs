@@ -87,6 +87,7 @@ pub struct Broker {
     login_stats: Arc<crate::login::LoginStats>,
     /// Caps on client state and rates, with their counters.
     caps: Arc<crate::caps::BrokerCaps>,
+    credentials: crate::Credentials,
 }
 
 /// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
@@ -294,6 +295,7 @@ impl Broker {
             peers,
             login_stats,
             caps: shared.caps,
+            credentials: shared.credentials,
         })
     }
 
@@ -400,6 +402,11 @@ impl Broker {
     /// Connections per address (the per-address cap and its refusals), for metrics.
     pub fn peers(&self) -> &Arc<crate::peer::Peers> {
         &self.peers
+    }
+
+    /// The accounts and their login limiter (people log in to the dashboard with them too).
+    pub fn credentials(&self) -> &crate::Credentials {
+        &self.credentials
     }
 
     /// Logins by outcome, for metrics.

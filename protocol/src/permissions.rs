@@ -78,6 +78,31 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// Permissions from already resolved filters (an app token's or a JWT's lists).
+    pub fn from_filters(read: Vec<TopicFilter>, publish: Vec<TopicFilter>) -> Self {
+        Self { read, publish }
+    }
+
+    /// The filters this principal may read, e.g. the default scope of a query that names none.
+    pub fn read_filters(&self) -> &[TopicFilter] {
+        &self.read
+    }
+
+    /// The filters of the topics this principal may publish to.
+    pub fn publish_filters(&self) -> &[TopicFilter] {
+        &self.publish
+    }
+
+    /// Whether a granted read filter is `#`: every topic but `$` ones.
+    pub fn reads_everything(&self) -> bool {
+        self.read.iter().any(|g| g.as_str() == "#")
+    }
+
+    /// Whether the stored or delivered `topic` may be shown to this principal.
+    pub fn may_read_topic(&self, topic: &str) -> bool {
+        self.read.iter().any(|g| g.matches(topic))
+    }
+
     /// Whether publishing to `topic` is allowed.
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|f| f.matches(topic))
@@ -163,6 +188,10 @@ mod tests {
         let all = Grants::all().for_principal("x", "y");
         assert!(all.may_read(&f("#")) && all.may_publish("anything/at/all"));
         assert!(!all.may_read(&f("$SYS/#")), "`#` does not cover `$` topics");
+        assert!(all.reads_everything() && !p.reads_everything());
+        assert!(p.may_read_topic("sensors/d9/temperature"));
+        assert!(!p.may_read_topic("sensors/d9/humidity"));
+        assert_eq!(p.read_filters().len(), 2);
     }
 
     #[test]

@@ -90,8 +90,14 @@ function schedule() {
 
 // ---- data from the API ----------------------------------------------------------------------
 
+/** Sends the browser to the login page (and back here after it). */
+function toLogin() {
+  location.assign('/login?next=' + encodeURIComponent(location.pathname + location.search));
+}
+
 async function api(path) {
   const res = await fetch(path, { cache: 'no-store' });
+  if (res.status === 401) toLogin();
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new Error(body?.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`);
   return body;
@@ -892,8 +898,23 @@ function setupEmptyState() {
   });
 }
 
+/** Who is logged in, with a logout button for a person's session. */
+async function showWho() {
+  const me = await api('/v1/me');
+  if (me.kind === 'anonymous') return;
+  $('who-name').textContent = me.name;
+  $('who').hidden = false;
+  const out = $('logout');
+  out.hidden = me.kind !== 'person';
+  out.addEventListener('click', async () => {
+    await fetch('/v1/logout', { method: 'POST' }).catch(() => null);
+    toLogin();
+  });
+}
+
 function start() {
   $('tz').textContent = timeZone;
+  showWho().catch(reportError);
   setupEmptyState();
   setupTable();
   setupRanges();

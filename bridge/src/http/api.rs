@@ -12,10 +12,38 @@ use crate::json;
 use crate::store::{ReadingQuery, RollupQuery, RowPage, Store, StoreError};
 use crate::writer::WriterHandle;
 
+use super::auth::{AuthError, Caller};
 use super::dto::*;
 use super::error::*;
 use super::params::*;
 use super::AppState;
+
+impl axum::extract::FromRequestParts<AppState> for Caller {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, AuthError> {
+        state.auth.resolve(parts, false)
+    }
+}
+
+/// `caller.scope(requested)`, counting a refusal.
+fn scope(
+    state: &AppState,
+    caller: &Caller,
+    requested: Vec<edgewatch_protocol::TopicFilter>,
+) -> Result<Vec<edgewatch_protocol::TopicFilter>, ApiError> {
+    caller.scope(requested).map_err(|err| {
+        state.auth.count_forbidden();
+        ApiError {
+            status: err.status(),
+            code: err.code(),
+            message: err.message().to_owned(),
+        }
+    })
+}
 
 /// Runs a store query on the blocking pool under the query limit.
 pub(crate) async fn query<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
@@ -65,10 +93,14 @@ where
         (status = 503, response = Overloaded),
     )
 )]
-pub(crate) async fn series(State(state): State<AppState>) -> Result<Json<SeriesList>, ApiError> {
+pub(crate) async fn series(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SeriesList>, ApiError> {
     let list = query(&state, |s| s.series()).await?;
     let series = list
         .iter()
+        .filter(|s| caller.reads_everything() || caller.may_read_topic(&s.key.topic()))
         .map(|s| Series {
             topic: s.key.topic(),
             device_id: s.key.device_id.clone(),
@@ -106,7 +138,10 @@ pub(crate) async fn series(State(state): State<AppState>) -> Result<Json<SeriesL
         (status = 503, response = Overloaded),
     )
 )]
-pub(crate) async fn devices(State(state): State<AppState>) -> Result<Json<DeviceList>, ApiError> {
+pub(crate) async fn devices(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<DeviceList>, ApiError> {
     let board = state.presence.clone();
     let (list, shown) = query(&state, move |s| {
         let list = s.devices()?;
@@ -117,7 +152,8 @@ pub(crate) async fn devices(State(state): State<AppState>) -> Result<Json<Device
     let devices = list
         .iter()
         .zip(shown)
-        .map(|(d, p)| Device {
+        .filter_map(|(d, p)| visible_device(&caller, d).map(|metrics| (d, p, metrics)))
+        .map(|(d, p, metrics)| Device {
             device_id: d.device_id.clone(),
             status: p.status,
             status_source: p.source,
@@ -126,10 +162,26 @@ pub(crate) async fn devices(State(state): State<AppState>) -> Result<Json<Device
             reporting_interval_ms: p.interval_ms,
             stale_after_ms: p.stale_after_ms,
             last_seen: d.last_seen_ms.map(Timestamp),
-            metrics: d.metrics.clone(),
+            metrics,
         })
         .collect();
     Ok(Json(DeviceList { devices }))
+}
+
+/// The metrics of device `d` that `caller` may read; `None` (device hidden) when it may read
+/// neither a metric nor its status topic.
+fn visible_device(caller: &Caller, d: &crate::store::DeviceInfo) -> Option<Vec<String>> {
+    if caller.reads_everything() {
+        return Some(d.metrics.clone());
+    }
+    let topic = |metric: &str| format!("sensors/{}/{metric}", d.device_id);
+    let metrics: Vec<String> = d
+        .metrics
+        .iter()
+        .filter(|m| caller.may_read_topic(&topic(m)))
+        .cloned()
+        .collect();
+    (!metrics.is_empty() || caller.may_read_topic(&topic("status"))).then_some(metrics)
 }
 
 /// Reject counters and the most recent rejected publishes
@@ -149,11 +201,13 @@ pub(crate) async fn devices(State(state): State<AppState>) -> Result<Json<Device
         })),
     )
 )]
-pub(crate) async fn rejects(State(state): State<AppState>) -> Json<RejectList> {
+pub(crate) async fn rejects(State(state): State<AppState>, caller: Caller) -> Json<RejectList> {
     let snap = state.rejects.snapshot();
-    let recent = snap
+    let everything = caller.reads_everything();
+    let recent: Vec<Reject> = snap
         .recent
         .iter()
+        .filter(|r| everything || caller.may_read_topic(&r.topic))
         .map(|r| Reject {
             received_at: Timestamp(r.received_at_ms),
             topic: r.topic.clone(),
@@ -163,6 +217,18 @@ pub(crate) async fn rejects(State(state): State<AppState>) -> Json<RejectList> {
             payload_preview: r.payload_preview.clone(),
         })
         .collect();
+    if !everything {
+        // Counters over every device are not this caller's to see: it gets its own rejects.
+        let mut by_reason = std::collections::BTreeMap::new();
+        for r in &recent {
+            *by_reason.entry(r.reason.clone()).or_insert(0u64) += 1;
+        }
+        return Json(RejectList {
+            total: recent.len() as u64,
+            by_reason,
+            recent,
+        });
+    }
     Json(RejectList {
         total: snap.total,
         by_reason: snap
@@ -312,6 +378,7 @@ pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
 )]
 pub(crate) async fn readings(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
@@ -324,7 +391,7 @@ pub(crate) async fn readings(
         )));
     }
     let q = ReadingQuery {
-        filters: p.filter,
+        filters: scope(&state, &caller, p.filter)?,
         from_ms: p.from,
         to_ms: p.to,
         after: p.after.unwrap_or(0),
@@ -367,6 +434,7 @@ pub(crate) async fn readings(
 )]
 pub(crate) async fn rollups(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let p = RollupsQuery::parse(&pairs)?;
@@ -388,7 +456,7 @@ pub(crate) async fn rollups(
         )));
     }
     let q = RollupQuery {
-        filters: p.filter,
+        filters: scope(&state, &caller, p.filter)?,
         from_ms: from,
         to_ms: to,
         step_ms: step,

@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
+use crate::http::auth::openapi::Security;
 use crate::http::ErrorBody;
 
 /// The OpenAPI 3.1 description of every HTTP route of the hub.
@@ -52,6 +53,7 @@ use crate::http::ErrorBody;
         (name = "operations", description = "Health, readiness, rejects, metrics."),
         (name = "docs", description = "API descriptions."),
         (name = "dashboard", description = "Embedded dashboard and JS client."),
+        (name = "auth", description = "People's logins (session cookie) and who the caller is. See docs/security.md."),
     ),
     paths(
         crate::http::api::series,
@@ -69,6 +71,10 @@ use crate::http::ErrorBody;
         crate::http::dashboard::index,
         crate::http::dashboard::asset,
         crate::http::dashboard::sdk,
+        crate::http::auth::login::page,
+        crate::http::auth::login::login,
+        crate::http::auth::login::logout,
+        crate::http::auth::login::me,
     ),
     components(responses(
         crate::http::BadRequest,
@@ -78,8 +84,9 @@ use crate::http::ErrorBody;
         crate::http::Internal,
         crate::http::NotFound,
         crate::http::NotReady,
+        crate::http::Unauthorized,
     )),
-    modifiers(&Conventions),
+    modifiers(&Conventions, &Security),
 )]
 pub struct ApiDoc;
 

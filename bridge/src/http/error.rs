@@ -149,6 +149,20 @@ impl<'r> ToResponse<'r> for Overloaded {
     }
 }
 
+/// `401`: no valid credential (see docs/security.md).
+#[derive(Debug)]
+pub struct Unauthorized;
+impl<'r> ToResponse<'r> for Unauthorized {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        error_response(
+            "Unauthorized",
+            "No credential where one is required (`unauthorized`), or a wrong one (`invalid_credential`, `token_expired`, `token_wrong_audience`, ..., `session_expired`). Answered with `WWW-Authenticate: Bearer`.",
+            ("unauthorized", "a credential is required"),
+            false,
+        )
+    }
+}
+
 /// `403`: the caller may not read the filter, or the Origin is not allowed.
 #[derive(Debug)]
 pub struct Forbidden;

@@ -15,6 +15,7 @@
 //! `503 Service Unavailable` with `Retry-After: 1` instead of queuing.
 
 pub mod api;
+pub mod auth;
 pub mod dashboard;
 pub mod docs;
 pub mod dto;
@@ -59,6 +60,7 @@ pub struct AppState {
     max_points: usize,
     presence: PresenceBoard,
     guard: Arc<guard::HttpGuard>,
+    auth: Arc<auth::Authority>,
 }
 
 impl AppState {
@@ -78,7 +80,20 @@ impl AppState {
             max_points: cfg.http_max_points.max(1),
             presence: PresenceBoard::new(cfg.presence(), 1),
             guard: Arc::new(guard::HttpGuard::new(cfg)),
+            auth: Arc::new(auth::Authority::open(&["#".to_owned()], &[])),
         }
+    }
+
+    /// Decides callers with `auth` (the hub's, shared with the live routes and `/metrics`)
+    /// instead of letting every caller read everything.
+    pub fn with_authority(mut self, auth: Arc<auth::Authority>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Who decides callers.
+    pub fn authority(&self) -> &Arc<auth::Authority> {
+        &self.auth
     }
 
     /// Shows device status from `presence` (the hub's board, kept current by its sweep task)
@@ -102,7 +117,9 @@ impl AppState {
 /// it; in-process tests call it the same way.
 pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metrics>) -> Router {
     let guard = api.guard.clone();
+    let authority = api.auth.clone();
     let mut app = api_routes(api)
+        .merge(auth::login::routes(authority.clone()))
         .merge(dashboard::routes())
         .merge(docs::routes());
     if let Some(live) = live {
@@ -111,7 +128,11 @@ pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metric
     // Host and rate first: no handler (nor its Origin check) sees a refused request.
     app = app.layer(axum::middleware::from_fn_with_state(guard, guard::check));
     if let Some(metrics) = metrics {
-        app = metrics.track_http(app.merge(metrics.routes()));
+        let scrape = metrics.routes().layer(axum::middleware::from_fn_with_state(
+            authority,
+            auth::require_metrics,
+        ));
+        app = metrics.track_http(app.merge(scrape));
     }
     trace_requests(app)
 }
@@ -144,7 +165,7 @@ fn trace_requests(router: Router) -> Router {
                 tracing::info_span!(
                     "request",
                     method = %req.method(),
-                    uri = %req.uri(),
+                    uri = %auth::redact_uri(req.uri()),
                     route,
                 )
             })

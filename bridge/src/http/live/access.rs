@@ -1,57 +1,37 @@
-//! Who is calling, and what it may read and publish: the one place transports ask.
-//!
-//! Today every caller is anonymous and gets the configured read filters (default
-//! `sensors/#`) and publish topics (default none). Token authentication slots in here
-//! (resolve the caller from a header or query token) without touching the transports.
-//! WebSocket and SSE requests also have their `Origin` checked against `allowed_origins`.
+//! The live routes' side of access: the caller ([`Caller`], decided by
+//! [`crate::http::auth::Authority`], with the `access_token` query parameter accepted here) and
+//! the `Origin` check of WebSocket and SSE requests against `allowed_origins`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use edgewatch_protocol::permissions::covers;
-use edgewatch_protocol::TopicFilter;
 use serde_json::json;
+
+pub use crate::http::auth::Caller;
 
 use super::LiveState;
 
-/// The caller of a live endpoint and its permissions.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Filters whose topics this caller may read.
-    pub read: Vec<TopicFilter>,
-    /// Filters of topics this caller may publish to over WebSocket.
-    pub publish: Vec<TopicFilter>,
-}
-
-impl Caller {
-    /// Whether every topic `filter` can match lies inside what this caller may read.
-    ///
-    /// A requested filter is allowed when some granted filter covers it: the granted
-    /// filter matches the requested one read as a topic (`sensors/#` covers `sensors/+/t`),
-    /// with `#` only covered by a granted `#` at the same or an earlier level.
-    pub fn may_read(&self, filter: &TopicFilter) -> bool {
-        self.read.iter().any(|g| covers(g, filter))
-    }
-
-    /// Whether this caller may publish to `topic`.
-    pub fn may_publish(&self, topic: &str) -> bool {
-        self.publish.iter().any(|g| g.matches(topic))
-    }
-}
-
 /// A refused request: JSON error body.
 #[derive(Debug)]
-pub struct Refused(StatusCode, &'static str, String);
+pub enum Refused {
+    /// The origin is not allowed.
+    Origin(StatusCode, &'static str, String),
+    /// No valid credential.
+    Auth(crate::http::auth::AuthError),
+}
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(json!({"error": {"code": self.1, "message": self.2}})),
-        )
-            .into_response()
+        match self {
+            Refused::Origin(status, code, message) => (
+                status,
+                Json(json!({"error": {"code": code, "message": message}})),
+            )
+                .into_response(),
+            Refused::Auth(err) => err.into_response(),
+        }
     }
 }
 
@@ -60,10 +40,7 @@ impl FromRequestParts<LiveState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &LiveState) -> Result<Self, Refused> {
         check_origin(parts, &state.cfg.allowed_origins)?;
-        Ok(Caller {
-            read: state.read_filters.clone(),
-            publish: state.publish_filters.clone(),
-        })
+        state.auth.resolve(parts, true).map_err(Refused::Auth)
     }
 }
 
@@ -89,7 +66,7 @@ fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), Refused> {
     if same {
         return Ok(());
     }
-    Err(Refused(
+    Err(Refused::Origin(
         StatusCode::FORBIDDEN,
         "origin_not_allowed",
         format!("origin {origin:?} is not in live.allowed_origins"),
@@ -98,7 +75,8 @@ fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), Refused> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use edgewatch_protocol::permissions::covers;
+    use edgewatch_protocol::TopicFilter;
 
     fn f(s: &str) -> TopicFilter {
         TopicFilter::parse(s).unwrap()

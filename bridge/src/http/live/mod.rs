@@ -47,8 +47,7 @@ pub struct LiveState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Open connections by transport, for `/metrics`.
     pub metrics: Arc<crate::live::connections::LiveMetrics>,
-    read_filters: Vec<TopicFilter>,
-    publish_filters: Vec<TopicFilter>,
+    auth: Arc<crate::http::auth::Authority>,
 }
 
 impl std::fmt::Debug for LiveState {
@@ -60,28 +59,17 @@ impl std::fmt::Debug for LiveState {
 }
 
 impl LiveState {
-    /// State for the live routes. Invalid configured filters are skipped with an error log
-    /// (`LiveConfig::validate` reports them at startup).
+    /// State for the live routes; every caller anonymous with the configured
+    /// `read_filters` / `publish_filters` until [`LiveState::with_authority`].
     pub fn new(
         feed: LiveFeed,
         cfg: LiveConfig,
         shutdown: CancellationToken,
         publisher: Option<PublishFn>,
     ) -> Self {
-        let parse = |list: &[String]| -> Vec<TopicFilter> {
-            list.iter()
-                .filter_map(|f| match TopicFilter::parse_bounded(f) {
-                    Ok(f) => Some(f),
-                    Err(err) => {
-                        tracing::error!(%err, "ignoring invalid configured filter");
-                        None
-                    }
-                })
-                .collect()
-        };
+        let auth = crate::http::auth::Authority::open(&cfg.read_filters, &cfg.publish_filters);
         Self {
-            read_filters: parse(&cfg.read_filters),
-            publish_filters: parse(&cfg.publish_filters),
+            auth: Arc::new(auth),
             connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
             metrics: Arc::default(),
             feed,
@@ -89,6 +77,12 @@ impl LiveState {
             shutdown,
             publisher,
         }
+    }
+
+    /// Decides callers with `auth` (the hub's, shared with the history routes).
+    pub fn with_authority(mut self, auth: Arc<crate::http::auth::Authority>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -201,10 +195,18 @@ pub(crate) fn read_filters(
     }
     if out.is_empty() {
         match default {
-            Some(d) => out.push(
-                TopicFilter::parse_bounded(d)
-                    .map_err(|e| LiveError::bad("bad_filter", e.to_string()))?,
-            ),
+            Some(d) => {
+                let d = TopicFilter::parse_bounded(d)
+                    .map_err(|e| LiveError::bad("bad_filter", e.to_string()))?;
+                if caller.may_read(&d) {
+                    out.push(d);
+                } else {
+                    // No filter asked for: everything this caller may read.
+                    out = caller
+                        .scope(Vec::new())
+                        .map_err(|e| LiveError::forbidden(e.message()))?;
+                }
+            }
             None => {
                 return Err(LiveError::bad(
                     "missing_filter",
@@ -246,6 +248,10 @@ impl WatchParams {
     pub(crate) fn parse(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, LiveError> {
         let mut p = WatchParams::default();
         for (k, v) in pairs {
+            if k == "access_token" {
+                // The caller's credential, taken by the access check (`crate::http::auth`).
+                continue;
+            }
             if !allowed.contains(&k.as_str()) {
                 return Err(LiveError::bad(
                     "unknown_parameter",
