@@ -1,5 +1,5 @@
-//! The hub binary as a whole: its command line, a crash under load, `/metrics`, and the API
-//! descriptions against a running hub.
+//! The hub binary as a whole: its command line, a crash under load, `/metrics`, the API
+//! descriptions against a running hub, and HTTPS and its redirect.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,3 +9,4 @@ mod cli;
 mod crash;
 mod metrics;
 mod stall;
+mod tls;

@@ -16,14 +16,17 @@
 
 pub mod api;
 pub mod dashboard;
+mod direct;
 pub mod docs;
 pub mod dto;
 mod error;
 pub mod guard;
 pub mod live;
 pub mod params;
+pub mod redirect;
 mod replay;
 mod server;
+pub mod tls;
 
 pub use dto::*;
 pub use error::*;
@@ -172,5 +175,5 @@ pub async fn serve_guarded(
     guard: Arc<guard::HttpGuard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::server::serve(listener, router, guard, shutdown).await
+    crate::http::server::serve(listener, router, guard, None, shutdown).await
 }
