@@ -1,11 +1,12 @@
 //! The hub binary as a whole: its command line, a crash under load, `/metrics`, the API
-//! descriptions against a running hub, and HTTPS and its redirect.
+//! descriptions against a running hub, HTTPS and its redirect, and CORS.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod api_docs;
 mod cli;
+mod cors;
 mod crash;
 mod metrics;
 mod stall;

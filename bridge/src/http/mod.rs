@@ -15,6 +15,7 @@
 //! `503 Service Unavailable` with `Retry-After: 1` instead of queuing.
 
 pub mod api;
+mod cors;
 pub mod dashboard;
 mod direct;
 pub mod docs;
@@ -105,13 +106,15 @@ impl AppState {
 /// it; in-process tests call it the same way.
 pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metrics>) -> Router {
     let guard = api.guard.clone();
+    let origins = live.as_ref().map(|l| l.cfg.allowed_origins.clone());
     let mut app = api_routes(api)
         .merge(dashboard::routes())
         .merge(docs::routes());
     if let Some(live) = live {
         app = app.merge(live::routes(live));
     }
-    // Host and rate first: no handler (nor its Origin check) sees a refused request.
+    app = cors::apply(app, origins.as_deref().unwrap_or_default());
+    // Host and rate first: no handler (nor its Origin check, nor CORS) sees a refused request.
     app = app.layer(axum::middleware::from_fn_with_state(guard, guard::check));
     if let Some(metrics) = metrics {
         app = metrics.track_http(app.merge(metrics.routes()));
