@@ -42,7 +42,7 @@ pub(crate) async fn run(cfg: AppConfig) -> anyhow::Result<()> {
         "demo: {MQTT_SENSORS} simulated MQTT sensors on mqtt://{mqtt} and 1 serial sensor on {}",
         serial.display()
     );
-    println!("demo: open http://{}/ (Ctrl-C stops)", running.http_addr);
+    println!("demo: open {} (Ctrl-C stops)", running.dashboard_url());
 
     stop_requested.await;
     stop.cancel();

@@ -3,7 +3,9 @@
 //!
 //! Start: broker (MQTT listeners, unless the bridge consumes an external broker) → bridge
 //! (store, writer) → the in-process link from the broker into ingest → fan-out → HTTP (API,
-//! live streams, dashboard, API descriptions, `/metrics`).
+//! live streams, dashboard, API descriptions, `/metrics`; over TLS with
+//! `bridge.http_tls_cert`, and then with a redirect from plain HTTP when
+//! `bridge.http_redirect_listen` is set).
 //! Stop: cancel live streams and stop accepting MQTT → drain ingest and the writer, flush the
 //! store → finish HTTP.
 
@@ -13,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use edgewatch_bridge::http::guard::HttpGuard;
 use edgewatch_bridge::http::live::LiveState;
+use edgewatch_bridge::http::tls::HttpTls;
 use edgewatch_bridge::live::PublishFn;
 use edgewatch_bridge::metrics::{Metrics, Sample, SampleKind};
 use edgewatch_bridge::Publish;
@@ -46,6 +50,8 @@ pub(crate) struct Running {
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     /// Where the HTTP server listens.
     pub(crate) http_addr: SocketAddr,
+    /// Whether it speaks HTTPS.
+    https: bool,
     /// Publishes into the embedded broker (serial readers, WebSocket clients).
     pub(crate) publish: Option<PublishFn>,
 }
@@ -58,6 +64,11 @@ impl Running {
             .and_then(|b| b.addr(ListenerKind::Mqtt))
     }
 
+    /// The dashboard's address, `http://ADDR/` or `https://ADDR/`.
+    pub(crate) fn dashboard_url(&self) -> String {
+        dashboard_url(self.https, self.http_addr)
+    }
+
     /// A token cancelled when the hub stops (for tasks that run beside it).
     pub(crate) fn stopping(&self) -> CancellationToken {
         self.stop.child_token()
@@ -68,7 +79,7 @@ impl Running {
 pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<Running> {
     // Bind HTTP first: a port in use fails before anything else starts.
     let access = crate::http_access::HttpAccess::of(&cfg);
-    let (http_listener, http_addr) = bind_http(&cfg.bridge.http_listen, access).await?;
+    let http = HttpListeners::bind(&cfg.bridge, access).await?;
 
     let broker = match &source {
         Source::Embedded => {
@@ -98,7 +109,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let authority = crate::http_access::authority(
         &cfg,
         broker.as_ref().map(|b| b.credentials().clone()),
-        false,
+        http.tls.is_some(),
     )?;
     let live = LiveState::new(
         feed.clone(),
@@ -115,43 +126,111 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     }
     let api = bridge.app_state().with_authority(authority);
     let app = edgewatch_bridge::http::app(api, Some(live), Some(&metrics));
-    let http_stop = stop.clone();
-    let http = tokio::spawn(edgewatch_bridge::http::serve_guarded(
-        http_listener,
-        app,
-        bridge.http_guard(),
-        async move {
-            http_stop.cancelled().await;
-        },
-    ));
-
-    print_ready(broker.as_ref(), http_addr, &source, access);
+    let (http_addr, https) = (http.addr, http.tls.is_some());
+    print_ready(broker.as_ref(), &http, &source, access);
+    let http = http.serve(app, bridge.http_guard(), stop.clone());
     let running = Running {
         broker,
         bridge,
         stop,
         http,
         http_addr,
+        https,
         publish,
     };
     crate::serial::spawn_configured(running.publish.clone(), &cfg.serial, &running.stop)?;
     Ok(running)
 }
 
-/// Binds the HTTP listener on `listen` (`bridge.http_listen`).
+/// The HTTP server's listener (with its certificate and key when it speaks HTTPS) and the
+/// plain-HTTP redirect to it, bound.
+struct HttpListeners {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    tls: Option<HttpTls>,
+    redirect: Option<(tokio::net::TcpListener, SocketAddr)>,
+}
+
+impl HttpListeners {
+    /// Binds `bridge.http_listen` and `bridge.http_redirect_listen`, and reads the
+    /// certificate and key (an error names the key).
+    /// Without HTTP credentials (`access`), both bind loopback only.
+    async fn bind(
+        cfg: &edgewatch_bridge::BridgeConfig,
+        access: crate::http_access::HttpAccess,
+    ) -> anyhow::Result<Self> {
+        let bind = |listen, key| bind_http(listen, key, access);
+        let (listener, addr) = bind(&cfg.http_listen, "bridge.http_listen").await?;
+        let tls = HttpTls::from_config(cfg)?;
+        let redirect = match &cfg.http_redirect_listen {
+            Some(listen) => Some(bind(listen, "bridge.http_redirect_listen").await?),
+            None => None,
+        };
+        if tls.is_some() {
+            let redirect = redirect.as_ref().map(|(_, addr)| addr);
+            let url = dashboard_url(true, addr);
+            tracing::info!(%url, ?redirect, "HTTP server speaks HTTPS only");
+        }
+        Ok(Self {
+            listener,
+            addr,
+            tls,
+            redirect,
+        })
+    }
+
+    /// Serves `app` over HTTP or HTTPS, and the redirect, until `stop` is cancelled.
+    fn serve(
+        self,
+        app: axum::Router,
+        guard: Arc<HttpGuard>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        use edgewatch_bridge::http::{redirect, serve_guarded, tls};
+        use futures::FutureExt as _;
+        let stopped = move || {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        let (listener, https_port) = (self.listener, self.addr.port());
+        let server = match self.tls {
+            Some(cert) => tls::serve(listener, app, guard.clone(), cert, stopped()).left_future(),
+            None => serve_guarded(listener, app, guard.clone(), stopped()).right_future(),
+        };
+        let redirect = match self.redirect {
+            Some((listener, _)) => {
+                redirect::serve(listener, https_port, guard, stopped()).left_future()
+            }
+            None => futures::future::ready(Ok(())).right_future(),
+        };
+        tokio::spawn(async move {
+            let (server, redirect) = tokio::join!(server, redirect);
+            server.and(redirect)
+        })
+    }
+}
+
+/// Binds an HTTP listener on `listen` (the setting `key`).
 async fn bind_http(
     listen: &str,
+    key: &str,
     access: crate::http_access::HttpAccess,
 ) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
     let addr: SocketAddr = listen
         .parse()
-        .context("bridge.http_listen is not an address")?;
+        .with_context(|| format!("{key} is not an address"))?;
     let addr = crate::http_access::http_bind_addr(addr, access);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {addr} (port {})", addr.port()))?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
+}
+
+/// `http://ADDR/`, or `https://ADDR/` over TLS.
+fn dashboard_url(https: bool, addr: SocketAddr) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{addr}/")
 }
 
 /// Links the bridge to the embedded broker (every publish goes to ingest), opens the publish
@@ -290,9 +369,11 @@ fn login_sample(
 }
 
 /// One machine-readable line on stdout (scripts and tests wait for it), then the dashboard.
+/// The HTTP server is `http=ADDR`, or `https=ADDR` over TLS (and then the redirect
+/// `http_redirect=ADDR`); `http_access=` says who may use it.
 fn print_ready(
     broker: Option<&Broker>,
-    http_addr: SocketAddr,
+    http: &HttpListeners,
     source: &Source,
     access: crate::http_access::HttpAccess,
 ) {
@@ -304,13 +385,21 @@ fn print_ready(
                 .map(|(kind, addr)| format!("{kind}={addr}"))
         })
         .collect();
-    listeners.push(format!("http={http_addr}"));
+    let https = http.tls.is_some();
+    listeners.push(format!(
+        "{}={}",
+        if https { "https" } else { "http" },
+        http.addr
+    ));
+    if let Some((_, addr)) = &http.redirect {
+        listeners.push(format!("http_redirect={addr}"));
+    }
     listeners.push(format!("http_access={}", access.as_str()));
     if let Source::External(url) = source {
         listeners.push(format!("upstream={url}"));
     }
     println!("edgewatch ready {}", listeners.join(" "));
-    println!("dashboard: http://{http_addr}/");
+    println!("dashboard: {}", dashboard_url(https, http.addr));
 }
 
 impl Running {

@@ -1,6 +1,7 @@
 //! [`BridgeConfig`]: every setting of the bridge, the `[bridge]` section of the config file.
 
 use edgewatch_protocol::InvalidSetting;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +61,16 @@ pub struct BridgeConfig {
     pub rejects_kept: usize,
     /// HTTP listen address. Default `127.0.0.1:8080`.
     pub http_listen: String,
+    /// PEM certificate chain (the server's certificate first): with `http_tls_key`, the
+    /// server on `http_listen` speaks HTTPS only (API, live streams, WebSocket, dashboard).
+    /// Both or neither. Default unset (plain HTTP).
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of `http_tls_cert` (PKCS#8, PKCS#1 or SEC1). Default unset.
+    pub http_tls_key: Option<PathBuf>,
+    /// A plain-HTTP address that answers every request with `308 Permanent Redirect` to the
+    /// same path and query over HTTPS (the request's host, the port of `http_listen`). Needs
+    /// `http_tls_cert`. Default unset.
+    pub http_redirect_listen: Option<String>,
     /// History queries served at once; more get `503` with `Retry-After`. Default 32.
     pub http_max_queries: usize,
     /// Largest `limit` of `GET /v1/readings` (larger is `413`). Default 10000.
@@ -127,6 +138,9 @@ impl Default for BridgeConfig {
             max_payload_bytes: 16 * 1024,
             rejects_kept: 100,
             http_listen: "127.0.0.1:8080".to_owned(),
+            http_tls_cert: None,
+            http_tls_key: None,
+            http_redirect_listen: None,
             http_max_queries: 32,
             http_max_page: 10_000,
             http_max_points: 200_000,
@@ -196,6 +210,7 @@ impl BridgeConfig {
     /// Checks what the types cannot; the message starts with the dotted key.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         self.validate_http()?;
+        self.validate_tls()?;
         if !(1..=100).contains(&self.presence_stale_intervals) {
             return Err(InvalidSetting::new(
                 "bridge.presence_stale_intervals",
@@ -247,6 +262,52 @@ impl BridgeConfig {
         Ok(())
     }
 
+    /// HTTPS: certificate and key both or neither, both files present (their contents are
+    /// read at start, `http::tls`), and a redirect only to an HTTPS server.
+    fn validate_tls(&self) -> Result<(), InvalidSetting> {
+        match (&self.http_tls_cert, &self.http_tls_key) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(InvalidSetting::new(
+                    "bridge.http_tls_key",
+                    "missing: bridge.http_tls_cert is set (set both or neither)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(InvalidSetting::new(
+                    "bridge.http_tls_cert",
+                    "missing: bridge.http_tls_key is set (set both or neither)",
+                ))
+            }
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("http_tls_cert", cert), ("http_tls_key", key)] {
+                    if !path.is_file() {
+                        return Err(InvalidSetting::new(
+                            format!("bridge.{name}"),
+                            format!("file {} does not exist", path.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let Some(redirect) = &self.http_redirect_listen else {
+            return Ok(());
+        };
+        if self.http_tls_cert.is_none() {
+            return Err(InvalidSetting::new(
+                "bridge.http_redirect_listen",
+                "redirects to HTTPS, which needs bridge.http_tls_cert and bridge.http_tls_key",
+            ));
+        }
+        if redirect.parse::<SocketAddr>().is_err() {
+            return Err(InvalidSetting::new(
+                "bridge.http_redirect_listen",
+                format!("not an address: {redirect:?} (expected e.g. 0.0.0.0:80)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// External source settings, when `mqtt_url` is set.
     pub fn external(&self) -> Option<ExternalConfig> {
         let url = self.mqtt_url.clone()?;
@@ -292,5 +353,44 @@ mod tests {
             let err = cfg.validate().unwrap_err();
             assert!(err.to_string().starts_with("bridge.http_"), "{err}");
         }
+    }
+
+    #[test]
+    fn tls_settings_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "").unwrap();
+        let with = |cert: Option<&str>, key: Option<&str>, redirect: Option<&str>| BridgeConfig {
+            http_tls_cert: cert.map(|c| dir.path().join(c)),
+            http_tls_key: key.map(|k| dir.path().join(k)),
+            http_redirect_listen: redirect.map(str::to_owned),
+            ..BridgeConfig::default()
+        };
+        let key_of = |cfg: BridgeConfig| cfg.validate().unwrap_err().key;
+        assert_eq!(
+            key_of(with(Some("x.pem"), None, None)),
+            "bridge.http_tls_key"
+        );
+        assert_eq!(
+            key_of(with(None, Some("x.pem"), None)),
+            "bridge.http_tls_cert"
+        );
+        assert_eq!(
+            key_of(with(Some("no.pem"), Some("x.pem"), None)),
+            "bridge.http_tls_cert"
+        );
+        assert_eq!(
+            key_of(with(Some("x.pem"), Some("no.pem"), None)),
+            "bridge.http_tls_key"
+        );
+        for redirect in [
+            with(None, None, Some("0.0.0.0:80")),
+            with(Some("x.pem"), Some("x.pem"), Some("port 80")),
+        ] {
+            assert_eq!(key_of(redirect), "bridge.http_redirect_listen");
+        }
+        assert!(with(Some("x.pem"), Some("x.pem"), Some("127.0.0.1:0"))
+            .validate()
+            .is_ok());
     }
 }

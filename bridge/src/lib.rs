@@ -16,8 +16,9 @@
 //!   from the log after a seq, then live).
 //! * [`http`]: where a reading is written to a browser or an app: [`http::app`] builds the
 //!   whole router; the history API ([`http::api`]), the live transports ([`http::live`]: SSE,
-//!   WebSocket, long poll, access), the dashboard, the API descriptions and the HTTP/1 server
-//!   that writes event streams straight to the socket.
+//!   WebSocket, long poll, access), the dashboard, the API descriptions, CORS, and the HTTP/1
+//!   server that writes event streams straight to the connection, over TLS too
+//!   ([`http::tls`], with [`http::redirect`] from plain HTTP).
 //! * [`metrics`]: `GET /metrics`, read from the stages' own counters at scrape time.
 //! * [`config`]: [`BridgeConfig`], the `[bridge]` section.
 //! * leaves shared by several stages: [`histogram`] (the latency and batch-size histogram),

@@ -119,7 +119,15 @@ impl Sse {
     /// Opens `url` with `Accept: text/event-stream` (and `Last-Event-ID` when given); the
     /// response itself when its status is not a success.
     pub async fn open(url: &str, last_event_id: Option<u64>) -> Result<Sse, reqwest::Response> {
-        let client = reqwest::Client::new();
+        Sse::open_with(&reqwest::Client::new(), url, last_event_id).await
+    }
+
+    /// [`Sse::open`] with `client` (e.g. one that trusts a test certificate).
+    pub async fn open_with(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Sse, reqwest::Response> {
         let mut req = client.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());

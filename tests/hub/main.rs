@@ -1,12 +1,14 @@
-//! The hub binary as a whole: its command line, a crash under load, `/metrics`, identity, and the API
-//! descriptions against a running hub.
+//! The hub binary as a whole: its command line, a crash under load, `/metrics`, identity, the
+//! API descriptions against a running hub, HTTPS and its redirect, and CORS.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod api_docs;
 mod cli;
+mod cors;
 mod crash;
 mod identity;
 mod metrics;
 mod stall;
+mod tls;

@@ -16,15 +16,19 @@
 
 pub mod api;
 pub mod auth;
+mod cors;
 pub mod dashboard;
+mod direct;
 pub mod docs;
 pub mod dto;
 mod error;
 pub mod guard;
 pub mod live;
 pub mod params;
+pub mod redirect;
 mod replay;
 mod server;
+pub mod tls;
 
 pub use dto::*;
 pub use error::*;
@@ -118,6 +122,7 @@ impl AppState {
 pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metrics>) -> Router {
     let guard = api.guard.clone();
     let authority = api.auth.clone();
+    let origins = live.as_ref().map(|l| l.cfg.allowed_origins.clone());
     let mut app = api_routes(api)
         .merge(auth::login::routes(authority.clone()))
         .merge(dashboard::routes())
@@ -125,7 +130,8 @@ pub fn app(api: AppState, live: Option<live::LiveState>, metrics: Option<&Metric
     if let Some(live) = live {
         app = app.merge(live::routes(live));
     }
-    // Host and rate first: no handler (nor its Origin check) sees a refused request.
+    app = cors::apply(app, origins.as_deref().unwrap_or_default());
+    // Host and rate first: no handler (nor its Origin check, nor CORS) sees a refused request.
     app = app.layer(axum::middleware::from_fn_with_state(guard, guard::check));
     if let Some(metrics) = metrics {
         let scrape = metrics.routes().layer(axum::middleware::from_fn_with_state(
@@ -193,5 +199,5 @@ pub async fn serve_guarded(
     guard: Arc<guard::HttpGuard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::server::serve(listener, router, guard, shutdown).await
+    crate::http::server::serve(listener, router, guard, None, shutdown).await
 }

@@ -1,27 +1,26 @@
-//! [`Replay`]: a socket with the bytes already read from it in front, for hyper after the
-//! server has read the first request head itself (`server.rs`).
+//! [`Replay`]: a connection (a socket, or a TLS stream over one) with the bytes already read
+//! from it in front, for hyper after the server has read the first request head itself
+//! (`server.rs`).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
 use super::guard::Permit;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The socket with the bytes already read from it in front. Once they have been read it
+/// The connection with the bytes already read from it in front. Once they have been read it
 /// holds no buffer. It holds the connection's slot under the caps until it is dropped.
 #[derive(Debug)]
-pub(super) struct Replay {
+pub(super) struct Replay<S> {
     prefix: Vec<u8>,
     at: usize,
-    io: TcpStream,
+    io: S,
     pub(super) permit: Permit,
 }
 
-impl Replay {
-    pub(super) fn new(prefix: Vec<u8>, io: TcpStream, permit: Permit) -> Self {
+impl<S> Replay<S> {
+    pub(super) fn new(prefix: Vec<u8>, io: S, permit: Permit) -> Self {
         Self {
             prefix,
             at: 0,
@@ -31,7 +30,7 @@ impl Replay {
     }
 }
 
-impl AsyncRead for Replay {
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,7 +51,7 @@ impl AsyncRead for Replay {
     }
 }
 
-impl AsyncWrite for Replay {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -88,7 +87,7 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::http::guard::HttpGuard;

@@ -1,5 +1,5 @@
-//! The HTTP/1 server behind [`crate::http::serve`]: accept loop, orderly stop, and a lean path
-//! for event streams.
+//! The HTTP/1 server behind [`crate::http::serve`] (and, over TLS, `tls::serve`): accept
+//! loop, TLS handshakes, orderly stop, and a lean path for event streams.
 //!
 //! hyper keeps a read buffer (8 KiB, 16 KiB once a request head has been read) and a write
 //! buffer (8 KiB) for as long as an HTTP/1 connection lives. An idle Server-Sent Events stream
@@ -10,34 +10,41 @@
 //!
 //! * a `GET` over HTTP/1.1 for an event stream (`Accept: text/event-stream`, or `/v1/stream`),
 //!   with no request body and no upgrade, is answered by the same router (same routes, access
-//!   checks, errors and metrics). Its response is written straight to the socket with
-//!   `connection: close`: the head, then the body as chunks (or with `content-length` when
-//!   its size is known, e.g. a JSON error). The head buffer is freed before the body starts,
-//!   so the connection then owns the socket and the response body, nothing else.
-//! * anything else goes to hyper, with the bytes read so far replayed in front of the socket
-//!   ([`Replay`]); keep-alive, pipelining, upgrades (WebSocket) and hyper's own answers to
-//!   bad requests are as before.
+//!   checks, errors and metrics). Its response is written straight to the connection with
+//!   `connection: close` (`direct.rs`): the head, then the body as chunks (or with
+//!   `content-length` when its size is known, e.g. a JSON error). The head buffer is freed
+//!   before the body starts, so the connection then owns the socket and the response body,
+//!   nothing else.
+//! * anything else goes to hyper, with the bytes read so far replayed in front of the
+//!   connection ([`Replay`]); keep-alive, pipelining, upgrades (WebSocket) and hyper's own
+//!   answers to bad requests are as before.
+//!
+//! With TLS, each connection's task does its own handshake (never the accept loop, so a
+//! client that stalls its handshake holds up no other), and the handshake and the first
+//! request head share one deadline: `bridge.http_header_timeout_secs` from the accept. Both
+//! paths above then run over the TLS stream. The caps and the per-client limits apply to the
+//! TCP peer, before the handshake.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Version};
 use axum::Router;
-use bytes::Bytes;
-use http_body::Body as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
+use super::direct::write_response;
 use super::guard::{HttpGuard, Permit};
 use super::replay::Replay;
 
@@ -50,18 +57,18 @@ const HEAD_FIRST: usize = 1024;
 const HEAD_MAX_HEADERS: usize = 64;
 /// What a connection over a cap gets before it is closed (written once, without waiting).
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 86\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many HTTP connections; retry\"}}";
-/// Body frames gathered into one write when the body has several ready.
-const BATCH: usize = 16;
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets
-/// hyper finish its connections' requests in flight (idle keep-alive connections close), and
-/// waits for every connection to end. Event streams end when their bodies do (the live
-/// routes end them at shutdown). A connection over `guard`'s caps gets [`REFUSED`] and is
-/// closed at once.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` completes, then stops
+/// accepting, lets hyper finish its connections' requests in flight (idle keep-alive
+/// connections close), and waits for every connection to end. Event streams end when their
+/// bodies do (the live routes end them at shutdown). A connection over `guard`'s caps gets
+/// [`REFUSED`] (over TLS: nothing, since a TLS client cannot read plain text) and is closed
+/// at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     guard: Arc<HttpGuard>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     // Turns the handlers into routes once; each connection then holds a reference to the
@@ -85,7 +92,9 @@ pub(crate) async fn serve(
         let (tcp, peer) = tcp;
         let Some(permit) = guard.admit(peer.ip()) else {
             // Best effort: the socket takes these bytes at once or the client goes without.
-            let _ = tcp.try_write(REFUSED);
+            if tls.is_none() {
+                let _ = tcp.try_write(REFUSED);
+            }
             drop(tcp);
             continue;
         };
@@ -94,8 +103,18 @@ pub(crate) async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
-        let conn = Conn { tcp, peer, permit };
-        connections.spawn(connection(conn, router.clone(), closing.clone()));
+        // The TLS handshake and the first request head share one deadline.
+        let deadline = Instant::now() + permit.guard().header_timeout;
+        let (router, closing) = (router.clone(), closing.clone());
+        match &tls {
+            None => connections.spawn(serve_connection(
+                tcp, peer, permit, deadline, router, closing,
+            )),
+            Some(tls) => {
+                let conn = Conn { tcp, peer, permit };
+                connections.spawn(serve_tls(conn, tls.clone(), deadline, router, closing))
+            }
+        };
     }
     drop(listener);
     closing.cancel();
@@ -106,7 +125,7 @@ pub(crate) async fn serve(
 
 /// An error from `accept`: a connection that failed before it was accepted is skipped;
 /// anything else (out of file descriptors) is logged and retried after a second.
-async fn accept_failed(err: io::Error) {
+pub(super) async fn accept_failed(err: io::Error) {
     if matches!(
         err.kind(),
         io::ErrorKind::ConnectionAborted
@@ -119,8 +138,8 @@ async fn accept_failed(err: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// An accepted connection: the socket, the peer's address and its slot under the caps
-/// (held as long as the socket, also after a WebSocket upgrade).
+/// An accepted connection before its TLS handshake: the socket, the peer's address and its
+/// slot under the caps (held as long as the socket, also after a WebSocket upgrade).
 #[derive(Debug)]
 struct Conn {
     tcp: TcpStream,
@@ -128,26 +147,61 @@ struct Conn {
     permit: Permit,
 }
 
-/// One accepted connection. Everything but the event-stream phase is boxed, so the task of
-/// an open event stream is no bigger than that phase needs. A first request head that does
-/// not arrive within `bridge.http_header_timeout_secs` closes the connection.
-async fn connection(conn: Conn, mut router: Router, closing: CancellationToken) {
+/// The TLS handshake, in the connection's own task and by `deadline`; then the connection
+/// as any other, over the TLS stream. A task of its own, so that a plain connection's task
+/// is no bigger than a plain connection needs (a TLS session is kilobytes).
+async fn serve_tls(
+    conn: Conn,
+    tls: TlsAcceptor,
+    deadline: Instant,
+    router: Router,
+    closing: CancellationToken,
+) {
     let Conn { tcp, peer, permit } = conn;
+    let mut accept = pin!(tls.accept(tcp));
+    let handshake = tokio::select! {
+        () = closing.cancelled() => return,
+        // Counted while the socket is still open: a client that sees the close sees the count.
+        () = tokio::time::sleep_until(deadline) => return head_timed_out(&permit, peer),
+        done = &mut accept => done,
+    };
+    match handshake {
+        Ok(stream) => serve_connection(stream, peer, permit, deadline, router, closing).await,
+        Err(err) => tracing::debug!(%peer, %err, "TLS handshake failed: connection closed"),
+    }
+}
+
+/// Counts a connection closed for want of a request head (or a TLS handshake) in time.
+fn head_timed_out(permit: &Permit, peer: SocketAddr) {
+    // Counted, not warned about: browsers open spare connections that stay idle.
+    let timeouts = &permit.guard().counts.head_timeouts;
+    timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(%peer, "no request head in time: connection closed");
+}
+
+/// A connection (a socket, or a TLS stream after its handshake). Everything but the
+/// event-stream phase is boxed, so the task of an open event stream is no bigger than that
+/// phase needs. A first request head that does not arrive by `deadline`
+/// (`bridge.http_header_timeout_secs` after the accept) closes the connection.
+async fn serve_connection<S>(
+    mut io: S,
+    peer: SocketAddr,
+    permit: Permit,
+    deadline: Instant,
+    mut router: Router,
+    closing: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = tokio::select! {
         () = closing.cancelled() => return,
-        first = Box::pin(read_head(&tcp, permit.guard().header_timeout)) => first,
+        first = Box::pin(read_head(&mut io, deadline)) => first,
     };
     let mut request = match first {
         First::Gone => return,
-        First::TimedOut => {
-            // Counted, not warned about: browsers open spare connections that stay idle.
-            let timeouts = &permit.guard().counts.head_timeouts;
-            timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, "no request head in time: connection closed");
-            return;
-        }
+        First::TimedOut => return head_timed_out(&permit, peer),
         First::Other(prefix) => {
-            let io = Replay::new(prefix, tcp, permit);
+            let io = Replay::new(prefix, io, permit);
             Box::pin(serve_hyper(io, peer, router, closing)).await;
             return;
         }
@@ -157,7 +211,7 @@ async fn connection(conn: Conn, mut router: Router, closing: CancellationToken) 
     // The router answers this request like any other (its service is always ready).
     let Ok(response) = Box::pin(router.call(*request)).await;
     drop((router, closing));
-    write_response(tcp, response).await;
+    write_response(io, response).await;
     drop(permit);
 }
 
@@ -173,24 +227,15 @@ enum First {
     Stream(Box<Request<Body>>),
 }
 
-/// Reads the first request head, at most [`HEAD_MAX`] bytes within `timeout`.
-async fn read_head(tcp: &TcpStream, timeout: Duration) -> First {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// Reads the first request head, at most [`HEAD_MAX`] bytes, by `deadline`.
+async fn read_head<S: AsyncRead + Unpin>(io: &mut S, deadline: Instant) -> First {
     let mut buf = vec![0u8; HEAD_FIRST];
     let mut len = 0;
     loop {
-        let ready = tokio::select! {
-            ready = tcp.readable() => ready,
-            () = tokio::time::sleep_until(deadline) => return First::TimedOut,
-        };
-        if ready.is_err() {
-            return First::Gone;
-        }
-        match tcp.try_read(&mut buf[len..]) {
-            Ok(0) => return First::Gone,
-            Ok(n) => len += n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return First::Gone,
+        match tokio::time::timeout_at(deadline, io.read(&mut buf[len..])).await {
+            Err(_) => return First::TimedOut,
+            Ok(Ok(0) | Err(_)) => return First::Gone,
+            Ok(Ok(n)) => len += n,
         }
         match sniff(&buf[..len]) {
             Sniff::Partial if len < buf.len() => {}
@@ -275,7 +320,10 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 /// flight finish and the connection closes. Every request head (and the wait for it on an
 /// idle connection) has `bridge.http_header_timeout_secs`; the read buffer, and so a head,
 /// is at most `bridge.http_max_head_bytes` (larger: 431).
-async fn serve_hyper(io: Replay, peer: SocketAddr, router: Router, closing: CancellationToken) {
+async fn serve_hyper<S>(io: Replay<S>, peer: SocketAddr, router: Router, closing: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let guard = io.permit.guard();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -300,266 +348,6 @@ async fn serve_hyper(io: Replay, peer: SocketAddr, router: Router, closing: Canc
     if let Err(err) = result {
         tracing::trace!(%err, "HTTP connection ended with an error");
     }
-}
-
-/// How a response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    /// No body (1xx, 204, 304).
-    Empty,
-    /// `content-length`: the body's size is known.
-    Length(u64),
-    /// `transfer-encoding: chunked`: a stream.
-    Chunked,
-}
-
-/// Writes `response` to `tcp` and closes the connection: the head, then every body frame as
-/// it comes (frames ready together go out in one write). Ends early when the peer goes
-/// away or a write fails.
-async fn write_response(mut tcp: TcpStream, response: Response<Body>) {
-    let (parts, mut body) = response.into_parts();
-    let framing = if parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Empty
-    } else {
-        match body.size_hint().exact() {
-            Some(n) => Framing::Length(n),
-            None => Framing::Chunked,
-        }
-    };
-    let head = encode_head(&parts, framing);
-    drop(parts);
-    if tcp.write_all(&head).await.is_err() {
-        return;
-    }
-    drop(head);
-    if framing != Framing::Empty {
-        let mut batch = Batch::default();
-        loop {
-            let ended = match poll_fn(|cx| next_batch(&mut batch, &mut body, &tcp, cx)).await {
-                Next::Frames => false,
-                Next::End => true,
-                // A failing body is aborted as hyper does it: no last chunk.
-                Next::Failed | Next::PeerGone => return,
-            };
-            if !batch.is_empty() && batch.write(&tcp, framing).await.is_err() {
-                return;
-            }
-            if ended {
-                break;
-            }
-        }
-        if framing == Framing::Chunked && tcp.write_all(b"0\r\n\r\n").await.is_err() {
-            return;
-        }
-    }
-    let _ = tcp.shutdown().await;
-}
-
-/// What the wait for the next write ended with.
-enum Next {
-    /// Frames in the batch.
-    Frames,
-    /// The body ended (the batch may hold its last frames).
-    End,
-    /// The body failed.
-    Failed,
-    /// The peer closed its side or the connection failed.
-    PeerGone,
-}
-
-/// Fills `batch` from `body`; while the body has nothing, watches the socket for the peer
-/// leaving. The socket's read readiness is polled in place (its waker slot, no waiter list),
-/// so an idle stream costs nothing per frame.
-fn next_batch(
-    batch: &mut Batch,
-    body: &mut Body,
-    tcp: &TcpStream,
-    cx: &mut Context<'_>,
-) -> Poll<Next> {
-    match batch.fill(body, cx) {
-        Poll::Ready(Ok(false)) => return Poll::Ready(Next::Frames),
-        Poll::Ready(Ok(true)) => return Poll::Ready(Next::End),
-        Poll::Ready(Err(())) => return Poll::Ready(Next::Failed),
-        Poll::Pending => {}
-    }
-    let mut scratch = [0u8; 64];
-    loop {
-        match tcp.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(Next::PeerGone),
-            // Bytes the peer sends after its request are read and ignored; WouldBlock
-            // clears the readiness, and the next poll registers the waker.
-            Poll::Ready(Ok(())) => match tcp.try_read(&mut scratch) {
-                Ok(0) => return Poll::Ready(Next::PeerGone),
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Next::PeerGone),
-            },
-        }
-    }
-}
-
-/// Status line and headers, with our own framing headers, `date` and `connection: close`.
-fn encode_head(parts: &axum::http::response::Parts, framing: Framing) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_LENGTH
-            && name != header::TRANSFER_ENCODING
-            && name != header::CONNECTION
-        {
-            line(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        line(
-            b"date",
-            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-        );
-    }
-    match framing {
-        Framing::Empty => {}
-        Framing::Length(n) => line(b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => line(b"transfer-encoding", b"chunked"),
-    }
-    line(b"connection", b"close");
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// Body frames ready to be written together.
-#[derive(Default)]
-struct Batch {
-    frames: [Bytes; BATCH],
-    len: usize,
-    bytes: usize,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Takes the body's ready frames until it has none ready, it ends (`Ok(true)`) or the
-    /// batch is full. Pending only while the batch is empty.
-    fn fill(&mut self, body: &mut Body, cx: &mut Context<'_>) -> Poll<Result<bool, ()>> {
-        while self.len < BATCH {
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are not sent (hyper sends none over HTTP/1 either unless asked).
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            self.bytes += data.len();
-                            self.frames[self.len] = data;
-                            self.len += 1;
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
-                Poll::Ready(None) => return Poll::Ready(Ok(true)),
-                Poll::Pending if self.is_empty() => return Poll::Pending,
-                Poll::Pending => break,
-            }
-        }
-        Poll::Ready(Ok(false))
-    }
-
-    /// Writes the batch (as one chunk when chunked) and empties it. The socket usually
-    /// takes it at once; otherwise this waits until it can take more. Nothing but the count
-    /// written lives across that wait.
-    async fn write(&mut self, tcp: &TcpStream, framing: Framing) -> io::Result<()> {
-        let mut written = 0;
-        let result = loop {
-            match self.try_write(tcp, framing, &mut written) {
-                Ok(true) => break Ok(()),
-                Ok(false) => {
-                    if let Err(err) = tcp.writable().await {
-                        break Err(err);
-                    }
-                }
-                Err(err) => break Err(err),
-            }
-        };
-        for frame in &mut self.frames[..self.len] {
-            *frame = Bytes::new();
-        }
-        self.len = 0;
-        self.bytes = 0;
-        result
-    }
-
-    /// Writes what the socket takes now of the batch's bytes after `written`; true when all
-    /// are written.
-    fn try_write(
-        &self,
-        tcp: &TcpStream,
-        framing: Framing,
-        written: &mut usize,
-    ) -> io::Result<bool> {
-        let mut size_line = [0u8; 20];
-        let mut parts: [&[u8]; BATCH + 2] = [&[]; BATCH + 2];
-        if framing == Framing::Chunked {
-            let n = chunk_size_line(self.bytes, &mut size_line);
-            parts[0] = &size_line[..n];
-            parts[self.len + 1] = b"\r\n";
-        }
-        for (slot, frame) in parts[1..].iter_mut().zip(&self.frames[..self.len]) {
-            *slot = frame;
-        }
-        let parts = &parts[..self.len + 2];
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        while *written < total {
-            // The parts not yet written, the first one cut where the last write stopped.
-            let mut skip = *written;
-            let mut slices = [io::IoSlice::new(&[]); BATCH + 2];
-            let mut n = 0;
-            for part in parts {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[n] = io::IoSlice::new(&part[skip..]);
-                skip = 0;
-                n += 1;
-            }
-            match tcp.try_write_vectored(&slices[..n]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(wrote) => *written += wrote,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// `{size:X}\r\n` into `out`; returns its length.
-fn chunk_size_line(size: usize, out: &mut [u8; 20]) -> usize {
-    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, digit) in out[..digits].iter_mut().enumerate() {
-        *digit = b"0123456789ABCDEF"[(size >> (4 * (digits - 1 - i))) & 0xF];
-    }
-    out[digits..digits + 2].copy_from_slice(b"\r\n");
-    digits + 2
 }
 
 #[cfg(test)]
@@ -618,50 +406,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chunk_size_lines_are_upper_hex() {
-        let mut out = [0u8; 20];
-        for (size, line) in [
-            (0, "0\r\n"),
-            (9, "9\r\n"),
-            (255, "FF\r\n"),
-            (4096, "1000\r\n"),
-            (usize::MAX, "FFFFFFFFFFFFFFFF\r\n"),
-        ] {
-            let n = chunk_size_line(size, &mut out);
-            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), line);
-        }
-    }
-
-    #[test]
-    fn heads_carry_our_framing_date_and_close() {
-        let mut res = Response::new(());
-        *res.status_mut() = StatusCode::FORBIDDEN;
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        let (parts, ()) = res.into_parts();
-        let head = String::from_utf8(encode_head(&parts, Framing::Length(12))).unwrap();
-        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
-        assert!(
-            head.contains("content-type: application/json\r\n"),
-            "{head}"
-        );
-        assert!(head.contains("\r\ndate: "), "{head}");
-        assert!(head.contains("content-length: 12\r\n"), "{head}");
-        assert!(
-            !head.contains("999") && !head.contains("keep-alive"),
-            "{head}"
-        );
-        assert!(head.ends_with("connection: close\r\n\r\n"), "{head}");
-        let head = String::from_utf8(encode_head(&parts, Framing::Chunked)).unwrap();
-        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-    }
-
     fn permit() -> Permit {
         let guard = Arc::new(HttpGuard::new(&crate::config::BridgeConfig::default()));
         guard.admit([127, 0, 0, 1].into()).unwrap()
@@ -687,49 +431,6 @@ mod tests {
         (accepted.unwrap().0, client.unwrap())
     }
 
-    async fn read_to_end(mut client: TcpStream) -> String {
-        use tokio::io::AsyncReadExt;
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
-            .await
-            .expect("server did not close")
-            .unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    #[tokio::test]
-    async fn streamed_bodies_go_out_as_chunks_and_end_with_the_last_chunk() {
-        let (server, client) = pair().await;
-        let frames = futures::stream::iter(["data: 1\n\n", "", "data: 22\n\n"])
-            .map(|s| Ok::<_, std::convert::Infallible>(Bytes::from_static(s.as_bytes())));
-        use futures::StreamExt as _;
-        let writer = tokio::spawn(write_response(
-            server,
-            Response::new(Body::from_stream(frames)),
-        ));
-        let text = read_to_end(client).await;
-        writer.await.unwrap();
-        let body = text.split_once("\r\n\r\n").unwrap().1;
-        // Frames ready together share one chunk; empty frames are skipped.
-        assert_eq!(body, "13\r\ndata: 1\n\ndata: 22\n\n\r\n0\r\n\r\n");
-    }
-
-    #[tokio::test]
-    async fn a_stream_ends_when_its_client_leaves() {
-        let (server, client) = pair().await;
-        let writer = tokio::spawn(write_response(
-            server,
-            Response::new(Body::from_stream(futures::stream::pending::<
-                Result<Bytes, std::convert::Infallible>,
-            >())),
-        ));
-        drop(client);
-        tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .expect("stream of a closed connection still open")
-            .unwrap();
-    }
-
     #[test]
     fn the_task_of_an_open_stream_stays_small() {
         // The task of an open event stream holds the socket, the body, the frame batch and
@@ -743,12 +444,16 @@ mod tests {
         rt.block_on(async {
             let (tcp, _client) = pair().await;
             let peer = tcp.peer_addr().unwrap();
-            let conn = Conn {
+            let deadline = Instant::now();
+            let router = Router::new();
+            let task = serve_connection(
                 tcp,
                 peer,
-                permit: permit(),
-            };
-            let task = connection(conn, Router::new(), CancellationToken::new());
+                permit(),
+                deadline,
+                router,
+                CancellationToken::new(),
+            );
             let size = std::mem::size_of_val(&task);
             assert!(size <= 2048, "connection future: {size} bytes");
         });

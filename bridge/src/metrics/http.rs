@@ -194,7 +194,7 @@ impl Collector for Guard {
         super::collect::labelled_counter(
             &mut enc,
             "edgewatch_http_connections_refused_total",
-            "HTTP connections closed at a cap (global, per_ip) or because their first request head did not arrive in time (head_timeout).",
+            "HTTP connections closed at a cap (global, per_ip) or because their first request head (over HTTPS: the TLS handshake and first head) did not arrive in time (head_timeout).",
             "reason",
             &[
                 ("global", c.refused_global.load(Relaxed)),

@@ -47,7 +47,7 @@
 //! | `edgewatch_http_requests_total{route,method,status}` | counter | HTTP middleware |
 //! | `edgewatch_http_request_duration_seconds{route}` | histogram | HTTP middleware (time to response head) |
 //! | `edgewatch_http_connections` | gauge | HTTP server: open connections (every kind) |
-//! | `edgewatch_http_connections_refused_total{reason}` | counter | HTTP server: connections closed at `global` (`bridge.http_max_connections`) or `per_ip` cap, or when their first request head did not arrive in time (`head_timeout`) |
+//! | `edgewatch_http_connections_refused_total{reason}` | counter | HTTP server: connections closed at `global` (`bridge.http_max_connections`) or `per_ip` cap, or when their first request head (over HTTPS: the TLS handshake and first head) did not arrive in time (`head_timeout`) |
 //! | `edgewatch_http_requests_refused_total{reason}` | counter | HTTP requests refused before a handler: `rate` (429) or `host` (421) |
 //! | `edgewatch_live_ws_subscriptions_refused_total` | counter | WebSocket subscribes over `live.ws_max_subscriptions` |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
