@@ -119,7 +119,11 @@ impl Sse {
     /// Opens `url` with `Accept: text/event-stream` (and `Last-Event-ID` when given); the
     /// response itself when its status is not a success.
     pub async fn open(url: &str, last_event_id: Option<u64>) -> Result<Sse, reqwest::Response> {
-        Sse::open_with(&reqwest::Client::new(), url, last_event_id).await
+        // One client for the process: building one loads the TLS roots (tens of milliseconds
+        // of CPU with rustls), which a test opening a thousand streams at once cannot afford
+        // on its runtime's threads. Concurrent streams still get a connection each.
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        Sse::open_with(CLIENT.get_or_init(reqwest::Client::new), url, last_event_id).await
     }
 
     /// [`Sse::open`] with `client` (e.g. one that trusts a test certificate).

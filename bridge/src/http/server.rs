@@ -21,7 +21,9 @@
 //!
 //! With TLS, each connection's task does its own handshake (never the accept loop, so a
 //! client that stalls its handshake holds up no other), and the handshake and the first
-//! request head share one deadline: `bridge.http_header_timeout_secs` from the accept. Both
+//! request head share one deadline: `bridge.http_header_timeout_secs` from when the
+//! connection's task first runs (not from the accept: a burst of accepts on a busy runtime
+//! must not spend the time of connections whose tasks have not run yet). Both
 //! paths above then run over the TLS stream. The caps and the per-client limits apply to the
 //! TCP peer, before the handshake.
 
@@ -103,16 +105,12 @@ pub(crate) async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
-        // The TLS handshake and the first request head share one deadline.
-        let deadline = Instant::now() + permit.guard().header_timeout;
         let (router, closing) = (router.clone(), closing.clone());
         match &tls {
-            None => connections.spawn(serve_connection(
-                tcp, peer, permit, deadline, router, closing,
-            )),
+            None => connections.spawn(serve_connection(tcp, peer, permit, None, router, closing)),
             Some(tls) => {
                 let conn = Conn { tcp, peer, permit };
-                connections.spawn(serve_tls(conn, tls.clone(), deadline, router, closing))
+                connections.spawn(serve_tls(conn, tls.clone(), router, closing))
             }
         };
     }
@@ -150,14 +148,10 @@ struct Conn {
 /// The TLS handshake, in the connection's own task and by `deadline`; then the connection
 /// as any other, over the TLS stream. A task of its own, so that a plain connection's task
 /// is no bigger than a plain connection needs (a TLS session is kilobytes).
-async fn serve_tls(
-    conn: Conn,
-    tls: TlsAcceptor,
-    deadline: Instant,
-    router: Router,
-    closing: CancellationToken,
-) {
+async fn serve_tls(conn: Conn, tls: TlsAcceptor, router: Router, closing: CancellationToken) {
     let Conn { tcp, peer, permit } = conn;
+    // The TLS handshake and the first request head share one deadline.
+    let deadline = Instant::now() + permit.guard().header_timeout;
     let mut accept = pin!(tls.accept(tcp));
     let handshake = tokio::select! {
         () = closing.cancelled() => return,
@@ -166,7 +160,9 @@ async fn serve_tls(
         done = &mut accept => done,
     };
     match handshake {
-        Ok(stream) => serve_connection(stream, peer, permit, deadline, router, closing).await,
+        Ok(stream) => {
+            serve_connection(stream, peer, permit, Some(deadline), router, closing).await;
+        }
         Err(err) => tracing::debug!(%peer, %err, "TLS handshake failed: connection closed"),
     }
 }
@@ -181,18 +177,20 @@ fn head_timed_out(permit: &Permit, peer: SocketAddr) {
 
 /// A connection (a socket, or a TLS stream after its handshake). Everything but the
 /// event-stream phase is boxed, so the task of an open event stream is no bigger than that
-/// phase needs. A first request head that does not arrive by `deadline`
-/// (`bridge.http_header_timeout_secs` after the accept) closes the connection.
+/// phase needs. A first request head that does not arrive by `deadline` (over TLS: the
+/// handshake's; else `bridge.http_header_timeout_secs` after this task first runs) closes the
+/// connection.
 async fn serve_connection<S>(
     mut io: S,
     peer: SocketAddr,
     permit: Permit,
-    deadline: Instant,
+    deadline: Option<Instant>,
     mut router: Router,
     closing: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + permit.guard().header_timeout);
     let first = tokio::select! {
         () = closing.cancelled() => return,
         first = Box::pin(read_head(&mut io, deadline)) => first,
@@ -444,7 +442,7 @@ mod tests {
         rt.block_on(async {
             let (tcp, _client) = pair().await;
             let peer = tcp.peer_addr().unwrap();
-            let deadline = Instant::now();
+            let deadline = Some(Instant::now());
             let router = Router::new();
             let task = serve_connection(
                 tcp,
