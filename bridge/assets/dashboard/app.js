@@ -32,6 +32,8 @@ let structureDirty = true; // rows added, filter or sort changed
 const dirtyRows = new Set();
 let frameRequested = false;
 const rateWindow = []; // receive times of recent readings, for readings/s
+/** What the live stream and the sparklines ask for: set from GET /v1/me (`readFilters`). */
+let liveFilters = ['sensors/#'];
 
 class Row {
   constructor(key, deviceId, metric) {
@@ -99,8 +101,18 @@ async function api(path) {
   const res = await fetch(path, { cache: 'no-store' });
   if (res.status === 401) toLogin();
   const body = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(body?.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`);
+  if (!res.ok) throw Object.assign(new Error(body?.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`), { status: res.status });
   return body;
+}
+
+/**
+ * The filters to watch for a caller who may read `read` (GET /v1/me): `sensors/#` when that
+ * is covered, else the readable filters themselves. Asking for more than one may read is
+ * refused (403), not narrowed.
+ */
+function readFilters(read) {
+  if (read.some((f) => f === '#' || f === '+/#' || f === 'sensors/#')) return ['sensors/#'];
+  return read.length ? read : ['sensors/#'];
 }
 
 function applyDevices(devs) {
@@ -160,7 +172,8 @@ async function loadCatalogue() {
 
 async function loadSparklines() {
   const to = Date.now();
-  const q = new URLSearchParams({ filter: 'sensors/#', from: String(to - 15 * 60_000), to: String(to), step: '30s' });
+  const q = new URLSearchParams({ from: String(to - 15 * 60_000), to: String(to), step: '30s' });
+  for (const f of liveFilters) q.append('filter', f);
   const { series } = await api(`/v1/rollups?${q}`);
   for (const s of series) {
     const row = rows.get(s.topic) ?? seriesRow(s.deviceId, s.metric);
@@ -220,6 +233,8 @@ client.addEventListener('state', (e) => {
   if (e.detail.state === 'connected') loadCatalogue().catch(reportError);
 });
 client.addEventListener('reset', () => loadCatalogue().catch(reportError));
+// The session ended (logout elsewhere, expiry, a restart): the client has stopped; log in again.
+client.addEventListener('error', (e) => e.detail.status === 401 && toLogin());
 
 /**
  * The page's own link to the hub. While it is down, a banner says so and the device list is
@@ -898,10 +913,10 @@ function setupEmptyState() {
   });
 }
 
-/** Who is logged in, with a logout button for a person's session. */
+/** Who is logged in, with a logout button for a person's session. Resolves with /v1/me. */
 async function showWho() {
   const me = await api('/v1/me');
-  if (me.kind === 'anonymous') return;
+  if (me.kind === 'anonymous') return me;
   $('who-name').textContent = me.name;
   $('who').hidden = false;
   const out = $('logout');
@@ -910,11 +925,24 @@ async function showWho() {
     await fetch('/v1/logout', { method: 'POST' }).catch(() => null);
     toLogin();
   });
+  return me;
 }
 
 function start() {
   $('tz').textContent = timeZone;
-  showWho().catch(reportError);
+  // The live stream and the sparklines ask for what this caller may read.
+  const who = showWho().then(
+    (me) => {
+      liveFilters = readFilters(me.read ?? []);
+      for (const f of liveFilters) client.subscribe(f);
+      if (!liveFilters.includes('sensors/#')) client.unsubscribe('sensors/#');
+      return true;
+    },
+    (err) => {
+      reportError(err);
+      return err.status !== 401; // 401: on the way to the login page
+    },
+  );
   setupEmptyState();
   setupTable();
   setupRanges();
@@ -927,10 +955,11 @@ function start() {
   });
   showConnection({ state: 'connecting', transport: transports[0], attempt: 1 });
   loadCatalogue()
+    .then(() => who)
     .then(() => loadSparklines())
     .catch(reportError)
     .finally(schedule);
-  client.connect();
+  who.then((go) => go && client.connect());
   setInterval(tick, 1000);
   // Presence also arrives live as `status` events; polling it keeps the list right on hubs or
   // transports that do not send them, and after missed events.

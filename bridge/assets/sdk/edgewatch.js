@@ -13,6 +13,39 @@
 //   client.connect();
 //   client.publish('sensors/d1/cmd', 'on'); // over WebSocket; queued while disconnected
 //
+// From another origin, with an app token (`edgewatch token create`) or a JWT; the hub must
+// list the page's origin in `live.allowed_origins` (docs/security.md):
+//
+//   import { EdgewatchClient } from 'https://edge-box:8443/v1/sdk/edgewatch.js';
+//   const client = new EdgewatchClient({ baseUrl: 'https://edge-box:8443', token: 'ewt_...',
+//                                        filters: ['sensors/d1/#'] });
+//
+// Credentials. `token` (a string, or a function returning one or a promise of one, called
+// before each connection round, e.g. to refresh a JWT) goes to the hub as
+// `Authorization: Bearer` on every fetch (long polls, the SSE stream, which this client reads
+// with fetch, and the cursor request before it) and as the `access_token` query parameter on
+// the WebSocket URL (a WebSocket cannot carry headers; the hub redacts it from its logs). An
+// EventSource of your own on `/v1/stream` or `/v1/watch` needs `?access_token=` the same way.
+// Without `token` nothing is added: on the hub's own origin the browser sends the dashboard's
+// session cookie by itself; with `baseUrl` on another origin, fetches use
+// `credentials: 'include'` so that the cookie goes along where the hub's CORS allows it (the
+// origin listed one by one in `live.allowed_origins`; a hub allowing only `"*"` answers
+// without credentials, so pass `credentials: 'same-origin'` there). Option `credentials`
+// overrides the fetch mode in every case.
+//
+// Refused credentials. A 401 or 403 from the hub (no, wrong or expired credential, an ended
+// session, a filter the caller may not read) is final: the client emits `error` with the
+// hub's code (`unauthorized`, `invalid_credential`, `token_expired`, `session_expired`,
+// `forbidden`) and `status`, stops reconnecting and goes to state `closed`. Retrying would
+// only hammer the hub with a credential it refuses; fix the credential (a new `token`) and
+// call `connect()` again. Browsers hide the status of a refused WebSocket handshake, so after
+// one the client asks the hub once over fetch (`/v1/poll?timeout=0`) to learn whether the
+// credential was the reason. Over WebSocket a filter the caller may not read is refused per
+// subscription (`error` with code `forbidden`); the connection and the other filters stay.
+// Cross-origin, a browser that blocks an answer for want of CORS headers (an origin not in
+// `live.allowed_origins`) tells the page nothing about it: that looks like a network failure
+// and is retried with backoff.
+//
 // Transports are tried in order (WebSocket, then Server-Sent Events, then long polling) and
 // the client falls back when one fails to open. After a drop it reconnects with exponential
 // backoff and jitter, resuming from the last `seq` it saw; readings are deduplicated by `seq`,
@@ -27,7 +60,9 @@
 //   reset    the resume point is older than the retained log: { requested, oldest }
 //   state    { state: 'connecting'|'connected'|'reconnecting'|'closed', transport, attempt }
 //   message  every message from the server, raw: { transport, message }
-//   error    { code, message } from the server or about the connection
+//   error    { code, message, status? } from the server or about the connection: `status` is
+//            the HTTP status of a refused request; `connect_failed` (a transport did not
+//            open, retried), `token_failed` (options.token threw, retried), the hub's codes
 
 /** Transport names, in the default order of negotiation. */
 export const TRANSPORTS = Object.freeze(['websocket', 'sse', 'poll']);
@@ -52,7 +87,25 @@ const DEFAULTS = Object.freeze({
   dedupeWindow: 10_000,
 });
 
-class ConnectionFailed extends Error {}
+/**
+ * For a WebSocket request's promise where nobody waits for the reply: a refusal from the hub
+ * is already an `error` event (see `_handle`), a lost connection a `state` event.
+ */
+const ignore = () => {};
+
+class ConnectionFailed extends Error {
+  /** `status` and `code`: the hub's HTTP status and error code, when it answered with one. */
+  constructor(message, { status = null, code = null } = {}) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+
+  /** A refusal of the credential or the permission: reconnecting cannot help. */
+  get refused() {
+    return this.status === 401 || this.status === 403;
+  }
+}
 
 /**
  * True when an MQTT topic filter matches a topic (`+` one level, `#` the rest).
@@ -77,6 +130,10 @@ export class EdgewatchClient extends EventTarget {
    * @param {string[]} [options.filters] MQTT topic filters, default ['sensors/#']
    * @param {string[]} [options.transports] order of negotiation; one entry forces a transport
    * @param {number|null} [options.since] resume after this seq (replays stored readings)
+   * @param {string|(() => string|Promise<string>)|null} [options.token] app token (`ewt_...`)
+   *   or JWT; a function is called before each connection round
+   * @param {'include'|'same-origin'|'omit'} [options.credentials] fetch credentials mode,
+   *   default `include` for a `baseUrl` on another origin without `token`, else `same-origin`
    */
   constructor(options = {}) {
     super();
@@ -84,6 +141,11 @@ export class EdgewatchClient extends EventTarget {
     const base = options.baseUrl ?? globalThis.location?.origin;
     if (!base) throw new TypeError('EdgewatchClient: baseUrl is required outside a browser');
     this.baseUrl = String(base).replace(/\/+$/, '');
+    /** The credential; may be replaced before calling `connect()` again. */
+    this.token = options.token ?? null;
+    this._token = null; // the token of the current round (a function's result)
+    const pageOrigin = globalThis.location?.origin;
+    this._crossOrigin = Boolean(pageOrigin) && new URL(this.baseUrl).origin !== pageOrigin;
     this.filters = [...new Set(this.options.filters)];
     this.transports = this.options.transports.filter((t) => TRANSPORTS.includes(t));
     if (this.transports.length === 0) throw new TypeError(`EdgewatchClient: transports must be among ${TRANSPORTS}`);
@@ -125,7 +187,7 @@ export class EdgewatchClient extends EventTarget {
     this._conn = null;
     for (const p of this._outbox.splice(0)) p.reject(new Error('client closed'));
     this._failPending(new Error('client closed'));
-    this._setState('closed', this.transport);
+    if (this.state !== 'closed') this._setState('closed', this.transport);
   }
 
   /** Adds a topic filter to the live subscription. */
@@ -134,7 +196,7 @@ export class EdgewatchClient extends EventTarget {
     this.filters.push(filter);
     this._filterCursors.set(filter, null);
     if (this._conn?.transport === 'websocket') {
-      this._request({ type: 'subscribe', filter }).catch((err) => err.code && this._emitError(err));
+      this._request({ type: 'subscribe', filter }).catch(ignore);
     } else if (this._conn) {
       this._restart(); // SSE and long polling carry the filters in the URL
     }
@@ -146,7 +208,7 @@ export class EdgewatchClient extends EventTarget {
     this.filters = this.filters.filter((f) => f !== filter);
     this._filterCursors.delete(filter);
     if (this._conn?.transport === 'websocket') {
-      this._request({ type: 'unsubscribe', filter }).catch((err) => err.code && this._emitError(err));
+      this._request({ type: 'unsubscribe', filter }).catch(ignore);
     } else if (this._conn) {
       this._restart();
     }
@@ -191,6 +253,14 @@ export class EdgewatchClient extends EventTarget {
     this.attempt++;
     const phase = this._connected ? 'reconnecting' : 'connecting';
     const failed = [];
+    try {
+      this._token = typeof this.token === 'function' ? await this.token() : this.token;
+    } catch (err) {
+      if (gen !== this._generation) return;
+      this._emitError({ code: 'token_failed', message: `options.token: ${err?.message ?? err}` });
+      this._scheduleRetry(gen);
+      return;
+    }
     for (const transport of this._order()) {
       if (gen !== this._generation) return;
       this._setState(phase, transport);
@@ -210,11 +280,21 @@ export class EdgewatchClient extends EventTarget {
         return;
       } catch (err) {
         if (gen !== this._generation) return;
+        if (err.refused) {
+          this._refused(err);
+          return;
+        }
         failed.push(transport);
         this._emitError({ code: 'connect_failed', message: `${transport}: ${err.message}` });
       }
     }
     this._scheduleRetry(gen);
+  }
+
+  /** The hub refused the credential or the permission (401/403): say so and stop. */
+  _refused(err) {
+    this._emitError({ code: err.code ?? (err.status === 401 ? 'unauthorized' : 'forbidden'), message: err.message, status: err.status });
+    this.close();
   }
 
   _scheduleRetry(gen) {
@@ -277,11 +357,36 @@ export class EdgewatchClient extends EventTarget {
     return this.filters.map((f) => ['filter', f]);
   }
 
+  /** `init` for a fetch to the hub: the token as a bearer header, the credentials mode. */
+  _fetchInit(init = {}) {
+    const headers = { ...init.headers };
+    if (this._token) headers.authorization = `Bearer ${this._token}`;
+    const credentials = this.options.credentials ?? (this._crossOrigin && !this._token ? 'include' : 'same-origin');
+    return { ...init, headers, credentials };
+  }
+
+  /**
+   * Why a WebSocket handshake failed, if the hub refused the credential or the filters: a
+   * browser hides the handshake's HTTP status, so the same question goes once over fetch.
+   * Resolves with a refusal (401/403) or null.
+   */
+  async _whyRefused() {
+    try {
+      const url = this._url('/v1/poll', [...this._filterParams(), ['timeout', 0], ['limit', 1]]);
+      const res = await fetchWithTimeout(url, this._fetchInit({ cache: 'no-store' }), this.options.openTimeoutMs);
+      if (res.status === 401 || res.status === 403) return await failure(res);
+      await res.body?.cancel();
+    } catch {
+      // not reachable or blocked by CORS: no reason to learn
+    }
+    return null;
+  }
+
   // ---- WebSocket -------------------------------------------------------------------------
 
   _openWebSocket() {
     return new Promise((resolve, reject) => {
-      const url = this._url('/v1/ws', []);
+      const url = this._url('/v1/ws', [['access_token', this._token || null]]);
       url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
       let ws;
       try {
@@ -314,7 +419,7 @@ export class EdgewatchClient extends EventTarget {
         for (const filter of this.filters) {
           const since = this._filterCursors.get(filter) ?? this.cursor;
           const msg = since === null ? { type: 'subscribe', filter } : { type: 'subscribe', filter, since };
-          this._request(msg, conn).catch((err) => err.code && this._emitError(err));
+          this._request(msg, conn).catch(ignore);
         }
         pinger = setInterval(() => {
           if (Date.now() - lastRx > this.options.wsDeadAfterMs) {
@@ -341,8 +446,8 @@ export class EdgewatchClient extends EventTarget {
         clearInterval(pinger);
         clearTimeout(openTimer);
         const why = `closed with code ${ev.code}${ev.reason ? ` (${ev.reason})` : ''}`;
-        if (!opened) reject(new ConnectionFailed(why));
-        else this._dropped(conn, why);
+        if (opened) this._dropped(conn, why);
+        else this._whyRefused().then((refusal) => reject(refusal ?? new ConnectionFailed(why)));
       };
     });
   }
@@ -383,8 +488,8 @@ export class EdgewatchClient extends EventTarget {
   /** The seq of the newest stored reading, so that a first SSE stream can resume too. */
   async _headCursor() {
     const url = this._url('/v1/poll', [...this._filterParams(), ['timeout', 0], ['limit', 1]]);
-    const res = await fetchWithTimeout(url, {}, this.options.openTimeoutMs);
-    if (!res.ok) throw new ConnectionFailed(await errorText(res));
+    const res = await fetchWithTimeout(url, this._fetchInit({ cache: 'no-store' }), this.options.openTimeoutMs);
+    if (!res.ok) throw await failure(res);
     const body = await res.json();
     return typeof body.next === 'number' ? body.next : null;
   }
@@ -395,10 +500,10 @@ export class EdgewatchClient extends EventTarget {
     const abort = new AbortController();
     const res = await fetchWithTimeout(
       url,
-      { headers: { accept: 'text/event-stream' }, cache: 'no-store', signal: abort.signal },
+      this._fetchInit({ headers: { accept: 'text/event-stream' }, cache: 'no-store', signal: abort.signal }),
       this.options.openTimeoutMs,
     );
-    if (!res.ok) throw new ConnectionFailed(await errorText(res));
+    if (!res.ok) throw await failure(res);
     if (!(res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
       abort.abort();
       throw new ConnectionFailed('not an event stream');
@@ -461,8 +566,8 @@ export class EdgewatchClient extends EventTarget {
       abort = new AbortController();
       const url = this._url('/v1/poll', [...this._filterParams(), ['since', this.cursor], ['timeout', timeoutS]]);
       const deadline = timeoutS * 1000 + this.options.openTimeoutMs;
-      const res = await fetchWithTimeout(url, { cache: 'no-store', signal: abort.signal }, deadline);
-      if (!res.ok) throw new ConnectionFailed(await errorText(res));
+      const res = await fetchWithTimeout(url, this._fetchInit({ cache: 'no-store', signal: abort.signal }), deadline);
+      if (!res.ok) throw await failure(res);
       const body = await res.json();
       if (closed) return;
       for (const msg of body.readings ?? []) this._handle({ type: 'reading', ...msg }, 'poll');
@@ -485,6 +590,10 @@ export class EdgewatchClient extends EventTarget {
           failures = 0;
         } catch (err) {
           if (closed) return;
+          if (err.refused && conn === this._conn) {
+            this._refused(err); // the session ended or the token expired
+            return;
+          }
           // One failed poll is retried at once; a second one in a row is a dropped connection.
           if (++failures >= 2) {
             this._dropped(conn, err.message);
@@ -569,7 +678,7 @@ export class EdgewatchClient extends EventTarget {
     if (this.cursor === null || at < this.cursor) this.cursor = at;
     if (gap.filter && this._filterCursors.has(gap.filter)) {
       this._filterCursors.set(gap.filter, at);
-      this._request({ type: 'subscribe', filter: gap.filter, since: at }).catch((err) => err.code && this._emitError(err));
+      this._request({ type: 'subscribe', filter: gap.filter, since: at }).catch(ignore);
       return;
     }
     for (const f of this._filterCursors.keys()) {
@@ -584,7 +693,9 @@ export class EdgewatchClient extends EventTarget {
   }
 
   _emitError(err) {
-    this._emit('error', { code: err.code ?? 'client', message: err.message ?? String(err) });
+    const detail = { code: err.code ?? 'client', message: err.message ?? String(err) };
+    if (err.status) detail.status = err.status;
+    this._emit('error', detail);
   }
 }
 
@@ -650,12 +761,15 @@ function anySignal(signals) {
   return ctrl.signal;
 }
 
-async function errorText(res) {
+/** A ConnectionFailed for an answer that is not ok, with the hub's status and error code. */
+async function failure(res) {
   try {
     const body = await res.json();
-    if (body?.error) return `HTTP ${res.status} ${body.error.code}: ${body.error.message}`;
+    if (body?.error) {
+      return new ConnectionFailed(`HTTP ${res.status} ${body.error.code}: ${body.error.message}`, { status: res.status, code: body.error.code });
+    }
   } catch {
     // not JSON
   }
-  return `HTTP ${res.status}`;
+  return new ConnectionFailed(`HTTP ${res.status}`, { status: res.status });
 }

@@ -1,6 +1,6 @@
 // Runs the real hub (`target/release/edgewatch run`) for a test: temp config and data dir,
 // fixed free ports (so that a restart keeps them), killed at the end.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -51,10 +51,36 @@ export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 50, what = 'c
   }
 }
 
+/**
+ * `edgewatch passwd NAME` with `password` on stdin: the `[[broker.users]]` entry it prints,
+ * plus `role = "ROLE"` when given.
+ */
+export function userEntry(name, password, role = null) {
+  const entry = execFileSync(BINARY, ['passwd', name], { input: `${password}\n`, encoding: 'utf8', timeout: 30_000 }).trim();
+  return role ? `${entry}\nrole = ${JSON.stringify(role)}` : entry;
+}
+
+/**
+ * `edgewatch token create ARGS...`: `{ token, entry }`, the token (stdout's first line) and the
+ * `[[auth.tokens]]` entry printed after it.
+ */
+export function createToken(...args) {
+  const out = execFileSync(BINARY, ['token', 'create', ...args], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [token, ...rest] = out.split('\n');
+  if (!token.startsWith('ewt_')) throw new Error(`edgewatch token create printed no token first:\n${out}`);
+  return { token, entry: rest.join('\n').trim() };
+}
+
 export class Hub {
-  /** `bridge`: extra `key = value` lines for the config's `[bridge]` section. */
-  constructor({ bridge = [] } = {}) {
+  /**
+   * `bridge`: extra `key = value` lines for the config's `[bridge]` section; `config`: TOML text
+   * appended to the config (sections other than the generated `[broker.mqtt]`,
+   * `[broker.mqtt5]`, `[broker.websocket]` and `[bridge]`, e.g. accounts, roles, `[live]`,
+   * `[auth]`).
+   */
+  constructor({ bridge = [], config = '' } = {}) {
     this.bridgeConfig = bridge;
+    this.extraConfig = config;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgewatch-browser-'));
     this.dataDir = path.join(this.dir, 'data');
     this.config = path.join(this.dir, 'edgewatch.toml');
@@ -83,6 +109,7 @@ export class Hub {
         'enabled = false',
         'listen = "127.0.0.1:0"',
         ...(this.bridgeConfig.length ? ['[bridge]', ...this.bridgeConfig] : []),
+        this.extraConfig,
         '',
       ].join('\n'),
     );
@@ -97,6 +124,7 @@ export class Hub {
         buf += d;
         this.output += d;
         if (/edgewatch ready .*http=/.test(buf)) {
+          this.readyLine = buf.split('\n').find((l) => l.includes('edgewatch ready'));
           clearTimeout(timer);
           resolve();
         }
@@ -126,8 +154,9 @@ export class Hub {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
-  async api(pathAndQuery) {
-    const res = await fetch(this.httpUrl + pathAndQuery);
+  /** GET `pathAndQuery` as JSON; `headers`, e.g. `{ authorization: 'Bearer ...' }`. */
+  async api(pathAndQuery, headers = {}) {
+    const res = await fetch(this.httpUrl + pathAndQuery, { headers });
     if (!res.ok) throw new Error(`${pathAndQuery}: HTTP ${res.status} ${await res.text()}`);
     return res.json();
   }
@@ -146,9 +175,11 @@ export class Hub {
   }
 
   /** A device that only publishes readings: no status topic, no last will (a serial sensor). */
-  async sensor(deviceId) {
+  async sensor(deviceId, { username, password } = {}) {
     const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${this.mqttPort}`, {
       clientId: `browser-test-sensor-${deviceId}-${process.pid}`,
+      username,
+      password,
       reconnectPeriod: 0,
       connectTimeout: 5000,
     });
@@ -159,10 +190,15 @@ export class Hub {
     };
   }
 
-  /** An MQTT device: last will `offline` (retained) on its status topic, `online` on connect. */
-  async device(deviceId) {
+  /**
+   * An MQTT device: last will `offline` (retained) on its status topic, `online` on connect.
+   * `username` and `password`: its `[[broker.users]]` account, on a hub that has accounts.
+   */
+  async device(deviceId, { username, password } = {}) {
     const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${this.mqttPort}`, {
       clientId: `browser-test-${deviceId}-${process.pid}`,
+      username,
+      password,
       reconnectPeriod: 0,
       connectTimeout: 5000,
       will: { topic: `sensors/${deviceId}/status`, payload: 'offline', qos: 1, retain: true },
