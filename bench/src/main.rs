@@ -28,7 +28,7 @@ use rumqttc::QoS;
 use report::{Meta, Report};
 use scenarios::{Ctx, Params};
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "relay",
     "fullpath",
     "latency",
@@ -37,6 +37,7 @@ const SCENARIOS: [&str; 8] = [
     "store",
     "footprint",
     "sim",
+    "auth",
 ];
 
 /// Benchmarks edgewatch against Mosquitto; prints a table, writes JSON results and SVGs.
@@ -50,7 +51,7 @@ struct Args {
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
     /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, store,
-    /// footprint, sim.
+    /// footprint, sim, auth.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Runs per figure (default 3; 1 in --smoke).
@@ -249,6 +250,7 @@ async fn run_scenario(ctx: &Ctx, args: &Args, selected: &[&str], s: &str, report
         "history" => scenarios::history(ctx, report).await,
         "store" => store::store(ctx, report).await,
         "sim" => scenarios::sim(ctx, report).await,
+        "auth" => scenarios::auth(ctx, report).await,
         "footprint" => {
             let r = scenarios::binary_sizes(ctx, report);
             if r.is_ok() && !selected.contains(&"fullpath") {

@@ -31,6 +31,8 @@ impl Target {
 pub(crate) struct EdgewatchTuning {
     /// `[live] max_connections`.
     pub(crate) max_live_connections: Option<u32>,
+    /// TOML appended to the config (tables after every other section).
+    pub(crate) extra: Option<String>,
 }
 
 /// A running server process; killed (SIGKILL) when dropped unless stopped before.
@@ -145,8 +147,9 @@ http_rate_per_sec = 0
 max_connections = {max_conn}
 [log]
 level = "warn"
-"#,
+{extra}"#,
         data = data_dir.display(),
+        extra = tuning.extra.as_deref().unwrap_or_default(),
     )
 }
 

@@ -50,6 +50,7 @@ async fn fanout_run(ctx: &Ctx, client: Client, run: usize, runs: &mut FanoutRuns
         &dir.join("data"),
         &EdgewatchTuning {
             max_live_connections: Some(n as u32 + 1000),
+            ..EdgewatchTuning::default()
         },
     )
     .await?;

@@ -12,6 +12,7 @@
 //! * `history`: sustained ingest, preload, queries, disk per reading, time to ready.
 //! * `sim`: the rate ladder of one `edgewatch sim` process.
 
+mod auth;
 mod fanout;
 mod footprint;
 mod history;
@@ -33,6 +34,7 @@ use crate::procs::{self, EdgewatchTuning, Server, Target};
 use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
 
+pub(crate) use auth::auth;
 pub(crate) use fanout::fanout;
 pub(crate) use footprint::binary_sizes;
 pub(crate) use history::history;
