@@ -103,7 +103,9 @@ pub(crate) async fn auth(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 "req/s",
                 rates[i].clone(),
             )
-            .note(format!("{CLIENTS} keep-alive clients, empty store; interleaved rounds")),
+            .note(format!(
+                "{CLIENTS} keep-alive clients, empty store; interleaved rounds"
+            )),
         );
         report.push(
             Figure::new(
@@ -113,7 +115,9 @@ pub(crate) async fn auth(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 "ms",
                 opens[i].clone(),
             )
-            .note(format!("median of {OPENS} sequential new connections per round")),
+            .note(format!(
+                "median of {OPENS} sequential new connections per round"
+            )),
         );
     }
     Ok(())
@@ -122,11 +126,21 @@ pub(crate) async fn auth(ctx: &Ctx, report: &mut Report) -> Result<()> {
 /// `edgewatch token create`: the token and its config entry.
 async fn token_create(ctx: &Ctx) -> Result<(String, String)> {
     let out = tokio::process::Command::new(&ctx.edgewatch)
-        .args(["token", "create", "--name", "bench", "--read", "#", "--metrics"])
+        .args([
+            "token",
+            "create",
+            "--name",
+            "bench",
+            "--read",
+            "#",
+            "--metrics",
+        ])
         .output()
         .await?;
     let text = String::from_utf8(out.stdout)?;
-    let (token, entry) = text.split_once('\n').context("token create printed a token")?;
+    let (token, entry) = text
+        .split_once('\n')
+        .context("token create printed a token")?;
     Ok((token.trim().to_owned(), entry.to_owned()))
 }
 
@@ -170,8 +184,7 @@ fn jwt() -> Result<String> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + 3600;
-    let claims =
-        serde_json::json!({"sub": "bench", "exp": exp, "edgewatch": {"read": ["#"]}});
+    let claims = serde_json::json!({"sub": "bench", "exp": exp, "edgewatch": {"read": ["#"]}});
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
