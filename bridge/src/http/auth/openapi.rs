@@ -1,16 +1,17 @@
 //! The security schemes of the OpenAPI document and each route's requirement (what
 //! [`super::Authority`] enforces; see docs/security.md).
 
-use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Required};
+use utoipa::openapi::{OpenApi as Document, Ref, RefOr};
 use utoipa::Modify;
 
 /// Routes that need a credential (unless anonymous access is open): the data, `/v1/me` and
 /// `/metrics`.
 const PROTECTED: &[&str] = &[
+    "/v1/poll",
     "/v1/series",
     "/v1/devices",
     "/v1/readings",
@@ -19,17 +20,21 @@ const PROTECTED: &[&str] = &[
     "/v1/me",
     "/metrics",
 ];
-/// Live routes: protected too, and they also take the `access_token` query parameter.
+/// Routes that answer `403` to an authenticated caller: a filter it may not read, or
+/// `/metrics` without its grant (the live routes document theirs).
+const FORBIDDEN: &[&str] = &["/v1/readings", "/v1/rollups", "/metrics"];
+/// Routes for clients that cannot set headers (EventSource, WebSocket): protected too, and
+/// they also take the `access_token` query parameter. (The hub accepts it on `/v1/poll` too,
+/// whose clients use fetch and so the header; it is not advertised there.)
 const LIVE: &[&str] = &[
     "/v1/stream",
     "/v1/ws",
-    "/v1/poll",
     "/v1/watch",
     "/v1/sensors/{deviceId}/watch",
 ];
 
-/// Adds the schemes (`bearer`, `cookie`, `queryToken`), each operation's `security`, the
-/// `access_token` parameter of the live routes and their `401` answer.
+/// Adds the schemes (`bearer`, `cookie`, `queryToken`: the `access_token` parameter of the
+/// live routes), each operation's `security` and its `401` answer.
 #[derive(Debug)]
 pub struct Security;
 
@@ -69,6 +74,12 @@ impl Modify for Security {
                 .filter_map(Option::as_mut);
             for op in ops {
                 secure(op, protected, live);
+                if FORBIDDEN.contains(&path.as_str()) {
+                    op.responses
+                        .responses
+                        .entry("403".to_owned())
+                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Forbidden")));
+                }
             }
         }
     }
@@ -88,18 +99,6 @@ fn secure(op: &mut Operation, protected: bool, live: bool) {
     ];
     if live {
         schemes.push(SecurityRequirement::new("queryToken", Vec::<String>::new()));
-        let param = ParameterBuilder::new()
-            .name("access_token")
-            .parameter_in(ParameterIn::Query)
-            .required(Required::False)
-            .description(Some(
-                "A bearer token, for clients that cannot send headers (EventSource). Prefer the Authorization header or the session cookie.",
-            ))
-            .schema(Some(utoipa::openapi::schema::Object::with_type(
-                utoipa::openapi::schema::Type::String,
-            )))
-            .build();
-        op.parameters.get_or_insert_with(Vec::new).push(param);
     }
     schemes.push(SecurityRequirement::default());
     op.security = Some(schemes);
