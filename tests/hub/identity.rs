@@ -1,7 +1,8 @@
 //! Identity on the HTTP side through a real hub: no credential, a wrong one, a token for one
 //! device, a person's login, and a principal reading outside its permission, on history,
-//! catalogue, rejects, `/metrics`, SSE, long polling and WebSocket. The leak test: a principal
-//! for `sensors/d1/#` never sees device d2, by any route.
+//! catalogue, rejects, `/metrics`, SSE, long polling and WebSocket, with reqwest, a WebSocket
+//! client and curl. The leak test: a principal for `sensors/d1/#` never sees device d2, by
+//! any route.
 
 use std::time::Duration;
 
@@ -284,6 +285,50 @@ async fn every_route_answers_only_what_the_caller_may_read() {
     assert_eq!(body["error"]["code"], "session_expired");
 
     live_routes(&s, &client, &http, &ops).await;
+    with_curl(&s, &http);
+}
+
+/// curl, as an operator would use it: status codes and an SSE event with the query token.
+fn with_curl(s: &Setup, http: &str) {
+    assert!(
+        crate::support::have("curl"),
+        "curl is needed (scripts/test installs it)"
+    );
+    let curl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = |args: &[&str]| curl(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat());
+    let readings = format!("{http}/v1/readings");
+    assert_eq!(status(&[&readings]), "401");
+    assert_eq!(
+        status(&["-H", "Authorization: Bearer ewt_wrong", &readings]),
+        "401"
+    );
+    let bearer = format!("Authorization: Bearer {}", s.d1_token);
+    assert_eq!(status(&["-H", &bearer, &readings]), "200");
+    let denied = format!("{http}/v1/readings?filter=sensors/d2/%23");
+    assert_eq!(status(&["-H", &bearer, &denied]), "403");
+    let body = curl(&["-H", &bearer, &readings]);
+    assert!(
+        body.contains("\"deviceId\":\"d1\"") && !body.contains("d2"),
+        "{body}"
+    );
+    // SSE: --max-time ends the stream; what arrived before is on stdout.
+    let stream = format!("{http}/v1/stream?since=0&access_token={}", s.d1_token);
+    let events = curl(&["-N", "--max-time", "2", &stream]);
+    assert!(
+        events.contains("event: reading") && events.contains("\"deviceId\":\"d1\""),
+        "{events}"
+    );
+    assert!(!events.contains("d2"), "{events}");
+    let poll = format!("{http}/v1/poll?since=0&timeout=0");
+    let answer = curl(&["-H", &bearer, &poll]);
+    assert!(answer.contains("d1") && !answer.contains("d2"), "{answer}");
 }
 
 /// SSE, long poll and WebSocket: the same decisions, with the query token on these routes.
