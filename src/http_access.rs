@@ -1,6 +1,7 @@
 //! Who may use the hub's HTTP side: the [`Authority`] built from `[auth]`, the accounts of
 //! `[[broker.users]]` (people log in to the dashboard with them) and `[live]`'s anonymous
-//! filters; and the loopback-only rule for a hub without HTTP credentials.
+//! filters; the loopback-only rule for a hub without HTTP credentials; and tokens (JWT, app
+//! tokens) as MQTT passwords.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -90,6 +91,16 @@ pub(crate) fn authority(
     )
     .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?;
     Ok(Arc::new(auth.with_secure_cookies(tls)))
+}
+
+/// Lets devices and apps log in to the broker with a JWT or an app token as the password
+/// (EMQX style; any username): the token's permissions apply, as over HTTP. Set before the
+/// broker listens.
+pub(crate) fn accept_tokens_over_mqtt(credentials: &Credentials, authority: &Arc<Authority>) {
+    let authority = authority.clone();
+    credentials.set_token_login(Arc::new(move |_username, password| {
+        authority.mqtt_token(password)
+    }));
 }
 
 /// Checks a person's password like a device's login (same limiter, same backoff), and gives

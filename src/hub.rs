@@ -99,18 +99,21 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         .await
         .context("starting the bridge")?;
 
-    let mut broker = broker;
-    let publish = match &mut broker {
-        Some(broker) => Some(link_and_listen(broker, &bridge).await?),
-        None => None,
-    };
-
-    let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
     let authority = crate::http_access::authority(
         &cfg,
         broker.as_ref().map(|b| b.credentials().clone()),
         http.tls.is_some(),
     )?;
+    let mut broker = broker;
+    let publish = match &mut broker {
+        Some(broker) => {
+            crate::http_access::accept_tokens_over_mqtt(broker.credentials(), &authority);
+            Some(link_and_listen(broker, &bridge).await?)
+        }
+        None => None,
+    };
+
+    let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
     let live = LiveState::new(
         feed.clone(),
         cfg.live.clone(),

@@ -22,7 +22,14 @@ pub struct Credentials {
     ticket: Arc<str>,
     /// What each account may read and publish; an account not in it: everything.
     grants: Arc<HashMap<String, Grants>>,
+    /// Logins with a token as the password (set once, by the hub, before devices connect).
+    tokens: Arc<std::sync::OnceLock<TokenLogin>>,
 }
+
+/// Checks a password that is a token (a JWT, an app token), EMQX style: `None` when the
+/// password is not one (it is then checked as a password), else the permissions the token
+/// gives, or why it is refused. Arguments: username, password.
+pub type TokenLogin = Arc<dyn Fn(&str, &str) -> Option<Result<Permissions, String>> + Send + Sync>;
 
 impl Default for Credentials {
     fn default() -> Self {
@@ -62,6 +69,7 @@ impl Credentials {
             peers: None,
             ticket: ticket.into(),
             grants: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -78,6 +86,27 @@ impl Credentials {
             .get(username)
             .filter(|g| **g != Grants::all())
             .map(|g| g.for_principal(username, client_id))
+    }
+
+    /// Accepts tokens as passwords, checked by `check` (see [`TokenLogin`]); every clone of
+    /// these credentials (every connection's codec) sees it. Once only; a second call is
+    /// ignored.
+    pub fn set_token_login(&self, check: TokenLogin) {
+        let _ = self.tokens.set(check);
+    }
+
+    /// What a token login decides, when `password` is a token and token logins are on.
+    pub(crate) fn token_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Option<Result<Permissions, String>> {
+        let check = self.tokens.get()?;
+        let outcome = check(username, password)?;
+        if let Err(reason) = &outcome {
+            tracing::warn!(%username, %reason, "MQTT token login refused");
+        }
+        Some(outcome)
     }
 
     /// Takes client addresses from `peers`, for the per-address part of the limits.

@@ -218,7 +218,9 @@ impl<P> PolicyProtocol<P> {
     /// turns that CONNACK's code into the refusal: 3.1.1 4 (bad username or password), 5 (not
     /// authorised: no login) or 3 (server unavailable: too many checks waiting); MQTT 5 0x86,
     /// 0x87 or 0x89. The refused client never reaches rumqttd's router, so it cannot take over
-    /// the session of the client id it named.
+    /// the session of the client id it named. A password that is a token (a JWT or an app
+    /// token, when the hub has set [`Credentials::set_token_login`]) is decided by the token:
+    /// its permissions, or refused as a bad username or password (an expired token too).
     fn decide_login(&mut self, packet: &mut Packet) {
         let (Some(credentials), Packet::Connect(connect, _, will, _, login)) =
             (&self.credentials, packet)
@@ -229,23 +231,35 @@ impl<P> PolicyProtocol<P> {
             None => Some(ConnectReturnCode::NotAuthorized),
             Some(login) => {
                 let password = std::mem::take(&mut login.password);
-                let decide = credentials.decide(
-                    self.peer.map(|p| p.ip()),
-                    &connect.client_id,
-                    &login.username,
-                    password,
-                );
-                let verdict = wait(decide);
-                login.password = credentials.ticket().to_owned();
-                match verdict {
-                    v if v.accepted() => {
-                        self.permissions =
-                            credentials.permissions(&login.username, &connect.client_id);
-                        None
+                if let Some(outcome) = credentials.token_login(&login.username, &password) {
+                    // A token as the password: its own permissions, no password check.
+                    login.password = credentials.ticket().to_owned();
+                    match outcome {
+                        Ok(permissions) => {
+                            self.permissions = Some(permissions);
+                            None
+                        }
+                        Err(_) => Some(ConnectReturnCode::BadUserNamePassword),
                     }
-                    Verdict::Busy if self.v5 => Some(ConnectReturnCode::ServerBusy),
-                    Verdict::Busy => Some(ConnectReturnCode::ServiceUnavailable),
-                    _ => Some(ConnectReturnCode::BadUserNamePassword),
+                } else {
+                    let decide = credentials.decide(
+                        self.peer.map(|p| p.ip()),
+                        &connect.client_id,
+                        &login.username,
+                        password,
+                    );
+                    let verdict = wait(decide);
+                    login.password = credentials.ticket().to_owned();
+                    match verdict {
+                        v if v.accepted() => {
+                            self.permissions =
+                                credentials.permissions(&login.username, &connect.client_id);
+                            None
+                        }
+                        Verdict::Busy if self.v5 => Some(ConnectReturnCode::ServerBusy),
+                        Verdict::Busy => Some(ConnectReturnCode::ServiceUnavailable),
+                        _ => Some(ConnectReturnCode::BadUserNamePassword),
+                    }
                 }
             }
         };

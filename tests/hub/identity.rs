@@ -20,12 +20,16 @@ const JWT_SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 
 /// An HS256 JWT for `aud`, expiring `exp_in` seconds from now, reading `read`.
 fn jwt(aud: &str, exp_in: i64, read: &[&str]) -> String {
+    jwt_with(aud, exp_in, json!({"read": read}))
+}
+
+/// An HS256 JWT for `aud`, expiring `exp_in` seconds from now, with these `edgewatch` claims.
+fn jwt_with(aud: &str, exp_in: i64, grants: Value) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let claims =
-        json!({"sub": "jwt-app", "aud": aud, "exp": now + exp_in, "edgewatch": {"read": read}});
+    let claims = json!({"sub": "jwt-app", "aud": aud, "exp": now + exp_in, "edgewatch": grants});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -498,4 +502,127 @@ async fn without_credentials_the_http_listener_stays_on_loopback() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = get(&Client::new(), &format!("{}/metrics", hub.http()), None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Connects to the hub's MQTT listener as `username` / `password`: the client and its event
+/// loop once the CONNACK accepted it, or the refusal's return code.
+async fn mqtt_login(
+    hub: &Hub,
+    username: &str,
+    password: &str,
+) -> Result<(AsyncClient, rumqttc::EventLoop), rumqttc::ConnectReturnCode> {
+    let addr = hub.addr("mqtt");
+    let mut opts = MqttOptions::new(
+        format!("tok-{username}"),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    opts.set_credentials(username, password);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(err) => panic!("MQTT connection failed: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK in time");
+    outcome.map(|()| (client, events))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_or_an_app_token_is_an_mqtt_password_with_its_own_permissions() {
+    let s = setup();
+    let http = s.hub.http();
+    // A JWT that may publish under sensors/jwt-dev/ only: its reading is stored, one for
+    // another device is not.
+    let grants = json!({"publish": ["sensors/jwt-dev/#"]});
+    let token = jwt_with("edgewatch", 600, grants.clone());
+    let (client, mut events) = mqtt_login(&s.hub, "any-name", &token)
+        .await
+        .expect("JWT login");
+    for (topic, value) in [
+        ("sensors/jwt-dev/temperature", "1.5"),
+        ("sensors/d2/temperature", "66.6"),
+    ] {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, value)
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    tokio::time::timeout(WAIT, async {
+        while acked < 2 {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("both publishes acknowledged");
+    let client_http = Client::new();
+    let ops = login(&client_http, &http, "ops").await;
+    wait_for(WAIT, "the JWT device's reading stored", || async {
+        let (_, v) = get_cookie(&client_http, &format!("{http}/v1/series"), &ops).await;
+        v.to_string().contains("jwt-dev").then_some(()).ok_or(())
+    })
+    .await;
+    let (_, v) = get_cookie(
+        &client_http,
+        &format!("{http}/v1/readings?filter=sensors/d2/%23"),
+        &ops,
+    )
+    .await;
+    assert!(
+        !v.to_string().contains("66.6"),
+        "the denied publish was stored: {v}"
+    );
+
+    // Expired, or for another audience, or signed with another key: refused as a bad
+    // username or password.
+    let expired = jwt_with("edgewatch", -600, grants.clone());
+    let elsewhere = jwt_with("elsewhere", 600, grants);
+    for bad in [expired.as_str(), elsewhere.as_str(), "ewt_0000"] {
+        let refused = mqtt_login(&s.hub, "any-name", bad).await.err();
+        assert_eq!(
+            refused,
+            Some(rumqttc::ConnectReturnCode::BadUserNamePassword),
+            "{bad}"
+        );
+    }
+
+    // The d1 app token as a password: it reads sensors/d1/# and nothing else.
+    let (client, mut events) = mqtt_login(&s.hub, "d1-app", &s.d1_token)
+        .await
+        .expect("token login");
+    client
+        .subscribe("sensors/d1/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe("sensors/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while codes.len() < 2 {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack))) = events.poll().await
+            {
+                codes.extend(ack.return_codes);
+            }
+        }
+    })
+    .await
+    .expect("two SUBACKs");
+    assert_eq!(
+        codes,
+        [
+            rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            rumqttc::SubscribeReasonCode::Failure
+        ]
+    );
 }

@@ -21,6 +21,9 @@ Cases, per transport:
   wrong password      `d1` with a wrong password: 3.1.1 code 4 (bad username or password) /
                       MQTT 5 0x86, then closed. A failed login puts the address and username
                       into a short backoff; the script waits it out before each such case.
+  expired token       a JWT (HS256, the hub's `[auth.jwt]` key) as the password, EMQX style:
+                      expired, CONNACK 4 / MQTT 5 0x86 then closed; the same claims unexpired
+                      connect.
   outside permission  `d1` subscribes `sensors/#`: SUBACK 0x80 / MQTT 5 0x87. It publishes
                       `sensors/d2/temperature` at QoS 1 (acknowledged anyway; MQTT 5 PUBACK
                       reason 0x87) and at QoS 0; `viewer`, subscribed to `sensors/#`, receives
@@ -32,14 +35,15 @@ Cases, per transport:
                       HTTP API allows that, else after `POST /v1/login` as `admin`, with the
                       `edgewatch_session` cookie).
 
-"Expired token" does not apply to MQTT: the hub takes no JWT as an MQTT password, only
-account passwords (argon2 hashes in `[[broker.users]]`), which do not expire. The WebSocket
-and TLS listeners speak MQTT 3.1.1 only (rumqttd serves MQTT 5 on its own TCP listener), so
+The WebSocket and TLS listeners speak MQTT 3.1.1 only (rumqttd serves MQTT 5 on its own TCP listener), so
 MQTT 5 is tested on `[broker.mqtt5]`.
 
 Needs paho-mqtt 2.x (scripts/mqtt-matrix installs 2.1.0 in target/mqtt-venv) and openssl.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -74,7 +78,9 @@ TRANSPORTS = [
     ("websocket", "MQTT 3.1.1 / WebSocket", False, True, False),
     ("tls", "MQTT 3.1.1 / TLS", False, False, True),
 ]
-CASES = ["no credential", "wrong password", "outside permission", "correct"]
+CASES = ["no credential", "wrong password", "expired token", "outside permission", "correct"]
+# The hub's JWT key (HS256) for the token cases.
+JWT_SECRET = "matrix-test-secret-of-at-least-32-bytes"
 
 # The refusals the hub answers with: (3.1.1 return code, MQTT 5 reason code).
 NOT_AUTHORISED = (5, 0x87)
@@ -114,6 +120,17 @@ def make_cert(work):
     return cert, key
 
 
+def jwt(exp_in, publish):
+    """An HS256 JWT (standard library only) expiring `exp_in` seconds from now."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"sub": "matrix", "exp": int(time.time()) + exp_in, "edgewatch": {"publish": publish}}
+    body = b64(json.dumps(claims).encode())
+    signature = hmac.new(JWT_SECRET.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64(signature)}"
+
+
 def write_config(binary, work, cert, key):
     users = "\n\n".join(
         hash_entry(binary, name) + (f'\nrole = "{role}"' if role else "")
@@ -148,6 +165,9 @@ read = ["sensors/#"]
 publish = []
 
 {users}
+
+[auth.jwt]
+secret = "{JWT_SECRET}"
 
 [bridge]
 data_dir = {json.dumps(os.path.join(work, "data"))}
@@ -455,6 +475,22 @@ class Matrix:
             self.last_failed_login = time.monotonic()
             p.close()
 
+    def expired_token(self, t):
+        # A JWT as the password (EMQX style): expired, it is a bad username or password.
+        token = jwt(-600, ["sensors/#"])
+        p = self.probe(t, "jwtold", "anyone", token)
+        try:
+            detail = self.refused(t, p, BAD_LOGIN)
+        finally:
+            p.close()
+        # The same token unexpired logs in (so the refusal was the expiry).
+        ok = self.probe(t, "jwtnew", "anyone", jwt(600, ["sensors/#"]))
+        try:
+            ok.connected()
+        finally:
+            ok.close()
+        return detail + "; unexpired: accepted"
+
     def outside_permission(self, t, marker):
         viewer = self.probe(t, "viewer", "viewer", PASSWORDS["viewer"])
         d1 = self.probe(t, "d1", "d1", PASSWORDS["d1"])
@@ -529,6 +565,7 @@ class Matrix:
                 ("correct", lambda: self.correct(t, f"{21 + i}.5")),
                 ("outside permission", lambda: self.outside_permission(t, f"{31 + i}.5")),
                 ("no credential", lambda: self.no_credential(t)),
+                ("expired token", lambda: self.expired_token(t)),
                 ("wrong password", lambda: self.wrong_password(t)),
             ]
             for case, check in order:

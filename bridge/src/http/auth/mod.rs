@@ -451,6 +451,20 @@ impl Authority {
         }))
     }
 
+    /// An MQTT login whose password is a token (EMQX style): `None` when `password` is not a
+    /// token this hub takes (an app token when tokens are configured, a JWT when a JWT key
+    /// is), else the token's permissions or why it is refused (expired, wrong audience, ...).
+    pub fn mqtt_token(&self, password: &str) -> Option<Result<Permissions, String>> {
+        let app = password.starts_with(tokens::TOKEN_PREFIX) && !self.tokens.is_empty();
+        let jwt =
+            self.jwt.is_some() && password.starts_with("eyJ") && password.matches('.').count() == 2;
+        if !app && !jwt {
+            return None;
+        }
+        let outcome = self.bearer(password).map(|p| p.permissions.clone());
+        Some(outcome.map_err(|e| e.code.to_owned()))
+    }
+
     /// Whether `caller` may read `GET /metrics`.
     pub fn may_read_metrics(&self, caller: &Principal) -> bool {
         caller.metrics || self.metrics_public
