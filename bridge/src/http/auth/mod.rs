@@ -24,6 +24,7 @@ pub mod login;
 pub mod openapi;
 pub mod sessions;
 pub mod tokens;
+pub mod verified;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,6 +267,7 @@ pub struct Authority {
     anonymous: Option<Arc<Principal>>,
     tokens: TokenTable<Arc<Principal>>,
     jwt: Option<jwt::JwtVerifier>,
+    verified: verified::Verified,
     sessions: Sessions,
     people: Option<PeopleLogin>,
     metrics_public: bool,
@@ -326,6 +328,7 @@ impl Authority {
             anonymous,
             tokens,
             jwt: jwt::JwtVerifier::from_config(&cfg.jwt)?,
+            verified: verified::Verified::default(),
             sessions: Sessions::new(
                 Duration::from_secs(cfg.session_hours * 3600),
                 cfg.max_sessions,
@@ -437,10 +440,13 @@ impl Authority {
             return self.tokens.find(token).cloned().ok_or_else(invalid);
         }
         let verifier = self.jwt.as_ref().ok_or_else(invalid)?;
+        if let Some(known) = self.verified.find(token) {
+            return Ok(known);
+        }
         let claims = verifier
             .verify(token)
             .map_err(|e| AuthError::unauthorized(e.code(), e.to_string()))?;
-        Ok(Arc::new(Principal {
+        let principal = Arc::new(Principal {
             name: claims.subject,
             kind: PrincipalKind::Jwt,
             permissions: Permissions::from_filters(
@@ -448,7 +454,10 @@ impl Authority {
                 parse_filters(&claims.publish),
             ),
             metrics: claims.metrics,
-        }))
+        });
+        self.verified
+            .remember(token, principal.clone(), claims.expires_at);
+        Ok(principal)
     }
 
     /// An MQTT login whose password is a token (EMQX style): `None` when `password` is not a
