@@ -57,6 +57,14 @@ impl ConnectionSubscriptions {
                     .fetch_add(1, Ordering::Relaxed);
                 caps.warn("filter refused: too long or too deep", f.path.as_bytes());
                 Some(SubscribeReasonCode::TopicFilterInvalid)
+            } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
+                // rumqttd drops the connection, without a SUBACK, on a `$` filter; there are
+                // no `$` topics to read (shared-subscription groups aside).
+                caps.counters
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                caps.warn("filter refused: no `$` topics here", f.path.as_bytes());
+                Some(SubscribeReasonCode::NotAuthorized)
             } else if !may_read(&f.path) {
                 caps.counters
                     .subscriptions_denied

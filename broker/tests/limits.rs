@@ -478,3 +478,39 @@ async fn a_last_will_is_bounded_and_accounted_like_a_publish() {
         1
     );
 }
+
+/// MQTT Explorer subscribes `#` and `$SYS/#` in one SUBSCRIBE. rumqttd drops the connection on
+/// any `$` filter without a SUBACK; there are no `$` topics to read (`$share/` groups aside),
+/// so such a filter is refused in place (3.1.1 0x80, MQTT 5 0x87) and the rest is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_filter_is_refused_in_place_and_the_connection_carries_on() {
+    use rumqttc::SubscribeReasonCode as C;
+    let broker = Broker::start(&test_config()).await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    let (client, mut ev) = connect("explorer", addr).await;
+    let filters = ["#", "$SYS/#", "$edgewatch/#"]
+        .iter()
+        .map(|p| SubscribeFilter::new((*p).to_owned(), QoS::AtLeastOnce));
+    client.subscribe_many(filters).await.unwrap();
+    let codes = poll_until(&mut ev, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        codes,
+        [C::Success(QoS::AtLeastOnce), C::Failure, C::Failure]
+    );
+    client
+        .publish("sensors/d1/t", QoS::AtLeastOnce, false, "still here")
+        .await
+        .unwrap();
+    let got = poll_until(&mut ev, |p| match p {
+        Packet::Publish(p) => Some(p.payload),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(&got[..], b"still here");
+}
