@@ -625,4 +625,16 @@ async fn a_jwt_or_an_app_token_is_an_mqtt_password_with_its_own_permissions() {
             rumqttc::SubscribeReasonCode::Failure
         ]
     );
+    // At `info`, rumqttd's four lines per connection stay out of the log (rumqttd=warn unless
+    // the filter names rumqttd); our own refusals are there.
+    let log: Vec<String> = s.hub.stderr().try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("MQTT token login refused")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("Client connection registered")),
+        "rumqttd's per-connection INFO lines are logged"
+    );
 }
