@@ -127,6 +127,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     if let Some(broker) = &broker {
         metrics = with_broker_samples(metrics, broker);
     }
+    let metrics = with_auth_samples(metrics, &authority);
     let api = bridge.app_state().with_authority(authority);
     let app = edgewatch_bridge::http::app(api, Some(live), Some(&metrics));
     let (http_addr, https) = (http.addr, http.tls.is_some());
@@ -351,6 +352,44 @@ fn gate_reading(
 ) -> Arc<dyn Fn() -> f64 + Send + Sync> {
     let gate = gate.clone();
     Arc::new(move || read(&gate) as f64)
+}
+
+/// The HTTP side's refusals, logins and sessions in `/metrics`.
+fn with_auth_samples(
+    metrics: Metrics,
+    authority: &Arc<edgewatch_bridge::http::auth::Authority>,
+) -> Metrics {
+    let counters: [(&'static str, &'static str, &'static str); 5] = [
+        ("edgewatch_http_credential_missing_total", "HTTP requests refused with 401 for want of a credential.", "missing_credential"),
+        ("edgewatch_http_credential_invalid_total", "HTTP requests refused with 401 for a wrong, expired or unknown token or an ended session.", "invalid_credential"),
+        ("edgewatch_http_forbidden_total", "HTTP requests refused with 403: a history query (readings, rollups) with a filter the caller may not read, or /metrics without its grant.", "forbidden"),
+        ("edgewatch_http_logins_accepted_total", "People logged in at POST /v1/login.", "login_accepted"),
+        ("edgewatch_http_login_failures_total", "POST /v1/login refused: wrong username or password, or throttled.", "login_refused"),
+    ];
+    let metrics = counters.into_iter().fold(metrics, |m, (name, help, key)| {
+        let auth = authority.clone();
+        let read = move || {
+            let counts = auth.stats().snapshot();
+            counts
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(0.0, |(_, n)| *n as f64)
+        };
+        m.with_sample(counter(name, help, Arc::new(read)))
+    });
+    let (open, evicted) = (authority.clone(), authority.clone());
+    metrics
+        .with_sample(Sample {
+            name: "edgewatch_http_sessions",
+            help: "Open login sessions (auth.max_sessions at most).",
+            kind: SampleKind::Gauge,
+            read: Arc::new(move || open.session_stats().0 as f64),
+        })
+        .with_sample(counter(
+            "edgewatch_http_sessions_evicted_total",
+            "Login sessions ended because auth.max_sessions was reached.",
+            Arc::new(move || evicted.session_stats().1 as f64),
+        ))
 }
 
 /// A counter of the broker's logins whose verdict is one of `verdicts`.

@@ -106,17 +106,22 @@ async fn publish_as(hub: &Hub, name: &str, value: f64) {
         )
         .await
         .unwrap();
+    wait_acks(&mut events, 2).await;
+    client.disconnect().await.ok();
+}
+
+/// Polls `events` until `n` PUBACKs arrived (bounded by [`WAIT`]).
+async fn wait_acks(events: &mut rumqttc::EventLoop, n: usize) {
     let mut acked = 0;
     tokio::time::timeout(WAIT, async {
-        while acked < 2 {
+        while acked < n {
             if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
                 acked += 1;
             }
         }
     })
     .await
-    .expect("both publishes acknowledged");
-    client.disconnect().await.ok();
+    .expect("publishes acknowledged");
 }
 
 async fn get(client: &Client, url: &str, auth: Option<&str>) -> (StatusCode, Value) {
@@ -225,7 +230,30 @@ async fn every_route_answers_only_what_the_caller_may_read() {
     let scraper = format!("Bearer {}", s.metrics_token);
     let (status, body) = get(&client, &format!("{http}/metrics"), Some(&scraper)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.as_str().unwrap().contains("edgewatch_"));
+    let text = body.as_str().unwrap();
+    // The refusals above are counted (no credential: 7 routes; then wrong tokens and 403s).
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        value("edgewatch_http_credential_missing_total") >= 7.0,
+        "{text}"
+    );
+    assert!(
+        value("edgewatch_http_credential_invalid_total") >= 7.0,
+        "{text}"
+    );
+    assert!(value("edgewatch_http_forbidden_total") >= 4.0, "{text}");
+    assert!(
+        value("edgewatch_http_logins_accepted_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value("edgewatch_http_login_failures_total") >= 1.0,
+        "{text}"
+    );
     // A token that may read nothing: the catalogue is empty, a history query is refused.
     let (status, body) = get(&client, &format!("{http}/v1/series"), Some(&scraper)).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"series": []})));
@@ -554,16 +582,7 @@ async fn a_jwt_or_an_app_token_is_an_mqtt_password_with_its_own_permissions() {
             .await
             .unwrap();
     }
-    let mut acked = 0;
-    tokio::time::timeout(WAIT, async {
-        while acked < 2 {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
-                acked += 1;
-            }
-        }
-    })
-    .await
-    .expect("both publishes acknowledged");
+    wait_acks(&mut events, 2).await;
     let client_http = Client::new();
     let ops = login(&client_http, &http, "ops").await;
     wait_for(WAIT, "the JWT device's reading stored", || async {
