@@ -92,6 +92,8 @@ pub struct CapCounters {
     pub subscriptions_denied: AtomicU64,
     /// Publishes (and wills) dropped because the account may not publish to their topic.
     pub publishes_denied: AtomicU64,
+    /// Connections closed for a packet over the broker's maximum packet size.
+    pub packets_too_large: AtomicU64,
 }
 
 /// Retained messages the broker holds: topic → bytes (topic + payload).
@@ -251,7 +253,7 @@ impl BrokerCaps {
     /// The counters and ledger sizes, for the composition to expose in `/metrics`.
     pub fn samples(self: &Arc<Self>) -> Vec<CapSample> {
         type Pick = fn(&CapCounters) -> &AtomicU64;
-        let counters: [(&'static str, &'static str, Pick); 9] = [
+        let counters: [(&'static str, &'static str, Pick); 10] = [
             (
                 "edgewatch_mqtt_subscriptions_denied_total",
                 "MQTT filters refused in a SUBACK because the account's role may not read them.",
@@ -296,6 +298,11 @@ impl BrokerCaps {
                 "edgewatch_mqtt_rate_delayed_total",
                 "QoS 1/2 MQTT publishes delayed by the per-client rate limit.",
                 |c| &c.rate_delayed,
+            ),
+            (
+                "edgewatch_mqtt_packets_too_large_total",
+                "MQTT connections closed for a packet over the broker's maximum packet size (MQTT 5: DISCONNECT 0x95 first).",
+                |c| &c.packets_too_large,
             ),
         ];
         let mut out: Vec<CapSample> = counters

@@ -96,7 +96,7 @@ impl ClientLimits {
                 Ok(Inbound::Pass)
             }
             Packet::Unsubscribe(unsub, _) => {
-                self.subscriptions.unsubscribe(&unsub.filters);
+                self.subscriptions.unsubscribe(&mut unsub.filters);
                 Ok(Inbound::Pass)
             }
             Packet::Connect(_, _, Some(will), _, _) => {
@@ -118,6 +118,17 @@ impl ClientLimits {
         if let Packet::SubAck(ack, _) = packet {
             self.subscriptions.complete(ack);
         }
+    }
+
+    /// Whether this connection holds `filter`.
+    pub fn holds(&self, filter: &str) -> bool {
+        self.subscriptions.holds(filter)
+    }
+
+    /// Whether a publish on `topic` goes to this client, and with which retain flag (see
+    /// [`ConnectionSubscriptions::forward`]).
+    pub fn forward(&self, topic: &[u8], sending: crate::delivery::Sending) -> Option<bool> {
+        self.subscriptions.forward(topic, sending)
     }
 
     fn topic_bounds(&self, topic: &[u8]) -> Result<(), Error> {

@@ -33,6 +33,9 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// rumqttd router sizing.
     pub router: RouterConfig,
+    /// How often the `$SYS` topics are published, seconds (Mosquitto's `sys_interval`; 0: no
+    /// `$SYS` topics). See `crate::sys`.
+    pub sys_interval_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -47,6 +50,7 @@ impl Default for BrokerConfig {
             roles: Default::default(),
             limits: LimitsConfig::default(),
             router: RouterConfig::default(),
+            sys_interval_secs: 10,
         }
     }
 }

@@ -18,6 +18,8 @@
 //!   instead of readings piling up (and being dropped) in rumqttd's memory.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
+//! * [`delivery`]: corrections to what rumqttd writes to each client (delivery QoS, client
+//!   Maximum Packet Size, one UNSUBACK per UNSUBSCRIBE, DISCONNECT 0x95), made by the wrapper.
 //! * [`caps`], [`subscriptions`], [`rate`], [`client_limits`]: caps on what clients make the
 //!   broker keep (filters, topics, retained messages) and per-client publish rates, applied by
 //!   the codec wrapper; what rumqttd keeps and never frees is described in [`caps`].
@@ -26,6 +28,12 @@
 //! * `front`: our accept loop in front of rumqttd's WebSocket and TLS listeners, whose
 //!   handshakes rumqttd performs one at a time with no time limit.
 //! * `nodelay`: TCP_NODELAY for rumqttd's accepted sockets (inherited from the listener).
+//! * [`sys`]: `$SYS` topics with Mosquitto's names, published under an internal prefix and
+//!   renamed for the clients allowed to read them by the wrapper.
+//! * [`sys_publisher`]: the values of the `$SYS` topics, published every
+//!   `broker.sys_interval_secs`.
+//! * `bind`: bind-check and readiness of the listeners.
+//! * [`wire`]: a PUBLISH's QoS and packet id read from its bytes.
 //! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
 //!   and a publisher handle.
 //!
@@ -34,10 +42,13 @@
 
 pub mod auth;
 pub mod backpressure;
+mod bind;
 pub mod caps;
 pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
+pub mod delivery;
+mod error;
 mod front;
 pub mod link;
 pub mod login;
@@ -47,6 +58,9 @@ pub mod peer;
 pub mod rate;
 pub mod server;
 pub mod subscriptions;
+pub mod sys;
+pub mod sys_publisher;
+pub mod wire;
 
 pub use auth::{hash_password, verify_password, Credentials};
 pub use backpressure::IngestGate;

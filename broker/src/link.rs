@@ -138,6 +138,9 @@ async fn pump(
                     last_offset = Some(offset);
                 }
                 let publish = forward.publish;
+                if crate::sys::sys_topic(&publish.topic).is_some() {
+                    continue; // `$SYS`, for MQTT clients only
+                }
                 let Ok(topic) = String::from_utf8(publish.topic.to_vec()) else {
                     // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
                     tracing::warn!("dropping publish with a non-UTF-8 topic");
@@ -198,15 +201,30 @@ impl LinkPublisher {
     /// Publishes `payload` to `topic`. The router's channel is bounded; this waits on a
     /// blocking thread while it is full, so the async caller is never blocked.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
-        let tx = self.tx.clone();
         self.gate.admitted(topic.as_bytes());
+        self.send(crate::delivery::local_publish(topic, payload, false))
+            .await
+    }
+
+    /// Publishes a retained `$SYS` value under [`crate::sys::INTERNAL`] (not for the bridge).
+    pub(crate) async fn publish_internal(
+        &self,
+        topic: String,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        self.send(crate::delivery::local_publish(topic, payload, true))
+            .await
+    }
+
+    async fn send(&self, packet: rumqttd::protocol::Packet) -> Result<(), String> {
+        let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = tx
                 .lock()
                 .map_err(|_| "publisher lock poisoned".to_owned())?;
-            guard
-                .0
-                .publish(topic, payload)
+            // Marked QoS 0, so subscribers get it at QoS 0 (`crate::delivery`). `send` does
+            // not wait: it queues the packet and blocks on the router's bounded channel.
+            futures::executor::block_on(guard.0.send(packet))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })

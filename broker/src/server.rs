@@ -4,7 +4,7 @@
 //! rumqttd's `Server::start` binds its address itself and reports nothing when that fails, so
 //! every address is bind-checked first (a port in use is a startup error naming the port;
 //! port 0 is resolved to a free port here) and a listener counts as ready once its socket
-//! listens, i.e. the kernel accepts TCP connections on the port (see [`wait_ready`]).
+//! listens, i.e. the kernel accepts TCP connections on the port (see [`crate::bind`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,51 +14,12 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{LinkType, Router, Server};
 use tokio::task::JoinHandle;
 
+use crate::bind::{bind_check, wait_ready};
 use crate::config::{BrokerConfig, EffectiveListener, ListenerKind};
 use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
 use crate::link::{InboundStream, LinkPublisher};
 
-/// How long a listener may take to accept its first connection after start.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why the broker could not start or link.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The configuration is invalid; the error names the dotted key.
-    #[error("invalid broker configuration: {0}")]
-    Config(#[from] edgewatch_protocol::InvalidSetting),
-    /// The broker's own runtime could not be started.
-    #[error("cannot start the listener runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    /// An address could not be bound (typically: the port is already in use).
-    #[error("cannot listen for {listener} on {addr} (port {port}): {source}", port = addr.port())]
-    Bind {
-        /// Which listener.
-        listener: ListenerKind,
-        /// The address it wanted.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A listener stopped or never accepted connections.
-    #[error("{listener} listener on {addr} did not become ready: {reason}")]
-    NotReady {
-        /// Which listener.
-        listener: ListenerKind,
-        /// Its address.
-        addr: SocketAddr,
-        /// What happened.
-        reason: String,
-    },
-    /// The router refused an in-process link.
-    #[error("cannot open in-process link {client_id:?}: {reason}")]
-    Link {
-        /// The link's client id.
-        client_id: String,
-        /// What rumqttd said.
-        reason: String,
-    },
-}
+pub use crate::error::BrokerError;
 
 /// Opens an in-process link; the error is rumqttd's `LinkError` as text (it is large).
 type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
@@ -88,6 +49,8 @@ pub struct Broker {
     /// Caps on client state and rates, with their counters.
     caps: Arc<crate::caps::BrokerCaps>,
     credentials: crate::Credentials,
+    /// How often `$SYS` topics are published (`None`: never).
+    sys_interval: Option<Duration>,
 }
 
 /// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
@@ -296,6 +259,8 @@ impl Broker {
             login_stats,
             caps: shared.caps,
             credentials: shared.credentials,
+            sys_interval: (cfg.sys_interval_secs > 0)
+                .then(|| Duration::from_secs(cfg.sys_interval_secs)),
         })
     }
 
@@ -317,6 +282,18 @@ impl Broker {
                 }
             }
             tracing::info!(listener = %listener.kind, addr = %listener.addr, "MQTT listener ready");
+        }
+        if let Some(interval) = self.sys_interval {
+            let publisher = self.publisher("edgewatch-sys").await?;
+            let (connections, caps) = (self.connections.clone(), self.caps.clone());
+            if let Some(runtime) = &self.runtime {
+                runtime.spawn(crate::sys_publisher::publish_every(
+                    interval,
+                    publisher,
+                    connections,
+                    caps,
+                ));
+            }
         }
         Ok(())
     }
@@ -443,54 +420,6 @@ impl Broker {
     }
 }
 
-/// Binds every address once (holding them all, so two listeners on one port are caught too),
-/// resolves port 0, and releases them for rumqttd.
-fn bind_check(listeners: Vec<EffectiveListener>) -> Result<Vec<EffectiveListener>, BrokerError> {
-    let mut held = Vec::new();
-    let mut out = Vec::new();
-    for l in listeners {
-        let sock = if l.addr.port() == 0 {
-            bind_free(l.addr)
-        } else {
-            std::net::TcpListener::bind(l.addr)
-        }
-        .map_err(|source| BrokerError::Bind {
-            listener: l.kind,
-            addr: l.addr,
-            source,
-        })?;
-        let addr = sock.local_addr().unwrap_or(l.addr);
-        held.push(sock);
-        out.push(EffectiveListener { kind: l.kind, addr });
-    }
-    drop(held);
-    Ok(out)
-}
-
-/// Ports tried for a listener configured with port 0: below Linux's default ephemeral range
-/// (32768-60999), so that between our check and rumqttd's own bind an outgoing connection
-/// cannot take the port.
-const PORT_0_RANGE: std::ops::Range<u16> = 20_000..32_000;
-
-/// Binds a free port for a port-0 address, preferring [`PORT_0_RANGE`].
-fn bind_free(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let span = u32::from(PORT_0_RANGE.end - PORT_0_RANGE.start);
-    // A cheap spread of starting points (no RNG dependency): time and process id.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    for i in 0..64u32 {
-        let offset = seed.wrapping_add(i.wrapping_mul(7_919)) % span;
-        let port = PORT_0_RANGE.start + u16::try_from(offset).unwrap_or(0);
-        if let Ok(sock) = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
-            return Ok(sock);
-        }
-    }
-    std::net::TcpListener::bind(addr)
-}
-
 fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
     if cfg.requires_login() {
         tracing::info!(users = cfg.users.len(), "MQTT login required");
@@ -514,63 +443,6 @@ fn announce_security(cfg: &BrokerConfig, listeners: &[EffectiveListener]) {
              the network, add [[broker.users]] entries (hash passwords with `edgewatch passwd`) \
              or set broker.allow_anonymous = true"
         );
-    }
-}
-
-/// Whether something listens on `addr`: a bind that does not listen, with SO_REUSEADDR, is
-/// refused only by a listening socket.
-fn probe_listening(addr: SocketAddr) -> bool {
-    use rustix::net::{AddressFamily, SocketType};
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let Ok(fd) = rustix::net::socket(family, SocketType::STREAM, None) else {
-        return false;
-    };
-    if rustix::net::sockopt::set_socket_reuseaddr(&fd, true).is_err() {
-        return false;
-    }
-    matches!(
-        rustix::net::bind(&fd, &addr),
-        Err(rustix::io::Errno::ADDRINUSE)
-    )
-}
-
-/// Waits until rumqttd's socket for `listener` is listening.
-///
-/// rumqttd binds inside `Server::start` and reports nothing. The probe binds the same address
-/// with SO_REUSEADDR and never listens: that fails with `AddrInUse` once rumqttd's socket
-/// listens, and before that it cannot stand in rumqttd's way (sockets with SO_REUSEADDR may
-/// share an address as long as at most one listens; a probe that listened, as a plain
-/// `TcpListener::bind` does, made rumqttd's own bind fail now and then). We test that instead
-/// of opening a probe connection, because rumqttd logs every probe connection as an error
-/// ("connection closed by peer", "tls handshake eof") at each start.
-async fn wait_ready(
-    listener: &EffectiveListener,
-    task: &JoinHandle<()>,
-) -> Result<(), BrokerError> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        if task.is_finished() {
-            return Err(BrokerError::NotReady {
-                listener: listener.kind,
-                addr: listener.addr,
-                reason: "listener task ended (see the log for rumqttd's error)".into(),
-            });
-        }
-        if probe_listening(listener.addr) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(BrokerError::NotReady {
-                listener: listener.kind,
-                addr: listener.addr,
-                reason: format!("not listening within {READY_TIMEOUT:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

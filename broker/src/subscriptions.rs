@@ -13,13 +13,15 @@
 //! it can hold more than the per-client cap; `max_filters` still bounds the distinct filters
 //! the broker keeps for everyone together.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use rumqttd::protocol::{SubAck, Subscribe, SubscribeReasonCode};
+use edgewatch_protocol::TopicFilter;
+use rumqttd::protocol::{Filter, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode};
 
 use crate::caps::{filter_within_bounds, BrokerCaps};
+use crate::delivery::{Sending, NO_LOCAL_FILTERS};
 
 /// Failure codes to insert into a SUBACK: (position in the client's SUBSCRIBE, code).
 type Refusals = Vec<(usize, SubscribeReasonCode)>;
@@ -28,10 +30,32 @@ type Refusals = Vec<(usize, SubscribeReasonCode)>;
 /// dropped (a client that pipelines more only gets short SUBACKs for them).
 const MAX_PENDING: usize = 64;
 
+/// MQTT 5 subscription options rumqttd ignores, kept for the filters that set them and applied
+/// by [`ConnectionSubscriptions::forward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Options {
+    /// noLocal: not the connection's own publishes.
+    no_local: bool,
+    /// retainAsPublished: live forwards keep the publisher's retain flag.
+    retain_as_published: bool,
+    /// Retain handling 2, or 1 on a filter already held: no retained messages on this
+    /// subscribe.
+    skip_retained: bool,
+}
+
+impl Drop for ConnectionSubscriptions {
+    fn drop(&mut self) {
+        let no_local = self.options.values().filter(|o| o.no_local).count();
+        NO_LOCAL_FILTERS.fetch_sub(no_local, Ordering::Relaxed);
+    }
+}
+
 /// The filters one connection was granted.
 #[derive(Debug, Default)]
 pub struct ConnectionSubscriptions {
     granted: HashSet<String>,
+    /// Options of the granted filters that set any (see [`Options`]).
+    options: HashMap<String, Options>,
     /// SUBSCRIBEs with refused filters, waiting for their SUBACK (packet id, refusals).
     pending: Mutex<Vec<(u16, Refusals)>>,
 }
@@ -48,18 +72,19 @@ impl ConnectionSubscriptions {
         let max = caps.caps.max_subscriptions_per_client;
         let mut refusals = Refusals::new();
         let mut position = 0;
-        sub.filters.retain(|f| {
+        sub.filters.retain_mut(|f| {
             let at = position;
             position += 1;
+            let sys = crate::sys::internal_filter(&f.path);
             let refusal = if !filter_within_bounds(&f.path) {
                 caps.counters
                     .filters_refused
                     .fetch_add(1, Ordering::Relaxed);
                 caps.warn("filter refused: too long or too deep", f.path.as_bytes());
                 Some(SubscribeReasonCode::TopicFilterInvalid)
-            } else if f.path.starts_with('$') && !f.path.starts_with("$share/") {
+            } else if f.path.starts_with('$') && !f.path.starts_with("$share/") && sys.is_none() {
                 // rumqttd drops the connection, without a SUBACK, on a `$` filter; there are
-                // no `$` topics to read (shared-subscription groups aside).
+                // no `$` topics to read but `$SYS` (shared-subscription groups aside).
                 caps.counters
                     .subscriptions_denied
                     .fetch_add(1, Ordering::Relaxed);
@@ -75,6 +100,7 @@ impl ConnectionSubscriptions {
                 );
                 Some(SubscribeReasonCode::NotAuthorized)
             } else if self.granted.contains(&f.path) {
+                self.set_options(f, true);
                 None
             } else if self.granted.len() >= max || !caps.admit_filter(&f.path) {
                 caps.counters
@@ -84,6 +110,7 @@ impl ConnectionSubscriptions {
                 Some(SubscribeReasonCode::QuotaExceeded)
             } else {
                 self.granted.insert(f.path.clone());
+                self.set_options(f, false);
                 None
             };
             match refusal {
@@ -98,7 +125,13 @@ impl ConnectionSubscriptions {
                     ));
                     false
                 }
-                None => true,
+                None => {
+                    if let Some(internal) = sys {
+                        // rumqttd gets the filter under `crate::sys::INTERNAL`.
+                        f.path = internal;
+                    }
+                    true
+                }
             }
         });
         if !refusals.is_empty() {
@@ -110,11 +143,91 @@ impl ConnectionSubscriptions {
         }
     }
 
-    /// Frees the connection's slots of unsubscribed filters.
-    pub fn unsubscribe(&mut self, filters: &[String]) {
+    /// Frees the connection's slots of unsubscribed filters (a `$SYS` one is renamed to the
+    /// filter rumqttd holds).
+    pub fn unsubscribe(&mut self, filters: &mut [String]) {
         for f in filters {
-            self.granted.remove(f);
+            self.granted.remove(f.as_str());
+            self.drop_options(f);
+            if let Some(internal) = crate::sys::internal_filter(f) {
+                *f = internal;
+            }
         }
+    }
+
+    /// Keeps the options of a granted filter that sets any; `held`: it was held already.
+    fn set_options(&mut self, f: &Filter, held: bool) {
+        let options = Options {
+            no_local: f.nolocal,
+            retain_as_published: f.preserve_retain,
+            skip_retained: match f.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => false,
+                RetainForwardRule::OnNewSubscribe => held,
+                RetainForwardRule::Never => true,
+            },
+        };
+        self.drop_options(&f.path);
+        if options.no_local || options.retain_as_published || options.skip_retained {
+            if options.no_local {
+                NO_LOCAL_FILTERS.fetch_add(1, Ordering::Relaxed);
+            }
+            self.options.insert(f.path.clone(), options);
+        }
+    }
+
+    fn drop_options(&mut self, filter: &str) {
+        if self.options.remove(filter).is_some_and(|o| o.no_local) {
+            NO_LOCAL_FILTERS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a publish on `topic` goes to this client (`None`: not sent), and its retain
+    /// flag, by the options of the filters it matches: sent if one matching filter wants it
+    /// (noLocal filters do not want the connection's own publishes; skip-retained filters do
+    /// not want retained messages sent on subscribe), retained if rumqttd sends it as
+    /// retained or it was published retained and a wanting filter has retainAsPublished.
+    /// rumqttd does not say which subscription a message is for, so an overlapping filter
+    /// without these options takes it (documented in docs/mqtt.md).
+    pub fn forward(&self, topic: &[u8], sending: Sending) -> Option<bool> {
+        let plain = Some(sending.retained_now);
+        if topic.first() == Some(&b'$') {
+            // A `$SYS` topic: only for a `$SYS` filter of this connection (`#` is not one).
+            let topic = std::str::from_utf8(topic).ok()?;
+            let held = self.granted.iter().any(|g| {
+                crate::sys::internal_filter(g).is_some()
+                    && TopicFilter::parse(g).is_ok_and(|f| f.matches(topic))
+            });
+            return held.then_some(sending.retained_now);
+        }
+        if self.options.is_empty() {
+            return plain;
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return plain;
+        };
+        let (mut matched, mut wanted, mut as_published) = (false, false, false);
+        for path in &self.granted {
+            let unshared = match path.strip_prefix("$share/") {
+                Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+                None => path,
+            };
+            if !TopicFilter::parse(unshared).is_ok_and(|f| f.matches(topic)) {
+                continue;
+            }
+            matched = true;
+            let o = self.options.get(path);
+            if o.is_some_and(|o| {
+                (sending.own && o.no_local) || (sending.retained_now && o.skip_retained)
+            }) {
+                continue;
+            }
+            wanted = true;
+            as_published |= o.is_some_and(|o| o.retain_as_published);
+        }
+        if !matched {
+            return plain;
+        }
+        wanted.then_some(sending.retained_now || (sending.retained_by_publisher && as_published))
     }
 
     /// Puts the refused filters' codes back into the SUBACK for their SUBSCRIBE.
@@ -130,6 +243,11 @@ impl ConnectionSubscriptions {
             let at = at.min(ack.return_codes.len());
             ack.return_codes.insert(at, code);
         }
+    }
+
+    /// Whether this connection holds `filter`.
+    pub fn holds(&self, filter: &str) -> bool {
+        self.granted.contains(filter)
     }
 
     /// Filters this connection holds.
@@ -148,7 +266,7 @@ mod tests {
     use super::*;
     use crate::caps::{Caps, MAX_FILTER_LEVELS};
     use crate::config::LimitsConfig;
-    use rumqttd::protocol::{Filter, QoS, RetainForwardRule};
+    use rumqttd::protocol::QoS;
 
     fn caps(per_client: usize, distinct: usize) -> BrokerCaps {
         let mut caps = Caps::from(&LimitsConfig::default());
@@ -210,7 +328,7 @@ mod tests {
         );
 
         // After an unsubscribe the slot is free again; v4 gets 0x80 for every refusal.
-        conn.unsubscribe(&["a/2".to_owned()]);
+        conn.unsubscribe(&mut ["a/2".to_owned()]);
         let mut sub = subscribe(8, &["a/4".into(), "a/5".into()]);
         conn.filter(&mut sub, &caps, false, &|_| true);
         let mut ack = router_ack(&sub);

@@ -27,8 +27,12 @@ use crate::auth::Credentials;
 use crate::backpressure::{Admission, IngestGate};
 use crate::caps::BrokerCaps;
 use crate::client_limits::{ClientLimits, Inbound};
+use crate::delivery::{self, Delivery};
 use crate::login::Verdict;
 use crate::peer::{PeerSlot, Peers};
+use crate::wire::{publish_pkid, publish_qos};
+
+mod corrections;
 use edgewatch_protocol::permissions::Permissions;
 use edgewatch_protocol::TopicFilter;
 use rumqttd::protocol::ConnectReturnCode;
@@ -94,6 +98,12 @@ pub struct PolicyProtocol<P> {
     denied: Mutex<Vec<u16>>,
     /// Caps and rate limit, when configured (per connection: fresh in each clone).
     limits: Option<ClientLimits>,
+    /// Corrections to what rumqttd writes (see [`crate::delivery`]).
+    delivery: Delivery,
+    /// Set once the CONNECT was read.
+    connected: bool,
+    /// Set when a DISCONNECT with a reason is on its way and nothing more is read.
+    refusing: bool,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -157,6 +167,9 @@ impl<P> PolicyProtocol<P> {
             permissions: None,
             denied: Mutex::default(),
             limits: None,
+            delivery: Delivery::default(),
+            connected: false,
+            refusing: false,
         }
     }
 }
@@ -194,6 +207,32 @@ impl<P> PolicyProtocol<P> {
 }
 
 impl<P> PolicyProtocol<P> {
+    /// A CONNECT: the per-address cap, the connection count and the keep-alive policy.
+    fn admit_connect(&mut self, connect: &mut rumqttd::protocol::Connect) -> Result<(), Error> {
+        self.admit_peer(&connect.client_id)?;
+        if let Some(n) = &self.connections {
+            if !self.counted.swap(true, Ordering::Relaxed) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let requested = connect.keep_alive;
+        let effective = self.policy.effective(requested);
+        if effective != requested {
+            tracing::debug!(
+                client_id = %connect.client_id,
+                requested,
+                effective,
+                "keep-alive adjusted by policy"
+            );
+            connect.keep_alive = effective;
+            // A client that asked for 0 wants no timeout; telling it a server keep-alive
+            // would make it start pinging, which is fine for MQTT 5 clients.
+            self.announce_keep_alive
+                .store(u32::from(effective) + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Closes the connection after the packets already read from it, for `why`.
     ///
     /// Returning an error from `read_mut` would make rumqttd drop every packet of the batch it
@@ -293,14 +332,17 @@ impl<P> PolicyProtocol<P> {
     /// reason 0x87 not authorized) but goes nowhere: its topic becomes `$edgewatch/denied`,
     /// which no one may subscribe to and the bridge does not receive, with an empty payload.
     fn permit_publish(&mut self, packet: &mut Packet, qos: u8, pkid: Option<u16>) -> bool {
-        let (Some(permissions), Packet::Publish(publish, props)) = (&self.permissions, packet)
-        else {
+        let Packet::Publish(publish, props) = packet else {
             return true;
         };
+        // No client publishes where the hub's `$SYS` values are (`crate::sys`).
+        let internal = crate::sys::sys_topic(&publish.topic).is_some();
         // An alias-only publish (empty topic) is refused: its topic is not checked here.
         let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-        if !topic.is_empty() && permissions.may_publish(topic) {
-            return true;
+        match &self.permissions {
+            None if !internal => return true,
+            Some(p) if !internal && !topic.is_empty() && p.may_publish(topic) => return true,
+            _ => {}
         }
         let shown = publish.topic.clone();
         self.deny("publish denied", &shown);
@@ -385,6 +427,14 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 stream.clear();
                 return Err(Error::InsufficientBytes(1));
             }
+            if let Some(packet) = self.delivery.synthetic() {
+                self.closing = matches!(packet, Packet::Disconnect(..));
+                return Ok(packet);
+            }
+            if self.refusing {
+                stream.clear();
+                return Err(Error::InsufficientBytes(1));
+            }
             // The fixed header's first byte: a publish's QoS, which rumqttd's `Publish` keeps
             // private.
             let header = stream.first().copied().unwrap_or(0);
@@ -400,7 +450,18 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 Some(_) if self.v5 && header >> 4 == 3 => publish_pkid(stream),
                 _ => None,
             };
-            let mut packet = self.inner.read_mut(stream, max_size)?;
+            let before = stream.len();
+            let mut packet = match self.inner.read_mut(stream, max_size) {
+                Ok(packet) => {
+                    count_read(before - stream.len());
+                    packet
+                }
+                Err(err @ Error::PayloadSizeLimitExceeded(_)) if self.connected => {
+                    return self.refuse_oversize(stream, err)
+                }
+                Err(err) => return Err(err),
+            };
+            let held = self.held(&packet);
             if !self.permit_publish(&mut packet, publish_qos(header), pkid) {
                 continue;
             }
@@ -423,30 +484,13 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 Next::Skip => continue,
                 Next::Close(err) => return self.close(err),
             }
+            if let Err(err) = self.correct_inbound(&mut packet, header, held, max_size) {
+                return self.close(err);
+            }
             break packet;
         };
         if let Packet::Connect(connect, ..) = &mut packet {
-            self.admit_peer(&connect.client_id)?;
-            if let Some(n) = &self.connections {
-                if !self.counted.swap(true, Ordering::Relaxed) {
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            let requested = connect.keep_alive;
-            let effective = self.policy.effective(requested);
-            if effective != requested {
-                tracing::debug!(
-                    client_id = %connect.client_id,
-                    requested,
-                    effective,
-                    "keep-alive adjusted by policy"
-                );
-                connect.keep_alive = effective;
-                // A client that asked for 0 wants no timeout; telling it a server keep-alive
-                // would make it start pinging, which is fine for MQTT 5 clients.
-                self.announce_keep_alive
-                    .store(u32::from(effective) + 1, Ordering::Relaxed);
-            }
+            self.admit_connect(connect)?;
         }
         // After the per-address cap: a refused connection costs no password check.
         self.decide_login(&mut packet);
@@ -478,14 +522,24 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         }
         if self.v5 {
             if let Packet::ConnAck(_, props) = &mut packet {
+                let props = props.get_or_insert_with(Default::default);
                 let announce = self.announce_keep_alive.swap(0, Ordering::Relaxed);
                 if announce > 0 {
-                    let secs = u16::try_from(announce - 1).unwrap_or(u16::MAX);
-                    props.get_or_insert_with(Default::default).server_keep_alive = Some(secs);
+                    props.server_keep_alive = Some(u16::try_from(announce - 1).unwrap_or(u16::MAX));
                 }
+                props.max_packet_size = self.delivery.broker_max_packet;
             }
         }
-        self.inner.write(packet, write)
+        let forward = |topic: &[u8], sending: delivery::Sending| match &self.limits {
+            Some(l) => l.forward(topic, sending),
+            None => Some(sending.retained_now),
+        };
+        let publish = matches!(packet, Packet::Publish(..));
+        let n = self
+            .delivery
+            .write(packet, write, &|p, w| self.inner.write(p, w), &forward)?;
+        count_written(n, publish);
+        Ok(n)
     }
 }
 
@@ -498,6 +552,26 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
             tokio::task::block_in_place(|| rt.block_on(future))
         }
         _ => futures::executor::block_on(future),
+    }
+}
+
+/// Counts a packet of `bytes` read, for `$SYS` (`crate::sys`).
+fn count_read(bytes: usize) {
+    let t = &crate::sys::TRAFFIC;
+    t.packets_received.fetch_add(1, Ordering::Relaxed);
+    t.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// Counts a packet of `bytes` written (none: not written), for `$SYS`.
+fn count_written(bytes: usize, publish: bool) {
+    if bytes == 0 {
+        return;
+    }
+    let t = &crate::sys::TRAFFIC;
+    t.packets_sent.fetch_add(1, Ordering::Relaxed);
+    t.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    if publish {
+        t.publishes_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -519,30 +593,6 @@ const DENIED_TOPIC: &str = "$edgewatch/denied";
 /// have a body: CONNACK and UNSUBACK (found by `broker/tests/codec_fuzz.rs`).
 const V5_UNREACHABLE: [u8; 2] = [2, 11];
 
-/// The packet id of the QoS 1/2 PUBLISH at the start of `bytes`, if its bytes are there.
-fn publish_pkid(bytes: &[u8]) -> Option<u16> {
-    if publish_qos(*bytes.first()?) == 0 {
-        return None;
-    }
-    // The remaining length: 1 to 4 bytes, 7 bits each, high bit set on all but the last.
-    let mut at = 1;
-    while bytes.get(at)? & 0x80 != 0 {
-        at += 1;
-        if at > 4 {
-            return None;
-        }
-    }
-    at += 1;
-    let topic_len = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-    let id = at + 2 + topic_len;
-    Some(u16::from_be_bytes([*bytes.get(id)?, *bytes.get(id + 1)?]))
-}
-
-/// The QoS of a PUBLISH from the first byte of its fixed header.
-fn publish_qos(first: u8) -> u8 {
-    (first >> 1) & 0b11
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,29 +612,5 @@ mod tests {
             max_secs: 10,
         };
         assert_eq!(p.effective(1), 1);
-    }
-
-    #[test]
-    fn publish_pkid_is_read_from_the_bytes() {
-        // QoS 1, remaining length 15, topic "sensors/a", packet id 0x0102, payload "21".
-        assert_eq!(
-            publish_pkid(b"\x32\x0f\x00\x09sensors/a\x01\x0221"),
-            Some(0x0102)
-        );
-        assert_eq!(publish_pkid(b"\x30\x0d\x00\x09sensors/a21"), None, "QoS 0");
-        assert_eq!(publish_pkid(b"\x32\x0f\x00\x09sens"), None, "cut short");
-        assert_eq!(
-            publish_pkid(b"\x32\x80\x80\x80\x80\x01"),
-            None,
-            "bad length"
-        );
-    }
-
-    #[test]
-    fn publish_qos_is_read_from_the_fixed_header() {
-        assert_eq!(publish_qos(0x30), 0);
-        assert_eq!(publish_qos(0x32), 1);
-        assert_eq!(publish_qos(0x3B), 1); // dup, QoS 1, retain
-        assert_eq!(publish_qos(0x34), 2);
     }
 }

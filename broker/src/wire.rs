@@ -1,0 +1,75 @@
+//! MQTT fixed-header facts read straight from bytes, for the codec wrapper: rumqttd's
+//! `Publish` keeps its QoS and packet id private.
+
+/// The packet id of the QoS 1/2 PUBLISH at the start of `bytes`, if its bytes are there.
+pub fn publish_pkid(bytes: &[u8]) -> Option<u16> {
+    if publish_qos(*bytes.first()?) == 0 {
+        return None;
+    }
+    // The remaining length: 1 to 4 bytes, 7 bits each, high bit set on all but the last.
+    let mut at = 1;
+    while bytes.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    at += 1;
+    let topic_len = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+    let id = at + 2 + topic_len;
+    Some(u16::from_be_bytes([*bytes.get(id)?, *bytes.get(id + 1)?]))
+}
+
+/// The QoS of a PUBLISH from the first byte of its fixed header.
+pub fn publish_qos(first: u8) -> u8 {
+    (first >> 1) & 0b11
+}
+
+/// The MQTT 5 Maximum Packet Size for a broker that reads at most `max_remaining` bytes after
+/// a fixed header (rumqttd's limit is on the remaining length; the property counts the whole
+/// packet).
+pub fn packet_size_limit(max_remaining: usize) -> u32 {
+    let mut len_bytes = 1;
+    let mut rest = max_remaining >> 7;
+    while rest > 0 {
+        len_bytes += 1;
+        rest >>= 7;
+    }
+    u32::try_from(max_remaining + 1 + len_bytes).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_pkid_is_read_from_the_bytes() {
+        // QoS 1, remaining length 15, topic "sensors/a", packet id 0x0102, payload "21".
+        assert_eq!(
+            publish_pkid(b"\x32\x0f\x00\x09sensors/a\x01\x0221"),
+            Some(0x0102)
+        );
+        assert_eq!(publish_pkid(b"\x30\x0d\x00\x09sensors/a21"), None, "QoS 0");
+        assert_eq!(publish_pkid(b"\x32\x0f\x00\x09sens"), None, "cut short");
+        assert_eq!(
+            publish_pkid(b"\x32\x80\x80\x80\x80\x01"),
+            None,
+            "bad length"
+        );
+    }
+
+    #[test]
+    fn publish_qos_is_read_from_the_fixed_header() {
+        assert_eq!(publish_qos(0x30), 0);
+        assert_eq!(publish_qos(0x32), 1);
+        assert_eq!(publish_qos(0x3B), 1); // dup, QoS 1, retain
+        assert_eq!(publish_qos(0x34), 2);
+    }
+
+    #[test]
+    fn the_maximum_packet_size_counts_the_fixed_header() {
+        assert_eq!(packet_size_limit(127), 129);
+        assert_eq!(packet_size_limit(1024), 1027);
+        assert_eq!(packet_size_limit(1_048_576), 1_048_580);
+    }
+}
