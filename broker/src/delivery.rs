@@ -223,17 +223,21 @@ pub struct Delivery {
     state: Mutex<State>,
     /// This connection's number (for noLocal).
     pub connection: u32,
+    /// Whether the client speaks MQTT 5 (3.1.1 has no properties).
+    pub v5: bool,
     /// The client's Maximum Packet Size (MQTT 5 CONNECT), bytes.
     pub client_max_packet: Option<usize>,
     /// The largest packet the broker reads from this client, bytes, as a CONNACK states it.
     pub broker_max_packet: Option<u32>,
 }
 
-impl Default for Delivery {
-    fn default() -> Self {
+impl Delivery {
+    /// A new connection's: `v5` when its client speaks MQTT 5.
+    pub fn new(v5: bool) -> Self {
         Self {
             state: Mutex::default(),
             connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            v5,
             client_max_packet: None,
             broker_max_packet: None,
         }
@@ -390,6 +394,11 @@ impl Delivery {
         forward: &dyn Fn(&[u8], Sending) -> Option<bool>,
     ) -> Result<usize, Error> {
         let origin = take_mark(&mut props);
+        if !self.v5 {
+            // An MQTT 5 publisher's properties: rumqttd's 3.1.1 encoder panics on any
+            // (`unreachable!`), ending the subscriber's connection.
+            props = None;
+        }
         let sys = crate::sys::sys_topic(&publish.topic).map(Bytes::copy_from_slice);
         let sending = Sending {
             retained_now: publish.retain,

@@ -385,6 +385,34 @@ async fn no_message_goes_out_under_another_topics_alias() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_publish_with_properties_reaches_an_mqtt311_subscriber() {
+    let (_broker, v4, v5) = broker().await;
+    let (mut sub, _) = Client::connect(v4, "old", false, &[]).await;
+    sub.subscribe(1, &[("p/#", 1)]).await;
+    let (mut publ, _) = Client::connect(v5, "new", true, &[]).await;
+    // Content type "text/plain" (0x03) and a user property (0x26).
+    let mut body = Vec::new();
+    string(b"p/1", &mut body);
+    body.extend_from_slice(&1u16.to_be_bytes());
+    let mut props = vec![0x03];
+    string(b"text/plain", &mut props);
+    props.push(0x26);
+    string(b"k", &mut props);
+    string(b"v", &mut props);
+    varint(props.len(), &mut body);
+    body.extend_from_slice(&props);
+    body.extend_from_slice(b"21.5");
+    publ.send(&packet(0x32, &body)).await;
+    assert_eq!(publ.next().await.unwrap().kind(), 4);
+    let m = sub.message().await;
+    assert_eq!(
+        (m.topic.as_str(), m.qos, m.payload),
+        ("p/1", 1, b"21.5".to_vec())
+    );
+    assert!(sub.alive().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unsubscribe_gets_one_unsuback_with_a_reason_per_filter() {
     let (_broker, v4, v5) = broker().await;
     let (mut c, _) = Client::connect(v5, "u5", true, &[]).await;

@@ -167,7 +167,7 @@ impl<P> PolicyProtocol<P> {
             permissions: None,
             denied: Mutex::default(),
             limits: None,
-            delivery: Delivery::default(),
+            delivery: Delivery::new(v5),
             connected: false,
             refusing: false,
         }
