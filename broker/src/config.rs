@@ -133,7 +133,9 @@ pub struct RoleConfig {
 pub struct LimitsConfig {
     /// Maximum concurrent MQTT connections (all listeners and in-process links together).
     pub max_connections: usize,
-    /// Maximum size of one incoming MQTT packet in bytes; a larger one closes the connection.
+    /// Maximum size of one incoming MQTT packet in bytes, fixed header included (Mosquitto's
+    /// `max_packet_size`; MQTT 5 clients are told in the CONNACK); a larger one closes the
+    /// connection (MQTT 5: after DISCONNECT 0x95).
     pub max_packet_size: usize,
     /// Maximum unacknowledged QoS 1/2 publishes in flight per connection.
     pub max_inflight: usize,
@@ -496,7 +498,7 @@ impl BrokerConfig {
     ) -> rumqttd::ServerSettings {
         let mut connections = rumqttd::ConnectionSettings {
             connection_timeout_ms: self.limits.connect_timeout_ms,
-            max_payload_size: self.limits.max_packet_size,
+            max_payload_size: crate::wire::remaining_limit(self.limits.max_packet_size),
             max_inflight_count: self.limits.max_inflight,
             auth: None,
             external_auth: None,

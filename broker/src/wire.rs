@@ -29,13 +29,30 @@ pub fn publish_qos(first: u8) -> u8 {
 /// a fixed header (rumqttd's limit is on the remaining length; the property counts the whole
 /// packet).
 pub fn packet_size_limit(max_remaining: usize) -> u32 {
+    u32::try_from(max_remaining + 1 + varint_len(max_remaining)).unwrap_or(u32::MAX)
+}
+
+/// The largest remaining length of a packet of at most `max_packet` bytes in all: what
+/// rumqttd's limit (on the remaining length) is set to for `broker.limits.max_packet_size`.
+pub fn remaining_limit(max_packet: usize) -> usize {
+    (1..=4)
+        .filter_map(|len_bytes| {
+            let remaining = max_packet.checked_sub(1 + len_bytes)?;
+            (varint_len(remaining) <= len_bytes).then_some(remaining)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Bytes of a remaining-length field for `n`.
+fn varint_len(n: usize) -> usize {
     let mut len_bytes = 1;
-    let mut rest = max_remaining >> 7;
+    let mut rest = n >> 7;
     while rest > 0 {
         len_bytes += 1;
         rest >>= 7;
     }
-    u32::try_from(max_remaining + 1 + len_bytes).unwrap_or(u32::MAX)
+    len_bytes
 }
 
 #[cfg(test)]
@@ -71,5 +88,11 @@ mod tests {
         assert_eq!(packet_size_limit(127), 129);
         assert_eq!(packet_size_limit(1024), 1027);
         assert_eq!(packet_size_limit(1_048_576), 1_048_580);
+        for max in [64, 129, 130, 131, 4096, 16_386, 1_048_576] {
+            let remaining = remaining_limit(max);
+            assert!(packet_size_limit(remaining) as usize <= max, "{max}");
+            assert!(packet_size_limit(remaining + 1) as usize > max, "{max}");
+        }
+        assert_eq!(packet_size_limit(remaining_limit(4096)), 4096);
     }
 }
