@@ -27,6 +27,7 @@ use crate::auth::Credentials;
 use crate::backpressure::{Admission, IngestGate};
 use crate::caps::BrokerCaps;
 use crate::client_limits::{ClientLimits, Inbound};
+use crate::durable::{Durable, DurableConnection};
 use crate::login::Verdict;
 use crate::peer::{PeerSlot, Peers};
 use edgewatch_protocol::permissions::Permissions;
@@ -94,6 +95,8 @@ pub struct PolicyProtocol<P> {
     denied: Mutex<Vec<u16>>,
     /// Caps and rate limit, when configured (per connection: fresh in each clone).
     limits: Option<ClientLimits>,
+    /// Retained messages and sessions recorded across restarts ([`crate::durable`]).
+    durable: Option<DurableConnection>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -119,6 +122,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
         codec.peer = peer;
         codec.credentials.clone_from(&self.credentials);
         codec.limits.clone_from(&self.limits);
+        codec.durable.clone_from(&self.durable);
         codec
     }
 }
@@ -157,6 +161,7 @@ impl<P> PolicyProtocol<P> {
             permissions: None,
             denied: Mutex::default(),
             limits: None,
+            durable: None,
         }
     }
 }
@@ -186,6 +191,12 @@ impl<P> PolicyProtocol<P> {
         self
     }
 
+    /// Records retained messages and persistent sessions in `durable`.
+    pub fn with_durable(mut self, durable: Arc<Durable>) -> Self {
+        self.durable = Some(DurableConnection::new(durable));
+        self
+    }
+
     /// Counts connected clients in `n`.
     pub fn with_connection_count(mut self, n: Arc<AtomicI64>) -> Self {
         self.connections = Some(n);
@@ -204,6 +215,9 @@ impl<P> PolicyProtocol<P> {
     fn close(&mut self, why: Error) -> Result<Packet, Error> {
         tracing::debug!(%why, "closing an MQTT connection after its packets so far");
         self.closing = true;
+        if let Some(durable) = &mut self.durable {
+            durable.closed();
+        }
         let disconnect = rumqttd::protocol::Disconnect {
             reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
         };
@@ -379,7 +393,7 @@ impl<P> PolicyProtocol<P> {
 
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let mut packet = loop {
+        let (mut packet, header) = loop {
             if self.closing {
                 // Closed by us (see `close`): what the client still sends is not read.
                 stream.clear();
@@ -423,7 +437,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 Next::Skip => continue,
                 Next::Close(err) => return self.close(err),
             }
-            break packet;
+            break (packet, header);
         };
         if let Packet::Connect(connect, ..) = &mut packet {
             self.admit_peer(&connect.client_id)?;
@@ -450,6 +464,9 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         }
         // After the per-address cap: a refused connection costs no password check.
         self.decide_login(&mut packet);
+        if let (Some(durable), None) = (&mut self.durable, self.refused) {
+            durable.packet(&mut packet, header, self.v5, self.limits.as_mut());
+        }
         Ok(packet)
     }
 

@@ -26,6 +26,9 @@
 //! * `front`: our accept loop in front of rumqttd's WebSocket and TLS listeners, whose
 //!   handshakes rumqttd performs one at a time with no time limit.
 //! * `nodelay`: TCP_NODELAY for rumqttd's accepted sockets (inherited from the listener).
+//! * [`durable`]: retained messages and persistent sessions across a restart of the hub: every
+//!   change recorded into a store the composition provides, restored before the listeners open;
+//!   MQTT 5 session expiry.
 //! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
 //!   and a publisher handle.
 //!
@@ -38,6 +41,7 @@ pub mod caps;
 pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
+pub mod durable;
 mod front;
 pub mod link;
 pub mod login;

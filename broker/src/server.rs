@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, EffectiveListener, ListenerKind};
 use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
+use crate::durable::SessionLinks;
 use crate::link::{InboundStream, LinkPublisher};
 
 /// How long a listener may take to accept its first connection after start.
@@ -60,9 +61,6 @@ pub enum BrokerError {
     },
 }
 
-/// Opens an in-process link; the error is rumqttd's `LinkError` as text (it is large).
-type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
-
 /// A running broker. Dropping it (or [`Broker::stop`]) closes the listeners and every MQTT
 /// connection.
 ///
@@ -76,7 +74,8 @@ pub struct Broker {
     runtime: Option<tokio::runtime::Runtime>,
     /// Starts the listeners on the runtime; taken by [`Broker::listen`].
     spawn: Option<Box<SpawnListeners>>,
-    links: Arc<LinkFactory>,
+    /// Opens in-process links (client id, clean session); errors as text (rumqttd's are large).
+    links: Arc<SessionLinks>,
     /// Backpressure from the bridge's ingest link to the devices.
     gate: Arc<crate::IngestGate>,
     /// Connected MQTT clients over all listeners.
@@ -88,6 +87,8 @@ pub struct Broker {
     /// Caps on client state and rates, with their counters.
     caps: Arc<crate::caps::BrokerCaps>,
     credentials: crate::Credentials,
+    /// Retained messages and sessions across restarts, and MQTT 5 session expiry.
+    pub(crate) durable: Arc<crate::durable::Durable>,
 }
 
 /// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
@@ -145,6 +146,7 @@ struct Shared {
     peers: Arc<crate::peer::Peers>,
     caps: Arc<crate::caps::BrokerCaps>,
     credentials: crate::Credentials,
+    durable: Arc<crate::durable::Durable>,
 }
 
 impl Shared {
@@ -152,8 +154,11 @@ impl Shared {
         cfg: &BrokerConfig,
         peers: Arc<crate::peer::Peers>,
         credentials: crate::Credentials,
+        links: Arc<SessionLinks>,
     ) -> Self {
+        let caps = Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into()));
         Self {
+            durable: crate::durable::Durable::for_broker(&caps, links),
             credentials,
             gate: Arc::new(crate::IngestGate::new(
                 cfg.limits.ingest_backlog_max,
@@ -161,7 +166,7 @@ impl Shared {
             )),
             connections: Arc::default(),
             peers,
-            caps: Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into())),
+            caps,
         }
     }
 
@@ -173,6 +178,7 @@ impl Shared {
             .with_peers(self.peers.clone())
             .with_caps(self.caps.clone())
             .with_credentials(self.credentials.clone())
+            .with_durable(self.durable.clone())
     }
 }
 
@@ -200,6 +206,7 @@ impl std::fmt::Debug for Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        self.durable.stop(); // no wills recorded for the connections the stop closes
         if let Some(rt) = self.runtime.take() {
             // Allowed from async code, unlike dropping the runtime: tasks are dropped, sockets
             // close, nothing is awaited.
@@ -240,7 +247,13 @@ impl Broker {
         for l in &listeners {
             settings.push(listener_settings(cfg, l, &credentials, &peers)?);
         }
-        let shared = Shared::new(cfg, peers.clone(), credentials.clone());
+        let router = router_tx.clone();
+        let links: Arc<SessionLinks> = Arc::new(move |id, clean| {
+            let link = LinkBuilder::new(id, router.clone()).clean_session(clean);
+            let built = link.build().map(|(tx, rx, _)| (tx, rx));
+            built.map_err(|e: LinkError| e.to_string())
+        });
+        let shared = Shared::new(cfg, peers.clone(), credentials.clone(), links.clone());
         let (v4, v5) = (
             shared.attach(PolicyProtocol::v4(policy)),
             shared.attach(PolicyProtocol::v5(policy)),
@@ -278,13 +291,6 @@ impl Broker {
             servers.into_iter().chain(fronts).collect()
         });
 
-        let links: Arc<LinkFactory> = Arc::new(move |client_id: &str| {
-            LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(true)
-                .build()
-                .map(|(tx, rx, _ack)| (tx, rx))
-                .map_err(|e: LinkError| e.to_string())
-        });
         Ok(Broker {
             listeners: listeners.iter().map(|l| (l.kind, l.addr)).collect(),
             runtime: Some(runtime),
@@ -296,6 +302,7 @@ impl Broker {
             login_stats,
             caps: shared.caps,
             credentials: shared.credentials,
+            durable: shared.durable,
         })
     }
 
@@ -417,14 +424,15 @@ impl Broker {
     /// Opens an in-process link for publishing into the broker.
     pub async fn publisher(&self, client_id: &str) -> Result<LinkPublisher, BrokerError> {
         let (tx, _rx) = self.open_link(client_id).await?;
-        Ok(LinkPublisher::new(tx, self.gate.clone()))
+        let durable = self.durable.clone();
+        Ok(LinkPublisher::new(tx, self.gate.clone(), durable))
     }
 
     async fn open_link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
         let links = self.links.clone();
         let id = client_id.to_owned();
         // Building a link waits for the router's CONNACK on a blocking channel.
-        tokio::task::spawn_blocking(move || links(&id))
+        tokio::task::spawn_blocking(move || links(&id, true))
             .await
             .map_err(|e| BrokerError::Link {
                 client_id: client_id.to_owned(),

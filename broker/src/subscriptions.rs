@@ -110,6 +110,17 @@ impl ConnectionSubscriptions {
         }
     }
 
+    /// Takes `filters` as held: the subscriptions of the persistent session rumqttd resumes for
+    /// this connection (they passed the caps when they were made).
+    pub fn seed(&mut self, filters: Vec<String>) {
+        self.granted.extend(filters);
+    }
+
+    /// Whether this connection holds `filter`.
+    pub fn holds(&self, filter: &str) -> bool {
+        self.granted.contains(filter)
+    }
+
     /// Frees the connection's slots of unsubscribed filters.
     pub fn unsubscribe(&mut self, filters: &[String]) {
         for f in filters {

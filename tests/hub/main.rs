@@ -8,6 +8,7 @@ mod api_docs;
 mod cli;
 mod cors;
 mod crash;
+mod durable;
 mod identity;
 mod metrics;
 mod stall;
