@@ -119,6 +119,11 @@ impl ClientLimits {
         self.subscriptions.seed(filters);
     }
 
+    /// Whether this connection holds `filter` (granted here, or resumed with its session).
+    pub fn holds_filter(&self, filter: &str) -> bool {
+        self.subscriptions.holds(filter)
+    }
+
     /// The topic an MQTT 5 topic alias of this connection stands for.
     pub fn alias_topic(&self, alias: u16) -> Option<Bytes> {
         self.aliases.get(&alias).cloned()

@@ -261,3 +261,187 @@ impl Durable {
         self.put_session(client_id, &session.record);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use rumqttd::protocol::{
+        Connect, Filter, LastWill, Publish, QoS, RetainForwardRule, Subscribe, Unsubscribe,
+    };
+
+    use super::super::record::{self, Entry};
+    use super::super::SessionBounds;
+    use super::*;
+    use crate::caps::{BrokerCaps, Caps};
+    use crate::config::LimitsConfig;
+
+    #[derive(Default)]
+    struct MemoryStore(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+    impl super::super::StateStore for MemoryStore {
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+            self.0.lock().unwrap().insert(key.to_vec(), value.to_vec());
+            Ok(())
+        }
+        fn remove(&self, key: &[u8]) -> Result<(), String> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+        fn entries(&self) -> Result<super::super::Entries, String> {
+            Ok(self.0.lock().unwrap().clone().into_iter().collect())
+        }
+    }
+
+    impl MemoryStore {
+        fn read(&self) -> Vec<Entry> {
+            let entries = self.0.lock().unwrap().clone();
+            entries
+                .iter()
+                .filter_map(|(k, v)| record::read(k, v))
+                .collect()
+        }
+    }
+
+    fn durable(bounds: SessionBounds) -> (Arc<Durable>, Arc<MemoryStore>) {
+        let caps = Arc::new(BrokerCaps::new(Caps::from(&LimitsConfig::default())));
+        // No router here: a discard fails and is logged.
+        let links: Arc<super::super::SessionLinks> = Arc::new(|_, _| Err("no router".into()));
+        let durable = Arc::new(Durable::new(caps.clone(), bounds, links));
+        let store = Arc::new(MemoryStore::default());
+        let attached: Arc<dyn super::super::StateStore> = store.clone();
+        assert!(durable.store.set(attached).is_ok());
+        (durable, store)
+    }
+
+    fn connect(id: &str, clean: bool, will: Option<LastWill>) -> Packet {
+        let connect = Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_session: clean,
+        };
+        Packet::Connect(connect, None, will, None, None)
+    }
+
+    fn subscribe(paths: &[&str]) -> Packet {
+        let filters = paths
+            .iter()
+            .map(|p| Filter {
+                path: (*p).into(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            })
+            .collect();
+        Packet::Subscribe(Subscribe { pkid: 1, filters }, None)
+    }
+
+    fn session(store: &MemoryStore, id: &str) -> Option<SessionRecord> {
+        store.read().into_iter().find_map(|e| match e {
+            Entry::Session(i, r) if i == id => Some(r),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn sessions_are_bounded_resumed_seeded_and_ended_by_a_clean_session() {
+        let bounds = SessionBounds {
+            max_sessions: 1,
+            max_filters: 2,
+        };
+        let (shared, store) = durable(bounds);
+        let mut a = DurableConnection::new(shared.clone());
+        a.packet(&mut connect("c1", false, None), 0x10, false, None);
+        a.packet(&mut subscribe(&["a/1", "a/2", "a/3"]), 0x82, false, None);
+        let record = session(&store, "c1").unwrap();
+        assert_eq!(
+            record.filters,
+            [("a/1".to_owned(), 1), ("a/2".to_owned(), 1)]
+        );
+        assert_eq!(shared.counters.filters_refused.load(Ordering::Relaxed), 1);
+
+        let mut b = DurableConnection::new(shared.clone());
+        b.packet(&mut connect("c2", false, None), 0x10, false, None);
+        assert!(session(&store, "c2").is_none(), "over max_sessions");
+        assert_eq!(shared.counters.sessions_refused.load(Ordering::Relaxed), 1);
+
+        drop(a);
+        assert!(session(&store, "c1").unwrap().disconnected_at_ms.is_some());
+        let caps = Arc::new(BrokerCaps::new(Caps::from(&LimitsConfig::default())));
+        let mut limits = ClientLimits::new(caps);
+        let mut c = DurableConnection::new(shared.clone());
+        c.packet(
+            &mut connect("c1", false, None),
+            0x10,
+            false,
+            Some(&mut limits),
+        );
+        assert!(limits.holds_filter("a/1") && limits.holds_filter("a/2"));
+        assert_eq!(shared.session_filters("c1").map(|f| f.len()), Some(2));
+        let unsub = Unsubscribe {
+            pkid: 2,
+            filters: vec!["a/1".into()],
+        };
+        c.packet(&mut Packet::Unsubscribe(unsub, None), 0xa2, false, None);
+        assert_eq!(session(&store, "c1").unwrap().filters.len(), 1);
+        assert!(session(&store, "c1").unwrap().disconnected_at_ms.is_none());
+
+        let mut d = DurableConnection::new(shared.clone());
+        d.packet(&mut connect("c1", true, None), 0x10, false, None);
+        assert!(session(&store, "c1").is_none(), "a clean session ends it");
+        assert_eq!(shared.sessions_persisted(), 0);
+    }
+
+    #[test]
+    fn retained_publishes_and_wills_are_recorded() {
+        let (shared, store) = durable(SessionBounds::default());
+        let retained = |store: &MemoryStore| -> Vec<(String, String)> {
+            let entries = store.read().into_iter();
+            entries
+                .filter_map(|e| match e {
+                    Entry::Retained(t, _, p) => {
+                        Some((String::from_utf8(t).unwrap(), String::from_utf8(p).unwrap()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut c = DurableConnection::new(shared.clone());
+        let publish = |topic: &'static str, payload: &'static str, retain: bool| {
+            Packet::Publish(Publish::new(topic, payload, retain), None)
+        };
+        c.packet(&mut publish("t/1", "x", true), 0x33, false, None);
+        c.packet(&mut publish("t/2", "y", false), 0x32, false, None);
+        assert_eq!(retained(&store), [("t/1".into(), "x".into())]);
+        c.packet(&mut publish("t/1", "", false), 0x30, false, None);
+        assert!(retained(&store).is_empty(), "an empty payload clears");
+
+        let will = |topic: &str| {
+            let will = LastWill {
+                topic: Bytes::copy_from_slice(topic.as_bytes()),
+                message: Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            };
+            connect("dev", true, Some(will))
+        };
+        // Ended without DISCONNECT: the will is published, and so recorded.
+        let mut d = DurableConnection::new(shared.clone());
+        d.packet(&mut will("s/d1/status"), 0x10, false, None);
+        drop(d);
+        // A DISCONNECT discards it.
+        let mut d = DurableConnection::new(shared.clone());
+        d.packet(&mut will("s/d2/status"), 0x10, false, None);
+        d.closed();
+        drop(d);
+        // The broker's stop publishes no will.
+        let mut d = DurableConnection::new(shared.clone());
+        d.packet(&mut will("s/d3/status"), 0x10, false, None);
+        shared.stop();
+        drop(d);
+        assert_eq!(retained(&store), [("s/d1/status".into(), "offline".into())]);
+        assert_eq!(shared.retained_persisted(), 1);
+    }
+}
