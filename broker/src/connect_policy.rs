@@ -471,6 +471,12 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
     }
 
     fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        if let (Packet::Publish(_, props @ Some(_)), false) = (&mut packet, self.v5) {
+            // An MQTT 5 publish's properties (a message expiry, also on retained messages
+            // restored by `crate::durable`): rumqttd's 3.1.1 encoder panics on them
+            // (`unreachable!`), ending the subscriber's connection. 3.1.1 has no properties.
+            *props = None;
+        }
         if let (Packet::PubAck(..), Some(gate)) = (&packet, &self.gate) {
             // Runs on the broker's own runtime, outside rumqttd's locks: holding the ack here
             // pauses only this connection's task (see `crate::backpressure`).

@@ -281,6 +281,38 @@ async fn connect_v5(
     (client, events, present)
 }
 
+/// Publishes `topic` retained at QoS 1 with a message expiry of `secs`, and waits for the
+/// PUBACK.
+async fn publish_v5_expiring(
+    client: &rumqttc::v5::AsyncClient,
+    events: &mut rumqttc::v5::EventLoop,
+    topic: &str,
+    secs: u32,
+) {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+    let props = PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..PublishProperties::default()
+    };
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    let payload = topic.as_bytes().to_vec();
+    client
+        .publish_with_properties(topic, qos, true, payload, props)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(P5::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("v5 connection failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("PUBACK in time");
+}
+
 async fn disconnect_v5(client: rumqttc::v5::AsyncClient, mut events: rumqttc::v5::EventLoop) {
     client.disconnect().await.unwrap();
     let _ = tokio::time::timeout(WAIT, async { while events.poll().await.is_ok() {} }).await;
@@ -310,13 +342,28 @@ async fn mqtt5_session_expiry_ends_the_session_and_clean_start_keeps_one() {
         Some(&1.0)
     );
 
-    // A longer expiry survives a restart.
-    let (c, e, _) = connect_v5(mqtt5, "v5-long", false, 600).await;
+    // A longer expiry survives a restart; so does a retained message's message expiry.
+    let (c, mut e, _) = connect_v5(mqtt5, "v5-long", false, 600).await;
+    for (topic, secs) in [("exp/short", 1), ("exp/long", 600)] {
+        publish_v5_expiring(&c, &mut e, topic, secs).await;
+    }
     disconnect_v5(c, e).await;
+    // An MQTT 3.1.1 subscriber gets an MQTT 5 publish with properties (rumqttd's 3.1.1
+    // encoder used to panic on them and drop the connection).
+    let both = map(&[("exp/long", "exp/long"), ("exp/short", "exp/short")]);
+    assert_eq!(retained(hub.addr("mqtt"), "exp/#", 2).await, both);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let hub = restart(hub, &config, false);
     let (c, e, present) = connect_v5(mqtt5, "v5-long", false, 600).await;
     assert!(present, "a 600 s session survives the restart");
     disconnect_v5(c, e).await;
+    let mqtt = hub.addr("mqtt");
+    let expected = map(&[("exp/long", "exp/long")]);
+    assert_eq!(
+        retained(mqtt, "exp/#", 1).await,
+        expected,
+        "exp/short expired"
+    );
     hub.terminate();
 }
 

@@ -18,8 +18,9 @@ pub struct DurableConnection {
     shared: Arc<Durable>,
     /// The client id of this connection's tracked session.
     session: Option<String>,
-    /// Its retained last will (topic, payload, QoS), until a DISCONNECT discards it.
-    will: Option<(Bytes, Bytes, u8)>,
+    /// Its retained last will (topic, payload, QoS, message expiry), until a DISCONNECT
+    /// discards it.
+    will: Option<(Bytes, Bytes, u8, Option<u32>)>,
 }
 
 impl Clone for DurableConnection {
@@ -31,13 +32,13 @@ impl Clone for DurableConnection {
 
 impl Drop for DurableConnection {
     fn drop(&mut self) {
-        if let Some((topic, payload, qos)) = self.will.take() {
+        if let Some((topic, payload, qos, expiry)) = self.will.take() {
             // The connection ended without a DISCONNECT: rumqttd publishes the will, unless the
             // whole broker is stopping (its connection tasks are dropped before that).
             if !self.shared.stopping() {
                 match payload.is_empty() {
                     true => self.shared.clear_retained(&topic),
-                    false => self.shared.set_retained(&topic, &payload, qos),
+                    false => self.shared.set_retained(&topic, &payload, qos, expiry),
                 }
             }
         }
@@ -80,11 +81,12 @@ impl DurableConnection {
             return;
         }
         match packet {
-            Packet::Connect(connect, props, will, _, _) => {
+            Packet::Connect(connect, props, will, will_props, _) => {
+                let expiry = will_props.as_ref().and_then(|p| p.message_expiry_interval);
                 self.will = will
                     .as_ref()
                     .filter(|w| w.retain)
-                    .map(|w| (w.topic.clone(), w.message.clone(), w.qos as u8));
+                    .map(|w| (w.topic.clone(), w.message.clone(), w.qos as u8, expiry));
                 if connect.client_id.is_empty() || self.session.is_some() {
                     return; // an id rumqttd assigns cannot be resumed
                 }
@@ -115,7 +117,9 @@ impl DurableConnection {
                     self.shared.clear_retained(&topic);
                 } else if publish.retain {
                     let qos = (header >> 1) & 0b11;
-                    self.shared.set_retained(&topic, &publish.payload, qos);
+                    let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+                    self.shared
+                        .set_retained(&topic, &publish.payload, qos, expiry);
                 }
             }
             Packet::Subscribe(sub, _) => {
@@ -401,7 +405,7 @@ mod tests {
             let entries = store.read().into_iter();
             entries
                 .filter_map(|e| match e {
-                    Entry::Retained(t, _, p) => {
+                    Entry::Retained(t, _, p, _) => {
                         Some((String::from_utf8(t).unwrap(), String::from_utf8(p).unwrap()))
                     }
                     _ => None,

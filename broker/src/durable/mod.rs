@@ -11,7 +11,9 @@
 //! * **Retained messages**: a retained PUBLISH that passed the retained caps
 //!   ([`crate::caps::BrokerCaps::retain`]) is written (topic, payload, QoS); a PUBLISH with an
 //!   empty payload, retained or not, clears its topic, as rumqttd does; so does an empty publish
-//!   through the in-process publisher. A CONNECT's last will with retain set (and within the
+//!   through the in-process publisher. An MQTT 5 message expiry is kept as the time it ends: a
+//!   message expired by the next start is not restored, the others with what is left of it.
+//!   A CONNECT's last will with retain set (and within the
 //!   caps) is written when its connection ends without a DISCONNECT: rumqttd then publishes it.
 //!   Not when the broker stops (rumqttd does not publish wills then), and a will with an MQTT 5
 //!   delay is written at the end of the connection, not when it fires (if the client comes back
@@ -184,12 +186,14 @@ impl Durable {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Records a retained message on `topic` (`payload` not empty).
-    pub fn set_retained(&self, topic: &[u8], payload: &[u8], qos: u8) {
+    /// Records a retained message on `topic` (`payload` not empty), with its MQTT 5 message
+    /// expiry interval in seconds if it has one.
+    pub fn set_retained(&self, topic: &[u8], payload: &[u8], qos: u8, expiry: Option<u32>) {
         let Some(store) = self.store.get() else {
             return;
         };
-        let value = record::retained_value(qos, payload);
+        let expires_at = expiry.map(|secs| now_ms().saturating_add(i64::from(secs) * 1000));
+        let value = record::retained_value(qos, payload, expires_at);
         self.write(store.put(&record::retained_key(topic), &value));
         lock(&self.retained).insert(self.hasher.hash_one(topic));
     }

@@ -3,7 +3,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `R` topic | a retained message: format byte 1, QoS, payload |
+//! | `R` topic | a retained message: format byte 1, QoS, payload; or with an MQTT 5 message expiry: format byte 2, QoS, when it expires (epoch ms, i64 BE), payload |
 //! | `S` client id | a persistent session: format byte 1, then [`SessionRecord`] (postcard) |
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,8 @@ pub struct SessionRecord {
 
 /// Format byte of every value.
 const FORMAT: u8 = 1;
+/// Format byte of a retained message with an expiry.
+const EXPIRING: u8 = 2;
 const RETAINED: u8 = b'R';
 const SESSION: u8 = b'S';
 
@@ -56,9 +58,15 @@ pub(super) fn session_key(client_id: &str) -> Vec<u8> {
     k
 }
 
-pub(super) fn retained_value(qos: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 2);
-    v.extend_from_slice(&[FORMAT, qos]);
+pub(super) fn retained_value(qos: u8, payload: &[u8], expires_at_ms: Option<i64>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 10);
+    match expires_at_ms {
+        None => v.extend_from_slice(&[FORMAT, qos]),
+        Some(at) => {
+            v.extend_from_slice(&[EXPIRING, qos]);
+            v.extend_from_slice(&at.to_be_bytes());
+        }
+    }
     v.extend_from_slice(payload);
     v
 }
@@ -74,8 +82,8 @@ pub(super) fn session_value(record: &SessionRecord) -> Vec<u8> {
 /// One stored entry, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Entry {
-    /// Topic, QoS, payload.
-    Retained(Vec<u8>, u8, Vec<u8>),
+    /// Topic, QoS, payload, when it expires (epoch ms).
+    Retained(Vec<u8>, u8, Vec<u8>, Option<i64>),
     /// Client id and its session.
     Session(String, SessionRecord),
 }
@@ -84,16 +92,19 @@ pub(super) enum Entry {
 pub(super) fn read(key: &[u8], value: &[u8]) -> Option<Entry> {
     let (&tag, name) = key.split_first()?;
     let (&format, body) = value.split_first()?;
-    if format != FORMAT {
-        return None;
-    }
-    match tag {
-        RETAINED => {
-            let (&qos, payload) = body.split_first()?;
+    match (tag, format) {
+        (RETAINED, FORMAT | EXPIRING) => {
+            let (&qos, mut payload) = body.split_first()?;
+            let mut expires = None;
+            if format == EXPIRING {
+                let (at, rest) = payload.split_first_chunk::<8>()?;
+                expires = Some(i64::from_be_bytes(*at));
+                payload = rest;
+            }
             (!name.is_empty() && !payload.is_empty() && qos <= 2)
-                .then(|| Entry::Retained(name.to_vec(), qos, payload.to_vec()))
+                .then(|| Entry::Retained(name.to_vec(), qos, payload.to_vec(), expires))
         }
-        SESSION => {
+        (SESSION, FORMAT) => {
             let id = String::from_utf8(name.to_vec()).ok()?;
             let record = postcard::from_bytes(body).ok()?;
             (!id.is_empty()).then_some(Entry::Session(id, record))
@@ -109,15 +120,16 @@ mod tests {
     #[test]
     fn entries_round_trip_and_bad_ones_are_skipped() {
         let k = retained_key(b"sensors/d1/status");
-        let v = retained_value(1, b"offline");
+        let v = retained_value(1, b"offline", None);
+        let topic = b"sensors/d1/status".to_vec();
+        let entry = Entry::Retained(topic.clone(), 1, b"offline".to_vec(), None);
+        assert_eq!(read(&k, &v), Some(entry));
+        let v = retained_value(0, b"x", Some(-5));
         assert_eq!(
             read(&k, &v),
-            Some(Entry::Retained(
-                b"sensors/d1/status".to_vec(),
-                1,
-                b"offline".to_vec()
-            ))
+            Some(Entry::Retained(topic, 0, b"x".to_vec(), Some(-5)))
         );
+        assert_eq!(read(&k, &[EXPIRING, 0, 1, 2]), None, "expiry cut short");
         let record = SessionRecord {
             v5: true,
             expiry_secs: Some(30),
@@ -128,7 +140,7 @@ mod tests {
         assert_eq!(read(&k, &v), Some(Entry::Session("c1".into(), record)));
         assert_eq!(read(&k, &[2, 0]), None, "unknown format");
         assert_eq!(read(&k, &[FORMAT, 0xff]), None, "truncated record");
-        assert_eq!(read(b"R", &retained_value(0, b"x")), None, "no topic");
+        assert_eq!(read(b"R", &retained_value(0, b"x", None)), None, "no topic");
         assert_eq!(
             read(&retained_key(b"t"), &[FORMAT, 3, b'x']),
             None,

@@ -5,7 +5,8 @@
 //!   retained caps and the topic caps of [`crate::caps`] (a message over them now, the caps
 //!   having been lowered, is counted in `retained_not_restored` and deleted). They come back
 //!   at QoS 0 (rumqttd's local links cannot publish QoS 1/2; its `Publish` keeps the QoS
-//!   private), so a subscriber gets them at QoS 0 whatever it asked for.
+//!   private), so a subscriber gets them at QoS 0 whatever it asked for. One with an MQTT 5
+//!   message expiry comes back with what is left of it, or not at all once it has passed.
 //! * Sessions: for each, an in-process link with its client id and clean session false
 //!   subscribes to its filters at their QoS and sends DISCONNECT in the same batch; rumqttd's
 //!   router then keeps the session in its graveyard, as for a client gone offline. A client
@@ -23,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttd::protocol::{Filter, Packet, Publish, RetainForwardRule, Subscribe};
+use rumqttd::protocol::{Filter, Packet, Publish, PublishProperties, RetainForwardRule, Subscribe};
 
 use super::record::{self, Entry, SessionRecord, StateStore};
 use super::{lock, now_ms, Durable, Session};
@@ -52,7 +53,9 @@ impl Durable {
         let mut out = Restored::default();
         for (key, value) in store.entries()? {
             match record::read(&key, &value) {
-                Some(Entry::Retained(topic, _qos, payload)) => retained.push((topic, payload)),
+                Some(Entry::Retained(topic, _qos, payload, expires)) => {
+                    retained.push((topic, payload, expires))
+                }
                 Some(Entry::Session(id, record)) => sessions.push((id, record)),
                 None => {
                     tracing::warn!(key = %String::from_utf8_lossy(&key), "unreadable broker state entry deleted");
@@ -71,11 +74,19 @@ impl Durable {
 
     fn restore_retained(
         &self,
-        retained: Vec<(Vec<u8>, Vec<u8>)>,
+        retained: Vec<(Vec<u8>, Vec<u8>, Option<i64>)>,
         out: &mut Restored,
     ) -> Result<(), String> {
         let mut packets = Vec::new();
-        for (topic, payload) in retained {
+        let now = now_ms();
+        for (topic, payload, expires) in retained {
+            // Seconds left of an MQTT 5 message expiry (rumqttd counts whole seconds).
+            let left = expires.map(|at| u32::try_from((at - now) / 1000).unwrap_or(0));
+            if left == Some(0) {
+                self.write(self.store()?.remove(&record::retained_key(&topic)));
+                out.dropped += 1;
+                continue;
+            }
             let fits = self.caps.topic_within_bounds(&topic)
                 && self.caps.admit_topic(&topic)
                 && self.caps.retain(&topic, payload.len(), true);
@@ -88,7 +99,11 @@ impl Durable {
                 continue;
             }
             lock(&self.retained).insert(std::hash::BuildHasher::hash_one(&self.hasher, &topic));
-            packets.push(Packet::Publish(Publish::new(topic, payload, true), None));
+            let props = left.map(|secs| PublishProperties {
+                message_expiry_interval: Some(secs),
+                ..PublishProperties::default()
+            });
+            packets.push(Packet::Publish(Publish::new(topic, payload, true), props));
         }
         out.retained = packets.len();
         if !packets.is_empty() {
