@@ -158,7 +158,7 @@ impl Shared {
     ) -> Self {
         let caps = Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into()));
         Self {
-            durable: crate::durable::Durable::for_broker(&caps, links),
+            durable: crate::durable::Durable::for_broker(&caps, &cfg.limits, links),
             credentials,
             gate: Arc::new(crate::IngestGate::new(
                 cfg.limits.ingest_backlog_max,

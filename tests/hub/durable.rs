@@ -396,3 +396,36 @@ async fn retained_caps_bound_what_is_persisted_and_restored() {
     );
     hub.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_the_bound_are_counted_and_not_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[broker.limits]\nmax_persisted_sessions = 1\n";
+    let config = loopback_config_fixed_ports(dir.path(), limits);
+    let hub = start_hub(&config, &[]);
+    let mqtt = hub.addr("mqtt");
+    for id in ["kept", "over"] {
+        let (c, mut e, _) = connect(mqtt, id, false, None).await;
+        subscribe(&c, &mut e, "b/#").await;
+        disconnect(c, e).await;
+    }
+    let metrics = metric_sums(&hub.http()).await;
+    assert_eq!(metrics.get("edgewatch_mqtt_sessions_persisted"), Some(&1.0));
+    assert_eq!(
+        metrics.get("edgewatch_mqtt_sessions_not_persisted_total"),
+        Some(&1.0)
+    );
+    // The broker still keeps the second session until it stops.
+    let (c, e, present) = connect(mqtt, "over", false, None).await;
+    assert!(present);
+    disconnect(c, e).await;
+
+    let hub = restart(hub, &config, false);
+    let (c, e, present) = connect(mqtt, "kept", false, None).await;
+    assert!(present, "the session within the bound survives the restart");
+    disconnect(c, e).await;
+    let (c, e, present) = connect(mqtt, "over", false, None).await;
+    assert!(!present, "the session past the bound does not");
+    disconnect(c, e).await;
+    hub.terminate();
+}

@@ -21,9 +21,10 @@
 //! * **Sessions**: at CONNECT (client id, protocol, expiry), at each SUBSCRIBE the codec passes
 //!   (filter and QoS; what rumqttd refuses after that, a malformed filter, closes the
 //!   connection anyway) and UNSUBSCRIBE, and the time the connection ends (for the expiry).
-//!   At most [`SessionBounds::max_sessions`] sessions and [`SessionBounds::max_filters`]
-//!   filters per session are kept; past them the session or filter is counted and logged, not
-//!   persisted (rumqttd still keeps it until the hub stops).
+//!   At most [`SessionBounds::max_sessions`] sessions (`broker.limits.max_persisted_sessions`)
+//!   and [`SessionBounds::max_filters`] filters per session (`max_subscriptions_per_client`)
+//!   are kept; past them the session or filter is counted and logged, not persisted (rumqttd
+//!   still keeps it until the hub stops).
 //!
 //! # Writes
 //! No queue: the codec calls the store on the connection's task. The hub's store is a sled tree,
@@ -168,9 +169,18 @@ impl Durable {
         self.store.get().is_some()
     }
 
-    /// The broker's, with the default [`SessionBounds`].
-    pub(crate) fn for_broker(caps: &Arc<BrokerCaps>, links: Arc<SessionLinks>) -> Arc<Self> {
-        Arc::new(Self::new(caps.clone(), SessionBounds::default(), links))
+    /// The broker's: `broker.limits.max_persisted_sessions` sessions with at most
+    /// `max_subscriptions_per_client` filters each.
+    pub(crate) fn for_broker(
+        caps: &Arc<BrokerCaps>,
+        limits: &crate::config::LimitsConfig,
+        links: Arc<SessionLinks>,
+    ) -> Arc<Self> {
+        let bounds = SessionBounds {
+            max_sessions: limits.max_persisted_sessions,
+            max_filters: limits.max_subscriptions_per_client,
+        };
+        Arc::new(Self::new(caps.clone(), bounds, links))
     }
 
     /// The broker is stopping: connections that end now leave no will behind, and sessions no
