@@ -429,3 +429,37 @@ async fn sessions_past_the_bound_are_counted_and_not_persisted() {
     disconnect(c, e).await;
     hub.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_holds_its_filters_against_the_per_client_cap() {
+    use rumqttc::SubscribeReasonCode;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[broker.limits]\nmax_subscriptions_per_client = 1\n";
+    let config = loopback_config_fixed_ports(dir.path(), limits);
+    let hub = start_hub(&config, &[]);
+    let mqtt = hub.addr("mqtt");
+    let (c, mut e, _) = connect(mqtt, "capped", false, None).await;
+    subscribe(&c, &mut e, "a/#").await;
+    disconnect(c, e).await;
+
+    let hub = restart(hub, &config, false);
+    let (c, mut e, present) = connect(mqtt, "capped", false, None).await;
+    assert!(present);
+    c.subscribe("b/#", QoS::AtLeastOnce).await.unwrap();
+    let codes = until(&mut e, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(codes, [SubscribeReasonCode::Failure], "a/# still counts");
+    // Subscribing again to the filter it holds is granted.
+    c.subscribe("a/#", QoS::AtLeastOnce).await.unwrap();
+    let codes = until(&mut e, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(codes, [SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    disconnect(c, e).await;
+    hub.terminate();
+}

@@ -104,6 +104,7 @@ impl DurableConnection {
                     self.session = Some(connect.client_id.clone());
                 }
             }
+            Packet::Publish(publish, _) if !publish.retain && !publish.payload.is_empty() => {}
             Packet::Publish(publish, props) => {
                 let alias = props.as_ref().and_then(|p| p.topic_alias);
                 let topic = match (publish.topic.is_empty(), alias, limits) {
