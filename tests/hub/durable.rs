@@ -122,6 +122,15 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A hub with these `broker.limits` lines on a new data directory (kept while the returned
+/// directory lives), with the path of its config.
+fn start_with(limits: &str) -> (tempfile::TempDir, std::path::PathBuf, Hub) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config_fixed_ports(dir.path(), limits);
+    let hub = start_hub(&config, &[]);
+    (dir, config, hub)
+}
+
 /// Restarts the hub on `config` (same data directory, same ports), by SIGTERM or `kill -9`.
 fn restart(hub: Hub, config: &Path, kill: bool) -> Hub {
     if kill {
@@ -134,9 +143,7 @@ fn restart(hub: Hub, config: &Path, kill: bool) -> Hub {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_and_presence_survive_sigterm_and_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config_fixed_ports(dir.path(), "");
-    let hub = start_hub(&config, &[]);
+    let (_dir, config, hub) = start_with("");
     let mqtt = hub.addr("mqtt");
 
     // Device d1: online, retained, with "offline" as its retained last will; it then drops off
@@ -204,9 +211,7 @@ async fn retained_messages_and_presence_survive_sigterm_and_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_survives_sigterm_and_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config_fixed_ports(dir.path(), "");
-    let mut hub = start_hub(&config, &[]);
+    let (_dir, config, mut hub) = start_with("");
     let mqtt = hub.addr("mqtt");
     let (s1, mut s1_events, present) = connect(mqtt, "s1", false, None).await;
     assert!(!present);
@@ -320,9 +325,7 @@ async fn disconnect_v5(client: rumqttc::v5::AsyncClient, mut events: rumqttc::v5
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_session_expiry_ends_the_session_and_clean_start_keeps_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config_fixed_ports(dir.path(), "");
-    let hub = start_hub(&config, &[]);
+    let (_dir, config, hub) = start_with("");
     let mqtt5 = hub.addr("mqtt5");
 
     // Clean Start 1 with an expiry: a session is kept (rumqttd alone keeps none).
@@ -369,10 +372,7 @@ async fn mqtt5_session_expiry_ends_the_session_and_clean_start_keeps_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_caps_bound_what_is_persisted_and_restored() {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = "[broker.limits]\nmax_retained_messages = 2\n";
-    let config = loopback_config_fixed_ports(dir.path(), limits);
-    let hub = start_hub(&config, &[]);
+    let (_dir, config, hub) = start_with("[broker.limits]\nmax_retained_messages = 2\n");
     let mqtt = hub.addr("mqtt");
     let (app, mut events, _) = connect(mqtt, "app", true, None).await;
     for topic in ["caps/a", "caps/b", "caps/c"] {
@@ -399,10 +399,7 @@ async fn retained_caps_bound_what_is_persisted_and_restored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_past_the_bound_are_counted_and_not_persisted() {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = "[broker.limits]\nmax_persisted_sessions = 1\n";
-    let config = loopback_config_fixed_ports(dir.path(), limits);
-    let hub = start_hub(&config, &[]);
+    let (_dir, config, hub) = start_with("[broker.limits]\nmax_persisted_sessions = 1\n");
     let mqtt = hub.addr("mqtt");
     for id in ["kept", "over"] {
         let (c, mut e, _) = connect(mqtt, id, false, None).await;
@@ -433,10 +430,7 @@ async fn sessions_past_the_bound_are_counted_and_not_persisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_session_holds_its_filters_against_the_per_client_cap() {
     use rumqttc::SubscribeReasonCode;
-    let dir = tempfile::tempdir().unwrap();
-    let limits = "[broker.limits]\nmax_subscriptions_per_client = 1\n";
-    let config = loopback_config_fixed_ports(dir.path(), limits);
-    let hub = start_hub(&config, &[]);
+    let (_dir, config, hub) = start_with("[broker.limits]\nmax_subscriptions_per_client = 1\n");
     let mqtt = hub.addr("mqtt");
     let (c, mut e, _) = connect(mqtt, "capped", false, None).await;
     subscribe(&c, &mut e, "a/#").await;
