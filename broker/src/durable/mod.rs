@@ -18,6 +18,9 @@
 //!   Not when the broker stops (rumqttd does not publish wills then), and a will with an MQTT 5
 //!   delay is written at the end of the connection, not when it fires (if the client comes back
 //!   within the delay, rumqttd cancels it and our copy is the stale one until the topic changes).
+//!   Changes are recorded in the order the codec sees them; when a client id takes over a live
+//!   connection, rumqttd can publish a will after the new connection's first publishes, so the
+//!   recorded and the broker's retained message of that topic can differ until it changes again.
 //! * **Sessions**: at CONNECT (client id, protocol, expiry), at each SUBSCRIBE the codec passes
 //!   (filter and QoS; what rumqttd refuses after that, a malformed filter, closes the
 //!   connection anyway) and UNSUBSCRIBE, and the time the connection ends (for the expiry).

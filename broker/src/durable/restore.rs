@@ -14,7 +14,9 @@
 //!   its filters since the restore. Filters count against `max_filters` (over it: not
 //!   restored, counted in the persisted-filter refusals). MQTT 5 sessions whose expiry passed
 //!   while the hub was down are deleted; the others expire counting from when their connection
-//!   ended (from the restore when the hub was killed while they were connected).
+//!   ended, or from the restore when that was not recorded (the hub was killed while they were
+//!   connected; or stopped: the broker's connection tasks end in the background and their last
+//!   writes can come after the store's final flush).
 //!
 //! Sessions are restored after the retained messages, so a session's subscriptions get the
 //! matching retained messages (rumqttd sends them on a new subscription), once, at the
