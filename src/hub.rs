@@ -237,13 +237,15 @@ fn dashboard_url(https: bool, addr: SocketAddr) -> String {
     format!("{scheme}://{addr}/")
 }
 
-/// Links the bridge to the embedded broker (every publish goes to ingest), opens the publish
+/// Puts the broker's persisted retained messages and sessions back (`crate::broker_state`),
+/// links the bridge to the embedded broker (every publish goes to ingest), opens the publish
 /// link (serial readers, WebSocket clients), and only then lets devices in: the bridge's
 /// subscription sees their first publish.
 async fn link_and_listen(
     broker: &mut Broker,
     bridge: &edgewatch_bridge::Bridge,
 ) -> anyhow::Result<PublishFn> {
+    crate::broker_state::restore(broker, bridge).await?;
     let link = broker
         .ingest_link("edgewatch-bridge", LINK_CAPACITY)
         .await
@@ -273,7 +275,9 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
     let connections = broker.connection_count();
     let gate = broker.ingest_gate().clone();
     let peers = broker.peers().clone();
-    let metrics = broker.caps().samples().into_iter().fold(metrics, |m, s| {
+    let samples = broker.caps().samples().into_iter();
+    let samples = samples.chain(broker.durable().samples());
+    let metrics = samples.fold(metrics, |m, s| {
         let kind = if s.counter {
             SampleKind::Counter
         } else {

@@ -6,6 +6,8 @@
 //! parts from the member crates, and stops them in order.
 //!
 //! # Layout
+//! * `broker_state`: the embedded broker's retained messages and persistent sessions in the
+//!   bridge's store, restored at start.
 //! * `cli`: the clap command line (`run`, `bridge`, `demo`, `sim`, `check-config`, `passwd`,
 //!   `token create`).
 //! * `config`: the whole `edgewatch.toml` (file, environment and flag overrides) with errors
@@ -16,6 +18,7 @@
 //! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
 //! * `signals`: SIGINT / SIGTERM as a future.
 
+mod broker_state;
 mod cli;
 mod config;
 mod demo;

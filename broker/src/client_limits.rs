@@ -113,6 +113,22 @@ impl ClientLimits {
         }
     }
 
+    /// Takes the filters of the persistent session rumqttd resumes as held by this connection
+    /// (see [`crate::durable`]).
+    pub fn seed_subscriptions(&mut self, filters: Vec<String>) {
+        self.subscriptions.seed(filters);
+    }
+
+    /// Whether this connection holds `filter` (granted here, or resumed with its session).
+    pub fn holds_filter(&self, filter: &str) -> bool {
+        self.subscriptions.holds(filter)
+    }
+
+    /// The topic an MQTT 5 topic alias of this connection stands for.
+    pub fn alias_topic(&self, alias: u16) -> Option<Bytes> {
+        self.aliases.get(&alias).cloned()
+    }
+
     /// Completes a packet written to the client (refused filters' SUBACK codes).
     pub fn outbound(&self, packet: &mut Packet) {
         if let Packet::SubAck(ack, _) = packet {

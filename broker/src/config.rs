@@ -184,6 +184,10 @@ pub struct LimitsConfig {
     pub max_retained_bytes: u64,
     /// Largest payload retained; a larger retained publish is delivered, not retained.
     pub max_retained_payload_bytes: usize,
+    /// Persistent sessions kept across a restart of the hub (0: none); a new one past this
+    /// lasts until the hub stops (see [`crate::durable`]). Each keeps at most
+    /// `max_subscriptions_per_client` filters.
+    pub max_persisted_sessions: usize,
     /// Publishes per second one MQTT connection may send (0: unlimited); over it QoS 0
     /// publishes are dropped, QoS 1/2 ones delayed (up to 1 s each).
     pub max_publishes_per_sec_per_client: u64,
@@ -216,6 +220,7 @@ impl Default for LimitsConfig {
             max_retained_messages: 10_000,
             max_retained_bytes: 16 * 1024 * 1024,
             max_retained_payload_bytes: 64 * 1024,
+            max_persisted_sessions: 10_000,
             max_publishes_per_sec_per_client: 250_000,
             max_publish_bytes_per_sec_per_client: 64 * 1024 * 1024,
         }

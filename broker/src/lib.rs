@@ -34,6 +34,9 @@
 //!   `broker.sys_interval_secs`.
 //! * `bind`: bind-check and readiness of the listeners.
 //! * [`wire`]: a PUBLISH's QoS and packet id read from its bytes.
+//! * [`durable`]: retained messages and persistent sessions across a restart of the hub: every
+//!   change recorded into a store the composition provides, restored before the listeners open;
+//!   MQTT 5 session expiry.
 //! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
 //!   and a publisher handle.
 //!
@@ -48,6 +51,7 @@ pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
 pub mod delivery;
+pub mod durable;
 mod error;
 mod front;
 pub mod link;

@@ -141,6 +141,12 @@ async fn pump(
                 if crate::sys::sys_topic(&publish.topic).is_some() {
                     continue; // `$SYS`, for MQTT clients only
                 }
+                if publish.retain {
+                    // Only retained messages sent on the link's subscription carry the flag
+                    // (rumqttd clears it on what it forwards live): those restored at start
+                    // (`crate::durable`), which the bridge already took before the restart.
+                    continue;
+                }
                 let Ok(topic) = String::from_utf8(publish.topic.to_vec()) else {
                     // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
                     tracing::warn!("dropping publish with a non-UTF-8 topic");
@@ -171,6 +177,8 @@ async fn pump(
 pub struct LinkPublisher {
     tx: std::sync::Arc<std::sync::Mutex<LinkTxCell>>,
     gate: std::sync::Arc<crate::IngestGate>,
+    /// Told about empty publishes: they clear a retained message (see [`crate::durable`]).
+    durable: std::sync::Arc<crate::durable::Durable>,
 }
 
 struct LinkTxCell(LinkTx);
@@ -186,22 +194,32 @@ impl Clone for LinkPublisher {
         Self {
             tx: self.tx.clone(),
             gate: self.gate.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
 
 impl LinkPublisher {
-    pub(crate) fn new(tx: LinkTx, gate: std::sync::Arc<crate::IngestGate>) -> Self {
+    pub(crate) fn new(
+        tx: LinkTx,
+        gate: std::sync::Arc<crate::IngestGate>,
+        durable: std::sync::Arc<crate::durable::Durable>,
+    ) -> Self {
         Self {
             tx: std::sync::Arc::new(std::sync::Mutex::new(LinkTxCell(tx))),
             gate,
+            durable,
         }
     }
 
-    /// Publishes `payload` to `topic`. The router's channel is bounded; this waits on a
+    /// Publishes `payload` to `topic` (not retained; an empty payload clears the topic's
+    /// retained message, as rumqttd does). The router's channel is bounded; this waits on a
     /// blocking thread while it is full, so the async caller is never blocked.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
         self.gate.admitted(topic.as_bytes());
+        if payload.is_empty() {
+            self.durable.clear_retained(topic.as_bytes());
+        }
         self.send(crate::delivery::local_publish(topic, payload, false))
             .await
     }

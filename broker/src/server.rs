@@ -17,12 +17,10 @@ use tokio::task::JoinHandle;
 use crate::bind::{bind_check, wait_ready};
 use crate::config::{BrokerConfig, EffectiveListener, ListenerKind};
 use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
+use crate::durable::SessionLinks;
 use crate::link::{InboundStream, LinkPublisher};
 
 pub use crate::error::BrokerError;
-
-/// Opens an in-process link; the error is rumqttd's `LinkError` as text (it is large).
-type LinkFactory = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
 
 /// A running broker. Dropping it (or [`Broker::stop`]) closes the listeners and every MQTT
 /// connection.
@@ -37,7 +35,8 @@ pub struct Broker {
     runtime: Option<tokio::runtime::Runtime>,
     /// Starts the listeners on the runtime; taken by [`Broker::listen`].
     spawn: Option<Box<SpawnListeners>>,
-    links: Arc<LinkFactory>,
+    /// Opens in-process links (client id, clean session); errors as text (rumqttd's are large).
+    links: Arc<SessionLinks>,
     /// Backpressure from the bridge's ingest link to the devices.
     gate: Arc<crate::IngestGate>,
     /// Connected MQTT clients over all listeners.
@@ -51,6 +50,8 @@ pub struct Broker {
     credentials: crate::Credentials,
     /// How often `$SYS` topics are published (`None`: never).
     sys_interval: Option<Duration>,
+    /// Retained messages and sessions across restarts, and MQTT 5 session expiry.
+    pub(crate) durable: Arc<crate::durable::Durable>,
 }
 
 /// A listener's rumqttd settings; for WebSocket and TLS also the front that accepts on the
@@ -108,6 +109,7 @@ struct Shared {
     peers: Arc<crate::peer::Peers>,
     caps: Arc<crate::caps::BrokerCaps>,
     credentials: crate::Credentials,
+    durable: Arc<crate::durable::Durable>,
 }
 
 impl Shared {
@@ -115,8 +117,11 @@ impl Shared {
         cfg: &BrokerConfig,
         peers: Arc<crate::peer::Peers>,
         credentials: crate::Credentials,
+        links: Arc<SessionLinks>,
     ) -> Self {
+        let caps = Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into()));
         Self {
+            durable: crate::durable::Durable::for_broker(&caps, &cfg.limits, links),
             credentials,
             gate: Arc::new(crate::IngestGate::new(
                 cfg.limits.ingest_backlog_max,
@@ -124,7 +129,7 @@ impl Shared {
             )),
             connections: Arc::default(),
             peers,
-            caps: Arc::new(crate::caps::BrokerCaps::new((&cfg.limits).into())),
+            caps,
         }
     }
 
@@ -136,6 +141,7 @@ impl Shared {
             .with_peers(self.peers.clone())
             .with_caps(self.caps.clone())
             .with_credentials(self.credentials.clone())
+            .with_durable(self.durable.clone())
     }
 }
 
@@ -163,6 +169,7 @@ impl std::fmt::Debug for Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        self.durable.stop(); // no wills recorded for the connections the stop closes
         if let Some(rt) = self.runtime.take() {
             // Allowed from async code, unlike dropping the runtime: tasks are dropped, sockets
             // close, nothing is awaited.
@@ -203,7 +210,13 @@ impl Broker {
         for l in &listeners {
             settings.push(listener_settings(cfg, l, &credentials, &peers)?);
         }
-        let shared = Shared::new(cfg, peers.clone(), credentials.clone());
+        let router = router_tx.clone();
+        let links: Arc<SessionLinks> = Arc::new(move |id, clean| {
+            let link = LinkBuilder::new(id, router.clone()).clean_session(clean);
+            let built = link.build().map(|(tx, rx, _)| (tx, rx));
+            built.map_err(|e: LinkError| e.to_string())
+        });
+        let shared = Shared::new(cfg, peers.clone(), credentials.clone(), links.clone());
         let (v4, v5) = (
             shared.attach(PolicyProtocol::v4(policy)),
             shared.attach(PolicyProtocol::v5(policy)),
@@ -241,13 +254,6 @@ impl Broker {
             servers.into_iter().chain(fronts).collect()
         });
 
-        let links: Arc<LinkFactory> = Arc::new(move |client_id: &str| {
-            LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(true)
-                .build()
-                .map(|(tx, rx, _ack)| (tx, rx))
-                .map_err(|e: LinkError| e.to_string())
-        });
         Ok(Broker {
             listeners: listeners.iter().map(|l| (l.kind, l.addr)).collect(),
             runtime: Some(runtime),
@@ -261,6 +267,7 @@ impl Broker {
             credentials: shared.credentials,
             sys_interval: (cfg.sys_interval_secs > 0)
                 .then(|| Duration::from_secs(cfg.sys_interval_secs)),
+            durable: shared.durable,
         })
     }
 
@@ -394,14 +401,15 @@ impl Broker {
     /// Opens an in-process link for publishing into the broker.
     pub async fn publisher(&self, client_id: &str) -> Result<LinkPublisher, BrokerError> {
         let (tx, _rx) = self.open_link(client_id).await?;
-        Ok(LinkPublisher::new(tx, self.gate.clone()))
+        let durable = self.durable.clone();
+        Ok(LinkPublisher::new(tx, self.gate.clone(), durable))
     }
 
     async fn open_link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
         let links = self.links.clone();
         let id = client_id.to_owned();
         // Building a link waits for the router's CONNACK on a blocking channel.
-        tokio::task::spawn_blocking(move || links(&id))
+        tokio::task::spawn_blocking(move || links(&id, true))
             .await
             .map_err(|e| BrokerError::Link {
                 client_id: client_id.to_owned(),

@@ -8,10 +8,11 @@
 //! distinct filter past `max_filters` (MQTT 5: 0x97 quota exceeded). MQTT 3.1.1 has one
 //! failure code, 0x80. Subscribing again to a filter the connection holds is always granted.
 //!
-//! The count is per connection: a persistent session (clean session false) that reconnects
-//! gets its old subscriptions back from rumqttd and a fresh count here, so across reconnects
-//! it can hold more than the per-client cap; `max_filters` still bounds the distinct filters
-//! the broker keeps for everyone together.
+//! The count is per connection. A persistent session (clean session false) that reconnects gets
+//! its old subscriptions back from rumqttd; when the session is one [`crate::durable`] keeps,
+//! they are seeded here ([`ConnectionSubscriptions::seed`]) and count against the cap, else the
+//! count starts fresh and across reconnects the session can hold more than the per-client cap;
+//! `max_filters` still bounds the distinct filters the broker keeps for everyone together.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -141,6 +142,18 @@ impl ConnectionSubscriptions {
             }
             pending.push((sub.pkid, refusals));
         }
+    }
+
+    /// Takes `filters` as held: the subscriptions of the persistent session rumqttd resumes for
+    /// this connection (they passed the caps when they were made).
+    pub fn seed(&mut self, filters: Vec<String>) {
+        // A `$SYS` filter is recorded as the filter rumqttd holds (`crate::sys`).
+        self.granted.extend(filters.into_iter().map(
+            |f| match f.strip_prefix(crate::sys::INTERNAL) {
+                Some(sys) => sys.to_owned(),
+                None => f,
+            },
+        ));
     }
 
     /// Frees the connection's slots of unsubscribed filters (a `$SYS` one is renamed to the

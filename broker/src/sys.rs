@@ -15,7 +15,7 @@
 //! `load/publish/received|sent/1min|5min|15min` (per minute, exponentially averaged),
 //! `retained messages/count`, `subscriptions/count` (distinct filters).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where `$SYS/...` is published inside rumqttd: `INTERNAL` + `$SYS/...`.
 pub const INTERNAL: &str = "edgewatch-internal/";
@@ -49,6 +49,26 @@ pub fn internal_filter(filter: &str) -> Option<String> {
 /// The `$SYS` topic of a topic under [`INTERNAL`], if it is one.
 pub fn sys_topic(topic: &[u8]) -> Option<&[u8]> {
     topic.strip_prefix(INTERNAL.as_bytes())
+}
+
+/// Counts a packet of `bytes` read.
+pub(crate) fn count_read(bytes: usize) {
+    let t = &TRAFFIC;
+    t.packets_received.fetch_add(1, Ordering::Relaxed);
+    t.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// Counts a packet of `bytes` written (none: not written).
+pub(crate) fn count_written(bytes: usize, publish: bool) {
+    if bytes == 0 {
+        return;
+    }
+    let t = &TRAFFIC;
+    t.packets_sent.fetch_add(1, Ordering::Relaxed);
+    t.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    if publish {
+        t.publishes_sent.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The hub binary as a whole: its command line, a crash under load, `/metrics`, identity, the
+//! The hub binary as a whole: its command line, a crash under load, retained messages and MQTT
+//! sessions across restarts, `/metrics`, identity, the
 //! API descriptions against a running hub, HTTPS and its redirect, and CORS.
 
 #[path = "../support/mod.rs"]
@@ -8,6 +9,7 @@ mod api_docs;
 mod cli;
 mod cors;
 mod crash;
+mod durable;
 mod identity;
 mod metrics;
 mod stall;

@@ -28,6 +28,8 @@
 //! * `recent`: fingerprints of the last stored readings, the first test for a redelivery.
 //! * `deliveries`: the external session's recent deliveries, to recognise the broker's resends.
 //! * `budget`: live bytes and the disk budget's rule.
+//! * `broker_state`: the embedded broker's retained messages and persistent sessions, in a
+//!   tree of their own (`broker`), opaque bytes encoded by the broker crate.
 //!
 //! # On-disk layout
 //!
@@ -96,6 +98,7 @@
 
 mod activity;
 mod apply;
+mod broker_state;
 mod budget;
 mod chunks;
 mod codec;
@@ -114,6 +117,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use edgewatch_protocol::{Reading, SeriesKey, TopicFilter};
 
 pub use activity::SeriesActivity;
+pub use broker_state::{BrokerState, Entry as BrokerStateEntry};
 pub use budget::{BudgetStatus, LiveBytes, KEEP_SHARE_PERCENT, LIVE_SHARE_PERCENT};
 pub use chunks::WriteCounters;
 use chunks::*;

@@ -28,6 +28,7 @@ use crate::backpressure::{Admission, IngestGate};
 use crate::caps::BrokerCaps;
 use crate::client_limits::{ClientLimits, Inbound};
 use crate::delivery::{self, Delivery};
+use crate::durable::{Durable, DurableConnection};
 use crate::login::Verdict;
 use crate::peer::{PeerSlot, Peers};
 use crate::wire::{publish_pkid, publish_qos};
@@ -104,6 +105,8 @@ pub struct PolicyProtocol<P> {
     connected: bool,
     /// Set when a DISCONNECT with a reason is on its way and nothing more is read.
     refusing: bool,
+    /// Retained messages and sessions recorded across restarts ([`crate::durable`]).
+    durable: Option<DurableConnection>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -129,6 +132,7 @@ impl<P: Clone> Clone for PolicyProtocol<P> {
         codec.peer = peer;
         codec.credentials.clone_from(&self.credentials);
         codec.limits.clone_from(&self.limits);
+        codec.durable.clone_from(&self.durable);
         codec
     }
 }
@@ -170,6 +174,7 @@ impl<P> PolicyProtocol<P> {
             delivery: Delivery::new(v5),
             connected: false,
             refusing: false,
+            durable: None,
         }
     }
 }
@@ -196,6 +201,12 @@ impl<P> PolicyProtocol<P> {
     /// Applies the caps and rate limit of `caps` to every connection.
     pub fn with_caps(mut self, caps: Arc<BrokerCaps>) -> Self {
         self.limits = Some(ClientLimits::new(caps));
+        self
+    }
+
+    /// Records retained messages and persistent sessions in `durable`.
+    pub fn with_durable(mut self, durable: Arc<Durable>) -> Self {
+        self.durable = Some(DurableConnection::new(durable));
         self
     }
 
@@ -243,6 +254,9 @@ impl<P> PolicyProtocol<P> {
     fn close(&mut self, why: Error) -> Result<Packet, Error> {
         tracing::debug!(%why, "closing an MQTT connection after its packets so far");
         self.closing = true;
+        if let Some(durable) = &mut self.durable {
+            durable.closed();
+        }
         let disconnect = rumqttd::protocol::Disconnect {
             reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
         };
@@ -421,7 +435,7 @@ impl<P> PolicyProtocol<P> {
 
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let mut packet = loop {
+        let (mut packet, header) = loop {
             if self.closing {
                 // Closed by us (see `close`): what the client still sends is not read.
                 stream.clear();
@@ -453,7 +467,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             let before = stream.len();
             let mut packet = match self.inner.read_mut(stream, max_size) {
                 Ok(packet) => {
-                    count_read(before - stream.len());
+                    crate::sys::count_read(before - stream.len());
                     packet
                 }
                 Err(err @ Error::PayloadSizeLimitExceeded(_)) if self.connected => {
@@ -487,13 +501,16 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             if let Err(err) = self.correct_inbound(&mut packet, header, held, max_size) {
                 return self.close(err);
             }
-            break packet;
+            break (packet, header);
         };
         if let Packet::Connect(connect, ..) = &mut packet {
             self.admit_connect(connect)?;
         }
         // After the per-address cap: a refused connection costs no password check.
         self.decide_login(&mut packet);
+        if let (Some(durable), None) = (&mut self.durable, self.refused) {
+            durable.packet(&mut packet, header, self.v5, self.limits.as_mut());
+        }
         Ok(packet)
     }
 
@@ -538,7 +555,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         let n = self
             .delivery
             .write(packet, write, &|p, w| self.inner.write(p, w), &forward)?;
-        count_written(n, publish);
+        crate::sys::count_written(n, publish);
         Ok(n)
     }
 }
@@ -552,26 +569,6 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
             tokio::task::block_in_place(|| rt.block_on(future))
         }
         _ => futures::executor::block_on(future),
-    }
-}
-
-/// Counts a packet of `bytes` read, for `$SYS` (`crate::sys`).
-fn count_read(bytes: usize) {
-    let t = &crate::sys::TRAFFIC;
-    t.packets_received.fetch_add(1, Ordering::Relaxed);
-    t.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
-}
-
-/// Counts a packet of `bytes` written (none: not written), for `$SYS`.
-fn count_written(bytes: usize, publish: bool) {
-    if bytes == 0 {
-        return;
-    }
-    let t = &crate::sys::TRAFFIC;
-    t.packets_sent.fetch_add(1, Ordering::Relaxed);
-    t.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-    if publish {
-        t.publishes_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
