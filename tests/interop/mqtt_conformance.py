@@ -1160,6 +1160,7 @@ def main():
     finally:
         for b in shared:
             b.stop()
+        shutil.rmtree(work, ignore_errors=True)
     rows, deviations = verdicts(names, results)
     print_table(rows)
     print(f"\n{len(names)} cases in {time.monotonic() - started:.1f} s")
@@ -1169,13 +1170,10 @@ def main():
             if ok is False:
                 print(f"  {name} on {kind}: {detail}")
     if deviations:
-        print(f"\n{len(deviations)} deviation(s) from the expectations:")
-        for name, kind, detail in deviations:
-            print(f"  {name} on {kind}: {detail}")
-        shutil.rmtree(work, ignore_errors=True)
+        print(f"\n{len(deviations)} deviation(s) from the expectations (details above): "
+              + ", ".join(f"{name} on {kind}" for name, kind, _ in deviations))
         return 1
     print("\nevery case behaved as expected")
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
