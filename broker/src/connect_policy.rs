@@ -101,6 +101,9 @@ impl<P> Drop for PolicyProtocol<P> {
         if let (true, Some(n)) = (*self.counted.get_mut(), &self.connections) {
             n.fetch_sub(1, Ordering::Relaxed);
         }
+        if *self.counted.get_mut() {
+            tracing::debug!(peer = ?self.peer, "MQTT connection ended");
+        }
     }
 }
 
@@ -450,6 +453,9 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         }
         // After the per-address cap: a refused connection costs no password check.
         self.decide_login(&mut packet);
+        if let (Packet::Connect(connect, ..), None) = (&packet, &self.refused) {
+            tracing::debug!(client_id = %connect.client_id, peer = ?self.peer, "MQTT client connecting");
+        }
         Ok(packet)
     }
 

@@ -1,5 +1,5 @@
 //! The hub binary as a whole: its command line, a crash under load, `/metrics`, identity, the
-//! API descriptions against a running hub, HTTPS and its redirect, and CORS.
+//! API descriptions against a running hub, HTTPS and its redirect, CORS, and what the log says.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,6 +9,7 @@ mod cli;
 mod cors;
 mod crash;
 mod identity;
+mod logs;
 mod metrics;
 mod stall;
 mod tls;
