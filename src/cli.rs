@@ -144,58 +144,6 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     Ok(cfg)
 }
 
-/// Logs to stderr, filtered by `EDGEWATCH_LOG` (else `level`), as text or as JSON lines.
-///
-/// rumqttd's spans are never recorded: its router opens an error-level span per publish with
-/// the topic `Debug`-formatted into it, which cost the router thread most of its time (perf,
-/// relay benchmark). Its events (warnings, errors) are still logged.
-fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::filter::{filter_fn, FilterExt};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-
-    let env = std::env::var("EDGEWATCH_LOG")
-        .ok()
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(quiet_broker(&v)).ok())
-        .or_else(|| tracing_subscriber::EnvFilter::try_new(quiet_broker(level)).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    // The level hint keeps the combined filter's maximum level equal to `env`'s, so disabled
-    // levels stay free, also for the `log` records of dependencies (sled).
-    let no_broker_spans =
-        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")))
-            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
-    let filter = env.and(no_broker_spans);
-    // The per-address MQTT limits learn each connection's address from rumqttd's accept
-    // event, whatever the log level (see `edgewatch_broker::peer`).
-    let registry = tracing_subscriber::registry().with(edgewatch_broker::peer::accept_tap());
-    if json {
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_writer(std::io::stderr)
-            .with_filter(filter);
-        registry.with(layer).init();
-    } else {
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter);
-        registry.with(layer).init();
-    }
-}
-
-/// `filter` with rumqttd's events at `warn` unless it names rumqttd itself: at `info` rumqttd
-/// logs four lines per device connection (accept, registered, disconnecting, disconnected),
-/// 96 of a 10-second demo's 109 lines. `EDGEWATCH_LOG=info,rumqttd=info` shows them again.
-fn quiet_broker(filter: &str) -> String {
-    if filter.contains("rumqttd") {
-        filter.to_owned()
-    } else {
-        format!("{filter},rumqttd=warn")
-    }
-}
-
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -236,7 +184,7 @@ where
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
-    init_logging(&cfg.log.level, cfg.log.json);
+    crate::logging::init(&cfg.log.level, cfg.log.json);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -268,7 +216,7 @@ fn demo(mut args: RunArgs) -> ExitCode {
 }
 
 fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
-    init_logging("warn", false);
+    crate::logging::init("warn", false);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -286,7 +234,7 @@ fn sim(args: edgewatch_sim::SimArgs) -> ExitCode {
 }
 
 fn serial(args: crate::serial::SerialArgs) -> ExitCode {
-    init_logging("info", false);
+    crate::logging::init("info", false);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -14,6 +14,8 @@
 //!   that name the dotted key and the file.
 //! * `http_access`: who may use HTTP (`[auth]`, accounts), and loopback-only without credentials.
 //! * `hub`: starts the broker, the bridge, the fan-out and HTTP, and stops them on a signal.
+//! * `logging`: the log on stderr: filter, colour only on a terminal, rumqttd's normal events
+//!   that it logs at ERROR left out.
 //! * `demo`: the hub plus a simulated fleet and an emulated serial sensor.
 //! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
 //! * `signals`: SIGINT / SIGTERM as a future.
@@ -24,6 +26,7 @@ mod config;
 mod demo;
 mod http_access;
 mod hub;
+mod logging;
 mod serial;
 mod signals;
 

@@ -1,6 +1,6 @@
 //! The hub binary as a whole: its command line, a crash under load, retained messages and MQTT
-//! sessions across restarts, `/metrics`, identity, the
-//! API descriptions against a running hub, HTTPS and its redirect, and CORS.
+//! sessions across restarts, `/metrics`, identity, the API descriptions against a running hub,
+//! HTTPS and its redirect, CORS, and what the log says.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -11,6 +11,7 @@ mod cors;
 mod crash;
 mod durable;
 mod identity;
+mod logs;
 mod metrics;
 mod stall;
 mod tls;

@@ -109,6 +109,28 @@ def hash_entry(binary, username):
     return out.stdout.strip()
 
 
+def listeners_toml(cert, key):
+    """The hub's four MQTT listeners on free loopback ports, TLS with `cert` and `key`."""
+    return f"""[broker.mqtt]
+enabled = true
+listen = "127.0.0.1:0"
+
+[broker.mqtt5]
+enabled = true
+listen = "127.0.0.1:0"
+
+[broker.websocket]
+enabled = true
+listen = "127.0.0.1:0"
+
+[broker.tls]
+enabled = true
+listen = "127.0.0.1:0"
+cert_path = {json.dumps(cert)}
+key_path = {json.dumps(key)}
+"""
+
+
 def make_cert(work):
     cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
     subprocess.run(
@@ -138,24 +160,7 @@ def write_config(binary, work, cert, key):
     )
     path = os.path.join(work, "edgewatch.toml")
     with open(path, "w") as f:
-        f.write(f"""[broker.mqtt]
-enabled = true
-listen = "127.0.0.1:0"
-
-[broker.mqtt5]
-enabled = true
-listen = "127.0.0.1:0"
-
-[broker.websocket]
-enabled = true
-listen = "127.0.0.1:0"
-
-[broker.tls]
-enabled = true
-listen = "127.0.0.1:0"
-cert_path = {json.dumps(cert)}
-key_path = {json.dumps(key)}
-
+        f.write(listeners_toml(cert, key) + f"""
 [broker.roles.device]
 read = []
 publish = ["sensors/%u/#"]

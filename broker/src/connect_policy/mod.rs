@@ -114,6 +114,9 @@ impl<P> Drop for PolicyProtocol<P> {
         if let (true, Some(n)) = (*self.counted.get_mut(), &self.connections) {
             n.fetch_sub(1, Ordering::Relaxed);
         }
+        if *self.counted.get_mut() {
+            tracing::debug!(peer = ?self.peer, "MQTT connection ended");
+        }
     }
 }
 
@@ -220,6 +223,7 @@ impl<P> PolicyProtocol<P> {
 impl<P> PolicyProtocol<P> {
     /// A CONNECT: the per-address cap, the connection count and the keep-alive policy.
     fn admit_connect(&mut self, connect: &mut rumqttd::protocol::Connect) -> Result<(), Error> {
+        tracing::debug!(client_id = %connect.client_id, peer = ?self.peer, "MQTT client connecting");
         self.admit_peer(&connect.client_id)?;
         if let Some(n) = &self.connections {
             if !self.counted.swap(true, Ordering::Relaxed) {
