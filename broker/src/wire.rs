@@ -1,6 +1,8 @@
 //! MQTT fixed-header facts read straight from bytes, for the codec wrapper: rumqttd's
 //! `Publish` keeps its QoS and packet id private.
 
+use bytes::BytesMut;
+
 /// The packet id of the QoS 1/2 PUBLISH at the start of `bytes`, if its bytes are there.
 pub fn publish_pkid(bytes: &[u8]) -> Option<u16> {
     if publish_qos(*bytes.first()?) == 0 {
@@ -30,6 +32,30 @@ pub fn publish_qos(first: u8) -> u8 {
 /// packet).
 pub fn packet_size_limit(max_remaining: usize) -> u32 {
     u32::try_from(max_remaining + 1 + varint_len(max_remaining)).unwrap_or(u32::MAX)
+}
+
+/// Writes a QoS 1 PUBLISH (no DUP, no retain; MQTT 5: no properties) to `out`.
+pub fn write_qos1_publish(topic: &[u8], pkid: u16, payload: &[u8], v5: bool, out: &mut BytesMut) {
+    let mut remaining = 2 + topic.len() + 2 + usize::from(v5) + payload.len();
+    out.extend_from_slice(&[0x32]);
+    loop {
+        let mut byte = (remaining % 128) as u8;
+        remaining /= 128;
+        if remaining > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if remaining == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(topic);
+    out.extend_from_slice(&pkid.to_be_bytes());
+    if v5 {
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(payload);
 }
 
 /// The largest remaining length of a packet of at most `max_packet` bytes in all: what

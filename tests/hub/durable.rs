@@ -219,6 +219,11 @@ async fn persistent_session_survives_sigterm_and_kill_9() {
     disconnect(s1, s1_events).await;
 
     for (round, kill) in [(1, false), (2, true)] {
+        // Queued for the offline s1 before the stop (`broker::durable::queue`).
+        let (p, mut p_events, _) = connect(mqtt, "publisher", true, None).await;
+        let queued = format!("q{round}");
+        publish(&p, &mut p_events, "alerts/q", false, queued.as_bytes()).await;
+        disconnect(p, p_events).await;
         if kill {
             tokio::time::sleep(FLUSHED).await;
         }
@@ -231,14 +236,17 @@ async fn persistent_session_survives_sigterm_and_kill_9() {
 
         let (s1, mut s1_events, present) = connect(mqtt, "s1", false, None).await;
         assert!(present, "round {round}: session present after the restart");
-        let got = until(&mut s1_events, |p| match p {
-            Packet::Publish(p) => Some((p.topic.clone(), p.payload.clone(), p.qos)),
-            _ => None,
-        })
-        .await;
-        assert_eq!(got.0, "alerts/a");
-        assert_eq!(got.1, message.as_bytes());
-        assert_eq!(got.2, QoS::AtLeastOnce);
+        // The message queued before the stop first (once: the last round's was acknowledged),
+        // then the one rumqttd queued since the restart.
+        for (topic, payload) in [("alerts/q", &queued), ("alerts/a", &message)] {
+            let got = until(&mut s1_events, |p| match p {
+                Packet::Publish(p) => Some((p.topic.clone(), p.payload.clone(), p.qos)),
+                _ => None,
+            })
+            .await;
+            assert_eq!((got.0.as_str(), &got.1[..]), (topic, payload.as_bytes()));
+            assert_eq!(got.2, QoS::AtLeastOnce);
+        }
         disconnect(s1, s1_events).await;
     }
     let metrics = metric_sums(&hub.http()).await;
@@ -247,6 +255,12 @@ async fn persistent_session_survives_sigterm_and_kill_9() {
         Some(&1.0)
     );
     assert_eq!(metrics.get("edgewatch_mqtt_sessions_persisted"), Some(&1.0));
+    assert_eq!(
+        metrics.get("edgewatch_mqtt_queued_delivered_total"),
+        Some(&1.0),
+        "this start's: q2"
+    );
+    assert_eq!(metrics.get("edgewatch_mqtt_queued_persisted"), Some(&0.0));
 
     // A clean session ends the persisted one.
     let (c, c_events, _) = connect(mqtt, "s1", true, None).await;

@@ -64,12 +64,7 @@ MAX_PACKET = 4096  # both brokers' largest incoming packet (and their CONNACK's 
 MESSAGES = 200  # per QoS in the ordering cases
 
 # case -> "same" or the documented degradation the case asserts instead (see the docstring).
-QUEUED_LOST = ("session back (present 1, later messages delivered); the message queued before "
-               "the stop is lost: rumqttd keeps it in memory only (docs/mqtt.md)")
-EXPECTED_EDGEWATCH = collections.defaultdict(lambda: "same", {
-    "restart_term_queued": QUEUED_LOST,
-    "restart_kill9_queued": QUEUED_LOST,
-})
+EXPECTED_EDGEWATCH = collections.defaultdict(lambda: "same", {})
 # The cases that assert a degradation's behaviour themselves when it is expected; any other
 # case with an expectation other than "same" counts as expected when it fails.
 DEGRADED_BRANCH = {"sys_subscribe", "explorer_subscribe", "restart_term_queued",

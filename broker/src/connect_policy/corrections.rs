@@ -6,9 +6,11 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use rumqttd::protocol::{Error, Packet};
 
-use super::PolicyProtocol;
+use super::{Next, PolicyProtocol};
+use crate::client_limits::Inbound;
 use crate::delivery;
 use crate::wire::{packet_size_limit, publish_qos};
+use edgewatch_protocol::TopicFilter;
 
 impl<P> PolicyProtocol<P> {
     /// Our corrections to a packet rumqttd is about to get (see [`crate::delivery`]); `held`:
@@ -50,6 +52,44 @@ impl<P> PolicyProtocol<P> {
             _ => self.delivery.inbound(packet)?,
         }
         Ok(())
+    }
+
+    /// Whether `packet` is the client's PUBACK of a message queued for its session before a
+    /// restart (not rumqttd's to see: [`crate::durable::queue`]).
+    pub(super) fn queued_ack(&self, packet: &Packet) -> bool {
+        match (packet, &self.durable) {
+            (Packet::PubAck(ack, _), Some(durable)) => durable.queued_ack(ack.pkid),
+            _ => false,
+        }
+    }
+
+    /// The caps and rate limit on a packet read (see [`crate::client_limits`]).
+    pub(super) fn limit(&mut self, packet: &mut Packet, header: u8) -> Next {
+        let permissions = self.permissions.as_ref();
+        let may_read = |filter: &str| {
+            permissions.is_none_or(|p| TopicFilter::parse(filter).is_ok_and(|f| p.may_read(&f)))
+        };
+        let verdict = match &mut self.limits {
+            Some(l) => l.inbound(packet, header, self.v5, &may_read),
+            None => Ok(Inbound::Pass),
+        };
+        match verdict {
+            Ok(Inbound::Pass) => Next::Keep,
+            Ok(_) => Next::Skip,
+            Err(err) if matches!(packet, Packet::Connect(..)) => Next::Fail(err),
+            Err(err) => Next::Close(err),
+        }
+    }
+
+    /// Writes the messages queued for this connection's session before a restart, after the
+    /// CONNACK that accepted it ([`crate::durable::queue`]); returns the bytes written.
+    pub(super) fn write_queued(&self, write: &mut BytesMut) -> usize {
+        let Some(durable) = &self.durable else {
+            return 0;
+        };
+        let before = write.len();
+        durable.after_connack(self.v5, write);
+        write.len() - before
     }
 
     /// For an UNSUBSCRIBE: whether this connection holds each of its filters.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::auth::Credentials;
 use crate::backpressure::{Admission, IngestGate};
 use crate::caps::BrokerCaps;
-use crate::client_limits::{ClientLimits, Inbound};
+use crate::client_limits::ClientLimits;
 use crate::delivery::{self, Delivery};
 use crate::durable::{Durable, DurableConnection};
 use crate::login::Verdict;
@@ -35,7 +35,6 @@ use crate::wire::{publish_pkid, publish_qos};
 
 mod corrections;
 use edgewatch_protocol::permissions::Permissions;
-use edgewatch_protocol::TopicFilter;
 use rumqttd::protocol::ConnectReturnCode;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -480,27 +479,21 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
                 Err(err) => return Err(err),
             };
             let held = self.held(&packet);
-            if !self.permit_publish(&mut packet, publish_qos(header), pkid) {
+            if self.queued_ack(&packet)
+                || !self.permit_publish(&mut packet, publish_qos(header), pkid)
+            {
                 continue;
             }
-            let permissions = self.permissions.as_ref();
-            let may_read = |filter: &str| {
-                permissions.is_none_or(|p| TopicFilter::parse(filter).is_ok_and(|f| p.may_read(&f)))
-            };
-            let verdict = match &mut self.limits {
-                Some(l) => l.inbound(&mut packet, header, self.v5, &may_read),
-                None => Ok(Inbound::Pass),
-            };
-            match verdict {
-                Ok(Inbound::Pass) => {}
-                Ok(_) => continue,
-                Err(err) if matches!(packet, Packet::Connect(..)) => return Err(err),
-                Err(err) => return self.close(err),
+            match self.limit(&mut packet, header) {
+                Next::Keep => {}
+                Next::Skip => continue,
+                Next::Fail(err) => return Err(err),
+                Next::Close(err) => return self.close(err),
             }
             match self.backlog_admission(&packet, header) {
                 Next::Keep => {}
                 Next::Skip => continue,
-                Next::Close(err) => return self.close(err),
+                Next::Close(err) | Next::Fail(err) => return self.close(err),
             }
             if let Err(err) = self.correct_inbound(&mut packet, header, held, max_size) {
                 return self.close(err);
@@ -556,9 +549,14 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             None => Some(sending.retained_now),
         };
         let publish = matches!(packet, Packet::Publish(..));
-        let n = self
+        let accepted =
+            matches!(&packet, Packet::ConnAck(ack, _) if ack.code == ConnectReturnCode::Success);
+        let mut n = self
             .delivery
             .write(packet, write, &|p, w| self.inner.write(p, w), &forward)?;
+        if accepted {
+            n += self.write_queued(write);
+        }
         crate::sys::count_written(n, publish);
         Ok(n)
     }
@@ -584,6 +582,8 @@ enum Next {
     Skip,
     /// The connection ends after the packets before it.
     Close(Error),
+    /// The connection ends now (a refused CONNECT).
+    Fail(Error),
 }
 
 /// Where a denied QoS 1/2 publish goes: a `$` topic, which `#` does not match (the bridge

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttd::protocol::Packet;
 
+use super::queue::{Queued, QueuedDelivery};
 use super::{lock, now_ms, Durable, Session, SessionRecord};
 use crate::client_limits::ClientLimits;
 
@@ -21,6 +22,8 @@ pub struct DurableConnection {
     /// Its retained last will (topic, payload, QoS, message expiry), until a DISCONNECT
     /// discards it.
     will: Option<(Bytes, Bytes, u8, Option<u32>)>,
+    /// Messages queued for its session before a restart, delivered after the CONNACK.
+    queued: QueuedDelivery,
 }
 
 impl Clone for DurableConnection {
@@ -43,6 +46,8 @@ impl Drop for DurableConnection {
             }
         }
         if let Some(client_id) = self.session.take() {
+            let unacknowledged = self.queued.unacknowledged();
+            self.shared.not_acknowledged(&client_id, unacknowledged);
             self.shared.disconnected(&client_id);
         }
     }
@@ -58,6 +63,8 @@ struct Connected {
     keep_session: bool,
     /// Filters of the session rumqttd resumes.
     resumed: Vec<String>,
+    /// Messages queued for it before a restart.
+    due: Vec<Queued>,
 }
 
 impl DurableConnection {
@@ -66,6 +73,7 @@ impl DurableConnection {
             shared,
             session: None,
             will: None,
+            queued: QueuedDelivery::default(),
         }
     }
 
@@ -103,8 +111,10 @@ impl DurableConnection {
                 if outcome.tracked {
                     self.session = Some(connect.client_id.clone());
                 }
+                self.queued.set_due(outcome.due);
             }
-            Packet::Publish(publish, _) if !publish.retain && !publish.payload.is_empty() => {}
+            Packet::Publish(publish, _)
+                if !publish.retain && !publish.payload.is_empty() && (header >> 1) & 0b11 == 0 => {}
             Packet::Publish(publish, props) => {
                 let alias = props.as_ref().and_then(|p| p.topic_alias);
                 let topic = match (publish.topic.is_empty(), alias, limits) {
@@ -114,10 +124,13 @@ impl DurableConnection {
                 let Some(topic) = topic.filter(|t| !t.is_empty()) else {
                     return;
                 };
+                let qos = (header >> 1) & 0b11;
+                if qos > 0 && self.shared.any_offline() {
+                    self.shared.enqueue(&topic, qos, &publish.payload);
+                }
                 if publish.payload.is_empty() {
                     self.shared.clear_retained(&topic);
                 } else if publish.retain {
-                    let qos = (header >> 1) & 0b11;
                     let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
                     self.shared
                         .set_retained(&topic, &publish.payload, qos, expiry);
@@ -137,6 +150,26 @@ impl DurableConnection {
             Packet::Disconnect(..) => self.closed(),
             _ => {}
         }
+    }
+
+    /// Writes the messages queued for this session before a restart, after a CONNACK that
+    /// accepted the connection (see [`super::queue`]).
+    pub fn after_connack(&self, v5: bool, out: &mut bytes::BytesMut) {
+        self.queued.write_due(v5, out);
+    }
+
+    /// Whether a PUBACK with `pkid` is the client's for one of those messages (it is not
+    /// rumqttd's to see).
+    pub fn queued_ack(&self, pkid: u16) -> bool {
+        let Some(message) = self.queued.acknowledged(pkid) else {
+            return false;
+        };
+        self.shared.acknowledged(&message);
+        self.shared
+            .counters
+            .queued_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// The connection ends with a DISCONNECT (the client's or ours): rumqttd discards the will.
@@ -163,7 +196,8 @@ impl Durable {
         let mut sessions = lock(&self.sessions);
         if !persistent {
             // rumqttd starts a clean session and forgets the old one.
-            if sessions.remove(client_id).is_some() {
+            if let Some(old) = sessions.remove(client_id) {
+                self.drop_queue(client_id, &old.record.filters);
                 self.remove_session(client_id);
             }
             return Connected::default();
@@ -184,6 +218,7 @@ impl Durable {
         if keep_session {
             super::blocking(|| self.discard_in_router(client_id));
             if let Some(old) = sessions.get_mut(client_id) {
+                self.drop_queue(client_id, &old.record.filters);
                 old.record.filters.clear();
             }
         }
@@ -198,6 +233,10 @@ impl Durable {
             connected: 0,
             expires: None,
         });
+        let due = match session.connected {
+            0 => self.came_back(client_id, &session.record.filters),
+            _ => Vec::new(),
+        };
         session.connected += 1;
         session.expires = None;
         session.record.v5 = v5;
@@ -209,6 +248,7 @@ impl Durable {
             tracked: true,
             keep_session,
             resumed,
+            due,
         }
     }
 
@@ -264,6 +304,7 @@ impl Durable {
             .filter(|_| session.record.v5)
             .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
         self.put_session(client_id, &session.record);
+        self.went_offline(client_id, &session.record.filters);
     }
 }
 

@@ -23,7 +23,9 @@ impl Durable {
         for client_id in &due {
             // Under the lock: a CONNECT with this client id waits until the discard is done.
             self.discard_in_router(client_id);
-            sessions.remove(client_id);
+            if let Some(old) = sessions.remove(client_id) {
+                self.drop_queue(client_id, &old.record.filters);
+            }
             self.remove_session(client_id);
             self.counters
                 .sessions_expired

@@ -29,6 +29,10 @@
 //!   are kept; past them the session or filter is counted and logged, not persisted (rumqttd
 //!   still keeps it until the hub stops).
 //!
+//! * **Messages queued for offline sessions**: every QoS 1/2 publish a client sends, for each
+//!   offline persisted session with a matching filter; delivered by the codec after a restart
+//!   (see [`queue`]).
+//!
 //! # Writes
 //! No queue: the codec calls the store on the connection's task. The hub's store is a sled tree,
 //! whose insert returns once the change is in sled's memory; sled writes it to disk within
@@ -56,6 +60,7 @@
 
 mod connection;
 pub mod expiry;
+pub mod queue;
 mod record;
 pub mod restore;
 
@@ -111,6 +116,10 @@ pub struct DurableCounters {
     pub sessions_expired: AtomicU64,
     /// Store writes that failed.
     pub write_errors: AtomicU64,
+    /// Messages for offline sessions not persisted: the session's queue was full.
+    pub queued_refused: AtomicU64,
+    /// Messages queued before a restart delivered after it (acknowledged).
+    pub queued_delivered: AtomicU64,
 }
 
 /// One known session: its record and whether a connection holds it now.
@@ -139,6 +148,8 @@ pub struct Durable {
     stopping: AtomicBool,
     /// The session expiry task, once [`crate::Broker::restore_state`] started it.
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Messages queued for offline sessions ([`queue`]).
+    queues: Mutex<queue::Queues>,
     pub counters: DurableCounters,
 }
 
@@ -163,6 +174,7 @@ impl Durable {
             hasher: Default::default(),
             stopping: AtomicBool::new(false),
             expiry: Mutex::default(),
+            queues: Mutex::default(),
             counters: DurableCounters::default(),
         }
     }
@@ -319,7 +331,7 @@ impl Durable {
     /// The gauges and counters, for the composition to expose in `/metrics`.
     pub fn samples(self: &Arc<Self>) -> Vec<crate::caps::CapSample> {
         type Read = fn(&Durable) -> f64;
-        let values: [(&'static str, &'static str, bool, Read); 9] = [
+        let values: [(&'static str, &'static str, bool, Read); 12] = [
             ("edgewatch_mqtt_retained_persisted", "Retained MQTT messages persisted (restored at the next start).", false, |d| d.retained_persisted() as f64),
             ("edgewatch_mqtt_sessions_persisted", "Persistent MQTT sessions persisted (restored at the next start).", false, |d| d.sessions_persisted() as f64),
             ("edgewatch_mqtt_retained_restored_total", "Retained MQTT messages restored at start.", true, |d| load(&d.counters.retained_restored)),
@@ -328,6 +340,9 @@ impl Durable {
             ("edgewatch_mqtt_sessions_not_persisted_total", "Persistent MQTT sessions not persisted: the bound on persisted sessions was reached.", true, |d| load(&d.counters.sessions_refused)),
             ("edgewatch_mqtt_session_filters_not_persisted_total", "MQTT subscriptions of persistent sessions not persisted: over the per-session bound, or over max_filters at restore.", true, |d| load(&d.counters.filters_refused)),
             ("edgewatch_mqtt_sessions_expired_total", "MQTT 5 sessions ended by their session expiry interval.", true, |d| load(&d.counters.sessions_expired)),
+            ("edgewatch_mqtt_queued_persisted", "MQTT messages persisted for offline persistent sessions (delivered after a restart).", false, |d| d.queued_persisted() as f64),
+            ("edgewatch_mqtt_queued_not_persisted_total", "MQTT messages for offline persistent sessions not persisted: the session's queue was full.", true, |d| load(&d.counters.queued_refused)),
+            ("edgewatch_mqtt_queued_delivered_total", "MQTT messages queued before a restart delivered after it.", true, |d| load(&d.counters.queued_delivered)),
             ("edgewatch_mqtt_state_write_errors_total", "Writes of retained messages or sessions to the store that failed.", true, |d| load(&d.counters.write_errors)),
         ];
         values

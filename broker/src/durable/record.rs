@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `R` topic | a retained message: format byte 1, QoS, payload; or with an MQTT 5 message expiry: format byte 2, QoS, when it expires (epoch ms, i64 BE), payload |
 //! | `S` client id | a persistent session: format byte 1, then [`SessionRecord`] (postcard) |
+//! | `Q` client id length (u16 BE), client id, sequence (u64 BE) | a message queued for an offline session: format byte 1, QoS, topic length (u16 BE), topic, payload |
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,7 @@ const FORMAT: u8 = 1;
 const EXPIRING: u8 = 2;
 const RETAINED: u8 = b'R';
 const SESSION: u8 = b'S';
+const QUEUED: u8 = b'Q';
 
 pub(super) fn retained_key(topic: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 1);
@@ -79,6 +81,25 @@ pub(super) fn session_value(record: &SessionRecord) -> Vec<u8> {
     v
 }
 
+pub(super) fn queued_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut k = Vec::with_capacity(id.len() + 11);
+    k.push(QUEUED);
+    k.extend_from_slice(&u16::try_from(id.len()).unwrap_or(u16::MAX).to_be_bytes());
+    k.extend_from_slice(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(super) fn queued_value(qos: u8, topic: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(topic.len() + payload.len() + 4);
+    v.extend_from_slice(&[FORMAT, qos]);
+    v.extend_from_slice(&u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes());
+    v.extend_from_slice(topic);
+    v.extend_from_slice(payload);
+    v
+}
+
 /// One stored entry, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Entry {
@@ -86,6 +107,8 @@ pub(super) enum Entry {
     Retained(Vec<u8>, u8, Vec<u8>, Option<i64>),
     /// Client id and its session.
     Session(String, SessionRecord),
+    /// Client id, sequence, and a message queued for it.
+    Queued(String, u64, super::queue::Queued),
 }
 
 /// Reads one entry; `None` for one this build cannot read (skipped and logged by the caller).
@@ -104,6 +127,7 @@ pub(super) fn read(key: &[u8], value: &[u8]) -> Option<Entry> {
             (!name.is_empty() && !payload.is_empty() && qos <= 2)
                 .then(|| Entry::Retained(name.to_vec(), qos, payload.to_vec(), expires))
         }
+        (QUEUED, FORMAT) => read_queued(key, name, body),
         (SESSION, FORMAT) => {
             let id = String::from_utf8(name.to_vec()).ok()?;
             let record = postcard::from_bytes(body).ok()?;
@@ -111,6 +135,28 @@ pub(super) fn read(key: &[u8], value: &[u8]) -> Option<Entry> {
         }
         _ => None,
     }
+}
+
+/// A queued message's entry: `name` is the key after its tag, `body` the value after its
+/// format byte.
+fn read_queued(key: &[u8], name: &[u8], body: &[u8]) -> Option<Entry> {
+    let (len, rest) = name.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let (id, seq) = (rest.get(..len)?, rest.get(len..)?);
+    let seq = u64::from_be_bytes(seq.try_into().ok()?);
+    let id = String::from_utf8(id.to_vec()).ok()?;
+    let (&qos, rest) = body.split_first()?;
+    let (tlen, rest) = rest.split_first_chunk::<2>()?;
+    let tlen = usize::from(u16::from_be_bytes(*tlen));
+    let (topic, payload) = (rest.get(..tlen)?, rest.get(tlen..)?);
+    let message = super::queue::Queued {
+        key: key.to_vec(),
+        topic: bytes::Bytes::copy_from_slice(topic),
+        qos,
+        payload: bytes::Bytes::copy_from_slice(payload),
+    };
+    (!id.is_empty() && !topic.is_empty() && (1..=2).contains(&qos))
+        .then_some(Entry::Queued(id, seq, message))
 }
 
 #[cfg(test)]
@@ -147,6 +193,16 @@ mod tests {
             "bad QoS"
         );
         assert_eq!(read(b"Xkey", &v), None, "unknown tag");
+        let (k, v) = (queued_key("c1", 7), queued_value(1, b"cmd/c1", b"go"));
+        let Some(Entry::Queued(id, seq, m)) = read(&k, &v) else {
+            panic!("a queued message reads back");
+        };
+        assert_eq!((id.as_str(), seq, m.qos), ("c1", 7, 1));
+        assert_eq!(
+            (&m.topic[..], &m.payload[..], m.key),
+            (&b"cmd/c1"[..], &b"go"[..], k)
+        );
+        assert_eq!(read(&queued_key("c1", 7)[..5], &v), None, "key cut short");
         assert_eq!(read(b"", b""), None);
     }
 }

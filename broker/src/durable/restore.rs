@@ -55,6 +55,7 @@ impl Durable {
     pub fn restore(&self, store: Arc<dyn StateStore>) -> Result<Restored, String> {
         let mut retained = Vec::new();
         let mut sessions = Vec::new();
+        let mut queued = Vec::new();
         let mut out = Restored::default();
         for (key, value) in store.entries()? {
             match record::read(&key, &value) {
@@ -62,6 +63,7 @@ impl Durable {
                     retained.push((topic, qos, payload, expires))
                 }
                 Some(Entry::Session(id, record)) => sessions.push((id, record)),
+                Some(Entry::Queued(id, seq, message)) => queued.push((id, seq, message)),
                 None => {
                     tracing::warn!(key = %String::from_utf8_lossy(&key), "unreadable broker state entry deleted");
                     store.remove(&key)?;
@@ -74,6 +76,8 @@ impl Durable {
         }
         self.restore_retained(retained, &mut out)?;
         self.restore_sessions(sessions, &mut out)?;
+        self.restore_queued(queued);
+        out.dropped += self.drop_orphans();
         Ok(out)
     }
 
@@ -163,6 +167,7 @@ impl Durable {
             self.send_batch(&client_id, false, packets)?;
             self.put_session(&client_id, &record);
             let expires = left_ms.map(|ms| Instant::now() + Duration::from_millis(ms as u64));
+            self.went_offline(&client_id, &record.filters);
             let session = Session {
                 record,
                 connected: 0,
