@@ -150,6 +150,8 @@ pub struct Durable {
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages queued for offline sessions ([`queue`]).
     queues: Mutex<queue::Queues>,
+    /// Filters of offline sessions in `queues`' index (read without its lock).
+    offline_filters: std::sync::atomic::AtomicUsize,
     pub counters: DurableCounters,
 }
 
@@ -175,6 +177,7 @@ impl Durable {
             stopping: AtomicBool::new(false),
             expiry: Mutex::default(),
             queues: Mutex::default(),
+            offline_filters: Default::default(),
             counters: DurableCounters::default(),
         }
     }

@@ -57,9 +57,10 @@ pub(super) struct Queues {
 }
 
 impl Durable {
-    /// Whether any persisted session is offline (a publish may be queued).
+    /// Whether any persisted session is offline (a publish may be queued): an atomic read,
+    /// no lock, on every QoS 1/2 publish.
     pub(super) fn any_offline(&self) -> bool {
-        !lock(&self.queues).index.is_empty()
+        self.offline_filters.load(Ordering::Relaxed) > 0
     }
 
     /// A persisted session went offline (or was restored): publishes matching `filters` are
@@ -72,6 +73,7 @@ impl Durable {
                 q.index.insert(&f, (id.clone(), *qos));
             }
         }
+        self.offline_filters.store(q.index.len(), Ordering::Relaxed);
     }
 
     /// A persisted session's client is back with `filters`: nothing more is recorded for it,
@@ -85,6 +87,7 @@ impl Durable {
                 q.index.remove(&f, &(id.clone(), *qos));
             }
         }
+        self.offline_filters.store(q.index.len(), Ordering::Relaxed);
         let recorded = q.recorded.remove(client_id).unwrap_or_default();
         let pending = q.pending.remove(client_id).unwrap_or_default();
         drop(q);
