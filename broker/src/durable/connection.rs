@@ -45,11 +45,7 @@ impl Drop for DurableConnection {
                 }
             }
         }
-        if let Some(client_id) = self.session.take() {
-            let unacknowledged = self.queued.unacknowledged();
-            self.shared.not_acknowledged(&client_id, unacknowledged);
-            self.shared.disconnected(&client_id);
-        }
+        self.end_session();
     }
 }
 
@@ -147,7 +143,13 @@ impl DurableConnection {
                     self.shared.unsubscribed(client_id, &unsub.filters);
                 }
             }
-            Packet::Disconnect(..) => self.closed(),
+            Packet::Disconnect(..) => {
+                self.closed();
+                // Offline from the DISCONNECT on, not from the end of the connection's task: a
+                // publish read on another connection right after it is queued for the session
+                // (as rumqttd's router, which has the DISCONNECT by then, queues it).
+                self.end_session();
+            }
             _ => {}
         }
     }
@@ -170,6 +172,16 @@ impl DurableConnection {
             .queued_delivered
             .fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// The session's connection ended: what was delivered from its queue and not acknowledged
+    /// goes back to it, and it is offline.
+    fn end_session(&mut self) {
+        if let Some(client_id) = self.session.take() {
+            let unacknowledged = self.queued.unacknowledged();
+            self.shared.not_acknowledged(&client_id, unacknowledged);
+            self.shared.disconnected(&client_id);
+        }
     }
 
     /// The connection ends with a DISCONNECT (the client's or ours): rumqttd discards the will.
