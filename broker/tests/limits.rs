@@ -36,6 +36,24 @@ async fn poll_until<T>(
     .expect("bounded wait")
 }
 
+/// Subscribes to `paths` at QoS 1 in one SUBSCRIBE; returns the SUBACK's codes.
+async fn subscribe_qos1(
+    client: &AsyncClient,
+    ev: &mut EventLoop,
+    paths: &[&str],
+) -> Vec<rumqttc::SubscribeReasonCode> {
+    let filters = paths
+        .iter()
+        .map(|p| SubscribeFilter::new((*p).to_owned(), QoS::AtLeastOnce));
+    client.subscribe_many(filters).await.unwrap();
+    poll_until(ev, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
 /// A connected client with its event loop.
 async fn connect(id: &str, addr: SocketAddr) -> (AsyncClient, EventLoop) {
     let (client, mut ev) = AsyncClient::new(options(id, addr), 1000);
@@ -67,16 +85,7 @@ async fn filters_over_the_cap_or_bounds_are_refused_in_place_and_the_rest_work()
     let (client, mut ev) = connect("subs", addr).await;
     let deep = vec!["x"; 33].join("/");
     let paths = ["a/1", &deep, "a/2", "a/3", "a/4"];
-    let filters = paths
-        .iter()
-        .map(|p| SubscribeFilter::new((*p).to_owned(), QoS::AtLeastOnce));
-    client.subscribe_many(filters).await.unwrap();
-    let codes = poll_until(&mut ev, |p| match p {
-        Packet::SubAck(ack) => Some(ack.return_codes),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let codes = subscribe_qos1(&client, &mut ev, &paths).await;
     let ok = C::Success(QoS::AtLeastOnce);
     assert_eq!(codes, [ok, C::Failure, ok, ok, C::Failure]);
     let c = &broker.caps().counters;
@@ -488,16 +497,7 @@ async fn a_dollar_filter_other_than_sys_is_refused_in_place_and_the_connection_c
     let broker = Broker::start(&test_config()).await.unwrap();
     let addr = broker.addr(ListenerKind::Mqtt).unwrap();
     let (client, mut ev) = connect("explorer", addr).await;
-    let filters = ["#", "$SYS/#", "$edgewatch/#"]
-        .iter()
-        .map(|p| SubscribeFilter::new((*p).to_owned(), QoS::AtLeastOnce));
-    client.subscribe_many(filters).await.unwrap();
-    let codes = poll_until(&mut ev, |p| match p {
-        Packet::SubAck(ack) => Some(ack.return_codes),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    let codes = subscribe_qos1(&client, &mut ev, &["#", "$SYS/#", "$edgewatch/#"]).await;
     // `$SYS/#` is served by the hub (`broker::sys`); other `$` filters have no topics.
     assert_eq!(
         codes,
