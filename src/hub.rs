@@ -2,7 +2,7 @@
 //! them in reverse order on a signal.
 //!
 //! Start: broker (MQTT listeners, unless the bridge consumes an external broker) → bridge
-//! (store, writer) → the in-process link from the broker into ingest → fan-out → HTTP (API,
+//! (store, writer) → the broker's feed into ingest → fan-out → HTTP (API,
 //! live streams, dashboard, API descriptions, `/metrics`; over TLS with
 //! `bridge.http_tls_cert`, and then with a redirect from plain HTTP when
 //! `bridge.http_redirect_listen` is set).
@@ -29,9 +29,6 @@ use crate::config::AppConfig;
 
 /// How long an orderly stop may take before we exit anyway.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Publishes the broker's in-process link buffers (see `edgewatch_broker::link`).
-const LINK_CAPACITY: usize = 4096;
 
 /// Where readings come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +81,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let broker = match &source {
         Source::Embedded => {
             cfg.bridge.mqtt_url = None;
-            // Listening starts once the bridge's link exists (below).
+            // Listening starts once the bridge's feed exists (below).
             Some(Broker::prepare(&cfg.broker).context("starting the MQTT broker")?)
         }
         Source::External(url) => {
@@ -94,7 +91,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     };
     let stop = CancellationToken::new();
     // The bridge gets its own token: at stop, ingest must outlive the live streams until the
-    // broker's link is drained (`Running::stop`), and `Bridge::shutdown` stops it.
+    // broker's feed is drained (`Running::stop`), and `Bridge::shutdown` stops it.
     let bridge = edgewatch_bridge::start(cfg.bridge.clone(), CancellationToken::new())
         .await
         .context("starting the bridge")?;
@@ -238,17 +235,16 @@ fn dashboard_url(https: bool, addr: SocketAddr) -> String {
 }
 
 /// Puts the broker's persisted retained messages and sessions back (`crate::broker_state`),
-/// links the bridge to the embedded broker (every publish goes to ingest), opens the publish
-/// link (serial readers, WebSocket clients), and only then lets devices in: the bridge's
-/// subscription sees their first publish.
+/// opens the bridge's feed from the embedded broker (every publish goes to ingest), opens the
+/// publish link (serial readers, WebSocket clients), and only then lets devices in: the bridge
+/// gets their first publish.
 async fn link_and_listen(
     broker: &mut Broker,
     bridge: &edgewatch_bridge::Bridge,
 ) -> anyhow::Result<PublishFn> {
     crate::broker_state::restore(broker, bridge).await?;
     let link = broker
-        .ingest_link("edgewatch-bridge", LINK_CAPACITY)
-        .await
+        .ingest_feed()
         .context("linking the bridge to the broker")?;
     bridge.run_source(link.map(|p| Publish {
         topic: p.topic,
@@ -310,7 +306,7 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
         ));
     let gate_counters: [(&str, &str, GateValue); 5] = [
         ("edgewatch_mqtt_held_acks_total", "PUBACKs held back because the bridge was behind (backpressure).", IngestGate::held_acks),
-        ("edgewatch_mqtt_ingest_skipped_total", "Publishes the broker accepted and dropped before the bridge read them (its log for the bridge overflowed).", IngestGate::skipped),
+        ("edgewatch_mqtt_ingest_skipped_total", "Publishes the broker accepted that did not reach the bridge (its feed was full: in-process publishers faster than the store).", IngestGate::skipped),
         ("edgewatch_mqtt_qos0_shed_total", "QoS 0 publishes dropped by the broker because the bridge was behind (backlog above half of broker.limits.ingest_backlog_max).", IngestGate::shed),
         ("edgewatch_mqtt_backlog_disconnects_total", "MQTT connections closed at a QoS 1/2 publish because the bridge was far behind (backlog at twice broker.limits.ingest_backlog_max; the device resends).", IngestGate::refused),
         ("edgewatch_mqtt_ack_stall_disconnects_total", "MQTT connections closed because an acknowledgement waited longer than broker.limits.ack_stall_max_secs for the bridge (the device resends).", IngestGate::stall_disconnects),
@@ -465,9 +461,9 @@ impl Running {
                 let gate = broker.ingest_gate().clone();
                 // Close every MQTT connection: no device gets another acknowledgement.
                 broker.stop();
-                // What the broker already accepted is still on its way through the in-process
-                // link: wait until the bridge has taken all of it before ingest stops.
-                drain_link(&gate).await;
+                // What the broker already accepted may still wait in the bridge's feed: wait
+                // until the bridge has taken all of it before ingest stops.
+                drain_feed(&gate).await;
             }
             bridge.shutdown().await.context("stopping the bridge")?;
             match http.await {
@@ -486,9 +482,9 @@ impl Running {
     }
 }
 
-/// Waits until the bridge has taken every publish the broker accepted (at most 3 s: QoS 0
-/// publishes the router dropped under overload never arrive).
-async fn drain_link(gate: &edgewatch_broker::IngestGate) {
+/// Waits until the bridge has taken every publish the broker accepted (at most 3 s, should the
+/// bridge be stuck).
+async fn drain_feed(gate: &edgewatch_broker::IngestGate) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while gate.backlog() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -5,9 +5,14 @@
 //! whose oldest segments it drops when full. If the bridge (ingest and the writer) falls
 //! behind for long, acknowledged readings would be lost that way.
 //!
-//! [`IngestGate`] counts the publishes that the broker accepted (from devices,
-//! seen by our codec wrapper, and from in-process publishers) against those the bridge took
-//! from its link. The difference is the backlog.
+//! [`IngestGate`] is also the bridge's feed: our codec wrapper hands it every publish a client
+//! sends as rumqttd receives it, and in-process publishers hand it theirs ([`IngestGate::forward`],
+//! a bounded channel the bridge reads as an [`InboundStream`]). The bridge does not subscribe
+//! in rumqttd's router: the router keeps a per-filter in-memory log of `max_segment_size` x
+//! `max_segment_count` whether its readers have read it or not, and a `#` log for the bridge
+//! held about 190 MiB at 10,000 readings/s (BENCHMARKS.md). The feed holds only what the
+//! bridge has not taken yet. The gate counts the publishes forwarded against those the bridge
+//! took; the difference is the backlog.
 //!
 //! * While the backlog is above `ingest_backlog_max`, every PUBACK the broker writes waits
 //!   (on the broker's own threads, whose other tasks move to another worker meanwhile), for as
@@ -29,15 +34,24 @@
 //!   counted in `edgewatch_mqtt_backlog_disconnects_total`. The router's log for the bridge
 //!   (`max_segment_size` x `max_segment_count`) must hold twice the limit of publishes.
 //!
-//! Should rumqttd still drop the oldest unread publishes of the bridge's link (it logs "Read
-//! cursor start jumped": only if the backlog limit is set above what the router's log holds),
-//! the link never sees them, and the counters would show a backlog forever. The link therefore
-//! watches the offsets of its commit log: a jump is exactly the publishes dropped, which leave
-//! the backlog and are counted as skipped (`edgewatch_mqtt_ingest_skipped_total`).
+//! The feed's channel holds twice the limit plus [`IN_PROCESS_SLACK`] publishes, so device
+//! publishes (refused at twice the limit) always fit. Should it still be full (in-process
+//! publishers, which are not refused, in a flood), the publish goes on to MQTT subscribers
+//! but not to the bridge: counted as skipped (`edgewatch_mqtt_ingest_skipped_total`) and
+//! logged, never silently.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::link::{InboundPublish, InboundStream};
+
+/// Room in the feed beyond twice the backlog limit, for in-process publishers (serial
+/// readers, WebSocket clients' publishes), which the gate does not refuse.
+pub const IN_PROCESS_SLACK: usize = 4096;
 
 /// What becomes of a publish a device sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +86,8 @@ pub struct IngestGate {
     /// under the limit, instead of each polling the counters.
     waiting: AtomicU64,
     room: (Mutex<()>, Condvar),
+    /// The bridge's feed, from the moment it takes it ([`IngestGate::take_feed`]).
+    feed: OnceLock<mpsc::Sender<InboundPublish>>,
 }
 
 impl IngestGate {
@@ -90,22 +106,56 @@ impl IngestGate {
             skipped: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             room: (Mutex::new(()), Condvar::new()),
+            feed: OnceLock::new(),
         }
     }
 
-    /// Counts a publish the broker accepted, if the bridge's link will receive it: the link
-    /// subscribes to `#`, which matches every topic but those starting with `$`.
-    pub(crate) fn admitted(&self, topic: &[u8]) {
-        if topic.first().is_some_and(|b| *b != b'$') {
-            self.admitted.fetch_add(1, Ordering::SeqCst);
+    /// Opens the bridge's feed: from now on every publish forwarded goes to the stream
+    /// returned, and counts in the backlog until the stream yields it. `None` if it was
+    /// taken before (there is one bridge).
+    pub(crate) fn take_feed(self: &std::sync::Arc<Self>) -> Option<InboundStream> {
+        let capacity = usize::try_from(self.max_backlog.saturating_mul(2))
+            .unwrap_or(usize::MAX / 2)
+            .saturating_add(IN_PROCESS_SLACK);
+        let (tx, rx) = mpsc::channel(capacity);
+        self.feed.set(tx).ok()?;
+        Some(InboundStream::from_feed(rx, self.clone()))
+    }
+
+    /// Hands a publish to the bridge, if it took its feed and the topic is one the bridge
+    /// receives: every topic but those starting with `$` (what `#` matches; `$SYS` values are
+    /// published by the broker itself, not through here). See the module doc for a full feed.
+    pub(crate) fn forward(&self, topic: &[u8], payload: &Bytes) {
+        let Some(feed) = self.feed.get() else {
+            return;
+        };
+        if topic.first().is_none_or(|b| *b == b'$') {
+            return;
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return; // rumqttd's decoder refuses non-UTF-8 topics before we see them
+        };
+        self.admitted.fetch_add(1, Ordering::SeqCst);
+        let publish = InboundPublish {
+            topic: topic.to_owned(),
+            payload: payload.clone(),
+            received_at_ms: crate::link::now_ms(),
+        };
+        if let Err(err) = feed.try_send(publish) {
+            let full = matches!(err, mpsc::error::TrySendError::Full(_));
+            self.skipped_by_broker(1);
+            let n = self.skipped();
+            if full && (n.is_power_of_two() || n.is_multiple_of(10_000)) {
+                tracing::warn!(skipped = n, "the bridge's feed is full: a publish reached MQTT subscribers but not the bridge (in-process publishers faster than the store)");
+            }
         }
     }
 
     /// Decides a publish a device sent (see the module doc): a QoS 0 publish is shed while
     /// the backlog is above half the limit; a QoS 1/2 publish closes its connection while the
     /// backlog is at twice the limit (the device resends after reconnecting); anything else is
-    /// admitted and counted.
-    pub(crate) fn admit_publish(&self, topic: &[u8], qos: u8) -> Admission {
+    /// admitted (and counted once the codec forwards it, [`IngestGate::forward`]).
+    pub(crate) fn admit_publish(&self, qos: u8) -> Admission {
         let backlog = self.backlog();
         if qos == 0 && backlog > self.max_backlog / 2 {
             self.shed.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +165,6 @@ impl IngestGate {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Admission::Refused;
         }
-        self.admitted(topic);
         Admission::Admitted
     }
 
@@ -158,13 +207,13 @@ impl IngestGate {
         self.held_acks.load(Ordering::Relaxed)
     }
 
-    /// Publishes the broker accepted that never reached the bridge's link.
+    /// Publishes the broker accepted that never reached the bridge's feed.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// Called by the link when the broker's cursor jumped over `n` publishes it dropped:
-    /// they were admitted and will never be drained, so they leave the backlog here.
+    /// `n` publishes were admitted but will never be drained (the feed was full): they leave
+    /// the backlog here.
     pub(crate) fn skipped_by_broker(&self, n: u64) {
         self.skipped.fetch_add(n, Ordering::Relaxed);
         self.drained_many(n);
@@ -240,17 +289,30 @@ impl IngestGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A gate whose feed is open (kept in the returned stream), as the hub's is.
+    fn gate_with_feed(max_backlog: u64, stall_max: Duration) -> (Arc<IngestGate>, InboundStream) {
+        let gate = Arc::new(IngestGate::new(max_backlog, stall_max));
+        let feed = gate.take_feed().expect("first feed");
+        (gate, feed)
+    }
+
+    fn forward(gate: &IngestGate, topic: &[u8]) {
+        gate.forward(topic, &Bytes::from_static(b"21.5"));
+    }
 
     #[test]
     fn counts_only_what_the_bridge_receives_and_waits_while_behind() {
         let stall_max = Duration::from_millis(300);
-        let gate = IngestGate::new(2, stall_max);
+        let (gate, _feed) = gate_with_feed(2, stall_max);
         for _ in 0..2 {
-            gate.admitted(b"sensors/d1/t");
+            forward(&gate, b"sensors/d1/t");
         }
-        gate.admitted(b"tele/plug-1/SENSOR"); // the link takes every topic (`#`)...
-        gate.admitted(b"$SYS/broker/uptime"); // ...but those starting with `$`
+        forward(&gate, b"tele/plug-1/SENSOR"); // the bridge takes every topic (`#`)...
+        forward(&gate, b"$SYS/broker/uptime"); // ...but those starting with `$`
         assert_eq!(gate.backlog(), 3);
+        assert!(gate.take_feed().is_none(), "one bridge, one feed");
         let started = Instant::now();
         // Over the limit and nobody drains: waits the stall bound, then says "disconnect"
         // rather than letting the acknowledgement go.
@@ -265,36 +327,34 @@ mod tests {
 
     #[test]
     fn qos0_is_shed_above_half_the_limit_and_qos1_refused_at_twice_the_limit() {
-        let gate = IngestGate::new(4, Duration::from_secs(1));
-        let t = b"sensors/d1/t";
+        let (gate, _feed) = gate_with_feed(4, Duration::from_secs(1));
+        let admit = |qos| {
+            let admission = gate.admit_publish(qos);
+            if admission == Admission::Admitted {
+                forward(&gate, b"sensors/d1/t");
+            }
+            admission
+        };
         for _ in 0..2 {
-            assert_eq!(gate.admit_publish(t, 0), Admission::Admitted);
+            assert_eq!(admit(0), Admission::Admitted);
         }
-        assert_eq!(gate.admit_publish(t, 0), Admission::Admitted, "at half");
-        assert_eq!(
-            gate.admit_publish(t, 0),
-            Admission::Shed,
-            "above half: shed"
-        );
+        assert_eq!(admit(0), Admission::Admitted, "at half");
+        assert_eq!(admit(0), Admission::Shed, "above half: shed");
         for _ in 0..5 {
-            assert_eq!(gate.admit_publish(t, 1), Admission::Admitted, "QoS 1");
+            assert_eq!(admit(1), Admission::Admitted, "QoS 1");
         }
         assert_eq!(gate.backlog(), 8);
-        assert_eq!(
-            gate.admit_publish(t, 1),
-            Admission::Refused,
-            "at twice the limit"
-        );
+        assert_eq!(admit(1), Admission::Refused, "at twice the limit");
         assert_eq!((gate.shed(), gate.refused()), (1, 1));
         gate.drained_many(6);
-        assert_eq!(gate.admit_publish(t, 0), Admission::Admitted);
+        assert_eq!(admit(0), Admission::Admitted);
     }
 
     #[test]
     fn a_held_ack_is_released_as_soon_as_the_link_catches_up() {
-        let gate = std::sync::Arc::new(IngestGate::new(2, Duration::from_secs(30)));
+        let (gate, _feed) = gate_with_feed(2, Duration::from_secs(30));
         for _ in 0..4 {
-            gate.admitted(b"sensors/d1/t");
+            forward(&gate, b"sensors/d1/t");
         }
         // Several held acknowledgements: one wake-up from the link releases them all (each
         // woken waiter wakes the next).
@@ -321,14 +381,16 @@ mod tests {
     }
 
     #[test]
-    fn dropped_publishes_leave_the_backlog_and_are_counted() {
-        let gate = IngestGate::new(2, Duration::from_secs(1));
-        for _ in 0..5 {
-            gate.admitted(b"sensors/d1/t");
+    fn without_a_bridge_nothing_counts_and_a_full_feed_is_counted_as_skipped() {
+        let gate = Arc::new(IngestGate::new(1, Duration::from_secs(1)));
+        forward(&gate, b"sensors/d1/t"); // no bridge yet: nothing waits for it
+        assert_eq!(gate.backlog(), 0);
+        let _feed = gate.take_feed().unwrap();
+        let room = 2 + IN_PROCESS_SLACK;
+        for _ in 0..room + 3 {
+            forward(&gate, b"sensors/d1/t");
         }
-        gate.drained();
-        gate.skipped_by_broker(3);
-        assert_eq!(gate.backlog(), 1);
-        assert_eq!(gate.skipped(), 3);
+        assert_eq!(gate.backlog(), room as u64, "what the feed holds");
+        assert_eq!(gate.skipped(), 3, "what did not fit");
     }
 }

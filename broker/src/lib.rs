@@ -1,7 +1,8 @@
 //! The embedded MQTT broker of edgewatch, and the only crate that names `rumqttd`.
 //!
 //! Devices publish readings to this broker over MQTT 3.1.1, MQTT 5, MQTT over WebSocket or
-//! MQTT over TLS; the bridge receives every publish through an in-process link.
+//! MQTT over TLS; the bridge receives every publish from our codec as rumqttd reads it (the
+//! feed, [`backpressure`]).
 //!
 //! # Layout
 //! * [`config`]: our own [`BrokerConfig`] (serde, unknown keys rejected) and its mapping to
@@ -14,8 +15,9 @@
 //!   dummy check for unknown usernames, remembered successes.
 //! * [`peer`]: each connection's peer address (rumqttd does not give it out) and the
 //!   per-address connection cap.
-//! * [`backpressure`]: holds PUBACKs while the bridge is behind, so QoS 1 devices slow down
-//!   instead of readings piling up (and being dropped) in rumqttd's memory.
+//! * [`backpressure`]: the bridge's feed (every publish, handed over by the codec) and its
+//!   backpressure: holds PUBACKs while the bridge is behind, so QoS 1 devices slow down
+//!   instead of readings piling up.
 //! * [`connect_policy`]: a wrapper around rumqttd's v4/v5 codecs that applies our keep-alive
 //!   policy to CONNECT (rumqttd refuses keep-alive 0, which MQTT allows).
 //! * [`delivery`]: corrections to what rumqttd writes to each client (delivery QoS, client
@@ -37,8 +39,8 @@
 //! * [`durable`]: retained messages and persistent sessions across a restart of the hub: every
 //!   change recorded into a store the composition provides, restored before the listeners open;
 //!   MQTT 5 session expiry.
-//! * [`link`]: the in-process link to the router, exposed as a `Stream` of [`InboundPublish`]
-//!   and a publisher handle.
+//! * [`link`]: in-process links to the router and the bridge's feed, exposed as a `Stream` of
+//!   [`InboundPublish`], and a publisher handle.
 //!
 //! rumqttd's own `Broker::start()` blocks forever and cannot be stopped, so this crate composes
 //! rumqttd's public parts (`Router`, `Server`, `local::LinkBuilder`) itself.

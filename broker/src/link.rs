@@ -1,10 +1,13 @@
-//! The in-process link between the bridge and rumqttd's router.
+//! In-process links to rumqttd's router, and the bridge's feed.
 //!
-//! [`InboundStream`] is a `Stream` of every publish matching the link's filters, stamped with
-//! the time it left the router. [`LinkPublisher`] publishes into the broker from inside the
-//! process (the serial reader uses it).
+//! [`InboundStream`] is a `Stream` of publishes: for the bridge, every publish clients and
+//! in-process publishers send, handed over by the broker's codec as rumqttd receives it
+//! ([`crate::backpressure`]: no router subscription, no router log); for
+//! [`crate::Broker::subscribe`], those matching an in-process link's filters, stamped with the
+//! time they left the router. [`LinkPublisher`] publishes into the broker from inside the
+//! process (serial readers and WebSocket clients use it).
 //!
-//! # Flow control
+//! # Flow control of a router link
 //! A task pulls notifications from the router and pushes them into a bounded channel of
 //! `capacity` publishes. When the channel is full (the bridge is slower than the devices), the
 //! task waits; the router then queues up to `router.max_outgoing_packet_count` packets for the
@@ -33,7 +36,8 @@ pub struct InboundPublish {
     pub topic: String,
     /// Payload bytes as sent.
     pub payload: Bytes,
-    /// When the link took it from the router, epoch milliseconds.
+    /// When the broker received it (the bridge's feed) or the link took it from the router,
+    /// epoch milliseconds.
     pub received_at_ms: i64,
 }
 
@@ -41,14 +45,17 @@ pub struct InboundPublish {
 #[derive(Debug)]
 pub struct InboundStream {
     rx: mpsc::Receiver<InboundPublish>,
-    pump: JoinHandle<()>,
+    /// The task reading a router link (none for the bridge's feed).
+    pump: Option<JoinHandle<()>>,
     /// Told about every publish taken, when this is the bridge's ingest link.
     gate: Option<std::sync::Arc<crate::IngestGate>>,
 }
 
 impl Drop for InboundStream {
     fn drop(&mut self) {
-        self.pump.abort();
+        if let Some(pump) = &self.pump {
+            pump.abort();
+        }
     }
 }
 
@@ -83,34 +90,38 @@ impl InboundStream {
         n
     }
 
-    pub(crate) fn spawn(
-        link_rx: LinkRx,
-        capacity: usize,
-        gate: Option<std::sync::Arc<crate::IngestGate>>,
-    ) -> Self {
+    /// Reads a router link into a channel of `capacity` publishes.
+    pub(crate) fn spawn(link_rx: LinkRx, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let pump = tokio::spawn(pump(link_rx, tx, gate.clone()));
-        Self { rx, pump, gate }
+        let pump = tokio::spawn(pump(link_rx, tx));
+        Self {
+            rx,
+            pump: Some(pump),
+            gate: None,
+        }
+    }
+
+    /// The bridge's feed (see [`crate::IngestGate::forward`]).
+    pub(crate) fn from_feed(
+        rx: mpsc::Receiver<InboundPublish>,
+        gate: std::sync::Arc<crate::IngestGate>,
+    ) -> Self {
+        Self {
+            rx,
+            pump: None,
+            gate: Some(gate),
+        }
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-async fn pump(
-    mut link_rx: LinkRx,
-    tx: mpsc::Sender<InboundPublish>,
-    gate: Option<std::sync::Arc<crate::IngestGate>>,
-) {
-    // Offset of the last publish read from the link's commit log (`#`). rumqttd numbers
-    // a filter's log entries consecutively; when a reader falls behind its bounded log, the
-    // router moves the reader's cursor forward past what it dropped. A jump in the offsets is
-    // therefore exactly the number of publishes this link never saw.
-    let mut last_offset: Option<u64> = None;
+async fn pump(mut link_rx: LinkRx, tx: mpsc::Sender<InboundPublish>) {
     loop {
         let next = link_rx.next().await;
         let notification = match next {
@@ -124,28 +135,9 @@ async fn pump(
         };
         match notification {
             Notification::Forward(forward) => {
-                if let Some((_segment, offset)) = forward.cursor {
-                    if let (Some(last), Some(gate)) = (last_offset, &gate) {
-                        let skipped = offset.saturating_sub(last).saturating_sub(1);
-                        if skipped > 0 {
-                            gate.skipped_by_broker(skipped);
-                            tracing::warn!(
-                                skipped,
-                                "the broker dropped publishes before the bridge read them (overload)"
-                            );
-                        }
-                    }
-                    last_offset = Some(offset);
-                }
                 let publish = forward.publish;
                 if crate::sys::sys_topic(&publish.topic).is_some() {
                     continue; // `$SYS`, for MQTT clients only
-                }
-                if publish.retain {
-                    // Only retained messages sent on the link's subscription carry the flag
-                    // (rumqttd clears it on what it forwards live): those restored at start
-                    // (`crate::durable`), which the bridge already took before the restart.
-                    continue;
                 }
                 let Ok(topic) = String::from_utf8(publish.topic.to_vec()) else {
                     // rumqttd validates topics as UTF-8 on the wire; be defensive anyway.
@@ -216,7 +208,7 @@ impl LinkPublisher {
     /// retained message, as rumqttd does). The router's channel is bounded; this waits on a
     /// blocking thread while it is full, so the async caller is never blocked.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), String> {
-        self.gate.admitted(topic.as_bytes());
+        self.gate.forward(topic.as_bytes(), &payload);
         if payload.is_empty() {
             self.durable.clear_retained(topic.as_bytes());
         }

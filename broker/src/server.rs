@@ -335,30 +335,22 @@ impl Broker {
             })?;
         }
         // The subscription lives as long as the link's sender: keep it with the pump.
-        let stream = InboundStream::spawn(rx, capacity, None);
+        let stream = InboundStream::spawn(rx, capacity);
         std::mem::forget(tx);
         Ok(stream)
     }
 
-    /// Opens the bridge's ingest link: every publish (`#`: readings and presence under
-    /// `sensors/`, and every other topic, which the bridge counts as ignored), with
-    /// backpressure: while
-    /// more than `broker.limits.ingest_backlog_max` publishes wait for the bridge to take them
-    /// from this stream, the broker holds PUBACKs back (see [`crate::backpressure`]). Open it
-    /// before [`Broker::listen`], and only once.
-    pub async fn ingest_link(
-        &self,
-        client_id: &str,
-        capacity: usize,
-    ) -> Result<InboundStream, BrokerError> {
-        let (mut tx, rx) = self.open_link(client_id).await?;
-        tx.subscribe("#").map_err(|e| BrokerError::Link {
-            client_id: client_id.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let stream = InboundStream::spawn(rx, capacity, Some(self.gate.clone()));
-        std::mem::forget(tx);
-        Ok(stream)
+    /// Opens the bridge's feed: every publish clients and in-process publishers send (to any
+    /// topic not starting with `$`: readings and presence under `sensors/`, and every other
+    /// topic, which the bridge counts as ignored), handed over as rumqttd receives it, with
+    /// backpressure: while more than `broker.limits.ingest_backlog_max` publishes wait for the
+    /// bridge to take them from this stream, the broker holds PUBACKs back (see
+    /// [`crate::backpressure`]). Open it before [`Broker::listen`]; there is one feed.
+    pub fn ingest_feed(&self) -> Result<InboundStream, BrokerError> {
+        self.gate.take_feed().ok_or_else(|| BrokerError::Link {
+            client_id: "edgewatch-bridge".to_owned(),
+            reason: "the bridge's feed was opened before".to_owned(),
+        })
     }
 
     /// MQTT clients connected now, over all listeners (in-process links not included).

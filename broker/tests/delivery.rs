@@ -640,3 +640,62 @@ async fn sys_topics_need_a_sys_grant_when_accounts_have_roles() {
         "{got:?}"
     );
 }
+
+/// The bridge's feed (`IngestGate::forward`) takes each publish as rumqttd receives it: an
+/// MQTT 5 publish sent by topic alias arrives under its topic, and a QoS 2 message resent
+/// (DUP) before its PUBREL arrives once, as rumqttd passes it on once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_gets_aliased_publishes_by_topic_and_a_resent_qos2_message_once() {
+    let mut broker = Broker::prepare(&test_config()).unwrap();
+    let mut feed = broker.ingest_feed().unwrap();
+    broker.listen().await.unwrap();
+    let v5 = broker.addr(ListenerKind::Mqtt5).unwrap();
+    let (mut c, _) = Client::connect(v5, "aliases", true, &[]).await;
+    // QoS 0 with Topic Alias 1 (property 0x23), then by alias alone (empty topic).
+    for (topic, payload) in [("sensors/d1/t", "1"), ("", "2")] {
+        let mut body = Vec::new();
+        string(topic.as_bytes(), &mut body);
+        body.extend_from_slice(&[3, 0x23, 0, 1]);
+        body.extend_from_slice(payload.as_bytes());
+        c.send(&packet(0x30, &body)).await;
+    }
+    // QoS 2, packet id 7, sent twice (the second with DUP) before its PUBREL.
+    let mut body = Vec::new();
+    string(b"sensors/d1/q", &mut body);
+    body.extend_from_slice(&[0, 7, 0]);
+    body.extend_from_slice(b"3");
+    c.send(&packet(0x34, &body)).await;
+    c.send(&packet(0x3C, &body)).await;
+    for _ in 0..2 {
+        assert_eq!(c.next().await.expect("PUBREC").kind(), 5);
+    }
+    c.send(&packet(0x62, &[0, 7])).await;
+    assert_eq!(c.next().await.expect("PUBCOMP").kind(), 7);
+    // Released: the same packet id is a new message now.
+    let mut body = Vec::new();
+    string(b"sensors/d1/q", &mut body);
+    body.extend_from_slice(&[0, 7, 0]);
+    body.extend_from_slice(b"4");
+    c.send(&packet(0x34, &body)).await;
+    assert_eq!(c.next().await.expect("PUBREC").kind(), 5);
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let p = timeout(WAIT, feed.recv()).await.expect("in time").unwrap();
+        got.push((p.topic, String::from_utf8(p.payload.to_vec()).unwrap()));
+    }
+    let want = [
+        ("sensors/d1/t", "1"),
+        ("sensors/d1/t", "2"),
+        ("sensors/d1/q", "3"),
+        ("sensors/d1/q", "4"),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    let more = timeout(Duration::from_millis(300), feed.recv()).await;
+    assert!(more.is_err(), "nothing more: {more:?}");
+    broker.stop();
+}

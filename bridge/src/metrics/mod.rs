@@ -68,8 +68,8 @@
 //! the broker's codec wrapper from CONNECT to the end of the connection),
 //! `edgewatch_mqtt_ingest_backlog` (publishes waiting for the bridge) and
 //! `edgewatch_mqtt_held_acks_total` (PUBACKs held back by backpressure) and
-//! `edgewatch_mqtt_ingest_skipped_total` (publishes the broker dropped before the bridge read
-//! them).
+//! `edgewatch_mqtt_ingest_skipped_total` (publishes the broker accepted that did not reach the
+//! bridge: its feed was full).
 
 mod collect;
 mod http;

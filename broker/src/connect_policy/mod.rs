@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::auth::Credentials;
-use crate::backpressure::{Admission, IngestGate};
+use crate::backpressure::IngestGate;
 use crate::caps::BrokerCaps;
 use crate::client_limits::ClientLimits;
 use crate::delivery::{self, Delivery};
@@ -34,6 +34,7 @@ use crate::peer::{PeerSlot, Peers};
 use crate::wire::{publish_pkid, publish_qos};
 
 mod corrections;
+mod feed;
 use edgewatch_protocol::permissions::Permissions;
 use rumqttd::protocol::ConnectReturnCode;
 use std::net::SocketAddr;
@@ -106,6 +107,9 @@ pub struct PolicyProtocol<P> {
     refusing: bool,
     /// Retained messages and sessions recorded across restarts ([`crate::durable`]).
     durable: Option<DurableConnection>,
+    /// Packet ids of QoS 2 publishes handed to the bridge and not yet released (PUBREL): a
+    /// publish resent with one of them is the same message (see `feed_bridge`).
+    qos2_fed: std::collections::HashSet<u16>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
@@ -177,6 +181,7 @@ impl<P> PolicyProtocol<P> {
             connected: false,
             refusing: false,
             durable: None,
+            qos2_fed: Default::default(),
         }
     }
 }
@@ -382,26 +387,6 @@ impl<P> PolicyProtocol<P> {
         true
     }
 
-    /// What the ingest gate says of a packet (see `crate::backpressure`).
-    fn backlog_admission(&self, packet: &Packet, header: u8) -> Next {
-        let (Packet::Publish(publish, _), Some(gate)) = (packet, &self.gate) else {
-            return Next::Keep;
-        };
-        match gate.admit_publish(&publish.topic, publish_qos(header)) {
-            Admission::Admitted => Next::Keep,
-            // Shed while the bridge is behind: the next packet, if its bytes are here, else
-            // rumqttd reads more and calls again.
-            Admission::Shed => Next::Skip,
-            Admission::Refused => {
-                let n = gate.refused();
-                if n.is_power_of_two() || n % 1_000 == 0 {
-                    tracing::warn!(refused = n, "closing an MQTT connection: the bridge is far behind (twice broker.limits.ingest_backlog_max); the device resends its unacknowledged readings after reconnecting");
-                }
-                Next::Close(Error::InvalidReason(0x97))
-            }
-        }
-    }
-
     /// Counts and logs (rate-limited) something the account's permissions refused.
     fn deny(&self, what: &str, topic: &[u8]) {
         if let Some(limits) = &self.limits {
@@ -438,7 +423,7 @@ impl<P> PolicyProtocol<P> {
 
 impl<P: Protocol> Protocol for PolicyProtocol<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        let (mut packet, header) = loop {
+        let (mut packet, header, pkid) = loop {
             if self.closing {
                 // Closed by us (see `close`): what the client still sends is not read.
                 stream.clear();
@@ -464,6 +449,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             // rumqttd keeps a publish's packet id private too: read it from the bytes when a
             // denied publish may need it for its PUBACK.
             let pkid = match self.permissions {
+                _ if header >> 4 == 3 && publish_qos(header) == 2 => publish_pkid(stream),
                 Some(_) if self.v5 && header >> 4 == 3 => publish_pkid(stream),
                 _ => None,
             };
@@ -498,7 +484,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
             if let Err(err) = self.correct_inbound(&mut packet, header, held, max_size) {
                 return self.close(err);
             }
-            break (packet, header);
+            break (packet, header, pkid);
         };
         if let Packet::Connect(connect, ..) = &mut packet {
             self.admit_connect(connect)?;
@@ -508,6 +494,7 @@ impl<P: Protocol> Protocol for PolicyProtocol<P> {
         if let (Some(durable), None) = (&mut self.durable, self.refused) {
             durable.packet(&mut packet, header, self.v5, self.limits.as_mut());
         }
+        self.feed_bridge(&packet, header, pkid);
         Ok(packet)
     }
 
