@@ -20,6 +20,16 @@
 //! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
 //! * `signals`: SIGINT / SIGTERM as a future.
 
+/// jemalloc rather than glibc's malloc, for memory an edge box gets back: with glibc, an idle
+/// MQTT connection held 56 KiB (rumqttd's per-connection buffers, allocated large and touched
+/// little; glibc's arenas keep the pages), and the memory a 10,000 readings/s load took stayed
+/// taken after it; with jemalloc 7 KiB, and a background thread returns freed pages within
+/// about a second (BENCHMARKS.md, "Memory"; `scripts/mem-profile`). Its settings are built in
+/// from `.cargo/config.toml`; `--no-default-features` builds with glibc's malloc instead.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod broker_state;
 mod cli;
 mod config;
