@@ -6,8 +6,9 @@
 //! behind for long, acknowledged readings would be lost that way.
 //!
 //! [`IngestGate`] is also the bridge's feed: our codec wrapper hands it every publish a client
-//! sends as rumqttd receives it, and in-process publishers hand it theirs ([`IngestGate::forward`],
-//! a bounded channel the bridge reads as an [`InboundStream`]). The bridge does not subscribe
+//! sends as rumqttd receives it, and the last will of a connection that ends without a
+//! DISCONNECT (rumqttd publishes it then), and in-process publishers hand it theirs
+//! ([`IngestGate::forward`], a bounded channel the bridge reads as an [`InboundStream`]). The bridge does not subscribe
 //! in rumqttd's router: the router keeps a per-filter in-memory log of `max_segment_size` x
 //! `max_segment_count` whether its readers have read it or not, and a `#` log for the bridge
 //! held about 190 MiB at 10,000 readings/s (BENCHMARKS.md). The feed holds only what the
@@ -88,6 +89,8 @@ pub struct IngestGate {
     room: (Mutex<()>, Condvar),
     /// The bridge's feed, from the moment it takes it ([`IngestGate::take_feed`]).
     feed: OnceLock<mpsc::Sender<InboundPublish>>,
+    /// Set when the broker stops: the connections it closes publish no will.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl IngestGate {
@@ -107,6 +110,20 @@ impl IngestGate {
             waiting: AtomicU64::new(0),
             room: (Mutex::new(()), Condvar::new()),
             feed: OnceLock::new(),
+            stopping: Default::default(),
+        }
+    }
+
+    /// The broker is stopping: rumqttd publishes no will for the connections this closes.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands the last will of a connection that ended without a DISCONNECT to the bridge, as
+    /// rumqttd publishes it; none while the broker stops.
+    pub(crate) fn forward_will(&self, topic: &[u8], payload: &Bytes) {
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.forward(topic, payload);
         }
     }
 

@@ -170,6 +170,7 @@ impl std::fmt::Debug for Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.durable.stop(); // no wills recorded for the connections the stop closes
+        self.gate.stop(); // nor handed to the bridge
         if let Some(rt) = self.runtime.take() {
             // Allowed from async code, unlike dropping the runtime: tasks are dropped, sockets
             // close, nothing is awaited.

@@ -399,3 +399,44 @@ async fn the_bridge_gets_every_publish_whatever_the_router_log_holds() {
     assert_eq!((gate.skipped(), gate.backlog()), (0, 0));
     broker.stop();
 }
+
+/// A device's last will reaches the bridge when its connection ends without a DISCONNECT (as
+/// rumqttd publishes it: device presence), and not after a DISCONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_gets_a_last_will_when_the_connection_drops_without_disconnect() {
+    let mut broker = Broker::prepare(&test_config()).unwrap();
+    let mut feed = broker.ingest_feed().unwrap();
+    broker.listen().await.unwrap();
+    let addr = broker.addr(ListenerKind::Mqtt).unwrap();
+    for (id, disconnect) in [("polite", true), ("dropped", false)] {
+        let mut opts = options(id, addr);
+        opts.set_last_will(rumqttc::LastWill::new(
+            format!("sensors/{id}/status"),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut ev) = AsyncClient::new(opts, 10);
+        connack(&mut ev).await.unwrap();
+        if disconnect {
+            client.disconnect().await.unwrap();
+            let _ = timeout(Duration::from_secs(5), async {
+                while ev.poll().await.is_ok() {}
+            })
+            .await;
+        }
+        drop(client);
+        drop(ev); // without a DISCONNECT: the socket just closes
+    }
+    let will = timeout(WAIT, feed.recv())
+        .await
+        .expect("a will in time")
+        .unwrap();
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("sensors/dropped/status", &b"offline"[..])
+    );
+    let more = timeout(Duration::from_millis(500), feed.recv()).await;
+    assert!(more.is_err(), "no will after a DISCONNECT: {more:?}");
+    broker.stop();
+}

@@ -1,6 +1,7 @@
 //! What the bridge gets of each publish a connection reads: the ingest gate's admission
 //! (shed, refused or admitted: [`crate::backpressure`]) and the hand-over to the bridge's
-//! feed once the packet goes to rumqttd.
+//! feed once the packet goes to rumqttd; and the connection's last will, handed over when the
+//! connection ends without a DISCONNECT, as rumqttd then publishes it (device presence).
 
 use rumqttd::protocol::{Error, Packet};
 
@@ -17,6 +18,15 @@ impl<P> PolicyProtocol<P> {
         let gate = match (packet, &self.gate) {
             (Packet::PubRel(rel, _), _) => {
                 self.qos2_fed.remove(&rel.pkid);
+                return;
+            }
+            (Packet::Connect(_, _, will, _, _), Some(_)) if self.refused.is_none() => {
+                // After our changes: a will the account may not publish is gone already.
+                self.will = will.as_ref().map(|w| (w.topic.clone(), w.message.clone()));
+                return;
+            }
+            (Packet::Disconnect(..), _) => {
+                self.will = None; // rumqttd discards the will
                 return;
             }
             (Packet::Publish(..), Some(gate)) => gate,
@@ -61,6 +71,15 @@ impl<P> PolicyProtocol<P> {
                 }
                 Next::Close(Error::InvalidReason(0x97))
             }
+        }
+    }
+
+    /// The connection ended: without a DISCONNECT, rumqttd publishes its last will, and the
+    /// bridge gets it too (unless the whole broker is stopping: then rumqttd publishes none).
+    /// A will with an MQTT 5 delay goes to the bridge now, not when it fires.
+    pub(super) fn feed_will(&mut self) {
+        if let (Some((topic, payload)), Some(gate)) = (self.will.take(), &self.gate) {
+            gate.forward_will(&topic, &payload);
         }
     }
 }

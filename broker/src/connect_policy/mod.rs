@@ -110,10 +110,14 @@ pub struct PolicyProtocol<P> {
     /// Packet ids of QoS 2 publishes handed to the bridge and not yet released (PUBREL): a
     /// publish resent with one of them is the same message (see `feed_bridge`).
     qos2_fed: std::collections::HashSet<u16>,
+    /// The last will (topic, payload) of an accepted CONNECT, until a DISCONNECT discards it:
+    /// the bridge gets it if the connection ends without one (see `feed_will`).
+    will: Option<(bytes::Bytes, bytes::Bytes)>,
 }
 
 impl<P> Drop for PolicyProtocol<P> {
     fn drop(&mut self) {
+        self.feed_will();
         if let (true, Some(n)) = (*self.counted.get_mut(), &self.connections) {
             n.fetch_sub(1, Ordering::Relaxed);
         }
@@ -182,6 +186,7 @@ impl<P> PolicyProtocol<P> {
             refusing: false,
             durable: None,
             qos2_fed: Default::default(),
+            will: None,
         }
     }
 }
@@ -262,6 +267,7 @@ impl<P> PolicyProtocol<P> {
     fn close(&mut self, why: Error) -> Result<Packet, Error> {
         tracing::debug!(%why, "closing an MQTT connection after its packets so far");
         self.closing = true;
+        self.will = None; // our DISCONNECT: rumqttd discards the will
         if let Some(durable) = &mut self.durable {
             durable.closed();
         }
