@@ -11,27 +11,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::load::{now_us, rfc3339_ms, unix_ms_now, LoadStats};
-
-/// The MQTT remaining-length varint of `n`, appended to `out`.
-fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-/// A length-prefixed MQTT string.
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
+use crate::publishers::{put_remaining_length, put_str};
 
 /// An MQTT 3.1.1 CONNECT with a clean session and a 60 s keep-alive.
 fn connect_packet(client_id: &str) -> Vec<u8> {

@@ -1,17 +1,15 @@
-//! The load generator (rumqttc publishers) and the latency clock; the receivers are in
-//! [`crate::receivers`], the raw-socket devices in [`crate::devices`].
+//! The load's specification, counters and latency clock; the publishers are in
+//! [`crate::publishers`], the receivers in [`crate::receivers`], the raw-socket devices of the
+//! connection-count scenarios in [`crate::devices`].
 //!
 //! Latency: every payload's `value` is the send time in microseconds since the harness started
 //! (one monotonic clock in this process); a receiver subtracts it from its own receive time.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::task::JoinHandle;
+use rumqttc::QoS;
 
 static CLOCK: OnceLock<(Instant, i64)> = OnceLock::new();
 
@@ -116,163 +114,6 @@ pub(crate) struct LoadStats {
 }
 
 /// A running fleet of publishers; stopped (tasks aborted) when dropped.
-#[derive(Debug)]
-pub(crate) struct Fleet {
-    pub(crate) stats: Arc<LoadStats>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-impl Fleet {
-    /// Connects every publisher (all CONNACKed), then starts publishing.
-    pub(crate) async fn start(broker: SocketAddr, spec: &LoadSpec, tag: &str) -> Result<Self> {
-        let stats = Arc::new(LoadStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        let mut clients = Vec::new();
-        let mut connected = Vec::new();
-        for k in 0..spec.publishers {
-            let mut opts = MqttOptions::new(
-                format!("bench-{tag}-{k}"),
-                broker.ip().to_string(),
-                broker.port(),
-            );
-            opts.set_keep_alive(Duration::from_secs(60))
-                .set_clean_session(true)
-                .set_inflight(100)
-                .set_max_packet_size(1 << 16, 1 << 16);
-            let (client, mut eventloop) = AsyncClient::new(opts, 256);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let stats2 = stats.clone();
-            let stop2 = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tx = Some(tx);
-                while !stop2.load(Ordering::Relaxed) {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            stats2.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            stats2.errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            }));
-            clients.push(client);
-            connected.push(rx);
-        }
-        let all = futures::future::join_all(connected);
-        tokio::time::timeout(Duration::from_secs(60), all)
-            .await
-            .context("publishers not connected within 60 s")?;
-        let per_pub_max = spec.max_messages / spec.publishers as u64;
-        let per_pub_rate = spec.rate.map(|r| r / spec.publishers as f64);
-        for (k, client) in clients.into_iter().enumerate() {
-            let stats = stats.clone();
-            let stop = stop.clone();
-            let spec = spec.clone();
-            tasks.push(tokio::spawn(async move {
-                publish_loop(k, client, spec, per_pub_max, per_pub_rate, stats, stop).await;
-            }));
-        }
-        Ok(Self { stats, stop, tasks })
-    }
-
-    pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-async fn publish_loop(
-    k: usize,
-    client: AsyncClient,
-    spec: LoadSpec,
-    max: u64,
-    rate: Option<f64>,
-    stats: Arc<LoadStats>,
-    stop: Arc<AtomicBool>,
-) {
-    let started = Instant::now();
-    let deadline = started + spec.duration;
-    let (topic, device) = match spec.shape {
-        Shape::Live => (format!("sensors/b{k}/temperature"), format!("b{k}")),
-        Shape::History { series, .. } => (
-            format!("sensors/h{}/temperature", k % series),
-            format!("h{}", k % series),
-        ),
-    };
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut sent: u64 = 0;
-    let mut ts_cache = (i64::MIN, String::new());
-    while sent < max && !stop.load(Ordering::Relaxed) {
-        let due = match rate {
-            Some(r) => {
-                ticker.tick().await;
-                let target = (started.elapsed().as_secs_f64() * r) as u64;
-                target.saturating_sub(sent).min(max - sent)
-            }
-            None => 64.min(max - sent),
-        };
-        if Instant::now() >= deadline {
-            break;
-        }
-        for _ in 0..due {
-            let payload = match spec.shape {
-                Shape::Live => {
-                    let ms = unix_ms_now();
-                    if ts_cache.0 != ms {
-                        ts_cache = (ms, rfc3339_ms(ms));
-                    }
-                    format!(
-                        r#"{{"deviceId":"{device}","value":{},"unit":"C","timestamp":"{}"}}"#,
-                        now_us(),
-                        ts_cache.1
-                    )
-                }
-                Shape::History { series, t0_ms } => {
-                    let per_series = (spec.publishers / series).max(1) as u64;
-                    let slot = sent * per_series + (k / series) as u64;
-                    let value = (slot % 400) as f64 / 10.0;
-                    format!(
-                        r#"{{"deviceId":"{device}","value":{value},"unit":"C","timestamp":"{}"}}"#,
-                        rfc3339_ms(t0_ms + slot as i64 * 1000)
-                    )
-                }
-            };
-            if client
-                .publish(topic.as_str(), spec.qos, false, payload)
-                .await
-                .is_err()
-            {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            sent += 1;
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // No DISCONNECT here: it would overtake unacknowledged QoS1 publishes. The client stays
-    // connected until the fleet is dropped.
-    drop(client);
-}
-
 /// What a receiver saw; latencies are recorded only while `recording` is set.
 #[derive(Debug, Default)]
 pub(crate) struct Probe {

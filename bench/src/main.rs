@@ -3,7 +3,8 @@
 //! # Layout
 //! * `scenarios`: one module per scenario (relay, fullpath and latency, fan-out, history,
 //!   store, footprint, sim), each a sequence of named steps.
-//! * `load`: the rumqttc publishers and the clock latencies are measured with.
+//! * `load`: the load's specification and counters, and the clock latencies are measured with.
+//! * `publishers`: the load generator, MQTT publishers on raw sockets.
 //! * `receivers`: MQTT, SSE, WebSocket and watch receivers that count deliveries.
 //! * `devices`: raw-socket MQTT devices for the connection-count scenarios.
 //! * `procs`: starting edgewatch and Mosquitto, sampling their CPU and memory.
@@ -13,6 +14,7 @@
 mod devices;
 mod load;
 mod procs;
+mod publishers;
 mod receivers;
 mod report;
 mod scenarios;

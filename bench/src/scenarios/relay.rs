@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rumqttc::QoS;
 
-use super::{mib, qos_name, Ctx, Window};
-use crate::load::{Fleet, Probe};
+use super::{loss_after_drain, mib, qos_name, Ctx, Window};
+use crate::load::Probe;
 use crate::procs::{Server, Target};
+use crate::publishers::Fleet;
 use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
 
@@ -22,6 +23,7 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                 .start(target, &format!("relay-{q}-{}", target.name()))
                 .await?;
             let (mut rates, mut sut, mut gen, mut per10k) = (vec![], vec![], vec![], vec![]);
+            let mut lost = vec![];
             for run in 0..p.runs {
                 let sub =
                     receivers::mqtt_subscriber(server.mqtt, qos, &format!("relay{run}")).await?;
@@ -31,7 +33,7 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                 let w = Window::open(&server, &[&sub.probe]);
                 tokio::time::sleep(p.measure).await;
                 let m = w.close(&server, &[&sub.probe]);
-                fleet.stop();
+                lost.extend(loss_after_drain(&fleet, &[&sub.probe], qos).await);
                 drop(fleet);
                 drop(sub);
                 rates.push(m.rates[0]);
@@ -47,6 +49,11 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                         "{} publishers at max rate -> 1 MQTT subscriber on sensors/#",
                         p.relay_publishers
                     ),
+                ),
+            );
+            report.push(
+                Figure::new("relay", t, &format!("not delivered {q}"), "%", lost).note(
+                    "of what the broker accepted (QoS1: acknowledged; QoS0: written), counted after the subscriber drained",
                 ),
             );
             report.push(Figure::new(
@@ -108,6 +115,8 @@ struct FullpathRun {
     loaded: f64,
     /// Delivered readings/s of each receiver (edgewatch: SSE, then WebSocket).
     rates: Vec<f64>,
+    /// What each receiver never got, % of what was published ([`loss_after_drain`]).
+    lost: Vec<f64>,
     sut_cores: f64,
 }
 
@@ -119,9 +128,10 @@ async fn fullpath_target(ctx: &Ctx, target: Target, report: &mut Report) -> Resu
         .start(target, &format!("fullpath-{}", target.name()))
         .await?;
     let (mut rates, mut sse_rates, mut ws_rates) = (vec![], vec![], vec![]);
-    let (mut idle, mut loaded, mut sut) = (vec![], vec![], vec![]);
+    let (mut idle, mut loaded, mut sut, mut lost) = (vec![], vec![], vec![], vec![]);
     for run in 0..p.runs {
         let r = fullpath_run(ctx, &server, target, run).await?;
+        lost.push(r.lost.iter().copied().fold(0.0, f64::max));
         idle.push(r.idle);
         loaded.push(r.loaded);
         let slowest = r.rates.iter().copied().fold(f64::INFINITY, f64::min);
@@ -159,6 +169,10 @@ async fn fullpath_target(ctx: &Ctx, target: Target, report: &mut Report) -> Resu
             ws_rates,
         ));
     }
+    report.push(
+        Figure::new("fullpath", t, "not delivered", "%", lost)
+            .note("the receiver that missed most, of what the broker acknowledged, after it drained"),
+    );
     report.push(Figure::new("fullpath", t, "server CPU", "cores", sut));
     report.push(
         Figure::new("footprint", t, "RSS idle between full-path runs", "MiB", idle)
@@ -204,7 +218,7 @@ async fn fullpath_run(
     tokio::time::sleep(p.measure).await;
     let loaded = mib(server.rss_kib());
     let m = w.close(server, &probes);
-    fleet.stop();
+    let lost = loss_after_drain(&fleet, &probes, qos).await;
     drop(fleet);
     drop(receivers);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -212,6 +226,7 @@ async fn fullpath_run(
         idle,
         loaded,
         rates: m.rates,
+        lost,
         sut_cores: m.sut_cores,
     })
 }

@@ -9,8 +9,9 @@ use anyhow::{bail, Result};
 use rumqttc::QoS;
 
 use super::{mib, Ctx};
-use crate::load::{Fleet, LoadSpec};
+use crate::load::LoadSpec;
 use crate::procs::{self, Server};
+use crate::publishers::Fleet;
 
 /// RSS (MiB) of a loaded server, then its orderly stop and the disk its data dir takes per
 /// stored reading (bytes allocated).
