@@ -30,8 +30,8 @@ use futures::StreamExt;
 use rumqttc::QoS;
 
 use crate::load::{LoadSpec, Probe, Shape};
-use crate::publishers::Fleet;
 use crate::procs::{self, EdgewatchTuning, Server, Target};
+use crate::publishers::Fleet;
 use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
 

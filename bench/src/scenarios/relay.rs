@@ -170,8 +170,9 @@ async fn fullpath_target(ctx: &Ctx, target: Target, report: &mut Report) -> Resu
         ));
     }
     report.push(
-        Figure::new("fullpath", t, "not delivered", "%", lost)
-            .note("the receiver that missed most, of what the broker acknowledged, after it drained"),
+        Figure::new("fullpath", t, "not delivered", "%", lost).note(
+            "the receiver that missed most, of what the broker acknowledged, after it drained",
+        ),
     );
     report.push(Figure::new("fullpath", t, "server CPU", "cores", sut));
     report.push(
