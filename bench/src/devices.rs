@@ -11,21 +11,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::load::{now_us, rfc3339_ms, unix_ms_now, LoadStats};
-use crate::publishers::{put_remaining_length, put_str};
-
-/// An MQTT 3.1.1 CONNECT with a clean session and a 60 s keep-alive.
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 + client_id.len());
-    put_str(&mut body, b"MQTT");
-    body.push(4); // protocol level 3.1.1
-    body.push(0x02); // clean session
-    body.extend_from_slice(&60u16.to_be_bytes());
-    put_str(&mut body, client_id.as_bytes());
-    let mut out = vec![0x10];
-    put_remaining_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
+use crate::publishers::{connect_packet, put_remaining_length, put_str};
 
 /// An MQTT QoS 0 PUBLISH of `payload` to `topic`, written into `out` (cleared first).
 fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {

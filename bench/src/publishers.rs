@@ -98,14 +98,7 @@ async fn connect(broker: SocketAddr, client_id: &str) -> Result<TcpStream> {
         .await
         .context("TCP connect timed out")??;
     tcp.set_nodelay(true)?;
-    let mut body = Vec::new();
-    put_str(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 60]);
-    put_str(&mut body, client_id.as_bytes());
-    let mut connect = vec![0x10];
-    put_remaining_length(&mut connect, body.len());
-    connect.extend_from_slice(&body);
-    tcp.write_all(&connect).await?;
+    tcp.write_all(&connect_packet(client_id)).await?;
     let mut connack = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(30), tcp.read_exact(&mut connack))
         .await
@@ -242,6 +235,20 @@ impl Publisher {
             }
         }
     }
+}
+
+/// An MQTT 3.1.1 CONNECT with a clean session and a 60 s keep-alive.
+pub(crate) fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + client_id.len());
+    put_str(&mut body, b"MQTT");
+    body.push(4); // protocol level 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    let mut out = vec![0x10];
+    put_remaining_length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A PUBLISH (QoS 0 or 1, never DUP or retained) appended to `out`.

@@ -303,6 +303,14 @@ impl Client {
     }
 }
 
+/// A broker whose bridge feed is open, as the hub's is.
+async fn broker_with_feed() -> (Broker, edgewatch_broker::InboundStream) {
+    let mut broker = Broker::prepare(&test_config()).unwrap();
+    let feed = broker.ingest_feed().unwrap();
+    broker.listen().await.unwrap();
+    (broker, feed)
+}
+
 async fn broker() -> (Broker, SocketAddr, SocketAddr) {
     let mut cfg = test_config();
     cfg.limits.max_packet_size = 1024;
@@ -646,9 +654,7 @@ async fn sys_topics_need_a_sys_grant_when_accounts_have_roles() {
 /// (DUP) before its PUBREL arrives once, as rumqttd passes it on once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_gets_aliased_publishes_by_topic_and_a_resent_qos2_message_once() {
-    let mut broker = Broker::prepare(&test_config()).unwrap();
-    let mut feed = broker.ingest_feed().unwrap();
-    broker.listen().await.unwrap();
+    let (broker, mut feed) = broker_with_feed().await;
     let v5 = broker.addr(ListenerKind::Mqtt5).unwrap();
     let (mut c, _) = Client::connect(v5, "aliases", true, &[]).await;
     // QoS 0 with Topic Alias 1 (property 0x23), then by alias alone (empty topic).
@@ -697,5 +703,40 @@ async fn the_bridge_gets_aliased_publishes_by_topic_and_a_resent_qos2_message_on
     assert_eq!(got, want);
     let more = timeout(Duration::from_millis(300), feed.recv()).await;
     assert!(more.is_err(), "nothing more: {more:?}");
+    broker.stop();
+}
+
+/// The QoS 2 guard of the bridge's feed is bounded: a client that never sends PUBREL makes the
+/// codec remember at most 1,024 packet ids; a message resent past that reaches the bridge
+/// again (as a reading the store's duplicate window then judges), one within it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qos2_guard_remembers_a_bounded_number_of_unreleased_messages() {
+    let (broker, mut feed) = broker_with_feed().await;
+    let v4 = broker.addr(ListenerKind::Mqtt).unwrap();
+    let (mut c, _) = Client::connect(v4, "no-pubrel", false, &[]).await;
+    let qos2 = |pkid: u16, dup: bool| {
+        let mut body = Vec::new();
+        string(b"sensors/d1/q", &mut body);
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(pkid.to_string().as_bytes());
+        packet(if dup { 0x3C } else { 0x34 }, &body)
+    };
+    const SENT: u16 = 1_100;
+    for pkid in 1..=SENT {
+        c.send(&qos2(pkid, false)).await;
+    }
+    c.send(&qos2(5, true)).await; // remembered: not fed again
+    c.send(&qos2(SENT, true)).await; // past the bound: fed again
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = timeout(Duration::from_millis(500), feed.recv()).await {
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    assert_eq!(
+        got.len(),
+        usize::from(SENT) + 1,
+        "{:?}",
+        &got[got.len().saturating_sub(3)..]
+    );
+    assert_eq!(got.last().map(String::as_str), Some("1100"));
     broker.stop();
 }

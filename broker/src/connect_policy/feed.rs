@@ -9,6 +9,9 @@ use super::{Next, PolicyProtocol};
 use crate::backpressure::Admission;
 use crate::wire::publish_qos;
 
+/// Unreleased QoS 2 packet ids remembered per connection (see `feed_bridge`).
+const QOS2_TRACKED: usize = 1024;
+
 impl<P> PolicyProtocol<P> {
     /// Hands a publish on its way to rumqttd to the bridge ([`IngestGate::forward`]), with its
     /// topic resolved when it came as an MQTT 5 alias. A QoS 2 publish goes once until its
@@ -36,7 +39,11 @@ impl<P> PolicyProtocol<P> {
             return;
         };
         if let (2, Some(pkid)) = (publish_qos(header), pkid) {
-            if !self.qos2_fed.insert(pkid) {
+            // Bounded: past QOS2_TRACKED unreleased messages (no client keeps that many; a
+            // client that never sends PUBREL could), a resent one may reach the bridge twice,
+            // where the store's duplicate window still catches a timestamped reading.
+            let tracked = self.qos2_fed.len() < QOS2_TRACKED || self.qos2_fed.contains(&pkid);
+            if tracked && !self.qos2_fed.insert(pkid) {
                 return;
             }
         }
