@@ -304,10 +304,11 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
             "MQTT connections closed at CONNECT because their address had broker.limits.max_connections_per_ip already.",
             Arc::new(move || peers.refused() as f64),
         ));
-    let gate_counters: [(&str, &str, GateValue); 5] = [
+    let gate_counters: [(&str, &str, GateValue); 6] = [
         ("edgewatch_mqtt_held_acks_total", "PUBACKs held back because the bridge was behind (backpressure).", IngestGate::held_acks),
         ("edgewatch_mqtt_ingest_skipped_total", "Publishes the broker accepted that did not reach the bridge (its feed was full: in-process publishers faster than the store).", IngestGate::skipped),
-        ("edgewatch_mqtt_qos0_shed_total", "QoS 0 publishes dropped by the broker because the bridge was behind (backlog above half of broker.limits.ingest_backlog_max).", IngestGate::shed),
+        ("edgewatch_mqtt_qos0_paused_total", "QoS 0 publishes whose connection the broker stopped reading until the bridge caught up (backlog above half of broker.limits.ingest_backlog_max): TCP backpressure.", IngestGate::paused_reads),
+        ("edgewatch_mqtt_qos0_shed_total", "QoS 0 publishes dropped because the bridge stayed behind for broker.limits.ack_stall_max_secs (a stalled writer).", IngestGate::shed),
         ("edgewatch_mqtt_backlog_disconnects_total", "MQTT connections closed at a QoS 1/2 publish because the bridge was far behind (backlog at twice broker.limits.ingest_backlog_max; the device resends).", IngestGate::refused),
         ("edgewatch_mqtt_ack_stall_disconnects_total", "MQTT connections closed because an acknowledgement waited longer than broker.limits.ack_stall_max_secs for the bridge (the device resends).", IngestGate::stall_disconnects),
     ];

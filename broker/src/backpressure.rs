@@ -22,12 +22,16 @@
 //!   acknowledged readings when the writer stalled (a slow or full disk). If one waits longer
 //!   than `ack_stall_max_secs`, its connection is closed instead: the device was not told the
 //!   reading arrived, so it sends it again when it reconnects.
-//! * QoS 0 publishes cannot be slowed (nothing acknowledges them) and pausing a connection's
-//!   reads stalled the router in a test. So while the backlog is above half the limit, the
-//!   codec drops QoS 0 publishes before the router sees them, counted in
-//!   `edgewatch_mqtt_qos0_shed_total`: "at most once", as MQTT allows. A QoS 0 flood therefore
-//!   keeps the backlog near half the limit and never holds anyone's acknowledgements, and it
-//!   cannot push acknowledged QoS 1 readings out of the router's log.
+//! * QoS 0 publishes are not acknowledged, so they are slowed at the socket, as Mosquitto
+//!   does: while the backlog is above half the limit, the codec stops reading the connection
+//!   a QoS 0 publish came on (the publish waits, on the broker's thread, the way a held PUBACK
+//!   does) until the bridge brings the backlog back to half the limit. The device's TCP
+//!   window fills and its writes block: nothing is dropped. Counted in
+//!   `edgewatch_mqtt_qos0_paused_total`. The half keeps a QoS 0 flood from ever holding
+//!   anyone's acknowledgements. Only a publish that waited `ack_stall_max_secs` in vain (a
+//!   stalled writer) is dropped, "at most once" as MQTT allows, counted in
+//!   `edgewatch_mqtt_qos0_shed_total` and logged. (Before the bridge had its own feed,
+//!   pausing reads stalled it: it read through the router.)
 //! * QoS 1 devices whose acknowledgements are held still have their in-flight window of
 //!   publishes to send; with many devices that could overflow the router's log too. So a QoS
 //!   1/2 publish that arrives while the backlog is at twice the limit closes its connection
@@ -59,7 +63,7 @@ pub const IN_PROCESS_SLACK: usize = 4096;
 pub(crate) enum Admission {
     /// It goes to the router.
     Admitted,
-    /// A QoS 0 publish, dropped.
+    /// A QoS 0 publish that waited the stall bound for room in vain, dropped.
     Shed,
     /// A QoS 1/2 publish: its connection is closed, unacknowledged.
     Refused,
@@ -75,7 +79,10 @@ pub struct IngestGate {
     held_acks: AtomicU64,
     /// Publishes admitted that never reached the link (dropped by the broker under overload).
     skipped: AtomicU64,
-    /// QoS 0 publishes dropped by the codec because the backlog was above half the limit.
+    /// QoS 0 publishes whose connection's reads paused because the backlog was above half
+    /// the limit.
+    paused_reads: AtomicU64,
+    /// QoS 0 publishes dropped because they waited `stall_max` for room in vain.
     shed: AtomicU64,
     /// Connections closed because a PUBACK waited longer than `stall_max`.
     stall_disconnects: AtomicU64,
@@ -83,10 +90,10 @@ pub struct IngestGate {
     refused: AtomicU64,
     /// The longest one PUBACK waits before its connection is closed instead.
     stall_max: Duration,
-    /// Acknowledgements waiting right now; the link wakes them when the backlog is back
-    /// under the limit, instead of each polling the counters.
-    waiting: AtomicU64,
-    room: (Mutex<()>, Condvar),
+    /// Acknowledgements waiting for the backlog to be back under the limit.
+    acks: Waiters,
+    /// Connections whose reads wait for the backlog to be back under half the limit.
+    reads: Waiters,
     /// The bridge's feed, from the moment it takes it ([`IngestGate::take_feed`]).
     feed: OnceLock<mpsc::Sender<InboundPublish>>,
     /// Set when the broker stops: the connections it closes publish no will.
@@ -98,6 +105,7 @@ impl IngestGate {
     /// at most `stall_max` (then the connection is closed instead).
     pub fn new(max_backlog: u64, stall_max: Duration) -> Self {
         Self {
+            paused_reads: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             stall_disconnects: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -107,8 +115,8 @@ impl IngestGate {
             max_backlog: max_backlog.max(1),
             held_acks: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            waiting: AtomicU64::new(0),
-            room: (Mutex::new(()), Condvar::new()),
+            acks: Waiters::default(),
+            reads: Waiters::default(),
             feed: OnceLock::new(),
             stopping: Default::default(),
         }
@@ -168,13 +176,19 @@ impl IngestGate {
         }
     }
 
-    /// Decides a publish a device sent (see the module doc): a QoS 0 publish is shed while
-    /// the backlog is above half the limit; a QoS 1/2 publish closes its connection while the
-    /// backlog is at twice the limit (the device resends after reconnecting); anything else is
-    /// admitted (and counted once the codec forwards it, [`IngestGate::forward`]).
+    /// Decides a publish a device sent (see the module doc): a QoS 0 publish waits while
+    /// the backlog is above half the limit (its connection reads nothing meanwhile) and is
+    /// shed only if that lasts the stall bound; a QoS 1/2 publish closes its connection while
+    /// the backlog is at twice the limit (the device resends after reconnecting); anything
+    /// else is admitted (and counted once the codec forwards it, [`IngestGate::forward`]).
     pub(crate) fn admit_publish(&self, qos: u8) -> Admission {
         let backlog = self.backlog();
-        if qos == 0 && backlog > self.max_backlog / 2 {
+        let half = self.max_backlog / 2;
+        if qos == 0 && backlog > half {
+            self.paused_reads.fetch_add(1, Ordering::Relaxed);
+            if self.wait(&self.reads, half) {
+                return Admission::Admitted;
+            }
             self.shed.fetch_add(1, Ordering::Relaxed);
             return Admission::Shed;
         }
@@ -185,13 +199,18 @@ impl IngestGate {
         Admission::Admitted
     }
 
+    /// QoS 0 publishes whose connection's reads paused because the bridge was behind.
+    pub fn paused_reads(&self) -> u64 {
+        self.paused_reads.load(Ordering::Relaxed)
+    }
+
     /// QoS 1/2 publishes whose connection was closed because the backlog was at twice the
     /// limit.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// QoS 0 publishes dropped because the bridge was behind.
+    /// QoS 0 publishes dropped because the bridge was stalled for the stall bound.
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
@@ -244,34 +263,30 @@ impl IngestGate {
             return true;
         }
         self.held_acks.fetch_add(1, Ordering::Relaxed);
-        let room = self.wait();
+        let room = self.wait(&self.acks, self.max_backlog);
         if !room {
             self.stall_disconnects.fetch_add(1, Ordering::Relaxed);
         }
         room
     }
 
-    /// Wakes waiting acknowledgements if the backlog is back under the limit. Cheap when
-    /// nobody waits (one atomic load); called by the link after it took publishes.
+    /// Wakes waiting acknowledgements and reads whose threshold the backlog is back under.
+    /// Cheap when nobody waits (two atomic loads); called by the link after it took publishes.
     fn wake_if_room(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 && self.backlog() <= self.max_backlog {
-            // Taking the lock orders this wake-up after a waiter's check-then-wait. One waiter
-            // is woken; it wakes the next when it finds room (a chain): waking all at once made
-            // a thousand threads fight over the lock (two thirds of the hub's CPU in perf).
-            drop(self.room.0.lock());
-            self.room.1.notify_one();
-        }
+        self.acks.wake_if(self.backlog(), self.max_backlog);
+        self.reads.wake_if(self.backlog(), self.max_backlog / 2);
     }
 
-    /// Waits for room, at most `stall_max`; whether there is room.
-    fn wait(&self) -> bool {
+    /// Waits in `waiters` until the backlog is at most `threshold`, at most `stall_max`;
+    /// whether there is room.
+    fn wait(&self, waiters: &Waiters, threshold: u64) -> bool {
         let wait = || {
             let started = Instant::now();
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let mut guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+            waiters.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut guard = waiters.room.0.lock().unwrap_or_else(|e| e.into_inner());
             // Decided once, when the loop ends: the backlog may rise again right after.
             let room = loop {
-                if self.backlog() <= self.max_backlog {
+                if self.backlog() <= threshold {
                     break true;
                 }
                 let Some(left) = self.stall_max.checked_sub(started.elapsed()) else {
@@ -279,15 +294,15 @@ impl IngestGate {
                 };
                 // No wake-up is missed: the waiter registers, then checks the backlog under the
                 // lock; the link counts, then checks `waiting` and notifies under the lock.
-                guard = match self.room.1.wait_timeout(guard, left) {
+                guard = match waiters.room.1.wait_timeout(guard, left) {
                     Ok((g, _)) => g,
                     Err(e) => e.into_inner().0,
                 };
             };
             drop(guard);
-            let others = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-            if others > 0 && self.backlog() <= self.max_backlog {
-                self.room.1.notify_one();
+            let others = waiters.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+            if others > 0 && self.backlog() <= threshold {
+                waiters.room.1.notify_one();
             }
             room
         };
@@ -299,6 +314,26 @@ impl IngestGate {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
+        }
+    }
+}
+
+/// Broker threads waiting for the backlog to fall to a threshold. The link wakes one when it
+/// gets there; each woken waiter wakes the next if it still finds room (a chain): waking all
+/// at once made a thousand threads fight over the lock (two thirds of the hub's CPU in perf).
+#[derive(Debug, Default)]
+struct Waiters {
+    /// Threads waiting right now, so that the link only notifies when someone waits.
+    waiting: AtomicU64,
+    room: (Mutex<()>, Condvar),
+}
+
+impl Waiters {
+    fn wake_if(&self, backlog: u64, threshold: u64) {
+        if self.waiting.load(Ordering::SeqCst) > 0 && backlog <= threshold {
+            // Taking the lock orders this wake-up after a waiter's check-then-wait.
+            drop(self.room.0.lock());
+            self.room.1.notify_one();
         }
     }
 }
@@ -343,8 +378,9 @@ mod tests {
     }
 
     #[test]
-    fn qos0_is_shed_above_half_the_limit_and_qos1_refused_at_twice_the_limit() {
-        let (gate, _feed) = gate_with_feed(4, Duration::from_secs(1));
+    fn qos0_waits_above_half_the_limit_and_qos1_is_refused_at_twice_the_limit() {
+        let stall_max = Duration::from_millis(200);
+        let (gate, _feed) = gate_with_feed(4, stall_max);
         let admit = |qos| {
             let admission = gate.admit_publish(qos);
             if admission == Admission::Admitted {
@@ -356,15 +392,47 @@ mod tests {
             assert_eq!(admit(0), Admission::Admitted);
         }
         assert_eq!(admit(0), Admission::Admitted, "at half");
-        assert_eq!(admit(0), Admission::Shed, "above half: shed");
+        // Above half and nobody drains: the publish waits the stall bound, then is shed.
+        let started = Instant::now();
+        assert_eq!(admit(0), Admission::Shed, "stalled: shed");
+        assert!(started.elapsed() >= stall_max);
+        assert_eq!((gate.paused_reads(), gate.shed()), (1, 1));
         for _ in 0..5 {
             assert_eq!(admit(1), Admission::Admitted, "QoS 1");
         }
         assert_eq!(gate.backlog(), 8);
         assert_eq!(admit(1), Admission::Refused, "at twice the limit");
-        assert_eq!((gate.shed(), gate.refused()), (1, 1));
+        assert_eq!(gate.refused(), 1);
         gate.drained_many(6);
         assert_eq!(admit(0), Admission::Admitted);
+    }
+
+    #[test]
+    fn a_paused_qos0_read_goes_on_as_soon_as_the_backlog_is_back_at_half() {
+        let (gate, _feed) = gate_with_feed(4, Duration::from_secs(30));
+        for _ in 0..4 {
+            forward(&gate, b"sensors/d1/t");
+        }
+        let reader = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (gate.admit_publish(0), started.elapsed())
+            })
+        };
+        while gate.reads.waiting.load(Ordering::SeqCst) < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        gate.drained(); // backlog 3: above half, still paused
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!reader.is_finished(), "went on above half the limit");
+        gate.drained(); // backlog 2: half
+        let (admission, waited) = reader.join().unwrap();
+        assert_eq!(admission, Admission::Admitted);
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "woken late: {waited:?}");
+        assert_eq!((gate.paused_reads(), gate.shed()), (1, 0));
     }
 
     #[test]
@@ -385,7 +453,7 @@ mod tests {
                 })
             })
             .collect();
-        while gate.waiting.load(Ordering::SeqCst) < 8 {
+        while gate.acks.waiting.load(Ordering::SeqCst) < 8 {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(50));

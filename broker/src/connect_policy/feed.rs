@@ -1,5 +1,5 @@
 //! What the bridge gets of each publish a connection reads: the ingest gate's admission
-//! (shed, refused or admitted: [`crate::backpressure`]) and the hand-over to the bridge's
+//! (paused, shed, refused or admitted: [`crate::backpressure`]) and the hand-over to the bridge's
 //! feed once the packet goes to rumqttd; and the connection's last will, handed over when the
 //! connection ends without a DISCONNECT, as rumqttd then publishes it (device presence).
 
@@ -68,9 +68,15 @@ impl<P> PolicyProtocol<P> {
         }
         match gate.admit_publish(publish_qos(header)) {
             Admission::Admitted => Next::Keep,
-            // Shed while the bridge is behind: the next packet, if its bytes are here, else
-            // rumqttd reads more and calls again.
-            Admission::Shed => Next::Skip,
+            // Waited for the bridge for the stall bound in vain: dropped, the next packet if
+            // its bytes are here, else rumqttd reads more and calls again.
+            Admission::Shed => {
+                let n = gate.shed();
+                if n.is_power_of_two() || n % 1_000 == 0 {
+                    tracing::warn!(shed = n, "dropped a QoS 0 publish: the bridge has been behind for broker.limits.ack_stall_max_secs (a stalled writer?)");
+                }
+                Next::Skip
+            }
             Admission::Refused => {
                 let n = gate.refused();
                 if n.is_power_of_two() || n % 1_000 == 0 {
