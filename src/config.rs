@@ -142,7 +142,7 @@ impl AppConfig {
                 ),
             )));
         }
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        if let Err(err) = crate::logging::parse_filter(&self.log.level) {
             return Err(ConfigError {
                 file: file.map(Path::to_path_buf),
                 key: "log.level".into(),
