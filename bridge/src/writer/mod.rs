@@ -212,6 +212,19 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
     }
 }
 
+/// A batch that did not fill its room: lets more commands gather for
+/// [`crate::ingest::GATHER`] and takes them, so that one commit (and one hand-off to a
+/// blocking thread) carries several readings at low rates instead of one or two.
+async fn gather(rx: &mut mpsc::Receiver<WriteCmd>, buf: &mut Vec<WriteCmd>, room: usize) {
+    tokio::time::sleep(crate::ingest::GATHER).await;
+    while buf.len() < room {
+        match rx.try_recv() {
+            Ok(cmd) => buf.push(cmd),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The writer's task.
 ///
 /// Long: one `select!` loop over the writer's inputs (flush done, commands, idle acked
@@ -265,6 +278,9 @@ async fn run(
                 if n == 0 {
                     input_done = true;
                     continue;
+                }
+                if n < room {
+                    gather(&mut rx, &mut buf, room).await;
                 }
                 let stored = out.stats.outcomes.stored.load(Ordering::Relaxed);
                 if let Some(s) = stall.take_if(|s| stored >= s.after_readings) {
