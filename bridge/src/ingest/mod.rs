@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument as _, Span};
 
 use crate::store::{DeliveryId, Origin, PresenceUpdate};
-use crate::writer::{Outcome, WriterClosed, WriterHandle};
+use crate::writer::{Outcome, WriterClosed, WriterHandle, GATHER};
 
 /// At most one warning per reject reason per this interval.
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -377,15 +377,10 @@ fn device_of_payload(payload: &[u8]) -> Option<String> {
         .filter(|d| edgewatch_protocol::payload::is_valid_id(d))
 }
 
-/// How long ingest lets publishes gather once its source is empty, before it waits for the
-/// next one: at 10,000 readings/s from 1,000 devices each publish used to wake the task (and
-/// then the writer) on its own; this way one wake-up takes about ten (issue #20, CPU per
-/// reading). It adds at most this much to a reading's latency.
-pub const GATHER: Duration = Duration::from_millis(1);
-
 /// Feeds every item of `source` through `ingest` until the source ends, `shutdown` is
 /// cancelled or the writer stops. Items are handled one at a time, in order; once the source
-/// is empty, more are let gather for [`GATHER`] before the task sleeps until the next.
+/// is empty, more are let gather for [`GATHER`] before the task sleeps until the next
+/// (`crate::writer::gather`).
 pub async fn run_ingest<S, I>(source: S, ingest: Ingest, shutdown: CancellationToken)
 where
     S: Stream<Item = I>,

@@ -26,10 +26,13 @@
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
+mod gather;
 mod handle;
 mod retention;
 mod stats;
 
+use gather::gather;
+pub use gather::GATHER;
 pub use handle::WriterHandle;
 use retention::{retention_step, BudgetLog};
 pub use stats::{WriteOutcomes, WriterStats};
@@ -209,19 +212,6 @@ pub fn spawn_writer(store: Store, cfg: WriterConfig, stop: CancellationToken) ->
         committed,
         presence,
         task,
-    }
-}
-
-/// A batch that did not fill its room: lets more commands gather for
-/// [`crate::ingest::GATHER`] and takes them, so that one commit (and one hand-off to a
-/// blocking thread) carries several readings at low rates instead of one or two.
-async fn gather(rx: &mut mpsc::Receiver<WriteCmd>, buf: &mut Vec<WriteCmd>, room: usize) {
-    tokio::time::sleep(crate::ingest::GATHER).await;
-    while buf.len() < room {
-        match rx.try_recv() {
-            Ok(cmd) => buf.push(cmd),
-            Err(_) => break,
-        }
     }
 }
 
