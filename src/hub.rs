@@ -303,6 +303,16 @@ fn with_broker_samples(metrics: Metrics, broker: &Broker) -> Metrics {
             "edgewatch_mqtt_connections_refused_per_ip_total",
             "MQTT connections closed at CONNECT because their address had broker.limits.max_connections_per_ip already.",
             Arc::new(move || peers.refused() as f64),
+        ))
+        .with_sample(counter(
+            "edgewatch_mqtt_subscriber_cursor_jumps_total",
+            "Times an MQTT subscriber fell so far behind that rumqttd's log for its filter dropped messages it had not read (broker.router.max_segment_size x max_segment_count).",
+            Arc::new(|| edgewatch_broker::cursor_jumps::cursor_jumps() as f64),
+        ))
+        .with_sample(counter(
+            "edgewatch_mqtt_subscriber_skipped_total",
+            "Messages MQTT subscribers never got because they fell behind rumqttd's log for their filter (counted from its cursor jumps).",
+            Arc::new(|| edgewatch_broker::cursor_jumps::skipped_messages() as f64),
         ));
     let gate_counters: [(&str, &str, GateValue); 6] = [
         ("edgewatch_mqtt_held_acks_total", "PUBACKs held back because the bridge was behind (backpressure).", IngestGate::held_acks),

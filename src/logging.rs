@@ -35,7 +35,11 @@ pub(crate) fn init(level: &str, json: bool) {
     let filter = env.and(no_broker_spans).and(NormalBrokerErrors);
     // The per-address MQTT limits learn each connection's address from rumqttd's accept
     // event, whatever the log level (see `edgewatch_broker::peer`).
-    let registry = tracing_subscriber::registry().with(edgewatch_broker::peer::accept_tap());
+    // MQTT subscribers that fall behind rumqttd's log are counted from its warnings, whatever
+    // the log level (see `edgewatch_broker::cursor_jumps`).
+    let registry = tracing_subscriber::registry()
+        .with(edgewatch_broker::peer::accept_tap())
+        .with(edgewatch_broker::cursor_jumps::cursor_jump_tap());
     if json {
         let layer = tracing_subscriber::fmt::layer()
             .json()

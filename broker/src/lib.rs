@@ -52,6 +52,7 @@ pub mod caps;
 pub mod client_limits;
 pub mod config;
 pub mod connect_policy;
+pub mod cursor_jumps;
 pub mod delivery;
 pub mod durable;
 mod error;
