@@ -319,10 +319,7 @@ async fn loss_after_drain(fleet: &Fleet, probes: &[&Probe], qos: QoS) -> Vec<f64
             last = (now, Instant::now());
         }
     }
-    let published = match qos {
-        QoS::AtMostOnce => fleet.stats.sent.load(Ordering::Relaxed),
-        _ => fleet.stats.acked.load(Ordering::Relaxed),
-    };
+    let published = published(fleet, qos);
     probes
         .iter()
         .map(|p| {
@@ -330,6 +327,14 @@ async fn loss_after_drain(fleet: &Fleet, probes: &[&Probe], qos: QoS) -> Vec<f64
             100.0 * published.saturating_sub(got) as f64 / published.max(1) as f64
         })
         .collect()
+}
+
+/// What the broker accepted from `fleet`: acknowledged (QoS 1), else written.
+fn published(fleet: &Fleet, qos: QoS) -> u64 {
+    match qos {
+        QoS::AtMostOnce => fleet.stats.sent.load(Ordering::Relaxed),
+        _ => fleet.stats.acked.load(Ordering::Relaxed),
+    }
 }
 
 fn qos_name(qos: QoS) -> &'static str {

@@ -6,12 +6,21 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rumqttc::QoS;
 
-use super::{loss_after_drain, mib, qos_name, Ctx, Window};
+use super::stored::metric;
+use super::{loss_after_drain, mib, published, qos_name, Ctx, Window};
 use crate::load::Probe;
 use crate::procs::{Server, Target};
 use crate::publishers::Fleet;
 use crate::receivers::{self, Receiver};
 use crate::report::{Figure, Report};
+
+/// Messages MQTT subscribers skipped in rumqttd's router log so far (edgewatch only).
+async fn router_skipped(ctx: &Ctx, server: &Server) -> Option<f64> {
+    let base = format!("http://{}", server.http?);
+    metric(ctx, &base, "edgewatch_mqtt_subscriber_skipped_total")
+        .await
+        .ok()
+}
 
 /// relay: N publishers -> 1 MQTT subscriber, max rate, QoS0 and QoS1.
 pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> Result<()> {
@@ -23,8 +32,9 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                 .start(target, &format!("relay-{q}-{}", target.name()))
                 .await?;
             let (mut rates, mut sut, mut gen, mut per10k) = (vec![], vec![], vec![], vec![]);
-            let mut lost = vec![];
+            let (mut lost, mut skipped) = (vec![], vec![]);
             for run in 0..p.runs {
+                let skipped_before = router_skipped(ctx, &server).await;
                 let sub =
                     receivers::mqtt_subscriber(server.mqtt, qos, &format!("relay{run}")).await?;
                 let spec = ctx.live_spec(p.relay_publishers, qos, None, p.warmup + p.measure);
@@ -34,6 +44,11 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                 tokio::time::sleep(p.measure).await;
                 let m = w.close(&server, &[&sub.probe]);
                 lost.extend(loss_after_drain(&fleet, &[&sub.probe], qos).await);
+                if let (Some(before), Some(after)) =
+                    (skipped_before, router_skipped(ctx, &server).await)
+                {
+                    skipped.push(100.0 * (after - before) / published(&fleet, qos).max(1) as f64);
+                }
                 drop(fleet);
                 drop(sub);
                 rates.push(m.rates[0]);
@@ -56,6 +71,12 @@ pub(crate) async fn relay(ctx: &Ctx, report: &mut Report, qos_list: &[QoS]) -> R
                     "of what the broker accepted (QoS1: acknowledged; QoS0: written), counted after the subscriber drained",
                 ),
             );
+            if !skipped.is_empty() {
+                report.push(
+                    Figure::new("relay", t, &format!("skipped by the router log {q}"), "%", skipped)
+                        .note("of what the broker accepted: messages the subscriber's cursor jumped over in rumqttd's log for sensors/# (edgewatch_mqtt_subscriber_skipped_total)"),
+                );
+            }
             report.push(Figure::new(
                 "relay",
                 t,

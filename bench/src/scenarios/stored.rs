@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rumqttc::QoS;
 
 use super::{mib, Ctx};
@@ -41,16 +41,24 @@ pub(super) async fn stored_count(ctx: &Ctx, base: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
+async fn metrics_text(ctx: &Ctx, base: &str) -> Result<String> {
+    let resp = ctx.http.get(format!("{base}/metrics")).send().await?;
+    Ok(resp.text().await?)
+}
+
+/// One counter or gauge without labels from the hub's `/metrics`.
+pub(super) async fn metric(ctx: &Ctx, base: &str, name: &str) -> Result<f64> {
+    metrics_text(ctx, base)
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} not in /metrics"))
+}
+
 /// What the store wrote since start, from `/metrics`: `(kind, values, bytes)` for log,
 /// chunk and rollup, plus sealed readings.
 pub(super) async fn store_writes(ctx: &Ctx, base: &str) -> Result<String> {
-    let text = ctx
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = metrics_text(ctx, base).await?;
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
