@@ -30,7 +30,7 @@ use rumqttc::QoS;
 use report::{Meta, Report};
 use scenarios::{Ctx, Params};
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "relay",
     "fullpath",
     "latency",
@@ -38,6 +38,7 @@ const SCENARIOS: [&str; 9] = [
     "history",
     "store",
     "footprint",
+    "memory",
     "sim",
     "auth",
 ];
@@ -53,7 +54,7 @@ struct Args {
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
     /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, store,
-    /// footprint, sim, auth.
+    /// footprint, memory, sim, auth.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Runs per figure (default 3; 1 in --smoke).
@@ -252,6 +253,7 @@ async fn run_scenario(ctx: &Ctx, args: &Args, selected: &[&str], s: &str, report
         "history" => scenarios::history(ctx, report).await,
         "store" => store::store(ctx, report).await,
         "sim" => scenarios::sim(ctx, report).await,
+        "memory" => scenarios::memory(ctx, report).await,
         "auth" => scenarios::auth(ctx, report).await,
         "footprint" => {
             let r = scenarios::binary_sizes(ctx, report);

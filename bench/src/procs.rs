@@ -292,10 +292,19 @@ pub(crate) fn find_mosquitto(given: Option<&Path>) -> Option<PathBuf> {
 
 /// Resident set size of a process, KiB (`VmRSS` in `/proc/PID/status`).
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident set size of a process so far, KiB (`VmHWM`).
+pub(crate) fn hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

@@ -11,12 +11,15 @@
 //! * `stored`: loading readings into edgewatch and reading back what its store holds.
 //! * `history`: sustained ingest, preload, queries, disk per reading, time to ready.
 //! * `sim`: the rate ladder of one `edgewatch sim` process.
+//! * `memory`: RSS under issue #20's load (1,000 devices, 10,000/s), after it, per idle
+//!   connection.
 
 mod auth;
 mod fanout;
 mod footprint;
 mod history;
 mod latency;
+mod memory;
 mod relay;
 mod sim;
 mod stored;
@@ -40,6 +43,7 @@ pub(crate) use fanout::fanout;
 pub(crate) use footprint::binary_sizes;
 pub(crate) use history::history;
 pub(crate) use latency::latency;
+pub(crate) use memory::memory;
 pub(crate) use relay::{fullpath, relay};
 pub(crate) use sim::sim;
 
@@ -79,6 +83,13 @@ pub(crate) struct Params {
     pub(crate) sim_start_rate: f64,
     /// `sim`: highest offered rate tried.
     pub(crate) sim_max_rate: f64,
+    /// `memory`: devices of the load, readings/s in all, seconds, wait after it, idle
+    /// connections opened after that.
+    pub(crate) memory_devices: usize,
+    pub(crate) memory_rate: u64,
+    pub(crate) memory_secs: u64,
+    pub(crate) memory_after: Duration,
+    pub(crate) memory_idle: usize,
     /// `sim`: `--duration` of each step.
     pub(crate) sim_secs: f64,
 }
@@ -107,6 +118,11 @@ impl Params {
             preload_rate: 10_000.0,
             sim_start_rate: 5_000.0,
             sim_max_rate: 10_000.0,
+            memory_devices: 10,
+            memory_rate: 100,
+            memory_secs: 2,
+            memory_after: Duration::from_secs(1),
+            memory_idle: 20,
             sim_secs: 2.0,
         }
     }
@@ -134,6 +150,11 @@ impl Params {
             preload_rate: 40_000.0,
             sim_start_rate: 20_000.0,
             sim_max_rate: 320_000.0,
+            memory_devices: 1_000,
+            memory_rate: 10_000,
+            memory_secs: 20,
+            memory_after: Duration::from_secs(30),
+            memory_idle: 1_000,
             sim_secs: 1.5,
         }
     }
@@ -161,6 +182,11 @@ impl Params {
             preload_rate: 80_000.0,
             sim_start_rate: 5_000.0,
             sim_max_rate: 640_000.0,
+            memory_devices: 1_000,
+            memory_rate: 10_000,
+            memory_secs: 60,
+            memory_after: Duration::from_secs(30),
+            memory_idle: 5_000,
             sim_secs: 10.0,
         }
     }
