@@ -122,6 +122,8 @@ pub(crate) struct Probe {
     pub(crate) recording: AtomicBool,
     /// Only readings sent at or after this time (µs, [`now_us`]) are recorded.
     pub(crate) since_us: AtomicU64,
+    /// ... and, once set (not 0), at or before this one: the window's end.
+    until_us: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     /// For readings that carry the hub's `receivedAt`: (send -> hub receive, hub receive ->
     /// client receive), ms, wall clock.
@@ -133,7 +135,8 @@ impl Probe {
         self.count.fetch_add(1, Ordering::Relaxed);
         if self.recording.load(Ordering::Relaxed) {
             if let Some(sent) = value_of(data) {
-                if sent < self.since_us.load(Ordering::Relaxed) {
+                let until = self.until_us.load(Ordering::Relaxed);
+                if sent < self.since_us.load(Ordering::Relaxed) || (until != 0 && sent > until) {
                     return;
                 }
                 let now = now_us();
@@ -154,8 +157,15 @@ impl Probe {
 
     /// Starts recording the latency of readings sent from now on.
     pub(crate) fn start_recording(&self) {
+        self.until_us.store(0, Ordering::Relaxed);
         self.since_us.store(now_us(), Ordering::Relaxed);
         self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the window: readings sent from now on are no longer recorded (they may still
+    /// arrive while the tail is waited for, and were not counted as sent in the window).
+    pub(crate) fn end_window(&self) {
+        self.until_us.store(now_us(), Ordering::Relaxed);
     }
 
     /// Takes the recorded (send -> hub, hub -> client) splits, ms.

@@ -139,15 +139,20 @@ async fn latency_run(
     let conns = crate::devices::DeviceFleet::connect(server.mqtt, devices, &tag).await?;
     let fleet = crate::devices::DeviceFleet::run(conns, load.device_rate, p.warmup + p.measure);
     tokio::time::sleep(p.warmup).await;
+    // The sent count and the recording start and end at the same instants: a `/metrics`
+    // request between them counted readings received but not sent (fractions above 1).
+    let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
     for r in &receivers {
         r.probe.start_recording();
     }
     let probes: Vec<&Probe> = receivers.iter().map(|r| &*r.probe).collect();
     let stages0 = server_stages(ctx, server, client).await;
     let w = Window::open(server, &probes);
-    let sent0 = fleet.stats.sent.load(Ordering::Relaxed);
     tokio::time::sleep(p.measure).await;
     let sent = fleet.stats.sent.load(Ordering::Relaxed) - sent0;
+    for r in &receivers {
+        r.probe.end_window();
+    }
     let m = w.close(server, &probes);
     drop(fleet);
     // Let the last readings of the window arrive.

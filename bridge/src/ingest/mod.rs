@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument as _, Span};
 
 use crate::store::{DeliveryId, Origin, PresenceUpdate};
-use crate::writer::{Outcome, WriterClosed, WriterHandle, GATHER};
+use crate::writer::{Outcome, WriterClosed, WriterHandle};
 
 /// At most one warning per reject reason per this interval.
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -378,26 +378,17 @@ fn device_of_payload(payload: &[u8]) -> Option<String> {
 }
 
 /// Feeds every item of `source` through `ingest` until the source ends, `shutdown` is
-/// cancelled or the writer stops. Items are handled one at a time, in order; once the source
-/// is empty, more are let gather for [`GATHER`] before the task sleeps until the next
-/// (`crate::writer::gather`).
+/// cancelled or the writer stops. Items are handled one at a time, in order.
 pub async fn run_ingest<S, I>(source: S, ingest: Ingest, shutdown: CancellationToken)
 where
     S: Stream<Item = I>,
     I: Into<Delivery>,
 {
-    use futures::FutureExt;
     let mut source = std::pin::pin!(source);
     loop {
-        let item = match source.next().now_or_never() {
-            Some(item) => item,
-            None => tokio::select! {
-                () = shutdown.cancelled() => break,
-                item = async {
-                    tokio::time::sleep(GATHER).await;
-                    source.next().await
-                } => item,
-            },
+        let item = tokio::select! {
+            () = shutdown.cancelled() => break,
+            item = source.next() => item,
         };
         let Some(item) = item else {
             info!("ingest source ended");

@@ -26,13 +26,10 @@
 //!   returns `RecvError::Lagged(n)` with the number of batches it missed; it can resume from
 //!   the store with the last seq it saw.
 
-mod gather;
 mod handle;
 mod retention;
 mod stats;
 
-use gather::gather;
-pub use gather::GATHER;
 pub use handle::WriterHandle;
 use retention::{retention_step, BudgetLog};
 pub use stats::{WriteOutcomes, WriterStats};
@@ -268,9 +265,6 @@ async fn run(
                 if n == 0 {
                     input_done = true;
                     continue;
-                }
-                if n < room {
-                    gather(&mut rx, &mut buf, room).await;
                 }
                 let stored = out.stats.outcomes.stored.load(Ordering::Relaxed);
                 if let Some(s) = stall.take_if(|s| stored >= s.after_readings) {
