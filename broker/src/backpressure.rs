@@ -273,8 +273,9 @@ impl IngestGate {
     /// Wakes waiting acknowledgements and reads whose threshold the backlog is back under.
     /// Cheap when nobody waits (two atomic loads); called by the link after it took publishes.
     fn wake_if_room(&self) {
-        self.acks.wake_if(self.backlog(), self.max_backlog);
-        self.reads.wake_if(self.backlog(), self.max_backlog / 2);
+        let backlog = self.backlog();
+        self.acks.wake_if(backlog, self.max_backlog);
+        self.reads.wake_if(backlog, self.max_backlog / 2);
     }
 
     /// Waits in `waiters` until the backlog is at most `threshold`, at most `stall_max`;
