@@ -118,7 +118,7 @@ pub(crate) fn main() -> ExitCode {
 }
 
 fn print_openapi() -> ExitCode {
-    let text = edgewatch_bridge::http::docs::openapi_json_text();
+    let text = edgewatch_bridge::http::docs::OPENAPI_JSON;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

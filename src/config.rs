@@ -29,6 +29,8 @@ pub(crate) struct AppConfig {
     pub(crate) auth: AuthConfig,
     /// `[[serial]]`: serial sensors read by `edgewatch run`.
     pub(crate) serial: Vec<edgewatch_serial::SerialPortConfig>,
+    /// `[[uplink]]`: central MQTT brokers the stored readings are forwarded to.
+    pub(crate) uplink: Vec<edgewatch_bridge::uplink::UplinkConfig>,
     /// `[log]`: logging.
     pub(crate) log: LogConfig,
 }
@@ -133,6 +135,7 @@ impl AppConfig {
         for (i, port) in self.serial.iter().enumerate() {
             port.validate(i).map_err(named)?;
         }
+        edgewatch_bridge::uplink::config::validate_all(&self.uplink).map_err(named)?;
         if self.bridge.http_listen.parse::<SocketAddr>().is_err() {
             return Err(named(InvalidSetting::new(
                 "bridge.http_listen",
@@ -226,6 +229,8 @@ mod tests {
             role: Some("device".into()),
         });
         cfg.broker.roles.insert("device".into(), Default::default());
+        cfg.uplink
+            .push(edgewatch_bridge::uplink::UplinkConfig::default());
         let v = toml::Value::try_from(&cfg).unwrap();
         walk("", &v, &mut out);
         let mut section = String::new();

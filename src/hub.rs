@@ -43,6 +43,7 @@ pub(crate) enum Source {
 pub(crate) struct Running {
     broker: Option<Broker>,
     bridge: edgewatch_bridge::Bridge,
+    uplinks: edgewatch_bridge::uplink::Uplinks,
     stop: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     /// Where the HTTP server listens.
@@ -110,6 +111,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         None => None,
     };
 
+    let uplinks = edgewatch_bridge::uplink::Uplinks::start(&bridge, &cfg.uplink);
     let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
     let live = LiveState::new(
         feed.clone(),
@@ -124,8 +126,11 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     if let Some(broker) = &broker {
         metrics = with_broker_samples(metrics, broker);
     }
-    let metrics = with_auth_samples(metrics, &authority);
-    let api = bridge.app_state().with_authority(authority);
+    let metrics = with_auth_samples(metrics, &authority).with_uplinks(uplinks.clone());
+    let api = bridge
+        .app_state()
+        .with_authority(authority)
+        .with_uplinks(uplinks.clone());
     let app = edgewatch_bridge::http::app(api, Some(live), Some(&metrics));
     let (http_addr, https) = (http.addr, http.tls.is_some());
     print_ready(broker.as_ref(), &http, &source, access);
@@ -133,6 +138,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let running = Running {
         broker,
         bridge,
+        uplinks,
         stop,
         http,
         http_addr,
@@ -461,6 +467,7 @@ impl Running {
         let Running {
             broker,
             bridge,
+            uplinks,
             stop,
             http,
             ..
@@ -476,6 +483,8 @@ impl Running {
                 // until the bridge has taken all of it before ingest stops.
                 drain_feed(&gate).await;
             }
+            // Each uplink saves its cursor before the store closes.
+            uplinks.stop().await;
             bridge.shutdown().await.context("stopping the bridge")?;
             match http.await {
                 Ok(Ok(())) => {}

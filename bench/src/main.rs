@@ -30,7 +30,7 @@ use rumqttc::QoS;
 use report::{Meta, Report};
 use scenarios::{Ctx, Params};
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "relay",
     "fullpath",
     "latency",
@@ -41,6 +41,7 @@ const SCENARIOS: [&str; 10] = [
     "memory",
     "sim",
     "auth",
+    "uplink",
 ];
 
 /// Benchmarks edgewatch against Mosquitto; prints a table, writes JSON results and SVGs.
@@ -54,7 +55,7 @@ struct Args {
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
     /// Run only this scenario (repeatable): relay, fullpath, latency, fanout, history, store,
-    /// footprint, memory, sim, auth.
+    /// footprint, memory, sim, auth, uplink.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Runs per figure (default 3; 1 in --smoke).
@@ -255,6 +256,7 @@ async fn run_scenario(ctx: &Ctx, args: &Args, selected: &[&str], s: &str, report
         "sim" => scenarios::sim(ctx, report).await,
         "memory" => scenarios::memory(ctx, report).await,
         "auth" => scenarios::auth(ctx, report).await,
+        "uplink" => scenarios::uplink(ctx, report).await,
         "footprint" => {
             let r = scenarios::binary_sizes(ctx, report);
             if r.is_ok() && !selected.contains(&"fullpath") {

@@ -224,17 +224,39 @@ pub(crate) fn free_port() -> Result<u16> {
 
 /// Starts Mosquitto with a generated config on a free loopback port; waits until it accepts.
 pub(crate) async fn start_mosquitto(bin: &Path, work: &Path) -> Result<Server> {
+    start_mosquitto_on(
+        bin,
+        work,
+        free_port()?,
+        "persistence false\nmax_inflight_messages 100\n",
+    )
+    .await
+}
+
+/// Starts Mosquitto on `port` with `extra` lines in its config (persistence, if turned on,
+/// in `work`); waits until it accepts.
+pub(crate) async fn start_mosquitto_on(
+    bin: &Path,
+    work: &Path,
+    port: u16,
+    extra: &str,
+) -> Result<Server> {
     std::fs::create_dir_all(work)?;
-    let port = free_port()?;
     let config = work.join("mosquitto.conf");
+    // `user root`: started as root, Mosquitto would switch to its own user, which cannot write
+    // the persistence directory (ignored when not started as root).
     std::fs::write(
         &config,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_connections -1\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence_location {dir}/\n\
+             max_connections -1\nlog_dest stderr\nlog_type error\nlog_type warning\n{extra}",
+            dir = work.display()
         ),
     )?;
-    let stderr = std::fs::File::create(work.join("mosquitto.stderr.log"))?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work.join("mosquitto.stderr.log"))?;
     let started = Instant::now();
     let child = Command::new(bin)
         .arg("-c")

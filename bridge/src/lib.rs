@@ -8,6 +8,7 @@
 //!   (counted, kept in a bounded ring), hand readings and presence to the writer.
 //! * [`writer`]: the one task that writes: bounded queue, group commit, acknowledgement after
 //!   the flush, broadcast of committed batches.
+//! * [`uplink`]: store-and-forward to central MQTT brokers, from the log after a saved cursor.
 //! * [`store`]: where a reading is stored, the only module that names sled: event log,
 //!   per-series chunks, catalogue, presence, rollups, dedupe, delivery records, retention.
 //! * [`presence`]: `online` / `stale` / `offline` per device, kept current by a sweep.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod presence;
 mod split;
 pub mod store;
+pub mod uplink;
 pub mod writer;
 
 use std::sync::Arc;

@@ -13,6 +13,8 @@
 //! * `sim`: the rate ladder of one `edgewatch sim` process.
 //! * `memory`: RSS under issue #20's load (1,000 devices, 10,000/s), after it, per idle
 //!   connection.
+//! * `uplink`: store-and-forward to a central broker through an outage, beside Mosquitto's
+//!   bridge: catch-up rate, readings lost, memory held while disconnected.
 
 mod auth;
 mod fanout;
@@ -23,6 +25,7 @@ mod memory;
 mod relay;
 mod sim;
 mod stored;
+mod uplink;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -46,6 +49,7 @@ pub(crate) use latency::latency;
 pub(crate) use memory::memory;
 pub(crate) use relay::{fullpath, relay};
 pub(crate) use sim::sim;
+pub(crate) use uplink::uplink;
 
 /// Sizes and times of one mode (`--smoke`, `--quick` or full).
 #[derive(Debug, Clone)]
@@ -92,6 +96,12 @@ pub(crate) struct Params {
     pub(crate) memory_idle: usize,
     /// `sim`: `--duration` of each step.
     pub(crate) sim_secs: f64,
+    /// `uplink`: readings/s offered to the edge, time before the central broker stops, how
+    /// long it stays down, and the longest wait for the catch-up.
+    pub(crate) uplink_rate: f64,
+    pub(crate) uplink_warm: Duration,
+    pub(crate) uplink_outage: Duration,
+    pub(crate) uplink_catchup_max: Duration,
 }
 
 impl Params {
@@ -124,6 +134,10 @@ impl Params {
             memory_after: Duration::from_secs(1),
             memory_idle: 20,
             sim_secs: 2.0,
+            uplink_rate: 200.0,
+            uplink_warm: Duration::from_secs(1),
+            uplink_outage: Duration::from_secs(2),
+            uplink_catchup_max: Duration::from_secs(30),
         }
     }
 
@@ -156,6 +170,10 @@ impl Params {
             memory_after: Duration::from_secs(30),
             memory_idle: 1_000,
             sim_secs: 1.5,
+            uplink_rate: 2_000.0,
+            uplink_warm: Duration::from_secs(5),
+            uplink_outage: Duration::from_secs(20),
+            uplink_catchup_max: Duration::from_secs(120),
         }
     }
 
@@ -188,6 +206,10 @@ impl Params {
             memory_after: Duration::from_secs(30),
             memory_idle: 5_000,
             sim_secs: 10.0,
+            uplink_rate: 2_000.0,
+            uplink_warm: Duration::from_secs(5),
+            uplink_outage: Duration::from_secs(60),
+            uplink_catchup_max: Duration::from_secs(300),
         }
     }
 }

@@ -11,6 +11,7 @@ const SPARK_POINTS = 60;
 const STREAM_MAX_ITEMS = 200;
 const MAX_CHART_SERIES = 8;
 const DEVICES_REFRESH_MS = 3000;
+const UPLINKS_REFRESH_MS = 5000;
 const PALETTE = ['#2f7ed8', '#e8590c', '#2b8a3e', '#c2255c', '#7048e8', '#0c8599', '#b08800', '#5c940d'];
 const TRANSPORT_LABELS = { websocket: 'WebSocket', sse: 'SSE', poll: 'Long polling' };
 
@@ -151,6 +152,29 @@ function refreshDevices() {
       }
     });
   return devicesRequest;
+}
+
+/**
+ * One line per uplink (GET /v1/uplinks): its state and how far behind it is. Hidden without
+ * uplinks (the list is empty for a caller not allowed to see them).
+ */
+async function refreshUplinks() {
+  const el = document.getElementById('uplinks');
+  const res = await fetch('/v1/uplinks', { cache: 'no-store' }).catch(() => null);
+  const body = res && res.ok ? await res.json().catch(() => null) : null;
+  const list = body?.uplinks ?? [];
+  el.hidden = list.length === 0;
+  el.replaceChildren(...list.map((u) => {
+    const item = document.createElement('span');
+    item.className = 'uplink';
+    item.dataset.state = u.state;
+    const lag = u.lagReadings > 0 ? `, ${u.lagReadings} behind (${u.lagSeconds.toFixed(1)} s)` : ', up to date';
+    const state = u.state.replace('_', ' ');
+    item.textContent = `↑ ${u.name}: ${state}${lag}`;
+    item.title = `${u.url} · forwarded ${u.forwarded}, resent ${u.resent}, dropped ${u.dropped}` +
+      (u.lastError ? ` · last error: ${u.lastError}` : '');
+    return item;
+  }));
 }
 
 async function loadCatalogue() {
@@ -964,6 +988,8 @@ function start() {
   // Presence also arrives live as `status` events; polling it keeps the list right on hubs or
   // transports that do not send them, and after missed events.
   setInterval(refreshDevices, DEVICES_REFRESH_MS);
+  refreshUplinks();
+  setInterval(refreshUplinks, UPLINKS_REFRESH_MS);
   schedule();
 }
 

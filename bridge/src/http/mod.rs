@@ -29,6 +29,7 @@ pub mod redirect;
 mod replay;
 mod server;
 pub mod tls;
+pub mod uplinks;
 
 pub use dto::*;
 pub use error::*;
@@ -65,6 +66,7 @@ pub struct AppState {
     presence: PresenceBoard,
     guard: Arc<guard::HttpGuard>,
     auth: Arc<auth::Authority>,
+    uplinks: Option<crate::uplink::Uplinks>,
 }
 
 impl AppState {
@@ -85,6 +87,7 @@ impl AppState {
             presence: PresenceBoard::new(cfg.presence(), 1),
             guard: Arc::new(guard::HttpGuard::new(cfg)),
             auth: Arc::new(auth::Authority::open(&["#".to_owned()], &[])),
+            uplinks: None,
         }
     }
 
@@ -104,6 +107,12 @@ impl AppState {
     /// instead of a board of this state's own, which `GET /v1/devices` alone keeps current.
     pub fn with_presence(mut self, presence: PresenceBoard) -> Self {
         self.presence = presence;
+        self
+    }
+
+    /// Shows `uplinks` at `GET /v1/uplinks` (an empty list without).
+    pub fn with_uplinks(mut self, uplinks: crate::uplink::Uplinks) -> Self {
+        self.uplinks = Some(uplinks);
         self
     }
 
@@ -151,6 +160,7 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1/readings", get(readings))
         .route("/v1/rollups", get(rollups))
         .route("/v1/rejects", get(rejects))
+        .route("/v1/uplinks", get(uplinks::uplinks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

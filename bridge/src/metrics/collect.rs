@@ -28,6 +28,7 @@ pub(super) struct Sources {
     pub(super) ingest: Ingest,
     pub(super) live: OnceLock<(Fanout, Arc<LiveMetrics>)>,
     pub(super) http_counts: OnceLock<Arc<super::HttpCounts>>,
+    pub(super) uplinks: OnceLock<crate::uplink::Uplinks>,
     /// std Mutex: pushed to at start-up, read by scrapes; never held across `.await`.
     pub(super) samples: Mutex<Vec<Sample>>,
 }

@@ -50,6 +50,8 @@
 //! | `edgewatch_http_connections_refused_total{reason}` | counter | HTTP server: connections closed at `global` (`bridge.http_max_connections`) or `per_ip` cap, or when their first request head (over HTTPS: the TLS handshake and first head) did not arrive in time (`head_timeout`) |
 //! | `edgewatch_http_requests_refused_total{reason}` | counter | HTTP requests refused before a handler: `rate` (429) or `host` (421) |
 //! | `edgewatch_live_ws_subscriptions_refused_total` | counter | WebSocket subscribes over `live.ws_max_subscriptions` |
+//! | `edgewatch_uplink_connected`, `_lag_readings`, `_lag_seconds`, `_cursor` `{uplink}` | gauge | uplinks (`[[uplink]]`) |
+//! | `edgewatch_uplink_forwarded_total`, `_resent_total`, `_refused_total`, `_dropped_total`, `_connects_total` `{uplink}` | counter | uplinks |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | `/proc/self` (Linux) |
 //!
 //! # Accounting
@@ -75,6 +77,7 @@ mod collect;
 mod http;
 mod process;
 mod store;
+mod uplink;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -152,6 +155,7 @@ impl Metrics {
             ingest,
             live: OnceLock::new(),
             http_counts: OnceLock::new(),
+            uplinks: OnceLock::new(),
             samples: Mutex::new(Vec::new()),
         });
         let http = Arc::new(http::HttpMetrics::default());
@@ -162,6 +166,7 @@ impl Metrics {
         registry.register_collector(Box::new(collect::Live(sources.clone())));
         registry.register_collector(Box::new(http::HttpCollector(http.clone())));
         registry.register_collector(Box::new(http::Guard(sources.clone())));
+        registry.register_collector(Box::new(uplink::Uplinks(sources.clone())));
         registry.register_collector(Box::new(collect::Samples(sources.clone())));
         registry.register_collector(Box::new(process::Process));
         Self {
@@ -184,6 +189,12 @@ impl Metrics {
     /// calls are ignored).
     pub fn with_http_counts(self, counts: Arc<HttpCounts>) -> Self {
         let _ = self.inner.sources.http_counts.set(counts);
+        self
+    }
+
+    /// Adds the uplinks (once; later calls are ignored).
+    pub fn with_uplinks(self, uplinks: crate::uplink::Uplinks) -> Self {
+        let _ = self.inner.sources.uplinks.set(uplinks);
         self
     }
 

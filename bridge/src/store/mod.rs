@@ -28,6 +28,8 @@
 //! * `recent`: fingerprints of the last stored readings, the first test for a redelivery.
 //! * `deliveries`: the external session's recent deliveries, to recognise the broker's resends.
 //! * `budget`: live bytes and the disk budget's rule.
+//! * `forwarding`: the uplinks' cursors (a tree of their own, `uplink`) and the hold they put
+//!   on retention: readings not forwarded yet outlive `retention_days`, up to a bound.
 //! * `broker_state`: the embedded broker's retained messages and persistent sessions, in a
 //!   tree of their own (`broker`), opaque bytes encoded by the broker crate.
 //!
@@ -103,6 +105,7 @@ mod budget;
 mod chunks;
 mod codec;
 mod deliveries;
+mod forwarding;
 mod layout;
 mod query;
 mod recent;
@@ -235,6 +238,8 @@ struct Inner {
     account: Mutex<budget::Account>,
     /// What retention last found and removed, for `/metrics` and the log.
     budget: Mutex<BudgetStatus>,
+    /// What the running uplinks have not forwarded yet (`forwarding`).
+    holds: Mutex<forwarding::Holds>,
 }
 
 impl Inner {
@@ -367,6 +372,7 @@ impl Store {
                 state: Mutex::new(st),
                 account: Mutex::new(budget::Account::default()),
                 budget: Mutex::new(BudgetStatus::default()),
+                holds: Mutex::new(forwarding::Holds::new()),
             }),
         })
     }

@@ -45,12 +45,13 @@ impl Store {
         // task deletes, so the snapshot stays valid; series created meanwhile have nothing
         // old to delete, and readings applied meanwhile (seq above `head`) are not touched.
         let snap = self.retention_snapshot()?;
+        let hold = self.oldest_hold(now_ms)?;
         let plan = match (budget, account.live(&snap.marks)) {
             (Some(b), Some(live)) => budget::plan(b, &live, snap.readings, snap.head),
             _ => None,
         };
         let mut removal = Removal::new(snap.floor);
-        removal.log_blocks(tree, cutoff, plan, snap.head, step)?;
+        removal.log_blocks(tree, (cutoff, hold), plan, snap.head, step)?;
         // Settled short of the budget: only kept readings (or none) were left to remove.
         let floor_reached = !removal.outcome.more
             && plan.is_some_and(|p| removal.freed_estimate < p.to_free as f64);
@@ -67,6 +68,10 @@ impl Store {
         {
             self.install_removal(removal.batch, removal.floor, &removal.deleted)?;
             account.deleted(removal.freed);
+            if hold.is_some() {
+                let removed: Vec<u64> = removal.deleted.values().flatten().copied().collect();
+                self.count_unforwarded(&removed)?;
+            }
         }
         let live = account.live(&marks_of(&*self.state()?));
         self.record_budget(budget, live, plan.map(|p| (p, floor_reached)), &outcome)?;
@@ -240,11 +245,13 @@ impl Removal {
     }
 
     /// The oldest log blocks, while they are all older than `cutoff` or the budget's plan
-    /// still has bytes to free, up to about `step` readings.
+    /// still has bytes to free, up to about `step` readings. An uplink's `hold` (its cursor
+    /// and the receive time before which it lets go) keeps expired blocks it has not
+    /// forwarded; the budget removes them all the same.
     fn log_blocks(
         &mut self,
         tree: &sled::Tree,
-        cutoff: Option<i64>,
+        (cutoff, hold): (Option<i64>, Option<(u64, i64)>),
         plan: Option<budget::Plan>,
         head: u64,
         step: u64,
@@ -256,7 +263,10 @@ impl Removal {
             if last > head {
                 break;
             }
-            let expired = cutoff.is_some_and(|c| rows.iter().all(|r| r.row.recv < c));
+            let expired = cutoff.is_some_and(|c| rows.iter().all(|r| r.row.recv < c))
+                && !hold.is_some_and(|(cursor, bound)| {
+                    last > cursor && rows.iter().any(|r| r.row.recv >= bound)
+                });
             let for_budget = !expired
                 && plan.is_some_and(|p| {
                     self.freed_estimate < p.to_free as f64 && last <= p.keep_after

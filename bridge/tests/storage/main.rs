@@ -3,4 +3,5 @@
 
 mod disk_budget;
 mod store;
+mod uplink_hold;
 mod writer;
