@@ -111,7 +111,7 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
         None => None,
     };
 
-    let uplinks = edgewatch_bridge::uplink::Uplinks::start(&bridge, &cfg.uplink);
+    let uplinks = edgewatch_bridge::uplink::Uplinks::start(&bridge, &cfg.uplink, publish.clone());
     let feed = edgewatch_bridge::live::start(&bridge, &cfg.live.fanout, stop.child_token());
     let live = LiveState::new(
         feed.clone(),

@@ -459,3 +459,153 @@ async fn an_mqtts_uplink_checks_the_brokers_certificate_and_logs_in_with_its_own
     assert_eq!(mode & 0o777, 0o700);
     sub_stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_downlink_publishes_commands_from_the_centre_to_devices_within_its_permissions() {
+    let central = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = uplink_section(
+        &central.url(),
+        "downlink = [\"site/{site}/#\"]\ndownlink_publish = [\"commands/#\"]\ndownlink_rate = 50\n",
+    );
+    let hub = start_hub(&support::loopback_config(dir.path(), &extra), &[]);
+    tokio::task::block_in_place(|| {
+        central.wait_subscribed("edgewatch-s1-central", "site/s1/#", Duration::from_secs(30))
+    });
+    // A device on the hub listens for its commands.
+    let mqtt = hub.addr("mqtt");
+    let mut o = rumqttc::MqttOptions::new("device-d1", mqtt.ip().to_string(), mqtt.port());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (device, mut events) = rumqttc::AsyncClient::new(o, 100);
+    device
+        .subscribe("commands/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let commands: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let (c, (subscribed, mut is_subscribed)) =
+        (commands.clone(), tokio::sync::watch::channel(false));
+    let events_task = tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            match ev {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    let _ = subscribed.send(true);
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => c
+                    .lock()
+                    .unwrap()
+                    .push((p.topic, String::from_utf8_lossy(&p.payload).into_owned())),
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), is_subscribed.wait_for(|s| *s))
+        .await
+        .unwrap()
+        .unwrap();
+    // From the centre: a command, a reading the downlink may not publish, a payload too large,
+    // and then a burst over the rate.
+    let big = vec![b'x'; 300 * 1024];
+    let mut msgs = vec![
+        ("site/s1/commands/d1/set".to_owned(), b"on".to_vec()),
+        ("site/s1/sensors/d9/temperature".to_owned(), b"99".to_vec()),
+        ("site/s1/commands/d1/big".to_owned(), big),
+    ];
+    msgs.extend((0..200).map(|i| {
+        (
+            "site/s1/commands/d1/burst".to_owned(),
+            format!("{i}").into_bytes(),
+        )
+    }));
+    support::publish_all(central.addr(), "central-app", msgs).await;
+    let http = hub.http();
+    let url = format!("{http}/v1/uplinks");
+    let up = poll_until(
+        Duration::from_secs(20),
+        || get_json(&url),
+        |up| {
+            let u = &up["uplinks"][0];
+            u["downlinkPublished"].as_u64().unwrap_or(0)
+                + u["downlinkDropped"].as_u64().unwrap_or(0)
+                >= 203
+        },
+    )
+    .await;
+    let u = &up["uplinks"][0];
+    let (published, dropped) = (
+        u["downlinkPublished"].as_u64().unwrap(),
+        u["downlinkDropped"].as_u64().unwrap(),
+    );
+    println!("downlink: {up}");
+    // The burst is over 50/s: some of it is dropped; the reading and the large payload always.
+    // The reading and the large payload, and some of the burst (over 50/s).
+    assert!(dropped > 2, "{up}");
+    assert!(published >= 50, "{up}");
+    let got = poll_until(
+        Duration::from_secs(10),
+        || async { commands.lock().unwrap().len() as u64 },
+        |n| *n >= published,
+    )
+    .await;
+    assert_eq!(
+        got, published,
+        "every downlinked message the hub published reached the device"
+    );
+    let seen = commands.lock().unwrap().clone();
+    assert_eq!(seen[0], ("commands/d1/set".to_owned(), "on".to_owned()));
+    assert!(
+        seen.iter().all(|(t, _)| t.starts_with("commands/d1/")),
+        "{seen:?}"
+    );
+    // The reading the downlink was refused is not stored either.
+    assert_eq!(stored(&http).await, 0);
+    let metrics = support::metric_sums(&http).await;
+    assert_eq!(
+        metrics
+            .get("edgewatch_uplink_downlink_dropped_total")
+            .copied(),
+        Some(dropped as f64)
+    );
+    events_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_uplink_forwards_over_mqtt_over_websocket() {
+    // The central broker is another hub's embedded broker, over its MQTT-over-WebSocket
+    // listener (Debian's Mosquitto cannot open a WebSocket listener here).
+    let (dc, de) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let central = start_hub(&support::loopback_config(dc.path(), ""), &[]);
+    let (got, sub_stop) = central_subscriber(central.addr("mqtt5").port(), "site/#").await;
+    let ws = central.addr("websocket");
+    // Its WebSocket listener speaks MQTT 3.1.1.
+    let extra = uplink_section(
+        &format!("ws://127.0.0.1:{}/mqtt", ws.port()),
+        "presence_topic = \"\"\nprotocol = 4\n",
+    );
+    let edge = start_hub(&support::loopback_config(de.path(), &extra), &[]);
+    let msgs = (0..100)
+        .map(|i| {
+            (
+                "sensors/d1/temperature".to_owned(),
+                format!("{i}").into_bytes(),
+            )
+        })
+        .collect();
+    support::publish_all(edge.addr("mqtt"), "d1", msgs).await;
+    let url = format!("{}/v1/uplinks", edge.http());
+    let n = poll_until(
+        Duration::from_secs(30),
+        || async { received_seqs(&got).len() },
+        |n| *n >= 100,
+    )
+    .await;
+    assert_eq!(n, 100, "{}", get_json(&url).await);
+    assert_eq!(received_seqs(&got), (1..=100).collect::<Vec<u64>>());
+    let up = poll_until(
+        Duration::from_secs(10),
+        || get_json(&url),
+        |up| up["uplinks"][0]["forwarded"] == 100,
+    )
+    .await;
+    assert_eq!(up["uplinks"][0]["state"], "connected", "{up}");
+    sub_stop.cancel();
+}

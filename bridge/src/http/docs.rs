@@ -265,8 +265,7 @@ mod tests {
         assert!(
             committed == generated,
             "docs/openapi.json differs from the document the code generates; run \
-             `UPDATE_DOCS=1 cargo test -p edgewatch-bridge openapi` (or \
-             `edgewatch openapi > docs/openapi.json`) and commit the result"
+             `UPDATE_DOCS=1 cargo test -p edgewatch-bridge openapi` and commit the result"
         );
     }
 }

@@ -35,12 +35,14 @@ impl Collector for Uplinks {
             let items: Vec<(&str, f64)> = all.iter().map(|s| (s.name.as_str(), read(s))).collect();
             labelled_gauge(&mut enc, name, help, "uplink", &items)?;
         }
-        let counters: [Family<u64>; 5] = [
+        let counters: [Family<u64>; 7] = [
             ("edgewatch_uplink_forwarded_total", "Readings the upstream broker acknowledged.", |s| s.forwarded),
             ("edgewatch_uplink_resent_total", "Readings sent again after a reconnect, before their acknowledgement (the receiver drops repeats by seq).", |s| s.resent),
             ("edgewatch_uplink_refused_total", "Messages whose MQTT 5 PUBACK carried a failure reason (logged; not sent again).", |s| s.refused),
             ("edgewatch_uplink_dropped_total", "Readings retention removed before the uplink forwarded them (past uplink.hold_days, or for the disk budget).", |s| s.dropped),
             ("edgewatch_uplink_connects_total", "Connections the uplink made to its broker.", |s| s.connects),
+            ("edgewatch_uplink_downlink_published_total", "Messages from the central broker published into the local broker (the uplink's downlink).", |s| s.downlink_published),
+            ("edgewatch_uplink_downlink_dropped_total", "Messages from the central broker dropped: outside uplink.downlink_publish, over uplink.downlink_rate, too large, or the local publish failed.", |s| s.downlink_dropped),
         ];
         for (name, help, read) in counters {
             let items: Vec<(&str, u64)> = all.iter().map(|s| (s.name.as_str(), read(s))).collect();

@@ -23,6 +23,8 @@ pub(super) enum Happened {
         packet_id: u16,
         refused: Option<String>,
     },
+    /// A PUBLISH from the broker (the downlink's subscriptions).
+    Message { topic: String, payload: Bytes },
     /// Something else (pings, ...).
     Other,
 }
@@ -61,7 +63,7 @@ pub(super) fn connect(
     capacity: usize,
     socket: Option<&std::path::Path>,
 ) -> Result<(Client, Connection), String> {
-    let up = super::config::Upstream::parse(&cfg.url)?;
+    let up = super::tunnel::Upstream::parse(&cfg.url)?;
     let (host, port) = match socket {
         Some(path) => (path.display().to_string(), 0),
         None => (up.host, up.port),
@@ -137,6 +139,28 @@ impl Client {
         }
     }
 
+    /// Subscribes to `filters` with QoS 1 (MQTT 5: no local, so the uplink's own messages do
+    /// not come back).
+    pub(super) fn subscribe(&self, filters: &[String]) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(filters.iter().map(|f| {
+                    let mut filter =
+                        rumqttc::v5::mqttbytes::v5::Filter::new(f.clone(), QoS5::AtLeastOnce);
+                    filter.nolocal = true;
+                    filter
+                }))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Asks for an orderly DISCONNECT (best effort).
     pub(super) fn disconnect(&self) {
         match self {
@@ -157,6 +181,10 @@ impl Connection {
                     refused: None,
                 }),
                 rumqttc::Event::Outgoing(Outgoing::Publish(p)) => Ok(Happened::Written(p)),
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => Ok(Happened::Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                }),
                 _ => Ok(Happened::Other),
             },
             Connection::V5(l) => match l.poll().await.map_err(|e| e.to_string())? {
@@ -172,6 +200,10 @@ impl Connection {
                     })
                 }
                 rumqttc::v5::Event::Outgoing(Outgoing::Publish(p)) => Ok(Happened::Written(p)),
+                rumqttc::v5::Event::Incoming(Packet5::Publish(p)) => Ok(Happened::Message {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload,
+                }),
                 _ => Ok(Happened::Other),
             },
         }

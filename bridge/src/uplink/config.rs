@@ -7,6 +7,7 @@ use edgewatch_protocol::{InvalidSetting, TopicFilter};
 use serde::{Deserialize, Serialize};
 
 use super::format::Template;
+use super::tunnel::Upstream;
 
 /// The MQTT version spoken upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,15 +60,16 @@ pub struct UplinkConfig {
     /// in the store: renaming an uplink starts it again from the oldest stored reading.
     /// Letters, digits, `-` and `_`, at most 64. Required.
     pub name: String,
-    /// The upstream broker: `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]`
-    /// (TLS, port 8883 by default). Required.
+    /// The upstream broker: `mqtt://host[:port]` (port 1883 by default), `mqtts://host[:port]`
+    /// (TLS, 8883), `ws://host[:port][/path]` (MQTT over WebSocket, 80, path `/mqtt`) or
+    /// `wss://host[:port][/path]` (over TLS, 443). Required.
     pub url: String,
-    /// `mqtts://`: the CA certificates (PEM) the broker's certificate must chain to. Default
+    /// `mqtts://`, `wss://`: the CA certificates (PEM) the broker's certificate must chain to. Default
     /// the system's bundle, `/etc/ssl/certs/ca-certificates.crt`.
     pub ca_file: Option<PathBuf>,
-    /// `mqtts://`: a client certificate chain (PEM) to log in with, with `client_key`.
+    /// `mqtts://`, `wss://`: a client certificate chain (PEM) to log in with, with `client_key`.
     pub client_cert: Option<PathBuf>,
-    /// `mqtts://`: the private key of `client_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    /// `mqtts://`, `wss://`: the private key of `client_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
     pub client_key: Option<PathBuf>,
     /// The client id upstream. Default `edgewatch-{site}-{name}`.
     pub client_id: Option<String>,
@@ -109,6 +111,17 @@ pub struct UplinkConfig {
     pub backoff_min_ms: u64,
     /// Largest reconnect delay in milliseconds. Default 30000.
     pub backoff_max_ms: u64,
+    /// Upstream topic filters forwarded into the local broker for devices (a downlink), with
+    /// `{site}` replaced, e.g. `["site/{site}/commands/#"]`. Default none.
+    pub downlink: Vec<String>,
+    /// Taken off the front of a downlinked topic to make the local topic (`{site}` replaced).
+    /// Default `site/{site}/`.
+    pub downlink_strip: String,
+    /// Local topics the downlink may publish to, as a device account's publish grants;
+    /// anything else is dropped, counted and logged. Default `["commands/#"]`.
+    pub downlink_publish: Vec<String>,
+    /// Most downlinked messages per second; more are dropped and counted. Default 100.
+    pub downlink_rate: u32,
     /// Readings not forwarded yet are kept past `bridge.retention_days`, but not longer than
     /// this many days (by receive time); older ones are released, counted in
     /// `edgewatch_uplink_dropped_total` and logged. `bridge.disk_budget_mb` counts them and
@@ -141,6 +154,10 @@ impl Default for UplinkConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 30_000,
             hold_days: 7,
+            downlink: Vec::new(),
+            downlink_strip: "site/{site}/".to_owned(),
+            downlink_publish: vec!["commands/#".to_owned()],
+            downlink_rate: 100,
         }
     }
 }
@@ -165,6 +182,19 @@ impl UplinkConfig {
     /// MQTT keep-alive.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.keep_alive_secs)
+    }
+
+    /// The downlink's upstream filters, `{site}` replaced.
+    pub fn downlink_filters(&self) -> Vec<String> {
+        self.downlink
+            .iter()
+            .map(|f| f.replace("{site}", &self.site))
+            .collect()
+    }
+
+    /// The prefix taken off downlinked topics, `{site}` replaced.
+    pub fn downlink_strip(&self) -> String {
+        self.downlink_strip.replace("{site}", &self.site)
     }
 
     /// The parsed filters (checked by [`validate_all`]).
@@ -230,6 +260,9 @@ impl UplinkConfig {
                 "at least 1 and at most backoff_max_ms".into(),
             );
         }
+        if let Err((k, m)) = self.check_downlink() {
+            return bad(k, m);
+        }
         if self.password.is_some() && self.username.is_none() {
             return bad("password", "needs username".into());
         }
@@ -277,9 +310,33 @@ impl UplinkConfig {
 }
 
 impl UplinkConfig {
+    /// The downlink's filters and bounds hold.
+    fn check_downlink(&self) -> Result<(), (&'static str, String)> {
+        if self.downlink.len() > MAX_FILTERS {
+            return Err(("downlink", format!("at most {MAX_FILTERS} filters")));
+        }
+        for f in self.downlink_filters() {
+            if let Err(err) = TopicFilter::parse_bounded(&f) {
+                return Err(("downlink", format!("{f:?}: {err}")));
+            }
+        }
+        if self.downlink_publish.len() > MAX_FILTERS {
+            return Err(("downlink_publish", format!("at most {MAX_FILTERS} filters")));
+        }
+        for f in &self.downlink_publish {
+            if let Err(err) = TopicFilter::parse_bounded(f) {
+                return Err(("downlink_publish", format!("{f:?}: {err}")));
+            }
+        }
+        if self.downlink_rate == 0 || self.downlink_rate > 100_000 {
+            return Err(("downlink_rate", "1 to 100000".into()));
+        }
+        Ok(())
+    }
+
     /// The PEM files `mqtts://` uses.
-    pub(super) fn tls_files(&self) -> super::tls::TlsFiles<'_> {
-        super::tls::TlsFiles {
+    pub(super) fn tls_files(&self) -> super::tunnel::TlsFiles<'_> {
+        super::tunnel::TlsFiles {
             ca_file: self.ca_file.as_deref(),
             client_cert: self.client_cert.as_deref(),
             client_key: self.client_key.as_deref(),
@@ -295,7 +352,7 @@ impl UplinkConfig {
         ];
         if !upstream.tls {
             if let Some((k, _)) = tls_keys.iter().find(|(_, set)| *set) {
-                return Err((k, "only with an mqtts:// url".into()));
+                return Err((k, "only with an mqtts:// or wss:// url".into()));
             }
             return Ok(());
         }
@@ -305,10 +362,10 @@ impl UplinkConfig {
                 "client_cert and client_key go together".into(),
             ));
         }
-        super::tls::TlsUpstream::new(
+        super::tunnel::Tunnel::new(
+            upstream,
             self.tls_files(),
             &self.name,
-            (&upstream.host, upstream.port),
             std::path::Path::new("."),
         )
         .map(|_| ())
@@ -320,43 +377,6 @@ impl UplinkConfig {
                 .unwrap_or("url");
             (key, m)
         })
-    }
-}
-
-/// Where an uplink connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Upstream {
-    pub(super) tls: bool,
-    pub(super) host: String,
-    pub(super) port: u16,
-}
-
-impl Upstream {
-    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
-    pub(super) fn parse(url: &str) -> Result<Upstream, String> {
-        let (tls, rest) = match url.strip_prefix("mqtts://") {
-            Some(rest) => (true, rest),
-            None => (false, url.strip_prefix("mqtt://").unwrap_or(url)),
-        };
-        let err = || {
-            format!(
-                "invalid broker url {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"
-            )
-        };
-        if !url.starts_with("mqtt://") && !tls {
-            return Err(err());
-        }
-        let (host, port) = crate::ingest::external::parse_mqtt_url(&format!("mqtt://{rest}"))
-            .map_err(|_| err())?;
-        // No port written: the scheme's.
-        let has_port = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| {
-                !h.is_empty() && !p.contains(']') && p.bytes().all(|b| b.is_ascii_digit())
-            });
-        let port = if tls && !has_port { 8883 } else { port };
-        Ok(Upstream { tls, host, port })
     }
 }
 
@@ -410,6 +430,9 @@ mod tests {
                 "uplink[0].backoff_min_ms",
             ),
             ("password = \"x\"", "uplink[0].password"),
+            ("downlink = [\"a/#/b\"]", "uplink[0].downlink"),
+            ("downlink_publish = [\"#x\"]", "uplink[0].downlink_publish"),
+            ("downlink_rate = 0", "uplink[0].downlink_rate"),
         ];
         for (extra, key) in cases {
             let text = format!("name = \"central\"\nurl = \"mqtt://127.0.0.1:1883\"\n{extra}");
@@ -440,7 +463,20 @@ mod tests {
         assert_eq!(up("mqtts://h:1234"), Ok((true, "h".into(), 1234)));
         assert_eq!(up("mqtts://[::1]"), Ok((true, "::1".into(), 8883)));
         assert_eq!(up("mqtt://[::1]:99"), Ok((false, "::1".into(), 99)));
-        for bad in ["http://h", "h:1883", "mqtts://", "mqtts://h:x", "tcp://h"] {
+        assert_eq!(up("ws://h"), Ok((false, "h".into(), 80)));
+        assert_eq!(up("wss://h:8084/x"), Ok((true, "h".into(), 8084)));
+        let path = |u: &str| Upstream::parse(u).unwrap().ws_path;
+        assert_eq!(path("ws://h"), Some("/mqtt".into()));
+        assert_eq!(path("wss://h:1/a/b"), Some("/a/b".into()));
+        assert_eq!(path("mqtt://h"), None);
+        for bad in [
+            "http://h",
+            "h:1883",
+            "mqtts://",
+            "mqtts://h:x",
+            "tcp://h",
+            "mqtt://h/x",
+        ] {
             assert!(up(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -14,7 +14,9 @@
 //! * `format`: topic templates and the JSON of readings;
 //! * `window`: the in-flight window and the cursor's contiguous prefix;
 //! * `client`: the MQTT client (rumqttc, 3.1.1 or 5), one connection at a time;
-//! * `tls`: `mqtts://`, the TLS made with the hub's rustls and handed to rumqttc;
+//! * `downlink`: messages from the central broker into the local broker, under permissions;
+//! * `tunnel`: `mqtts://`, `ws://`, `wss://`: TLS and WebSocket made by the hub, handed to
+//!   rumqttc over a private Unix socket;
 //! * `run`: one uplink's loop: connect, forward, back off;
 //! * `status`: what `GET /v1/uplinks` and `/metrics` show.
 //!
@@ -25,10 +27,11 @@
 
 mod client;
 pub mod config;
+mod downlink;
 mod format;
 mod run;
 pub mod status;
-mod tls;
+mod tunnel;
 mod window;
 
 use std::sync::Arc;
@@ -52,8 +55,13 @@ pub struct Uplinks {
 }
 
 impl Uplinks {
-    /// Starts one task per section (none for an empty list).
-    pub fn start(bridge: &crate::Bridge, cfgs: &[UplinkConfig]) -> Uplinks {
+    /// Starts one task per section (none for an empty list). `publish` publishes into the
+    /// local broker (for downlinks; `None` without an embedded broker).
+    pub fn start(
+        bridge: &crate::Bridge,
+        cfgs: &[UplinkConfig],
+        publish: Option<crate::live::PublishFn>,
+    ) -> Uplinks {
         let stop = CancellationToken::new();
         let store = bridge.store().clone();
         let mut list = Vec::new();
@@ -70,6 +78,15 @@ impl Uplinks {
                 presence_rx: (!cfg.presence_topic.is_empty())
                     .then(|| bridge.device_presence().subscribe()),
                 stop: stop.child_token(),
+                downlink: match &publish {
+                    Some(p) => downlink::Downlink::new(cfg, p.clone()),
+                    None => {
+                        if !cfg.downlink.is_empty() {
+                            tracing::warn!(uplink = %cfg.name, "downlink needs the embedded broker (edgewatch run); not subscribed");
+                        }
+                        None
+                    }
+                },
             };
             tasks.push(tokio::spawn(run::run(ctx)));
             list.push(shared);

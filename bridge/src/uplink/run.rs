@@ -15,7 +15,7 @@ use super::client::{self, Client, Connection, Happened};
 use super::config::{PayloadFormat, UplinkConfig};
 use super::format::Encoder;
 use super::status::{Shared, UplinkState};
-use super::tls::TlsUpstream;
+use super::tunnel::Tunnel;
 use super::window::Window;
 use crate::presence::{Presence, StatusChange};
 use crate::store::{Store, StoredReading};
@@ -39,6 +39,8 @@ pub(super) struct Context {
     pub(super) presence: Presence,
     /// The hub's data dir (where an `mqtts://` uplink's private socket goes).
     pub(super) data_dir: std::path::PathBuf,
+    /// Messages from upstream into the local broker, if configured.
+    pub(super) downlink: Option<super::downlink::Downlink>,
     /// Presence changes, when presence is forwarded.
     pub(super) presence_rx: Option<broadcast::Receiver<StatusChange>>,
     pub(super) stop: CancellationToken,
@@ -60,7 +62,7 @@ pub(super) async fn run(mut ctx: Context) {
             return;
         }
     };
-    let tls = match tls_of(&ctx) {
+    let tls = match tunnel_of(&ctx) {
         Ok(t) => t,
         Err(err) => {
             tracing::error!(uplink = %ctx.cfg.name, %err, "uplink not started");
@@ -106,19 +108,10 @@ pub(super) async fn run(mut ctx: Context) {
     ctx.shared.set(UplinkState::Stopped, None);
 }
 
-/// The TLS settings of an `mqtts://` uplink (files read now).
-fn tls_of(ctx: &Context) -> Result<Option<TlsUpstream>, String> {
-    let up = super::config::Upstream::parse(&ctx.cfg.url)?;
-    if !up.tls {
-        return Ok(None);
-    }
-    TlsUpstream::new(
-        ctx.cfg.tls_files(),
-        &ctx.cfg.name,
-        (&up.host, up.port),
-        &ctx.data_dir,
-    )
-    .map(Some)
+/// The tunnel of an `mqtts://`, `ws://` or `wss://` uplink (TLS files read now).
+fn tunnel_of(ctx: &Context) -> Result<Option<Tunnel>, String> {
+    let up = super::tunnel::Upstream::parse(&ctx.cfg.url)?;
+    Tunnel::new(&up, ctx.cfg.tls_files(), &ctx.cfg.name, &ctx.data_dir)
 }
 
 async fn load_cursor(ctx: &Context) -> u64 {
@@ -153,7 +146,7 @@ async fn save(ctx: &Context, cursor: u64, saved: &mut u64) {
 async fn session(
     ctx: &mut Context,
     enc: &Encoder,
-    tls: Option<&TlsUpstream>,
+    tls: Option<&Tunnel>,
     cursor: &mut u64,
     saved: &mut u64,
 ) -> Ended {
@@ -162,6 +155,14 @@ async fn session(
         Ok(c) => c,
         Err(end) => return end,
     };
+    if ctx.downlink.is_some() {
+        if let Err(error) = client.subscribe(&ctx.cfg.downlink_filters()) {
+            return Ended::Lost {
+                error,
+                connected: true,
+            };
+        }
+    }
     ctx.shared.connects.fetch_add(1, Ordering::Relaxed);
     ctx.shared.set(UplinkState::Connected, None);
     tracing::info!(uplink = %ctx.cfg.name, cursor = *cursor, "uplink connected");
@@ -193,6 +194,11 @@ async fn session(
                 return Ended::Stopped;
             }
             h = conn.poll() => match h {
+                Ok(Happened::Message { topic, payload }) => {
+                    if let Some(d) = ctx.downlink.as_mut() {
+                        d.deliver(&ctx.shared, &topic, payload).await;
+                    }
+                }
                 Ok(h) => fwd.happened(ctx, h, cursor),
                 Err(error) => return Ended::Lost { error, connected: true },
             },
@@ -217,7 +223,7 @@ async fn session(
 /// A connection the broker accepted (over TLS through the private socket for `mqtts://`).
 async fn open(
     ctx: &Context,
-    tls: Option<&TlsUpstream>,
+    tls: Option<&Tunnel>,
     window_max: usize,
 ) -> Result<(Client, Connection), Ended> {
     let lost = |error| Ended::Lost {
@@ -303,7 +309,7 @@ impl Forwarder {
                     ctx.shared.cursor.store(c, Ordering::Relaxed);
                 }
             }
-            Happened::Connected | Happened::Other => {}
+            Happened::Connected | Happened::Message { .. } | Happened::Other => {}
         }
     }
 

@@ -60,6 +60,11 @@ pub struct UplinkStatus {
     pub dropped: u64,
     /// Connections made since start.
     pub connects: u64,
+    /// Downlinked messages published into the local broker since start.
+    pub downlink_published: u64,
+    /// Downlinked messages dropped since start (outside `downlink_publish`, over
+    /// `downlink_rate`, too large, or the local publish failed).
+    pub downlink_dropped: u64,
 }
 
 /// The counters and state one uplink task updates and readers copy.
@@ -73,6 +78,8 @@ pub(super) struct Shared {
     pub(super) resent: AtomicU64,
     pub(super) refused: AtomicU64,
     pub(super) connects: AtomicU64,
+    pub(super) downlink_published: AtomicU64,
+    pub(super) downlink_dropped: AtomicU64,
     /// The highest seq handed to any connection: sending one at or below it again is a resend.
     pub(super) max_sent: AtomicU64,
 }
@@ -99,6 +106,8 @@ impl Shared {
             resent: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            downlink_published: AtomicU64::new(0),
+            downlink_dropped: AtomicU64::new(0),
             max_sent: AtomicU64::new(0),
         }
     }
@@ -154,6 +163,8 @@ impl Shared {
             refused: self.refused.load(Ordering::Relaxed),
             dropped: store.uplink_dropped(&self.name),
             connects: self.connects.load(Ordering::Relaxed),
+            downlink_published: self.downlink_published.load(Ordering::Relaxed),
+            downlink_dropped: self.downlink_dropped.load(Ordering::Relaxed),
         }
     }
 }
