@@ -167,6 +167,10 @@ impl Publisher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (mut sent, mut pkid) = (0u64, 0u16);
         let mut ts_cache = (i64::MIN, String::new());
+        // Live values are send times (µs), kept strictly increasing: two readings built in the
+        // same microsecond would otherwise be equal (series, timestamp, value), which the hub
+        // rightly stores once as a resend, and a benchmark would count as lost.
+        let mut last_us = 0u64;
         let mut out = Vec::with_capacity(64 * 1024);
         while sent < self.max && !self.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let due = match self.rate {
@@ -187,7 +191,8 @@ impl Publisher {
                     break; // window full: write what is built, then wait
                 }
                 pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-                let payload = self.payload(&device, sent, &mut ts_cache);
+                last_us = now_us().max(last_us + 1);
+                let payload = self.payload(&device, sent, last_us, &mut ts_cache);
                 put_publish(&mut out, &topic, self.spec.qos, pkid, payload.as_bytes());
                 batch += 1;
                 sent += 1;
@@ -211,7 +216,13 @@ impl Publisher {
         permit.map(|p| p.forget()).is_some()
     }
 
-    fn payload(&self, device: &str, sent: u64, ts_cache: &mut (i64, String)) -> String {
+    fn payload(
+        &self,
+        device: &str,
+        sent: u64,
+        value_us: u64,
+        ts_cache: &mut (i64, String),
+    ) -> String {
         match self.spec.shape {
             Shape::Live => {
                 let ms = unix_ms_now();
@@ -219,8 +230,7 @@ impl Publisher {
                     *ts_cache = (ms, rfc3339_ms(ms));
                 }
                 format!(
-                    r#"{{"deviceId":"{device}","value":{},"unit":"C","timestamp":"{}"}}"#,
-                    now_us(),
+                    r#"{{"deviceId":"{device}","value":{value_us},"unit":"C","timestamp":"{}"}}"#,
                     ts_cache.1
                 )
             }

@@ -95,14 +95,19 @@ async fn stored_seqs(http: &str) -> Vec<u64> {
     }
 }
 
-/// The seqs of the readings received, in arrival order.
+/// The seqs of the readings received, in arrival order (a `json-array` message counts for
+/// each reading in it).
 fn received_seqs(got: &Received) -> Vec<u64> {
-    got.lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _, _)| t.contains("/sensors/"))
-        .filter_map(|(_, v, _)| v["seq"].as_u64())
-        .collect()
+    let got = got.lock().unwrap();
+    let mut out = Vec::new();
+    for (t, v, _) in got.iter() {
+        if t.contains("/sensors/") {
+            out.extend(v["seq"].as_u64());
+        } else if let Some(items) = v.as_array() {
+            out.extend(items.iter().filter_map(|r| r["seq"].as_u64()));
+        }
+    }
+    out
 }
 
 fn uplink_section(url: &str, extra: &str) -> String {
@@ -569,17 +574,17 @@ async fn the_downlink_publishes_commands_from_the_centre_to_devices_within_its_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_uplink_forwards_over_mqtt_over_websocket() {
+async fn a_websocket_uplink_forwards_json_arrays_over_mqtt_over_websocket() {
     // The central broker is another hub's embedded broker, over its MQTT-over-WebSocket
     // listener (Debian's Mosquitto cannot open a WebSocket listener here).
     let (dc, de) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let central = start_hub(&support::loopback_config(dc.path(), ""), &[]);
     let (got, sub_stop) = central_subscriber(central.addr("mqtt5").port(), "site/#").await;
     let ws = central.addr("websocket");
-    // Its WebSocket listener speaks MQTT 3.1.1.
+    // Its WebSocket listener speaks MQTT 3.1.1. Ten readings to a message.
     let extra = uplink_section(
         &format!("ws://127.0.0.1:{}/mqtt", ws.port()),
-        "presence_topic = \"\"\nprotocol = 4\n",
+        "presence_topic = \"\"\nprotocol = 4\nformat = \"json-array\"\nbatch_max = 10\n",
     );
     let edge = start_hub(&support::loopback_config(de.path(), &extra), &[]);
     let msgs = (0..100)
@@ -600,6 +605,19 @@ async fn a_websocket_uplink_forwards_over_mqtt_over_websocket() {
     .await;
     assert_eq!(n, 100, "{}", get_json(&url).await);
     assert_eq!(received_seqs(&got), (1..=100).collect::<Vec<u64>>());
+    let batches: Vec<(String, usize)> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, v, _)| (t.clone(), v.as_array().map_or(0, Vec::len)))
+        .collect();
+    assert!(
+        batches
+            .iter()
+            .all(|(t, n)| t == "site/s1/batch" && (1..=10).contains(n)),
+        "{batches:?}"
+    );
+    assert!(batches.len() >= 10, "{batches:?}");
     let up = poll_until(
         Duration::from_secs(10),
         || get_json(&url),

@@ -38,7 +38,7 @@ impl Collector for Uplinks {
         let counters: [Family<u64>; 7] = [
             ("edgewatch_uplink_forwarded_total", "Readings the upstream broker acknowledged.", |s| s.forwarded),
             ("edgewatch_uplink_resent_total", "Readings sent again after a reconnect, before their acknowledgement (the receiver drops repeats by seq).", |s| s.resent),
-            ("edgewatch_uplink_refused_total", "Messages whose MQTT 5 PUBACK carried a failure reason (logged; not sent again).", |s| s.refused),
+            ("edgewatch_uplink_refused_total", "Messages an MQTT 5 PUBACK refused for good (not authorised, topic or payload format invalid; logged, not sent again).", |s| s.refused),
             ("edgewatch_uplink_dropped_total", "Readings retention removed before the uplink forwarded them (past uplink.hold_days, or for the disk budget).", |s| s.dropped),
             ("edgewatch_uplink_connects_total", "Connections the uplink made to its broker.", |s| s.connects),
             ("edgewatch_uplink_downlink_published_total", "Messages from the central broker published into the local broker (the uplink's downlink).", |s| s.downlink_published),

@@ -18,7 +18,9 @@ pub(super) enum Happened {
     Connected,
     /// The client wrote the next PUBLISH with this packet id.
     Written(u16),
-    /// The broker acknowledged a PUBLISH; `refused` holds an MQTT 5 failure reason.
+    /// The broker acknowledged a PUBLISH; `refused` holds an MQTT 5 failure reason that
+    /// sending again cannot mend (not authorised, topic or payload format invalid). Any other
+    /// failure reason ends the connection, so the message is sent again from the cursor.
     Acked {
         packet_id: u16,
         refused: Option<String>,
@@ -192,7 +194,13 @@ impl Connection {
                 rumqttc::v5::Event::Incoming(Packet5::PubAck(a)) => {
                     let refused = match a.reason {
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
-                        other => Some(format!("{other:?}")),
+                        // Sending it again cannot help: counted and skipped.
+                        r @ (PubAckReason::NotAuthorized
+                        | PubAckReason::TopicNameInvalid
+                        | PubAckReason::PayloadFormatInvalid) => Some(format!("{r:?}")),
+                        // Unspecified, implementation specific, quota exceeded, packet id in
+                        // use: the broker may take it later.
+                        other => return Err(format!("the broker refused a message for now ({other:?}); sending again from the cursor")),
                     };
                     Ok(Happened::Acked {
                         packet_id: a.pkid,

@@ -298,7 +298,7 @@ impl Forwarder {
             Happened::Acked { packet_id, refused } => {
                 if let Some(reason) = refused {
                     ctx.shared.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(uplink = %ctx.cfg.name, packet_id, %reason, "the upstream broker refused a message; not sent again");
+                    tracing::warn!(uplink = %ctx.cfg.name, packet_id, %reason, "the upstream broker refused a message for good; not sent again");
                 }
                 let adv = self.window.acked(packet_id);
                 ctx.shared

@@ -54,7 +54,8 @@ pub struct UplinkStatus {
     pub forwarded: u64,
     /// Readings sent again since start (after a reconnect, before their acknowledgement).
     pub resent: u64,
-    /// Messages whose MQTT 5 PUBACK carried a failure reason (counted, not sent again).
+    /// Messages whose MQTT 5 PUBACK refused them for good (not authorised, topic or payload
+    /// format invalid): counted, not sent again. Other failure reasons reconnect and resend.
     pub refused: u64,
     /// Readings retention removed before this uplink forwarded them (since start).
     pub dropped: u64,
