@@ -118,13 +118,33 @@ pub(crate) fn main() -> ExitCode {
 }
 
 fn print_openapi() -> ExitCode {
-    let text = edgewatch_bridge::http::docs::OPENAPI_JSON;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Ok(()) => ExitCode::SUCCESS,
+    done(out(edgewatch_bridge::http::docs::OPENAPI_JSON))
+}
+
+/// Writes `text` to standard output. A reader that went away (`edgewatch check-config F |
+/// head -1`) ends the output quietly, as for other command-line tools, instead of a panic
+/// from `println!`; any other error is said once. `false` after such an error.
+fn out(text: &str) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => true,
         Err(err) => {
-            eprintln!("error: cannot write the document: {err}");
-            ExitCode::FAILURE
+            eprintln!("error: cannot write to standard output: {err}");
+            false
         }
+    }
+}
+
+/// Success unless writing the output failed.
+fn done(written: bool) -> ExitCode {
+    if written {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -250,12 +270,14 @@ fn serial(args: crate::serial::SerialArgs) -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match AppConfig::load(file) {
         Ok(cfg) => {
-            println!("{}: ok", file.display());
+            let mut text = format!("{}: ok\n", file.display());
             match toml::to_string_pretty(&cfg) {
-                Ok(text) => println!("\n# effective configuration\n{text}"),
+                Ok(effective) => {
+                    text.push_str(&format!("\n# effective configuration\n{effective}\n"))
+                }
                 Err(err) => eprintln!("warning: cannot print the configuration: {err}"),
             }
-            ExitCode::SUCCESS
+            done(out(&text))
         }
         Err(err) => {
             eprintln!("error: {err}");
@@ -282,15 +304,15 @@ fn passwd(username: Option<&str>) -> ExitCode {
     }
     match edgewatch_broker::hash_password(password) {
         Ok(hash) => {
-            match username {
-                Some(user) => println!(
-                    "[[broker.users]]\nusername = {}\npassword_hash = {}",
+            let text = match username {
+                Some(user) => format!(
+                    "[[broker.users]]\nusername = {}\npassword_hash = {}\n",
                     toml_string(user),
                     toml_string(&hash)
                 ),
-                None => println!("{hash}"),
-            }
-            ExitCode::SUCCESS
+                None => format!("{hash}\n"),
+            };
+            done(out(&text))
         }
         Err(err) => {
             eprintln!("error: {err}");
@@ -324,16 +346,17 @@ fn token_create(name: &str, read: &[String], publish: &[String], metrics: bool) 
         format!("[{}]", items.join(", "))
     };
     eprintln!("The token (shown once; the config keeps only its hash):");
-    println!("{token}");
+    if !out(&format!("{token}\n")) {
+        return ExitCode::FAILURE;
+    }
     eprintln!("\nAdd to the config file:");
-    println!(
-        "\n[[auth.tokens]]\nname = {}\nhash = {}\nread = {}\npublish = {}\nmetrics = {metrics}",
+    done(out(&format!(
+        "\n[[auth.tokens]]\nname = {}\nhash = {}\nread = {}\npublish = {}\nmetrics = {metrics}\n",
         toml_string(name),
         toml_string(&entry.hash),
         list(read),
         list(publish)
-    );
-    ExitCode::SUCCESS
+    )))
 }
 
 fn toml_string(s: &str) -> String {

@@ -36,6 +36,28 @@ fn check_config_accepts_the_shipped_file() {
     );
 }
 
+/// `edgewatch check-config F | head -1`, `edgewatch openapi | head`: the reader is gone before
+/// the output is written. No panic, exit status 0 (before: a panic from `println!`, 101).
+#[test]
+fn printing_commands_end_quietly_when_the_reader_is_gone() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/edgewatch.toml");
+    for args in [vec!["check-config", file], vec!["openapi"]] {
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closing the read end before the first write: every write gets EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn run_with_a_bad_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
