@@ -110,6 +110,26 @@ fn received_seqs(got: &Received) -> Vec<u64> {
     out
 }
 
+/// Publishes `n` readings of d1's temperature to `hub` and waits (at most 30 s) until the
+/// central subscriber has received that many; returns how many it has.
+async fn publish_and_wait(hub: &support::Hub, got: &Received, n: usize) -> usize {
+    let msgs = (0..n)
+        .map(|i| {
+            (
+                "sensors/d1/temperature".to_owned(),
+                i.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    support::publish_all(hub.addr("mqtt"), "d1", msgs).await;
+    poll_until(
+        Duration::from_secs(30),
+        || async { received_seqs(got).len() },
+        |r| *r >= n,
+    )
+    .await
+}
+
 fn uplink_section(url: &str, extra: &str) -> String {
     format!(
         "[[uplink]]\nname = \"central\"\nurl = \"{url}\"\nsite = \"s1\"\ninflight = 50\n\
@@ -424,21 +444,7 @@ async fn an_mqtts_uplink_checks_the_brokers_certificate_and_logs_in_with_its_own
         section("wrong-ca", "other-ca")
     );
     let hub = start_hub(&support::loopback_config(dir.path(), &extra), &[]);
-    let msgs = (0..100)
-        .map(|i| {
-            (
-                "sensors/d1/temperature".to_owned(),
-                format!("{i}").into_bytes(),
-            )
-        })
-        .collect();
-    support::publish_all(hub.addr("mqtt"), "d1", msgs).await;
-    poll_until(
-        Duration::from_secs(30),
-        || async { received_seqs(&got).len() },
-        |n| *n >= 100,
-    )
-    .await;
+    publish_and_wait(&hub, &got, 100).await;
     assert_eq!(received_seqs(&got), (1..=100).collect::<Vec<u64>>());
     let url = format!("{}/v1/uplinks", hub.http());
     let up = poll_until(
@@ -587,22 +593,8 @@ async fn a_websocket_uplink_forwards_json_arrays_over_mqtt_over_websocket() {
         "presence_topic = \"\"\nprotocol = 4\nformat = \"json-array\"\nbatch_max = 10\n",
     );
     let edge = start_hub(&support::loopback_config(de.path(), &extra), &[]);
-    let msgs = (0..100)
-        .map(|i| {
-            (
-                "sensors/d1/temperature".to_owned(),
-                format!("{i}").into_bytes(),
-            )
-        })
-        .collect();
-    support::publish_all(edge.addr("mqtt"), "d1", msgs).await;
+    let n = publish_and_wait(&edge, &got, 100).await;
     let url = format!("{}/v1/uplinks", edge.http());
-    let n = poll_until(
-        Duration::from_secs(30),
-        || async { received_seqs(&got).len() },
-        |n| *n >= 100,
-    )
-    .await;
     assert_eq!(n, 100, "{}", get_json(&url).await);
     assert_eq!(received_seqs(&got), (1..=100).collect::<Vec<u64>>());
     let batches: Vec<(String, usize)> = got

@@ -313,9 +313,14 @@ impl Forwarder {
         }
     }
 
+    /// Queues `device`'s presence, replacing a status of it still waiting: the queue holds
+    /// at most one entry per device however long the window stays full.
     fn queue_presence(&mut self, enc: &Encoder, device: &str, status: &'static str) {
         if let Some(topic) = enc.presence_topic(device) {
-            self.presence.push_back((topic, status));
+            match self.presence.iter_mut().find(|(t, _)| *t == topic) {
+                Some(waiting) => waiting.1 = status,
+                None => self.presence.push_back((topic, status)),
+            }
         }
     }
 
@@ -439,5 +444,39 @@ async fn read_log(ctx: &Context, after: u64, limit: usize) -> Result<Vec<StoredR
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(err)) => Err(format!("reading the log: {err}")),
         Err(err) => Err(format!("reading the log: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_presence_keeps_one_entry_per_device_with_its_latest_status() {
+        let enc = Encoder::new(&UplinkConfig {
+            site: "s1".into(),
+            ..UplinkConfig::default()
+        })
+        .unwrap();
+        let mut fwd = Forwarder {
+            window: Window::new(0),
+            presence: VecDeque::new(),
+            caught_up: false,
+            filters: Vec::new(),
+            times: Rfc3339Days::default(),
+        };
+        for i in 0..10_000 {
+            let status = if i % 2 == 0 { "online" } else { "offline" };
+            fwd.queue_presence(&enc, "d1", status);
+            fwd.queue_presence(&enc, "d2", "stale");
+        }
+        let waiting: Vec<_> = fwd.presence.iter().cloned().collect();
+        assert_eq!(
+            waiting,
+            vec![
+                ("site/s1/status/d1".to_owned(), "offline"),
+                ("site/s1/status/d2".to_owned(), "stale")
+            ]
+        );
     }
 }
