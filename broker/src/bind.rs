@@ -1,5 +1,7 @@
 //! Binding and readiness of the listeners: every address is bind-checked before rumqttd binds
-//! it (a port in use is a startup error naming the port; port 0 is resolved here), and a
+//! it (a port in use is a startup error naming the port; port 0 is resolved here), the checked
+//! socket is held until the listener is served (a front accepts on it; for rumqttd it is
+//! released right before rumqttd binds, so no other process takes the port meanwhile), and a
 //! listener is ready once its socket listens.
 
 use std::net::SocketAddr;
@@ -13,12 +15,18 @@ use crate::error::BrokerError;
 /// How long a listener may take to accept its first connection after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds every address once (holding them all, so two listeners on one port are caught too),
-/// resolves port 0, and releases them for rumqttd.
-pub(crate) fn bind_check(
-    listeners: Vec<EffectiveListener>,
-) -> Result<Vec<EffectiveListener>, BrokerError> {
-    let mut held = Vec::new();
+/// A listener's address, checked, and the socket bound on it.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) listener: EffectiveListener,
+    /// Held until the listener is served: the front accepts on it, or it is dropped right
+    /// before rumqttd binds the address.
+    pub(crate) socket: std::net::TcpListener,
+}
+
+/// Binds every address once (holding them all, so two listeners on one port are caught too)
+/// and resolves port 0.
+pub(crate) fn bind_check(listeners: Vec<EffectiveListener>) -> Result<Vec<Bound>, BrokerError> {
     let mut out = Vec::new();
     for l in listeners {
         let sock = if l.addr.port() == 0 {
@@ -32,10 +40,11 @@ pub(crate) fn bind_check(
             source,
         })?;
         let addr = sock.local_addr().unwrap_or(l.addr);
-        held.push(sock);
-        out.push(EffectiveListener { kind: l.kind, addr });
+        out.push(Bound {
+            listener: EffectiveListener { kind: l.kind, addr },
+            socket: sock,
+        });
     }
-    drop(held);
     Ok(out)
 }
 

@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use tokio::task::JoinHandle;
 
+use crate::bind::Bound;
 use crate::config::EffectiveListener;
 use crate::peer::Peers;
 
@@ -57,9 +58,10 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    /// Accepts on `public` until the runtime stops.
-    pub(crate) async fn run(self, public: SocketAddr) -> io::Result<()> {
-        let listener = TcpListener::bind(public).await?;
+    /// Accepts on `public` (the bind check's socket) until the runtime stops.
+    pub(crate) async fn run(self, public: std::net::TcpListener) -> io::Result<()> {
+        public.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(public)?;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -119,30 +121,50 @@ impl Front {
 }
 
 /// A listener as configured, rumqttd's settings for it, and its front if it has one.
-pub(crate) type ListenerSettings = (
-    EffectiveListener,
-    rumqttd::ServerSettings,
-    Option<(Front, EffectiveListener)>,
-);
+pub(crate) struct ListenerSettings {
+    /// The configured address and the bind check's socket on it.
+    pub(crate) public: Bound,
+    pub(crate) server: rumqttd::ServerSettings,
+    /// The front and rumqttd's internal loopback listener behind it.
+    pub(crate) front: Option<(Front, Bound)>,
+}
 
-/// Starts the fronts of the listeners that have one (WebSocket, TLS).
-pub(crate) fn spawn_fronts(
+/// Starts the fronts (WebSocket, TLS) on their held public sockets and releases the sockets of
+/// the addresses rumqttd binds itself, right before it does: returns rumqttd's listeners with
+/// their settings, and the fronts' tasks.
+#[allow(clippy::type_complexity)]
+pub(crate) fn start_fronts(
     runtime: &tokio::runtime::Runtime,
-    settings: &[ListenerSettings],
-) -> Vec<(EffectiveListener, JoinHandle<()>)> {
-    let mut fronts = Vec::new();
-    for (public, _, front) in settings {
-        if let Some((front, _)) = front {
-            let (front, addr) = (front.clone(), public.addr);
-            let task = runtime.spawn(async move {
-                if let Err(err) = front.run(addr).await {
-                    tracing::error!(%addr, %err, "MQTT listener stopped");
-                }
-            });
-            fronts.push((public.clone(), task));
-        }
+    settings: Vec<ListenerSettings>,
+) -> (
+    Vec<(EffectiveListener, rumqttd::ServerSettings)>,
+    Vec<(EffectiveListener, JoinHandle<()>)>,
+) {
+    let (mut rumqttd, mut fronts) = (Vec::new(), Vec::new());
+    for ListenerSettings {
+        public,
+        server,
+        front,
+    } in settings
+    {
+        let served = match front {
+            Some((front, internal)) => {
+                let addr = public.listener.addr;
+                let task = runtime.spawn(async move {
+                    if let Err(err) = front.run(public.socket).await {
+                        tracing::error!(%addr, %err, "MQTT listener stopped");
+                    }
+                });
+                fronts.push((public.listener, task));
+                internal
+            }
+            None => public,
+        };
+        let Bound { listener, socket } = served;
+        drop(socket);
+        rumqttd.push((listener, server));
     }
-    fronts
+    (rumqttd, fronts)
 }
 
 fn timed_out(what: &str) -> io::Error {

@@ -14,10 +14,11 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{LinkType, Router, Server};
 use tokio::task::JoinHandle;
 
-use crate::bind::{bind_check, wait_ready};
+use crate::bind::{bind_check, wait_ready, Bound};
 use crate::config::{BrokerConfig, EffectiveListener, ListenerKind};
 use crate::connect_policy::{KeepAlivePolicy, PolicyProtocol};
 use crate::durable::SessionLinks;
+use crate::front::ListenerSettings;
 use crate::link::{InboundStream, LinkPublisher};
 
 pub use crate::error::BrokerError;
@@ -58,17 +59,18 @@ pub struct Broker {
 /// public address and the internal loopback listener rumqttd serves (see [`crate::front`]).
 fn listener_settings(
     cfg: &BrokerConfig,
-    public: &EffectiveListener,
+    bound: Bound,
     credentials: &crate::Credentials,
     peers: &Arc<crate::peer::Peers>,
-) -> Result<crate::front::ListenerSettings, BrokerError> {
+) -> Result<ListenerSettings, BrokerError> {
+    let public = &bound.listener;
     let handshake = match public.kind {
         ListenerKind::Mqtt | ListenerKind::Mqtt5 => {
-            return Ok((
-                public.clone(),
-                cfg.rumqttd_server(public, credentials),
-                None,
-            ));
+            return Ok(ListenerSettings {
+                server: cfg.rumqttd_server(public, credentials),
+                public: bound,
+                front: None,
+            });
         }
         ListenerKind::WebSocket => crate::front::Handshake::WebSocket,
         ListenerKind::Tls => {
@@ -91,15 +93,19 @@ fn listener_settings(
         addr: loopback.parse().expect("a loopback address"),
     }])?
     .remove(0);
-    let mut settings = cfg.rumqttd_server(&internal, credentials);
+    let mut settings = cfg.rumqttd_server(&internal.listener, credentials);
     settings.tls = None; // the front terminates TLS
     let front = crate::front::Front {
-        upstream: internal.addr,
+        upstream: internal.listener.addr,
         handshake,
         timeout: Duration::from_millis(u64::from(cfg.limits.connect_timeout_ms)),
         peers: peers.clone(),
     };
-    Ok((public.clone(), settings, Some((front, internal))))
+    Ok(ListenerSettings {
+        public: bound,
+        server: settings,
+        front: Some((front, internal)),
+    })
 }
 
 /// What every connection's codec shares.
@@ -194,7 +200,8 @@ impl Broker {
     /// on: rumqttd forwards a publish only to the subscriptions that exist when it arrives.
     pub fn prepare(cfg: &BrokerConfig) -> Result<Broker, BrokerError> {
         cfg.validate().map_err(BrokerError::Config)?;
-        let listeners = bind_check(cfg.effective_listeners())?;
+        let bound = bind_check(cfg.effective_listeners())?;
+        let listeners: Vec<EffectiveListener> = bound.iter().map(|b| b.listener.clone()).collect();
         announce_security(cfg, &listeners);
 
         let router_tx = Router::new(0, cfg.rumqttd_router()).spawn();
@@ -208,8 +215,8 @@ impl Broker {
         let runtime = listener_runtime()?;
 
         let mut settings = Vec::new();
-        for l in &listeners {
-            settings.push(listener_settings(cfg, l, &credentials, &peers)?);
+        for b in bound {
+            settings.push(listener_settings(cfg, b, &credentials, &peers)?);
         }
         let router = router_tx.clone();
         let links: Arc<SessionLinks> = Arc::new(move |id, clean| {
@@ -224,11 +231,10 @@ impl Broker {
         );
         let servers_tx = router_tx.clone();
         let spawn: Box<SpawnListeners> = Box::new(move |runtime: &tokio::runtime::Runtime| {
-            let fronts = crate::front::spawn_fronts(runtime, &settings);
-            let servers: Vec<_> = settings
+            let (rumqttd, fronts) = crate::front::start_fronts(runtime, settings);
+            let servers: Vec<_> = rumqttd
                 .into_iter()
-                .map(|(public, settings, front)| {
-                    let listener = front.map_or(public, |(_, internal)| internal);
+                .map(|(listener, settings)| {
                     let tx = servers_tx.clone();
                     let (kind, addr) = (listener.kind, listener.addr);
                     let task = match kind {

@@ -489,3 +489,27 @@ async fn the_bridge_gets_a_last_will_when_the_connection_drops_without_disconnec
     assert!(more.is_err(), "no will after a DISCONNECT: {more:?}");
     broker.stop();
 }
+
+/// Between `prepare` (which resolves port 0) and `listen`, the hub restores its state: no
+/// other process may take a listener's port meanwhile. Every port is held from the bind check
+/// on (before, a parallel test's broker took a WebSocket port in that window now and then, and
+/// the hub failed to start with "address already in use"), and each listener serves after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_ports_are_held_from_prepare_to_listen() {
+    let mut broker = Broker::prepare(&test_config()).unwrap();
+    let ports = broker.listeners().to_vec();
+    assert_eq!(ports.len(), 3);
+    for (kind, addr) in &ports {
+        let taken = std::net::TcpListener::bind(addr);
+        assert!(
+            taken.is_err(),
+            "{kind:?} port {addr} could be taken before listen"
+        );
+    }
+    broker.listen().await.unwrap();
+    for (kind, addr) in &ports {
+        let conn = timeout(WAIT, tokio::net::TcpStream::connect(addr)).await;
+        assert!(matches!(conn, Ok(Ok(_))), "{kind:?} on {addr}: {conn:?}");
+    }
+    broker.stop();
+}

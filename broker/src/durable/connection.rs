@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttd::protocol::Packet;
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 
 use super::queue::{Queued, QueuedDelivery};
 use super::{lock, now_ms, Durable, Session, SessionRecord};
@@ -24,6 +24,9 @@ pub struct DurableConnection {
     will: Option<(Bytes, Bytes, u8, Option<u32>)>,
     /// Messages queued for its session before a restart, delivered after the CONNACK.
     queued: QueuedDelivery,
+    /// When the client last acknowledged a message (PUBACK, PUBREC) or connected: the recent
+    /// publishes after it are recorded for the session when it goes offline ([`super::queue`]).
+    last_ack: Option<Instant>,
 }
 
 impl Clone for DurableConnection {
@@ -70,6 +73,7 @@ impl DurableConnection {
             session: None,
             will: None,
             queued: QueuedDelivery::default(),
+            last_ack: None,
         }
     }
 
@@ -106,31 +110,14 @@ impl DurableConnection {
                 }
                 if outcome.tracked {
                     self.session = Some(connect.client_id.clone());
+                    self.last_ack = Some(Instant::now());
                 }
                 self.queued.set_due(outcome.due);
             }
             Packet::Publish(publish, _)
                 if !publish.retain && !publish.payload.is_empty() && (header >> 1) & 0b11 == 0 => {}
             Packet::Publish(publish, props) => {
-                let alias = props.as_ref().and_then(|p| p.topic_alias);
-                let topic = match (publish.topic.is_empty(), alias, limits) {
-                    (true, Some(alias), Some(limits)) => limits.alias_topic(alias),
-                    _ => Some(publish.topic.clone()),
-                };
-                let Some(topic) = topic.filter(|t| !t.is_empty()) else {
-                    return;
-                };
-                let qos = (header >> 1) & 0b11;
-                if qos > 0 && self.shared.any_offline() {
-                    self.shared.enqueue(&topic, qos, &publish.payload);
-                }
-                if publish.payload.is_empty() {
-                    self.shared.clear_retained(&topic);
-                } else if publish.retain {
-                    let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
-                    self.shared
-                        .set_retained(&topic, &publish.payload, qos, expiry);
-                }
+                self.publish(publish, props.as_ref(), header, limits)
             }
             Packet::Subscribe(sub, _) => {
                 if let Some(client_id) = &self.session {
@@ -143,6 +130,9 @@ impl DurableConnection {
                     self.shared.unsubscribed(client_id, &unsub.filters);
                 }
             }
+            Packet::PubAck(..) | Packet::PubRec(..) if self.session.is_some() => {
+                self.last_ack = Some(Instant::now());
+            }
             Packet::Disconnect(..) => {
                 self.closed();
                 // Offline from the DISCONNECT on, not from the end of the connection's task: a
@@ -151,6 +141,35 @@ impl DurableConnection {
                 self.end_session();
             }
             _ => {}
+        }
+    }
+
+    /// A retained, empty or QoS 1/2 publish.
+    fn publish(
+        &self,
+        publish: &Publish,
+        props: Option<&PublishProperties>,
+        header: u8,
+        limits: Option<&mut ClientLimits>,
+    ) {
+        let alias = props.and_then(|p| p.topic_alias);
+        let topic = match (publish.topic.is_empty(), alias, limits) {
+            (true, Some(alias), Some(limits)) => limits.alias_topic(alias),
+            _ => Some(publish.topic.clone()),
+        };
+        let Some(topic) = topic.filter(|t| !t.is_empty()) else {
+            return;
+        };
+        let qos = (header >> 1) & 0b11;
+        if qos > 0 && (self.shared.any_offline() || self.shared.any_online()) {
+            self.shared.published(&topic, qos, &publish.payload);
+        }
+        if publish.payload.is_empty() {
+            self.shared.clear_retained(&topic);
+        } else if publish.retain {
+            let expiry = props.and_then(|p| p.message_expiry_interval);
+            self.shared
+                .set_retained(&topic, &publish.payload, qos, expiry);
         }
     }
 
@@ -180,7 +199,7 @@ impl DurableConnection {
         if let Some(client_id) = self.session.take() {
             let unacknowledged = self.queued.unacknowledged();
             self.shared.not_acknowledged(&client_id, unacknowledged);
-            self.shared.disconnected(&client_id);
+            self.shared.disconnected(&client_id, self.last_ack.take());
         }
     }
 
@@ -250,6 +269,7 @@ impl Durable {
             _ => Vec::new(),
         };
         session.connected += 1;
+        self.online.fetch_add(1, Ordering::Relaxed);
         session.expires = None;
         session.record.v5 = v5;
         session.record.expiry_secs = expiry.filter(|s| *s != NEVER);
@@ -299,14 +319,16 @@ impl Durable {
         }
     }
 
-    /// A tracked session's connection ended.
-    fn disconnected(&self, client_id: &str) {
+    /// A tracked session's connection ended; `since`: the client's last acknowledgement.
+    fn disconnected(&self, client_id: &str, since: Option<Instant>) {
         let mut sessions = lock(&self.sessions);
         let Some(session) = sessions.get_mut(client_id) else {
+            self.online.fetch_sub(1, Ordering::Relaxed);
             return;
         };
         session.connected = session.connected.saturating_sub(1);
         if session.connected > 0 {
+            self.online.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         session.record.disconnected_at_ms = Some(now_ms());
@@ -316,7 +338,10 @@ impl Durable {
             .filter(|_| session.record.v5)
             .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
         self.put_session(client_id, &session.record);
-        self.went_offline(client_id, &session.record.filters);
+        // Offline (and queued for) before it stops counting as online: a publish read
+        // meanwhile is remembered or recorded, never neither.
+        self.went_offline(client_id, &session.record.filters, since);
+        self.online.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -326,7 +351,8 @@ mod tests {
     use std::sync::Mutex;
 
     use rumqttd::protocol::{
-        Connect, Filter, LastWill, Publish, QoS, RetainForwardRule, Subscribe, Unsubscribe,
+        Connect, Disconnect, DisconnectReasonCode, Filter, LastWill, PubAck, PubAckReason, Publish,
+        QoS, RetainForwardRule, Subscribe, Unsubscribe,
     };
 
     use super::super::record::{self, Entry};
@@ -501,5 +527,61 @@ mod tests {
         drop(d);
         assert_eq!(retained(&store), [("s/d1/status".into(), "offline".into())]);
         assert_eq!(shared.retained_persisted(), 1);
+    }
+    #[test]
+    fn a_publish_read_just_before_the_disconnect_is_queued_for_the_session() {
+        let (shared, store) = durable(SessionBounds::default());
+        let queued = |store: &MemoryStore| -> Vec<String> {
+            let mut entries: Vec<(u64, String)> = store
+                .read()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Entry::Queued(id, seq, m) if id == "sub" => {
+                        Some((seq, String::from_utf8(m.payload.to_vec()).unwrap()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            entries.sort();
+            entries.into_iter().map(|(_, p)| p).collect()
+        };
+        let mut sub = DurableConnection::new(shared.clone());
+        sub.packet(&mut connect("sub", false, None), 0x10, false, None);
+        sub.packet(&mut subscribe(&["t/#"]), 0x82, false, None);
+        let mut publisher = DurableConnection::new(shared.clone());
+        let mut publish = |payload: &'static str| {
+            let mut packet = Packet::Publish(Publish::new("t/a", payload, false), None);
+            publisher.packet(&mut packet, 0x32, false, None);
+        };
+        publish("acknowledged");
+        let ack = PubAck {
+            pkid: 1,
+            reason: PubAckReason::Success,
+        };
+        sub.packet(&mut Packet::PubAck(ack, None), 0x40, false, None);
+        // Read on the publisher's connection before the subscriber's DISCONNECT was: rumqttd
+        // routed it to the session while online, the offline recording did not see it.
+        publish("raced the disconnect");
+        sub.packet(
+            &mut Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            ),
+            0xe0,
+            false,
+            None,
+        );
+        publish("while offline");
+        assert_eq!(queued(&store), ["raced the disconnect", "while offline"]);
+        assert_eq!(shared.queued_persisted(), 2);
+
+        // Back without a restart: rumqttd delivers them itself, the records go.
+        let mut back = DurableConnection::new(shared.clone());
+        back.packet(&mut connect("sub", false, None), 0x10, false, None);
+        assert!(queued(&store).is_empty());
+        drop(back);
+        assert_eq!(shared.online.load(Ordering::Relaxed), 0);
     }
 }

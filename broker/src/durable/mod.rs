@@ -152,6 +152,8 @@ pub struct Durable {
     queues: Mutex<queue::Queues>,
     /// Filters of offline sessions in `queues`' index (read without its lock).
     offline_filters: std::sync::atomic::AtomicUsize,
+    /// Connections of persisted sessions now (recent publishes are kept while above 0).
+    online: std::sync::atomic::AtomicUsize,
     pub counters: DurableCounters,
 }
 
@@ -178,6 +180,7 @@ impl Durable {
             expiry: Mutex::default(),
             queues: Mutex::default(),
             offline_filters: Default::default(),
+            online: Default::default(),
             counters: DurableCounters::default(),
         }
     }

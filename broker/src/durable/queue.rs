@@ -14,6 +14,15 @@
 //!   when the connection ends is delivered again at the next reconnection. Those recorded since
 //!   the restart are in rumqttd's log again (the restored session subscribed): deleted.
 //!
+//! A publish read just before a subscriber's DISCONNECT (on another connection's task) reaches
+//! rumqttd's router while the session is still online: rumqttd keeps it for the session, but
+//! the offline recording above never saw it. So while any persisted session is online, the
+//! QoS 1/2 publishes of the last [`RECENT_WINDOW`] (at most [`RECENT_MAX`] of them, copies of
+//! at most [`RECENT_BYTES`] in all) are kept in memory; when a persisted session goes offline,
+//! those that match its filters and were read after its last PUBACK/PUBREC (or its CONNECT)
+//! are recorded for it, before anything published later. One it did receive and had not
+//! acknowledged yet is delivered again after a restart (at least once, as QoS 1 allows).
+//!
 //! Degradations: a QoS 2 message queued before a restart is delivered at QoS 1 after it
 //! (at least once), and the queued messages come before anything rumqttd sends, without the
 //! topic aliases or properties of the original publish.
@@ -21,6 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgewatch_protocol::{FilterIndex, TopicFilter};
@@ -29,6 +39,13 @@ use super::{lock, record, Durable};
 
 /// Messages recorded per offline session at most.
 pub const MAX_QUEUED: usize = 1000;
+
+/// How long a publish is kept for a persisted session that goes offline right after it.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(10);
+/// Publishes kept for that at most.
+pub const RECENT_MAX: usize = 1024;
+/// Their topics and payloads in bytes at most.
+pub const RECENT_BYTES: usize = 1 << 20;
 
 /// Packet ids of delivered queued messages: above rumqttd's (1 to 100), below u16::MAX.
 const FIRST_PKID: u16 = 1024;
@@ -54,6 +71,18 @@ pub(super) struct Queues {
     /// Records made before this start, per session, delivered by the wrapper when it comes back.
     pending: HashMap<String, Vec<Queued>>,
     next_seq: u64,
+    /// The recent QoS 1/2 publishes while a persisted session is online (oldest first).
+    recent: VecDeque<Recent>,
+    /// Bytes of topic and payload in `recent`.
+    recent_bytes: usize,
+}
+
+/// A QoS 1/2 publish read while a persisted session was online.
+struct Recent {
+    at: Instant,
+    topic: Box<str>,
+    qos: u8,
+    payload: Box<[u8]>,
 }
 
 impl Durable {
@@ -63,17 +92,107 @@ impl Durable {
         self.offline_filters.load(Ordering::Relaxed) > 0
     }
 
-    /// A persisted session went offline (or was restored): publishes matching `filters` are
-    /// recorded for it from now on.
-    pub(super) fn went_offline(&self, client_id: &str, filters: &[(String, u8)]) {
+    /// Whether a persisted session is online (recent publishes are kept for it).
+    pub(super) fn any_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed) > 0
+    }
+
+    /// A persisted session went offline (or was restored): the recent publishes matching
+    /// `filters` read after `since` (its last acknowledgement) are recorded for it, and those
+    /// matching from now on.
+    pub(super) fn went_offline(
+        &self,
+        client_id: &str,
+        filters: &[(String, u8)],
+        since: Option<Instant>,
+    ) {
         let mut q = lock(&self.queues);
         let id: Arc<str> = Arc::from(client_id);
-        for (path, qos) in filters {
-            if let Ok(f) = TopicFilter::parse(path) {
-                q.index.insert(&f, (id.clone(), *qos));
+        let parsed: Vec<(TopicFilter, u8)> = filters
+            .iter()
+            .filter_map(|(path, qos)| Some((TopicFilter::parse(path).ok()?, *qos)))
+            .collect();
+        if let (Some(since), Some(store)) = (since, self.store.get()) {
+            let missed: Vec<(u8, Box<str>, Box<[u8]>)> = q
+                .recent
+                .iter()
+                .filter(|m| m.at > since)
+                .filter_map(|m| {
+                    let sub_qos = parsed
+                        .iter()
+                        .filter(|(f, _)| f.matches(&m.topic))
+                        .map(|(_, qos)| *qos)
+                        .max()?;
+                    Some((m.qos.min(sub_qos), m.topic.clone(), m.payload.clone()))
+                })
+                .collect();
+            for (qos, topic, payload) in missed {
+                self.record_for(&mut q, store.as_ref(), &id, qos, topic.as_bytes(), &payload);
             }
         }
+        for (f, qos) in parsed {
+            q.index.insert(&f, (id.clone(), qos));
+        }
         self.offline_filters.store(q.index.len(), Ordering::Relaxed);
+    }
+
+    /// Keeps a client's QoS 1/2 publish in memory for a persisted session that goes offline
+    /// right after it (only while one is online), and records it for every offline session it
+    /// matches: one lock, so a session going offline meanwhile gets it exactly once.
+    pub(super) fn published(&self, topic: &[u8], qos: u8, payload: &[u8]) {
+        let (Some(store), Ok(topic_str)) = (self.store.get(), std::str::from_utf8(topic)) else {
+            return;
+        };
+        let mut q = lock(&self.queues);
+        if self.any_online() {
+            q.remember(topic_str, qos, payload);
+        }
+        if !self.any_offline() {
+            return;
+        }
+        // The highest matching filter QoS per session.
+        let mut wanted: HashMap<Arc<str>, u8> = HashMap::new();
+        q.index.for_each_match(topic_str, |(id, sub_qos)| {
+            let e = wanted.entry(id.clone()).or_insert(0);
+            *e = (*e).max(*sub_qos);
+        });
+        for (id, sub_qos) in wanted {
+            self.record_for(
+                &mut q,
+                store.as_ref(),
+                &id,
+                qos.min(sub_qos),
+                topic,
+                payload,
+            );
+        }
+    }
+
+    /// Records one message for session `id`, within [`MAX_QUEUED`].
+    fn record_for(
+        &self,
+        q: &mut Queues,
+        store: &dyn record::StateStore,
+        id: &Arc<str>,
+        qos: u8,
+        topic: &[u8],
+        payload: &[u8],
+    ) {
+        let held =
+            q.recorded.get(id).map_or(0, VecDeque::len) + q.pending.get(&**id).map_or(0, Vec::len);
+        if held >= MAX_QUEUED {
+            let n = self.counters.queued_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(client_id = %id, refused = n, max = MAX_QUEUED, "MQTT message for an offline session not persisted: its queue is full (the broker still queues it until the hub stops)");
+            }
+            return;
+        }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let key = record::queued_key(id, seq);
+        let value = record::queued_value(qos, topic, payload);
+        self.write(store.put(&key, &value));
+        q.recorded.entry(id.clone()).or_default().push_back(key);
     }
 
     /// A persisted session's client is back with `filters`: nothing more is recorded for it,
@@ -128,37 +247,6 @@ impl Durable {
         }
     }
 
-    /// Records a client's QoS 1/2 publish for every offline session it matches.
-    pub(super) fn enqueue(&self, topic: &[u8], qos: u8, payload: &[u8]) {
-        let (Some(store), Ok(topic_str)) = (self.store.get(), std::str::from_utf8(topic)) else {
-            return;
-        };
-        let mut q = lock(&self.queues);
-        // The highest matching filter QoS per session.
-        let mut wanted: HashMap<Arc<str>, u8> = HashMap::new();
-        q.index.for_each_match(topic_str, |(id, sub_qos)| {
-            let e = wanted.entry(id.clone()).or_insert(0);
-            *e = (*e).max(*sub_qos);
-        });
-        for (id, sub_qos) in wanted {
-            let held = q.recorded.get(&id).map_or(0, VecDeque::len)
-                + q.pending.get(&*id).map_or(0, Vec::len);
-            if held >= MAX_QUEUED {
-                let n = self.counters.queued_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(client_id = %id, refused = n, max = MAX_QUEUED, "MQTT message for an offline session not persisted: its queue is full (the broker still queues it until the hub stops)");
-                }
-                continue;
-            }
-            let seq = q.next_seq;
-            q.next_seq += 1;
-            let key = record::queued_key(&id, seq);
-            let value = record::queued_value(qos.min(sub_qos), topic, payload);
-            self.write(store.put(&key, &value));
-            q.recorded.entry(id).or_default().push_back(key);
-        }
-    }
-
     /// Takes the records read at start: (client id, sequence, message).
     pub(super) fn restore_queued(&self, entries: Vec<(String, u64, Queued)>) {
         let mut q = lock(&self.queues);
@@ -197,6 +285,32 @@ impl Durable {
         let q = lock(&self.queues);
         q.recorded.values().map(VecDeque::len).sum::<usize>()
             + q.pending.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+impl Queues {
+    /// Keeps a copy of a publish, dropping what is older than [`RECENT_WINDOW`] or past
+    /// [`RECENT_MAX`] / [`RECENT_BYTES`].
+    fn remember(&mut self, topic: &str, qos: u8, payload: &[u8]) {
+        let now = Instant::now();
+        let size = topic.len() + payload.len();
+        while let Some(old) = self.recent.front() {
+            let full = self.recent.len() >= RECENT_MAX || self.recent_bytes + size > RECENT_BYTES;
+            if !full && now.duration_since(old.at) < RECENT_WINDOW {
+                break;
+            }
+            self.recent_bytes -= old.topic.len() + old.payload.len();
+            self.recent.pop_front();
+        }
+        if size <= RECENT_BYTES {
+            self.recent_bytes += size;
+            self.recent.push_back(Recent {
+                at: now,
+                topic: topic.into(),
+                qos,
+                payload: payload.into(),
+            });
+        }
     }
 }
 

@@ -167,7 +167,7 @@ impl Durable {
             self.send_batch(&client_id, false, packets)?;
             self.put_session(&client_id, &record);
             let expires = left_ms.map(|ms| Instant::now() + Duration::from_millis(ms as u64));
-            self.went_offline(&client_id, &record.filters);
+            self.went_offline(&client_id, &record.filters, None);
             let session = Session {
                 record,
                 connected: 0,
