@@ -31,6 +31,9 @@ pub(crate) struct AppConfig {
     pub(crate) serial: Vec<edgewatch_serial::SerialPortConfig>,
     /// `[[uplink]]`: central MQTT brokers the stored readings are forwarded to.
     pub(crate) uplink: Vec<edgewatch_bridge::uplink::UplinkConfig>,
+    /// `[ingest]`: mappings that read devices publishing outside `sensors/` (presets for
+    /// Tasmota, Zigbee2MQTT, Shelly, ESPHome, Home Assistant, and your own).
+    pub(crate) ingest: edgewatch_bridge::ingest::mapping::IngestConfig,
     /// `[log]`: logging.
     pub(crate) log: LogConfig,
 }
@@ -136,6 +139,7 @@ impl AppConfig {
             port.validate(i).map_err(named)?;
         }
         edgewatch_bridge::uplink::config::validate_all(&self.uplink).map_err(named)?;
+        self.ingest.validate().map_err(named)?;
         if self.bridge.http_listen.parse::<SocketAddr>().is_err() {
             return Err(named(InvalidSetting::new(
                 "bridge.http_listen",

@@ -93,9 +93,14 @@ pub(crate) async fn start(mut cfg: AppConfig, source: Source) -> anyhow::Result<
     let stop = CancellationToken::new();
     // The bridge gets its own token: at stop, ingest must outlive the live streams until the
     // broker's feed is drained (`Running::stop`), and `Bridge::shutdown` stops it.
-    let bridge = edgewatch_bridge::start(cfg.bridge.clone(), CancellationToken::new())
-        .await
-        .context("starting the bridge")?;
+    let mappings = cfg
+        .ingest
+        .compile()
+        .map_err(|e| anyhow::anyhow!("`{}`: {}", e.key, e.message))?;
+    let bridge =
+        edgewatch_bridge::start_with(cfg.bridge.clone(), mappings, CancellationToken::new())
+            .await
+            .context("starting the bridge")?;
 
     let authority = crate::http_access::authority(
         &cfg,

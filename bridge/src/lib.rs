@@ -98,6 +98,16 @@ pub struct Bridge {
 /// Cancelling `shutdown` stops the sources; call [`Bridge::shutdown`] to drain the writer and
 /// flush.
 pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Bridge, BridgeError> {
+    start_with(cfg, ingest::mapping::Mappings::default(), shutdown).await
+}
+
+/// As [`start`], with ingest mappings (`[ingest]`) in force from the first publish; an external
+/// source also subscribes to their topics.
+pub async fn start_with(
+    cfg: BridgeConfig,
+    mappings: ingest::mapping::Mappings,
+    shutdown: CancellationToken,
+) -> Result<Bridge, BridgeError> {
     let dir = cfg.data_dir.clone();
     let opts = cfg.store_options();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, &opts))
@@ -108,6 +118,8 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Bri
     let w = writer::spawn_writer(store.clone(), cfg.writer(), writer_stop.clone());
     let rejects = Arc::new(ingest::Rejects::new(cfg.rejects_kept));
     let ingest = Ingest::new(w.handle, rejects, cfg.max_payload_bytes);
+    let also_subscribe = mappings.filters();
+    ingest.set_mappings(mappings);
     let board = presence::Presence::new(cfg.presence(), cfg.broadcast_capacity);
     let statuses = w.presence.subscribe();
     let bridge = Bridge {
@@ -129,8 +141,9 @@ pub async fn start(cfg: BridgeConfig, shutdown: CancellationToken) -> Result<Bri
         statuses,
         bridge.sources_stop.clone(),
     ));
-    if let Some(ext) = bridge.cfg.external() {
+    if let Some(mut ext) = bridge.cfg.external() {
         ingest::external::parse_mqtt_url(&ext.url)?;
+        ext.also_subscribe = also_subscribe;
         let (ingest, stop) = (bridge.ingest.clone(), bridge.sources_stop.clone());
         bridge.sources.spawn(async move {
             if let Err(err) = ingest::external::run_external(ext, ingest, stop).await {

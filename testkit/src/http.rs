@@ -68,6 +68,23 @@ pub async fn stored_values(http: &str, filter: &str) -> Vec<f64> {
         .collect()
 }
 
+/// What ingest has finished with, from [`metric_sums`]: stored, duplicate, presence,
+/// rejected, ignored and failed (docs/metrics.md "Accounting"); at a quiet moment it equals
+/// the publishes received plus `edgewatch_readings_split_total`.
+pub fn accounted(m: &HashMap<String, f64>) -> f64 {
+    [
+        "edgewatch_readings_stored_total",
+        "edgewatch_readings_duplicate_total",
+        "edgewatch_presence_recorded_total",
+        "edgewatch_readings_rejected_total",
+        "edgewatch_publishes_ignored_total",
+        "edgewatch_writer_items_failed_total",
+    ]
+    .iter()
+    .map(|name| m.get(*name).copied().unwrap_or(0.0))
+    .sum()
+}
+
 /// `GET /metrics`: every sample of each metric name summed (labels ignored). A name the hub
 /// does not export is absent.
 pub async fn metric_sums(http: &str) -> HashMap<String, f64> {

@@ -19,7 +19,7 @@ mod process;
 mod readings;
 mod wait;
 
-pub use http::{get_json, http_get, metric_sums, stored, stored_values, Sse, SseEvent};
+pub use http::{accounted, get_json, http_get, metric_sums, stored, stored_values, Sse, SseEvent};
 pub use hub::{loopback_config, loopback_config_fixed_ports, Hub};
 pub use mosquitto::Mosquitto;
 pub use mqtt::publish_all;

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::support::{loopback_config, metric_sums, poll_until, publish_all, start_hub, stored};
+use crate::support::{
+    accounted, loopback_config, metric_sums, poll_until, publish_all, start_hub, stored,
+};
 
 /// Waits (bounded) until ingest has handled all `received` publishes (after that nothing more
 /// can be stored, so an excess would show), then until `GET /v1/series` counts at least `want`
@@ -23,13 +25,12 @@ async fn quiet_metrics(http: &str, received: f64) -> std::collections::HashMap<S
         Duration::from_secs(30),
         || metric_sums(http),
         |m| {
-            let handled = m["edgewatch_readings_stored_total"]
-                + m["edgewatch_readings_duplicate_total"]
-                + m["edgewatch_presence_recorded_total"]
-                + m["edgewatch_readings_rejected_total"]
-                + m["edgewatch_publishes_ignored_total"]
-                + m["edgewatch_writer_items_failed_total"];
-            m["edgewatch_publishes_received_total"] >= received && handled >= received
+            let handled = accounted(&m);
+            let taken = m["edgewatch_publishes_received_total"]
+                + m.get("edgewatch_readings_split_total")
+                    .copied()
+                    .unwrap_or(0.0);
+            m["edgewatch_publishes_received_total"] >= received && handled >= taken
         },
     )
     .await

@@ -12,6 +12,7 @@ mod crash;
 mod durable;
 mod identity;
 mod logs;
+mod mappings;
 mod metrics;
 mod stall;
 mod tls;

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 pub use edgewatch_testkit::{
-    free_port, get_json, have, loopback_config, loopback_config_fixed_ports, metric_sums,
-    poll_until, publish_all, settle, stored, stored_values, wait_for, wait_listening, wait_until,
-    Hub, Mosquitto, Process, Sse, SseEvent,
+    accounted, free_port, get_json, have, loopback_config, loopback_config_fixed_ports,
+    metric_sums, poll_until, publish_all, settle, stored, stored_values, wait_for, wait_listening,
+    wait_until, Hub, Mosquitto, Process, Sse, SseEvent,
 };
 
 /// Path of the binary under test.

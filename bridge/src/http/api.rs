@@ -207,10 +207,18 @@ pub(crate) async fn rejects(State(state): State<AppState>, caller: Caller) -> Js
     let recent: Vec<Reject> = snap
         .recent
         .iter()
-        .filter(|r| everything || caller.may_read_topic(&r.topic))
+        .filter(|r| {
+            // A mapped device's reject (topic outside sensors/): shown to whoever may read
+            // that device.
+            let device = r.device_id.as_deref();
+            everything
+                || caller.may_read_topic(&r.topic)
+                || device.is_some_and(|d| caller.may_read_topic(&format!("sensors/{d}/status")))
+        })
         .map(|r| Reject {
             received_at: Timestamp(r.received_at_ms),
             topic: r.topic.clone(),
+            device_id: r.device_id.clone(),
             reason: r.reason.to_owned(),
             message: r.message.clone(),
             payload_len: r.payload_len as u64,

@@ -282,6 +282,9 @@ pub struct Reject {
     pub received_at: Timestamp,
     /// Its topic.
     pub topic: String,
+    /// The device it came from, when known (from the topic, the payload or an ingest mapping).
+    #[schema(required = true)]
+    pub device_id: Option<String>,
     /// Stable reason label.
     #[schema(examples("invalid_value", "payload_too_large"))]
     pub reason: String,

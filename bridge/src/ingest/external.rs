@@ -64,6 +64,8 @@ pub struct ExternalConfig {
     pub client_id: String,
     /// Subscription filter.
     pub subscribe: String,
+    /// More filters subscribed the same way (the ingest mappings' topics).
+    pub also_subscribe: Vec<String>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
     /// Largest incoming packet accepted by the client, in bytes.
@@ -83,6 +85,7 @@ impl ExternalConfig {
             url: url.into(),
             client_id: "edgewatch-bridge".to_owned(),
             subscribe: "sensors/#".to_owned(),
+            also_subscribe: Vec::new(),
             keep_alive: Duration::from_secs(30),
             max_packet_bytes: 1024 * 1024,
             ack_queue: 10_000,
@@ -419,12 +422,15 @@ impl Session {
             self.ingest.writer().delivery_session_lost();
         }
         info!(session_present, "connected to external broker");
-        if let Err(err) = self
-            .client
-            .subscribe(self.cfg.subscribe.clone(), QoS::AtLeastOnce)
-            .await
-        {
-            warn!(%err, "could not queue subscribe");
+        let filters = std::iter::once(&self.cfg.subscribe).chain(&self.cfg.also_subscribe);
+        for filter in filters {
+            if let Err(err) = self
+                .client
+                .subscribe(filter.clone(), QoS::AtLeastOnce)
+                .await
+            {
+                warn!(%err, %filter, "could not queue subscribe");
+            }
         }
     }
 

@@ -20,6 +20,7 @@
 //! read by [`run_ingest`] is read no faster than the writer commits.
 
 pub mod external;
+pub mod mapping;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use tracing::{info, warn, Instrument as _, Span};
 
 use crate::store::{DeliveryId, Origin, PresenceUpdate};
 use crate::writer::{Outcome, WriterClosed, WriterHandle};
+use mapping::{Mapped, Mappings};
 
 /// At most one warning per reject reason per this interval.
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -92,6 +94,8 @@ pub struct RejectRecord {
     pub received_at_ms: i64,
     /// Its topic.
     pub topic: String,
+    /// The device it came from, when known (from the topic or the payload).
+    pub device_id: Option<String>,
     /// Stable reason label.
     pub reason: &'static str,
     /// Human-readable message.
@@ -145,11 +149,18 @@ impl Rejects {
     }
 
     /// Records one reject (std mutex held for a few map operations, never across `.await`).
-    pub fn record(&self, publish: &Publish, reason: &'static str, message: String) {
+    pub fn record(
+        &self,
+        publish: &Publish,
+        device_id: Option<&str>,
+        reason: &'static str,
+        message: String,
+    ) {
         let preview_len = publish.payload.len().min(PREVIEW_BYTES);
         let record = RejectRecord {
             received_at_ms: publish.received_at_ms,
             topic: publish.topic.chars().take(256).collect(),
+            device_id: device_id.map(str::to_owned),
             reason,
             message,
             payload_len: publish.payload.len(),
@@ -214,9 +225,12 @@ pub struct IngestCounters {
     pub readings: AtomicU64,
     /// Presence changes handed to the writer.
     pub presence: AtomicU64,
-    /// Publishes on topics outside the reading/presence scheme (not under `sensors/`): not
-    /// readings, not errors, not stored.
+    /// Publishes on topics outside the reading/presence scheme (not under `sensors/`) that no
+    /// ingest mapping matches: not readings, not errors, not stored.
     pub ignored: AtomicU64,
+    /// Readings beyond the first that mapped publishes gave (one publish, several fields): with
+    /// them, publishes received and items stored add up (see `crate::metrics`).
+    pub split: AtomicU64,
 }
 
 /// Decodes publishes and feeds the writer. Cheap to clone; every source shares one.
@@ -226,6 +240,8 @@ pub struct Ingest {
     rejects: Arc<Rejects>,
     counters: Arc<IngestCounters>,
     max_payload_bytes: usize,
+    /// The ingest mappings in force ([`mapping`]); replaced whole on a reload.
+    mappings: Arc<std::sync::RwLock<Arc<Mappings>>>,
 }
 
 impl Ingest {
@@ -237,7 +253,26 @@ impl Ingest {
             rejects,
             counters: Arc::default(),
             max_payload_bytes,
+            mappings: Arc::default(),
         }
+    }
+
+    /// The ingest mappings in force.
+    pub fn mappings(&self) -> Arc<Mappings> {
+        match self.mappings.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `mappings` in force (at start, and on a reload: their counters go on).
+    pub fn set_mappings(&self, mappings: Mappings) {
+        let mut held = match self.mappings.write() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        mappings.carry_counters(&held);
+        *held = Arc::new(mappings);
     }
 
     /// The reject store.
@@ -261,11 +296,7 @@ impl Ingest {
         let Delivery { publish, ack, id } = delivery;
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if !is_reading_topic(&publish.topic) {
-            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            if let Some(ack) = ack {
-                let _ = ack.send(Outcome::Ignored);
-            }
-            return Ok(());
+            return self.handle_mapped(publish, ack, id).await;
         }
         let topic_device = device_of_topic(&publish.topic);
         let span = tracing::debug_span!("device", device_id = topic_device);
@@ -277,7 +308,7 @@ impl Ingest {
             );
             // The payload is not looked into: it is over the limit.
             let _in_device = reject_span(span, topic_device).entered();
-            self.reject(&publish, REASON_TOO_LARGE, msg, ack);
+            self.reject(&publish, topic_device, REASON_TOO_LARGE, msg, ack);
             return Ok(());
         }
         match decode(&publish.topic, &publish.payload, publish.received_at_ms) {
@@ -318,7 +349,85 @@ impl Ingest {
                 };
                 let device = topic_device.or(payload_device.as_deref());
                 let _in_device = reject_span(span, device).entered();
-                self.reject(&publish, err.reason(), err.to_string(), ack);
+                self.reject(&publish, device, err.reason(), err.to_string(), ack);
+                Ok(())
+            }
+        }
+    }
+
+    /// A publish outside `sensors/`: read by the first ingest mapping whose pattern matches
+    /// it, else ignored.
+    async fn handle_mapped(
+        &self,
+        publish: Publish,
+        ack: Option<oneshot::Sender<Outcome>>,
+        id: Option<DeliveryId>,
+    ) -> Result<(), WriterClosed> {
+        let mappings = self.mappings();
+        if !mappings.matches(&publish.topic) {
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = ack {
+                let _ = ack.send(Outcome::Ignored);
+            }
+            return Ok(());
+        }
+        if publish.payload.len() > self.max_payload_bytes {
+            let msg = format!(
+                "payload of {} bytes is over the limit of {} bytes",
+                publish.payload.len(),
+                self.max_payload_bytes
+            );
+            self.reject(&publish, None, REASON_TOO_LARGE, msg, ack);
+            return Ok(());
+        }
+        let mapped = mappings.map(&publish.topic, &publish.payload, publish.received_at_ms);
+        match mapped {
+            Some(Ok(Mapped::Readings {
+                mut readings,
+                device_time,
+            })) => {
+                let n = readings.len() as u64;
+                self.counters.readings.fetch_add(n, Ordering::Relaxed);
+                self.counters
+                    .split
+                    .fetch_add(n.saturating_sub(1), Ordering::Relaxed);
+                let device = readings.first().map(|r| r.device_id.clone());
+                let span = tracing::debug_span!("device", device_id = device.as_deref());
+                let origin = Origin {
+                    device_time,
+                    delivery: id,
+                };
+                if readings.len() == 1 {
+                    if let Some(one) = readings.pop() {
+                        let write = self.writer.write_from(one, origin, ack);
+                        return write.instrument(span).await;
+                    }
+                }
+                let write = self.writer.write_group(readings, origin, ack);
+                write.instrument(span).await
+            }
+            Some(Ok(Mapped::Status { device_id, online })) => {
+                self.counters.presence.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::debug_span!("device", device_id = device_id.as_str());
+                let update = PresenceUpdate {
+                    device_id,
+                    online,
+                    at_ms: publish.received_at_ms,
+                };
+                self.writer.set_presence(update, ack).instrument(span).await
+            }
+            Some(Err(reject)) => {
+                let device = reject.device_id.as_deref();
+                let span = tracing::warn_span!("device", device_id = device);
+                let _in_device = span.entered();
+                self.reject(&publish, device, reject.reason, reject.message, ack);
+                Ok(())
+            }
+            None => {
+                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                if let Some(ack) = ack {
+                    let _ = ack.send(Outcome::Ignored);
+                }
                 Ok(())
             }
         }
@@ -327,11 +436,12 @@ impl Ingest {
     fn reject(
         &self,
         publish: &Publish,
+        device_id: Option<&str>,
         reason: &'static str,
         message: String,
         ack: Option<oneshot::Sender<Outcome>>,
     ) {
-        self.rejects.record(publish, reason, message);
+        self.rejects.record(publish, device_id, reason, message);
         if let Some(ack) = ack {
             let _ = ack.send(Outcome::Rejected(reason));
         }

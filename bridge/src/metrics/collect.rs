@@ -69,11 +69,17 @@ impl Collector for Pipeline {
                 ),
                 (
                     "edgewatch_publishes_ignored_total",
-                    "Inbound publishes on topics outside sensors/ (not readings; not stored).",
+                    "Inbound publishes on topics outside sensors/ that no ingest mapping matches (not readings; not stored).",
                     &c.ignored,
+                ),
+                (
+                    "edgewatch_readings_split_total",
+                    "Readings beyond the first that mapped publishes gave (one publish, several fields).",
+                    &c.split,
                 ),
             ],
         )?;
+        mappings(&mut enc, ingest)?;
         let o = &ingest.writer().stats().outcomes;
         counters(
             &mut enc,
@@ -115,6 +121,31 @@ impl Collector for Pipeline {
         )?;
         writer(&mut enc, ingest)
     }
+}
+
+/// Per ingest mapping: readings it gave and publishes it rejected (only with mappings).
+fn mappings(enc: &mut DescriptorEncoder<'_>, ingest: &Ingest) -> fmt::Result {
+    let mappings = ingest.mappings();
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    let count = |f: fn(&crate::ingest::mapping::Mapping) -> u64| -> Vec<(&str, u64)> {
+        mappings.iter().map(|m| (m.name(), f(m))).collect()
+    };
+    labelled_counter(
+        enc,
+        "edgewatch_ingest_mapped_readings_total",
+        "Readings an ingest mapping gave, by mapping.",
+        "mapping",
+        &count(|m| m.mapped.load(Ordering::Relaxed)),
+    )?;
+    labelled_counter(
+        enc,
+        "edgewatch_ingest_mapping_rejects_total",
+        "Publishes an ingest mapping matched and could not decode (also in edgewatch_readings_rejected_total), by mapping.",
+        "mapping",
+        &count(|m| m.rejected.load(Ordering::Relaxed)),
+    )
 }
 
 /// The writer's histograms, failures, queue and health.

@@ -22,7 +22,9 @@
 //! | `edgewatch_readings_ingested_total` | counter | ingest (handed to the writer) |
 //! | `edgewatch_presence_changes_total` | counter | ingest |
 //! | `edgewatch_readings_rejected_total{reason}` | counter | ingest rejects |
-//! | `edgewatch_publishes_ignored_total` | counter | ingest (topics outside `sensors/`) |
+//! | `edgewatch_publishes_ignored_total` | counter | ingest (topics outside `sensors/` no mapping matches) |
+//! | `edgewatch_readings_split_total` | counter | ingest (readings beyond the first of a mapped publish) |
+//! | `edgewatch_ingest_mapped_readings_total{mapping}`, `edgewatch_ingest_mapping_rejects_total{mapping}` | counter | ingest mappings (`[ingest]`, only when there are some) |
 //! | `edgewatch_readings_stored_total` | counter | writer (each with a new seq) |
 //! | `edgewatch_readings_duplicate_total` | counter | writer (a resend of a stored reading) |
 //! | `edgewatch_presence_recorded_total` | counter | writer |
@@ -59,7 +61,8 @@
 //! queued for the writer):
 //!
 //! ```text
-//! edgewatch_publishes_received_total = edgewatch_readings_stored_total
+//! edgewatch_publishes_received_total + edgewatch_readings_split_total
+//!     = edgewatch_readings_stored_total
 //!     + edgewatch_readings_duplicate_total + edgewatch_presence_recorded_total
 //!     + sum(edgewatch_readings_rejected_total) + edgewatch_publishes_ignored_total
 //!     + edgewatch_writer_items_failed_total
@@ -310,6 +313,7 @@ mod tests {
         ("edgewatch_readings_duplicate_total", "counter"),
         ("edgewatch_readings_ingested_total", "counter"),
         ("edgewatch_readings_rejected_total", "counter"),
+        ("edgewatch_readings_split_total", "counter"),
         ("edgewatch_readings_stored_total", "counter"),
         ("edgewatch_retention_readings_removed_total", "counter"),
         ("edgewatch_series", "gauge"),

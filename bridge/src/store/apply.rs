@@ -144,6 +144,9 @@ struct Staging<'a> {
     /// Fingerprints pushed to the recent window (taken back on failure).
     remembered: usize,
     taken: deliveries::Staged,
+    /// The last delivery found a resend: the other readings of that publish (a mapped payload
+    /// gives several, staged one after the other) are resends too.
+    last_resent: Option<super::DeliveryId>,
 }
 
 impl<'a> Staging<'a> {
@@ -161,6 +164,7 @@ impl<'a> Staging<'a> {
             log_bytes: 0,
             remembered: 0,
             taken: deliveries::Staged::default(),
+            last_resent: None,
         }
     }
 
@@ -172,7 +176,11 @@ impl<'a> Staging<'a> {
         origin: Origin,
     ) -> Result<Option<u64>, StoreError> {
         if let Some(id) = &origin.delivery {
+            if self.last_resent.as_ref() == Some(id) {
+                return Ok(None);
+            }
             if st.deliveries.take(id, &mut self.taken, &mut self.batch) {
+                self.last_resent = Some(*id);
                 return Ok(None);
             }
         }

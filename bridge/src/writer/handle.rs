@@ -84,6 +84,22 @@ impl WriterHandle {
         .await
     }
 
+    /// Queues the readings of one publish, stored together in one batch (all or none); `done`
+    /// is completed with the last one's outcome.
+    pub async fn write_group(
+        &self,
+        readings: Vec<Reading>,
+        origin: Origin,
+        done: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(), WriterClosed> {
+        self.send(WriteCmd::Readings {
+            readings,
+            origin,
+            done,
+        })
+        .await
+    }
+
     /// Queues a presence change.
     pub async fn set_presence(
         &self,
@@ -111,5 +127,53 @@ impl WriterHandle {
     /// `false` after the last commit failed (until one succeeds), or once the writer stopped.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+}
+
+/// A batch of commands, by kind, in input order.
+#[derive(Default)]
+pub(super) struct Commands {
+    pub(super) readings: Vec<Reading>,
+    pub(super) origins: Vec<Origin>,
+    pub(super) reading_acks: Vec<Option<oneshot::Sender<Outcome>>>,
+    pub(super) presence: Vec<PresenceUpdate>,
+    pub(super) presence_acks: Vec<Option<oneshot::Sender<Outcome>>>,
+}
+
+impl From<Vec<WriteCmd>> for Commands {
+    fn from(cmds: Vec<WriteCmd>) -> Self {
+        let mut c = Commands::default();
+        for cmd in cmds {
+            match cmd {
+                WriteCmd::Reading {
+                    reading,
+                    origin,
+                    done,
+                } => {
+                    c.readings.push(reading);
+                    c.origins.push(origin);
+                    c.reading_acks.push(done);
+                }
+                WriteCmd::Readings {
+                    readings,
+                    origin,
+                    done,
+                } => {
+                    let n = readings.len();
+                    c.origins.extend(std::iter::repeat_n(origin, n));
+                    c.readings.extend(readings);
+                    c.reading_acks
+                        .extend(std::iter::repeat_with(|| None).take(n.saturating_sub(1)));
+                    if n > 0 {
+                        c.reading_acks.push(done);
+                    }
+                }
+                WriteCmd::Presence { update, done } => {
+                    c.presence.push(update);
+                    c.presence_acks.push(done);
+                }
+            }
+        }
+        c
     }
 }

@@ -30,6 +30,7 @@ mod handle;
 mod retention;
 mod stats;
 
+use handle::Commands;
 pub use handle::WriterHandle;
 use retention::{retention_step, BudgetLog};
 pub use stats::{WriteOutcomes, WriterStats};
@@ -83,6 +84,16 @@ pub enum WriteCmd {
         origin: Origin,
         /// Completed after the batch holding it is durable. Dropped without a value if the
         /// batch failed.
+        done: Option<oneshot::Sender<Outcome>>,
+    },
+    /// Store several readings of one publish (a mapped payload with several fields): all in
+    /// the same batch, so all of them or none; `done` gets the last one's outcome.
+    Readings {
+        /// The readings, in order.
+        readings: Vec<Reading>,
+        /// What tells a resend of them from new readings (the same for each).
+        origin: Origin,
+        /// As for one reading.
         done: Option<oneshot::Sender<Outcome>>,
     },
     /// Record a presence change.
@@ -460,40 +471,6 @@ struct Applied {
     acks: Vec<(oneshot::Sender<Outcome>, Outcome)>,
     reserved: u64,
     started: std::time::Instant,
-}
-
-/// A batch of commands, by kind, in input order.
-#[derive(Default)]
-struct Commands {
-    readings: Vec<Reading>,
-    origins: Vec<Origin>,
-    reading_acks: Vec<Option<oneshot::Sender<Outcome>>>,
-    presence: Vec<PresenceUpdate>,
-    presence_acks: Vec<Option<oneshot::Sender<Outcome>>>,
-}
-
-impl From<Vec<WriteCmd>> for Commands {
-    fn from(cmds: Vec<WriteCmd>) -> Self {
-        let mut c = Commands::default();
-        for cmd in cmds {
-            match cmd {
-                WriteCmd::Reading {
-                    reading,
-                    origin,
-                    done,
-                } => {
-                    c.readings.push(reading);
-                    c.origins.push(origin);
-                    c.reading_acks.push(done);
-                }
-                WriteCmd::Presence { update, done } => {
-                    c.presence.push(update);
-                    c.presence_acks.push(done);
-                }
-            }
-        }
-        c
-    }
 }
 
 /// Applies one batch on the blocking pool and sorts its outcomes: acknowledgements for after

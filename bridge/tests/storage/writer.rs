@@ -108,3 +108,51 @@ fn the_seq_reservation_runs_ahead_of_the_head_until_an_orderly_close() {
         .unwrap();
     assert_eq!(stored[0].0, 102);
 }
+
+/// The readings of one mapped publish go into one batch whatever `batch_max` says: consecutive
+/// seqs, published together, one acknowledgement with the last one's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readings_of_one_publish_are_stored_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let stop = CancellationToken::new();
+    let cfg = WriterConfig {
+        batch_max: 1,
+        ..WriterConfig::default()
+    };
+    let writer = spawn_writer(store.clone(), cfg, stop.clone());
+    let mut live = writer.committed.subscribe();
+    let t = base_time();
+    let within = Duration::from_secs(10);
+    writer
+        .handle
+        .write(reading("d0", "temp", t, 0.0), None)
+        .await
+        .unwrap();
+    let group: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|m| reading("plug-1", m, t, 1.0))
+        .collect();
+    let (done, ack) = oneshot::channel();
+    let origin = edgewatch_bridge::store::Origin::DEVICE_TIME;
+    writer
+        .handle
+        .write_group(group, origin, Some(done))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(within, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let batch = tokio::time::timeout(within, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let seqs: Vec<u64> = batch.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [2, 3, 4], "one batch despite batch_max = 1");
+    let ack = tokio::time::timeout(within, ack).await.unwrap().unwrap();
+    assert_eq!(ack, Outcome::Stored(4));
+    stop.cancel();
+    let _ = tokio::time::timeout(within, writer.task).await;
+}
