@@ -349,6 +349,22 @@ mod tests {
         assert_eq!(parsed, AppConfig::default());
     }
 
+    /// A listener section written in part keeps the rest of that listener's defaults; an
+    /// enabled TLS listener without paths says they are missing.
+    #[test]
+    fn partial_listener_sections_and_missing_tls_paths() {
+        let cfg = AppConfig::parse("[broker.mqtt5]\nenabled = false\n", None).unwrap();
+        assert!(!cfg.broker.mqtt5.enabled);
+        assert_eq!(cfg.broker.mqtt5.listen.port(), 1884);
+        let cfg = AppConfig::parse("[broker.websocket]\nlisten = \"127.0.0.1:9001\"\n", None);
+        let cfg = cfg.unwrap();
+        assert!(cfg.broker.websocket.enabled);
+        assert_eq!(cfg.broker.websocket.listen.port(), 9001);
+        let err = AppConfig::parse("[broker.tls]\nenabled = true\n", None).unwrap_err();
+        assert_eq!(err.key, "broker.tls.cert_path");
+        assert!(err.message.starts_with("is missing"), "{err}");
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let err = AppConfig::parse("[broker.mqtt]\nlistn = \"0.0.0.0:1\"\n", None).unwrap_err();

@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// MQTT 3.1.1 over TCP.
+    #[serde(deserialize_with = "partial::mqtt")]
     pub mqtt: ListenerConfig,
     /// MQTT 5 over TCP (rumqttd serves each protocol version on its own port).
+    #[serde(deserialize_with = "partial::mqtt5")]
     pub mqtt5: ListenerConfig,
     /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), for MQTT.js in browsers.
+    #[serde(deserialize_with = "partial::websocket")]
     pub websocket: ListenerConfig,
     /// MQTT 3.1.1 over TLS.
     pub tls: TlsListenerConfig,
@@ -41,9 +44,9 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            mqtt: ListenerConfig::enabled("0.0.0.0:1883"),
-            mqtt5: ListenerConfig::enabled("0.0.0.0:1884"),
-            websocket: ListenerConfig::enabled("0.0.0.0:8083"),
+            mqtt: ListenerConfig::enabled(partial::MQTT),
+            mqtt5: ListenerConfig::enabled(partial::MQTT5),
+            websocket: ListenerConfig::enabled(partial::WEBSOCKET),
             tls: TlsListenerConfig::default(),
             allow_anonymous: false,
             users: Vec::new(),
@@ -52,6 +55,51 @@ impl Default for BrokerConfig {
             router: RouterConfig::default(),
             sys_interval_secs: 10,
         }
+    }
+}
+
+/// Listener sections written in part (`[broker.mqtt5] enabled = false`): what is left out
+/// keeps that listener's default.
+mod partial {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    use super::ListenerConfig;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Partial {
+        enabled: Option<bool>,
+        listen: Option<SocketAddr>,
+    }
+
+    fn with_default<'de, D: Deserializer<'de>>(
+        d: D,
+        default: &str,
+    ) -> Result<ListenerConfig, D::Error> {
+        let p = Partial::deserialize(d)?;
+        let base = ListenerConfig::enabled(default);
+        Ok(ListenerConfig {
+            enabled: p.enabled.unwrap_or(base.enabled),
+            listen: p.listen.unwrap_or(base.listen),
+        })
+    }
+
+    pub(super) const MQTT: &str = "0.0.0.0:1883";
+    pub(super) const MQTT5: &str = "0.0.0.0:1884";
+    pub(super) const WEBSOCKET: &str = "0.0.0.0:8083";
+
+    pub(super) fn mqtt<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
+        with_default(d, MQTT)
+    }
+
+    pub(super) fn mqtt5<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
+        with_default(d, MQTT5)
+    }
+
+    pub(super) fn websocket<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
+        with_default(d, WEBSOCKET)
     }
 }
 
@@ -316,10 +364,20 @@ impl BrokerConfig {
                 ("cert_path", &self.tls.cert_path),
                 ("key_path", &self.tls.key_path),
             ] {
+                let what = match key {
+                    "cert_path" => "the PEM certificate chain",
+                    _ => "the PEM private key",
+                };
+                if path.as_os_str().is_empty() {
+                    return Err(InvalidSetting::new(
+                        format!("broker.tls.{key}"),
+                        format!("is missing: the TLS listener is enabled and needs {what}"),
+                    ));
+                }
                 if !path.is_file() {
                     return Err(InvalidSetting::new(
                         format!("broker.tls.{key}"),
-                        format!("file {} does not exist", path.display()),
+                        format!("{what}: file {} does not exist", path.display()),
                     ));
                 }
             }

@@ -117,10 +117,12 @@ fn passwd_prints_a_verifiable_users_entry() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    // The printed entry is valid config that check-config accepts.
+    // The printed entry pasted at the end of the shipped config file, as it is, is valid
+    // config that check-config accepts (the shipped file had `users = []`: "duplicate key").
+    let shipped = include_str!("../../config/edgewatch.toml");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users.toml");
-    std::fs::write(&file, &text).unwrap();
+    let file = dir.path().join("edgewatch.toml");
+    std::fs::write(&file, format!("{shipped}\n{text}")).unwrap();
     let check = Command::new(bin())
         .arg("check-config")
         .arg(&file)
@@ -133,6 +135,8 @@ fn passwd_prints_a_verifiable_users_entry() {
     );
     assert!(text.contains("username = \"sensor-1\""));
     assert!(text.contains("$argon2id$"));
+    let effective = String::from_utf8_lossy(&check.stdout);
+    assert!(effective.contains("username = \"sensor-1\""), "{effective}");
 }
 
 /// With `[log] json = true`, a reject is one JSON line whose current span is the device's:
