@@ -198,3 +198,40 @@ async fn json_logs_name_the_device_of_a_reject() {
         want.retain(|w| *w != (device, reason));
     }
 }
+
+/// A second hub on a data directory another one holds says so in words, once, and exits
+/// non-zero (it printed `Os { code: 11, kind: WouldBlock, .. }`, twice).
+#[test]
+fn a_data_dir_in_use_is_said_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), "");
+    let hub = start_hub(&config, &[]);
+    let mut second = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second hub did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert_eq!(
+        stderr.matches("in use by another process").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Os {"), "{stderr}");
+    hub.terminate();
+}

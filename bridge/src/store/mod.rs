@@ -156,13 +156,12 @@ pub const SEQ_RESERVE_FRACTION: u64 = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened (missing permissions, locked by another process...).
-    #[error("cannot open the store at {path}: {source}")]
+    #[error("cannot open the store at {}: {reason}", path.display())]
     Open {
         /// The data directory.
         path: PathBuf,
-        /// What sled said.
-        #[source]
-        source: sled::Error,
+        /// Why, in words ([`open_reason`]).
+        reason: String,
     },
     /// A read or write failed.
     #[error("store I/O failed: {0}")]
@@ -298,13 +297,32 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// Why sled could not open a store, in words: a lock held by another process (another
+/// edgewatch on the same data directory) says so and what to do.
+fn open_reason(err: &sled::Error) -> String {
+    match err {
+        // sled wraps the failed lock in an error of its own wording (kind Other).
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            "the data directory is in use by another process (another edgewatch running on it?): \
+             stop that one, or give this one another directory (bridge.data_dir, --data-dir, \
+             EDGEWATCH_DATA_DIR)"
+                .to_owned()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`: recovers the next seq and the catalogue, and
     /// rebuilds the open chunks by replaying the log after the replay checkpoint.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: sled::Error| StoreError::Open {
             path: dir.to_path_buf(),
-            source,
+            reason: open_reason(&source),
         };
         let config = sled::Config::new()
             .path(dir)
