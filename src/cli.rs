@@ -42,8 +42,10 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Simulate sensor firmware: a fleet of MQTT devices (any broker), a load run, or one
-    /// emulated serial sensor on a pseudo-terminal.
+    /// Simulate sensor firmware: a fleet of MQTT devices (any broker; edgewatch's own topics or
+    /// those of Tasmota, Zigbee2MQTT, Shelly, ESPHome, Home Assistant: `--shape`), a load run,
+    /// or one emulated serial sensor on a pseudo-terminal. Exits 1 with the reason in words
+    /// when the broker refuses the connection.
     Sim(edgewatch_sim::SimArgs),
     /// Read one serial sensor (USB serial port) and publish its readings to an MQTT broker.
     Serial(crate::serial::SerialArgs),

@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// MQTT 3.1.1 over TCP.
-    #[serde(deserialize_with = "partial::mqtt")]
+    #[serde(deserialize_with = "listeners::mqtt")]
     pub mqtt: ListenerConfig,
     /// MQTT 5 over TCP (rumqttd serves each protocol version on its own port).
-    #[serde(deserialize_with = "partial::mqtt5")]
+    #[serde(deserialize_with = "listeners::mqtt5")]
     pub mqtt5: ListenerConfig,
     /// MQTT 3.1.1 over WebSocket (subprotocol `mqtt`), for MQTT.js in browsers.
-    #[serde(deserialize_with = "partial::websocket")]
+    #[serde(deserialize_with = "listeners::websocket")]
     pub websocket: ListenerConfig,
     /// MQTT 3.1.1 over TLS.
     pub tls: TlsListenerConfig,
@@ -44,9 +44,9 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            mqtt: ListenerConfig::enabled(partial::MQTT),
-            mqtt5: ListenerConfig::enabled(partial::MQTT5),
-            websocket: ListenerConfig::enabled(partial::WEBSOCKET),
+            mqtt: ListenerConfig::enabled(listeners::MQTT),
+            mqtt5: ListenerConfig::enabled(listeners::MQTT5),
+            websocket: ListenerConfig::enabled(listeners::WEBSOCKET),
             tls: TlsListenerConfig::default(),
             allow_anonymous: false,
             users: Vec::new(),
@@ -58,50 +58,9 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Listener sections written in part (`[broker.mqtt5] enabled = false`): what is left out
-/// keeps that listener's default.
-mod partial {
-    use std::net::SocketAddr;
+mod listeners;
 
-    use serde::{Deserialize, Deserializer};
-
-    use super::ListenerConfig;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Partial {
-        enabled: Option<bool>,
-        listen: Option<SocketAddr>,
-    }
-
-    fn with_default<'de, D: Deserializer<'de>>(
-        d: D,
-        default: &str,
-    ) -> Result<ListenerConfig, D::Error> {
-        let p = Partial::deserialize(d)?;
-        let base = ListenerConfig::enabled(default);
-        Ok(ListenerConfig {
-            enabled: p.enabled.unwrap_or(base.enabled),
-            listen: p.listen.unwrap_or(base.listen),
-        })
-    }
-
-    pub(super) const MQTT: &str = "0.0.0.0:1883";
-    pub(super) const MQTT5: &str = "0.0.0.0:1884";
-    pub(super) const WEBSOCKET: &str = "0.0.0.0:8083";
-
-    pub(super) fn mqtt<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
-        with_default(d, MQTT)
-    }
-
-    pub(super) fn mqtt5<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
-        with_default(d, MQTT5)
-    }
-
-    pub(super) fn websocket<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
-        with_default(d, WEBSOCKET)
-    }
-}
+pub(crate) use listeners::EffectiveListener;
 
 /// One plain listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,13 +290,6 @@ impl std::fmt::Display for ListenerKind {
     }
 }
 
-/// Which listeners run, after the secure default was applied, and on which address.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct EffectiveListener {
-    pub(crate) kind: crate::ListenerKind,
-    pub(crate) addr: SocketAddr,
-}
-
 impl BrokerConfig {
     /// Checks values that serde cannot: hashes parse, TLS files exist, limits are sane.
     /// Errors name the dotted key.
@@ -508,35 +460,6 @@ impl BrokerConfig {
     /// True when devices must log in.
     pub fn requires_login(&self) -> bool {
         !self.users.is_empty()
-    }
-
-    /// The listeners to start, with the secure default applied: without credentials and
-    /// without `allow_anonymous`, a non-loopback address is narrowed to loopback (same port).
-    pub(crate) fn effective_listeners(&self) -> Vec<EffectiveListener> {
-        use crate::ListenerKind as K;
-        let narrow = !self.requires_login() && !self.allow_anonymous;
-        let mut out = Vec::new();
-        let mut push = |kind, enabled: bool, addr: SocketAddr| {
-            if !enabled {
-                return;
-            }
-            let addr = if narrow && !addr.ip().is_loopback() {
-                let ip: std::net::IpAddr = if addr.is_ipv6() {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                };
-                SocketAddr::new(ip, addr.port())
-            } else {
-                addr
-            };
-            out.push(EffectiveListener { kind, addr });
-        };
-        push(K::Mqtt, self.mqtt.enabled, self.mqtt.listen);
-        push(K::Mqtt5, self.mqtt5.enabled, self.mqtt5.listen);
-        push(K::WebSocket, self.websocket.enabled, self.websocket.listen);
-        push(K::Tls, self.tls.enabled, self.tls.listen);
-        out
     }
 
     /// rumqttd's router configuration.

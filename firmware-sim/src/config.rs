@@ -5,11 +5,15 @@ use std::time::Duration;
 use edgewatch_protocol::payload::is_valid_id;
 
 use crate::payload::{Format, TopicShape};
+use crate::shape::Shape;
 use crate::signal::Faults;
 use crate::SimError;
 
 /// Everything a fleet run needs. [`FleetConfig::default`] is one device publishing
 /// temperature and humidity every second to `127.0.0.1:1883` until shut down.
+///
+/// Counts (`max`, `rate`, the report's) are of publishes: in the `native` shape each publish is
+/// one reading; other shapes carry [`Shape::readings_per_publish`] numbers in each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
     /// Broker host name or address.
@@ -18,6 +22,9 @@ pub struct FleetConfig {
     pub broker_port: u16,
     /// Number of devices, 1 to [`FleetConfig::MAX_DEVICES`].
     pub devices: u32,
+    /// Firmware whose topics and payloads the devices imitate; `metrics`, `format` and
+    /// `topic_shape` apply to [`Shape::Native`] only.
+    pub shape: Shape,
     /// Metric names each device reports (see [`MetricSpec::for_name`](crate::signal::MetricSpec::for_name)).
     pub metrics: Vec<String>,
     /// Time between two samples of one device (ignored with `rate`).
@@ -38,11 +45,11 @@ pub struct FleetConfig {
     pub username: Option<String>,
     /// MQTT password for every device.
     pub password: Option<String>,
-    /// Total readings per second across the fleet; sets the per-device interval.
+    /// Total publishes (readings) per second across the fleet; sets the per-device interval.
     pub rate: Option<f64>,
-    /// Stop after this many readings in total.
+    /// Stop after this many publishes (readings) in total.
     pub max: Option<u64>,
-    /// Stop sampling after this long.
+    /// Stop sampling after this long, counted from when sending starts (after the connects).
     pub duration: Option<Duration>,
     /// Subscribe to `sensors/#` on the same broker and check delivery and latency.
     pub verify: bool,
@@ -52,6 +59,10 @@ pub struct FleetConfig {
     pub buffer_capacity: usize,
     /// New connections per second across the fleet at start (staggered connects).
     pub connect_rate: u32,
+    /// Sending starts once every device connected, or when this much time passed after the
+    /// last device's connect slot (`devices / connect_rate`) with some still unconnected. If
+    /// none connected by then, or the broker refuses the first connections, the run fails.
+    pub connect_timeout: Duration,
     /// First reconnect delay; doubles per failure, with jitter.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -70,6 +81,7 @@ impl Default for FleetConfig {
             broker_host: "127.0.0.1".to_owned(),
             broker_port: 1883,
             devices: 1,
+            shape: Shape::Native,
             metrics: vec!["temperature".to_owned(), "humidity".to_owned()],
             interval: Duration::from_secs(1),
             jitter: Duration::ZERO,
@@ -87,6 +99,7 @@ impl Default for FleetConfig {
             faults: Faults::default(),
             buffer_capacity: 1000,
             connect_rate: 500,
+            connect_timeout: Duration::from_secs(20),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
@@ -109,21 +122,7 @@ impl FleetConfig {
                 format!("must be 1 to {}, got {}", Self::MAX_DEVICES, self.devices),
             );
         }
-        if self.metrics.is_empty() || self.metrics.len() > 64 {
-            return bad("metrics", "give 1 to 64 metric names".to_owned());
-        }
-        if let Some(m) = self
-            .metrics
-            .iter()
-            .find(|m| !is_valid_id(m) || *m == "status")
-        {
-            return bad(
-                "metrics",
-                format!(
-                    "{m:?} is not a metric name (1 to 64 of A-Z a-z 0-9 _ . : -, not `status`)"
-                ),
-            );
-        }
+        self.validate_metrics()?;
         let longest_id = format!("{}-{}", self.id_prefix, self.devices - 1);
         if !is_valid_id(&longest_id) {
             return bad(
@@ -134,7 +133,10 @@ impl FleetConfig {
         if self.qos > 1 {
             return bad("qos", format!("must be 0 or 1, got {}", self.qos));
         }
-        if self.format == Format::Number && self.topic_shape == TopicShape::Shared {
+        if self.shape == Shape::Native
+            && self.format == Format::Number
+            && self.topic_shape == TopicShape::Shared
+        {
             return bad(
                 "format",
                 "`number` carries no device id, so it needs `--topic-shape device`".to_owned(),
@@ -155,6 +157,9 @@ impl FleetConfig {
         if self.connect_rate == 0 {
             return bad("connect-rate", "must be at least 1".to_owned());
         }
+        if self.connect_timeout.is_zero() {
+            return bad("connect-timeout", "must be above 0".to_owned());
+        }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad(
                 "backoff",
@@ -164,12 +169,52 @@ impl FleetConfig {
         Ok(())
     }
 
+    fn validate_metrics(&self) -> Result<(), SimError> {
+        let bad = |reason: String| {
+            Err(SimError::Invalid {
+                option: "metrics",
+                reason,
+            })
+        };
+        if self.shape != Shape::Native {
+            // The shape's own signals; `metrics` is not used.
+            return Ok(());
+        }
+        if self.metrics.is_empty() || self.metrics.len() > 64 {
+            return bad("give 1 to 64 metric names".to_owned());
+        }
+        if let Some(m) = self
+            .metrics
+            .iter()
+            .find(|m| !is_valid_id(m) || *m == "status")
+        {
+            return bad(format!(
+                "{m:?} is not a metric name (1 to 64 of A-Z a-z 0-9 _ . : -, not `status`)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The signals every device samples each tick: `metrics` in the native shape, else the
+    /// shape's own.
+    pub fn signal_names(&self) -> Vec<String> {
+        match self.shape {
+            Shape::Native => self.metrics.clone(),
+            shape => shape.signals().iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Publishes of one device per tick.
+    pub fn publishes_per_tick(&self) -> usize {
+        self.shape.publishes_per_tick(self.metrics.len())
+    }
+
     /// The per-device sampling interval: `interval`, or what `rate` implies.
     pub fn effective_interval(&self) -> Duration {
         match self.rate {
-            Some(rate) => {
-                Duration::from_secs_f64(f64::from(self.devices) * self.metrics.len() as f64 / rate)
-            }
+            Some(rate) => Duration::from_secs_f64(
+                f64::from(self.devices) * self.publishes_per_tick() as f64 / rate,
+            ),
             None => self.interval,
         }
     }
@@ -227,5 +272,20 @@ mod tests {
         };
         // 100 devices × 2 metrics at 1000 readings/s: each device ticks every 200 ms.
         assert_eq!(cfg.effective_interval(), Duration::from_millis(200));
+        // Shapes: the rate counts publishes; Tasmota publishes once a tick, Shelly 3 times.
+        let tasmota = FleetConfig {
+            shape: Shape::Tasmota,
+            ..cfg.clone()
+        };
+        assert_eq!(tasmota.effective_interval(), Duration::from_millis(100));
+        let shelly = FleetConfig {
+            shape: Shape::Shelly,
+            ..cfg
+        };
+        assert_eq!(shelly.effective_interval(), Duration::from_millis(300));
+        assert_eq!(
+            shelly.signal_names(),
+            ["temperature", "humidity", "battery"]
+        );
     }
 }

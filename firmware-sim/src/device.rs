@@ -1,8 +1,11 @@
 //! One simulated device: its MQTT connection, sampling schedule and offline buffer.
 //!
 //! Each device is one tokio task ([`run_device`]) that owns its rumqttc `EventLoop` and
-//! `AsyncClient`. The task polls the event loop and, between events, samples its signals when
-//! the next tick is due. Every reading goes through three bounded stages:
+//! `AsyncClient`. The task connects at its connect slot, waits until the fleet starts sending
+//! (every device connected, or the connect timeout), then polls the event loop and, between
+//! events, samples its signals when the next tick is due, until the run's deadline. A tick
+//! makes one publish per metric (native shape) or what the device's [`Shape`] publishes.
+//! Every publish goes through three bounded stages:
 //!
 //! 1. `buffer`: readings not yet handed to rumqttc, at most `buffer_capacity`. While offline
 //!    every reading waits here; when it is full the **oldest** reading is dropped and counted in
@@ -18,7 +21,7 @@
 //! a reading whose PUBACK was lost in the failure is sent twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +32,11 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Pa
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::FleetConfig;
-use crate::payload::{encode_reading, reading_topic, status_topic};
+use crate::payload::{encode_reading, reading_topic};
 use crate::report::FleetStats;
-use crate::signal::{MetricSpec, Signal};
+use crate::shape::{Message, Presence, Shape, ShapedDevice};
+use crate::shared::FleetShared;
+use crate::signal::Signal;
 
 /// Requests a device hands to rumqttc before it has written them (rumqttc's request channel).
 /// Small, so that readings wait in the device's own buffer, whose policy we control.
@@ -41,60 +45,26 @@ pub(crate) const REQUEST_CHANNEL_CAPACITY: usize = 64;
 /// Readings a device sends in one wake-up when it is behind its schedule (then it skips ahead).
 const MAX_CATCH_UP: u32 = 1000;
 
-/// What every device task shares: configuration, counters and the run's limits.
-#[derive(Debug)]
-pub(crate) struct FleetShared {
-    pub(crate) config: FleetConfig,
-    pub(crate) specs: Vec<MetricSpec>,
-    pub(crate) stats: FleetStats,
-    pub(crate) interval: Duration,
-    /// When sampling stops (`duration`).
-    pub(crate) deadline: Option<Instant>,
-    /// Readings left to produce (`max`).
-    budget: Option<AtomicU64>,
-}
-
-impl FleetShared {
-    /// The shared state of a run of `config` that starts now.
-    pub(crate) fn new(config: FleetConfig) -> Self {
-        FleetShared {
-            specs: config
-                .metrics
-                .iter()
-                .map(|m| MetricSpec::for_name(m))
-                .collect(),
-            stats: FleetStats::default(),
-            interval: config.effective_interval(),
-            deadline: config.duration.map(|d| Instant::now() + d),
-            budget: config.max.map(AtomicU64::new),
-            config,
-        }
-    }
-
-    /// Takes one reading from the `max` budget; false when it is used up.
-    pub(crate) fn claim_budget(&self) -> bool {
-        match &self.budget {
-            None => true,
-            Some(left) => left
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok(),
-        }
-    }
-}
-
-/// One reading waiting to be delivered.
-#[derive(Debug, Clone, Copy)]
+/// One publish waiting to be delivered.
+#[derive(Debug, Clone)]
 struct Pending {
     /// Order of production on this device.
     seq: u64,
-    /// Index into the fleet's metric list.
-    metric: usize,
-    value: f64,
     timestamp_ms: i64,
+    body: Body,
+}
+
+/// What a pending publish carries.
+#[derive(Debug, Clone)]
+enum Body {
+    /// A native reading, encoded when it is sent: index into the fleet's metric list, value.
+    Reading { metric: usize, value: f64 },
+    /// A shaped publish, encoded when it was sampled (like the firmware it imitates).
+    Shaped(Box<Message>),
 }
 
 /// What was handed to rumqttc, in order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Outbound {
     Reading(Pending),
     Status,
@@ -106,7 +76,11 @@ struct Device {
     shared: Arc<FleetShared>,
     id: String,
     signals: Vec<Signal>,
+    /// Native reading topics, by metric (empty for other shapes).
     topics: Vec<String>,
+    /// The shape's per-device state (`None` for the native shape).
+    shaped: Option<ShapedDevice>,
+    presence: Presence,
     rng: ChaCha8Rng,
     buffer: VecDeque<Pending>,
     submitted: VecDeque<Outbound>,
@@ -116,6 +90,10 @@ struct Device {
     next_tick: Instant,
     online: bool,
     ever_connected: bool,
+    /// True once the fleet started sending: the device samples from then on.
+    started: bool,
+    /// When sampling stops (`duration` after sending started).
+    deadline: Option<Instant>,
     /// False once the run's end (duration, budget, shutdown) was reached for this device.
     sampling: bool,
     /// When a stopping device gives up delivering what it still holds.
@@ -141,16 +119,27 @@ pub(crate) async fn run_device(
         .enumerate()
         .map(|(m, spec)| Signal::new(spec.clone(), cfg.faults, cfg.seed, index.into(), m as u64))
         .collect();
-    let topics = cfg
-        .metrics
-        .iter()
-        .map(|m| reading_topic(cfg.topic_shape, &id, m))
-        .collect();
+    let (topics, shaped) = match cfg.shape {
+        Shape::Native => (
+            cfg.metrics
+                .iter()
+                .map(|m| reading_topic(cfg.topic_shape, &id, m))
+                .collect(),
+            None,
+        ),
+        shape => (
+            Vec::new(),
+            Some(ShapedDevice::new(shape, &id, cfg.seed, index, now_ms())),
+        ),
+    };
+    let presence = cfg.shape.presence(&id);
     let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (u64::from(index) << 20) ^ 0x5eed);
     let mut device = Device {
         id,
         signals,
         topics,
+        shaped,
+        presence,
         rng,
         buffer: VecDeque::new(),
         submitted: VecDeque::new(),
@@ -160,19 +149,20 @@ pub(crate) async fn run_device(
         next_tick: start_at,
         online: false,
         ever_connected: false,
+        started: false,
+        deadline: None,
         sampling: true,
         give_up_at: start_at,
         finishing: false,
         backoff_failures: 0,
         shared,
     };
-    // Stagger: wait for this device's connect slot (still sampling into the buffer is pointless
-    // before the first connection, so simply wait).
+    // Stagger: wait for this device's connect slot. Sampling starts when the fleet starts
+    // sending (`Device::begin`).
     tokio::select! {
         () = sleep_until(start_at) => {}
         () = shutdown.cancelled() => return,
     }
-    device.next_tick = Instant::now() + device.first_offset();
     device.run(&shutdown).await;
 }
 
@@ -195,8 +185,8 @@ impl Device {
         opts.set_keep_alive(cfg.keep_alive)
             .set_clean_session(true)
             .set_last_will(LastWill::new(
-                status_topic(&self.id),
-                "offline",
+                &self.presence.topic,
+                self.presence.offline,
                 QoS::AtLeastOnce,
                 true,
             ));
@@ -226,12 +216,14 @@ impl Device {
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Some(Outbound::Reading(_)) = self.inflight.remove(&ack.pkid) {
                         FleetStats::add(&self.stats().acknowledged, 1);
+                        self.shared.mark_sending();
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(error) => {
                     FleetStats::add(&self.stats().errors, 1);
+                    self.shared.note_failure(&error);
                     tracing::debug!(device = %self.id, %error, "connection failed");
                     self.on_disconnected(&mut eventloop);
                     if self.finishing {
@@ -262,8 +254,8 @@ impl Device {
         FleetStats::add(&self.stats().unsent, unsent as u64);
     }
 
-    /// Waits for `fut` while sampling on schedule. `None` when a stopping device's drain
-    /// timeout passed first.
+    /// Waits for `fut` while sampling on schedule (once sending started) and stopping at the
+    /// deadline. `None` when a stopping device's drain timeout passed first.
     async fn idle_until<F: std::future::Future>(
         &mut self,
         client: &AsyncClient,
@@ -271,14 +263,24 @@ impl Device {
         fut: F,
     ) -> Option<F::Output> {
         tokio::pin!(fut);
+        let go = self.shared.go();
         loop {
             let next_tick = self.next_tick;
             let give_up_at = self.give_up_at;
+            let sending = self.sampling && self.started;
+            let deadline = self.deadline;
             tokio::select! {
                 out = &mut fut => return Some(out),
-                () = sleep_until(next_tick), if self.sampling => {
+                () = go.cancelled(), if self.sampling && !self.started => self.begin(),
+                () = sleep_until(next_tick), if sending => {
                     self.on_tick();
                     self.drain(client);
+                    self.finish_if_done(client);
+                }
+                // Without this a device whose next tick is after the deadline (a long interval
+                // at a low --rate) would run past it.
+                () = sleep_until(deadline.unwrap_or(next_tick)), if sending && deadline.is_some() => {
+                    self.stop();
                     self.finish_if_done(client);
                 }
                 () = shutdown.cancelled(), if self.sampling => {
@@ -290,8 +292,18 @@ impl Device {
         }
     }
 
+    /// Sending started: the first tick at a random point of the first interval, and the
+    /// deadline `duration` after the start.
+    fn begin(&mut self) {
+        self.started = true;
+        let start = self.shared.sending_start().unwrap_or_else(Instant::now);
+        self.next_tick = start + self.first_offset();
+        self.deadline = self.shared.config.duration.map(|d| start + d);
+    }
+
     fn stop(&mut self) {
         if self.sampling {
+            self.shared.mark_sending();
             self.sampling = false;
             self.give_up_at = Instant::now() + self.shared.config.drain_timeout;
         }
@@ -311,7 +323,7 @@ impl Device {
     /// Samples every metric for each tick that is due.
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if self.shared.deadline.is_some_and(|d| now >= d) {
+        if self.deadline.is_some_and(|d| now >= d) {
             self.stop();
             return;
         }
@@ -342,6 +354,10 @@ impl Device {
     fn sample_all(&mut self) {
         let timestamp_ms = now_ms().max(self.last_timestamp_ms + 1);
         self.last_timestamp_ms = timestamp_ms;
+        if self.shaped.is_some() {
+            self.sample_shaped(timestamp_ms);
+            return;
+        }
         for metric in 0..self.signals.len() {
             let Some(value) = self.signals[metric].sample(timestamp_ms) else {
                 FleetStats::add(&self.stats().dropouts, 1);
@@ -352,15 +368,40 @@ impl Device {
                 return;
             }
             FleetStats::add(&self.stats().sampled, 1);
-            let pending = Pending {
-                seq: self.next_seq,
-                metric,
-                value,
-                timestamp_ms,
-            };
-            self.next_seq += 1;
-            self.push_buffer_back(pending);
+            self.push_new(timestamp_ms, Body::Reading { metric, value });
         }
+    }
+
+    /// One tick of a shaped device: every signal sampled, the shape's publishes buffered.
+    fn sample_shaped(&mut self, timestamp_ms: i64) {
+        let values: Vec<Option<f64>> = self
+            .signals
+            .iter_mut()
+            .map(|s| s.sample(timestamp_ms))
+            .collect();
+        let Some(shaped) = self.shaped.as_mut() else {
+            return;
+        };
+        let (messages, skipped) = shaped.tick(&values, timestamp_ms);
+        FleetStats::add(&self.stats().dropouts, skipped);
+        for message in messages {
+            if !self.shared.claim_budget() {
+                self.stop();
+                return;
+            }
+            FleetStats::add(&self.stats().sampled, 1);
+            self.push_new(timestamp_ms, Body::Shaped(Box::new(message)));
+        }
+    }
+
+    fn push_new(&mut self, timestamp_ms: i64, body: Body) {
+        let pending = Pending {
+            seq: self.next_seq,
+            timestamp_ms,
+            body,
+        };
+        self.next_seq += 1;
+        self.push_buffer_back(pending);
     }
 
     fn push_buffer_back(&mut self, pending: Pending) {
@@ -375,12 +416,18 @@ impl Device {
         self.online = true;
         self.backoff_failures = 0;
         self.stats().connected.fetch_add(1, Ordering::Relaxed);
+        self.shared.note_connected();
         if self.ever_connected {
             FleetStats::add(&self.stats().reconnects, 1);
         }
         self.ever_connected = true;
         if client
-            .try_publish(status_topic(&self.id), QoS::AtLeastOnce, true, "online")
+            .try_publish(
+                &self.presence.topic,
+                QoS::AtLeastOnce,
+                true,
+                self.presence.online,
+            )
             .is_ok()
         {
             self.submitted.push_back(Outbound::Status);
@@ -394,6 +441,9 @@ impl Device {
         let is_reading = matches!(outbound, Outbound::Reading(_));
         if is_reading {
             FleetStats::add(&self.stats().sent, 1);
+            if pkid == 0 {
+                self.shared.mark_sending();
+            }
         }
         // QoS 0 readings are done once written; QoS 1 packets wait for their PUBACK.
         if pkid != 0 {
@@ -438,43 +488,57 @@ impl Device {
         }
     }
 
-    /// Hands buffered readings to rumqttc while its request channel has room.
+    /// Hands buffered publishes to rumqttc while its request channel has room.
     fn drain(&mut self, client: &AsyncClient) {
         if !self.online || self.finishing {
             return;
         }
-        let cfg = &self.shared.config;
         while self.submitted.len() < REQUEST_CHANNEL_CAPACITY {
-            let Some(p) = self.buffer.front().copied() else {
+            let Some(p) = self.buffer.pop_front() else {
                 break;
             };
-            let spec = self.signals[p.metric].spec();
-            let payload = match encode_reading(
-                cfg.format,
-                &self.id,
-                &spec.name,
-                p.value,
-                spec.unit,
-                p.timestamp_ms,
-            ) {
-                Ok(payload) => payload,
-                Err(error) => {
-                    // Never sent: counted with the dropped readings, and logged.
-                    tracing::error!(device = %self.id, %error, "reading dropped: cannot encode it");
-                    self.buffer.pop_front();
-                    FleetStats::add(&self.stats().dropped, 1);
-                    continue;
-                }
+            let Some((topic, payload)) = self.encode(&p) else {
+                // Never sent: counted with the dropped readings (and logged).
+                FleetStats::add(&self.stats().dropped, 1);
+                continue;
             };
-            let topic = self.topics[p.metric].clone();
             if client
                 .try_publish(topic, self.qos(), false, payload)
                 .is_err()
             {
+                self.buffer.push_front(p);
                 break;
             }
-            self.buffer.pop_front();
             self.submitted.push_back(Outbound::Reading(p));
+        }
+    }
+
+    /// The topic and payload of a pending publish; `None` (logged) if it cannot be encoded.
+    fn encode(&self, p: &Pending) -> Option<(String, Vec<u8>)> {
+        let (metric, value) = match &p.body {
+            Body::Shaped(m) => return Some((m.topic.clone(), m.payload.clone())),
+            Body::Reading { metric, value } => (*metric, *value),
+        };
+        let (Some(signal), Some(topic)) = (self.signals.get(metric), self.topics.get(metric))
+        else {
+            tracing::error!(device = %self.id, metric, "reading dropped: no such metric");
+            return None;
+        };
+        let spec = signal.spec();
+        let cfg = &self.shared.config;
+        match encode_reading(
+            cfg.format,
+            &self.id,
+            &spec.name,
+            value,
+            spec.unit,
+            p.timestamp_ms,
+        ) {
+            Ok(payload) => Some((topic.clone(), payload)),
+            Err(error) => {
+                tracing::error!(device = %self.id, %error, "reading dropped: cannot encode it");
+                None
+            }
         }
     }
 
@@ -491,7 +555,12 @@ impl Device {
         }
         self.finishing = true;
         if client
-            .try_publish(status_topic(&self.id), QoS::AtLeastOnce, true, "offline")
+            .try_publish(
+                &self.presence.topic,
+                QoS::AtLeastOnce,
+                true,
+                self.presence.offline,
+            )
             .is_ok()
         {
             self.submitted.push_back(Outbound::Status);

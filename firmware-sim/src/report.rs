@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::shape::Shape;
+
 /// Live counters of a fleet, updated by every device task (relaxed atomics: they are
-/// statistics, read once per second by the progress line).
+/// statistics, read once per second by the progress line). They count publishes: in the
+/// native shape one publish is one reading.
 #[derive(Debug, Default)]
 pub struct FleetStats {
     /// Readings produced by the signals (dropouts excluded).
@@ -19,7 +22,7 @@ pub struct FleetStats {
     /// Readings dropped because a device's offline buffer was full (oldest dropped first), or
     /// because they could not be encoded (logged).
     pub dropped: AtomicU64,
-    /// Samples a simulated dropout fault swallowed.
+    /// Samples a simulated dropout fault swallowed (other shapes: publishes it skipped).
     pub dropouts: AtomicU64,
     /// Connection attempts or connections that failed.
     pub errors: AtomicU64,
@@ -57,6 +60,11 @@ pub struct VerifyReport {
     pub latency_ms: Option<Percentiles>,
     /// Readings received after the tracking bound was reached (not checked for duplicates).
     pub untracked: u64,
+    /// Whether readings were identified (device, metric, event time), so that `received`
+    /// counts distinct readings and duplicates are seen. False for the `number` format and for
+    /// shapes other than `native`: then every arrival counts, a re-sent publish too, and
+    /// `duplicates` is 0 because it cannot be told.
+    pub exact: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -92,13 +100,24 @@ impl Percentiles {
     }
 }
 
-/// What a run did. Printed by [`crate::cli::run`] as text, or as JSON with `--json`.
+/// What a run did. Printed by [`crate::cli::run`] as text, or as JSON with `--json`. Fleet
+/// counts are of publishes; in the native shape each publish is one reading.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
     /// `fleet` or `serial`.
     pub mode: &'static str,
+    /// The devices' shape (`native`, `tasmota`, ...).
+    pub shape: Shape,
     /// Simulated devices.
     pub devices: u64,
+    /// Devices connected when sending started.
+    pub connected_at_start: u64,
+    /// Seconds from the start until sending started: connecting the fleet (staggered by
+    /// `--connect-rate`), and the `--verify` subscriber's connect.
+    pub connect_s: f64,
+    /// Why devices were not connected when sending started (the latest connection failure),
+    /// if some were not.
+    pub connect_failure: Option<String>,
     /// Readings produced (see [`FleetStats::sampled`]); frames written in serial mode.
     pub sampled: u64,
     /// Readings written to the network, including re-sends after reconnects.
@@ -115,12 +134,24 @@ pub struct Report {
     pub reconnects: u64,
     /// Readings neither sent nor acknowledged when the run ended.
     pub unsent: u64,
-    /// Wall time of the run in seconds.
+    /// Sending time in seconds: from when sending started (after the connects) until the last
+    /// delivery (written at QoS 0, acknowledged at QoS 1) or the end of sampling, whichever
+    /// came later. Neither a drain timeout spent waiting in vain nor the `--verify` wait is
+    /// part of it.
     pub elapsed_s: f64,
-    /// Delivered readings per second: acknowledged/s for QoS 1, sent/s for QoS 0.
+    /// Delivered publishes per second of sending time: acknowledged/s for QoS 1, sent/s for
+    /// QoS 0.
     pub achieved_rate: f64,
-    /// CPU time of this whole process (user + system) during the run, in seconds. With an
-    /// embedded broker in the same process it includes the broker.
+    /// Numbers in each publish: 1 in the native shape (one reading), 12 for Tasmota, 5 for
+    /// Zigbee2MQTT, 1 for the others.
+    pub readings_per_publish: u64,
+    /// Delivered publishes (acknowledged for QoS 1, sent for QoS 0) times
+    /// `readings_per_publish`: the readings a hub that stores every number of a publish
+    /// should hold from this run.
+    pub expected_readings: u64,
+    /// CPU time of this whole process (user + system) from the start of sending until every
+    /// device ended (connecting not included), in seconds. With an embedded broker in the same
+    /// process it includes the broker.
     pub cpu_s: f64,
     /// CPU seconds per second of run per 10,000 delivered readings/s: the generator's cost
     /// (`cpu_s / elapsed_s / (achieved_rate / 10000)`), 0 when nothing was delivered.
@@ -134,6 +165,8 @@ impl Report {
     pub(crate) fn finish(&mut self, elapsed: Duration, cpu: Duration, qos1: bool) {
         self.elapsed_s = elapsed.as_secs_f64();
         let delivered = if qos1 { self.acknowledged } else { self.sent };
+        self.readings_per_publish = self.shape.readings_per_publish();
+        self.expected_readings = delivered.saturating_mul(self.readings_per_publish);
         self.achieved_rate = if self.elapsed_s > 0.0 {
             delivered as f64 / self.elapsed_s
         } else {
@@ -155,11 +188,39 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} run: {} device(s), {:.1} s",
-            self.mode, self.devices, self.elapsed_s
-        )?;
+        let unit = if self.shape == Shape::Native {
+            "readings"
+        } else {
+            "publishes"
+        };
+        if self.mode == "fleet" {
+            writeln!(
+                f,
+                "fleet run: {} device(s), {:.1} s sending after {:.1} s connecting ({}/{} connected)",
+                self.devices, self.elapsed_s, self.connect_s, self.connected_at_start, self.devices
+            )?;
+        } else {
+            writeln!(
+                f,
+                "{} run: {} device(s), {:.1} s",
+                self.mode, self.devices, self.elapsed_s
+            )?;
+        }
+        if let Some(why) = &self.connect_failure {
+            writeln!(
+                f,
+                "  not connected when sending started: {} device(s); last failure: {why}",
+                self.devices.saturating_sub(self.connected_at_start)
+            )?;
+        }
+        if self.shape != Shape::Native {
+            writeln!(
+                f,
+                "  shape {}: counts are publishes, {} number(s) each; expected readings at a hub \
+                 that stores every number: {}",
+                self.shape, self.readings_per_publish, self.expected_readings
+            )?;
+        }
         writeln!(
             f,
             "  sampled {}  sent {}  acknowledged {}  unsent {}",
@@ -172,25 +233,50 @@ impl fmt::Display for Report {
         )?;
         write!(
             f,
-            "  achieved {:.0} readings/s  cpu {:.2} s  ({:.3} cpu-s/s per 10k readings/s)",
+            "  achieved {:.0} {unit}/s  cpu {:.2} s  ({:.3} cpu-s/s per 10k {unit}/s)",
             self.achieved_rate, self.cpu_s, self.cpu_per_10k_rate
         )?;
         if let Some(v) = &self.verify {
-            write!(
-                f,
-                "\n  verify: received {}  duplicates {}  missing {}  untracked {}",
-                v.received, v.duplicates, v.missing, v.untracked
-            )?;
-            match &v.latency_ms {
-                Some(p) => write!(
-                    f,
-                    "\n  latency ms: p50 {}  p90 {}  p99 {}  max {}",
-                    p.p50, p.p90, p.p99, p.max
-                )?,
-                None => write!(f, "\n  latency: not measured (no timestamps)")?,
-            }
+            self.fmt_verify(f, v)?;
         }
         Ok(())
+    }
+}
+
+impl Report {
+    fn fmt_verify(&self, f: &mut fmt::Formatter<'_>, v: &VerifyReport) -> fmt::Result {
+        write!(
+            f,
+            "\n  verify: received {}  duplicates {}  missing {}  untracked {}",
+            v.received, v.duplicates, v.missing, v.untracked
+        )?;
+        if !v.exact {
+            let what = if self.shape == Shape::Native {
+                "readings without a timestamp (format number)".to_owned()
+            } else {
+                format!("{} publishes", self.shape)
+            };
+            write!(
+                f,
+                "\n  verify is not exact: {what} are counted, not identified, so a re-sent one \
+                 counts as received and duplicates cannot be told"
+            )?;
+        }
+        match &v.latency_ms {
+            Some(p) => write!(
+                f,
+                "\n  latency ms: p50 {}  p90 {}  p99 {}  max {}",
+                p.p50, p.p90, p.p99, p.max
+            ),
+            None if self.shape == Shape::Native => {
+                write!(f, "\n  latency: not measured (no timestamps)")
+            }
+            None => write!(
+                f,
+                "\n  latency: not measured ({} publishes carry no millisecond event time)",
+                self.shape
+            ),
+        }
     }
 }
 

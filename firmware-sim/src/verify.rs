@@ -1,6 +1,13 @@
 //! `--verify`: a subscriber on the same broker that checks every reading of the fleet arrives
 //! exactly once and measures publish-to-receive latency.
 //!
+//! Other shapes than `native` carry no event time with millisecond precision (or none at all),
+//! so their publishes are counted, not identified: the subscriber (on the shape's topic filter,
+//! e.g. `tele/+/SENSOR`) counts every publish of the fleet's devices, a duplicate counts as
+//! received, and latency is not measured; the report says so (`exact: false`). It discards what
+//! an earlier run's session queued (one clean connection first), since nothing in those
+//! publishes tells them apart.
+//!
 //! It subscribes to `sensors/#` with QoS 1 and a persistent session (client id
 //! `{id_prefix}-verify`), so a broker that keeps sessions across a restart queues readings for
 //! it. Readings are recognised by device id (`{id_prefix}-N`), metric and timestamp; those
@@ -16,11 +23,14 @@ use std::time::Duration;
 
 use edgewatch_protocol::payload::{decode_publish, Inbound};
 use edgewatch_protocol::timefmt::now_ms;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::explain;
 use crate::report::{Percentiles, VerifyReport};
+use crate::shape::Shape;
 use crate::SimError;
 
 /// Distinct readings remembered for duplicate detection (about 50 bytes each).
@@ -44,6 +54,7 @@ struct Progress {
 /// What the subscriber task collected.
 #[derive(Debug)]
 struct Tally {
+    shape: Shape,
     prefix: String,
     metrics: Vec<String>,
     timestamps: bool,
@@ -58,6 +69,13 @@ struct Tally {
 impl Tally {
     fn record(&mut self, topic: &str, payload: &[u8], progress: &Progress) {
         let now = now_ms();
+        if self.shape != Shape::Native {
+            if self.shape.device_of(topic).is_some_and(|d| self.is_ours(d)) {
+                progress.last_arrival_ms.store(now, Ordering::Relaxed);
+                progress.received.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         let Ok(Inbound::Reading(r)) = decode_publish(topic, payload, now) else {
             return;
         };
@@ -94,6 +112,14 @@ impl Tally {
             .unwrap_or(HISTOGRAM_MS)
             .min(HISTOGRAM_MS);
         self.histogram[bucket] += 1;
+    }
+
+    /// Whether `device` is `{prefix}-N`, a device of this fleet.
+    fn is_ours(&self, device: &str) -> bool {
+        device
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
     }
 
     fn percentiles(&self) -> Option<Percentiles> {
@@ -136,6 +162,8 @@ pub(crate) struct VerifyTarget {
     pub(crate) id_prefix: String,
     /// The metric names the devices report.
     pub(crate) metrics: Vec<String>,
+    /// The devices' shape: which topics to subscribe to and how readings are recognised.
+    pub(crate) shape: Shape,
     /// Whether readings carry the device's timestamp (every format but `number`); without it
     /// readings are only counted (no duplicates, no latency).
     pub(crate) timestamps: bool,
@@ -144,35 +172,38 @@ pub(crate) struct VerifyTarget {
 /// The running verifying subscriber.
 #[derive(Debug)]
 pub(crate) struct Verifier {
+    /// Readings are identified (device, metric, timestamp): duplicates are seen.
+    exact: bool,
     progress: Arc<Progress>,
     stop: CancellationToken,
     task: JoinHandle<Tally>,
 }
 
 impl Verifier {
-    /// Connects and subscribes; returns once the broker acknowledged the subscription.
+    /// Connects and subscribes; returns once the broker acknowledged the subscription. A
+    /// broker that refuses the connection is [`SimError::Connect`].
     pub(crate) async fn start(target: VerifyTarget) -> Result<Verifier, SimError> {
-        let client_id = format!("{}-verify", target.id_prefix);
-        let mut opts = MqttOptions::new(&client_id, &target.broker_host, target.broker_port);
-        opts.set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(64 * 1024, 64 * 1024);
-        if let Some(user) = &target.username {
-            opts.set_credentials(user, target.password.as_deref().unwrap_or(""));
-        }
-        let (client, mut eventloop) = AsyncClient::new(opts, 16);
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client, &mut eventloop)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(SimError::Verify { reason }),
-            Err(_) => {
-                return Err(SimError::Verify {
-                    reason: format!("no SUBACK within {SUBSCRIBE_TIMEOUT:?}"),
-                })
+        let filter = target.shape.readings_filter();
+        if target.shape != Shape::Native {
+            let discard = discard_old_session(&target);
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, discard).await {
+                Ok(result) => result?,
+                Err(_) => return Err(no_answer(&target, "CONNACK")),
             }
+        }
+        let mut opts = options(&target);
+        opts.set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let subscribed = subscribe(&client, &mut eventloop, filter, &target);
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed).await {
+            Ok(result) => result?,
+            Err(_) => return Err(no_answer(&target, "SUBACK")),
         }
         let progress = Arc::new(Progress::default());
         let stop = CancellationToken::new();
+        let exact = target.shape == Shape::Native && target.timestamps;
         let tally = Tally {
+            shape: target.shape,
             prefix: target.id_prefix,
             metrics: target.metrics,
             timestamps: target.timestamps,
@@ -184,17 +215,26 @@ impl Verifier {
             max_latency: 0,
         };
         let task = tokio::spawn(collect(
-            client,
-            eventloop,
+            Subscriber {
+                client,
+                eventloop,
+                filter,
+            },
             tally,
             progress.clone(),
             stop.clone(),
         ));
         Ok(Verifier {
+            exact,
             progress,
             stop,
             task,
         })
+    }
+
+    /// Stops the subscriber without a report (the run failed).
+    pub(crate) fn abandon(self) {
+        self.stop.cancel();
     }
 
     /// Waits (bounded) until `expected` distinct readings arrived or arrivals stopped, then
@@ -222,6 +262,7 @@ impl Verifier {
             return VerifyReport {
                 received,
                 missing: expected.saturating_sub(received),
+                exact: self.exact,
                 ..VerifyReport::default()
             };
         };
@@ -231,25 +272,119 @@ impl Verifier {
             missing: expected.saturating_sub(received),
             latency_ms: tally.percentiles(),
             untracked: tally.untracked,
+            exact: self.exact,
         }
     }
 }
 
-/// Polls until the broker acknowledged the `sensors/#` subscription (subscribing after each
+/// The verifying client's options: client id `{id_prefix}-verify`, the fleet's credentials.
+fn options(target: &VerifyTarget) -> MqttOptions {
+    let client_id = format!("{}-verify", target.id_prefix);
+    let mut opts = MqttOptions::new(client_id, &target.broker_host, target.broker_port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 * 1024, 64 * 1024);
+    if let Some(user) = &target.username {
+        opts.set_credentials(user, target.password.as_deref().unwrap_or(""));
+    }
+    opts
+}
+
+/// A failed connection of the verifying client. A refusal is retried (after a short pause)
+/// until it has gone on for its settle time, then it is the run's [`SimError::Connect`];
+/// anything else is a [`SimError::Verify`] at once; both in words.
+async fn retry_or_fail(
+    error: &ConnectionError,
+    target: &VerifyTarget,
+    refused_since: &mut Option<Instant>,
+) -> Result<(), SimError> {
+    let failure = explain(error, &target.broker_host, target.broker_port);
+    if !failure.permanent {
+        return Err(SimError::Verify {
+            reason: failure.reason,
+        });
+    }
+    let since = *refused_since.get_or_insert_with(Instant::now);
+    if since.elapsed() >= failure.settle {
+        return Err(SimError::Connect {
+            reason: failure.reason,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+fn no_answer(target: &VerifyTarget, packet: &str) -> SimError {
+    SimError::Verify {
+        reason: format!(
+            "no {packet} from {}:{} within {} s",
+            target.broker_host,
+            target.broker_port,
+            SUBSCRIBE_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// Connects once with a clean session and disconnects, which discards what the broker kept
+/// for an earlier run's verifying session.
+async fn discard_old_session(target: &VerifyTarget) -> Result<(), SimError> {
+    let mut opts = options(target);
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4);
+    let mut refused_since = None;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => retry_or_fail(&e, target, &mut refused_since).await?,
+        }
+    }
+    let _ = client.try_disconnect();
+    // Until the DISCONNECT is written (or the connection is gone anyway).
+    while !matches!(
+        eventloop.poll().await,
+        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
+    ) {}
+    Ok(())
+}
+
+/// Polls until the broker acknowledged the subscription to `filter` (subscribing after each
 /// CONNACK); the error in words.
-async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> Result<(), String> {
+async fn subscribe(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    filter: &str,
+    target: &VerifyTarget,
+) -> Result<(), SimError> {
+    let mut refused_since = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 client
-                    .subscribe("sensors/#", QoS::AtLeastOnce)
+                    .subscribe(filter, QoS::AtLeastOnce)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| SimError::Verify {
+                        reason: format!("cannot subscribe to {filter}: {e}"),
+                    })?;
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => retry_or_fail(&e, target, &mut refused_since).await?,
         }
+    }
+}
+
+/// The verifying client's connection and what it subscribes to.
+struct Subscriber {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filter: &'static str,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
     }
 }
 
@@ -257,12 +392,16 @@ async fn subscribe(client: &AsyncClient, eventloop: &mut EventLoop) -> Result<()
 /// disconnects and returns the tally. Reconnects (and re-subscribes when the session is gone)
 /// after a connection error.
 async fn collect(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    subscriber: Subscriber,
     mut tally: Tally,
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> Tally {
+    let Subscriber {
+        client,
+        mut eventloop,
+        filter,
+    } = subscriber;
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => break,
@@ -273,7 +412,7 @@ async fn collect(
                 tally.record(&p.topic, &p.payload, &progress);
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                let _ = client.try_subscribe("sensors/#", QoS::AtLeastOnce);
+                let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
             }
             Ok(_) => {}
             Err(error) => {

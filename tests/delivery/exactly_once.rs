@@ -25,7 +25,7 @@ async fn quiet_metrics(http: &str, received: f64) -> std::collections::HashMap<S
         Duration::from_secs(30),
         || metric_sums(http),
         |m| {
-            let handled = accounted(&m);
+            let handled = accounted(m);
             let taken = m["edgewatch_publishes_received_total"]
                 + m.get("edgewatch_readings_split_total")
                     .copied()

@@ -1,6 +1,6 @@
 //! The hub binary as a whole: its command line, a crash under load, retained messages and MQTT
 //! sessions across restarts, `/metrics`, identity, the API descriptions against a running hub,
-//! HTTPS and its redirect, CORS, and what the log says.
+//! HTTPS and its redirect, CORS, what the log says, and `edgewatch sim` against it.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -14,5 +14,6 @@ mod identity;
 mod logs;
 mod mappings;
 mod metrics;
+mod sim;
 mod stall;
 mod tls;
