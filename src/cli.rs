@@ -94,6 +94,21 @@ pub(crate) struct RunArgs {
     /// Address of the MQTT 3.1.1 listener, e.g. 0.0.0.0:1883 (port 0 picks a free port).
     #[arg(long, env = "EDGEWATCH_MQTT_LISTEN", value_name = "ADDR")]
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// Address of the MQTT 5 listener, e.g. 0.0.0.0:1884 (`broker.mqtt5.listen`).
+    #[arg(long, env = "EDGEWATCH_MQTT5_LISTEN", value_name = "ADDR")]
+    pub(crate) mqtt5_listen: Option<SocketAddr>,
+    /// Address of the MQTT-over-WebSocket listener, e.g. 0.0.0.0:8083 (`broker.websocket.listen`).
+    #[arg(long, env = "EDGEWATCH_WS_LISTEN", value_name = "ADDR")]
+    pub(crate) ws_listen: Option<SocketAddr>,
+    /// Address of the MQTT-over-TLS listener, e.g. 0.0.0.0:8883 (`broker.tls.listen`); enables it.
+    #[arg(long, env = "EDGEWATCH_TLS_LISTEN", value_name = "ADDR")]
+    pub(crate) tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener (`broker.tls.cert_path`).
+    #[arg(long, env = "EDGEWATCH_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener (`broker.tls.key_path`).
+    #[arg(long, env = "EDGEWATCH_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Address of the HTTP server (API, live streams, dashboard).
     #[arg(long, env = "EDGEWATCH_HTTP_LISTEN", value_name = "ADDR")]
     pub(crate) http_listen: Option<SocketAddr>,
@@ -160,9 +175,19 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
     };
     cfg.apply(&Overrides {
         mqtt_listen: args.mqtt_listen,
+        mqtt5_listen: args.mqtt5_listen,
+        ws_listen: args.ws_listen,
+        tls_listen: args.tls_listen,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
         http_listen: args.http_listen,
         data_dir: args.data_dir.clone(),
     });
+    // What the flags changed is checked like the file (a TLS listener without its files).
+    cfg.validate(args.config.as_deref()).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
     Ok(cfg)
 }
 
@@ -214,7 +239,8 @@ where
 }
 
 fn run(args: RunArgs, source: crate::hub::Source) -> ExitCode {
-    run_hub(&args, |cfg| crate::hub::run(cfg, source))
+    let file = args.config.clone();
+    run_hub(&args, |cfg| crate::hub::run(cfg, source, file))
 }
 
 fn demo(mut args: RunArgs) -> ExitCode {

@@ -86,6 +86,12 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Overrides {
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    pub(crate) mqtt5_listen: Option<SocketAddr>,
+    pub(crate) ws_listen: Option<SocketAddr>,
+    /// Also enables the TLS listener.
+    pub(crate) tls_listen: Option<SocketAddr>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     pub(crate) http_listen: Option<SocketAddr>,
     pub(crate) data_dir: Option<PathBuf>,
 }
@@ -161,8 +167,27 @@ impl AppConfig {
 
     /// Applies flag / environment overrides.
     pub(crate) fn apply(&mut self, o: &Overrides) {
-        if let Some(addr) = o.mqtt_listen {
-            self.broker.mqtt.listen = addr;
+        let b = &mut self.broker;
+        for (listen, enabled, addr) in [
+            (&mut b.mqtt.listen, &mut b.mqtt.enabled, o.mqtt_listen),
+            (&mut b.mqtt5.listen, &mut b.mqtt5.enabled, o.mqtt5_listen),
+            (
+                &mut b.websocket.listen,
+                &mut b.websocket.enabled,
+                o.ws_listen,
+            ),
+            (&mut b.tls.listen, &mut b.tls.enabled, o.tls_listen),
+        ] {
+            if let Some(addr) = addr {
+                *listen = addr;
+                *enabled = true;
+            }
+        }
+        if let Some(cert) = &o.tls_cert {
+            b.tls.cert_path.clone_from(cert);
+        }
+        if let Some(key) = &o.tls_key {
+            b.tls.key_path.clone_from(key);
         }
         if let Some(addr) = o.http_listen {
             self.bridge.http_listen = addr.to_string();
@@ -433,8 +458,19 @@ mod tests {
             mqtt_listen: Some("127.0.0.1:9999".parse().unwrap()),
             http_listen: Some("127.0.0.1:9998".parse().unwrap()),
             data_dir: Some("/tmp/x".into()),
+            mqtt5_listen: Some("127.0.0.1:9997".parse().unwrap()),
+            ws_listen: Some("127.0.0.1:9996".parse().unwrap()),
+            tls_listen: Some("127.0.0.1:9995".parse().unwrap()),
+            tls_cert: Some("/tmp/c.pem".into()),
+            tls_key: Some("/tmp/k.pem".into()),
         });
         assert_eq!(cfg.broker.mqtt.listen.port(), 9999);
+        assert_eq!(cfg.broker.mqtt5.listen.port(), 9997);
+        assert_eq!(cfg.broker.websocket.listen.port(), 9996);
+        assert!(cfg.broker.tls.enabled, "--tls-listen enables TLS");
+        assert_eq!(cfg.broker.tls.listen.port(), 9995);
+        assert_eq!(cfg.broker.tls.cert_path, Path::new("/tmp/c.pem"));
+        assert_eq!(cfg.broker.tls.key_path, Path::new("/tmp/k.pem"));
         assert_eq!(cfg.bridge.http_listen, "127.0.0.1:9998");
         assert_eq!(cfg.bridge.data_dir, Path::new("/tmp/x"));
     }

@@ -32,6 +32,11 @@ pub(crate) fn init(level: &str, json: bool) {
     let no_broker_spans =
         filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")))
             .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
+    // The level is reloadable (SIGHUP, `set_level`).
+    let (env, handle) = tracing_subscriber::reload::Layer::new(env);
+    let _ = RELOAD.set(Box::new(move |targets| {
+        handle.reload(targets).map_err(|e| e.to_string())
+    }));
     let filter = env.and(no_broker_spans).and(NormalBrokerErrors);
     // The per-address MQTT limits learn each connection's address from rumqttd's accept
     // event, whatever the log level (see `edgewatch_broker::peer`).
@@ -58,6 +63,23 @@ pub(crate) fn init(level: &str, json: bool) {
             .with_writer(std::io::stderr)
             .with_filter(filter);
         registry.with(layer).init();
+    }
+}
+
+/// Replaces the level filter of the running log (set by [`init`]).
+type Reload = Box<dyn Fn(Targets) -> Result<(), String> + Send + Sync>;
+static RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+/// Sets the log level of the running log to `level` (a filter as in `[log] level`), unless
+/// `EDGEWATCH_LOG` is set (it wins, as at start). `Ok(false)` when it was left alone.
+pub(crate) fn set_level(level: &str) -> Result<bool, String> {
+    if std::env::var_os("EDGEWATCH_LOG").is_some() {
+        return Ok(false);
+    }
+    let targets = parse_filter(&quiet_broker(level)).map_err(|e| e.to_string())?;
+    match RELOAD.get() {
+        Some(reload) => reload(targets).map(|()| true),
+        None => Ok(false),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Orderly-stop signals.
+//! Signals: SIGINT / SIGTERM stop the hub in order; SIGHUP reloads its configuration file.
 
 use std::future::Future;
 
@@ -28,5 +28,38 @@ pub(crate) fn stop_requested() -> impl Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C received, stopping");
+    }
+}
+
+/// SIGHUP, from now on (installed at once, like [`stop_requested`]: before, a SIGHUP killed
+/// the process). Each one yields `()`; never yields where it cannot be watched.
+pub(crate) struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    pub(crate) fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .map_err(|err| tracing::warn!(%err, "cannot watch SIGHUP: no reload"))
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGHUP.
+    pub(crate) async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 }

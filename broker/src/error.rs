@@ -14,7 +14,11 @@ pub enum BrokerError {
     #[error("cannot start the listener runtime: {0}")]
     Runtime(#[source] std::io::Error),
     /// An address could not be bound (typically: the port is already in use).
-    #[error("cannot listen for {listener} on {addr} (port {port}): {source}", port = addr.port())]
+    #[error(
+        "cannot listen for {listener} on {addr} (port {port}): {source}; another address or port goes in {moved_by}",
+        port = addr.port(),
+        moved_by = moved_by(*listener)
+    )]
     Bind {
         /// Which listener.
         listener: ListenerKind,
@@ -41,4 +45,14 @@ pub enum BrokerError {
         /// What rumqttd said.
         reason: String,
     },
+}
+
+/// Where a listener's address is set: the config key, the flag and the variable.
+fn moved_by(listener: ListenerKind) -> &'static str {
+    match listener {
+        ListenerKind::Mqtt => "broker.mqtt.listen (--mqtt-listen, EDGEWATCH_MQTT_LISTEN)",
+        ListenerKind::Mqtt5 => "broker.mqtt5.listen (--mqtt5-listen, EDGEWATCH_MQTT5_LISTEN)",
+        ListenerKind::WebSocket => "broker.websocket.listen (--ws-listen, EDGEWATCH_WS_LISTEN)",
+        ListenerKind::Tls => "broker.tls.listen (--tls-listen, EDGEWATCH_TLS_LISTEN)",
+    }
 }

@@ -64,6 +64,11 @@ impl Hub {
         Hub { process, listeners }
     }
 
+    /// The hub's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// `http://ADDR` of the hub's HTTP server.
     pub fn http(&self) -> String {
         format!("http://{}", self.addr("http"))

@@ -97,6 +97,27 @@ fn port_in_use_fails_startup_naming_the_port() {
     assert!(stderr.contains(&format!("port {port}")), "{stderr}");
 }
 
+/// A taken port's error says which key, flag and variable move that listener.
+#[test]
+fn a_taken_port_says_what_moves_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = loopback_config(dir.path(), "");
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--ws-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let hint = "broker.websocket.listen (--ws-listen, EDGEWATCH_WS_LISTEN)";
+    assert!(stderr.contains(hint), "{stderr}");
+}
+
 #[test]
 fn sigterm_stops_with_status_0() {
     let dir = tempfile::tempdir().unwrap();

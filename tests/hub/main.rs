@@ -14,6 +14,7 @@ mod identity;
 mod logs;
 mod mappings;
 mod metrics;
+mod reload;
 mod sim;
 mod stall;
 mod tls;

@@ -381,3 +381,40 @@ fn certificate_files_that_are_wrong_stop_the_start_naming_the_key() {
         assert!(stderr.contains(named), "{named} not in {stderr}");
     }
 }
+
+/// Every listener has a flag (and a variable): with MQTT 5 and WebSocket off in the file and
+/// no TLS section, `--mqtt5-listen`, `--ws-listen` and `--tls-listen` with `--tls-cert` /
+/// `--tls-key` start all three.
+#[test]
+fn every_listener_is_set_by_a_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let config = dir.path().join("edgewatch.toml");
+    let text = format!(
+        "[broker.mqtt]\nlisten = \"127.0.0.1:0\"\n[broker.mqtt5]\nenabled = false\n\
+         [broker.websocket]\nenabled = false\n\
+         [bridge]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let hub = crate::support::start_hub(
+        &config,
+        &[
+            "--mqtt5-listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    );
+    for listener in ["mqtt", "mqtt5", "websocket", "tls"] {
+        assert!(hub.addr(listener).ip().is_loopback(), "{listener}");
+    }
+    hub.terminate();
+}
