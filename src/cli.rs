@@ -41,6 +41,9 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// The flags and variables of `run` (applied to what is printed).
+        #[command(flatten)]
+        run: Box<RunArgs>,
     },
     /// Simulate sensor firmware: a fleet of MQTT devices (any broker; edgewatch's own topics or
     /// those of Tasmota, Zigbee2MQTT, Shelly, ESPHome, Home Assistant: `--shape`), a load run,
@@ -120,7 +123,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Run(args) => run(args, crate::hub::Source::Embedded),
         Command::Bridge { mqtt, run: args } => run(args, crate::hub::Source::External(mqtt)),
         Command::Demo(args) => demo(args),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, run } => check_config(&file, &run),
         Command::Openapi => print_openapi(),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Token(TokenCommand::Create {
@@ -165,15 +168,9 @@ fn done(written: bool) -> ExitCode {
     }
 }
 
-fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
-    let mut cfg = match &args.config {
-        Some(file) => AppConfig::load(file).map_err(|err| {
-            eprintln!("error: {err}");
-            ExitCode::from(EXIT_CONFIG)
-        })?,
-        None => AppConfig::default(),
-    };
-    cfg.apply(&Overrides {
+/// What the flags and variables of `run` change.
+fn overrides(args: &RunArgs) -> Overrides {
+    Overrides {
         mqtt_listen: args.mqtt_listen,
         mqtt5_listen: args.mqtt5_listen,
         ws_listen: args.ws_listen,
@@ -182,7 +179,18 @@ fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
         tls_key: args.tls_key.clone(),
         http_listen: args.http_listen,
         data_dir: args.data_dir.clone(),
-    });
+    }
+}
+
+fn load(args: &RunArgs) -> Result<AppConfig, ExitCode> {
+    let mut cfg = match &args.config {
+        Some(file) => AppConfig::load(file).map_err(|err| {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        })?,
+        None => AppConfig::default(),
+    };
+    cfg.apply(&overrides(args));
     // What the flags changed is checked like the file (a TLS listener without its files).
     cfg.validate(args.config.as_deref()).map_err(|err| {
         eprintln!("error: {err}");
@@ -295,14 +303,22 @@ fn serial(args: crate::serial::SerialArgs) -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    match AppConfig::load(file) {
-        Ok(cfg) => {
+/// Checks `file` and prints the configuration `run` would use: with the same flags and
+/// environment variables applied, and the loopback rules written into the addresses.
+fn check_config(file: &std::path::Path, run: &RunArgs) -> ExitCode {
+    let loaded = AppConfig::load(file).and_then(|mut cfg| {
+        cfg.apply(&overrides(run));
+        cfg.validate(Some(file)).map(|()| cfg)
+    });
+    match loaded {
+        Ok(mut cfg) => {
             let mut text = format!("{}: ok\n", file.display());
+            let notes = run_binds(&mut cfg);
             match toml::to_string_pretty(&cfg) {
-                Ok(effective) => {
-                    text.push_str(&format!("\n# effective configuration\n{effective}\n"))
-                }
+                Ok(effective) => text.push_str(&format!(
+                    "\n# effective configuration (what `edgewatch run` uses, flags and EDGEWATCH_* variables applied)\n{}{effective}\n",
+                    notes.iter().map(|n| format!("{n}\n")).collect::<String>()
+                )),
                 Err(err) => eprintln!("warning: cannot print the configuration: {err}"),
             }
             done(out(&text))
@@ -312,6 +328,29 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Makes the config say what `run` binds: the loopback rules of the broker (no accounts,
+/// no `allow_anonymous`) and of HTTP (no HTTP credential) written into the addresses.
+/// Returns a comment line for each rule that changed an address.
+fn run_binds(cfg: &mut AppConfig) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    if cfg.broker.apply_loopback_rule() {
+        notes.push(
+            "# MQTT listeners on loopback: no [[broker.users]] and broker.allow_anonymous = false",
+        );
+    }
+    let access = crate::http_access::HttpAccess::of(cfg);
+    if let Ok(listen) = cfg.bridge.http_listen.parse::<std::net::SocketAddr>() {
+        let bound = crate::http_access::http_bind_addr(listen, access);
+        if bound != listen {
+            cfg.bridge.http_listen = bound.to_string();
+            notes.push(
+                "# HTTP on loopback: no HTTP credential (auth tokens, JWT key or [[broker.users]])",
+            );
+        }
+    }
+    notes
 }
 
 fn passwd(username: Option<&str>) -> ExitCode {

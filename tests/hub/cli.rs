@@ -256,3 +256,42 @@ fn a_data_dir_in_use_is_said_in_words() {
     assert!(!stderr.contains("Os {"), "{stderr}");
     hub.terminate();
 }
+
+/// `check-config` prints what `run` would use: the environment applied, and the loopback
+/// rule written into the addresses (no accounts, no allow_anonymous).
+#[test]
+fn check_config_prints_the_configuration_run_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edgewatch.toml");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(bin())
+            .arg("check-config")
+            .arg(&file)
+            .env("EDGEWATCH_MQTT5_LISTEN", "0.0.0.0:1999")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = check("");
+    assert!(printed.contains("listen = \"127.0.0.1:1999\""), "{printed}");
+    assert!(
+        printed.contains("# MQTT listeners on loopback"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("http_listen = \"127.0.0.1:8080\""),
+        "{printed}"
+    );
+    let printed = check("[broker]\nallow_anonymous = true\n");
+    assert!(printed.contains("listen = \"0.0.0.0:1999\""), "{printed}");
+    assert!(
+        !printed.contains("# MQTT listeners on loopback"),
+        "{printed}"
+    );
+}

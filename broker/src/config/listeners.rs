@@ -16,23 +16,45 @@ pub(crate) struct EffectiveListener {
 }
 
 impl BrokerConfig {
+    /// Whether the loopback rule applies: no accounts and no `allow_anonymous`, so every
+    /// listener binds to loopback only (same port).
+    pub fn loopback_only(&self) -> bool {
+        !self.requires_login() && !self.allow_anonymous
+    }
+
+    /// Writes the addresses the listeners will bind into the config (the loopback rule
+    /// applied), as `run` uses them; `true` when an address changed.
+    pub fn apply_loopback_rule(&mut self) -> bool {
+        if !self.loopback_only() {
+            return false;
+        }
+        let mut changed = false;
+        for addr in [
+            &mut self.mqtt.listen,
+            &mut self.mqtt5.listen,
+            &mut self.websocket.listen,
+            &mut self.tls.listen,
+        ] {
+            if !addr.ip().is_loopback() {
+                *addr = SocketAddr::new(loopback(addr), addr.port());
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// The listeners to start, with the secure default applied: without credentials and
     /// without `allow_anonymous`, a non-loopback address is narrowed to loopback (same port).
     pub(crate) fn effective_listeners(&self) -> Vec<EffectiveListener> {
         use crate::ListenerKind as K;
-        let narrow = !self.requires_login() && !self.allow_anonymous;
+        let narrow = self.loopback_only();
         let mut out = Vec::new();
         let mut push = |kind, enabled: bool, addr: SocketAddr| {
             if !enabled {
                 return;
             }
             let addr = if narrow && !addr.ip().is_loopback() {
-                let ip: std::net::IpAddr = if addr.is_ipv6() {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                };
-                SocketAddr::new(ip, addr.port())
+                SocketAddr::new(loopback(&addr), addr.port())
             } else {
                 addr
             };
@@ -79,4 +101,13 @@ pub(super) fn mqtt5<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D
 
 pub(super) fn websocket<'de, D: Deserializer<'de>>(d: D) -> Result<ListenerConfig, D::Error> {
     with_default(d, WEBSOCKET)
+}
+
+/// The loopback address of `addr`'s family.
+fn loopback(addr: &SocketAddr) -> std::net::IpAddr {
+    if addr.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    }
 }
