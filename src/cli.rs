@@ -52,6 +52,9 @@ enum Command {
     Sim(edgewatch_sim::SimArgs),
     /// Read one serial sensor (USB serial port) and publish its readings to an MQTT broker.
     Serial(crate::serial::SerialArgs),
+    /// Export stored readings as CSV or NDJSON, for a topic filter and an event-time range:
+    /// from a stopped hub's data directory (--data-dir) or a running hub (--hub URL).
+    Export(crate::export::ExportArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (what `/v1/openapi.json` serves;
     /// `docs/openapi.json` is this output).
     Openapi,
@@ -125,6 +128,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::CheckConfig { file, run } => check_config(&file, &run),
         Command::Openapi => print_openapi(),
+        Command::Export(args) => crate::export::main(args),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Token(TokenCommand::Create {
             name,

@@ -17,6 +17,8 @@
 //! * `logging`: the log on stderr: filter, colour only on a terminal, rumqttd's normal events
 //!   that it logs at ERROR left out.
 //! * `demo`: the hub plus a simulated fleet and an emulated serial sensor.
+//! * `export`: `edgewatch export`, stored readings as CSV or NDJSON from a data directory or a
+//!   running hub.
 //! * `serial`: serial ports in the hub, and the standalone `edgewatch serial` reader.
 //! * `signals`: SIGINT / SIGTERM as a future.
 
@@ -34,6 +36,7 @@ mod broker_state;
 mod cli;
 mod config;
 mod demo;
+mod export;
 mod http_access;
 mod hub;
 mod logging;

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use edgewatch_protocol::timefmt::{now_ms, Rfc3339};
+use edgewatch_protocol::timefmt::now_ms;
 use tracing::error;
 
 use crate::json;
@@ -15,6 +15,7 @@ use crate::writer::WriterHandle;
 use super::auth::{AuthError, Caller};
 use super::dto::*;
 use super::error::*;
+use super::formats;
 use super::params::*;
 use super::AppState;
 
@@ -290,14 +291,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub(crate) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Json,
@@ -319,21 +312,8 @@ impl Format {
             Format::Json => json::reading_page(page.iter(), page.next_after),
             Format::Ndjson => json::reading_lines(page.iter()),
             Format::Csv => {
-                let mut body =
-                    String::from("seq,topic,deviceId,metric,value,unit,timestamp,receivedAt\n");
-                for x in page.iter() {
-                    body.push_str(&format!(
-                        "{},{},{},{},{},{},{},{}\n",
-                        x.seq,
-                        csv_field(&x.topic().to_string()),
-                        csv_field(x.device_id),
-                        csv_field(x.metric),
-                        x.value,
-                        csv_field(x.unit.unwrap_or("")),
-                        Rfc3339::new(x.timestamp_ms),
-                        Rfc3339::new(x.received_at_ms)
-                    ));
-                }
+                let mut body = String::from(formats::CSV_HEADER);
+                body.push_str(&formats::csv_rows(page));
                 Ok(body.into_bytes())
             }
         }

@@ -22,6 +22,7 @@ mod direct;
 pub mod docs;
 pub mod dto;
 mod error;
+pub mod formats;
 pub mod guard;
 pub mod live;
 pub mod params;

@@ -194,6 +194,14 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store could not be opened because another process (a running hub) holds
+    /// its data directory.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Open { reason, .. } if reason == LOCKED_REASON)
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Io(e)
@@ -297,6 +305,11 @@ fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// The reason of a [`StoreError::Open`] when another process holds the data directory.
+const LOCKED_REASON: &str = "the data directory is in use by another process (another \
+     edgewatch running on it?): stop that one, or give this one another directory \
+     (bridge.data_dir, --data-dir, EDGEWATCH_DATA_DIR)";
+
 /// Why sled could not open a store, in words: a lock held by another process (another
 /// edgewatch on the same data directory) says so and what to do.
 fn open_reason(err: &sled::Error) -> String {
@@ -306,10 +319,7 @@ fn open_reason(err: &sled::Error) -> String {
             if io.kind() == std::io::ErrorKind::WouldBlock
                 || io.to_string().contains("could not acquire lock") =>
         {
-            "the data directory is in use by another process (another edgewatch running on it?): \
-             stop that one, or give this one another directory (bridge.data_dir, --data-dir, \
-             EDGEWATCH_DATA_DIR)"
-                .to_owned()
+            LOCKED_REASON.to_owned()
         }
         sled::Error::Io(io) => io.to_string(),
         other => other.to_string(),
