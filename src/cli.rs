@@ -55,6 +55,10 @@ enum Command {
     /// Export stored readings as CSV or NDJSON, for a topic filter and an event-time range:
     /// from a stopped hub's data directory (--data-dir) or a running hub (--hub URL).
     Export(crate::export::ExportArgs),
+    /// A consistent online backup of a running hub (every reading up to one seq, the
+    /// catalogue, rollups, presence, uplink cursors, the broker's retained messages and
+    /// sessions), written into a new data directory.
+    Backup(crate::export::backup::BackupArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (what `/v1/openapi.json` serves;
     /// `docs/openapi.json` is this output).
     Openapi,
@@ -129,6 +133,7 @@ pub(crate) fn main() -> ExitCode {
         Command::CheckConfig { file, run } => check_config(&file, &run),
         Command::Openapi => print_openapi(),
         Command::Export(args) => crate::export::main(args),
+        Command::Backup(args) => crate::export::backup::main(args),
         Command::Passwd { username } => passwd(username.as_deref()),
         Command::Token(TokenCommand::Create {
             name,

@@ -201,7 +201,7 @@ impl Pages<'_> {
 }
 
 /// `err` and its sources: reqwest's own words ("error sending request") leave out why.
-fn causes(err: &dyn std::error::Error) -> String {
+pub(super) fn causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -226,7 +226,7 @@ fn next_after(headers: &HeaderMap) -> Result<Option<u64>, Stop> {
 }
 
 /// A non-200 answer, in words: the hub's own message and what to do.
-async fn refusal(mut response: reqwest::Response) -> Stop {
+pub(super) async fn refusal(mut response: reqwest::Response) -> Stop {
     let status = response.status();
     let location = response
         .headers()

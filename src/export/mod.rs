@@ -3,6 +3,7 @@
 //! `GET /v1/readings` (`hub`). Both write the bytes the hub's API answers for `text/csv` and
 //! `application/x-ndjson` (one CSV header), page by page: memory stays at one page.
 
+pub(crate) mod backup;
 mod hub;
 mod store;
 

@@ -6,6 +6,7 @@
 mod support;
 
 mod api_docs;
+mod backup;
 mod cli;
 mod cors;
 mod crash;

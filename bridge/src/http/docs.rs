@@ -63,6 +63,7 @@ use crate::http::ErrorBody;
         crate::http::api::rollups,
         crate::http::api::rejects,
         crate::http::uplinks::uplinks,
+        crate::http::backup::backup,
         crate::http::api::healthz,
         crate::http::api::readyz,
         crate::metrics::scrape,

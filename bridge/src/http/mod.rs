@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+mod backup;
 mod cors;
 pub mod dashboard;
 mod direct;
@@ -162,6 +163,7 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1/rollups", get(rollups))
         .route("/v1/rejects", get(rejects))
         .route("/v1/uplinks", get(uplinks::uplinks))
+        .route("/v1/backup", get(backup::backup))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

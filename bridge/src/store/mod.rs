@@ -100,6 +100,7 @@
 
 mod activity;
 mod apply;
+pub mod backup;
 mod broker_state;
 mod budget;
 mod chunks;
@@ -239,6 +240,8 @@ impl Default for StoreOptions {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
+    /// The data directory it was opened in.
+    dir: PathBuf,
     state: Mutex<State>,
     /// Live byte count for the disk budget (only the retention task uses it; taken before
     /// `state`, never after).
@@ -397,6 +400,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 tree,
+                dir: dir.to_path_buf(),
                 state: Mutex::new(st),
                 account: Mutex::new(budget::Account::default()),
                 budget: Mutex::new(BudgetStatus::default()),
@@ -407,6 +411,11 @@ impl Store {
 
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         self.inner.state.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     /// Makes everything applied so far durable (blocking).
