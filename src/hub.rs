@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AppConfig;
 
+mod reload;
+
 /// How long an orderly stop may take before we exit anyway.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -476,58 +478,6 @@ fn print_ready(
 }
 
 impl Running {
-    /// SIGHUP: reads the configuration file again and applies what can change while running,
-    /// the ingest mappings and the log level; a setting that needs a restart is named in the
-    /// log. A file that does not load changes nothing (logged): the hub goes on as it was.
-    fn reload(&self, file: Option<&std::path::Path>, current: &mut AppConfig) {
-        let Some(file) = file else {
-            tracing::info!(
-                "SIGHUP: no configuration file to read again (started without --config)"
-            );
-            return;
-        };
-        let new = match AppConfig::load(file) {
-            Ok(new) => new,
-            Err(err) => {
-                tracing::error!(%err, "SIGHUP: configuration not reloaded, the hub goes on as it was");
-                return;
-            }
-        };
-        let mappings = match new.ingest.compile() {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::error!(key = %err.key, "SIGHUP: configuration not reloaded: {}", err.message);
-                return;
-            }
-        };
-        let count = mappings.iter().count();
-        self.bridge.ingest().set_mappings(mappings);
-        match crate::logging::set_level(&new.log.level) {
-            Ok(true) => {}
-            Ok(false) => tracing::info!("SIGHUP: EDGEWATCH_LOG is set: the log level stays"),
-            Err(err) => tracing::warn!(%err, "SIGHUP: log level not changed"),
-        }
-        let restart: Vec<&str> = [
-            ("broker", current.broker != new.broker),
-            ("bridge", current.bridge != new.bridge),
-            ("live", current.live != new.live),
-            ("auth", current.auth != new.auth),
-            ("serial", current.serial != new.serial),
-            ("uplink", current.uplink != new.uplink),
-            ("log.json", current.log.json != new.log.json),
-        ]
-        .into_iter()
-        .filter_map(|(section, changed)| changed.then_some(section))
-        .collect();
-        if !restart.is_empty() {
-            tracing::warn!(sections = ?restart, "SIGHUP: these changes need a restart; the rest is applied");
-        }
-        tracing::info!(file = %file.display(), mappings = count, level = %new.log.level, "SIGHUP: configuration reloaded (ingest mappings, log level)");
-        let (ingest, log) = (new.ingest, new.log);
-        current.ingest = ingest;
-        current.log = log;
-    }
-
     /// Orderly stop, bounded by [`STOP_GRACE`].
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let Running {

@@ -2,7 +2,7 @@
 //! hashes (PHC strings, as printed by `edgewatch passwd`), checked through the login limiter.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::login::{LoginGate, LoginLimits, LoginStats, Verdict};
 pub use crate::password::{hash_password, validate_hash, verify_password};
@@ -13,17 +13,24 @@ use edgewatch_protocol::permissions::{Grants, Permissions};
 /// ([`crate::login`]) in front of every check. Cheap to clone; clones share the limiter.
 #[derive(Clone)]
 pub struct Credentials {
-    users: Arc<HashMap<String, String>>,
+    /// The accounts (every clone shares them; [`Credentials::replace_accounts`] swaps them).
+    accounts: Arc<RwLock<Arc<Accounts>>>,
     gate: Arc<LoginGate>,
     peers: Option<Arc<Peers>>,
     /// What our codec puts in place of the password of a login it decided (see
     /// [`crate::connect_policy`]): rumqttd's auth hook then only compares it. Random per
     /// process; a client that sends it as its password is checked like any other.
     ticket: Arc<str>,
-    /// What each account may read and publish; an account not in it: everything.
-    grants: Arc<HashMap<String, Grants>>,
     /// Logins with a token as the password (set once, by the hub, before devices connect).
     tokens: Arc<std::sync::OnceLock<TokenLogin>>,
+}
+
+/// Username → argon2 hash, and what each account may read and publish (an account not in
+/// `grants`: everything).
+#[derive(Default)]
+struct Accounts {
+    users: HashMap<String, String>,
+    grants: HashMap<String, Grants>,
 }
 
 /// Checks a password that is a token (a JWT, an app token), EMQX style: `None` when the
@@ -41,7 +48,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print hashes.
         f.debug_struct("Credentials")
-            .field("users", &self.users.len())
+            .field("users", &self.accounts().users.len())
             .finish()
     }
 }
@@ -64,25 +71,50 @@ impl Credentials {
         );
         let ticket: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            users: Arc::new(pairs.into_iter().collect()),
+            accounts: Arc::new(RwLock::new(Arc::new(Accounts {
+                users: pairs.into_iter().collect(),
+                grants: HashMap::new(),
+            }))),
             gate: Arc::new(LoginGate::new(limits)),
             peers: None,
             ticket: ticket.into(),
-            grants: Arc::default(),
             tokens: Arc::default(),
         }
     }
 
     /// What each account may read and publish (an account not named: everything).
-    pub fn with_grants(mut self, grants: HashMap<String, Grants>) -> Self {
-        self.grants = Arc::new(grants);
+    pub fn with_grants(self, grants: HashMap<String, Grants>) -> Self {
+        let users = self.accounts().users.clone();
+        *self.write() = Arc::new(Accounts { users, grants });
         self
+    }
+
+    fn accounts(&self) -> Arc<Accounts> {
+        match self.accounts.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<Accounts>> {
+        self.accounts.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the accounts and grants of `new` in force for every clone of these credentials
+    /// (a configuration reload): later logins and permission decisions use them, and the
+    /// remembered logins are forgotten (a changed or removed password is checked again).
+    /// Connections already open keep what they were given at their CONNECT.
+    pub fn replace_accounts(&self, new: &Credentials) {
+        let accounts = new.accounts();
+        *self.write() = accounts;
+        self.gate.forget_remembered();
     }
 
     /// The permissions of an account logged in as `username` with `client_id`; `None` when
     /// it may do everything.
     pub fn permissions(&self, username: &str, client_id: &str) -> Option<Permissions> {
-        self.grants
+        self.accounts()
+            .grants
             .get(username)
             .filter(|g| **g != Grants::all())
             .map(|g| g.for_principal(username, client_id))
@@ -117,7 +149,7 @@ impl Credentials {
 
     /// True when no user is configured (anonymous access).
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.accounts().users.is_empty()
     }
 
     /// Logins by outcome, for metrics.
@@ -135,7 +167,7 @@ impl Credentials {
         password: String,
     ) -> Verdict {
         let ip = ip.or_else(|| self.peers.as_ref().and_then(|p| p.ip_of(client_id)));
-        let hash = self.users.get(username).cloned();
+        let hash = self.accounts().users.get(username).cloned();
         let verdict = self.gate.check(ip, username, password, hash).await;
         if !verdict.accepted() {
             // Refusals in a flood are throttled by the backoff; a log line each is affordable.

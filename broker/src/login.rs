@@ -240,6 +240,11 @@ impl LoginGate {
         }
     }
 
+    /// Forgets every remembered login (the accounts changed).
+    pub(crate) fn forget_remembered(&self) {
+        self.lock().remembered.clear();
+    }
+
     fn remembered(&self, state: &GateState, username: &str, mac: &[u8; 64], now: Instant) -> bool {
         let ttl = Duration::from_secs(self.limits.cache_secs);
         state.remembered.get(username).is_some_and(|(known, at)| {

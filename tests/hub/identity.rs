@@ -534,7 +534,7 @@ async fn without_credentials_the_http_listener_stays_on_loopback() {
 
 /// Connects to the hub's MQTT listener as `username` / `password`: the client and its event
 /// loop once the CONNACK accepted it, or the refusal's return code.
-async fn mqtt_login(
+pub(crate) async fn mqtt_login(
     hub: &Hub,
     username: &str,
     password: &str,
