@@ -16,6 +16,7 @@ mod identity;
 mod logs;
 mod mappings;
 mod metrics;
+mod readme;
 mod reload;
 mod service;
 mod sim;
