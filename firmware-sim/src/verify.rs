@@ -277,6 +277,10 @@ impl Verifier {
     }
 }
 
+/// How long a connection of the verifying client that fails otherwise than by a refusal is
+/// tried again.
+const TRANSIENT_SETTLE: Duration = Duration::from_secs(3);
+
 /// The verifying client's options: client id `{id_prefix}-verify`, the fleet's credentials.
 fn options(target: &VerifyTarget) -> MqttOptions {
     let client_id = format!("{}-verify", target.id_prefix);
@@ -291,19 +295,27 @@ fn options(target: &VerifyTarget) -> MqttOptions {
 
 /// A failed connection of the verifying client. A refusal is retried (after a short pause)
 /// until it has gone on for its settle time, then it is the run's [`SimError::Connect`];
-/// anything else is a [`SimError::Verify`] at once; both in words.
+/// anything else is tried again for [`TRANSIENT_SETTLE`], then it is a [`SimError::Verify`];
+/// both in words.
 async fn retry_or_fail(
     error: &ConnectionError,
     target: &VerifyTarget,
     refused_since: &mut Option<Instant>,
 ) -> Result<(), SimError> {
     let failure = explain(error, &target.broker_host, target.broker_port);
-    if !failure.permanent {
-        return Err(SimError::Verify {
-            reason: failure.reason,
-        });
-    }
     let since = *refused_since.get_or_insert_with(Instant::now);
+    if !failure.permanent {
+        // A connection closed at once (rumqttd can close a client id's new connection while
+        // it still ends the one before: the old-session discard above, then the verifying
+        // session) is tried again for a moment before it fails the run.
+        if since.elapsed() >= TRANSIENT_SETTLE {
+            return Err(SimError::Verify {
+                reason: failure.reason,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return Ok(());
+    }
     if since.elapsed() >= failure.settle {
         return Err(SimError::Connect {
             reason: failure.reason,
