@@ -1,5 +1,7 @@
-// The dashboard in headless Chromium against a real hub: load, live devices, presence, chart,
-// forced transports. Run with scripts/browser-test (or `node --test tests/browser/`).
+// The dashboard in headless Chromium against a real hub: load, one row per device with its
+// metrics, presence, chart, forced transports, keyboard, phone width, dark mode. The device page,
+// ranges, rollups, CSV and the hub-lost banner on failed polls: device-page.test.mjs.
+// Run with scripts/browser-test (or `node --test tests/browser/`).
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -27,31 +29,47 @@ async function device(id) {
   return d;
 }
 
-const rowValue = (page, topic) => page.locator(`tr[data-key="${topic}"] .value`).textContent({ timeout: 1000 });
+/** The value shown in the chip of `metric` in the row of `deviceId`. */
+const chipValue = (page, deviceId, metric) => page.locator(`#devices-body tr[data-device="${deviceId}"] [data-metric="${metric}"] .value`).textContent({ timeout: 1000 });
+const statusOf = (page, deviceId) => page.locator(`#devices-body tr[data-device="${deviceId}"] .status`);
 
 test('the page loads with no console errors and shows the empty state', async () => {
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
   await page.waitForSelector('#connection[data-state="connected"]', { timeout: 10_000 });
   assert.equal(await page.isVisible('#devices-empty'), true, 'empty state shown before any reading');
   assert.match(await page.textContent('#pub-example'), /mosquitto_pub .* -t sensors\/d1\/temperature/);
+  assert.match(await page.textContent('#chart-empty'), /No readings yet/);
   await page.screenshot({ path: path.join(screenshotDir(), 'empty.png') });
   await page.waitForTimeout(500);
   assert.deepEqual(page.errors, []);
   await page.close();
 });
 
-test('a device appears within 2 s of its first reading and its value updates live', async () => {
+test('a device appears as one row within 2 s of its first reading, its metrics as chips with units, updated live', async () => {
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
   await page.waitForSelector('#connection[data-state="connected"]', { timeout: 10_000 });
   const d = await device('kitchen');
   const sent = Date.now();
   await d.publish('temperature', 21.5);
-  await page.waitForSelector('tr[data-key="sensors/kitchen/temperature"]', { timeout: 2000 });
+  await page.waitForSelector('#devices-body tr[data-device="kitchen"]', { timeout: 2000 });
   assert.ok(Date.now() - sent < 2000);
-  await waitFor(async () => (await rowValue(page, 'sensors/kitchen/temperature')) === '21.5', { timeoutMs: 2000, what: 'value 21.5' });
+  await waitFor(async () => (await chipValue(page, 'kitchen', 'temperature')) === '21.5', { timeoutMs: 2000, what: 'value 21.5' });
+  // A second metric of the same device: a second chip in the same row, not a second row.
+  await d.publish('humidity', 48, '%');
+  await waitFor(async () => (await chipValue(page, 'kitchen', 'humidity').catch(() => null)) === '48', { timeoutMs: 2000, what: 'humidity chip' });
+  assert.equal(await page.locator('#devices-body tr[data-device="kitchen"]').count(), 1, 'one row per device');
+  const chips = await page.locator('#devices-body tr[data-device="kitchen"] .chip').allTextContents();
+  assert.deepEqual(chips.map((t) => t.replace(/\s+/g, ' ').trim()), ['humidity 48%', 'temperature 21.5C']);
+  assert.equal(await page.textContent('#devices-body tr[data-device="kitchen"] [data-metric="temperature"] .unit'), 'C');
+  assert.equal(await page.locator('#devices-body tr[data-device="kitchen"] canvas.spark').count(), 2, 'a sparkline per metric');
   await d.publish('temperature', 22.25);
-  await waitFor(async () => (await rowValue(page, 'sensors/kitchen/temperature')) === '22.25', { timeoutMs: 2000, what: 'value 22.25' });
-  await waitFor(async () => (await page.textContent('tr[data-key="sensors/kitchen/temperature"] .status')) === 'online', { timeoutMs: 2000, what: 'online' });
+  await waitFor(async () => (await chipValue(page, 'kitchen', 'temperature')) === '22.25', { timeoutMs: 2000, what: 'value 22.25' });
+  await waitFor(async () => (await statusOf(page, 'kitchen').textContent({ timeout: 1000 })) === 'online', { timeoutMs: 2000, what: 'online' });
+  assert.match(await page.textContent('#devices-body tr[data-device="kitchen"] .age'), /^\d+ s$/, 'last seen');
+  assert.match(await page.textContent('#device-count'), /1 device, 2 metrics/);
+  // The first device to report is charted at once: the chart is never empty with data around.
+  await waitFor(() => page.evaluate(() => globalThis.edgewatch.chart.deviceId === 'kitchen' && globalThis.edgewatch.chart.plots.length > 0), { timeoutMs: 3000, what: 'kitchen charted' });
+  assert.equal(await page.isHidden('#chart-empty'), true);
   assert.match(await page.textContent('#conn-text'), /WebSocket · connected/);
   assert.deepEqual(page.errors, []);
   await page.close();
@@ -61,7 +79,7 @@ test('the device goes offline when its connection drops (last will)', async () =
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
   const d = await device('garage');
   await d.publish('temperature', 12);
-  const status = page.locator('tr[data-key="sensors/garage/temperature"] .status');
+  const status = statusOf(page, 'garage');
   await waitFor(async () => (await status.textContent({ timeout: 1000 })) === 'online', { timeoutMs: 3000, what: 'garage online' });
   const crashed = Date.now();
   d.crash();
@@ -89,7 +107,7 @@ test('a device whose readings stop turns stale; a stopped hub shows the connecti
     assert.equal(await page.isHidden('#hub-lost'), true, 'no connection banner while connected');
     // A sensor that never publishes a status topic (like the demo's serial sensor).
     const sensor = await quiet.sensor('serial-1');
-    const status = page.locator('tr[data-key="sensors/serial-1/temperature"] .status');
+    const status = statusOf(page, 'serial-1');
     for (let i = 0; i < 3; i++) {
       await sensor.publish('temperature', 20 + i);
       await new Promise((r) => setTimeout(r, 200));
@@ -148,6 +166,9 @@ test('a device whose readings stop turns stale; a stopped hub shows the connecti
   }
 });
 
+/** Clicks the row of `deviceId` outside its link: charts it in the list view. */
+const selectRow = (page, deviceId) => page.click(`#devices-body tr[data-device="${deviceId}"] td.age`, { timeout: 5000 });
+
 test('the chart has points from history and from live data', async () => {
   const d = await device('attic');
   // History: readings with event times over the last ten minutes.
@@ -157,33 +178,33 @@ test('the chart has points from history and from live data', async () => {
   }
   await waitFor(async () => (await hub.readings('sensors/attic/temperature')).length === 10, { what: 'history stored' });
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
-  await page.click('tr[data-key="sensors/attic/temperature"]', { timeout: 5000 });
+  await selectRow(page, 'attic');
+  assert.equal(await page.getAttribute('#devices-body tr[data-device="attic"]', 'aria-current'), 'true', 'the charted row is marked');
   const points = () =>
     page.evaluate(() => {
-      const s = globalThis.edgewatch.chart.series.find((x) => x.topic === 'sensors/attic/temperature');
+      const c = globalThis.edgewatch.chart;
+      const s = c.deviceId === 'attic' && !c.loading ? c.series.find((x) => x.metric === 'temperature') : null;
       return s ? { history: s.historyCount, live: s.liveCount, total: s.xs.length } : null;
     });
-  await waitFor(async () => (await points())?.history >= 5, { timeoutMs: 5000, what: 'history points' });
+  // 1 h (the default) is raw: each of the ten readings is a point.
+  await waitFor(async () => (await points())?.history === 10, { timeoutMs: 5000, what: 'ten history points' });
   for (let i = 0; i < 5; i++) await d.publish('temperature', 18 + i);
   await waitFor(async () => (await points())?.live === 5, { timeoutMs: 3000, what: 'live points' });
   const p = await points();
-  assert.ok(p.total >= p.history + 5, JSON.stringify(p));
+  assert.equal(p.total, p.history + 5, JSON.stringify(p));
   // The legend is redrawn with the chart (next frame), after the point is counted.
-  await waitFor(async () => /attic temperature: 22 C/.test(await page.textContent('#chart-legend')), {
-    timeoutMs: 2000,
-    what: 'legend shows the last live value',
-  });
+  await waitFor(async () => /temperature: 22 C/.test(await page.textContent('#chart-legend')), { timeoutMs: 2000, what: 'legend shows the last live value' });
+  assert.match(await page.textContent('#chart-title'), /attic/);
   // Hover shows value and time.
-  const box = await page.locator('#chart .u-over').boundingBox();
+  const box = await page.locator('#chart .u-over').first().boundingBox();
   await page.mouse.move(box.x + box.width - 3, box.y + box.height / 2);
   await waitFor(() => page.isVisible('#chart-tip'), { timeoutMs: 2000, what: 'tooltip' });
-  assert.match(await page.textContent('#chart-tip'), /attic temperature: \d/);
-  // Range buttons reload history.
-  await page.click('button.range[data-range="3600000"]');
-  await waitFor(async () => (await points())?.history >= 5, { timeoutMs: 5000, what: 'history after range change' });
-  const file = path.join(screenshotDir(), 'dashboard.png');
+  assert.match(await page.textContent('#chart-tip'), /temperature: \d/);
+  // 24 h: rollups of the same history.
+  await page.getByRole('button', { name: '24 h', exact: true }).click();
+  await waitFor(() => page.evaluate(() => globalThis.edgewatch.chart.mode === 'rollup' && !globalThis.edgewatch.chart.loading && globalThis.edgewatch.chart.series[0]?.historyCount >= 1), { timeoutMs: 5000, what: 'rollups after range change' });
   await page.mouse.move(box.x + box.width * 0.7, box.y + box.height / 2);
-  await page.screenshot({ path: file });
+  await page.screenshot({ path: path.join(screenshotDir(), 'dashboard.png') });
   assert.deepEqual(page.errors, []);
   await page.close();
 });
@@ -193,10 +214,9 @@ for (const transport of ['sse', 'poll']) {
     const page = await openPage(browser.context, `${hub.httpUrl}/?transport=${transport}`);
     await page.waitForSelector(`#connection[data-state="connected"][data-transport="${transport}"]`, { timeout: 10_000 });
     const d = await device(`t-${transport}`);
-    const topic = `sensors/t-${transport}/humidity`;
     for (let i = 1; i <= 5; i++) {
       await d.publish('humidity', 40 + i, '%');
-      await waitFor(async () => (await rowValue(page, topic).catch(() => null)) === String(40 + i), { timeoutMs: 3000, what: `${transport} value ${40 + i}` });
+      await waitFor(async () => (await chipValue(page, `t-${transport}`, 'humidity').catch(() => null)) === String(40 + i), { timeoutMs: 3000, what: `${transport} value ${40 + i}` });
     }
     assert.match(await page.textContent('#conn-text'), transport === 'sse' ? /SSE · connected/ : /Long polling · connected/);
     await page.screenshot({ path: path.join(screenshotDir(), `transport-${transport}.png`) });
@@ -227,64 +247,109 @@ test('the stream panel lists raw live messages for a typed filter', async () => 
   await page.close();
 });
 
-test('keyboard: rows are reachable and toggle the chart with Enter', async () => {
+test('keyboard: rows are reachable, Space charts a device, Enter opens its page and Back returns to it', async () => {
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
   await page.waitForSelector('#devices-body tr');
   await page.focus('#devices-body tr[tabindex="0"]');
   await page.keyboard.press('ArrowDown');
-  const key = await page.evaluate(() => document.activeElement.dataset.key);
-  assert.ok(key, 'a row has focus');
+  const id = await page.evaluate(() => document.activeElement.dataset.device);
+  assert.ok(id, 'a row has focus');
+  assert.equal(await page.locator('#devices-body tr[tabindex="0"]').count(), 1, 'one row in the tab order (roving focus)');
+  await page.keyboard.press(' ');
+  await waitFor(() => page.evaluate((k) => globalThis.edgewatch.chart.deviceId === k, id), { timeoutMs: 2000, what: 'device charted' });
+  await waitFor(async () => (await page.getAttribute(`#devices-body tr[data-device="${id}"]`, 'aria-current')) === 'true', { timeoutMs: 2000, what: 'row marked' });
+  await page.keyboard.press('End');
+  assert.equal(await page.evaluate(() => document.activeElement === document.querySelector('#devices-body').lastElementChild), true, 'End: last row');
+  await page.keyboard.press('Home');
+  assert.equal(await page.evaluate(() => document.activeElement === document.querySelector('#devices-body').firstElementChild), true, 'Home: first row');
+  await page.keyboard.press('ArrowDown');
   await page.keyboard.press('Enter');
-  await waitFor(() => page.evaluate((k) => globalThis.edgewatch.chart.has(k), key), { timeoutMs: 2000, what: 'row plotted' });
+  await waitFor(async () => (await page.evaluate(() => location.hash)) === `#/device/${encodeURIComponent(id)}`, { timeoutMs: 2000, what: 'device page route' });
+  await page.waitForSelector('#device-panel:not([hidden])');
+  assert.equal(await page.textContent('#device-title'), id);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'device-title', 'focus moves to the page title');
+  assert.equal(await page.isHidden('#devices-panel'), true);
+  await page.click('#back-link');
+  await page.waitForSelector('#devices-panel:not([hidden])');
+  assert.equal(await page.evaluate(() => document.activeElement.dataset?.device), id, 'focus back on the row');
   assert.deepEqual(page.errors, []);
   await page.close();
 });
 
-// ---- overlaid series, phone width, dark mode, range buttons ----------------------------------
+test('sorting: by status (online first), by last seen (newest first), reversed on a second click, and back by device', async () => {
+  const page = await openPage(browser.context, `${hub.httpUrl}/`);
+  await page.waitForSelector('#devices-body tr[data-device="garage"] .status[data-status="offline"]', { timeout: 5000 });
+  const rows = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll('#devices-body tr')].map((tr) => ({ id: tr.dataset.device, status: tr.querySelector('.status').textContent, seen: globalThis.edgewatch.devices.get(tr.dataset.device).lastSeen })),
+    );
+  const rank = { online: 0, stale: 1, offline: 2, unknown: 3 };
+  const sorted = (list, key, dir) => list.every((r, i) => i === 0 || dir * (key(r) - key(list[i - 1])) >= 0);
+  await page.click('th[data-sort="status"] button');
+  await waitFor(async () => sorted(await rows(), (r) => rank[r.status], 1), { timeoutMs: 2000, what: 'online first' });
+  assert.equal(await page.getAttribute('th[data-sort="status"]', 'aria-sort'), 'ascending');
+  assert.equal(await page.getAttribute('th[data-sort="device"]', 'aria-sort'), 'none');
+  await page.click('th[data-sort="status"] button');
+  await waitFor(async () => sorted(await rows(), (r) => rank[r.status], -1), { timeoutMs: 2000, what: 'offline first' });
+  assert.equal(await page.getAttribute('th[data-sort="status"]', 'aria-sort'), 'descending');
+  await page.click('th[data-sort="seen"] button');
+  await waitFor(async () => sorted(await rows(), (r) => r.seen, -1), { timeoutMs: 2000, what: 'newest first' });
+  await page.click('th[data-sort="device"] button');
+  await waitFor(async () => {
+    const ids = (await rows()).map((r) => r.id);
+    return ids.join() === [...ids].sort((a, b) => a.localeCompare(b, undefined, { numeric: true })).join();
+  }, { timeoutMs: 2000, what: 'by device id' });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+// ---- several metrics in one plot, request ranges, phone width, dark mode ------------------------
 
 /** Publishes `n` readings one minute apart ending a minute ago, offset by `shiftMs`. */
-async function publishHistory(d, metric, base, { n = 10, shiftMs = 0 } = {}) {
+async function publishHistory(d, metric, base, { n = 10, shiftMs = 0, unit = 'C' } = {}) {
   const now = Date.now();
   for (let i = n; i >= 1; i--) {
-    await d.publish(metric, base + i / 10, 'C', { timestamp: new Date(now - i * 60_000 - shiftMs).toISOString() });
+    await d.publish(metric, base + i / 10, unit, { timestamp: new Date(now - i * 60_000 - shiftMs).toISOString() });
   }
 }
 
-/** What the chart holds and draws, per plotted series (from the page's test hook). */
+/** What the first plot holds and draws, per charted metric (from the page's test hook). */
 const chartState = (page) =>
   page.evaluate(() => {
     const { chart } = globalThis.edgewatch;
-    const u = chart.plot;
+    const plot = chart.plots[0];
+    const u = plot?.u;
     return {
-      series: chart.series.map((s, i) => {
+      series: (plot?.members ?? []).map((s, i) => {
         const firstLive = s.xs[s.historyCount] ?? Infinity;
-        const xs = u ? u.data[0] : [];
-        const ys = u ? u.data[i + 1] : [];
+        const xs = u.data[0];
+        const ys = u.data[i + 1];
         let drawnHistory = 0;
         for (let j = 0; j < xs.length; j++) if (xs[j] < firstLive && ys[j] !== null && ys[j] !== undefined) drawnHistory++;
-        return { topic: s.topic, color: s.color, history: s.historyCount, live: s.liveCount, drawnHistory, alignedLength: ys.length };
+        return { metric: s.metric, color: s.color, history: s.historyCount, live: s.liveCount, drawnHistory, alignedLength: ys.length };
       }),
       xLength: u ? u.data[0].length : 0,
     };
   });
 
 /**
- * For each plotted series, how many of the midpoints between its consecutive history points
- * have a pixel of its colour on the chart canvas nearby: the line is really drawn there.
+ * For each metric of the first plot, how many of the midpoints between its consecutive history
+ * points have a pixel of its colour on the chart canvas nearby: the line is really drawn there.
  */
 const historyPixels = (page) =>
   page.evaluate(() => {
     const { chart } = globalThis.edgewatch;
-    const u = chart.plot;
+    const { u, members } = chart.plots[0];
     const ctx = u.ctx;
     const rgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
-    return chart.series.map((s, i) => {
+    return members.map((s, i) => {
       const [r, g, b] = rgb(s.color);
+      const scale = u.series[i + 1].scale;
       let hits = 0;
       let checked = 0;
       for (let j = 0; j + 1 < s.historyCount; j++) {
         const x = u.valToPos((s.xs[j] + s.xs[j + 1]) / 2, 'x', true);
-        const y = u.valToPos((s.ys[j] + s.ys[j + 1]) / 2, 'y', true);
+        const y = u.valToPos((s.ys[j] + s.ys[j + 1]) / 2, scale, true);
         const size = 7;
         const img = ctx.getImageData(Math.round(x - size / 2), Math.round(y - size / 2), size, size).data;
         checked++;
@@ -295,83 +360,86 @@ const historyPixels = (page) =>
           }
         }
       }
-      return { topic: s.topic, checked, hits, series: i + 1 };
+      return { metric: s.metric, checked, hits };
     });
   });
 
-test('overlaid series each draw their own history (own bucket times) and live points', async () => {
-  // Two devices whose history buckets never share a timestamp: the merge into uPlot's one x
-  // array leaves holes in each series, which must be drawn across, not dropped.
-  const a = await device('ov-a');
-  const b = await device('ov-b');
-  await publishHistory(a, 'temperature', 10);
-  await publishHistory(b, 'temperature', 30, { shiftMs: 17_000 });
-  for (const id of ['ov-a', 'ov-b']) {
-    await waitFor(async () => (await hub.readings(`sensors/${id}/temperature`)).length === 10, { what: `${id} history stored` });
+test('metrics of one unit share a plot; each draws its own readings (own times) and live points', async () => {
+  // Two metrics whose readings never share a timestamp: the merge into uPlot's one x array
+  // leaves holes in each, which must be drawn across, not dropped.
+  const d = await device('ov');
+  await publishHistory(d, 'temperature', 10);
+  await publishHistory(d, 'dewpoint', 30, { shiftMs: 17_000 });
+  for (const m of ['temperature', 'dewpoint']) {
+    await waitFor(async () => (await hub.readings(`sensors/ov/${m}`)).length === 10, { what: `${m} history stored` });
   }
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
-  await page.click('tr[data-key="sensors/ov-a/temperature"]', { timeout: 5000 });
-  await page.click('tr[data-key="sensors/ov-b/temperature"]', { timeout: 5000 });
-  await waitFor(async () => (await chartState(page)).series.every((s) => s.history >= 8), { timeoutMs: 5000, what: 'history of both series' });
-  await a.publish('temperature', 12);
-  await b.publish('temperature', 32);
-  await waitFor(async () => (await chartState(page)).series.every((s) => s.live >= 1), { timeoutMs: 3000, what: 'live points of both series' });
+  await selectRow(page, 'ov');
+  await waitFor(async () => {
+    const st = await chartState(page);
+    return st.series.length === 2 && st.series.every((s) => s.history === 10);
+  }, { timeoutMs: 5000, what: 'history of both metrics' });
+  await d.publish('temperature', 12);
+  await d.publish('dewpoint', 32);
+  await waitFor(async () => (await chartState(page)).series.every((s) => s.live >= 1), { timeoutMs: 3000, what: 'live points of both metrics' });
   await page.waitForTimeout(200); // a frame to draw them
   const state = await chartState(page);
-  assert.equal(state.series.length, 2, JSON.stringify(state));
-  assert.ok(state.xLength >= 20, `aligned x has both series' points: ${JSON.stringify(state)}`);
+  assert.equal(await page.evaluate(() => globalThis.edgewatch.chart.plots.length), 1, 'one unit, one plot');
+  assert.ok(state.xLength >= 22, `aligned x has both metrics' points: ${JSON.stringify(state)}`);
   for (const s of state.series) {
-    assert.equal(s.alignedLength, state.xLength, `${s.topic}: one value slot per x`);
-    assert.ok(s.drawnHistory >= 8, `${s.topic}: history in uPlot's data: ${JSON.stringify(state)}`);
+    assert.equal(s.alignedLength, state.xLength, `${s.metric}: one value slot per x`);
+    assert.ok(s.drawnHistory >= 10, `${s.metric}: history in uPlot's data: ${JSON.stringify(state)}`);
   }
   const pixels = await historyPixels(page);
   for (const p of pixels) {
-    assert.ok(p.checked >= 7 && p.hits >= p.checked - 1, `${p.topic}: its colour drawn between history points: ${JSON.stringify(pixels)}`);
+    assert.ok(p.checked >= 9 && p.hits >= p.checked - 1, `${p.metric}: its colour drawn between history points: ${JSON.stringify(pixels)}`);
   }
-  // Hovering over a history point of one series shows the nearest value of the other too.
+  // Hovering over a point of one metric shows the nearest value of the other too.
   const target = await page.evaluate(() => {
-    const { chart } = globalThis.edgewatch;
-    const s = chart.series[1];
-    const u = chart.plot;
-    return { left: u.valToPos(s.xs[4], 'x'), top: u.valToPos(s.ys[4], 'y') };
+    const { u, members } = globalThis.edgewatch.chart.plots[0];
+    const s = members.find((m) => m.metric === 'temperature');
+    return { left: u.valToPos(s.xs[4], 'x'), top: u.valToPos(s.ys[4], u.series[1].scale) };
   });
-  const box = await page.locator('#chart .u-over').boundingBox();
+  const box = await page.locator('#chart .u-over').first().boundingBox();
   await page.mouse.move(box.x + target.left, box.y + target.top);
   await waitFor(() => page.isVisible('#chart-tip'), { timeoutMs: 2000, what: 'tooltip' });
   const tip = await page.textContent('#chart-tip');
-  assert.match(tip, /ov-a temperature: 10\.\d+ C/, tip);
-  assert.match(tip, /ov-b temperature: 30\.\d+ C/, tip);
+  assert.match(tip, /temperature: 10\.\d+ C/, tip);
+  assert.match(tip, /dewpoint: 30\.\d+ C/, tip);
   await page.screenshot({ path: path.join(screenshotDir(), 'overlay.png') });
   assert.deepEqual(page.errors, []);
   await page.close();
 });
 
-test('the range buttons request rollups over 15 min, 1 h, 24 h and 7 d', async () => {
+test('the range buttons ask for raw readings over 5 min and 1 h, rollups over 24 h and 7 d', async () => {
   const d = await device('ranges');
   await d.publish('temperature', 20);
-  const topic = 'sensors/ranges/temperature';
   const page = await openPage(browser.context, `${hub.httpUrl}/`);
   const requests = [];
   page.on('request', (req) => {
     const url = new URL(req.url());
-    if (url.pathname === '/v1/rollups' && url.searchParams.get('filter') === topic) requests.push(url.searchParams);
+    if ((url.pathname === '/v1/readings' || url.pathname === '/v1/rollups') && url.searchParams.get('filter') === 'sensors/ranges/#') {
+      requests.push({ path: url.pathname, q: url.searchParams });
+    }
   });
-  await page.click(`tr[data-key="${topic}"]`, { timeout: 5000 });
-  await waitFor(() => requests.length === 1, { timeoutMs: 3000, what: 'history request on plotting' });
+  await selectRow(page, 'ranges');
+  await waitFor(() => requests.length === 1, { timeoutMs: 3000, what: 'history request on charting' });
   const span = (q) => Number(q.get('to')) - Number(q.get('from'));
-  assert.equal(span(requests[0]), 15 * 60_000, 'default range is 15 min');
+  assert.equal(requests[0].path, '/v1/readings', 'the default range is raw');
+  assert.equal(span(requests[0].q), 3_600_000, 'default range is 1 h');
   const ranges = [
-    ['1 h', 3_600_000],
-    ['24 h', 86_400_000],
-    ['7 d', 604_800_000],
-    ['15 min', 900_000],
+    ['5 min', 300_000, '/v1/readings'],
+    ['24 h', 86_400_000, '/v1/rollups'],
+    ['7 d', 604_800_000, '/v1/rollups'],
+    ['1 h', 3_600_000, '/v1/readings'],
   ];
-  for (const [label, ms] of ranges) {
+  for (const [label, ms, route] of ranges) {
     const before = requests.length;
     const clickedAt = Date.now();
     await page.getByRole('button', { name: label, exact: true }).click();
-    await waitFor(() => requests.length === before + 1, { timeoutMs: 3000, what: `rollups request for ${label}` });
-    const q = requests[before];
+    await waitFor(() => requests.length === before + 1, { timeoutMs: 3000, what: `history request for ${label}` });
+    const { path: asked, q } = requests[before];
+    assert.equal(asked, route, `${label}: ${route}`);
     assert.equal(span(q), ms, `${label}: from/to span`);
     assert.ok(Math.abs(Number(q.get('to')) - clickedAt) < 5000, `${label}: the range ends now`);
     assert.equal(await page.getAttribute(`button.range[data-range="${ms}"]`, 'aria-pressed'), 'true', `${label} pressed`);
@@ -381,7 +449,14 @@ test('the range buttons request rollups over 15 min, 1 h, 24 h and 7 d', async (
   await page.close();
 });
 
-test('phone width (390 px): no horizontal overflow, device list and chart usable', async () => {
+test('phone width (375 px): device ids whole and told apart, no horizontal overflow, list and chart usable', async () => {
+  // Ids that only differ at the end: a cut "demo-sensor-li…" would make them look the same.
+  const ids = ['demo-sensor-living-room-01', 'demo-sensor-living-room-02'];
+  for (const id of ids) {
+    const x = await device(id);
+    await x.publish('temperature', 19.5);
+    await x.publish('humidity', 41, '%');
+  }
   const d = await device('phone');
   await publishHistory(d, 'temperature', 20, { n: 5 });
   await d.publish('temperature', 21.25);
@@ -389,36 +464,64 @@ test('phone width (390 px): no horizontal overflow, device list and chart usable
   page.errors = [];
   page.on('pageerror', (err) => page.errors.push(`pageerror: ${err.message}`));
   page.on('console', (msg) => msg.type() === 'error' && page.errors.push(`console: ${msg.text()}`));
-  await page.setViewportSize({ width: 390, height: 844 });
+  await page.setViewportSize({ width: 375, height: 812 });
   await page.goto(`${hub.httpUrl}/`);
-  const row = page.locator('tr[data-key="sensors/phone/temperature"]');
+  const row = page.locator('#devices-body tr[data-device="phone"]');
   await row.waitFor({ timeout: 5000 });
+  for (const id of ids) await page.locator(`#devices-body tr[data-device="${id}"]`).waitFor({ timeout: 5000 });
   const overflow = () => page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, inner: innerWidth }));
   let o = await overflow();
   assert.ok(o.scroll <= o.inner, `page wider than the phone: ${JSON.stringify(o)}`);
-  // The row's device, value and age are on screen, not clipped away.
-  for (const sel of ['.device-id', '.value', '.age']) {
-    const bb = await row.locator(sel).boundingBox();
-    assert.ok(bb && bb.width > 0 && bb.x >= 0 && bb.x + bb.width <= 390, `${sel} inside the viewport: ${JSON.stringify(bb)}`);
+  // Each id is shown whole (wrapped if need be, never cut with an ellipsis) inside the screen.
+  const shown = await page.evaluate((list) =>
+    list.map((id) => {
+      const a = document.querySelector(`#devices-body tr[data-device="${id}"] .device-id`);
+      const cell = a.closest('th');
+      const rects = [...a.getClientRects()];
+      const cellBox = cell.getBoundingClientRect();
+      return {
+        id,
+        text: a.textContent,
+        title: a.title,
+        left: Math.min(...rects.map((r) => r.left)),
+        right: Math.max(...rects.map((r) => r.right)),
+        cellLeft: cellBox.left,
+        cellRight: cellBox.right,
+        clipped: cell.scrollWidth > cell.clientWidth + 1,
+        ellipsis: getComputedStyle(cell).textOverflow === 'ellipsis' && getComputedStyle(cell).overflow === 'hidden',
+      };
+    }), [...ids, 'phone']);
+  for (const s of shown) {
+    assert.equal(s.text, s.id, `${s.id}: the whole id`);
+    assert.ok(s.title.includes(s.id), `${s.id}: full id in the title`);
+    assert.ok(s.left >= 0 && s.right <= 375 && s.right <= s.cellRight + 1 && s.left >= s.cellLeft - 1, `${s.id}: inside its cell and the screen: ${JSON.stringify(s)}`);
+    assert.ok(!s.clipped && !s.ellipsis, `${s.id}: not cut: ${JSON.stringify(s)}`);
   }
-  assert.equal(await row.locator('.value').textContent(), '21.25');
+  // Status in words and the values are on screen.
+  for (const sel of ['.device-id', '.status', '.age', '[data-metric="temperature"] .value']) {
+    const bb = await row.locator(sel).boundingBox();
+    assert.ok(bb && bb.width > 0 && bb.x >= 0 && bb.x + bb.width <= 375, `${sel} inside the viewport: ${JSON.stringify(bb)}`);
+  }
+  assert.equal(await row.locator('.status').textContent(), 'online');
+  assert.equal(await row.locator('[data-metric="temperature"] .value').textContent(), '21.25');
+  await page.screenshot({ path: path.join(screenshotDir(), 'phone-list.png'), fullPage: true });
   // Filtering works at this width.
   await page.fill('#device-filter', 'phone');
   await waitFor(async () => (await page.locator('#devices-body tr').count()) === 1, { timeoutMs: 2000, what: 'filtered to one row' });
   const filterBox = await page.locator('#device-filter').boundingBox();
-  assert.ok(filterBox.x >= 0 && filterBox.x + filterBox.width <= 390, `filter inside: ${JSON.stringify(filterBox)}`);
-  // Tapping the row plots it; the chart fits the width and has its history.
-  await row.click();
-  await waitFor(() => page.evaluate(() => globalThis.edgewatch.chart.series[0]?.historyCount >= 4), { timeoutMs: 5000, what: 'chart history' });
-  await page.locator('#chart .u-over').scrollIntoViewIfNeeded();
-  const chartBox = await page.locator('#chart .uplot').boundingBox();
-  assert.ok(chartBox.width >= 250 && chartBox.x >= 0 && chartBox.x + chartBox.width <= 390, `chart fits: ${JSON.stringify(chartBox)}`);
+  assert.ok(filterBox.x >= 0 && filterBox.x + filterBox.width <= 375, `filter inside: ${JSON.stringify(filterBox)}`);
+  // Tapping the row charts it; the chart fits the width and has its history.
+  await row.locator('td.age').click();
+  await waitFor(() => page.evaluate(() => globalThis.edgewatch.chart.deviceId === 'phone' && globalThis.edgewatch.chart.series[0]?.historyCount >= 5), { timeoutMs: 5000, what: 'chart history' });
+  await page.locator('#chart .u-over').first().scrollIntoViewIfNeeded();
+  const chartBox = await page.locator('#chart .uplot').first().boundingBox();
+  assert.ok(chartBox.width >= 250 && chartBox.x >= 0 && chartBox.x + chartBox.width <= 375, `chart fits: ${JSON.stringify(chartBox)}`);
   for (const b of await page.locator('button.range').all()) {
     const bb = await b.boundingBox();
-    assert.ok(bb.x >= 0 && bb.x + bb.width <= 390 && bb.height >= 24, `range button reachable: ${JSON.stringify(bb)}`);
+    assert.ok(bb.x >= 0 && bb.x + bb.width <= 375 && bb.height >= 24, `range button reachable: ${JSON.stringify(bb)}`);
   }
-  await page.getByRole('button', { name: '1 h', exact: true }).click();
-  await waitFor(async () => (await page.getAttribute('button.range[data-range="3600000"]', 'aria-pressed')) === 'true', { timeoutMs: 2000, what: '1 h pressed' });
+  await page.getByRole('button', { name: '24 h', exact: true }).click();
+  await waitFor(async () => (await page.getAttribute('button.range[data-range="86400000"]', 'aria-pressed')) === 'true', { timeoutMs: 2000, what: '24 h pressed' });
   o = await overflow();
   assert.ok(o.scroll <= o.inner, `page wider than the phone with the chart: ${JSON.stringify(o)}`);
   await page.screenshot({ path: path.join(screenshotDir(), 'phone.png'), fullPage: true });
@@ -448,7 +551,7 @@ test('dark mode follows the system preference with readable contrast', async () 
   page.on('pageerror', (err) => page.errors.push(`pageerror: ${err.message}`));
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.goto(`${hub.httpUrl}/`);
-  await page.locator('tr[data-key="sensors/dark/temperature"]').waitFor({ timeout: 5000 });
+  await page.locator('#devices-body tr[data-device="dark"]').waitFor({ timeout: 5000 });
   const colors = await page.evaluate(() => {
     const cs = (el) => getComputedStyle(el);
     const panel = document.querySelector('.panel');
@@ -459,7 +562,7 @@ test('dark mode follows the system preference with readable contrast', async () 
       panel: cs(panel).backgroundColor,
       panelText: cs(panel.querySelector('h2')).color,
       muted: cs(document.querySelector('.footnote')).color,
-      cell: cs(document.querySelector('tr[data-key="sensors/dark/temperature"] .value')).color,
+      cell: cs(document.querySelector('#devices-body tr[data-device="dark"] [data-metric="temperature"] .value')).color,
     };
   });
   const lum = (c) => c.match(/[\d.]+/g).slice(0, 3).map(Number).reduce((a, v) => a + v, 0) / 3;

@@ -131,7 +131,7 @@ test('login: a wrong password shows the error; the right one opens the dashboard
   await page.waitForSelector('#connection[data-state="connected"]', { timeout: 10_000 });
   assert.equal(await page.getAttribute('#connection', 'data-transport'), 'websocket');
   const { v1 } = await publishBoth();
-  await waitFor(async () => (await page.locator('tr[data-key="sensors/d1/temperature"] .value').textContent({ timeout: 1000 })) === String(v1), {
+  await waitFor(async () => (await page.locator('#devices-body tr[data-device="d1"] [data-metric="temperature"] .value').textContent({ timeout: 1000 })) === String(v1), {
     timeoutMs: 5000,
     what: `dashboard: d1 temperature ${v1}`,
   });
@@ -155,7 +155,7 @@ for (const transport of ['sse', 'poll']) {
       globalThis.edgewatch.client.addEventListener('reading', (e) => globalThis.got.push(e.detail.deviceId));
     });
     const { v1 } = await publishBoth('humidity');
-    await waitFor(async () => (await page.locator('tr[data-key="sensors/d1/humidity"] .value').textContent({ timeout: 1000 })) === String(v1), {
+    await waitFor(async () => (await page.locator('#devices-body tr[data-device="d1"] [data-metric="humidity"] .value').textContent({ timeout: 1000 })) === String(v1), {
       timeoutMs: 5000,
       what: `dashboard over ${transport}: d1 humidity ${v1}`,
     });

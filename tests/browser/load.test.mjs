@@ -53,9 +53,12 @@ test(`${DEVICES} devices, a ${CHART_POINTS}-point chart and ${RATE} readings/s s
   for (let i = 0; i < DEVICES; i++) await publish(`load-${String(i).padStart(3, '0')}`, i);
   await waitFor(async () => (await page.locator('#devices-body tr').count()) >= DEVICES, { timeoutMs: 10_000, what: `${DEVICES} rows` });
 
-  // A plotted series with 10,000 points (injected: rollups return about 1,000 per series).
-  await page.click('tr[data-key="sensors/load-000/temperature"]');
-  await waitFor(() => page.evaluate(() => globalThis.edgewatch.chart.series[0]?.loading === false), { timeoutMs: 5000, what: 'history loaded' });
+  // A charted device with 10,000 points (injected on top of its loaded history).
+  await page.click('#devices-body tr[data-device="load-000"] td.age');
+  await waitFor(() => page.evaluate(() => {
+    const c = globalThis.edgewatch.chart;
+    return c.deviceId === 'load-000' && !c.loading && c.series.length === 1;
+  }), { timeoutMs: 5000, what: 'history loaded' });
   await page.evaluate((n) => {
     const s = globalThis.edgewatch.chart.series[0];
     const now = Date.now() / 1000;
@@ -96,7 +99,7 @@ test(`${DEVICES} devices, a ${CHART_POINTS}-point chart and ${RATE} readings/s s
     await new Promise((r) => setTimeout(r, 10));
   }
   const lastPlotted = 1000 + Math.floor((sent - 1) / 5) * 5;
-  await waitFor(async () => (await page.textContent('tr[data-key="sensors/load-000/temperature"] .value')) === new Intl.NumberFormat('en-US').format(lastPlotted), {
+  await waitFor(async () => (await page.textContent('#devices-body tr[data-device="load-000"] [data-metric="temperature"] .value')) === new Intl.NumberFormat('en-US').format(lastPlotted), {
     timeoutMs: 3000,
     what: `load-000 shows ${lastPlotted}`,
   });

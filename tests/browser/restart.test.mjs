@@ -65,7 +65,7 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     const states = await page.evaluate(() => globalThis.states);
     assert.ok(states.includes('reconnecting') && states.at(-1) === 'connected', states.join(','));
     // The device row shows the last value after the restart.
-    await waitFor(async () => (await page.textContent(`tr[data-key="${topic}"] .value`)) === '12', { timeoutMs: 3000, what: 'last value' });
+    await waitFor(async () => (await page.textContent(`#devices-body tr[data-device="${deviceId}"] [data-metric="temperature"] .value`)) === '12', { timeoutMs: 3000, what: 'last value' });
     await page.close();
   });
 }

@@ -161,6 +161,25 @@ export class Hub {
     return res.json();
   }
 
+  /**
+   * `edgewatch sim --broker mqtt://127.0.0.1:PORT ARGS...` against this hub; resolves with its
+   * output once it exits 0, rejects with the output otherwise (or after `timeoutMs`).
+   */
+  sim(args, { timeoutMs = 60_000 } = {}) {
+    return new Promise((resolve, reject) => {
+      const proc = spawn(BINARY, ['sim', '--broker', `mqtt://127.0.0.1:${this.mqttPort}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      proc.stdout.on('data', (d) => (out += d));
+      proc.stderr.on('data', (d) => (out += d));
+      const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
+      proc.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve(out);
+        else reject(new Error(`edgewatch sim ${args.join(' ')} exited with ${code ?? signal}:\n${out}`));
+      });
+    });
+  }
+
   /** Every stored reading matching `filter`, in seq order. */
   async readings(filter) {
     const out = [];
