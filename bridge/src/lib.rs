@@ -209,6 +209,7 @@ impl Bridge {
         )
         .with_presence(self.board.clone())
         .with_guard(self.http_guard.clone())
+        .with_payloads(self.ingest.last_payloads().clone())
     }
 
     /// The HTTP limits of this hub (`bridge.http_*`): serve with them

@@ -148,6 +148,17 @@ async fn every_preset_reads_its_devices_like_native_ones() {
     assert_eq!(status("shelly-1"), "offline");
     assert_eq!(status("node-1"), "online");
 
+    // The last raw payload of a device, whatever its shape (here a mapped reject's).
+    let last = get_json(&format!("{http}/v1/devices/plug-1/payload")).await;
+    assert_eq!(last["topic"], "tele/plug-1/SENSOR", "{last}");
+    assert_eq!(last["payload"], tasmota, "{last}");
+    assert_eq!(last["truncated"], false);
+    let last = get_json(&format!("{http}/v1/devices/kitchen/payload")).await;
+    assert_eq!(
+        (last["topic"].as_str(), last["payload"].as_str()),
+        (Some("zigbee2mqtt/kitchen"), Some("not json"))
+    );
+
     let rejects = get_json(&format!("{http}/v1/rejects")).await;
     let messages: Vec<&str> = rejects["recent"]
         .as_array()

@@ -64,6 +64,7 @@ use crate::http::ErrorBody;
         crate::http::api::rejects,
         crate::http::uplinks::uplinks,
         crate::http::backup::backup,
+        crate::http::payload::last_payload,
         crate::http::api::healthz,
         crate::http::api::readyz,
         crate::metrics::scrape,

@@ -27,6 +27,7 @@ pub mod formats;
 pub mod guard;
 pub mod live;
 pub mod params;
+mod payload;
 pub mod redirect;
 mod replay;
 mod server;
@@ -69,6 +70,8 @@ pub struct AppState {
     guard: Arc<guard::HttpGuard>,
     auth: Arc<auth::Authority>,
     uplinks: Option<crate::uplink::Uplinks>,
+    /// Devices' last payloads, when ingest keeps them.
+    payloads: Option<Arc<crate::ingest::last_payload::LastPayloads>>,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
             guard: Arc::new(guard::HttpGuard::new(cfg)),
             auth: Arc::new(auth::Authority::open(&["#".to_owned()], &[])),
             uplinks: None,
+            payloads: None,
         }
     }
 
@@ -109,6 +113,15 @@ impl AppState {
     /// instead of a board of this state's own, which `GET /v1/devices` alone keeps current.
     pub fn with_presence(mut self, presence: PresenceBoard) -> Self {
         self.presence = presence;
+        self
+    }
+
+    /// Serves devices' last payloads from `payloads` (`GET /v1/devices/{deviceId}/payload`).
+    pub fn with_payloads(
+        mut self,
+        payloads: Arc<crate::ingest::last_payload::LastPayloads>,
+    ) -> Self {
+        self.payloads = Some(payloads);
         self
     }
 
@@ -159,6 +172,10 @@ fn api_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/series", get(series))
         .route("/v1/devices", get(devices))
+        .route(
+            "/v1/devices/{device_id}/payload",
+            get(payload::last_payload),
+        )
         .route("/v1/readings", get(readings))
         .route("/v1/rollups", get(rollups))
         .route("/v1/rejects", get(rejects))

@@ -20,6 +20,7 @@
 //! read by [`run_ingest`] is read no faster than the writer commits.
 
 pub mod external;
+pub mod last_payload;
 pub mod mapping;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -242,6 +243,8 @@ pub struct Ingest {
     max_payload_bytes: usize,
     /// The ingest mappings in force ([`mapping`]); replaced whole on a reload.
     mappings: Arc<std::sync::RwLock<Arc<Mappings>>>,
+    /// Each device's last payload ([`last_payload`]).
+    last_payloads: Arc<last_payload::LastPayloads>,
 }
 
 impl Ingest {
@@ -254,7 +257,22 @@ impl Ingest {
             counters: Arc::default(),
             max_payload_bytes,
             mappings: Arc::default(),
+            last_payloads: Arc::default(),
         }
+    }
+
+    /// Each device's last payload.
+    pub fn last_payloads(&self) -> &Arc<last_payload::LastPayloads> {
+        &self.last_payloads
+    }
+
+    fn keep_payload(&self, device: &str, publish: &Publish) {
+        self.last_payloads.record(
+            device,
+            &publish.topic,
+            &publish.payload,
+            publish.received_at_ms,
+        );
     }
 
     /// The ingest mappings in force.
@@ -317,6 +335,7 @@ impl Ingest {
                 device_time,
             }) => {
                 self.counters.readings.fetch_add(1, Ordering::Relaxed);
+                self.keep_payload(&reading.device_id, &publish);
                 if topic_device.is_none() {
                     // Shared channel: the device came in the payload. No-op when disabled.
                     span.record("device_id", reading.device_id.as_str());
@@ -335,6 +354,7 @@ impl Ingest {
                 ..
             }) => {
                 self.counters.presence.fetch_add(1, Ordering::Relaxed);
+                self.keep_payload(&device_id, &publish);
                 let update = PresenceUpdate {
                     device_id,
                     online,
@@ -348,6 +368,9 @@ impl Ingest {
                     None => device_of_payload(&publish.payload),
                 };
                 let device = topic_device.or(payload_device.as_deref());
+                if let Some(device) = device {
+                    self.keep_payload(device, &publish);
+                }
                 let _in_device = reject_span(span, device).entered();
                 self.reject(&publish, device, err.reason(), err.to_string(), ack);
                 Ok(())
@@ -365,10 +388,7 @@ impl Ingest {
     ) -> Result<(), WriterClosed> {
         let mappings = self.mappings();
         if !mappings.matches(&publish.topic) {
-            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            if let Some(ack) = ack {
-                let _ = ack.send(Outcome::Ignored);
-            }
+            self.ignore(ack);
             return Ok(());
         }
         if publish.payload.len() > self.max_payload_bytes {
@@ -392,6 +412,9 @@ impl Ingest {
                     .split
                     .fetch_add(n.saturating_sub(1), Ordering::Relaxed);
                 let device = readings.first().map(|r| r.device_id.clone());
+                if let Some(device) = &device {
+                    self.keep_payload(device, &publish);
+                }
                 let span = tracing::debug_span!("device", device_id = device.as_deref());
                 let origin = Origin {
                     device_time,
@@ -408,6 +431,7 @@ impl Ingest {
             }
             Some(Ok(Mapped::Status { device_id, online })) => {
                 self.counters.presence.fetch_add(1, Ordering::Relaxed);
+                self.keep_payload(&device_id, &publish);
                 let span = tracing::debug_span!("device", device_id = device_id.as_str());
                 let update = PresenceUpdate {
                     device_id,
@@ -418,18 +442,26 @@ impl Ingest {
             }
             Some(Err(reject)) => {
                 let device = reject.device_id.as_deref();
+                if let Some(device) = device {
+                    self.keep_payload(device, &publish);
+                }
                 let span = tracing::warn_span!("device", device_id = device);
                 let _in_device = span.entered();
                 self.reject(&publish, device, reject.reason, reject.message, ack);
                 Ok(())
             }
             None => {
-                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-                if let Some(ack) = ack {
-                    let _ = ack.send(Outcome::Ignored);
-                }
+                self.ignore(ack);
                 Ok(())
             }
+        }
+    }
+
+    /// A publish no mapping reads: counted as ignored.
+    fn ignore(&self, ack: Option<oneshot::Sender<Outcome>>) {
+        self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+        if let Some(ack) = ack {
+            let _ = ack.send(Outcome::Ignored);
         }
     }
 
