@@ -22,6 +22,66 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../assets/dashboard/app.js"),
     ),
     (
+        "constants.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/constants.js"),
+    ),
+    (
+        "format.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/format.js"),
+    ),
+    (
+        "state.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/state.js"),
+    ),
+    (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/api.js"),
+    ),
+    (
+        "chart-axes.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/chart-axes.js"),
+    ),
+    (
+        "chart-data.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/chart-data.js"),
+    ),
+    (
+        "chart.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/chart.js"),
+    ),
+    (
+        "list.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/list.js"),
+    ),
+    (
+        "catalogue.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/catalogue.js"),
+    ),
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/live.js"),
+    ),
+    (
+        "device-page.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/device-page.js"),
+    ),
+    (
+        "stream.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/stream.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../assets/dashboard/style.css"),
