@@ -3,17 +3,19 @@
 //! `edgewatch run --data-dir DIR` (or `export --data-dir`) then opens. An incomplete download
 //! leaves nothing behind.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Args;
 use edgewatch_bridge::store::backup::{restore_frames, RestoreError, Snapshot};
 
-use super::hub::{base_url, causes, refusal};
+use super::http::get;
+use super::hub::{base_url, refusal, Tool};
 use super::{Stop, EXIT_USAGE};
+
+/// Longest wait for the next bytes of the backup (the hub copies its store first).
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Options of `edgewatch backup`.
 #[derive(Debug, Args)]
@@ -76,100 +78,20 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Downloads the backup and restores it into `out` on a thread of its own, fed through a
-/// bounded channel (8 chunks).
-fn fetch(base: &reqwest::Url, token: Option<&str>, out: &Path) -> Result<Snapshot, String> {
+/// Downloads the backup and restores it into `out` as it arrives.
+fn fetch(base: &url::Url, token: Option<&str>, out: &Path) -> Result<Snapshot, String> {
     let url = base.join("v1/backup").map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
-    let dir = out.to_path_buf();
-    let restore = std::thread::spawn(move || {
-        let mut input = ChannelReader {
-            rx,
-            buf: Vec::new(),
-            at: 0,
-        };
-        restore_frames(&mut input, &dir)
-    });
-    let downloaded = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|err| format!("cannot make an HTTP client: {err}"))?;
-        let mut request = client.get(url.clone());
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|err| format!("GET {url}: {}", causes(&err)))?;
-        match response.status() {
-            reqwest::StatusCode::OK => {}
-            reqwest::StatusCode::FORBIDDEN => {
-                return Err(
-                    "the hub refused (403): a backup needs a token that may read every \
-                     topic (`edgewatch token create --name backup --read '#'`)"
-                        .to_owned(),
-                )
-            }
-            reqwest::StatusCode::CONFLICT => {
-                return Err(
-                    "another backup of this hub is running; try again when it is done".to_owned(),
-                )
-            }
-            _ => {
-                return Err(match refusal(response).await {
-                    Stop::Failed(msg) => msg,
-                    Stop::ReaderGone => "the hub refused the backup".to_owned(),
-                })
-            }
-        }
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| format!("the download broke off: {}", causes(&err)))?
-        {
-            if tx.send(chunk.to_vec()).is_err() {
-                break; // the restore stopped: its error says why
-            }
-        }
-        Ok(())
-    });
-    drop(tx);
-    let restored = restore
-        .join()
-        .map_err(|_| "the restore thread failed".to_owned())?;
-    downloaded?;
-    restored.map_err(|err: RestoreError| err.to_string())
-}
-
-/// Reads the chunks a channel brings; ends when the sender is gone.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.buf.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.buf = chunk;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    let mut response = get(&url, &headers, READ_TIMEOUT).map_err(|e| format!("GET {url}: {e}"))?;
+    if response.status != 200 {
+        return Err(match refusal(response, Tool::Backup) {
+            Stop::Failed(msg) => msg,
+            Stop::ReaderGone => "the hub refused the backup".to_owned(),
+        });
     }
+    restore_frames(&mut response, out).map_err(|err: RestoreError| err.to_string())
 }

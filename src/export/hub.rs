@@ -2,15 +2,14 @@
 //! cursor `after` and the `X-Next-After` header, docs/openapi.json), asking for CSV or NDJSON
 //! and copying each answer as it arrives (the CSV header once).
 
+use std::io::Read;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, ACCEPT, LOCATION};
-use reqwest::{StatusCode, Url};
+use url::Url;
 
+use super::http::{get, Response};
 use super::{Format, Selection, Sink, Stop};
 
-/// Time to connect to the hub.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the next bytes of an answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most bytes of an error answer read (its JSON body is short).
@@ -56,30 +55,17 @@ pub(super) fn export(
     format: Format,
     sink: &mut Sink,
 ) -> Result<(), Stop> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Stop::Failed(format!("cannot start the async runtime: {err}")))?;
-    let client = reqwest::Client::builder()
-        // A redirect is said, not followed (a hub with HTTPS redirects plain HTTP to it).
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
-        .build()
-        .map_err(|err| Stop::Failed(format!("cannot make an HTTP client: {err}")))?;
     let pages = Pages {
-        client,
         base,
         token,
         sel,
         format,
     };
-    runtime.block_on(pages.copy_all(sink))
+    pages.copy_all(sink)
 }
 
 /// One export from a hub.
 struct Pages<'a> {
-    client: reqwest::Client,
     base: &'a Url,
     token: Option<&'a str>,
     sel: &'a Selection,
@@ -119,11 +105,11 @@ impl Pages<'_> {
     }
 
     /// Every page, until the hub says there is no next one.
-    async fn copy_all(&self, sink: &mut Sink) -> Result<(), Stop> {
+    fn copy_all(&self, sink: &mut Sink) -> Result<(), Stop> {
         let mut after = 0u64;
         let mut first = true;
         loop {
-            let next = self.copy_page(after, first, sink).await?;
+            let next = self.copy_page(after, first, sink)?;
             first = false;
             match next {
                 Some(next) if next > after => after = next,
@@ -139,35 +125,34 @@ impl Pages<'_> {
 
     /// Copies one page to `sink` (the CSV header only of the first); returns the cursor of
     /// the next page, if there is one.
-    async fn copy_page(
-        &self,
-        after: u64,
-        first: bool,
-        sink: &mut Sink,
-    ) -> Result<Option<u64>, Stop> {
-        let mut request = self
-            .client
-            .get(self.url(after)?)
-            .header(ACCEPT, self.media_type());
-        if let Some(token) = self.token {
-            request = request.bearer_auth(token);
+    fn copy_page(&self, after: u64, first: bool, sink: &mut Sink) -> Result<Option<u64>, Stop> {
+        let bearer = self.token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Accept", self.media_type())];
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
         }
-        let unreachable = |err: reqwest::Error| {
+        let unreachable = |err: String| {
             Stop::Failed(format!(
-                "cannot get readings from the hub at {}: {}",
-                self.base,
-                causes(&err)
+                "cannot get readings from the hub at {}: {err}",
+                self.base
             ))
         };
-        let mut response = request.send().await.map_err(unreachable)?;
-        if response.status() != StatusCode::OK {
-            return Err(refusal(response).await);
+        let mut response = get(&self.url(after)?, &headers, READ_TIMEOUT).map_err(unreachable)?;
+        if response.status != 200 {
+            return Err(refusal(response, Tool::Export));
         }
-        self.check_type(response.headers())?;
-        let next = next_after(response.headers())?;
+        self.check_type(&response)?;
+        let next = next_after(response.header("x-next-after"))?;
         let mut skip_header = self.format == Format::Csv && !first;
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            let mut bytes = &chunk[..];
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = response
+                .read(&mut buf)
+                .map_err(|e| unreachable(format!("the answer broke off: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let mut bytes = &buf[..n];
             if skip_header {
                 match bytes.iter().position(|b| *b == b'\n') {
                     Some(end) => {
@@ -183,11 +168,8 @@ impl Pages<'_> {
     }
 
     /// The answer is in the format asked for (not, say, the JSON page of an older hub).
-    fn check_type(&self, headers: &HeaderMap) -> Result<(), Stop> {
-        let got = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    fn check_type(&self, response: &Response) -> Result<(), Stop> {
+        let got = response.header("content-type").unwrap_or("");
         if got.starts_with(self.media_type()) {
             Ok(())
         } else {
@@ -200,65 +182,53 @@ impl Pages<'_> {
     }
 }
 
-/// `err` and its sources: reqwest's own words ("error sending request") leave out why.
-pub(super) fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// `X-Next-After`: the cursor of the next page, absent on the last.
-fn next_after(headers: &HeaderMap) -> Result<Option<u64>, Stop> {
-    let Some(value) = headers.get("x-next-after") else {
+fn next_after(value: Option<&str>) -> Result<Option<u64>, Stop> {
+    let Some(value) = value else {
         return Ok(None);
     };
     value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .trim()
+        .parse::<u64>()
         .map(Some)
-        .ok_or_else(|| Stop::Failed(format!("the hub sent a bad X-Next-After header: {value:?}")))
+        .map_err(|_| Stop::Failed(format!("the hub sent a bad X-Next-After header: {value:?}")))
+}
+
+/// Which command asked (for the hints of a refusal).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tool {
+    Export,
+    Backup,
 }
 
 /// A non-200 answer, in words: the hub's own message and what to do.
-pub(super) async fn refusal(mut response: reqwest::Response) -> Stop {
-    let status = response.status();
-    let location = response
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= ERROR_BODY_MAX {
-            break;
-        }
-    }
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
+pub(super) fn refusal(mut response: Response, tool: Tool) -> Stop {
+    let status = response.status;
+    let location = response.header("location").map(str::to_owned);
+    let body = response.text(ERROR_BODY_MAX);
+    let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body);
-            text.trim().chars().take(200).collect()
-        });
-    let hint = match status {
-        StatusCode::UNAUTHORIZED => {
-            " (give a token that may read the filter with --token or EDGEWATCH_TOKEN; `edgewatch \
-             token create --read FILTER` makes one)"
-                .to_owned()
+        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let hint = match (status, tool) {
+        (401, _) => " (give a token that may read the readings with --token or EDGEWATCH_TOKEN; \
+                     `edgewatch token create --read FILTER` makes one)"
+            .to_owned(),
+        (403, Tool::Export) => " (the token may not read every --filter given)".to_owned(),
+        (403, Tool::Backup) => " (a backup needs a token that may read every topic: \
+                               `edgewatch token create --name backup --read '#'`)"
+            .to_owned(),
+        (409, Tool::Backup) => {
+            " (another backup of this hub is running; try again when it is done)".to_owned()
         }
-        StatusCode::FORBIDDEN => " (the token may not read every --filter given)".to_owned(),
-        s if s.is_redirection() => format!(
-            " (it redirects to {}; export speaks plain HTTP only: give the hub's http:// \
-             address, or use --data-dir with the hub stopped)",
-            location.as_deref().unwrap_or("another address")
-        ),
+        (300..=399, _) => {
+            format!(
+            " (it redirects to {}; this command speaks plain HTTP only: give the hub's http:// \
+             address{})",
+            location.as_deref().unwrap_or("another address"),
+            if tool == Tool::Export { ", or use --data-dir with the hub stopped" } else { "" }
+        )
+        }
         _ => String::new(),
     };
     let message = if message.is_empty() {
@@ -266,7 +236,27 @@ pub(super) async fn refusal(mut response: reqwest::Response) -> Stop {
     } else {
         format!(": {message}")
     };
-    Stop::Failed(format!("the hub answered {status}{message}{hint}"))
+    Stop::Failed(format!(
+        "the hub answered {status} {}{message}{hint}",
+        reason(status)
+    ))
+}
+
+/// The reason phrase of the statuses a hub answers with.
+fn reason(status: u16) -> &'static str {
+    match status {
+        301 | 302 | 307 | 308 => "Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -294,17 +284,8 @@ mod tests {
 
     #[test]
     fn the_next_cursor_comes_from_its_header() {
-        let mut h = HeaderMap::new();
-        assert!(matches!(next_after(&h), Ok(None)));
-        h.insert(
-            "x-next-after",
-            reqwest::header::HeaderValue::from_static("42"),
-        );
-        assert!(matches!(next_after(&h), Ok(Some(42))));
-        h.insert(
-            "x-next-after",
-            reqwest::header::HeaderValue::from_static("-1"),
-        );
-        assert!(matches!(next_after(&h), Err(Stop::Failed(_))));
+        assert!(matches!(next_after(None), Ok(None)));
+        assert!(matches!(next_after(Some("42")), Ok(Some(42))));
+        assert!(matches!(next_after(Some("-1")), Err(Stop::Failed(_))));
     }
 }

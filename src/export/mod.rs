@@ -4,6 +4,7 @@
 //! `application/x-ndjson` (one CSV header), page by page: memory stays at one page.
 
 pub(crate) mod backup;
+mod http;
 mod hub;
 mod store;
 
@@ -190,7 +191,7 @@ impl std::fmt::Debug for Sink {
 /// Where the readings come from, checked.
 enum Source {
     Dir(PathBuf),
-    Hub(reqwest::Url),
+    Hub(url::Url),
 }
 
 pub(crate) fn main(args: ExportArgs) -> ExitCode {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
-use crate::store::backup::write_frames;
+use crate::store::backup::SnapshotCopy;
 
 /// A backup is being made or streamed.
 static RUNNING: AtomicBool = AtomicBool::new(false);
@@ -75,8 +75,8 @@ pub(crate) async fn backup(State(state): State<AppState>, caller: Caller) -> Res
         store.snapshot_into(&at)
     })
     .await;
-    let snap = match snap {
-        Ok(Ok(snap)) => snap,
+    let copy = match snap {
+        Ok(Ok(copy)) => copy,
         other => {
             let err = match other {
                 Ok(Err(e)) => e.to_string(),
@@ -91,13 +91,11 @@ pub(crate) async fn backup(State(state): State<AppState>, caller: Caller) -> Res
             );
         }
     };
-    tracing::info!(
-        head = snap.head,
-        entries = snap.entries,
-        "backup: snapshot made, streaming"
-    );
+    let head = copy.snapshot.head;
+    let entries = copy.snapshot.entries;
+    tracing::info!(head, entries, "backup: snapshot made, streaming");
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::task::spawn_blocking(move || stream(dir, snap.head, tx));
+    tokio::task::spawn_blocking(move || stream(dir, copy, tx));
     let chunks = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -107,7 +105,7 @@ pub(crate) async fn backup(State(state): State<AppState>, caller: Caller) -> Res
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (
                 header::HeaderName::from_static("x-backup-head"),
-                snap.head.to_string(),
+                head.to_string(),
             ),
         ],
         body,
@@ -115,15 +113,15 @@ pub(crate) async fn backup(State(state): State<AppState>, caller: Caller) -> Res
         .into_response()
 }
 
-/// Streams the snapshot at `dir` into `tx`, then removes it and lets the next backup run.
-fn stream(dir: PathBuf, head: u64, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
-    let result = sled::open(&dir).map_err(|e| e.to_string()).and_then(|db| {
-        let mut out = Chunks {
-            buf: Vec::with_capacity(CHUNK),
-            tx: &tx,
-        };
-        write_frames(&db, head, &mut out).map_err(|e| e.to_string())
-    });
+/// Streams the snapshot (at `dir`) into `tx`, then removes it and lets the next backup run.
+fn stream(dir: PathBuf, copy: SnapshotCopy, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    let head = copy.snapshot.head;
+    let mut out = Chunks {
+        buf: Vec::with_capacity(CHUNK),
+        tx: &tx,
+    };
+    let result = copy.write_frames(&mut out).map_err(|e| e.to_string());
+    drop(copy);
     match result {
         Ok(n) => tracing::info!(head, entries = n, "backup: streamed"),
         Err(err) => {
@@ -134,8 +132,18 @@ fn stream(dir: PathBuf, head: u64, tx: mpsc::Sender<Result<Bytes, std::io::Error
     remove(dir);
 }
 
+/// Removes the snapshot (tried again briefly: sled's background thread of a handle just
+/// dropped may still be closing its files) and lets the next backup run.
 fn remove(dir: PathBuf) {
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
+    let mut result = std::fs::remove_dir_all(&dir);
+    for _ in 0..5 {
+        if result.is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        result = std::fs::remove_dir_all(&dir);
+    }
+    if let (Err(err), true) = (&result, dir.exists()) {
         tracing::warn!(%err, dir = %dir.display(), "backup: could not remove the snapshot");
     }
     RUNNING.store(false, Ordering::Release);

@@ -26,7 +26,7 @@ pub const MAGIC: &[u8] = b"edgewatch-backup 1\n";
 /// smaller; a bigger length means a corrupt stream).
 const MAX_FIELD: u32 = 64 << 20;
 
-/// A snapshot made by [`Store::snapshot_into`].
+/// What a snapshot or a restore holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
     /// The last seq it holds (every reading up to it, none after).
@@ -35,10 +35,34 @@ pub struct Snapshot {
     pub entries: u64,
 }
 
+/// A snapshot made by [`Store::snapshot_into`], open: stream it with
+/// [`SnapshotCopy::write_frames`] (from this handle: opening its directory again right after
+/// could find sled's lock still held by the handle's background thread).
+pub struct SnapshotCopy {
+    db: sled::Db,
+    /// What it holds.
+    pub snapshot: Snapshot,
+}
+
+impl std::fmt::Debug for SnapshotCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCopy")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotCopy {
+    /// Writes it as the backup stream; the number of entries written.
+    pub fn write_frames(&self, out: &mut impl Write) -> Result<u64, StoreError> {
+        write_frames(&self.db, self.snapshot.head, out)
+    }
+}
+
 impl Store {
     /// Copies the store into a new sled database at `dir` (which must not exist) while the
     /// writer and retention wait; blocking (call it on the blocking pool).
-    pub fn snapshot_into(&self, dir: &Path) -> Result<Snapshot, StoreError> {
+    pub fn snapshot_into(&self, dir: &Path) -> Result<SnapshotCopy, StoreError> {
         let target = new_db(dir)?;
         let db = &self.inner.db;
         let st = self.state()?;
@@ -58,7 +82,10 @@ impl Store {
             .open_tree(self.inner.tree.name())?
             .insert(META_SEQ, &head.to_be_bytes()[..])?;
         target.flush()?;
-        Ok(Snapshot { head, entries })
+        Ok(SnapshotCopy {
+            db: target,
+            snapshot: Snapshot { head, entries },
+        })
     }
 }
 
@@ -75,7 +102,7 @@ fn new_db(dir: &Path) -> Result<sled::Db, StoreError> {
 }
 
 /// Writes a snapshot database as the backup stream, frame by frame.
-pub fn write_frames(db: &sled::Db, head: u64, out: &mut impl Write) -> Result<u64, StoreError> {
+fn write_frames(db: &sled::Db, head: u64, out: &mut impl Write) -> Result<u64, StoreError> {
     let io = |e: std::io::Error| StoreError::Io(sled::Error::Io(e));
     out.write_all(MAGIC).map_err(io)?;
     let mut n = 0u64;
@@ -217,12 +244,11 @@ mod tests {
         let store = Store::open(&dir.path().join("data"), &StoreOptions::default()).unwrap();
         let readings: Vec<Reading> = (0..700).map(reading).collect();
         store.apply(&readings, &[]).unwrap();
-        let snap = store.snapshot_into(&dir.path().join("snap")).unwrap();
-        assert_eq!(snap.head, 700);
-        let db = sled::open(dir.path().join("snap")).unwrap();
+        let copy = store.snapshot_into(&dir.path().join("snap")).unwrap();
+        assert_eq!(copy.snapshot.head, 700);
         let mut stream = Vec::new();
-        let n = write_frames(&db, snap.head, &mut stream).unwrap();
-        drop(db);
+        let n = copy.write_frames(&mut stream).unwrap();
+        drop(copy);
         let restored = restore_frames(&mut stream.as_slice(), &dir.path().join("restored"));
         let restored = restored.unwrap();
         assert_eq!((restored.head, restored.entries), (700, n));
