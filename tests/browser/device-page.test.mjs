@@ -122,7 +122,9 @@ test('the device page charts every metric with a labelled y-axis per unit, and s
     assert.equal(cells[2], s.unit);
     assert.equal(cells[5], String(s.lastSeq), `${s.metric}: seq`);
   }
-  assert.match(await page.textContent('#last-panel'), /not the raw MQTT payload/);
+  // The last raw payload the device sent: its undecodable 'abc'.
+  await waitFor(async () => (await page.textContent('#payload-text')) === 'abc', { timeoutMs: 6000, what: 'the last raw payload' });
+  assert.match(await page.textContent('#payload-state'), /On sensors\/multi\/temperature, received .*, 3 bytes\./);
 
   // Rejects: this device's only.
   await waitFor(async () => (await page.locator('#rejects-body tr').count()) === 1, { timeoutMs: 6000, what: 'one reject of multi' });

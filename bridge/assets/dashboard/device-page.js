@@ -44,6 +44,8 @@ export function route() {
     $('rejects-body').replaceChildren();
     $('rejects-table').hidden = true;
     $('rejects-state').textContent = 'Loading…';
+    $('payload-text').hidden = true;
+    $('payload-state').textContent = 'Loading…';
     loadRejects();
     rejectsTimer = setInterval(loadRejects, REJECTS_REFRESH_MS);
     dirty.page = true;
@@ -151,11 +153,32 @@ export function renderDevicePage() {
   $('history-list').replaceChildren(...items);
 }
 
-/** GET /v1/rejects, the ones of the page's device (`deviceId`), newest first. */
+/** GET /v1/devices/{id}/payload: the last raw payload of the page's device. */
+async function loadPayload(id, generation) {
+  const state = $('payload-state');
+  const text = $('payload-text');
+  try {
+    const p = await api(`/v1/devices/${encodeURIComponent(id)}/payload`);
+    if (generation !== rejectsGeneration || view.page !== id) return;
+    text.textContent = p.payload + (p.truncated ? '…' : '');
+    text.hidden = false;
+    state.textContent = `On ${p.topic}, received ${fmtTime(Date.parse(p.receivedAt))}, ${p.payloadLen} bytes${p.truncated ? ' (the first 512 shown)' : ''}.`;
+  } catch (err) {
+    if (generation !== rejectsGeneration || view.page !== id) return;
+    text.hidden = true;
+    state.textContent = err.status === 404
+      ? 'No payload from this device since the hub started.'
+      : `Could not load the last payload: ${err.message}.`;
+  }
+}
+
+/** GET /v1/rejects, the ones of the page's device (`deviceId`), newest first; and its last
+ * payload. */
 let rejectsGeneration = 0;
 async function loadRejects() {
   const id = view.page;
   if (!id) return;
+  loadPayload(id, rejectsGeneration + 1);
   const generation = ++rejectsGeneration;
   const state = $('rejects-state');
   try {
