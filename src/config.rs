@@ -338,8 +338,9 @@ mod tests {
                 if !["broker", "bridge", "live", "log", "serial"].contains(&top.as_str()) {
                     continue;
                 }
-                // File names such as `bridge.rs` are not keys.
-                if token.ends_with(".rs") || token.ends_with(".toml") || token.ends_with(".md") {
+                // File names such as `bridge.rs` or `live.js` are not keys.
+                let file_name = [".rs", ".toml", ".md", ".js", ".css"];
+                if file_name.iter().any(|ext| token.ends_with(ext)) {
                     continue;
                 }
                 checked += 1;
