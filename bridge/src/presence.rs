@@ -98,6 +98,8 @@ impl PresenceConfig {
     }
 }
 
+pub mod history;
+
 /// A device's status as the hub shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -365,6 +367,8 @@ impl Board {
 pub struct Presence {
     board: Arc<Mutex<Board>>,
     changes: broadcast::Sender<StatusChange>,
+    /// Each device's recent changes ([`history`]).
+    history: Arc<history::StatusHistory>,
 }
 
 impl Presence {
@@ -379,7 +383,13 @@ impl Presence {
                 scratch: Vec::new(),
             })),
             changes,
+            history: Arc::default(),
         }
+    }
+
+    /// `device`'s recent status changes, newest first (see [`history`]).
+    pub fn history(&self, device: &str) -> Vec<StatusChange> {
+        self.history.of(device)
     }
 
     /// The settings.
@@ -399,6 +409,7 @@ impl Presence {
 
     fn send(&self, changes: Vec<StatusChange>) {
         for c in changes {
+            self.history.record(&c);
             // No receiver (no live routes): nothing to tell.
             let _ = self.changes.send(c);
         }

@@ -144,6 +144,14 @@ test('the device page charts every metric with a labelled y-axis per unit, and s
   assert.equal(await page.getAttribute('#device-facts .status', 'data-status'), 'offline');
   await page.screenshot({ path: path.join(screenshotDir(), 'device-page.png'), fullPage: true });
 
+  // A page opened afterwards has the same history, from the hub's record.
+  const again = await openPage(browser.context, `${hub.httpUrl}/#/device/multi`);
+  await waitFor(async () => /the hub’s record/.test(await again.textContent('#history-list')), { timeoutMs: 6000, what: 'the hub’s record in a new page' });
+  const record = await again.locator('#history-list li').allTextContents();
+  assert.ok(/offline/.test(record[0]) && record.slice(1).some((t) => /online/.test(t)), `offline, then online below: ${JSON.stringify(record)}`);
+  assert.deepEqual(again.errors, []);
+  await again.close();
+
   // In the list view the same device is charted compactly: two plots, the rest said in words.
   await page.click('#back-link');
   await page.waitForSelector('#devices-panel:not([hidden])');

@@ -1,9 +1,9 @@
 // Routes (`#/` the list, `#/device/ID` one device) and the device page: facts, last readings,
 // status history and rejects.
 
-import { $, REJECTS_REFRESH_MS, REJECTS_SHOWN, SOURCE_TEXT, clockFormat, numberFormat, timeFormat } from './constants.js';
+import { $, REJECTS_REFRESH_MS, REJECTS_SHOWN, SOURCE_TEXT, STATUS_HISTORY_MAX, clockFormat, numberFormat, timeFormat } from './constants.js';
 import { formatAge, formatDuration } from './format.js';
-import { devices, dirty, dirtyDevices, schedule, view } from './state.js';
+import { device, devices, dirty, dirtyDevices, schedule, view } from './state.js';
 import { api, reportError } from './api.js';
 import { chart, renderChartHead } from './chart.js';
 import { ensureSelection, moveFocus } from './list.js';
@@ -47,6 +47,7 @@ export function route() {
     $('payload-text').hidden = true;
     $('payload-state').textContent = 'Loading…';
     loadRejects();
+    loadHistory(id);
     rejectsTimer = setInterval(loadRejects, REJECTS_REFRESH_MS);
     dirty.page = true;
     renderDevicePage();
@@ -138,7 +139,7 @@ export function renderDevicePage() {
     const time = document.createElement('time');
     time.dateTime = new Date(h.at).toISOString();
     time.textContent = fmtTime(h.at);
-    const how = { hub: 'the hub’s device list', live: 'live status event', reading: 'a reading arrived' }[h.how] ?? h.how;
+    const how = { hub: 'the hub’s device list', live: 'live status event', reading: 'a reading arrived', record: 'the hub’s record' }[h.how] ?? h.how;
     const note = document.createElement('span');
     note.className = 'hint-inline';
     note.textContent = `${SOURCE_TEXT[h.source] ? `${SOURCE_TEXT[h.source]} · ` : ''}${how}`;
@@ -151,6 +152,27 @@ export function renderDevicePage() {
     items.push(li);
   }
   $('history-list').replaceChildren(...items);
+}
+
+/** GET /v1/devices/{id}/history: the hub's record of the device's status changes since it
+ * started, merged into the page's bounded history (a change already known is not repeated). */
+async function loadHistory(id) {
+  try {
+    const body = await api(`/v1/devices/${encodeURIComponent(id)}/history`);
+    if (view.page !== id) return;
+    const dev = device(id);
+    for (const c of body.changes ?? []) {
+      const at = Date.parse(c.at);
+      if (dev.history.some((h) => h.status === c.status && Math.abs(h.at - at) < 1000)) continue;
+      dev.history.push({ status: c.status, source: c.statusSource, at, how: 'record' });
+    }
+    dev.history.sort((a, b) => a.at - b.at);
+    if (dev.history.length > STATUS_HISTORY_MAX) dev.history.splice(0, dev.history.length - STATUS_HISTORY_MAX);
+    dirty.page = true;
+    schedule();
+  } catch (err) {
+    if (view.page === id) reportError(err);
+  }
 }
 
 /** GET /v1/devices/{id}/payload: the last raw payload of the page's device. */

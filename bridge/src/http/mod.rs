@@ -19,6 +19,7 @@ pub mod auth;
 mod backup;
 mod cors;
 pub mod dashboard;
+mod device;
 mod direct;
 pub mod docs;
 pub mod dto;
@@ -27,7 +28,6 @@ pub mod formats;
 pub mod guard;
 pub mod live;
 pub mod params;
-mod payload;
 pub mod redirect;
 mod replay;
 mod server;
@@ -172,9 +172,10 @@ fn api_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/series", get(series))
         .route("/v1/devices", get(devices))
+        .route("/v1/devices/{device_id}/payload", get(device::last_payload))
         .route(
-            "/v1/devices/{device_id}/payload",
-            get(payload::last_payload),
+            "/v1/devices/{device_id}/history",
+            get(device::status_history),
         )
         .route("/v1/readings", get(readings))
         .route("/v1/rollups", get(rollups))
