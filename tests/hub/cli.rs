@@ -78,44 +78,37 @@ fn run_with_a_bad_config_exits_2() {
     assert!(stderr.contains("broker.mqtt.listen"), "{stderr}");
 }
 
+/// A taken port stops startup with an error naming the port and the key, flag and variable
+/// that move that listener.
 #[test]
-fn port_in_use_fails_startup_naming_the_port() {
+fn port_in_use_fails_startup_naming_the_port_and_what_moves_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = loopback_config(dir.path(), "");
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .arg("--mqtt-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains(&format!("port {port}")), "{stderr}");
-}
-
-/// A taken port's error says which key, flag and variable move that listener.
-#[test]
-fn a_taken_port_says_what_moves_the_listener() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = loopback_config(dir.path(), "");
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .arg("--ws-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    let hint = "broker.websocket.listen (--ws-listen, EDGEWATCH_WS_LISTEN)";
-    assert!(stderr.contains(hint), "{stderr}");
+    for (flag, hint) in [
+        (
+            "--mqtt-listen",
+            "broker.mqtt.listen (--mqtt-listen, EDGEWATCH_MQTT_LISTEN)",
+        ),
+        (
+            "--ws-listen",
+            "broker.websocket.listen (--ws-listen, EDGEWATCH_WS_LISTEN)",
+        ),
+    ] {
+        let out = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg(flag)
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}");
+        assert!(stderr.contains(&format!("port {port}")), "{stderr}");
+        assert!(stderr.contains(hint), "{stderr}");
+    }
 }
 
 #[test]
